@@ -1,0 +1,273 @@
+//! Plain-old-data shared by zkconn's kernel programs and its userspace.
+//!
+//! Everything here crosses the kernel/user boundary through BPF maps, globals or the
+//! ring buffer, so every type is `#[repr(C)]`, `Copy`, carries its padding explicitly and
+//! has no `bool`. This crate must not grow logic: it is the contract, nothing else.
+//!
+//! Addresses are always 16 bytes: IPv4 is stored IPv4-mapped (`::ffff:a.b.c.d`), so one key
+//! type serves both families and a v4-mapped connect on an IPv6 socket matches its v4 target.
+#![no_std]
+
+/// Length of a task's `comm` in the kernel (`TASK_COMM_LEN`).
+pub const COMM_LEN: usize = 16;
+
+/// Names of the maps in the eBPF object, used by userspace to find and size them.
+pub mod map_names {
+    /// Socket address → [`super::Conn`]: every tracked ZooKeeper socket.
+    pub const CONNS: &str = "ZK_CONNS";
+    /// 4-tuple → [`super::Conn`]: connections that existed before zkconn started.
+    pub const SEEDS: &str = "ZK_SEEDS";
+    /// tgid → [`super::Owner`]: live processes that own tracked sockets.
+    pub const OWNERS: &str = "ZK_OWNERS";
+    /// [`super::OwnerKey`] → per-CPU [`super::Counters`].
+    pub const PROC_STATS: &str = "ZK_PROC_STATS";
+    /// cgroup v2 id → per-CPU [`super::Counters`].
+    pub const CGROUP_STATS: &str = "ZK_CGROUP_STATS";
+    /// Watched ports → [`super::port_flags`].
+    pub const PORTS: &str = "ZK_PORTS";
+    /// [`super::Endpoint`] → 1, for ports watched only towards given addresses.
+    pub const ENDPOINTS: &str = "ZK_ENDPOINTS";
+    /// Per-CPU probe health counters, indexed by [`super::probe_counter`].
+    pub const PROBE_COUNTERS: &str = "ZK_PROBE_COUNTERS";
+    /// Ring buffer of [`super::Event`]s.
+    pub const EVENTS: &str = "ZK_EVENTS";
+}
+
+/// Names of the globals userspace sets before loading.
+pub mod global_names {
+    /// [`super::StateTpLayout`] for `sock:inet_sock_set_state`.
+    pub const STATE_TP_LAYOUT: &str = "STATE_TP_LAYOUT";
+    /// [`super::ExitTpLayout`] for `sched:sched_process_exit`.
+    pub const EXIT_TP_LAYOUT: &str = "EXIT_TP_LAYOUT";
+}
+
+/// Names of the programs in the eBPF object.
+pub mod program_names {
+    /// `sock:inet_sock_set_state` classic tracepoint.
+    pub const STATE_TP: &str = "zk_inet_sock_set_state";
+    /// `sched:sched_process_exit` classic tracepoint.
+    pub const EXIT_TP: &str = "zk_sched_process_exit";
+}
+
+/// TCP states as the kernel numbers them (`include/net/tcp_states.h`).
+pub mod tcp_state {
+    pub const ESTABLISHED: u8 = 1;
+    pub const SYN_SENT: u8 = 2;
+    pub const SYN_RECV: u8 = 3;
+    pub const FIN_WAIT1: u8 = 4;
+    pub const FIN_WAIT2: u8 = 5;
+    pub const TIME_WAIT: u8 = 6;
+    pub const CLOSE: u8 = 7;
+    pub const CLOSE_WAIT: u8 = 8;
+    pub const LAST_ACK: u8 = 9;
+    pub const LISTEN: u8 = 10;
+    pub const CLOSING: u8 = 11;
+    pub const NEW_SYN_RECV: u8 = 12;
+}
+
+/// Values of the [`map_names::PORTS`] map.
+pub mod port_flags {
+    /// Every connection to this port is ZooKeeper's, whatever the address.
+    pub const ANY_ADDRESS: u8 = 1;
+    /// Connections to this port are ZooKeeper's when (address, port) is in `ENDPOINTS`.
+    pub const ENDPOINTS: u8 = 2;
+}
+
+/// Bits of [`Conn::flags`].
+pub mod conn_flags {
+    /// The socket reached ESTABLISHED at least once (its close is `closed`, not `failed`).
+    pub const ESTABLISHED: u8 = 1;
+    /// The connection existed before zkconn started and was seeded from `/proc`.
+    pub const SEEDED: u8 = 2;
+}
+
+/// Indexes of the [`map_names::PROBE_COUNTERS`] per-CPU array.
+pub mod probe_counter {
+    /// An event could not be written to the ring buffer (it was full).
+    pub const LOST_EVENTS: u32 = 0;
+    /// A ZooKeeper socket was not tracked because `CONNS` was full.
+    pub const OVERFLOW_CONNS: u32 = 1;
+    /// A process was not tracked because `OWNERS` was full.
+    pub const OVERFLOW_OWNERS: u32 = 2;
+    /// A per-process or per-cgroup counter row could not be created (stats map full).
+    pub const OVERFLOW_STATS: u32 = 3;
+    /// A seeded connection was picked up by the kernel at its first state change.
+    pub const SEEDS_ADOPTED: u32 = 4;
+    /// Number of counters.
+    pub const COUNT: u32 = 5;
+}
+
+/// Field offsets of `sock:inet_sock_set_state`, read by userspace from tracefs
+/// (`events/sock/inet_sock_set_state/format`) so no layout is compiled in.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StateTpLayout {
+    pub skaddr: u16,
+    pub oldstate: u16,
+    pub newstate: u16,
+    pub sport: u16,
+    pub dport: u16,
+    pub family: u16,
+    pub protocol: u16,
+    pub saddr: u16,
+    pub daddr: u16,
+    pub saddr_v6: u16,
+    pub daddr_v6: u16,
+    /// 1 once userspace filled the offsets; the program does nothing while 0.
+    pub valid: u16,
+}
+
+/// Field offsets of `sched:sched_process_exit`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExitTpLayout {
+    /// Offset of `group_dead`; the program does nothing while `valid` is 0 (kernels
+    /// before the field existed: userspace then finds exits by polling `/proc`).
+    pub group_dead: u16,
+    pub valid: u16,
+}
+
+/// A process identity that survives pid reuse: the tgid plus the boot-clock time at which
+/// zkconn first saw the process (kernel: its first tracked connect; seeding: its start time).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OwnerKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub birth_ns: u64,
+}
+
+/// Value of the [`map_names::OWNERS`] map: what the kernel knew of a process when it first
+/// connected to ZooKeeper.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Owner {
+    pub birth_ns: u64,
+    pub cgroup_id: u64,
+    pub uid: u32,
+    pub gid: u32,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Key of the [`map_names::ENDPOINTS`] map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub _pad: [u8; 6],
+}
+
+/// Key of the [`map_names::SEEDS`] map: a connection by its addresses and ports.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Tuple {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub _pad: u32,
+}
+
+/// One tracked ZooKeeper connection (value of `CONNS` and `SEEDS`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Conn {
+    pub tuple: Tuple,
+    pub owner: OwnerKey,
+    /// cgroup v2 id of the connecting task.
+    pub cgroup_id: u64,
+    /// Boot-clock ns of the connect (seeded: when zkconn seeded it).
+    pub opened_ns: u64,
+    /// Boot-clock ns of the last state change.
+    pub changed_ns: u64,
+    /// Thread that called connect() (seeded: the owning pid).
+    pub tid: u32,
+    pub uid: u32,
+    /// A [`tcp_state`] value.
+    pub state: u8,
+    /// [`conn_flags`] bits.
+    pub flags: u8,
+    pub _pad: [u8; 6],
+}
+
+/// Cumulative counters per process or cgroup. Kept per CPU in the kernel (the BPF target has
+/// no atomic read-modify-write that returns, and per-CPU slots need none); userspace sums.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// connect() attempts (CLOSE → SYN_SENT).
+    pub opened: u64,
+    /// Connections that reached ESTABLISHED and later TCP_CLOSE.
+    pub closed: u64,
+    /// Connections that reached TCP_CLOSE without ever being ESTABLISHED.
+    pub failed: u64,
+    /// Transitions into CLOSE_WAIT (the server closed first).
+    pub close_wait: u64,
+}
+
+/// Kinds of [`Event`].
+pub mod event_kind {
+    /// A process made its first tracked connect.
+    pub const OWNER_NEW: u32 = 1;
+    /// A tracked process (its whole thread group) exited.
+    pub const OWNER_EXIT: u32 = 2;
+}
+
+/// A message from the kernel to userspace through the ring buffer. Counts never depend on
+/// events (they live in maps); events let userspace read `/proc` while the process lives.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    /// An [`event_kind`] value.
+    pub kind: u32,
+    pub tid: u32,
+    pub owner: OwnerKey,
+    pub info: Owner,
+    pub ts_ns: u64,
+}
+
+#[cfg(feature = "user")]
+mod user {
+    //! `aya::Pod` for the types userspace reads from and writes to maps.
+    use super::*;
+
+    // SAFETY: all of these are `#[repr(C)]`, `Copy`, made only of integers and byte arrays,
+    // with all padding spelled out as fields, so every bit pattern is a valid value.
+    unsafe impl aya::Pod for StateTpLayout {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ExitTpLayout {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for OwnerKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Owner {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Endpoint {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Tuple {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Conn {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Counters {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Event {}
+}
+
+#[cfg(test)]
+mod tests {
+    use core::mem::size_of;
+
+    use super::*;
+
+    // The layouts are an ABI between two compilers; a silent size change would corrupt maps.
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<OwnerKey>(), 16);
+        assert_eq!(size_of::<Owner>(), 40);
+        assert_eq!(size_of::<Endpoint>(), 24);
+        assert_eq!(size_of::<Tuple>(), 40);
+        assert_eq!(size_of::<Conn>(), 40 + 16 + 8 + 8 + 8 + 4 + 4 + 1 + 1 + 6);
+        assert_eq!(size_of::<Counters>(), 32);
+        assert_eq!(size_of::<Event>(), 4 + 4 + 16 + 40 + 8);
+    }
+}

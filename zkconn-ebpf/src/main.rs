@@ -1,0 +1,410 @@
+//! zkconn's kernel programs: exact accounting of TCP connections towards ZooKeeper.
+//!
+//! Owns: deciding which sockets are ZooKeeper's (from the `PORTS`/`ENDPOINTS` target maps),
+//! recording each connection's owner at connect time, following its state changes, and
+//! keeping cumulative per-process and per-cgroup counters.
+//! Must not: trust "current" after the connect (later transitions run in softirq or in the
+//! peer's context on loopback), read kernel structs (no CO-RE from this toolchain), loop
+//! unboundedly, or let a full map or ring buffer go uncounted.
+//!
+//! Attach points are thin shims over hook-independent functions (`on_connect`,
+//! `on_state_change`, `on_group_exit`), so further hooks feed the same accounting.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod programs {
+    use core::ptr::read_volatile;
+
+    use aya_ebpf::{
+        bindings::{BPF_ANY, BPF_NOEXIST},
+        helpers::{
+            bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+            bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
+        },
+        macros::{map, tracepoint},
+        maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+        programs::TracePointContext,
+    };
+    use zkconn_common::{
+        Conn, Counters, Endpoint, Event, ExitTpLayout, Owner, OwnerKey, StateTpLayout, Tuple,
+        conn_flags, event_kind, port_flags, probe_counter, tcp_state,
+    };
+
+    const AF_INET: u16 = 2;
+    const IPPROTO_TCP: u16 = 6;
+
+    // Layouts come from tracefs at load time (userspace sets them before loading).
+    #[unsafe(no_mangle)]
+    static STATE_TP_LAYOUT: StateTpLayout = StateTpLayout {
+        skaddr: 0,
+        oldstate: 0,
+        newstate: 0,
+        sport: 0,
+        dport: 0,
+        family: 0,
+        protocol: 0,
+        saddr: 0,
+        daddr: 0,
+        saddr_v6: 0,
+        daddr_v6: 0,
+        valid: 0,
+    };
+
+    #[unsafe(no_mangle)]
+    static EXIT_TP_LAYOUT: ExitTpLayout = ExitTpLayout {
+        group_dead: 0,
+        valid: 0,
+    };
+
+    // Capacities below are defaults; userspace resizes every map from its flags.
+    #[map(name = "ZK_CONNS")]
+    static CONNS: HashMap<u64, Conn> = HashMap::with_max_entries(65_536, 0);
+    #[map(name = "ZK_SEEDS")]
+    static SEEDS: HashMap<Tuple, Conn> = HashMap::with_max_entries(65_536, 0);
+    #[map(name = "ZK_OWNERS")]
+    static OWNERS: HashMap<u32, Owner> = HashMap::with_max_entries(16_384, 0);
+    #[map(name = "ZK_PROC_STATS")]
+    static PROC_STATS: PerCpuHashMap<OwnerKey, Counters> =
+        PerCpuHashMap::with_max_entries(16_384, 0);
+    #[map(name = "ZK_CGROUP_STATS")]
+    static CGROUP_STATS: PerCpuHashMap<u64, Counters> = PerCpuHashMap::with_max_entries(4_096, 0);
+    #[map(name = "ZK_PORTS")]
+    static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(1_024, 0);
+    #[map(name = "ZK_ENDPOINTS")]
+    static ENDPOINTS: HashMap<Endpoint, u8> = HashMap::with_max_entries(4_096, 0);
+    #[map(name = "ZK_PROBE_COUNTERS")]
+    static PROBE_COUNTERS: PerCpuArray<u64> =
+        PerCpuArray::with_max_entries(probe_counter::COUNT, 0);
+    #[map(name = "ZK_EVENTS")]
+    static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+    /// What a state-change hook knows about the socket, whatever the hook.
+    struct Change {
+        skaddr: u64,
+        old: u8,
+        new: u8,
+        /// Present only once the kernel chose them (after SYN_SENT for the source port).
+        tuple: Tuple,
+    }
+
+    #[tracepoint]
+    pub fn zk_inet_sock_set_state(ctx: TracePointContext) -> u32 {
+        let _ = try_inet_sock_set_state(&ctx);
+        0
+    }
+
+    #[tracepoint]
+    pub fn zk_sched_process_exit(ctx: TracePointContext) -> u32 {
+        let _ = try_sched_process_exit(&ctx);
+        0
+    }
+
+    fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
+        // SAFETY: a plain read of a global the loader may have patched; volatile so the
+        // compiler cannot fold the compile-time zero.
+        let l = unsafe { read_volatile(&STATE_TP_LAYOUT) };
+        if l.valid == 0 {
+            return Ok(());
+        }
+        // SAFETY (all `read_at` below): offsets come from the tracepoint's own format file
+        // and `read_at` goes through bpf_probe_read, so a bad offset fails, never faults.
+        let protocol: u16 = unsafe { ctx.read_at(l.protocol.into())? };
+        if protocol != IPPROTO_TCP {
+            return Ok(());
+        }
+        let dport: u16 = unsafe { ctx.read_at(l.dport.into())? };
+        // The one lookup that every non-ZooKeeper socket pays.
+        let Some(&flags) = (unsafe { PORTS.get(dport) }) else {
+            return Ok(());
+        };
+        let old: i32 = unsafe { ctx.read_at(l.oldstate.into())? };
+        let new: i32 = unsafe { ctx.read_at(l.newstate.into())? };
+        let family: u16 = unsafe { ctx.read_at(l.family.into())? };
+        let (saddr, daddr) = if family == AF_INET {
+            let s: [u8; 4] = unsafe { ctx.read_at(l.saddr.into())? };
+            let d: [u8; 4] = unsafe { ctx.read_at(l.daddr.into())? };
+            (v4_mapped(s), v4_mapped(d))
+        } else {
+            let s: [u8; 16] = unsafe { ctx.read_at(l.saddr_v6.into())? };
+            let d: [u8; 16] = unsafe { ctx.read_at(l.daddr_v6.into())? };
+            (s, d)
+        };
+        let change = Change {
+            skaddr: unsafe { ctx.read_at(l.skaddr.into())? },
+            old: old as u8,
+            new: new as u8,
+            tuple: Tuple {
+                saddr,
+                daddr,
+                sport: unsafe { ctx.read_at(l.sport.into())? },
+                dport,
+                _pad: 0,
+            },
+        };
+        if change.old == tcp_state::CLOSE && change.new == tcp_state::SYN_SENT {
+            if flags & port_flags::ANY_ADDRESS == 0 {
+                let endpoint = Endpoint {
+                    addr: daddr,
+                    port: dport,
+                    _pad: [0; 6],
+                };
+                // SAFETY: the value is copied out at once.
+                if unsafe { ENDPOINTS.get(endpoint) }.is_none() {
+                    return Ok(());
+                }
+            }
+            on_connect(&change);
+        } else {
+            on_state_change(&change);
+        }
+        Ok(())
+    }
+
+    fn try_sched_process_exit(ctx: &TracePointContext) -> Result<(), i32> {
+        // SAFETY: see `try_inet_sock_set_state`.
+        let l = unsafe { read_volatile(&EXIT_TP_LAYOUT) };
+        if l.valid == 0 {
+            return Ok(());
+        }
+        // SAFETY: offset from the tracepoint's format file.
+        let group_dead: u8 = unsafe { ctx.read_at(l.group_dead.into())? };
+        if group_dead != 0 {
+            on_group_exit();
+        }
+        Ok(())
+    }
+
+    /// CLOSE → SYN_SENT of a ZooKeeper-bound socket: runs in the connecting task, so
+    /// "current" is the owner. This is the only place that reads it.
+    #[inline(never)]
+    fn on_connect(change: &Change) {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        let tgid = (pid_tgid >> 32) as u32;
+        let uid_gid = bpf_get_current_uid_gid();
+        let now = boot_ns();
+        // SAFETY: a helper with no arguments.
+        let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+        let owner = owner_of(tgid, pid_tgid as u32, uid_gid, cgroup_id, now);
+        let conn = Conn {
+            tuple: change.tuple,
+            owner,
+            cgroup_id,
+            opened_ns: now,
+            changed_ns: now,
+            tid: pid_tgid as u32,
+            uid: uid_gid as u32,
+            state: tcp_state::SYN_SENT,
+            flags: 0,
+            _pad: [0; 6],
+        };
+        // BPF_ANY: a socket address is reused only after its TCP_CLOSE removed the old
+        // entry; a leftover (a missed run of this program) must not block the new socket.
+        if CONNS.insert(change.skaddr, conn, BPF_ANY.into()).is_err() {
+            count(probe_counter::OVERFLOW_CONNS);
+            return;
+        }
+        bump_owner(&owner, cgroup_id, |c| c.opened += 1);
+    }
+
+    /// The process's identity for counting: its tgid and when it was first seen. A new
+    /// process reusing a pid gets a new `birth_ns` because `on_group_exit` forgot the old one.
+    fn owner_of(tgid: u32, tid: u32, uid_gid: u64, cgroup_id: u64, now: u64) -> OwnerKey {
+        // SAFETY: the value is copied out at once.
+        if let Some(owner) = unsafe { OWNERS.get(tgid) } {
+            return OwnerKey {
+                tgid,
+                _pad: 0,
+                birth_ns: owner.birth_ns,
+            };
+        }
+        let owner = Owner {
+            birth_ns: now,
+            cgroup_id,
+            uid: uid_gid as u32,
+            gid: (uid_gid >> 32) as u32,
+            comm: bpf_get_current_comm().unwrap_or_default(),
+        };
+        let key = OwnerKey {
+            tgid,
+            _pad: 0,
+            birth_ns: now,
+        };
+        if OWNERS.insert(tgid, owner, BPF_NOEXIST.into()).is_ok() {
+            emit(event_kind::OWNER_NEW, tid, key, &owner, now);
+            return key;
+        }
+        // Another thread of the process won the race, or the map is full.
+        // SAFETY: the value is copied out at once.
+        match unsafe { OWNERS.get(tgid) } {
+            Some(existing) => OwnerKey {
+                tgid,
+                _pad: 0,
+                birth_ns: existing.birth_ns,
+            },
+            None => {
+                count(probe_counter::OVERFLOW_OWNERS);
+                // Still counted, under birth 0: pid reuse may then merge rows, which the
+                // overflow counter makes visible.
+                OwnerKey {
+                    tgid,
+                    _pad: 0,
+                    birth_ns: 0,
+                }
+            }
+        }
+    }
+
+    /// Any other transition. Never reads "current": the owner is the one stored at connect.
+    #[inline(never)]
+    fn on_state_change(change: &Change) {
+        if let Some(conn) = CONNS.get_ptr_mut(change.skaddr) {
+            // SAFETY: the entry belongs to this socket and a socket's state changes are
+            // serialised by its lock, so nothing else writes it concurrently.
+            let conn = unsafe { &mut *conn };
+            if change.new == tcp_state::ESTABLISHED {
+                // The source port exists only now; record the full tuple, and drop a seed
+                // that userspace may have taken from /proc for this same connection.
+                conn.tuple = change.tuple;
+                conn.flags |= conn_flags::ESTABLISHED;
+                let _ = SEEDS.remove(change.tuple);
+            }
+            apply(conn, change);
+            if change.new == tcp_state::CLOSE {
+                let _ = CONNS.remove(change.skaddr);
+            }
+            return;
+        }
+        // Not seen at connect: maybe a connection that predates zkconn.
+        let Some(seed) = SEEDS.get_ptr(change.tuple) else {
+            return;
+        };
+        // SAFETY: copied out before the entry is removed.
+        let mut conn = unsafe { *seed };
+        let _ = SEEDS.remove(change.tuple);
+        count(probe_counter::SEEDS_ADOPTED);
+        apply(&mut conn, change);
+        if change.new != tcp_state::CLOSE
+            && CONNS
+                .insert(change.skaddr, conn, BPF_NOEXIST.into())
+                .is_err()
+        {
+            count(probe_counter::OVERFLOW_CONNS);
+        }
+    }
+
+    /// The accounting of one transition of a tracked connection.
+    fn apply(conn: &mut Conn, change: &Change) {
+        conn.state = change.new;
+        conn.changed_ns = boot_ns();
+        match change.new {
+            tcp_state::CLOSE_WAIT => bump_owner(&conn.owner, conn.cgroup_id, |c| {
+                c.close_wait += 1;
+            }),
+            tcp_state::CLOSE => {
+                if conn.flags & conn_flags::ESTABLISHED != 0 || change.old != tcp_state::SYN_SENT
+                {
+                    bump_owner(&conn.owner, conn.cgroup_id, |c| c.closed += 1);
+                } else {
+                    bump_owner(&conn.owner, conn.cgroup_id, |c| c.failed += 1);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The whole thread group exited: forget its identity so a reused pid starts afresh.
+    /// Its sockets close after this (exit_files runs later) and still count for it, because
+    /// each connection keeps its owner key.
+    #[inline(never)]
+    fn on_group_exit() {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        let tgid = (pid_tgid >> 32) as u32;
+        // SAFETY: the value is copied out at once.
+        let Some(owner) = (unsafe { OWNERS.get(tgid) }).copied() else {
+            return;
+        };
+        let _ = OWNERS.remove(tgid);
+        let key = OwnerKey {
+            tgid,
+            _pad: 0,
+            birth_ns: owner.birth_ns,
+        };
+        emit(event_kind::OWNER_EXIT, pid_tgid as u32, key, &owner, boot_ns());
+    }
+
+    fn bump_owner(owner: &OwnerKey, cgroup_id: u64, f: impl Fn(&mut Counters)) {
+        bump(&PROC_STATS, owner, &f);
+        bump(&CGROUP_STATS, &cgroup_id, &f);
+    }
+
+    /// Increment this CPU's slot. Tracepoint programs run with preemption off and the
+    /// kernel refuses to nest them on one CPU (`bpf_prog_active`, counted as the program's
+    /// recursion misses, which userspace reports as lost), so a plain add cannot race.
+    fn bump<K>(map: &PerCpuHashMap<K, Counters>, key: &K, f: &impl Fn(&mut Counters)) {
+        let slot = match map.get_ptr_mut(key) {
+            Some(slot) => slot,
+            None => {
+                // NOEXIST: a concurrent insert on another CPU must not be clobbered.
+                let _ = map.insert(key, Counters::default(), BPF_NOEXIST.into());
+                match map.get_ptr_mut(key) {
+                    Some(slot) => slot,
+                    None => {
+                        count(probe_counter::OVERFLOW_STATS);
+                        return;
+                    }
+                }
+            }
+        };
+        // SAFETY: this CPU's own slot; see above for why nothing else writes it now.
+        f(unsafe { &mut *slot });
+    }
+
+    /// Written in place in the ring buffer: an `Event` on the stack would not fit beside
+    /// the connection being built (the BPF stack is 512 bytes).
+    fn emit(kind: u32, tid: u32, owner: OwnerKey, info: &Owner, ts_ns: u64) {
+        let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+            count(probe_counter::LOST_EVENTS);
+            return;
+        };
+        entry.write(Event {
+            kind,
+            tid,
+            owner,
+            info: *info,
+            ts_ns,
+        });
+        entry.submit(0);
+    }
+
+    fn count(index: u32) {
+        if let Some(slot) = PROBE_COUNTERS.get_ptr_mut(index) {
+            // SAFETY: this CPU's own slot (see `bump`).
+            unsafe { *slot += 1 };
+        }
+    }
+
+    fn boot_ns() -> u64 {
+        // SAFETY: a helper with no arguments.
+        unsafe { bpf_ktime_get_boot_ns() }
+    }
+
+    fn v4_mapped(v4: [u8; 4]) -> [u8; 16] {
+        [
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3],
+        ]
+    }
+
+    #[panic_handler]
+    fn panic(_info: &core::panic::PanicInfo) -> ! {
+        loop {}
+    }
+
+    #[unsafe(link_section = "license")]
+    #[unsafe(no_mangle)]
+    static LICENSE: [u8; 4] = *b"GPL\0";
+}
+
+/// Host builds (`cargo clippy --all-targets`) compile this crate too; there is nothing to run.
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}

@@ -1,0 +1,159 @@
+//! Command-line interface. Every value is validated here, before anything is loaded.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::probe::HookChoice;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "zkconn",
+    version,
+    about = "Who holds this host's ZooKeeper connections: exact per-process and per-cgroup \
+             counts from eBPF",
+    long_about = "zkconn counts every TCP connection from this host to ZooKeeper in the kernel \
+                  (eBPF on sock:inet_sock_set_state), per process and per cgroup, including \
+                  the connections that existed before it started. Needs root (or CAP_BPF and \
+                  CAP_PERFMON)."
+)]
+pub struct Cli {
+    /// More log output on stderr (-v info, -vv debug).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Attach, seed existing connections, observe for --duration, print once and exit.
+    ///
+    /// Ctrl-C or SIGTERM ends the observation early and prints the snapshot.
+    Snapshot(SnapshotArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    /// Print the JSON document (schema zkconn.snapshot/v1, see docs/json.md).
+    #[arg(long)]
+    pub json: bool,
+    /// How long to observe before printing: seconds, or with a unit (500ms, 30s, 5m, 1h).
+    #[arg(long, value_name = "SECONDS", default_value = "0", value_parser = parse_duration)]
+    pub duration: Duration,
+    #[command(flatten)]
+    pub targets: TargetArgs,
+    #[command(flatten)]
+    pub probe: ProbeArgs,
+}
+
+/// Which connections are ZooKeeper's. With none of these, ports 2181 and 2281 on any address.
+#[derive(Debug, Args, Clone, Default)]
+pub struct TargetArgs {
+    /// ZooKeeper connect string (`zk1:2181,zk2:2181/chroot`, IPv6 as `[addr]:port`);
+    /// hostnames are resolved at start to all their addresses. Repeatable.
+    #[arg(long = "zk", value_name = "CONNECT_STRING")]
+    pub zk: Vec<String>,
+    /// Watch these ports towards any address (`2181,2281`). Repeatable.
+    #[arg(long = "port", value_name = "PORT[,PORT...]")]
+    pub port: Vec<String>,
+    /// Read clientPort, secureClientPort, clientPortAddress and server.N from a zoo.cfg.
+    #[arg(long = "zoo-cfg", value_name = "PATH")]
+    pub zoo_cfg: Option<PathBuf>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ProbeArgs {
+    /// Kernel hook: `auto` picks the best one this kernel allows.
+    #[arg(long, value_enum, default_value_t = HookChoice::Auto)]
+    pub hook: HookChoice,
+    /// Capacity of the kernel's connection table; ZooKeeper sockets beyond it are counted
+    /// as overflow.
+    #[arg(long, value_name = "N", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
+    pub max_connections: u32,
+    /// Capacity of the kernel's process table (processes that hold or held connections).
+    #[arg(long, value_name = "N", default_value_t = 16_384, value_parser = clap::value_parser!(u32).range(1..=4_194_304))]
+    pub max_processes: u32,
+    /// Capacity of the kernel's per-cgroup counter table.
+    #[arg(long, value_name = "N", default_value_t = 4_096, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
+    pub max_cgroups: u32,
+    /// Size of the kernel→user event ring buffer in KiB (a power of two, at least 4).
+    #[arg(long, value_name = "KIB", default_value_t = 256, value_parser = parse_ring_kib)]
+    pub ring_buffer_kib: u32,
+}
+
+/// `30`, `1.5`, `500ms`, `30s`, `5m`, `1h`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let (number, scale) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = t.strip_suffix('m') {
+        (n, 60.0)
+    } else if let Some(n) = t.strip_suffix('h') {
+        (n, 3600.0)
+    } else {
+        (t, 1.0)
+    };
+    let value: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration; write seconds (30) or 500ms, 30s, 5m, 1h"))?;
+    let secs = value * scale;
+    if !secs.is_finite() || secs < 0.0 || secs > 31_536_000.0 {
+        return Err(format!("{text:?} is out of range (0 to one year)"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn parse_ring_kib(text: &str) -> Result<u32, String> {
+    let kib: u32 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a whole number of KiB"))?;
+    if kib < 4 || !kib.is_power_of_two() || kib > 1 << 20 {
+        return Err(format!(
+            "{kib} KiB is not a power of two between 4 and 1048576 (the kernel requires it)"
+        ));
+    }
+    Ok(kib)
+}
+
+#[cfg(test)]
+mod tests {
+    use rstest::rstest;
+
+    use super::*;
+
+    #[rstest]
+    #[case("0", Ok(Duration::ZERO))]
+    #[case("2", Ok(Duration::from_secs(2)))]
+    #[case("1.5", Ok(Duration::from_millis(1500)))]
+    #[case("500ms", Ok(Duration::from_millis(500)))]
+    #[case("5m", Ok(Duration::from_secs(300)))]
+    #[case("1h", Ok(Duration::from_secs(3600)))]
+    #[case("-1", Err(()))]
+    #[case("soon", Err(()))]
+    #[case("inf", Err(()))]
+    #[case("NaN", Err(()))]
+    fn durations(#[case] text: &str, #[case] expected: Result<Duration, ()>) {
+        assert_eq!(parse_duration(text).map_err(|_| ()), expected);
+    }
+
+    #[rstest]
+    #[case("256", Ok(256))]
+    #[case("4", Ok(4))]
+    #[case("3", Err(()))]
+    #[case("100", Err(()))]
+    #[case("x", Err(()))]
+    fn ring_sizes(#[case] text: &str, #[case] expected: Result<u32, ()>) {
+        assert_eq!(parse_ring_kib(text).map_err(|_| ()), expected);
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory as _;
+        Cli::command().debug_assert();
+    }
+}

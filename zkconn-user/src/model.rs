@@ -1,0 +1,410 @@
+//! The snapshot document (`zkconn.snapshot/v1`) and its computation from kernel rows.
+//!
+//! Owns: turning raw kernel state plus what userspace learnt about each owner into rows
+//! per server, process and cgroup. Pure: no I/O, so every rule is unit-tested here.
+//! Must not: read `/proc` or maps (the caller passes everything in).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use serde::Serialize;
+use zkconn_common::{Conn, Counters, OwnerKey, tcp_state};
+
+use crate::{probe::Hook, procfs::ProcInfo, targets::ip_from_bytes};
+
+pub const SCHEMA: &str = "zkconn.snapshot/v1";
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Snapshot {
+    pub schema: &'static str,
+    pub host: String,
+    /// RFC 3339, UTC.
+    pub time: String,
+    /// How long the hooks observed before this snapshot, in seconds.
+    pub observed_secs: f64,
+    pub probe: ProbeHealth,
+    /// What is watched: `ip:port` endpoints and `*:port` ports.
+    pub targets: Vec<String>,
+    pub servers: Vec<ServerRow>,
+    pub processes: Vec<ProcessRow>,
+    pub cgroups: Vec<CgroupRow>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ProbeHealth {
+    pub hook: Option<Hook>,
+    /// Events the kernel could not deliver plus program runs the kernel skipped.
+    pub lost: u64,
+    /// Sockets, processes or counter rows not tracked because a map was full.
+    pub overflow: u64,
+    pub lost_detail: LostDetail,
+    pub overflow_detail: OverflowDetail,
+    pub seeds: SeedHealth,
+    /// `/proc` entries that existed but could not be read, plus map entries unreadable.
+    pub unreadable: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct LostDetail {
+    pub events: u64,
+    pub recursion_misses: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct OverflowDetail {
+    pub connections: u64,
+    pub processes: u64,
+    pub counters: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SeedHealth {
+    pub seeded: u64,
+    pub adopted: u64,
+    pub conflicts: u64,
+    pub ownerless: u64,
+}
+
+/// Current connections by state; `open` = connecting + established.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct StateCounts {
+    pub open: u64,
+    pub connecting: u64,
+    pub established: u64,
+    /// The server closed, the application has not: a leak signal.
+    pub close_wait: u64,
+    /// The application closed; the socket has not reached TCP_CLOSE yet.
+    pub closing: u64,
+}
+
+impl StateCounts {
+    fn add(&mut self, state: u8) {
+        match state {
+            tcp_state::SYN_SENT => {
+                self.connecting += 1;
+                self.open += 1;
+            }
+            tcp_state::ESTABLISHED => {
+                self.established += 1;
+                self.open += 1;
+            }
+            tcp_state::CLOSE_WAIT => self.close_wait += 1,
+            _ => self.closing += 1,
+        }
+    }
+}
+
+/// One (ZooKeeper endpoint, local IP): the unit `maxClientCnxns` counts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ServerRow {
+    pub server: String,
+    pub local_ip: String,
+    #[serde(flatten)]
+    pub states: StateCounts,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ServerOpen {
+    pub server: String,
+    pub open: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ProcessRow {
+    pub pid: u32,
+    pub comm: String,
+    pub cmdline: Option<String>,
+    pub uid: Option<u32>,
+    pub cgroup: Option<String>,
+    pub cgroup_id: u64,
+    pub alive: bool,
+    #[serde(flatten)]
+    pub states: StateCounts,
+    pub opened: u64,
+    pub closed: u64,
+    pub failed: u64,
+    /// Times a connection of this process entered CLOSE_WAIT.
+    pub close_wait_total: u64,
+    /// Connections that existed before zkconn started (age: at least since start).
+    pub seeded: u64,
+    pub servers: Vec<ServerOpen>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CgroupRow {
+    pub path: Option<String>,
+    pub id: u64,
+    #[serde(flatten)]
+    pub states: StateCounts,
+    pub opened: u64,
+    pub closed: u64,
+    pub failed: u64,
+    pub pids: Vec<u32>,
+}
+
+/// What userspace knows of one process, beyond the kernel's counters.
+#[derive(Clone, Debug, Default)]
+pub struct OwnerFacts {
+    /// The kernel's comm at first connect.
+    pub comm: String,
+    pub uid: Option<u32>,
+    pub cgroup_id: u64,
+    /// `/proc` facts, read while the process lived.
+    pub proc: Option<ProcInfo>,
+    pub alive: bool,
+}
+
+/// Everything `build` needs; assembled by the collector.
+pub struct Inputs<'a> {
+    pub conns: &'a [Conn],
+    pub seeds: &'a [Conn],
+    pub proc_stats: &'a [(OwnerKey, Counters)],
+    pub cgroup_stats: &'a [(u64, Counters)],
+    pub facts: &'a HashMap<OwnerKey, OwnerFacts>,
+    pub seeded: &'a HashMap<OwnerKey, u64>,
+    pub cgroup_path: &'a dyn Fn(u64) -> Option<String>,
+}
+
+pub fn endpoint(addr: [u8; 16], port: u16) -> String {
+    std::net::SocketAddr::new(ip_from_bytes(addr), port).to_string()
+}
+
+/// Rows per server, process and cgroup. A seed that the kernel also tracks (same tuple)
+/// is counted once, as the kernel's.
+pub fn build(inputs: &Inputs<'_>) -> (Vec<ServerRow>, Vec<ProcessRow>, Vec<CgroupRow>) {
+    let tracked: HashSet<_> = inputs.conns.iter().map(|c| c.tuple).collect();
+    let live: Vec<&Conn> = inputs
+        .conns
+        .iter()
+        .chain(inputs.seeds.iter().filter(|s| !tracked.contains(&s.tuple)))
+        .collect();
+
+    let mut servers: BTreeMap<(String, String), StateCounts> = BTreeMap::new();
+    let mut by_owner: HashMap<OwnerKey, (StateCounts, BTreeMap<String, u64>)> = HashMap::new();
+    let mut by_cgroup: HashMap<u64, (StateCounts, BTreeSet<u32>)> = HashMap::new();
+    for c in &live {
+        let server = endpoint(c.tuple.daddr, c.tuple.dport);
+        let local = ip_from_bytes(c.tuple.saddr).to_string();
+        servers.entry((server.clone(), local)).or_default().add(c.state);
+        let (states, per_server) = by_owner.entry(c.owner).or_default();
+        states.add(c.state);
+        if matches!(c.state, tcp_state::SYN_SENT | tcp_state::ESTABLISHED) {
+            *per_server.entry(server).or_default() += 1;
+        }
+        let (cg_states, pids) = by_cgroup.entry(c.cgroup_id).or_default();
+        cg_states.add(c.state);
+        pids.insert(c.owner.tgid);
+    }
+
+    let stats: HashMap<OwnerKey, Counters> = inputs.proc_stats.iter().copied().collect();
+    let mut owners: BTreeSet<OwnerKey> = stats.keys().copied().collect();
+    owners.extend(by_owner.keys().copied());
+    owners.extend(inputs.seeded.keys().copied());
+
+    let mut cgroup_pids: HashMap<u64, BTreeSet<u32>> = HashMap::new();
+    let mut processes: Vec<ProcessRow> = owners
+        .into_iter()
+        .map(|key| {
+            let counters = stats.get(&key).copied().unwrap_or_default();
+            let (states, per_server) = by_owner.remove(&key).unwrap_or_default();
+            let facts = inputs.facts.get(&key).cloned().unwrap_or_default();
+            let cgroup_id = facts.cgroup_id;
+            cgroup_pids.entry(cgroup_id).or_default().insert(key.tgid);
+            let proc = facts.proc.as_ref();
+            ProcessRow {
+                pid: key.tgid,
+                comm: proc.map_or(facts.comm.clone(), |p| p.comm.clone()),
+                cmdline: proc.map(|p| p.cmdline.clone()),
+                uid: proc.map(|p| p.uid).or(facts.uid),
+                cgroup: (inputs.cgroup_path)(cgroup_id)
+                    .or_else(|| proc.and_then(|p| p.cgroup_v2.clone())),
+                cgroup_id,
+                alive: facts.alive,
+                states,
+                opened: counters.opened,
+                closed: counters.closed,
+                failed: counters.failed,
+                close_wait_total: counters.close_wait,
+                seeded: inputs.seeded.get(&key).copied().unwrap_or(0),
+                servers: per_server
+                    .into_iter()
+                    .map(|(server, open)| ServerOpen { server, open })
+                    .collect(),
+            }
+        })
+        .collect();
+    processes.sort_by(|a, b| {
+        (b.states.open, b.states.close_wait, b.opened)
+            .cmp(&(a.states.open, a.states.close_wait, a.opened))
+            .then(a.pid.cmp(&b.pid))
+    });
+
+    let cg_stats: HashMap<u64, Counters> = inputs.cgroup_stats.iter().copied().collect();
+    let mut ids: BTreeSet<u64> = cg_stats.keys().copied().collect();
+    ids.extend(by_cgroup.keys().copied());
+    let mut cgroups: Vec<CgroupRow> = ids
+        .into_iter()
+        .map(|id| {
+            let counters = cg_stats.get(&id).copied().unwrap_or_default();
+            let (states, mut pids) = by_cgroup.remove(&id).unwrap_or_default();
+            pids.extend(cgroup_pids.remove(&id).unwrap_or_default());
+            CgroupRow {
+                path: (inputs.cgroup_path)(id),
+                id,
+                states,
+                opened: counters.opened,
+                closed: counters.closed,
+                failed: counters.failed,
+                pids: pids.into_iter().collect(),
+            }
+        })
+        .collect();
+    cgroups.sort_by(|a, b| b.states.open.cmp(&a.states.open).then(a.id.cmp(&b.id)));
+
+    let servers = servers
+        .into_iter()
+        .map(|((server, local_ip), states)| ServerRow {
+            server,
+            local_ip,
+            states,
+        })
+        .collect();
+    (servers, processes, cgroups)
+}
+
+#[cfg(test)]
+mod tests {
+    use zkconn_common::Tuple;
+
+    use super::*;
+    use crate::targets::ip_to_bytes;
+
+    fn key(tgid: u32) -> OwnerKey {
+        OwnerKey {
+            tgid,
+            _pad: 0,
+            birth_ns: 1,
+        }
+    }
+
+    fn conn(tgid: u32, cgroup: u64, sport: u16, server: &str, state: u8) -> Conn {
+        let server: std::net::SocketAddr = server.parse().unwrap();
+        Conn {
+            tuple: Tuple {
+                saddr: ip_to_bytes("127.0.0.1".parse().unwrap()),
+                daddr: ip_to_bytes(server.ip()),
+                sport,
+                dport: server.port(),
+                _pad: 0,
+            },
+            owner: key(tgid),
+            cgroup_id: cgroup,
+            state,
+            ..Default::default()
+        }
+    }
+
+    fn run(
+        conns: &[Conn],
+        seeds: &[Conn],
+        stats: &[(OwnerKey, Counters)],
+    ) -> (Vec<ServerRow>, Vec<ProcessRow>, Vec<CgroupRow>) {
+        let facts = HashMap::new();
+        let seeded = HashMap::new();
+        let path = |id: u64| Some(format!("/cg{id}"));
+        build(&Inputs {
+            conns,
+            seeds,
+            proc_stats: stats,
+            cgroup_stats: &[],
+            facts: &facts,
+            seeded: &seeded,
+            cgroup_path: &path,
+        })
+    }
+
+    #[test]
+    fn states_split_into_open_close_wait_and_closing() {
+        use tcp_state::*;
+        let conns = [
+            conn(10, 5, 1, "127.0.0.2:2181", SYN_SENT),
+            conn(10, 5, 2, "127.0.0.2:2181", ESTABLISHED),
+            conn(10, 5, 3, "127.0.0.3:2181", ESTABLISHED),
+            conn(10, 5, 4, "127.0.0.2:2181", CLOSE_WAIT),
+            conn(10, 5, 5, "127.0.0.2:2181", FIN_WAIT2),
+            conn(11, 6, 6, "[::1]:2181", ESTABLISHED),
+        ];
+        let (servers, procs, cgroups) = run(&conns, &[], &[]);
+        assert_eq!(servers.len(), 3);
+        assert_eq!(servers[0].server, "127.0.0.2:2181");
+        assert_eq!(
+            servers[0].states,
+            StateCounts {
+                open: 2,
+                connecting: 1,
+                established: 1,
+                close_wait: 1,
+                closing: 1
+            }
+        );
+        assert_eq!(servers[2].server, "[::1]:2181");
+        assert_eq!(procs[0].pid, 10);
+        assert_eq!(procs[0].states.open, 3);
+        assert_eq!(
+            procs[0].servers,
+            vec![
+                ServerOpen { server: "127.0.0.2:2181".into(), open: 2 },
+                ServerOpen { server: "127.0.0.3:2181".into(), open: 1 },
+            ]
+        );
+        assert_eq!(cgroups[0].id, 5);
+        assert_eq!(cgroups[0].states.open, 3);
+        assert_eq!(cgroups[0].path.as_deref(), Some("/cg5"));
+        assert_eq!(cgroups[1].pids, vec![11]);
+    }
+
+    #[test]
+    fn a_seed_also_tracked_by_the_kernel_counts_once() {
+        let c = conn(10, 5, 7, "127.0.0.2:2181", tcp_state::ESTABLISHED);
+        let (servers, procs, _) = run(&[c], &[c], &[]);
+        assert_eq!(servers[0].states.open, 1);
+        assert_eq!(procs[0].states.open, 1);
+    }
+
+    #[test]
+    fn exited_process_keeps_its_totals() {
+        let stats = [(
+            key(42),
+            Counters {
+                opened: 5,
+                closed: 3,
+                failed: 2,
+                close_wait: 0,
+            },
+        )];
+        let (_, procs, _) = run(&[], &[], &stats);
+        assert_eq!(procs.len(), 1);
+        assert_eq!((procs[0].opened, procs[0].closed, procs[0].failed), (5, 3, 2));
+        assert_eq!(procs[0].states.open, 0);
+        assert!(!procs[0].alive);
+    }
+
+    #[test]
+    fn reused_pid_is_two_rows() {
+        let mut older = key(42);
+        older.birth_ns = 100;
+        let mut newer = key(42);
+        newer.birth_ns = 200;
+        let stats = [
+            (older, Counters { opened: 1, ..Default::default() }),
+            (newer, Counters { opened: 2, ..Default::default() }),
+        ];
+        let (_, procs, _) = run(&[], &[], &stats);
+        assert_eq!(procs.len(), 2);
+    }
+
+    #[test]
+    fn empty_host() {
+        let (s, p, c) = run(&[], &[], &[]);
+        assert!(s.is_empty() && p.is_empty() && c.is_empty());
+    }
+}

@@ -1,0 +1,389 @@
+//! Loading, attaching and reading zkconn's kernel programs.
+//!
+//! Owns: the eBPF object, the choice of hook, map sizes, the target maps, and reading the
+//! kernel's state back as plain values ([`KernelState`]).
+//! Must not: aggregate or attribute (that is `model`/`procfs`); it hands out raw rows.
+//!
+//! Hooks are an enum: each variant knows how to attach itself and what it needs; the maps
+//! and the accounting in the kernel are shared by all of them.
+
+mod tracefs;
+
+use std::{
+    collections::HashMap as StdHashMap,
+    fmt,
+    os::fd::{AsFd as _, AsRawFd as _},
+};
+
+use anyhow::{Context as _, anyhow, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::TracePoint,
+};
+use zkconn_common::{
+    Conn, Counters, Endpoint, ExitTpLayout, Owner, OwnerKey, StateTpLayout, Tuple,
+    global_names, map_names, probe_counter, program_names,
+};
+
+use crate::targets::{Targets, ip_to_bytes};
+
+/// What the user asked for with `--hook`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum HookChoice {
+    /// The best hook this kernel allows (today: the state tracepoint).
+    Auto,
+    /// The `sock:inet_sock_set_state` classic tracepoint (kernel 4.16+).
+    Tracepoint,
+}
+
+/// The hook in use, as named in every output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Hook {
+    Tracepoint,
+}
+
+impl fmt::Display for Hook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Hook::Tracepoint => "tracepoint",
+        })
+    }
+}
+
+/// Map capacities (entries). Full maps are counted as overflow, never silent.
+#[derive(Clone, Copy, Debug)]
+pub struct Capacities {
+    pub conns: u32,
+    pub owners: u32,
+    pub cgroups: u32,
+    pub ring_buffer_bytes: u32,
+}
+
+/// Everything the kernel holds, read in one pass.
+#[derive(Clone, Debug, Default)]
+pub struct KernelState {
+    pub conns: Vec<Conn>,
+    pub seeds: Vec<Conn>,
+    /// Live processes (tgid → what the kernel recorded).
+    pub owners: StdHashMap<u32, Owner>,
+    pub proc_stats: Vec<(OwnerKey, Counters)>,
+    pub cgroup_stats: Vec<(u64, Counters)>,
+    pub counters: [u64; probe_counter::COUNT as usize],
+    /// Runs the kernel skipped because a BPF program was already running on that CPU.
+    pub recursion_misses: u64,
+    /// Map entries that could not be read (an entry deleted mid-iteration is not an error).
+    pub read_errors: u64,
+}
+
+pub struct Probe {
+    ebpf: Ebpf,
+    hook: Hook,
+    /// False when the kernel's `sched_process_exit` has no `group_dead` (before 6.x):
+    /// exits are then found from `/proc`.
+    pub exit_events: bool,
+}
+
+/// The compiled kernel programs, embedded at build time by `build.rs`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/zkconn"));
+
+impl Probe {
+    /// Loads the programs sized by `caps`, fills the target maps and attaches `choice`.
+    pub fn load(choice: HookChoice, caps: Capacities, targets: &Targets) -> anyhow::Result<Self> {
+        let root = tracefs::events_root()?;
+        let state = tracefs::tracepoint_fields(&root, "sock", "inet_sock_set_state")?;
+        let field = |name: &str| {
+            state.get(name).map(|f| f.offset).ok_or_else(|| {
+                anyhow!("this kernel's sock:inet_sock_set_state has no field {name:?}; zkconn needs kernel 4.16 or newer")
+            })
+        };
+        let state_layout = StateTpLayout {
+            skaddr: field("skaddr")?,
+            oldstate: field("oldstate")?,
+            newstate: field("newstate")?,
+            sport: field("sport")?,
+            dport: field("dport")?,
+            family: field("family")?,
+            protocol: field("protocol")?,
+            saddr: field("saddr")?,
+            daddr: field("daddr")?,
+            saddr_v6: field("saddr_v6")?,
+            daddr_v6: field("daddr_v6")?,
+            valid: 1,
+        };
+        let exit_layout = tracefs::tracepoint_fields(&root, "sched", "sched_process_exit")
+            .ok()
+            .and_then(|f| f.get("group_dead").copied())
+            .map_or(ExitTpLayout::default(), |f| ExitTpLayout {
+                group_dead: f.offset,
+                valid: 1,
+            });
+
+        let ebpf = EbpfLoader::new()
+            .override_global(global_names::STATE_TP_LAYOUT, &state_layout, true)
+            .override_global(global_names::EXIT_TP_LAYOUT, &exit_layout, true)
+            .map_max_entries(map_names::CONNS, caps.conns)
+            .map_max_entries(map_names::SEEDS, caps.conns)
+            .map_max_entries(map_names::OWNERS, caps.owners)
+            .map_max_entries(map_names::PROC_STATS, caps.owners)
+            .map_max_entries(map_names::CGROUP_STATS, caps.cgroups)
+            .map_max_entries(map_names::EVENTS, caps.ring_buffer_bytes)
+            .load(OBJECT)
+            .map_err(|e| anyhow!("{}", explain_load_error(&e)))?;
+
+        let mut probe = Probe {
+            ebpf,
+            hook: Hook::Tracepoint,
+            exit_events: exit_layout.valid == 1,
+        };
+        probe.load_targets(targets)?;
+        probe.hook = match choice {
+            HookChoice::Auto | HookChoice::Tracepoint => {
+                probe.attach_tracepoint(program_names::STATE_TP, "sock", "inet_sock_set_state")?;
+                Hook::Tracepoint
+            }
+        };
+        if probe.exit_events {
+            probe.attach_tracepoint(program_names::EXIT_TP, "sched", "sched_process_exit")?;
+        }
+        Ok(probe)
+    }
+
+    pub fn hook(&self) -> Hook {
+        self.hook
+    }
+
+    fn attach_tracepoint(&mut self, program: &str, category: &str, name: &str) -> anyhow::Result<()> {
+        let prog: &mut TracePoint = self
+            .ebpf
+            .program_mut(program)
+            .ok_or_else(|| anyhow!("the eBPF object has no program {program}; rebuild zkconn"))?
+            .try_into()
+            .with_context(|| format!("{program} is not a tracepoint program"))?;
+        prog.load().map_err(|e| {
+            anyhow!(
+                "the kernel's verifier refused {program} ({e}); report this with `uname -r`"
+            )
+        })?;
+        prog.attach(category, name).with_context(|| {
+            format!("attaching to the tracepoint {category}:{name} failed")
+        })?;
+        Ok(())
+    }
+
+    fn load_targets(&mut self, targets: &Targets) -> anyhow::Result<()> {
+        let mut ports: HashMap<_, u16, u8> = self.map_mut(map_names::PORTS)?;
+        for (port, flags) in targets.port_flags() {
+            ports.insert(port, flags, 0).context("filling the ports map")?;
+        }
+        let mut endpoints: HashMap<_, Endpoint, u8> = self.map_mut(map_names::ENDPOINTS)?;
+        for e in &targets.endpoints {
+            let key = Endpoint {
+                addr: ip_to_bytes(e.ip()),
+                port: e.port(),
+                _pad: [0; 6],
+            };
+            endpoints.insert(key, 1, 0).context("filling the endpoints map")?;
+        }
+        Ok(())
+    }
+
+    fn map_mut<'a, T>(&'a mut self, name: &str) -> anyhow::Result<T>
+    where
+        T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or_else(|| anyhow!("the eBPF object has no map {name}; rebuild zkconn"))?;
+        T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
+    }
+
+    fn map<'a, T>(&'a self, name: &str) -> anyhow::Result<T>
+    where
+        T: TryFrom<&'a aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        let map = self
+            .ebpf
+            .map(name)
+            .ok_or_else(|| anyhow!("the eBPF object has no map {name}; rebuild zkconn"))?;
+        T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
+    }
+
+    /// Takes the ring buffer out of the object, for the event reader.
+    pub fn take_events(&mut self) -> anyhow::Result<RingBuf<MapData>> {
+        let map = self
+            .ebpf
+            .take_map(map_names::EVENTS)
+            .ok_or_else(|| anyhow!("the eBPF object has no ring buffer; rebuild zkconn"))?;
+        RingBuf::try_from(map).context("the events map is not a ring buffer")
+    }
+
+    /// Reads every map. Entries that vanish between listing and lookup were deleted by the
+    /// kernel meanwhile (a socket closed) and are skipped, not counted as errors.
+    pub fn read(&self) -> anyhow::Result<KernelState> {
+        let mut st = KernelState::default();
+        let conns: HashMap<_, u64, Conn> = self.map(map_names::CONNS)?;
+        for item in conns.iter() {
+            match item {
+                Ok((_, conn)) => st.conns.push(conn),
+                Err(e) if is_vanished(&e) => {}
+                Err(_) => st.read_errors += 1,
+            }
+        }
+        let seeds: HashMap<_, Tuple, Conn> = self.map(map_names::SEEDS)?;
+        for item in seeds.iter() {
+            match item {
+                Ok((_, conn)) => st.seeds.push(conn),
+                Err(e) if is_vanished(&e) => {}
+                Err(_) => st.read_errors += 1,
+            }
+        }
+        let owners: HashMap<_, u32, Owner> = self.map(map_names::OWNERS)?;
+        for item in owners.iter() {
+            match item {
+                Ok((tgid, owner)) => {
+                    st.owners.insert(tgid, owner);
+                }
+                Err(e) if is_vanished(&e) => {}
+                Err(_) => st.read_errors += 1,
+            }
+        }
+        let procs: PerCpuHashMap<_, OwnerKey, Counters> = self.map(map_names::PROC_STATS)?;
+        for item in procs.iter() {
+            match item {
+                Ok((key, per_cpu)) => st.proc_stats.push((key, sum(&per_cpu))),
+                Err(e) if is_vanished(&e) => {}
+                Err(_) => st.read_errors += 1,
+            }
+        }
+        let cgroups: PerCpuHashMap<_, u64, Counters> = self.map(map_names::CGROUP_STATS)?;
+        for item in cgroups.iter() {
+            match item {
+                Ok((key, per_cpu)) => st.cgroup_stats.push((key, sum(&per_cpu))),
+                Err(e) if is_vanished(&e) => {}
+                Err(_) => st.read_errors += 1,
+            }
+        }
+        let counters: PerCpuArray<_, u64> = self.map(map_names::PROBE_COUNTERS)?;
+        for (i, slot) in st.counters.iter_mut().enumerate() {
+            let index = u32::try_from(i).unwrap_or(u32::MAX);
+            if let Ok(values) = counters.get(&index, 0) {
+                *slot = values.iter().sum();
+            }
+        }
+        st.recursion_misses = self.recursion_misses();
+        Ok(st)
+    }
+
+    /// Sum of the kernel's `recursion_misses` over our programs, from their fdinfo.
+    fn recursion_misses(&self) -> u64 {
+        let mut total = 0;
+        for name in [program_names::STATE_TP, program_names::EXIT_TP] {
+            let Some(prog) = self.ebpf.program(name) else { continue };
+            let Ok(fd) = prog.fd() else { continue };
+            let path = format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd());
+            let Ok(info) = std::fs::read_to_string(path) else { continue };
+            total += info
+                .lines()
+                .find_map(|l| l.strip_prefix("recursion_misses:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+        total
+    }
+
+    /// Registers a process found by seeding. Returns the identity the kernel uses for it: an
+    /// existing one when the process already connected since zkconn started.
+    pub fn insert_owner(&mut self, tgid: u32, owner: Owner) -> anyhow::Result<OwnerKey> {
+        let mut owners: HashMap<_, u32, Owner> = self.map_mut(map_names::OWNERS)?;
+        let birth_ns = match owners.insert(tgid, owner, u64::from(aya_noexist())) {
+            Ok(()) => owner.birth_ns,
+            Err(_) => owners
+                .get(&tgid, 0)
+                .map(|o| o.birth_ns)
+                .context("the owners map is full; raise --max-processes")?,
+        };
+        Ok(OwnerKey {
+            tgid,
+            _pad: 0,
+            birth_ns,
+        })
+    }
+
+    pub fn insert_seed(&mut self, conn: Conn) -> anyhow::Result<()> {
+        let mut seeds: HashMap<_, Tuple, Conn> = self.map_mut(map_names::SEEDS)?;
+        seeds
+            .insert(conn.tuple, conn, 0)
+            .context("the seed map is full; raise --max-connections")
+    }
+
+    /// Removes a seed; false when it was already gone (the kernel adopted or closed it).
+    pub fn remove_seed(&mut self, tuple: &Tuple) -> bool {
+        match self.map_mut::<HashMap<_, Tuple, Conn>>(map_names::SEEDS) {
+            Ok(mut seeds) => seeds.remove(tuple).is_ok(),
+            Err(_) => false,
+        }
+    }
+}
+
+fn aya_noexist() -> u32 {
+    // BPF_NOEXIST from the UAPI.
+    1
+}
+
+fn sum(per_cpu: &[Counters]) -> Counters {
+    per_cpu.iter().fold(Counters::default(), |acc, c| Counters {
+        opened: acc.opened + c.opened,
+        closed: acc.closed + c.closed,
+        failed: acc.failed + c.failed,
+        close_wait: acc.close_wait + c.close_wait,
+    })
+}
+
+fn is_vanished(e: &aya::maps::MapError) -> bool {
+    matches!(e, aya::maps::MapError::KeyNotFound)
+}
+
+fn explain_load_error(e: &aya::EbpfError) -> String {
+    let text = format!("{e:#}");
+    if text.contains("Operation not permitted") || text.contains("EPERM") {
+        "the kernel refused to create BPF maps or programs (EPERM): run zkconn as root or give \
+         it CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE"
+            .to_owned()
+    } else {
+        format!("loading zkconn's eBPF object failed: {text}")
+    }
+}
+
+/// Checks the capabilities zkconn needs before touching the kernel, so a missing privilege
+/// is one clear sentence rather than an errno from deep inside the loader.
+pub fn check_privileges() -> anyhow::Result<()> {
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    const CAP_SYS_PTRACE: u32 = 19;
+    let status = std::fs::read_to_string("/proc/self/status")
+        .context("cannot read /proc/self/status to check privileges; is /proc mounted?")?;
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = |cap: u32| eff & (1u64 << cap) != 0;
+    let bpf_ok = has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON));
+    if !bpf_ok {
+        bail!(
+            "zkconn needs root or the capabilities CAP_BPF and CAP_PERFMON to load its eBPF \
+             programs; run it with sudo (or `cargo xtask run`)"
+        );
+    }
+    if !has(CAP_SYS_PTRACE) {
+        log::warn!(
+            "without CAP_SYS_PTRACE other users' /proc/PID/fd cannot be read: connections that \
+             predate zkconn may miss their owner (counted as unreadable)"
+        );
+    }
+    Ok(())
+}

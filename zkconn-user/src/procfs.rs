@@ -1,0 +1,428 @@
+//! Reading `/proc` and the cgroup2 tree: process facts, socket tables and socket owners.
+//!
+//! Owns: parsers over a root path (tests point it at fixtures) and secret redaction.
+//! Must not: decide what is ZooKeeper's (that is `targets`) or aggregate counts (`model`).
+//! Every unreadable entry is returned as an error for the caller to count, never dropped.
+
+use std::{
+    collections::HashMap,
+    fs,
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::{Path, PathBuf},
+};
+
+use serde::Serialize;
+
+/// Facts about a process read from `/proc/PID`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ProcInfo {
+    pub comm: String,
+    /// Redacted command line (see [`redact_cmdline`]).
+    pub cmdline: String,
+    pub uid: u32,
+    /// Start time on the boot clock, in ns (from ticks, so a multiple of 1/CLK_TCK s).
+    pub start_ns: u64,
+    /// cgroup v2 path from `/proc/PID/cgroup` (`0::/path`), when the host has one.
+    pub cgroup_v2: Option<String>,
+}
+
+/// A `/proc`-like tree: `/proc` in production, a fixture directory in tests.
+#[derive(Clone, Debug)]
+pub struct Procfs {
+    root: PathBuf,
+    ticks_per_sec: u64,
+}
+
+impl Default for Procfs {
+    fn default() -> Self {
+        // SAFETY: sysconf has no preconditions.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        Self {
+            root: PathBuf::from("/proc"),
+            ticks_per_sec: u64::try_from(ticks).ok().filter(|&t| t > 0).unwrap_or(100),
+        }
+    }
+}
+
+impl Procfs {
+    #[cfg(test)]
+    pub fn at(root: impl Into<PathBuf>, ticks_per_sec: u64) -> Self {
+        Self {
+            root: root.into(),
+            ticks_per_sec,
+        }
+    }
+
+    fn pid_path(&self, pid: u32, file: &str) -> PathBuf {
+        self.root.join(pid.to_string()).join(file)
+    }
+
+    /// Reads comm, cmdline, uid, start time and cgroup of `pid`.
+    pub fn process(&self, pid: u32) -> io::Result<ProcInfo> {
+        let stat = fs::read_to_string(self.pid_path(pid, "stat"))?;
+        let (comm, start_ticks) = parse_stat(&stat).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidData, format!("/proc/{pid}/stat is malformed"))
+        })?;
+        let status = fs::read_to_string(self.pid_path(pid, "status"))?;
+        let uid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(u32::MAX);
+        let cmdline = fs::read(self.pid_path(pid, "cmdline")).unwrap_or_default();
+        let cgroup = fs::read_to_string(self.pid_path(pid, "cgroup")).unwrap_or_default();
+        Ok(ProcInfo {
+            comm,
+            cmdline: redact_cmdline(&cmdline),
+            uid,
+            start_ns: start_ticks.saturating_mul(1_000_000_000 / self.ticks_per_sec),
+            cgroup_v2: cgroup
+                .lines()
+                .find_map(|l| l.strip_prefix("0::"))
+                .map(str::to_owned),
+        })
+    }
+
+    /// Start time of `pid` on the boot clock in ns, or `None` when it does not exist.
+    pub fn start_ns(&self, pid: u32) -> Option<u64> {
+        let stat = fs::read_to_string(self.pid_path(pid, "stat")).ok()?;
+        let (_, ticks) = parse_stat(&stat)?;
+        Some(ticks.saturating_mul(1_000_000_000 / self.ticks_per_sec))
+    }
+
+    /// Numeric entries of the root: every pid.
+    pub fn pids(&self) -> io::Result<Vec<u32>> {
+        let mut pids: Vec<u32> = fs::read_dir(&self.root)?
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        pids.sort_unstable();
+        Ok(pids)
+    }
+
+    /// The network namespace of `pid` (`net:[inode]` → inode).
+    pub fn netns(&self, pid: u32) -> io::Result<u64> {
+        let link = fs::read_link(self.pid_path(pid, "ns/net"))?;
+        parse_bracketed_inode(&link.to_string_lossy(), "net:").ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidData, "unexpected ns/net link")
+        })
+    }
+
+    /// Socket inodes held open by `pid`.
+    pub fn socket_inodes(&self, pid: u32) -> io::Result<Vec<u64>> {
+        let mut inodes = Vec::new();
+        for entry in fs::read_dir(self.pid_path(pid, "fd"))? {
+            let Ok(entry) = entry else { continue };
+            // An fd closed between read_dir and read_link is not an error.
+            let Ok(link) = fs::read_link(entry.path()) else {
+                continue;
+            };
+            if let Some(inode) = parse_bracketed_inode(&link.to_string_lossy(), "socket:") {
+                inodes.push(inode);
+            }
+        }
+        Ok(inodes)
+    }
+
+    /// TCP sockets of `pid`'s network namespace (`net/tcp` and `net/tcp6`).
+    pub fn tcp_sockets(&self, pid: u32) -> io::Result<Vec<TcpSocket>> {
+        let mut out = parse_proc_net_tcp(&fs::read_to_string(self.pid_path(pid, "net/tcp"))?);
+        // tcp6 is absent when IPv6 is disabled.
+        if let Ok(v6) = fs::read_to_string(self.pid_path(pid, "net/tcp6")) {
+            out.extend(parse_proc_net_tcp(&v6));
+        }
+        Ok(out)
+    }
+}
+
+/// `comm` and `starttime` (ticks since boot) from `/proc/PID/stat`. The comm is in
+/// parentheses and may itself contain spaces and parentheses: split at the last ')'.
+fn parse_stat(stat: &str) -> Option<(String, u64)> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat.get(open + 1..close)?.to_owned();
+    // Fields after the comm start at field 3 (state); starttime is field 22.
+    let start = stat
+        .get(close + 1..)?
+        .split_whitespace()
+        .nth(22 - 3)?
+        .parse()
+        .ok()?;
+    Some((comm, start))
+}
+
+fn parse_bracketed_inode(link: &str, prefix: &str) -> Option<u64> {
+    link.strip_prefix(prefix)?
+        .strip_prefix('[')?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+/// One row of `/proc/net/tcp{,6}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpSocket {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    /// Kernel TCP state number.
+    pub state: u8,
+    pub inode: u64,
+}
+
+/// Parses `/proc/net/tcp` or `/proc/net/tcp6`. Malformed rows are skipped: the kernel
+/// writes this file, so a bad row means a format this parser does not know, not bad input.
+pub fn parse_proc_net_tcp(text: &str) -> Vec<TcpSocket> {
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let mut f = line.split_whitespace();
+            let _slot = f.next()?;
+            let local = parse_hex_addr(f.next()?)?;
+            let remote = parse_hex_addr(f.next()?)?;
+            let state = u8::from_str_radix(f.next()?, 16).ok()?;
+            // tx:rx, tr:when, retrnsmt, uid, timeout, inode
+            let inode = f.nth(5)?.parse().ok()?;
+            Some(TcpSocket {
+                local,
+                remote,
+                state,
+                inode,
+            })
+        })
+        .collect()
+}
+
+/// `0100007F:0885` (IPv4, each 32-bit word in host byte order) or the 32-hex-digit IPv6 form.
+fn parse_hex_addr(text: &str) -> Option<SocketAddr> {
+    let (addr, port) = text.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    // The kernel prints each 32-bit word of the address as a native-endian integer.
+    let word = |s: &str| u32::from_str_radix(s, 16).ok().map(u32::to_ne_bytes);
+    let ip = match addr.len() {
+        8 => IpAddr::V4(Ipv4Addr::from(word(addr)?)),
+        32 => {
+            let mut bytes = [0u8; 16];
+            for i in 0..4 {
+                let w = word(addr.get(i * 8..i * 8 + 8)?)?;
+                bytes[i * 4..i * 4 + 4].copy_from_slice(&w);
+            }
+            IpAddr::V6(Ipv6Addr::from(bytes))
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(crate::targets::canonical_ip(ip), port))
+}
+
+/// Redacts secrets from a NUL-separated command line: the value of every `-D`/`--` option
+/// and `key=value` argument whose key names a secret, and URL credentials.
+pub fn redact_cmdline(raw: &[u8]) -> String {
+    let args: Vec<String> = raw
+        .split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| redact_arg(&String::from_utf8_lossy(a)))
+        .collect();
+    let mut out = Vec::with_capacity(args.len());
+    let mut redact_next = false;
+    for arg in args {
+        if redact_next {
+            out.push("<redacted>".to_owned());
+            redact_next = false;
+            continue;
+        }
+        // `--password secret` (value in the next argument)
+        if arg.starts_with('-') && !arg.contains('=') && is_secret_key(&arg) {
+            redact_next = true;
+        }
+        out.push(arg);
+    }
+    out.join(" ")
+}
+
+const SECRET_WORDS: [&str; 8] = [
+    "password",
+    "passwd",
+    "secret",
+    "token",
+    "credential",
+    "keytab.pass",
+    "apikey",
+    "api.key",
+];
+
+fn is_secret_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    SECRET_WORDS.iter().any(|w| key.contains(w))
+}
+
+fn redact_arg(arg: &str) -> String {
+    if let Some((key, _)) = arg.split_once('=')
+        && is_secret_key(key)
+    {
+        return format!("{key}=<redacted>");
+    }
+    // scheme://user:password@host
+    if let Some(scheme_end) = arg.find("://") {
+        let rest = &arg[scheme_end + 3..];
+        if let Some(at) = rest.find('@')
+            && let Some(colon) = rest[..at].find(':')
+        {
+            return format!(
+                "{}{}:<redacted>{}",
+                &arg[..scheme_end + 3],
+                &rest[..colon],
+                &rest[at..]
+            );
+        }
+    }
+    arg.to_owned()
+}
+
+/// Maps cgroup v2 ids (directory inode numbers) to paths under the cgroup2 mount.
+#[derive(Debug, Default)]
+pub struct CgroupPaths {
+    mount: Option<PathBuf>,
+    paths: HashMap<u64, String>,
+}
+
+impl CgroupPaths {
+    /// Finds the cgroup2 mount (`/sys/fs/cgroup` on unified hosts, `/sys/fs/cgroup/unified`
+    /// on hybrid ones) from `/proc/self/mountinfo`.
+    pub fn discover() -> Self {
+        let mount = fs::read_to_string("/proc/self/mountinfo")
+            .ok()
+            .and_then(|info| {
+                info.lines().find_map(|l| {
+                    let (pre, post) = l.split_once(" - ")?;
+                    let mount_point = pre.split_whitespace().nth(4)?;
+                    (post.split_whitespace().next()? == "cgroup2")
+                        .then(|| PathBuf::from(mount_point))
+                })
+            });
+        let mut this = Self {
+            mount,
+            paths: HashMap::new(),
+        };
+        this.rescan();
+        this
+    }
+
+    /// The path of cgroup `id`, rescanning once when it is unknown (a new cgroup).
+    pub fn path(&mut self, id: u64) -> Option<String> {
+        if !self.paths.contains_key(&id) {
+            self.rescan();
+        }
+        self.paths.get(&id).cloned()
+    }
+
+    /// The id (directory inode) of the cgroup at `path` under the cgroup2 mount.
+    pub fn id_of(&self, path: &str) -> Option<u64> {
+        use std::os::unix::fs::MetadataExt as _;
+        let mount = self.mount.as_ref()?;
+        fs::metadata(mount.join(path.trim_start_matches('/')))
+            .ok()
+            .map(|m| m.ino())
+    }
+
+    fn rescan(&mut self) {
+        use std::os::unix::fs::MetadataExt as _;
+        let Some(mount) = self.mount.clone() else {
+            return;
+        };
+        let mut stack = vec![mount.clone()];
+        // Bounded: the cgroup tree is finite and has no symlinks.
+        while let Some(dir) = stack.pop() {
+            let Ok(meta) = fs::metadata(&dir) else { continue };
+            let rel = dir.strip_prefix(&mount).unwrap_or(Path::new(""));
+            self.paths
+                .insert(meta.ino(), format!("/{}", rel.display()));
+            let Ok(entries) = fs::read_dir(&dir) else { continue };
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push(entry.path());
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rstest::rstest;
+
+    use super::*;
+
+    #[test]
+    fn stat_with_hostile_comm() {
+        let stat = "4242 (java (x) y) S 1 4242 4242 0 -1 4194560 100 0 0 0 5 3 0 0 20 0 40 0 \
+                    123456 1000000 200 18446744073709551615";
+        assert_eq!(parse_stat(stat), Some(("java (x) y".into(), 123456)));
+    }
+
+    #[test]
+    fn proc_net_tcp_rows() {
+        let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+   0: 0100007F:0885 00000000:0000 0A 00000000:00000000 00:00000000 00000000   107        0 31337 1 0000000000000000 100 0 0 10 0\n\
+   1: 0200007F:C350 0100007F:0885 01 00000000:00000000 00:00000000 00000000     0        0 4242 1 0000000000000000 20 4 30 10 -1\n";
+        let rows = parse_proc_net_tcp(text);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[1].local, "127.0.0.2:50000".parse().unwrap());
+        assert_eq!(rows[1].remote, "127.0.0.1:2181".parse().unwrap());
+        assert_eq!(rows[1].state, 1);
+        assert_eq!(rows[1].inode, 4242);
+    }
+
+    #[test]
+    fn proc_net_tcp6_rows() {
+        let text = "header\n   0: 00000000000000000000000001000000:C350 00000000000000000000000001000000:0885 01 00000000:00000000 00:00000000 00000000     0        0 777 1 0 20 4 30 10 -1\n\
+   1: 0000000000000000FFFF00000100007F:C351 0000000000000000FFFF00000200007F:0885 08 00000000:00000000 00:00000000 00000000     0        0 778 1 0 20 4 30 10 -1\n";
+        let rows = parse_proc_net_tcp(text);
+        assert_eq!(rows[0].remote, "[::1]:2181".parse().unwrap());
+        // v4-mapped becomes the IPv4 address
+        assert_eq!(rows[1].remote, "127.0.0.2:2181".parse().unwrap());
+        assert_eq!(rows[1].state, 8);
+    }
+
+    #[rstest]
+    #[case(
+        b"java\0-Djavax.net.ssl.keyStorePassword=hunter2\0-Dproc_regionserver\0Main\0".as_slice(),
+        "java -Djavax.net.ssl.keyStorePassword=<redacted> -Dproc_regionserver Main"
+    )]
+    #[case(
+        b"hive\0--hiveconf\0hive.metastore.password=x\0".as_slice(),
+        "hive --hiveconf hive.metastore.password=<redacted>"
+    )]
+    #[case(b"tool\0--password\0s3cr3t\0-v\0".as_slice(), "tool --password <redacted> -v")]
+    #[case(
+        b"curl\0https://alice:pw@zk.example:8080/x\0".as_slice(),
+        "curl https://alice:<redacted>@zk.example:8080/x"
+    )]
+    #[case(b"app\0-Dzk.auth.token=abc\0".as_slice(), "app -Dzk.auth.token=<redacted>")]
+    #[case(b"plain\0args\0".as_slice(), "plain args")]
+    fn cmdline_redaction(#[case] raw: &[u8], #[case] expected: &str) {
+        assert_eq!(redact_cmdline(raw), expected);
+    }
+
+    #[test]
+    fn fixture_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("77");
+        fs::create_dir_all(&p).unwrap();
+        fs::write(p.join("stat"), "77 (zkcli) S 1 77 77 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 250 0 0").unwrap();
+        fs::write(p.join("status"), "Name:\tzkcli\nUid:\t1001\t1001\t1001\t1001\n").unwrap();
+        fs::write(p.join("cmdline"), b"zkcli\0--token=abc\0").unwrap();
+        fs::write(p.join("cgroup"), "4:cpu:/hadoop-yarn/c1\n0::/system.slice/x.service\n").unwrap();
+        let info = Procfs::at(dir.path(), 100).process(77).unwrap();
+        assert_eq!(
+            info,
+            ProcInfo {
+                comm: "zkcli".into(),
+                cmdline: "zkcli --token=<redacted>".into(),
+                uid: 1001,
+                start_ns: 2_500_000_000,
+                cgroup_v2: Some("/system.slice/x.service".into()),
+            }
+        );
+        assert!(Procfs::at(dir.path(), 100).process(78).is_err());
+    }
+}

@@ -1,0 +1,244 @@
+//! Seeding: the ZooKeeper connections that existed before zkconn attached.
+//!
+//! Owns: finding them in every network namespace once (`/proc/PID/net/tcp{,6}` of one
+//! process per namespace), their owners (`/proc/PID/fd` socket inodes), and handing them to
+//! the kernel's `SEEDS` map, which adopts each at its next state change.
+//! Must not: count twice. The hooks are attached first; a connection already tracked by
+//! the kernel is skipped, and a second scan drops seeds that closed or that the kernel
+//! picked up while seeding ran (see `seed`).
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    io,
+};
+
+use anyhow::Context as _;
+use zkconn_common::{COMM_LEN, Conn, Owner, OwnerKey, Tuple, conn_flags, tcp_state};
+
+use crate::{
+    probe::Probe,
+    procfs::{CgroupPaths, Procfs, TcpSocket},
+    targets::{Targets, ip_to_bytes},
+};
+
+/// What seeding did, for the snapshot's `probe.seeds`.
+#[derive(Clone, Debug, Default)]
+pub struct SeedReport {
+    /// Connections handed to the kernel (after dropping the ones that raced the start).
+    pub seeded: u64,
+    /// Same 4-tuple in two network namespaces: the kernel's seed key cannot tell them
+    /// apart, so the second is not tracked (and counted here).
+    pub conflicts: u64,
+    /// ZooKeeper sockets whose owning process could not be found or read.
+    pub ownerless: u64,
+    /// `/proc` entries that existed but could not be read (permissions, races aside).
+    pub unreadable: u64,
+    /// Seeded connections per process.
+    pub per_owner: HashMap<OwnerKey, u64>,
+}
+
+fn is_live_state(state: u8) -> bool {
+    matches!(
+        state,
+        tcp_state::SYN_SENT
+            | tcp_state::ESTABLISHED
+            | tcp_state::CLOSE_WAIT
+            | tcp_state::FIN_WAIT1
+            | tcp_state::FIN_WAIT2
+            | tcp_state::CLOSING
+            | tcp_state::LAST_ACK
+    )
+}
+
+fn tuple_of(s: &TcpSocket) -> Tuple {
+    Tuple {
+        saddr: ip_to_bytes(s.local.ip()),
+        daddr: ip_to_bytes(s.remote.ip()),
+        sport: s.local.port(),
+        dport: s.remote.port(),
+        _pad: 0,
+    }
+}
+
+/// Not-found is a process that exited while we looked: not an error worth counting.
+fn count_unreadable(report: &mut SeedReport, e: &io::Error) {
+    if e.kind() != io::ErrorKind::NotFound {
+        report.unreadable += 1;
+    }
+}
+
+/// Target sockets of every network namespace, each namespace read once.
+fn scan_sockets(procfs: &Procfs, targets: &Targets, report: &mut SeedReport) -> Vec<TcpSocket> {
+    let mut seen_netns = HashSet::new();
+    let mut out = Vec::new();
+    let Ok(pids) = procfs.pids() else {
+        report.unreadable += 1;
+        return out;
+    };
+    for pid in pids {
+        let netns = match procfs.netns(pid) {
+            Ok(ns) => ns,
+            Err(e) => {
+                count_unreadable(report, &e);
+                continue;
+            }
+        };
+        if !seen_netns.insert(netns) {
+            continue;
+        }
+        match procfs.tcp_sockets(pid) {
+            Ok(sockets) => out.extend(
+                sockets
+                    .into_iter()
+                    .filter(|s| is_live_state(s.state) && targets.matches(s.remote)),
+            ),
+            Err(e) => {
+                // This namespace may have another reader: let the next pid try.
+                seen_netns.remove(&netns);
+                count_unreadable(report, &e);
+            }
+        }
+    }
+    out
+}
+
+fn now_boot_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
+/// Seeds the kernel with connections that predate it. Call after the hooks are attached.
+pub fn seed(
+    probe: &mut Probe,
+    procfs: &Procfs,
+    cgroups: &CgroupPaths,
+    targets: &Targets,
+) -> anyhow::Result<SeedReport> {
+    let mut report = SeedReport::default();
+    let sockets = scan_sockets(procfs, targets, &mut report);
+    if sockets.is_empty() {
+        return Ok(report);
+    }
+    // Who holds each candidate socket: the earliest-started holder is taken as its owner
+    // (a forked child inherits its parent's sockets; the parent made them).
+    let wanted: HashSet<u64> = sockets.iter().map(|s| s.inode).collect();
+    let mut holders: HashMap<u64, (u64, u32)> = HashMap::new();
+    for pid in procfs.pids().context("cannot list /proc")? {
+        let inodes = match procfs.socket_inodes(pid) {
+            Ok(i) => i,
+            Err(e) => {
+                count_unreadable(&mut report, &e);
+                continue;
+            }
+        };
+        let start = procfs.start_ns(pid).unwrap_or(u64::MAX);
+        for inode in inodes.into_iter().filter(|i| wanted.contains(i)) {
+            let entry = holders.entry(inode).or_insert((start, pid));
+            if (start, pid) < *entry {
+                *entry = (start, pid);
+            }
+        }
+    }
+
+    let tracked: HashSet<Tuple> = probe.read()?.conns.iter().map(|c| c.tuple).collect();
+    let mut inserted: BTreeMap<Tuple, OwnerKey> = BTreeMap::new();
+    let mut owners: HashMap<u32, (OwnerKey, u64, u32)> = HashMap::new();
+    let now = now_boot_ns();
+    for socket in &sockets {
+        let tuple = tuple_of(socket);
+        if tracked.contains(&tuple) {
+            continue;
+        }
+        if inserted.contains_key(&tuple) {
+            report.conflicts += 1;
+            continue;
+        }
+        let Some(&(_, pid)) = holders.get(&socket.inode) else {
+            report.ownerless += 1;
+            continue;
+        };
+        let (owner, cgroup_id, uid) = match owners.get(&pid) {
+            Some(o) => *o,
+            None => {
+                let info = match procfs.process(pid) {
+                    Ok(info) => info,
+                    Err(e) => {
+                        count_unreadable(&mut report, &e);
+                        report.ownerless += 1;
+                        continue;
+                    }
+                };
+                let cgroup_id = info
+                    .cgroup_v2
+                    .as_deref()
+                    .and_then(|p| cgroups.id_of(p))
+                    .unwrap_or(0);
+                let mut comm = [0u8; COMM_LEN];
+                for (dst, src) in comm.iter_mut().zip(info.comm.bytes().take(COMM_LEN - 1)) {
+                    *dst = src;
+                }
+                let key = probe.insert_owner(
+                    pid,
+                    Owner {
+                        birth_ns: info.start_ns,
+                        cgroup_id,
+                        uid: info.uid,
+                        gid: 0,
+                        comm,
+                    },
+                )?;
+                owners.insert(pid, (key, cgroup_id, info.uid));
+                (key, cgroup_id, info.uid)
+            }
+        };
+        let flags = conn_flags::SEEDED
+            | if socket.state == tcp_state::SYN_SENT {
+                0
+            } else {
+                conn_flags::ESTABLISHED
+            };
+        probe.insert_seed(Conn {
+            tuple,
+            owner,
+            cgroup_id,
+            opened_ns: now,
+            changed_ns: now,
+            tid: pid,
+            uid,
+            state: socket.state,
+            flags,
+            _pad: [0; 6],
+        })?;
+        inserted.insert(tuple, owner);
+    }
+
+    // Second look: a seed whose socket closed before it was inserted would stay forever,
+    // and one the kernel tracked meanwhile would count twice. Any change after this point
+    // is seen by the kernel itself (it adopts or drops the seed at the next transition).
+    let mut again = SeedReport::default();
+    let still_open: HashSet<Tuple> = scan_sockets(procfs, targets, &mut again)
+        .iter()
+        .map(tuple_of)
+        .collect();
+    let tracked: HashSet<Tuple> = probe.read()?.conns.iter().map(|c| c.tuple).collect();
+    for (tuple, owner) in &inserted {
+        // Tracked by the kernel's own connect: not a seed, whoever removed the entry.
+        if tracked.contains(tuple) {
+            probe.remove_seed(tuple);
+            continue;
+        }
+        // Closed before or while seeding: if we still find the entry, the kernel never
+        // counted it; if it is gone, the kernel adopted it and counted its close.
+        if !still_open.contains(tuple) && probe.remove_seed(tuple) {
+            continue;
+        }
+        report.seeded += 1;
+        *report.per_owner.entry(*owner).or_default() += 1;
+    }
+    Ok(report)
+}

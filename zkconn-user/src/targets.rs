@@ -1,0 +1,520 @@
+//! Which connections are ZooKeeper's: parsing of `--zk` connect strings, `--port` lists and
+//! `zoo.cfg`, and the matcher userspace shares with the kernel's `PORTS`/`ENDPOINTS` maps.
+//!
+//! Owns: syntax and resolution of targets, with errors that name the bad part.
+//! Must not: touch the kernel or `/proc` (the probe module loads what this produces).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    net::{IpAddr, Ipv6Addr, SocketAddr, ToSocketAddrs as _},
+    path::Path,
+};
+
+use thiserror::Error;
+
+/// ZooKeeper's default client port.
+pub const DEFAULT_CLIENT_PORT: u16 = 2181;
+/// Conventional TLS client port (`secureClientPort`).
+pub const DEFAULT_SECURE_PORT: u16 = 2281;
+
+/// A target as written, before name resolution.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostPort {
+    pub host: String,
+    pub port: u16,
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum TargetError {
+    #[error("connect string {input:?}: {reason}")]
+    ConnectString { input: String, reason: String },
+    #[error("port list {input:?}: {reason}")]
+    Port { input: String, reason: String },
+    #[error("{path}:{line}: {reason}")]
+    ZooCfg {
+        path: String,
+        line: usize,
+        reason: String,
+    },
+    #[error("cannot read {path}: {reason}")]
+    ZooCfgRead { path: String, reason: String },
+    #[error(
+        "cannot resolve ZooKeeper host {host:?}: {reason}; use an IP address or fix name resolution"
+    )]
+    Resolve { host: String, reason: String },
+}
+
+/// Parses a ZooKeeper connect string: `host[:port][,host[:port]...][/chroot]`, IPv6 as
+/// `[addr]:port` (or a bare IPv6 address without port). The chroot is accepted and ignored.
+pub fn parse_connect_string(input: &str) -> Result<Vec<HostPort>, TargetError> {
+    let err = |reason: String| TargetError::ConnectString {
+        input: input.to_owned(),
+        reason,
+    };
+    let trimmed = input.trim();
+    // The chroot starts at the first '/' outside brackets.
+    let hosts = match trimmed.find('/') {
+        Some(i) => &trimmed[..i],
+        None => trimmed,
+    };
+    if hosts.is_empty() {
+        return Err(err("no host given".into()));
+    }
+    hosts
+        .split(',')
+        .map(|part| parse_host_port(part.trim()).map_err(&err))
+        .collect()
+}
+
+fn parse_host_port(part: &str) -> Result<HostPort, String> {
+    if part.is_empty() {
+        return Err("empty host between commas".into());
+    }
+    if let Some(rest) = part.strip_prefix('[') {
+        let (addr, after) = rest
+            .split_once(']')
+            .ok_or_else(|| format!("{part:?} opens '[' without closing ']'"))?;
+        addr.parse::<Ipv6Addr>()
+            .map_err(|_| format!("{addr:?} is not an IPv6 address"))?;
+        let port = match after {
+            "" => DEFAULT_CLIENT_PORT,
+            _ => parse_port(
+                after
+                    .strip_prefix(':')
+                    .ok_or_else(|| format!("unexpected {after:?} after ']'"))?,
+            )?,
+        };
+        return Ok(HostPort {
+            host: addr.to_owned(),
+            port,
+        });
+    }
+    // A bare IPv6 address (several colons) has no port.
+    if part.matches(':').count() > 1 {
+        part.parse::<Ipv6Addr>()
+            .map_err(|_| format!("{part:?} is not an IPv6 address; write it as [addr]:port"))?;
+        return Ok(HostPort {
+            host: part.to_owned(),
+            port: DEFAULT_CLIENT_PORT,
+        });
+    }
+    let (host, port) = match part.split_once(':') {
+        Some((host, port)) => (host, parse_port(port)?),
+        None => (part, DEFAULT_CLIENT_PORT),
+    };
+    if host.is_empty() {
+        return Err(format!("{part:?} has no host before ':'"));
+    }
+    if !host
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+    {
+        return Err(format!("{host:?} is not a valid host name"));
+    }
+    Ok(HostPort {
+        host: host.to_owned(),
+        port,
+    })
+}
+
+fn parse_port(text: &str) -> Result<u16, String> {
+    match text.trim().parse::<u16>() {
+        Ok(0) => Err("port 0 is not a port".into()),
+        Ok(port) => Ok(port),
+        Err(_) => Err(format!("{text:?} is not a port (1-65535)")),
+    }
+}
+
+/// Parses `--port 2181,2281`.
+pub fn parse_port_list(input: &str) -> Result<Vec<u16>, TargetError> {
+    input
+        .split(',')
+        .map(|p| {
+            parse_port(p).map_err(|reason| TargetError::Port {
+                input: input.to_owned(),
+                reason,
+            })
+        })
+        .collect()
+}
+
+/// What zkconn reads from `zoo.cfg`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ZooCfg {
+    pub client_port: Option<u16>,
+    pub secure_client_port: Option<u16>,
+    pub client_port_address: Option<String>,
+    /// `maxClientCnxns`; ZooKeeper's default is 60, 0 means unlimited.
+    pub max_client_cnxns: Option<u32>,
+    /// Client endpoints of `server.N` lines (`host` with the client port after `;`, or the
+    /// file's `clientPort`).
+    pub servers: Vec<HostPort>,
+}
+
+impl ZooCfg {
+    pub fn read(path: &Path) -> Result<Self, TargetError> {
+        let text = std::fs::read_to_string(path).map_err(|e| TargetError::ZooCfgRead {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Self::parse(&path.display().to_string(), &text)
+    }
+
+    pub fn parse(path: &str, text: &str) -> Result<Self, TargetError> {
+        let mut cfg = ZooCfg::default();
+        // server.N client ports may be omitted and then come from clientPort, which can
+        // appear later in the file: resolve after the whole file is read.
+        let mut servers: Vec<(String, Option<u16>)> = Vec::new();
+        for (index, raw) in text.lines().enumerate() {
+            let line = index + 1;
+            let err = |reason: String| TargetError::ZooCfg {
+                path: path.to_owned(),
+                line,
+                reason,
+            };
+            let content = raw.trim();
+            if content.is_empty() || content.starts_with('#') {
+                continue;
+            }
+            let (key, value) = content
+                .split_once('=')
+                .ok_or_else(|| err(format!("expected key=value, found {content:?}")))?;
+            let (key, value) = (key.trim(), value.trim());
+            match key {
+                "clientPort" => cfg.client_port = Some(parse_port(value).map_err(err)?),
+                "secureClientPort" => {
+                    cfg.secure_client_port = Some(parse_port(value).map_err(err)?)
+                }
+                "clientPortAddress" => {
+                    parse_host_port(value).map_err(err)?;
+                    cfg.client_port_address = Some(value.trim_matches(['[', ']']).to_owned());
+                }
+                "maxClientCnxns" => {
+                    cfg.max_client_cnxns = Some(value.parse().map_err(|_| {
+                        err(format!("maxClientCnxns {value:?} is not a whole number"))
+                    })?)
+                }
+                _ if key.starts_with("server.") => {
+                    key["server.".len()..].parse::<u64>().map_err(|_| {
+                        err(format!("{key:?}: the server id after 'server.' is not a number"))
+                    })?;
+                    servers.push(parse_server_line(value).map_err(err)?);
+                }
+                _ => {}
+            }
+        }
+        for (host, port) in servers {
+            if let Some(port) = port.or(cfg.client_port) {
+                cfg.servers.push(HostPort { host, port });
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// The targets this file describes: every server's client endpoint; for a standalone
+    /// server, its `clientPortAddress` or else its client ports on any address.
+    pub fn targets(&self) -> (Vec<HostPort>, Vec<u16>) {
+        let ports: Vec<u16> = [self.client_port, self.secure_client_port]
+            .into_iter()
+            .flatten()
+            .collect();
+        if !self.servers.is_empty() {
+            let mut endpoints = self.servers.clone();
+            if let Some(secure) = self.secure_client_port {
+                for server in &self.servers {
+                    endpoints.push(HostPort {
+                        host: server.host.clone(),
+                        port: secure,
+                    });
+                }
+            }
+            return (endpoints, Vec::new());
+        }
+        match &self.client_port_address {
+            Some(address) => (
+                ports
+                    .iter()
+                    .map(|&port| HostPort {
+                        host: address.clone(),
+                        port,
+                    })
+                    .collect(),
+                Vec::new(),
+            ),
+            None => (Vec::new(), ports),
+        }
+    }
+}
+
+/// `host:peer:election[:role][;[addr:]clientPort]` → (host, client port if given).
+fn parse_server_line(value: &str) -> Result<(String, Option<u16>), String> {
+    let (quorum, client) = match value.split_once(';') {
+        Some((q, c)) => (q.trim(), Some(c.trim())),
+        None => (value.trim(), None),
+    };
+    let host = if let Some(rest) = quorum.strip_prefix('[') {
+        rest.split_once(']')
+            .map(|(h, _)| h.to_owned())
+            .ok_or_else(|| format!("{quorum:?} opens '[' without closing ']'"))?
+    } else {
+        let mut parts = quorum.split(':');
+        let host = parts.next().unwrap_or_default();
+        if host.is_empty() || parts.next().is_none() {
+            return Err(format!(
+                "{value:?} is not host:peerPort:electionPort[:role][;[addr:]clientPort]"
+            ));
+        }
+        host.to_owned()
+    };
+    let client_port = match client {
+        None | Some("") => None,
+        Some(c) => {
+            // `[addr:]clientPort`: the address, when given, is where the server listens.
+            Some(match c.rsplit_once(':') {
+                Some((_, port)) => parse_port(port)?,
+                None => parse_port(c)?,
+            })
+        }
+    };
+    Ok((host, client_port))
+}
+
+/// Resolved targets: what the kernel maps and the seeding matcher use.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Targets {
+    /// Watched towards these addresses only.
+    pub endpoints: BTreeSet<SocketAddr>,
+    /// Watched towards any address.
+    pub ports: BTreeSet<u16>,
+}
+
+impl Targets {
+    /// Resolves every host (all its addresses). With no target at all, ZooKeeper's
+    /// conventional ports 2181 and 2281 are watched on any address.
+    pub fn resolve(endpoints: &[HostPort], ports: &[u16]) -> Result<Self, TargetError> {
+        let mut targets = Targets::default();
+        for hp in endpoints {
+            if let Ok(ip) = hp.host.parse::<IpAddr>() {
+                targets.endpoints.insert(SocketAddr::new(ip, hp.port));
+                continue;
+            }
+            let addrs = (hp.host.as_str(), hp.port)
+                .to_socket_addrs()
+                .map_err(|e| TargetError::Resolve {
+                    host: hp.host.clone(),
+                    reason: e.to_string(),
+                })?;
+            let before = targets.endpoints.len();
+            targets.endpoints.extend(addrs);
+            if targets.endpoints.len() == before {
+                return Err(TargetError::Resolve {
+                    host: hp.host.clone(),
+                    reason: "no address".into(),
+                });
+            }
+        }
+        targets.ports.extend(ports.iter().copied());
+        if targets.endpoints.is_empty() && targets.ports.is_empty() {
+            targets
+                .ports
+                .extend([DEFAULT_CLIENT_PORT, DEFAULT_SECURE_PORT]);
+        }
+        Ok(targets)
+    }
+
+    /// Port → flags, as loaded into the kernel's `PORTS` map.
+    pub fn port_flags(&self) -> BTreeMap<u16, u8> {
+        use zkconn_common::port_flags::{ANY_ADDRESS, ENDPOINTS};
+        let mut map = BTreeMap::new();
+        for e in &self.endpoints {
+            *map.entry(e.port()).or_insert(0) |= ENDPOINTS;
+        }
+        for &p in &self.ports {
+            *map.entry(p).or_insert(0) |= ANY_ADDRESS;
+        }
+        map
+    }
+
+    /// The same decision the kernel makes for a connect to `dest`.
+    pub fn matches(&self, dest: SocketAddr) -> bool {
+        let dest = SocketAddr::new(canonical_ip(dest.ip()), dest.port());
+        self.ports.contains(&dest.port())
+            || self
+                .endpoints
+                .iter()
+                .any(|e| SocketAddr::new(canonical_ip(e.ip()), e.port()) == dest)
+    }
+}
+
+impl fmt::Display for Targets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts: Vec<String> = self.endpoints.iter().map(|e| e.to_string()).collect();
+        parts.extend(self.ports.iter().map(|p| format!("*:{p}")));
+        f.write_str(&parts.join(", "))
+    }
+}
+
+/// IPv4-mapped IPv6 addresses are their IPv4 address.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => ip,
+        },
+        v4 => v4,
+    }
+}
+
+/// The 16-byte form the kernel maps use (IPv4 as IPv4-mapped IPv6).
+pub fn ip_to_bytes(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// Inverse of [`ip_to_bytes`].
+pub fn ip_from_bytes(bytes: [u8; 16]) -> IpAddr {
+    canonical_ip(IpAddr::V6(Ipv6Addr::from(bytes)))
+}
+
+#[cfg(test)]
+mod tests {
+    use rstest::rstest;
+
+    use super::*;
+
+    fn hp(host: &str, port: u16) -> HostPort {
+        HostPort {
+            host: host.into(),
+            port,
+        }
+    }
+
+    #[rstest]
+    #[case("zk1", vec![hp("zk1", 2181)])]
+    #[case("zk1:2182,zk2:2183,zk3/hbase", vec![hp("zk1", 2182), hp("zk2", 2183), hp("zk3", 2181)])]
+    #[case(" 10.0.0.1:2181 , 10.0.0.2 ", vec![hp("10.0.0.1", 2181), hp("10.0.0.2", 2181)])]
+    #[case("[::1]:2182", vec![hp("::1", 2182)])]
+    #[case("[fe80::1]", vec![hp("fe80::1", 2181)])]
+    #[case("::1", vec![hp("::1", 2181)])]
+    #[case("zk-1.example_site.net:2181/a/b/c", vec![hp("zk-1.example_site.net", 2181)])]
+    fn connect_strings_parse(#[case] input: &str, #[case] expected: Vec<HostPort>) {
+        assert_eq!(parse_connect_string(input).unwrap(), expected);
+    }
+
+    #[rstest]
+    #[case("", "no host given")]
+    #[case("/hbase", "no host given")]
+    #[case("zk1,,zk2", "empty host between commas")]
+    #[case("zk1:99999", "\"99999\" is not a port (1-65535)")]
+    #[case("zk1:0", "port 0 is not a port")]
+    #[case("zk1:abc", "\"abc\" is not a port (1-65535)")]
+    #[case(":2181", "\":2181\" has no host before ':'")]
+    #[case("[::1:2181", "\"[::1:2181\" opens '[' without closing ']'")]
+    #[case("[zk1]:2181", "\"zk1\" is not an IPv6 address")]
+    #[case("fe80::1::2", "\"fe80::1::2\" is not an IPv6 address; write it as [addr]:port")]
+    #[case("zk 1:2181", "\"zk 1\" is not a valid host name")]
+    fn bad_connect_strings_name_the_bad_part(#[case] input: &str, #[case] reason: &str) {
+        assert_eq!(
+            parse_connect_string(input).unwrap_err(),
+            TargetError::ConnectString {
+                input: input.into(),
+                reason: reason.into()
+            }
+        );
+    }
+
+    #[rstest]
+    #[case("2181", Ok(vec![2181]))]
+    #[case("2181,2281, 3181", Ok(vec![2181, 2281, 3181]))]
+    #[case("2181,x", Err("\"x\" is not a port (1-65535)"))]
+    #[case("", Err("\"\" is not a port (1-65535)"))]
+    fn port_lists(#[case] input: &str, #[case] expected: Result<Vec<u16>, &str>) {
+        let got = parse_port_list(input).map_err(|e| match e {
+            TargetError::Port { reason, .. } => reason,
+            other => other.to_string(),
+        });
+        assert_eq!(got, expected.map_err(str::to_owned));
+    }
+
+    #[test]
+    fn zoo_cfg_ensemble() {
+        let cfg = ZooCfg::parse(
+            "zoo.cfg",
+            "# comment\ntickTime=2000\nmaxClientCnxns=5\nclientPort=2182\n\
+             server.1=zk1:2888:3888\nserver.2=zk2:2888:3888:participant;2183\n\
+             server.3=[::1]:2888:3888;0.0.0.0:2184\nsecureClientPort=2281\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.max_client_cnxns, Some(5));
+        assert_eq!(
+            cfg.servers,
+            vec![hp("zk1", 2182), hp("zk2", 2183), hp("::1", 2184)]
+        );
+        let (endpoints, ports) = cfg.targets();
+        assert!(ports.is_empty());
+        assert_eq!(endpoints.len(), 6);
+        assert!(endpoints.contains(&hp("zk2", 2281)));
+    }
+
+    #[test]
+    fn zoo_cfg_standalone() {
+        let cfg = ZooCfg::parse("z", "clientPort=2181\nclientPortAddress=127.0.0.5\n").unwrap();
+        assert_eq!(cfg.targets(), (vec![hp("127.0.0.5", 2181)], vec![]));
+        let cfg = ZooCfg::parse("z", "clientPort=2181\nsecureClientPort=2281\n").unwrap();
+        assert_eq!(cfg.targets(), (vec![], vec![2181, 2281]));
+    }
+
+    #[rstest]
+    #[case("clientPort=abc", 1, "\"abc\" is not a port (1-65535)")]
+    #[case("\n\nmaxClientCnxns=-1", 3, "maxClientCnxns \"-1\" is not a whole number")]
+    #[case("justtext", 1, "expected key=value, found \"justtext\"")]
+    #[case("server.x=zk1:2888:3888", 1, "\"server.x\": the server id after 'server.' is not a number")]
+    #[case(
+        "server.1=zk1",
+        1,
+        "\"zk1\" is not host:peerPort:electionPort[:role][;[addr:]clientPort]"
+    )]
+    #[case("server.1=zk1:2888:3888;x", 1, "\"x\" is not a port (1-65535)")]
+    fn bad_zoo_cfg_names_line(#[case] text: &str, #[case] line: usize, #[case] reason: &str) {
+        assert_eq!(
+            ZooCfg::parse("zoo.cfg", text).unwrap_err(),
+            TargetError::ZooCfg {
+                path: "zoo.cfg".into(),
+                line,
+                reason: reason.into()
+            }
+        );
+    }
+
+    #[test]
+    fn defaults_and_matching() {
+        let t = Targets::resolve(&[], &[]).unwrap();
+        assert_eq!(t.ports, BTreeSet::from([2181, 2281]));
+        let t = Targets::resolve(&[hp("127.0.0.9", 2181), hp("::1", 2182)], &[3000]).unwrap();
+        assert!(t.matches("127.0.0.9:2181".parse().unwrap()));
+        assert!(t.matches("[::ffff:127.0.0.9]:2181".parse().unwrap()));
+        assert!(!t.matches("127.0.0.8:2181".parse().unwrap()));
+        assert!(t.matches("[::1]:2182".parse().unwrap()));
+        assert!(t.matches("10.1.1.1:3000".parse().unwrap()));
+        let flags = t.port_flags();
+        assert_eq!(flags[&2181], zkconn_common::port_flags::ENDPOINTS);
+        assert_eq!(flags[&3000], zkconn_common::port_flags::ANY_ADDRESS);
+    }
+
+    #[test]
+    fn unresolvable_host_is_named() {
+        let err = Targets::resolve(&[hp("no-such-host.invalid", 2181)], &[]).unwrap_err();
+        assert!(matches!(err, TargetError::Resolve { ref host, .. } if host == "no-such-host.invalid"));
+    }
+
+    #[test]
+    fn ip_bytes_round_trip() {
+        for ip in ["127.0.0.1", "::1", "fe80::2"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_from_bytes(ip_to_bytes(ip)), ip);
+        }
+    }
+}

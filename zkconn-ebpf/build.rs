@@ -2,12 +2,11 @@
 use std::env;
 
 fn main() {
-    let linker = env::var_os("PATH")
-        .and_then(|paths| {
-            env::split_paths(&paths)
-                .map(|dir| dir.join("bpf-linker"))
-                .find(|candidate| candidate.is_file())
-        });
+    let linker = env::var_os("PATH").and_then(|paths| {
+        env::split_paths(&paths)
+            .map(|dir| dir.join("bpf-linker"))
+            .find(|candidate| candidate.is_file())
+    });
     if let Some(linker) = linker {
         println!("cargo:rerun-if-changed={}", linker.display());
     }

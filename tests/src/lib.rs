@@ -1,1 +1,488 @@
+//! Helpers for zkconn's root integration tests: a real ZooKeeper server per test on its own
+//! 127.x address and free port, real clients (the ZooKeeper Java library, plain TCP from
+//! Python) as separate processes, real cgroup v2 groups, and the real `zkconn` binary.
+//! Every process a helper starts is killed by pid and reaped when the helper is dropped.
 
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    sync::{
+        OnceLock,
+        atomic::{AtomicU32, Ordering},
+        mpsc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, anyhow, bail};
+use serde_json::Value;
+
+const JARS: &[&str] = &[
+    "zookeeper.jar",
+    "zookeeper-jute.jar",
+    "slf4j-api.jar",
+    "slf4j-nop.jar",
+    "netty-handler.jar",
+    "netty-common.jar",
+    "netty-buffer.jar",
+    "netty-transport.jar",
+    "netty-codec.jar",
+    "netty-resolver.jar",
+    "netty-transport-native-epoll.jar",
+    "netty-transport-native-unix-common.jar",
+    "metrics-core.jar",
+    "snappy-java.jar",
+    "commons-cli.jar",
+];
+
+fn classpath(extra: &Path) -> String {
+    let mut parts = vec![extra.display().to_string()];
+    parts.extend(JARS.iter().map(|j| format!("/usr/share/java/{j}")));
+    parts.join(":")
+}
+
+/// A fresh loopback address for this test: 127.<77>.<pid>.<n>, never shared.
+pub fn fresh_ipv4() -> IpAddr {
+    static NEXT: AtomicU32 = AtomicU32::new(2);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let pid = std::process::id();
+    IpAddr::from([127, 77, (pid % 250) as u8 + 1, (n % 250) as u8 + 2])
+}
+
+pub fn free_port(ip: IpAddr) -> anyhow::Result<u16> {
+    Ok(TcpListener::bind((ip, 0))?.local_addr()?.port())
+}
+
+fn kill(child: &mut Child, signal: i32) {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+        unsafe { libc::kill(pid, signal) };
+    }
+}
+
+/// A standalone ZooKeeper 3.8 server from Debian's package.
+pub struct ZkServer {
+    pub addr: SocketAddr,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl ZkServer {
+    /// Starts a server on `ip` with `maxClientCnxns` and extra JVM system properties.
+    pub fn start(ip: IpAddr, max_client_cnxns: u32, props: &[&str]) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let port = free_port(ip)?;
+        let host = match ip {
+            IpAddr::V6(v6) => format!("{v6}"),
+            IpAddr::V4(v4) => v4.to_string(),
+        };
+        std::fs::write(
+            dir.path().join("zoo.cfg"),
+            format!(
+                "tickTime=2000\ndataDir={}\nclientPort={port}\nclientPortAddress={host}\n\
+                 maxClientCnxns={max_client_cnxns}\nadmin.enableServer=false\n\
+                 4lw.commands.whitelist=srvr,mntr\n",
+                dir.path().join("data").display()
+            ),
+        )?;
+        let child = Command::new("java")
+            .args(["-Xmx256m", "-XX:+UseSerialGC", "-Xss512k"])
+            .args(props)
+            .arg("-cp")
+            .arg(classpath(dir.path()))
+            .arg("org.apache.zookeeper.server.ZooKeeperServerMain")
+            .arg(dir.path().join("zoo.cfg"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start java (install Debian's zookeeper: cargo xtask setup)")?;
+        let server = ZkServer {
+            addr: SocketAddr::new(ip, port),
+            child,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if server
+                .four_letter("srvr")
+                .is_ok_and(|s| s.contains("Mode:"))
+            {
+                return Ok(server);
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+        bail!("ZooKeeper on {} did not come up within 60 s", server.addr)
+    }
+
+    /// The connect string for this server.
+    pub fn connect_string(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn four_letter(&self, word: &str) -> anyhow::Result<String> {
+        let mut s = TcpStream::connect_timeout(&self.addr, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        s.write_all(word.as_bytes())?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    }
+}
+
+impl Drop for ZkServer {
+    fn drop(&mut self) {
+        kill(&mut self.child, libc::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+/// A client process that prints `ready N` when connected and obeys `close K`.
+pub struct Client {
+    pub child: Child,
+    stdin: Option<ChildStdin>,
+    lines: BufReader<ChildStdout>,
+}
+
+impl Client {
+    fn spawn(mut cmd: Command) -> anyhow::Result<Self> {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("cannot start {cmd:?}"))?;
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let mut client = Client {
+            child,
+            stdin,
+            lines: BufReader::new(stdout),
+        };
+        let line = client.read_line()?;
+        if !line.starts_with("ready") {
+            bail!("client failed: {line}");
+        }
+        Ok(client)
+    }
+
+    fn read_line(&mut self) -> anyhow::Result<String> {
+        let mut line = String::new();
+        self.lines.read_line(&mut line)?;
+        if line.is_empty() {
+            bail!("client exited");
+        }
+        Ok(line.trim().to_owned())
+    }
+
+    /// Plain TCP connections from a Python process.
+    pub fn raw(
+        server: SocketAddr,
+        count: u32,
+        threads: u32,
+        cgroup: Option<&Path>,
+    ) -> anyhow::Result<Self> {
+        let mut cmd = Command::new("python3");
+        cmd.arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/clients/raw_client.py"
+        ))
+        .arg(server.ip().to_string())
+        .arg(server.port().to_string())
+        .args([
+            "--count",
+            &count.to_string(),
+            "--threads",
+            &threads.to_string(),
+        ]);
+        if let Some(cg) = cgroup {
+            cmd.arg("--cgroup").arg(cg);
+        }
+        Self::spawn(cmd)
+    }
+
+    /// A connect that the server refuses (nothing listens there).
+    pub fn refused(server: SocketAddr) -> anyhow::Result<Self> {
+        let mut cmd = Command::new("python3");
+        cmd.arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/clients/raw_client.py"
+        ))
+        .arg(server.ip().to_string())
+        .arg(server.port().to_string())
+        .arg("--expect-refused");
+        Self::spawn(cmd)
+    }
+
+    /// Real ZooKeeper sessions through the official Java client library.
+    pub fn java_sessions(server: &ZkServer, count: u32) -> anyhow::Result<Self> {
+        let classes = compiled_java_client()?;
+        let mut cmd = Command::new("java");
+        cmd.args(["-Xmx64m", "-XX:+UseSerialGC", "-Xss512k", "-cp"])
+            .arg(classpath(classes))
+            .arg("ZkHolder")
+            .arg(server.connect_string())
+            .arg(count.to_string());
+        Self::spawn(cmd)
+    }
+
+    pub fn close(&mut self, k: u32) -> anyhow::Result<()> {
+        let stdin = self.stdin.as_mut().ok_or_else(|| anyhow!("stdin closed"))?;
+        writeln!(stdin, "close {k}")?;
+        stdin.flush()?;
+        let line = self.read_line()?;
+        if line != "closed" {
+            bail!("unexpected reply {line:?}");
+        }
+        Ok(())
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill(&mut self) {
+        kill(&mut self.child, libc::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn compiled_java_client() -> anyhow::Result<&'static Path> {
+    static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let result = DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("zkconn-java-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let status = Command::new("javac")
+            .arg("-d")
+            .arg(&dir)
+            .arg("-cp")
+            .arg(classpath(&dir))
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/src/clients/ZkHolder.java"
+            ))
+            .status()
+            .map_err(|e| format!("cannot run javac: {e}"))?;
+        if !status.success() {
+            return Err("javac failed".into());
+        }
+        Ok(dir)
+    });
+    match result {
+        Ok(dir) => Ok(dir.as_path()),
+        Err(e) => Err(anyhow!("{e}")),
+    }
+}
+
+/// A cgroup v2 group, removed on drop (after its processes are gone).
+pub struct Cgroup {
+    pub path: PathBuf,
+    pub rel: String,
+}
+
+impl Cgroup {
+    pub fn create(name: &str) -> anyhow::Result<Self> {
+        let mount = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+            .into_iter()
+            .find(|m| Path::new(m).join("cgroup.procs").exists() && is_cgroup2(m))
+            .ok_or_else(|| anyhow!("no cgroup2 mount"))?;
+        let rel = format!("/zkconn-test-{}-{name}", std::process::id());
+        let path = PathBuf::from(format!("{mount}{rel}"));
+        std::fs::create_dir_all(&path).with_context(|| format!("mkdir {}", path.display()))?;
+        Ok(Cgroup { path, rel })
+    }
+}
+
+fn is_cgroup2(mount: &str) -> bool {
+    Path::new(mount).join("cgroup.controllers").exists()
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.path).is_ok() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Waits until no socket towards `server` is in a transient state (connecting or
+/// closing), so the kernel has reached the final state the test asserts on.
+pub fn wait_settled(server: SocketAddr) -> anyhow::Result<()> {
+    let dst = server.to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = Command::new("ss")
+            .args([
+                "-Htn",
+                "state",
+                "syn-sent",
+                "state",
+                "fin-wait-1",
+                "state",
+                "fin-wait-2",
+            ])
+            .args(["state", "closing", "state", "last-ack", "dst", &dst])
+            .output()
+            .context("cannot run ss")?;
+        if String::from_utf8_lossy(&out.stdout).trim().is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "sockets towards {server} did not settle: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Counts sockets towards `server` in `state` (an `ss` state name) according to `ss`.
+pub fn ss_count(server: SocketAddr, state: &str) -> anyhow::Result<usize> {
+    let out = Command::new("ss")
+        .args(["-Htn", "state", state, "dst", &server.to_string()])
+        .output()
+        .context("cannot run ss")?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count())
+}
+
+/// A running `zkconn snapshot --json`; `finish` ends it with SIGINT and parses the output.
+pub struct Zkconn {
+    child: Child,
+    stdout: Option<thread::JoinHandle<String>>,
+    stderr: mpsc::Receiver<String>,
+}
+
+pub fn zkconn_bin() -> PathBuf {
+    std::env::var_os("ZKCONN_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../target/release/zkconn"
+            ))
+        })
+}
+
+impl Zkconn {
+    /// Starts `zkconn snapshot --json --duration 600 -v ARGS` and waits until it is attached
+    /// and seeded.
+    pub fn start(args: &[&str]) -> anyhow::Result<Self> {
+        let mut child = Command::new(zkconn_bin())
+            .args(["snapshot", "--json", "--duration", "600", "-v"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("cannot start zkconn; build it with `cargo xtask build`")?;
+        let mut out = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let err = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
+        let stdout = thread::spawn(move || {
+            let mut s = String::new();
+            let _ = out.read_to_string(&mut s);
+            s
+        });
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut z = Zkconn {
+            child,
+            stdout: Some(stdout),
+            stderr: rx,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut seen = Vec::new();
+        while Instant::now() < deadline {
+            match z.stderr.recv_timeout(Duration::from_millis(200)) {
+                Ok(line) if line.contains("ready:") => return Ok(z),
+                Ok(line) => seen.push(line),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        z.stop();
+        bail!("zkconn did not become ready: {}", seen.join("\n"))
+    }
+
+    fn stop(&mut self) {
+        kill(&mut self.child, libc::SIGKILL);
+        let _ = self.child.wait();
+    }
+
+    /// SIGINT ends the observation; returns the snapshot document.
+    pub fn finish(mut self) -> anyhow::Result<Value> {
+        kill(&mut self.child, libc::SIGINT);
+        let status = self.child.wait()?;
+        let out = self
+            .stdout
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default();
+        if !status.success() {
+            let err: Vec<String> = self.stderr.try_iter().collect();
+            bail!("zkconn exited with {status}: {}", err.join("\n"));
+        }
+        serde_json::from_str(&out).with_context(|| format!("zkconn printed no JSON: {out}"))
+    }
+}
+
+impl Drop for Zkconn {
+    fn drop(&mut self) {
+        if self.stdout.is_some() {
+            self.stop();
+        }
+    }
+}
+
+/// The `processes` row of `pid`.
+pub fn process(snap: &Value, pid: u32) -> anyhow::Result<&Value> {
+    snap["processes"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["pid"] == pid))
+        .ok_or_else(|| anyhow!("no process row for pid {pid} in {snap:#}"))
+}
+
+/// The `servers` rows towards `server`, summed over local IPs: (open, close_wait).
+pub fn server_open(snap: &Value, server: SocketAddr) -> (u64, u64) {
+    let name = server.to_string();
+    snap["servers"]
+        .as_array()
+        .map(|rows| {
+            rows.iter()
+                .filter(|r| r["server"] == name.as_str())
+                .fold((0, 0), |(o, c), r| {
+                    (
+                        o + r["open"].as_u64().unwrap_or(0),
+                        c + r["close_wait"].as_u64().unwrap_or(0),
+                    )
+                })
+        })
+        .unwrap_or((0, 0))
+}
+
+/// Reads a u64 field, failing with the row when absent.
+pub fn field(row: &Value, name: &str) -> anyhow::Result<u64> {
+    row[name]
+        .as_u64()
+        .ok_or_else(|| anyhow!("field {name} missing in {row:#}"))
+}

@@ -1,1 +1,318 @@
-fn main() {}
+//! Developer and operator tasks: `cargo xtask setup|build|run|test`.
+//!
+//! `setup` makes a fresh Debian machine ready (nightly with rust-src, a bpf-linker built
+//! against the nightly's own LLVM, the Debian packages the tests use); it is idempotent and
+//! quick when everything is there, and every other task runs it first.
+
+use std::{
+    env,
+    ffi::OsString,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context as _, anyhow, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "zkconn's build, run and test tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need (nightly + rust-src, bpf-linker, Debian packages).
+    Setup,
+    /// Set up, then build target/release/zkconn.
+    Build,
+    /// Set up, build, and run zkconn as root (through sudo when not root).
+    Run {
+        /// Arguments for zkconn (after `--`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// Set up, then run every test: unit tests and the root integration tests against a
+    /// real ZooKeeper.
+    Test {
+        /// Only the unit tests (no root, no ZooKeeper).
+        #[arg(long)]
+        unit_only: bool,
+        /// Extra arguments for the integration test binary (a test-name filter, --nocapture).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+}
+
+/// Debian packages: ZooKeeper server and client jars, a JDK for the test clients, `ss`/`ip`.
+const DEBIAN_PACKAGES: &[&str] = &["zookeeper", "openjdk-17-jdk-headless", "iproute2"];
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let root = workspace_root()?;
+    match cli.task {
+        Task::Setup => setup(),
+        Task::Build => {
+            setup()?;
+            build(&root)
+        }
+        Task::Run { args } => {
+            setup()?;
+            build(&root)?;
+            let bin = root.join("target/release/zkconn");
+            let mut cmd = as_root(&bin);
+            cmd.args(args);
+            let status = cmd.status().context("cannot start zkconn")?;
+            if !status.success() {
+                bail!("zkconn exited with {status}");
+            }
+            Ok(())
+        }
+        Task::Test { unit_only, args } => {
+            setup()?;
+            test(&root, unit_only, &args)
+        }
+    }
+}
+
+fn workspace_root() -> anyhow::Result<PathBuf> {
+    let manifest = env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .ok_or_else(|| anyhow!("run this through `cargo xtask`"))?;
+    manifest
+        .parent()
+        .map(Path::to_path_buf)
+        .ok_or_else(|| anyhow!("xtask has no parent directory"))
+}
+
+fn is_root() -> bool {
+    // Effective uid from /proc avoids an unsafe libc call for one number.
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|v| v.split_whitespace().nth(1).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// `program` as root: directly when we are root, else through sudo keeping PATH (for cargo).
+fn as_root(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    if is_root() {
+        Command::new(program)
+    } else {
+        let mut cmd = Command::new("sudo");
+        cmd.arg("--preserve-env=PATH,CARGO_HOME,RUSTUP_HOME,HOME")
+            .arg(program);
+        cmd
+    }
+}
+
+fn check(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {what}"))?;
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn setup() -> anyhow::Result<()> {
+    setup_debian()?;
+    setup_nightly()?;
+    setup_bpf_linker()
+}
+
+fn setup_debian() -> anyhow::Result<()> {
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
+                .is_none_or(|s| !s.contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
+    check(
+        as_root("apt-get").arg("update").arg("-qq"),
+        "apt-get update",
+    )?;
+    check(
+        as_root("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing),
+        "apt-get install",
+    )
+}
+
+fn nightly_sysroot() -> Option<PathBuf> {
+    output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
+        .map(|s| PathBuf::from(s.trim()))
+}
+
+fn setup_nightly() -> anyhow::Result<()> {
+    if nightly_sysroot().is_none() {
+        eprintln!("xtask: installing the nightly toolchain");
+        check(
+            Command::new("rustup").args([
+                "toolchain",
+                "install",
+                "nightly",
+                "--profile",
+                "minimal",
+                "--component",
+                "rust-src",
+            ]),
+            "rustup toolchain install nightly",
+        )?;
+    }
+    let sysroot = nightly_sysroot().ok_or_else(|| anyhow!("nightly rustc does not run"))?;
+    if !sysroot.join("lib/rustlib/src/rust/library").is_dir() {
+        eprintln!("xtask: adding rust-src to nightly");
+        check(
+            Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]),
+            "rustup component add rust-src",
+        )?;
+    }
+    Ok(())
+}
+
+/// The nightly's `libLLVM.so.<major>.<minor>-rust-...` and its major version.
+fn nightly_llvm() -> anyhow::Result<(PathBuf, String, String)> {
+    let sysroot = nightly_sysroot().ok_or_else(|| anyhow!("nightly rustc does not run"))?;
+    let lib = sysroot.join("lib");
+    let name = std::fs::read_dir(&lib)
+        .with_context(|| format!("cannot list {}", lib.display()))?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .find(|n| n.starts_with("libLLVM.so."))
+        .ok_or_else(|| anyhow!("nightly at {} ships no libLLVM.so.*", sysroot.display()))?;
+    let major = name
+        .trim_start_matches("libLLVM.so.")
+        .split('.')
+        .next()
+        .filter(|m| !m.is_empty() && m.chars().all(|c| c.is_ascii_digit()))
+        .ok_or_else(|| anyhow!("cannot read the LLVM major version from {name}"))?
+        .to_owned();
+    Ok((lib.join(&name), name, major))
+}
+
+fn cargo_home() -> PathBuf {
+    env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
+}
+
+fn setup_bpf_linker() -> anyhow::Result<()> {
+    let (llvm_lib, llvm_name, major) = nightly_llvm()?;
+    // The prefix stays: its path is baked into bpf-linker as rpath.
+    let prefix = cargo_home().join("zkconn-llvm").join(&llvm_name);
+    let stamp = prefix.join("bpf-linker.stamp");
+    let wanted = format!("{BPF_LINKER_VERSION} llvm-{major} {llvm_name}");
+    let works = output(Command::new("bpf-linker").arg("--version")).is_some();
+    if works && std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == wanted) {
+        return Ok(());
+    }
+    if works && !stamp.exists() && prefix.join("lib").join(&llvm_name).exists() {
+        // Built by hand with the same recipe: adopt it.
+        std::fs::write(&stamp, &wanted).context("cannot write the bpf-linker stamp")?;
+        return Ok(());
+    }
+    eprintln!("xtask: building bpf-linker {BPF_LINKER_VERSION} against nightly's LLVM {major}");
+    let lib_dir = prefix.join("lib");
+    std::fs::create_dir_all(&lib_dir)
+        .with_context(|| format!("cannot create {}", lib_dir.display()))?;
+    for link in ["libLLVM.so", llvm_name.as_str()] {
+        let path = lib_dir.join(link);
+        let _ = std::fs::remove_file(&path);
+        std::os::unix::fs::symlink(&llvm_lib, &path)
+            .with_context(|| format!("cannot link {}", path.display()))?;
+    }
+    check(
+        Command::new("cargo")
+            .env("LLVM_PREFIX", &prefix)
+            .args([
+                "install",
+                "--force",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--no-default-features",
+                "--features",
+            ])
+            .arg(format!("llvm-{major}")),
+        "cargo install bpf-linker",
+    )?;
+    std::fs::write(&stamp, &wanted).context("cannot write the bpf-linker stamp")
+}
+
+fn build(root: &Path) -> anyhow::Result<()> {
+    check(
+        Command::new("cargo")
+            .current_dir(root)
+            .args(["build", "--release", "--package", "zkconn"]),
+        "cargo build",
+    )
+}
+
+fn test(root: &Path, unit_only: bool, args: &[OsString]) -> anyhow::Result<()> {
+    check(
+        Command::new("cargo").current_dir(root).args([
+            "test",
+            "--release",
+            "--package",
+            "zkconn-common",
+            "--package",
+            "zkconn",
+            "--package",
+            "xtask",
+        ]),
+        "unit tests",
+    )?;
+    if unit_only {
+        return Ok(());
+    }
+    build(root)?;
+    // The integration tests load eBPF and create cgroups: they run as root, two at a time
+    // (each starts its own ZooKeeper JVM; this is a 2-core machine).
+    let mut cmd = as_root("cargo");
+    cmd.current_dir(root)
+        .env("ZKCONN_BIN", root.join("target/release/zkconn"))
+        .args(["test", "--release", "--package", "integration-tests", "--"])
+        .args(["--test-threads", "2"])
+        .args(args);
+    check(&mut cmd, "integration tests")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory as _;
+        super::Cli::command().debug_assert();
+    }
+}

@@ -302,8 +302,7 @@ mod programs {
                 c.close_wait += 1;
             }),
             tcp_state::CLOSE => {
-                if conn.flags & conn_flags::ESTABLISHED != 0 || change.old != tcp_state::SYN_SENT
-                {
+                if conn.flags & conn_flags::ESTABLISHED != 0 || change.old != tcp_state::SYN_SENT {
                     bump_owner(&conn.owner, conn.cgroup_id, |c| c.closed += 1);
                 } else {
                     bump_owner(&conn.owner, conn.cgroup_id, |c| c.failed += 1);
@@ -330,7 +329,13 @@ mod programs {
             _pad: 0,
             birth_ns: owner.birth_ns,
         };
-        emit(event_kind::OWNER_EXIT, pid_tgid as u32, key, &owner, boot_ns());
+        emit(
+            event_kind::OWNER_EXIT,
+            pid_tgid as u32,
+            key,
+            &owner,
+            boot_ns(),
+        );
     }
 
     fn bump_owner(owner: &OwnerKey, cgroup_id: u64, f: impl Fn(&mut Counters)) {

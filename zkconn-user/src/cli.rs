@@ -96,12 +96,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     } else {
         (t, 1.0)
     };
-    let value: f64 = number
-        .trim()
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration; write seconds (30) or 500ms, 30s, 5m, 1h"))?;
+    let value: f64 = number.trim().parse().map_err(|_| {
+        format!("{text:?} is not a duration; write seconds (30) or 500ms, 30s, 5m, 1h")
+    })?;
     let secs = value * scale;
-    if !secs.is_finite() || secs < 0.0 || secs > 31_536_000.0 {
+    if !secs.is_finite() || !(0.0..=31_536_000.0).contains(&secs) {
         return Err(format!("{text:?} is out of range (0 to one year)"));
     }
     Ok(Duration::from_secs_f64(secs))

@@ -3,11 +3,7 @@
 //!
 //! Owns: the flow probe → events/maps → [`model::build`]. Must not: format output.
 
-use std::{
-    collections::HashMap,
-    io,
-    time::Instant,
-};
+use std::{collections::HashMap, io, time::Instant};
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
@@ -60,7 +56,9 @@ impl Collector {
         let events = unsafe {
             AsyncFd::register_with_interest(probe.take_events()?, tokio::io::Interest::READABLE)
         }
-        .map_err(|e| anyhow::anyhow!("cannot register the event ring buffer with the runtime: {e}"))?;
+        .map_err(|e| {
+            anyhow::anyhow!("cannot register the event ring buffer with the runtime: {e}")
+        })?;
         let procfs = Procfs::default();
         let cgroups = CgroupPaths::discover();
         let seeds = seed::seed(&mut probe, &procfs, &cgroups, &targets)
@@ -167,7 +165,10 @@ impl Collector {
                 continue;
             }
             let proc = self.read_proc(key);
-            let kernel = state.owners.get(&key.tgid).filter(|o| o.birth_ns == key.birth_ns);
+            let kernel = state
+                .owners
+                .get(&key.tgid)
+                .filter(|o| o.birth_ns == key.birth_ns);
             let conn = state
                 .conns
                 .iter()
@@ -241,7 +242,12 @@ impl Collector {
                 },
                 unreadable: self.unreadable + self.seeds.unreadable + state.read_errors,
             },
-            targets: self.targets.to_string().split(", ").map(str::to_owned).collect(),
+            targets: self
+                .targets
+                .to_string()
+                .split(", ")
+                .map(str::to_owned)
+                .collect(),
             servers,
             processes,
             cgroups: cgroup_rows,
@@ -259,6 +265,9 @@ fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
         .replace_nanosecond(0)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_default()
 }

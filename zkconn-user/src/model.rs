@@ -184,7 +184,10 @@ pub fn build(inputs: &Inputs<'_>) -> (Vec<ServerRow>, Vec<ProcessRow>, Vec<Cgrou
     for c in &live {
         let server = endpoint(c.tuple.daddr, c.tuple.dport);
         let local = ip_from_bytes(c.tuple.saddr).to_string();
-        servers.entry((server.clone(), local)).or_default().add(c.state);
+        servers
+            .entry((server.clone(), local))
+            .or_default()
+            .add(c.state);
         let (states, per_server) = by_owner.entry(c.owner).or_default();
         states.add(c.state);
         if matches!(c.state, tcp_state::SYN_SENT | tcp_state::ESTABLISHED) {
@@ -352,8 +355,14 @@ mod tests {
         assert_eq!(
             procs[0].servers,
             vec![
-                ServerOpen { server: "127.0.0.2:2181".into(), open: 2 },
-                ServerOpen { server: "127.0.0.3:2181".into(), open: 1 },
+                ServerOpen {
+                    server: "127.0.0.2:2181".into(),
+                    open: 2
+                },
+                ServerOpen {
+                    server: "127.0.0.3:2181".into(),
+                    open: 1
+                },
             ]
         );
         assert_eq!(cgroups[0].id, 5);
@@ -383,7 +392,10 @@ mod tests {
         )];
         let (_, procs, _) = run(&[], &[], &stats);
         assert_eq!(procs.len(), 1);
-        assert_eq!((procs[0].opened, procs[0].closed, procs[0].failed), (5, 3, 2));
+        assert_eq!(
+            (procs[0].opened, procs[0].closed, procs[0].failed),
+            (5, 3, 2)
+        );
         assert_eq!(procs[0].states.open, 0);
         assert!(!procs[0].alive);
     }
@@ -395,8 +407,20 @@ mod tests {
         let mut newer = key(42);
         newer.birth_ns = 200;
         let stats = [
-            (older, Counters { opened: 1, ..Default::default() }),
-            (newer, Counters { opened: 2, ..Default::default() }),
+            (
+                older,
+                Counters {
+                    opened: 1,
+                    ..Default::default()
+                },
+            ),
+            (
+                newer,
+                Counters {
+                    opened: 2,
+                    ..Default::default()
+                },
+            ),
         ];
         let (_, procs, _) = run(&[], &[], &stats);
         assert_eq!(procs.len(), 2);

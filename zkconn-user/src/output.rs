@@ -62,7 +62,14 @@ pub fn text(out: &mut impl Write, s: &Snapshot) -> io::Result<()> {
             .collect();
         table(
             out,
-            &["SERVER", "LOCAL IP", "OPEN", "CONNECTING", "CLOSE_WAIT", "CLOSING"],
+            &[
+                "SERVER",
+                "LOCAL IP",
+                "OPEN",
+                "CONNECTING",
+                "CLOSE_WAIT",
+                "CLOSING",
+            ],
             &rows,
         )?;
     }
@@ -89,8 +96,16 @@ pub fn text(out: &mut impl Write, s: &Snapshot) -> io::Result<()> {
         table(
             out,
             &[
-                "PID", "COMM", "ALIVE", "OPEN", "CLOSE_WAIT", "OPENED", "CLOSED", "FAILED",
-                "SEEDED", "CGROUP",
+                "PID",
+                "COMM",
+                "ALIVE",
+                "OPEN",
+                "CLOSE_WAIT",
+                "OPENED",
+                "CLOSED",
+                "FAILED",
+                "SEEDED",
+                "CGROUP",
             ],
             &rows,
         )?;

@@ -6,8 +6,7 @@
 
 use std::{
     collections::HashMap,
-    fs,
-    io,
+    fs, io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
 };
@@ -62,7 +61,10 @@ impl Procfs {
     pub fn process(&self, pid: u32) -> io::Result<ProcInfo> {
         let stat = fs::read_to_string(self.pid_path(pid, "stat"))?;
         let (comm, start_ticks) = parse_stat(&stat).ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidData, format!("/proc/{pid}/stat is malformed"))
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("/proc/{pid}/stat is malformed"),
+            )
         })?;
         let status = fs::read_to_string(self.pid_path(pid, "status"))?;
         let uid = status
@@ -104,9 +106,8 @@ impl Procfs {
     /// The network namespace of `pid` (`net:[inode]` → inode).
     pub fn netns(&self, pid: u32) -> io::Result<u64> {
         let link = fs::read_link(self.pid_path(pid, "ns/net"))?;
-        parse_bracketed_inode(&link.to_string_lossy(), "net:").ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidData, "unexpected ns/net link")
-        })
+        parse_bracketed_inode(&link.to_string_lossy(), "net:")
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unexpected ns/net link"))
     }
 
     /// Socket inodes held open by `pid`.
@@ -332,11 +333,14 @@ impl CgroupPaths {
         let mut stack = vec![mount.clone()];
         // Bounded: the cgroup tree is finite and has no symlinks.
         while let Some(dir) = stack.pop() {
-            let Ok(meta) = fs::metadata(&dir) else { continue };
+            let Ok(meta) = fs::metadata(&dir) else {
+                continue;
+            };
             let rel = dir.strip_prefix(&mount).unwrap_or(Path::new(""));
-            self.paths
-                .insert(meta.ino(), format!("/{}", rel.display()));
-            let Ok(entries) = fs::read_dir(&dir) else { continue };
+            self.paths.insert(meta.ino(), format!("/{}", rel.display()));
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
             for entry in entries.flatten() {
                 if entry.file_type().is_ok_and(|t| t.is_dir()) {
                     stack.push(entry.path());
@@ -408,10 +412,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("77");
         fs::create_dir_all(&p).unwrap();
-        fs::write(p.join("stat"), "77 (zkcli) S 1 77 77 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 250 0 0").unwrap();
-        fs::write(p.join("status"), "Name:\tzkcli\nUid:\t1001\t1001\t1001\t1001\n").unwrap();
+        fs::write(
+            p.join("stat"),
+            "77 (zkcli) S 1 77 77 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 250 0 0",
+        )
+        .unwrap();
+        fs::write(
+            p.join("status"),
+            "Name:\tzkcli\nUid:\t1001\t1001\t1001\t1001\n",
+        )
+        .unwrap();
         fs::write(p.join("cmdline"), b"zkcli\0--token=abc\0").unwrap();
-        fs::write(p.join("cgroup"), "4:cpu:/hadoop-yarn/c1\n0::/system.slice/x.service\n").unwrap();
+        fs::write(
+            p.join("cgroup"),
+            "4:cpu:/hadoop-yarn/c1\n0::/system.slice/x.service\n",
+        )
+        .unwrap();
         let info = Procfs::at(dir.path(), 100).process(77).unwrap();
         assert_eq!(
             info,

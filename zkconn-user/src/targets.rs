@@ -197,7 +197,9 @@ impl ZooCfg {
                 }
                 _ if key.starts_with("server.") => {
                     key["server.".len()..].parse::<u64>().map_err(|_| {
-                        err(format!("{key:?}: the server id after 'server.' is not a number"))
+                        err(format!(
+                            "{key:?}: the server id after 'server.' is not a number"
+                        ))
                     })?;
                     servers.push(parse_server_line(value).map_err(err)?);
                 }
@@ -299,12 +301,12 @@ impl Targets {
                 targets.endpoints.insert(SocketAddr::new(ip, hp.port));
                 continue;
             }
-            let addrs = (hp.host.as_str(), hp.port)
-                .to_socket_addrs()
-                .map_err(|e| TargetError::Resolve {
+            let addrs = (hp.host.as_str(), hp.port).to_socket_addrs().map_err(|e| {
+                TargetError::Resolve {
                     host: hp.host.clone(),
                     reason: e.to_string(),
-                })?;
+                }
+            })?;
             let before = targets.endpoints.len();
             targets.endpoints.extend(addrs);
             if targets.endpoints.len() == before {
@@ -414,7 +416,10 @@ mod tests {
     #[case(":2181", "\":2181\" has no host before ':'")]
     #[case("[::1:2181", "\"[::1:2181\" opens '[' without closing ']'")]
     #[case("[zk1]:2181", "\"zk1\" is not an IPv6 address")]
-    #[case("fe80::1::2", "\"fe80::1::2\" is not an IPv6 address; write it as [addr]:port")]
+    #[case(
+        "fe80::1::2",
+        "\"fe80::1::2\" is not an IPv6 address; write it as [addr]:port"
+    )]
     #[case("zk 1:2181", "\"zk 1\" is not a valid host name")]
     fn bad_connect_strings_name_the_bad_part(#[case] input: &str, #[case] reason: &str) {
         assert_eq!(
@@ -469,9 +474,17 @@ mod tests {
 
     #[rstest]
     #[case("clientPort=abc", 1, "\"abc\" is not a port (1-65535)")]
-    #[case("\n\nmaxClientCnxns=-1", 3, "maxClientCnxns \"-1\" is not a whole number")]
+    #[case(
+        "\n\nmaxClientCnxns=-1",
+        3,
+        "maxClientCnxns \"-1\" is not a whole number"
+    )]
     #[case("justtext", 1, "expected key=value, found \"justtext\"")]
-    #[case("server.x=zk1:2888:3888", 1, "\"server.x\": the server id after 'server.' is not a number")]
+    #[case(
+        "server.x=zk1:2888:3888",
+        1,
+        "\"server.x\": the server id after 'server.' is not a number"
+    )]
     #[case(
         "server.1=zk1",
         1,
@@ -507,7 +520,9 @@ mod tests {
     #[test]
     fn unresolvable_host_is_named() {
         let err = Targets::resolve(&[hp("no-such-host.invalid", 2181)], &[]).unwrap_err();
-        assert!(matches!(err, TargetError::Resolve { ref host, .. } if host == "no-such-host.invalid"));
+        assert!(
+            matches!(err, TargetError::Resolve { ref host, .. } if host == "no-such-host.invalid")
+        );
     }
 
     #[test]

@@ -22,8 +22,8 @@ use aya::{
     programs::TracePoint,
 };
 use zkconn_common::{
-    Conn, Counters, Endpoint, ExitTpLayout, Owner, OwnerKey, StateTpLayout, Tuple,
-    global_names, map_names, probe_counter, program_names,
+    Conn, Counters, Endpoint, ExitTpLayout, Owner, OwnerKey, StateTpLayout, Tuple, global_names,
+    map_names, probe_counter, program_names,
 };
 
 use crate::targets::{Targets, ip_to_bytes};
@@ -154,7 +154,12 @@ impl Probe {
         self.hook
     }
 
-    fn attach_tracepoint(&mut self, program: &str, category: &str, name: &str) -> anyhow::Result<()> {
+    fn attach_tracepoint(
+        &mut self,
+        program: &str,
+        category: &str,
+        name: &str,
+    ) -> anyhow::Result<()> {
         let prog: &mut TracePoint = self
             .ebpf
             .program_mut(program)
@@ -162,20 +167,19 @@ impl Probe {
             .try_into()
             .with_context(|| format!("{program} is not a tracepoint program"))?;
         prog.load().map_err(|e| {
-            anyhow!(
-                "the kernel's verifier refused {program} ({e}); report this with `uname -r`"
-            )
+            anyhow!("the kernel's verifier refused {program} ({e}); report this with `uname -r`")
         })?;
-        prog.attach(category, name).with_context(|| {
-            format!("attaching to the tracepoint {category}:{name} failed")
-        })?;
+        prog.attach(category, name)
+            .with_context(|| format!("attaching to the tracepoint {category}:{name} failed"))?;
         Ok(())
     }
 
     fn load_targets(&mut self, targets: &Targets) -> anyhow::Result<()> {
         let mut ports: HashMap<_, u16, u8> = self.map_mut(map_names::PORTS)?;
         for (port, flags) in targets.port_flags() {
-            ports.insert(port, flags, 0).context("filling the ports map")?;
+            ports
+                .insert(port, flags, 0)
+                .context("filling the ports map")?;
         }
         let mut endpoints: HashMap<_, Endpoint, u8> = self.map_mut(map_names::ENDPOINTS)?;
         for e in &targets.endpoints {
@@ -184,7 +188,9 @@ impl Probe {
                 port: e.port(),
                 _pad: [0; 6],
             };
-            endpoints.insert(key, 1, 0).context("filling the endpoints map")?;
+            endpoints
+                .insert(key, 1, 0)
+                .context("filling the endpoints map")?;
         }
         Ok(())
     }
@@ -281,10 +287,14 @@ impl Probe {
     fn recursion_misses(&self) -> u64 {
         let mut total = 0;
         for name in [program_names::STATE_TP, program_names::EXIT_TP] {
-            let Some(prog) = self.ebpf.program(name) else { continue };
+            let Some(prog) = self.ebpf.program(name) else {
+                continue;
+            };
             let Ok(fd) = prog.fd() else { continue };
             let path = format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd());
-            let Ok(info) = std::fs::read_to_string(path) else { continue };
+            let Ok(info) = std::fs::read_to_string(path) else {
+                continue;
+            };
             total += info
                 .lines()
                 .find_map(|l| l.strip_prefix("recursion_misses:"))

@@ -40,7 +40,11 @@ pub fn parse_format(text: &str) -> HashMap<String, Field> {
         let Some(name) = decl.split_whitespace().last() else {
             continue;
         };
-        let name = name.split('[').next().unwrap_or(name).trim_start_matches('*');
+        let name = name
+            .split('[')
+            .next()
+            .unwrap_or(name)
+            .trim_start_matches('*');
         fields.insert(name.to_owned(), Field { offset, size });
     }
     fields
@@ -76,7 +80,9 @@ pub fn events_root() -> anyhow::Result<PathBuf> {
         );
     }
     if !Path::new(target).join("events").is_dir() {
-        bail!("tracefs mounted at {target} has no events/ directory: the kernel lacks CONFIG_EVENT_TRACING");
+        bail!(
+            "tracefs mounted at {target} has no events/ directory: the kernel lacks CONFIG_EVENT_TRACING"
+        );
     }
     Ok(PathBuf::from(target))
 }
@@ -111,9 +117,27 @@ mod tests {
 \tfield:bool group_dead;\toffset:32;\tsize:1;\tsigned:0;\n\nprint fmt: \"x\"\n";
         let f = parse_format(text);
         assert_eq!(f["skaddr"], Field { offset: 8, size: 8 });
-        assert_eq!(f["oldstate"], Field { offset: 16, size: 4 });
-        assert_eq!(f["saddr_v6"], Field { offset: 40, size: 16 });
-        assert_eq!(f["group_dead"], Field { offset: 32, size: 1 });
+        assert_eq!(
+            f["oldstate"],
+            Field {
+                offset: 16,
+                size: 4
+            }
+        );
+        assert_eq!(
+            f["saddr_v6"],
+            Field {
+                offset: 40,
+                size: 16
+            }
+        );
+        assert_eq!(
+            f["group_dead"],
+            Field {
+                offset: 32,
+                size: 1
+            }
+        );
         assert_eq!(f["common_type"], Field { offset: 0, size: 2 });
         assert_eq!(f.len(), 5);
     }

@@ -1,0 +1,45 @@
+"""Plain TCP client for zkconn's tests: opens connections from threads, optionally from a
+given cgroup, holds them and closes some on request. Prints 'ready' / 'closed'."""
+import argparse, os, resource, socket, sys, threading
+
+p = argparse.ArgumentParser()
+p.add_argument("host"); p.add_argument("port", type=int)
+p.add_argument("--count", type=int, default=1, help="connections per thread")
+p.add_argument("--threads", type=int, default=1)
+p.add_argument("--cgroup", help="cgroup directory to join before connecting")
+p.add_argument("--expect-refused", action="store_true")
+a = p.parse_args()
+
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+if a.cgroup:
+    with open(os.path.join(a.cgroup, "cgroup.procs"), "w") as f:
+        f.write(str(os.getpid()))
+
+family = socket.AF_INET6 if ":" in a.host else socket.AF_INET
+socks, lock, errors = [], threading.Lock(), []
+start = threading.Barrier(a.threads)
+
+def worker():
+    start.wait()
+    for _ in range(a.count):
+        s = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            s.connect((a.host, a.port))
+        except OSError as e:
+            errors.append(e); s.close(); continue
+        with lock:
+            socks.append(s)
+
+threads = [threading.Thread(target=worker) for _ in range(a.threads)]
+for t in threads: t.start()
+for t in threads: t.join()
+if errors and not a.expect_refused:
+    print("error %s" % errors[0], flush=True); sys.exit(1)
+print("ready %d" % len(socks), flush=True)
+for line in sys.stdin:
+    cmd = line.split()
+    if cmd and cmd[0] == "close":
+        for _ in range(int(cmd[1])):
+            socks.pop().close()
+        print("closed", flush=True)

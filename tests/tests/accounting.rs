@@ -1,0 +1,274 @@
+//! Kernel accounting against a real ZooKeeper: exact counts per process, cgroup and server.
+//! Root only; run with `cargo xtask test`.
+
+use std::{net::SocketAddr, thread, time::Duration};
+
+use anyhow::Result;
+use integration_tests::{
+    Cgroup, Client, ZkServer, Zkconn, field, free_port, fresh_ipv4, process, server_open, ss_count,
+    wait_settled, zkconn_bin,
+};
+
+fn zk_flag(server: SocketAddr) -> String {
+    server.to_string()
+}
+
+#[test]
+fn n_sessions_then_closing_k() -> Result<()> {
+    let zk = ZkServer::start(fresh_ipv4(), 0, &[])?;
+    let z = Zkconn::start(&["--zk", &zk_flag(zk.addr)])?;
+    let mut client = Client::java_sessions(&zk, 6)?;
+    client.close(2)?;
+    wait_settled(zk.addr)?;
+    let snap = z.finish()?;
+    let row = process(&snap, client.pid())?;
+    assert_eq!(field(row, "open")?, 4);
+    assert_eq!(field(row, "opened")?, 6);
+    assert_eq!(field(row, "closed")?, 2);
+    assert_eq!(field(row, "failed")?, 0);
+    assert_eq!(row["alive"], true);
+    assert_eq!(row["comm"], "java");
+    assert_eq!(server_open(&snap, zk.addr), (4, 0));
+    assert_eq!(row["servers"][0]["server"], zk.addr.to_string());
+    assert_eq!(row["servers"][0]["open"], 4);
+    assert_eq!(snap["probe"]["hook"], "tracepoint");
+    assert_eq!(snap["probe"]["lost"], 0);
+    assert_eq!(snap["probe"]["overflow"], 0);
+    assert_eq!(snap["schema"], "zkconn.snapshot/v1");
+    Ok(())
+}
+
+#[test]
+fn sigkill_brings_open_to_zero_and_keeps_the_row() -> Result<()> {
+    let zk = ZkServer::start(fresh_ipv4(), 0, &[])?;
+    let z = Zkconn::start(&["--zk", &zk_flag(zk.addr)])?;
+    let mut client = Client::raw(zk.addr, 5, 1, None)?;
+    let pid = client.pid();
+    client.kill();
+    wait_settled(zk.addr)?;
+    let snap = z.finish()?;
+    let row = process(&snap, pid)?;
+    assert_eq!(field(row, "open")?, 0);
+    assert_eq!(field(row, "opened")?, 5);
+    assert_eq!(field(row, "closed")?, 5);
+    assert_eq!(row["alive"], false);
+    assert_eq!(row["comm"], "python3");
+    assert_eq!(server_open(&snap, zk.addr), (0, 0));
+    Ok(())
+}
+
+#[test]
+fn connections_from_several_threads_count_for_the_process() -> Result<()> {
+    let zk = ZkServer::start(fresh_ipv4(), 0, &[])?;
+    let z = Zkconn::start(&["--zk", &zk_flag(zk.addr)])?;
+    let client = Client::raw(zk.addr, 3, 4, None)?;
+    wait_settled(zk.addr)?;
+    let snap = z.finish()?;
+    let row = process(&snap, client.pid())?;
+    assert_eq!(field(row, "open")?, 12);
+    assert_eq!(field(row, "opened")?, 12);
+    assert_eq!(snap["processes"].as_array().map(Vec::len), Some(1));
+    Ok(())
+}
+
+#[test]
+fn two_processes_in_two_cgroups_count_per_cgroup() -> Result<()> {
+    let zk = ZkServer::start(fresh_ipv4(), 0, &[])?;
+    let (cg_a, cg_b) = (Cgroup::create("a")?, Cgroup::create("b")?);
+    let z = Zkconn::start(&["--zk", &zk_flag(zk.addr)])?;
+    let a = Client::raw(zk.addr, 3, 1, Some(&cg_a.path))?;
+    let b = Client::raw(zk.addr, 2, 1, Some(&cg_b.path))?;
+    wait_settled(zk.addr)?;
+    let snap = z.finish()?;
+    let rows = snap["cgroups"].as_array().cloned().unwrap_or_default();
+    let find = |rel: &str| rows.iter().find(|r| r["path"] == rel).cloned();
+    let row_a =
+        find(&cg_a.rel).ok_or_else(|| anyhow::anyhow!("no row for {}: {snap:#}", cg_a.rel))?;
+    let row_b = find(&cg_b.rel).ok_or_else(|| anyhow::anyhow!("no row for {}", cg_b.rel))?;
+    assert_eq!(field(&row_a, "open")?, 3);
+    assert_eq!(field(&row_a, "opened")?, 3);
+    assert_eq!(row_a["pids"], serde_json::json!([a.pid()]));
+    assert_eq!(field(&row_b, "open")?, 2);
+    assert_eq!(row_b["pids"], serde_json::json!([b.pid()]));
+    assert_eq!(process(&snap, a.pid())?["cgroup"], cg_a.rel.as_str());
+    drop((a, b));
+    Ok(())
+}
+
+#[test]
+fn connections_to_a_port_that_is_not_a_target_are_absent() -> Result<()> {
+    let zk = ZkServer::start(fresh_ipv4(), 0, &[])?;
+    let other = std::net::TcpListener::bind((zk.addr.ip(), 0))?;
+    let other_addr = other.local_addr()?;
+    let z = Zkconn::start(&["--zk", &zk_flag(zk.addr)])?;
+    let client = Client::raw(other_addr, 4, 1, None)?;
+    let snap = z.finish()?;
+    assert_eq!(
+        snap["processes"],
+        serde_json::json!([]),
+        "pid {}",
+        client.pid()
+    );
+    assert_eq!(snap["servers"], serde_json::json!([]));
+    Ok(())
+}
+
+#[test]
+fn a_refused_connect_is_failed() -> Result<()> {
+    let ip = fresh_ipv4();
+    let closed = SocketAddr::new(ip, free_port(ip)?);
+    let z = Zkconn::start(&["--zk", &zk_flag(closed)])?;
+    let client = Client::refused(closed)?;
+    wait_settled(closed)?;
+    let snap = z.finish()?;
+    let row = process(&snap, client.pid())?;
+    assert_eq!(field(row, "opened")?, 1);
+    assert_eq!(field(row, "failed")?, 1);
+    assert_eq!(field(row, "closed")?, 0);
+    assert_eq!(field(row, "open")?, 0);
+    Ok(())
+}
+
+#[test]
+fn ipv6_to_a_server_on_loopback() -> Result<()> {
+    let zk = ZkServer::start("::1".parse()?, 0, &[])?;
+    let z = Zkconn::start(&["--zk", &format!("[::1]:{}", zk.addr.port())])?;
+    let client = Client::raw(zk.addr, 3, 1, None)?;
+    wait_settled(zk.addr)?;
+    let snap = z.finish()?;
+    assert_eq!(field(process(&snap, client.pid())?, "open")?, 3);
+    let server = snap["servers"][0].clone();
+    assert_eq!(server["server"], format!("[::1]:{}", zk.addr.port()));
+    assert_eq!(server["local_ip"], "::1");
+    assert_eq!(field(&server, "open")?, 3);
+    Ok(())
+}
+
+#[test]
+fn connections_opened_before_start_are_seeded_once() -> Result<()> {
+    let zk = ZkServer::start(fresh_ipv4(), 0, &[])?;
+    let mut before = Client::raw(zk.addr, 4, 1, None)?;
+    // Connections racing the start: a client connecting in a loop while zkconn attaches.
+    let racer_zk = zk.addr;
+    let racer = thread::spawn(move || -> Result<Vec<Client>> {
+        let mut clients = Vec::new();
+        for _ in 0..10 {
+            clients.push(Client::raw(racer_zk, 3, 1, None)?);
+        }
+        Ok(clients)
+    });
+    let z = Zkconn::start(&["--zk", &zk_flag(zk.addr)])?;
+    let racers = racer
+        .join()
+        .map_err(|_| anyhow::anyhow!("racer panicked"))??;
+    before.close(1)?;
+    wait_settled(zk.addr)?;
+    let established = ss_count(zk.addr, "established")?;
+    let snap = z.finish()?;
+    let row = process(&snap, before.pid())?;
+    assert_eq!(field(row, "seeded")?, 4);
+    assert_eq!(field(row, "open")?, 3);
+    assert_eq!(field(row, "closed")?, 1);
+    assert_eq!(field(row, "opened")?, 0);
+    // Every connection counted exactly once, whether seeded or hooked: the kernel's own
+    // socket table (ss) is the ground truth.
+    assert_eq!(established, 3 + 30);
+    assert_eq!(server_open(&snap, zk.addr), (33, 0));
+    let racer_open: u64 = racers
+        .iter()
+        .map(|c| process(&snap, c.pid()).and_then(|r| field(r, "open")))
+        .sum::<Result<u64>>()?;
+    assert_eq!(racer_open, 30);
+    Ok(())
+}
+
+#[test]
+fn eight_threads_times_two_hundred_concurrent_connects_are_exact() -> Result<()> {
+    let zk = ZkServer::start(
+        fresh_ipv4(),
+        0,
+        &["-Dzookeeper.nio.sessionlessCnxnTimeout=600000"],
+    )?;
+    let z = Zkconn::start(&["--zk", &zk_flag(zk.addr)])?;
+    let client = Client::raw(zk.addr, 200, 8, None)?;
+    wait_settled(zk.addr)?;
+    let established = ss_count(zk.addr, "established")?;
+    let snap = z.finish()?;
+    let row = process(&snap, client.pid())?;
+    assert_eq!(established, 1600);
+    assert_eq!(field(row, "opened")?, 1600);
+    assert_eq!(field(row, "open")?, 1600);
+    assert_eq!(server_open(&snap, zk.addr), (1600, 0));
+    assert_eq!(snap["probe"]["lost"], 0);
+    assert_eq!(snap["probe"]["overflow"], 0);
+    Ok(())
+}
+
+#[test]
+fn a_server_that_closes_while_the_client_keeps_its_fd_is_close_wait() -> Result<()> {
+    // ZooKeeper closes connections that send no session request after this timeout.
+    let zk = ZkServer::start(
+        fresh_ipv4(),
+        0,
+        &["-Dzookeeper.nio.sessionlessCnxnTimeout=1000"],
+    )?;
+    let z = Zkconn::start(&["--zk", &zk_flag(zk.addr)])?;
+    let client = Client::raw(zk.addr, 3, 1, None)?;
+    let mut waited = 0;
+    while ss_count(zk.addr, "close-wait")? < 3 && waited < 200 {
+        thread::sleep(Duration::from_millis(100));
+        waited += 1;
+    }
+    let snap = z.finish()?;
+    let row = process(&snap, client.pid())?;
+    assert_eq!(field(row, "close_wait")?, 3);
+    assert_eq!(field(row, "close_wait_total")?, 3);
+    assert_eq!(field(row, "open")?, 0);
+    assert_eq!(server_open(&snap, zk.addr), (0, 3));
+    Ok(())
+}
+
+#[test]
+fn a_capacity_smaller_than_the_load_is_counted_as_overflow() -> Result<()> {
+    let zk = ZkServer::start(fresh_ipv4(), 0, &[])?;
+    let z = Zkconn::start(&["--zk", &zk_flag(zk.addr), "--max-connections", "5"])?;
+    let client = Client::raw(zk.addr, 8, 1, None)?;
+    wait_settled(zk.addr)?;
+    let snap = z.finish()?;
+    assert_eq!(field(process(&snap, client.pid())?, "open")?, 5);
+    assert_eq!(snap["probe"]["overflow"], 3);
+    assert_eq!(snap["probe"]["overflow_detail"]["connections"], 3);
+    Ok(())
+}
+
+#[test]
+fn bad_flags_are_refused_with_one_sentence() -> Result<()> {
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["snapshot", "--zk", "zk1:99999"],
+            "\"99999\" is not a port (1-65535)",
+        ),
+        (&["snapshot", "--port", "21x1"], "\"21x1\" is not a port"),
+        (&["snapshot", "--duration", "soon"], "is not a duration"),
+        (
+            &["snapshot", "--zoo-cfg", "/nonexistent/zoo.cfg"],
+            "cannot read /nonexistent/zoo.cfg",
+        ),
+        (
+            &["snapshot", "--zk", "no-such-host.invalid"],
+            "cannot resolve ZooKeeper host",
+        ),
+        (&["snapshot", "--ring-buffer-kib", "100"], "power of two"),
+        (&["frobnicate"], "unrecognized subcommand"),
+    ];
+    for (args, needle) in cases {
+        let out = std::process::Command::new(zkconn_bin())
+            .args(*args)
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+    Ok(())
+}

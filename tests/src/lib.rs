@@ -177,34 +177,28 @@ impl Client {
         Ok(line.trim().to_owned())
     }
 
-    /// Plain TCP connections from a Python process.
+    /// Plain TCP connections from a Python process: `threads` threads, `count` each.
     pub fn raw(
         server: SocketAddr,
         count: u32,
         threads: u32,
         cgroup: Option<&Path>,
     ) -> anyhow::Result<Self> {
-        let mut cmd = Command::new("python3");
-        cmd.arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/src/clients/raw_client.py"
-        ))
-        .arg(server.ip().to_string())
-        .arg(server.port().to_string())
-        .args([
-            "--count",
-            &count.to_string(),
-            "--threads",
-            &threads.to_string(),
-        ]);
-        if let Some(cg) = cgroup {
-            cmd.arg("--cgroup").arg(cg);
+        let (count, threads) = (count.to_string(), threads.to_string());
+        let mut args = vec!["--count", count.as_str(), "--threads", threads.as_str()];
+        let cg = cgroup.map(|c| c.display().to_string());
+        if let Some(cg) = &cg {
+            args.extend(["--cgroup", cg.as_str()]);
         }
-        Self::spawn(cmd)
+        Self::python(server, &args)
     }
 
     /// A connect that the server refuses (nothing listens there).
     pub fn refused(server: SocketAddr) -> anyhow::Result<Self> {
+        Self::python(server, &["--expect-refused"])
+    }
+
+    fn python(server: SocketAddr, args: &[&str]) -> anyhow::Result<Self> {
         let mut cmd = Command::new("python3");
         cmd.arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -212,7 +206,7 @@ impl Client {
         ))
         .arg(server.ip().to_string())
         .arg(server.port().to_string())
-        .arg("--expect-refused");
+        .args(args);
         Self::spawn(cmd)
     }
 

@@ -302,7 +302,15 @@ fn test(root: &Path, unit_only: bool, args: &[OsString]) -> anyhow::Result<()> {
     let mut cmd = as_root("cargo");
     cmd.current_dir(root)
         .env("ZKCONN_BIN", root.join("target/release/zkconn"))
-        .args(["test", "--release", "--package", "integration-tests", "--"])
+        .args([
+            "test",
+            "--release",
+            "--package",
+            "integration-tests",
+            "--test",
+            "accounting",
+        ])
+        .arg("--")
         .args(["--test-threads", "2"])
         .args(args);
     check(&mut cmd, "integration tests")

@@ -349,11 +349,18 @@ impl Targets {
     }
 }
 
-impl fmt::Display for Targets {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Targets {
+    /// Each target as shown to users: `ip:port` endpoints, `*:port` for any address.
+    pub fn names(&self) -> Vec<String> {
         let mut parts: Vec<String> = self.endpoints.iter().map(|e| e.to_string()).collect();
         parts.extend(self.ports.iter().map(|p| format!("*:{p}")));
-        f.write_str(&parts.join(", "))
+        parts
+    }
+}
+
+impl fmt::Display for Targets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.names().join(", "))
     }
 }
 

@@ -242,12 +242,7 @@ impl Collector {
                 },
                 unreadable: self.unreadable + self.seeds.unreadable + state.read_errors,
             },
-            targets: self
-                .targets
-                .to_string()
-                .split(", ")
-                .map(str::to_owned)
-                .collect(),
+            targets: self.targets.names(),
             servers,
             processes,
             cgroups: cgroup_rows,

@@ -44,7 +44,18 @@ pub struct SnapshotArgs {
     #[command(flatten)]
     pub targets: TargetArgs,
     #[command(flatten)]
+    pub attribution: AttributionArgs,
+    #[command(flatten)]
     pub probe: ProbeArgs,
+}
+
+/// How owners are named.
+#[derive(Debug, Args, Clone, Default)]
+pub struct AttributionArgs {
+    /// Site rules (TOML) that add or override classifications: match on main class,
+    /// command line, comm, executable or cgroup; set kind and/or service (docs/rules.md).
+    #[arg(long, value_name = "PATH")]
+    pub rules: Option<PathBuf>,
 }
 
 /// Which connections are ZooKeeper's. With none of these, ports 2181 and 2281 on any address.

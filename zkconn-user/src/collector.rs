@@ -11,14 +11,17 @@ use tokio::io::unix::AsyncFd;
 use zkconn_common::{COMM_LEN, Event, OwnerKey, event_kind, probe_counter};
 
 use crate::{
+    attribution::{self, Clues, Rules, cgroup::CgroupLine},
     cli::ProbeArgs,
     model::{
-        self, Inputs, LostDetail, OverflowDetail, OwnerFacts, ProbeHealth, SeedHealth, Snapshot,
+        self, AttributionHealth, Inputs, LostDetail, OverflowDetail, OwnerFacts, ProbeHealth,
+        SeedHealth, Snapshot,
     },
     probe::{Capacities, Probe},
-    procfs::{CgroupPaths, Procfs},
+    procfs::{CgroupPaths, ProcInfo, Procfs},
     seed::{self, SeedReport},
     targets::Targets,
+    users::Users,
 };
 
 pub struct Collector {
@@ -27,11 +30,24 @@ pub struct Collector {
     procfs: Procfs,
     cgroups: CgroupPaths,
     targets: Targets,
+    rules: Rules,
+    users: Users,
+    /// One entry per owner the kernel still has rows for, or that is alive: bounded by the
+    /// kernel's process table (entries of owners the kernel forgot are dropped at each
+    /// snapshot).
     facts: HashMap<OwnerKey, OwnerFacts>,
     seeds: SeedReport,
     started: Instant,
     /// `/proc` reads that failed for a reason other than the process being gone.
     unreadable: u64,
+    attribution: AttributionHealth,
+}
+
+/// What the kernel recorded of an owner at its first connect.
+struct KernelFacts {
+    comm: String,
+    uid: u32,
+    cgroup_id: u64,
 }
 
 fn comm_str(comm: &[u8; COMM_LEN]) -> String {
@@ -42,7 +58,7 @@ fn comm_str(comm: &[u8; COMM_LEN]) -> String {
 impl Collector {
     /// Loads and attaches the probe, then seeds connections that already exist. Must run
     /// inside a tokio runtime (the ring buffer is registered with it).
-    pub fn start(targets: Targets, args: &ProbeArgs) -> anyhow::Result<Self> {
+    pub fn start(targets: Targets, args: &ProbeArgs, rules: Rules) -> anyhow::Result<Self> {
         crate::probe::check_privileges()?;
         let caps = Capacities {
             conns: args.max_connections,
@@ -61,24 +77,39 @@ impl Collector {
         })?;
         let procfs = Procfs::default();
         let cgroups = CgroupPaths::discover();
-        let seeds = seed::seed(&mut probe, &procfs, &cgroups, &targets)
+        let mut seeds = seed::seed(&mut probe, &procfs, &cgroups, &targets)
             .context("seeding the connections that existed before start failed")?;
         log::info!(
             "attached ({}); watching {targets}; seeded {} connections",
             probe.hook(),
             seeds.seeded
         );
-        Ok(Self {
+        let infos = std::mem::take(&mut seeds.infos);
+        let mut this = Self {
             probe,
             events,
             procfs,
             cgroups,
             targets,
+            attribution: AttributionHealth {
+                rules: rules.len() as u64,
+                ..AttributionHealth::default()
+            },
+            rules,
+            users: Users::default(),
             facts: HashMap::new(),
             seeds,
             started: Instant::now(),
             unreadable: 0,
-        })
+        };
+        // Seeded processes are attributed from what seeding read, while they lived.
+        for (key, info) in infos {
+            if this.seeds.per_owner.contains_key(&key) {
+                let cgroup_id = info.cgroup_v2().and_then(|p| this.cgroups.id_of(p));
+                this.learn_from_proc(key, info, cgroup_id.unwrap_or(0));
+            }
+        }
+        Ok(this)
     }
 
     /// Waits until the kernel has written events, then handles all of them.
@@ -115,32 +146,94 @@ impl Collector {
     fn on_event(&mut self, event: &Event) {
         match event.kind {
             event_kind::OWNER_NEW => {
-                let proc = self.read_proc(event.owner);
-                let facts = self.facts.entry(event.owner).or_default();
-                facts.comm = comm_str(&event.info.comm);
-                facts.uid = Some(event.info.uid);
-                facts.cgroup_id = event.info.cgroup_id;
-                facts.alive = true;
-                if proc.is_some() {
-                    facts.proc = proc;
-                }
+                let kernel = KernelFacts {
+                    comm: comm_str(&event.info.comm),
+                    uid: event.info.uid,
+                    cgroup_id: event.info.cgroup_id,
+                };
+                self.learn(event.owner, kernel);
             }
             event_kind::OWNER_EXIT => {
-                let facts = self.facts.entry(event.owner).or_default();
-                if facts.comm.is_empty() {
-                    facts.comm = comm_str(&event.info.comm);
-                    facts.uid = Some(event.info.uid);
-                    facts.cgroup_id = event.info.cgroup_id;
+                if !self.facts.contains_key(&event.owner) {
+                    let kernel = KernelFacts {
+                        comm: comm_str(&event.info.comm),
+                        uid: event.info.uid,
+                        cgroup_id: event.info.cgroup_id,
+                    };
+                    self.learn(event.owner, kernel);
                 }
-                facts.alive = false;
+                if let Some(facts) = self.facts.get_mut(&event.owner) {
+                    facts.alive = false;
+                }
             }
             _ => {}
         }
     }
 
+    /// Attributes a new owner, once: from `/proc` while it lives, else from what the kernel
+    /// recorded (comm and cgroup v2 id).
+    fn learn(&mut self, owner: OwnerKey, kernel: KernelFacts) {
+        if let Some(info) = self.read_proc(owner) {
+            self.learn_from_proc(owner, info, kernel.cgroup_id);
+            return;
+        }
+        self.attribution.kernel_only += 1;
+        let path = self.cgroups.path(kernel.cgroup_id);
+        let lines: Vec<CgroupLine> = path
+            .iter()
+            .map(|p| CgroupLine {
+                hierarchy: 0,
+                controllers: String::new(),
+                path: p.clone(),
+            })
+            .collect();
+        let who = attribution::classify(
+            &Clues {
+                comm: &kernel.comm,
+                exe: None,
+                argv: &[],
+                cmdline: "",
+                cgroups: &lines,
+                container_env: None,
+                cwd: None,
+            },
+            &self.rules,
+        );
+        let facts = OwnerFacts {
+            user: self.users.name(kernel.uid),
+            comm: kernel.comm,
+            uid: Some(kernel.uid),
+            cgroup_id: kernel.cgroup_id,
+            cgroup_path: path,
+            cmdline: None,
+            who,
+            alive: true,
+        };
+        self.facts.insert(owner, facts);
+    }
+
+    fn learn_from_proc(&mut self, owner: OwnerKey, info: ProcInfo, cgroup_id: u64) {
+        self.attribution.from_proc += 1;
+        if info.environ_unreadable {
+            self.attribution.environ_unreadable += 1;
+        }
+        let who = attribution::classify(&info.clues(), &self.rules);
+        let facts = OwnerFacts {
+            user: self.users.name(info.uid),
+            uid: Some(info.uid),
+            cgroup_id,
+            cgroup_path: info.cgroup_v2().map(str::to_owned),
+            who,
+            alive: true,
+            comm: info.comm,
+            cmdline: Some(info.cmdline),
+        };
+        self.facts.insert(owner, facts);
+    }
+
     /// `/proc` facts for `owner`, if the pid still belongs to it: a process that started
     /// after the owner's birth is a newer process reusing the pid.
-    fn read_proc(&mut self, owner: OwnerKey) -> Option<crate::procfs::ProcInfo> {
+    fn read_proc(&mut self, owner: OwnerKey) -> Option<ProcInfo> {
         match self.procfs.process(owner.tgid) {
             Ok(info) if info.start_ns <= owner.birth_ns => Some(info),
             Ok(_) => None,
@@ -157,34 +250,35 @@ impl Collector {
     pub fn snapshot(&mut self) -> anyhow::Result<Snapshot> {
         self.drain_events();
         let state = self.probe.read()?;
-        // Owners seen only through maps (seeded, or their event was lost): fill in.
-        let mut keys: Vec<OwnerKey> = state.proc_stats.iter().map(|(k, _)| *k).collect();
-        keys.extend(state.conns.iter().chain(&state.seeds).map(|c| c.owner));
-        for key in keys {
-            if self.facts.contains_key(&key) {
+        // Owners seen only through maps (their event was lost): attribute them now.
+        let mut first_conn: HashMap<OwnerKey, &zkconn_common::Conn> = HashMap::new();
+        for c in state.conns.iter().chain(&state.seeds) {
+            first_conn.entry(c.owner).or_insert(c);
+        }
+        let mut referenced: std::collections::HashSet<OwnerKey> =
+            state.proc_stats.iter().map(|(k, _)| *k).collect();
+        referenced.extend(first_conn.keys().copied());
+        for key in &referenced {
+            if self.facts.contains_key(key) {
                 continue;
             }
-            let proc = self.read_proc(key);
             let kernel = state
                 .owners
                 .get(&key.tgid)
                 .filter(|o| o.birth_ns == key.birth_ns);
-            let conn = state
-                .conns
-                .iter()
-                .chain(&state.seeds)
-                .find(|c| c.owner == key);
-            let facts = OwnerFacts {
+            let conn = first_conn.get(key);
+            let facts = KernelFacts {
                 comm: kernel.map(|o| comm_str(&o.comm)).unwrap_or_default(),
-                uid: kernel.map(|o| o.uid).or(conn.map(|c| c.uid)),
+                uid: kernel
+                    .map(|o| o.uid)
+                    .or(conn.map(|c| c.uid))
+                    .unwrap_or(u32::MAX),
                 cgroup_id: kernel
                     .map(|o| o.cgroup_id)
                     .or(conn.map(|c| c.cgroup_id))
                     .unwrap_or(0),
-                proc,
-                alive: false,
             };
-            self.facts.insert(key, facts);
+            self.learn(*key, facts);
         }
         // Liveness: the kernel forgets an owner when its thread group exits.
         for (key, facts) in &mut self.facts {
@@ -199,10 +293,13 @@ impl Collector {
                     .is_some_and(|s| s <= key.birth_ns)
             };
         }
+        // Bounded: an owner that is gone and that no kernel row names is forgotten.
+        self.facts
+            .retain(|key, facts| facts.alive || referenced.contains(key));
 
         let cgroups = std::cell::RefCell::new(&mut self.cgroups);
         let path = |id: u64| cgroups.borrow_mut().path(id);
-        let (servers, processes, cgroup_rows) = model::build(&Inputs {
+        let rows = model::build(&Inputs {
             conns: &state.conns,
             seeds: &state.seeds,
             proc_stats: &state.proc_stats,
@@ -240,12 +337,11 @@ impl Collector {
                     conflicts: self.seeds.conflicts,
                     ownerless: self.seeds.ownerless,
                 },
+                attribution: self.attribution.clone(),
                 unreadable: self.unreadable + self.seeds.unreadable + state.read_errors,
             },
             targets: self.targets.names(),
-            servers,
-            processes,
-            cgroups: cgroup_rows,
+            rows,
         })
     }
 }

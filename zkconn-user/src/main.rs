@@ -3,6 +3,7 @@
 //! `main` parses and validates everything, runs the command, and prints an error once,
 //! as one sentence chain (`{:#}`). A closed stdout (`| head`) is not an error.
 
+mod attribution;
 mod cli;
 mod collector;
 mod model;
@@ -11,6 +12,7 @@ mod probe;
 mod procfs;
 mod seed;
 mod targets;
+mod users;
 
 use std::{io::Write as _, process::ExitCode};
 
@@ -19,7 +21,8 @@ use clap::Parser as _;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    cli::{Cli, Command, SnapshotArgs, TargetArgs},
+    attribution::Rules,
+    cli::{AttributionArgs, Cli, Command, SnapshotArgs, TargetArgs},
     collector::Collector,
     targets::{Targets, ZooCfg},
 };
@@ -54,11 +57,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Snapshot(args) => {
             // Every flag is validated before anything touches the kernel.
             let targets = resolve_targets(&args.targets)?;
+            let rules = load_rules(&args.attribution)?;
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;
-            runtime.block_on(snapshot(args, targets))
+            runtime.block_on(snapshot(args, targets, rules))
         }
     }
 }
@@ -88,8 +92,16 @@ pub fn resolve_targets(args: &TargetArgs) -> anyhow::Result<Targets> {
     Ok(Targets::resolve(&endpoints, &ports)?)
 }
 
-async fn snapshot(args: SnapshotArgs, targets: Targets) -> anyhow::Result<()> {
-    let mut collector = Collector::start(targets, &args.probe)?;
+/// Reads `--rules`, or no rules.
+pub fn load_rules(args: &AttributionArgs) -> anyhow::Result<Rules> {
+    match &args.rules {
+        Some(path) => Rules::read(path).context("--rules"),
+        None => Ok(Rules::default()),
+    }
+}
+
+async fn snapshot(args: SnapshotArgs, targets: Targets, rules: Rules) -> anyhow::Result<()> {
+    let mut collector = Collector::start(targets, &args.probe, rules)?;
     // With -v, scripts and tests wait for this line to know the hooks are live.
     log::info!("ready: observing for {:?}", args.duration);
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;

@@ -9,7 +9,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use serde::Serialize;
 use zkconn_common::{Conn, Counters, OwnerKey, tcp_state};
 
-use crate::{probe::Hook, procfs::ProcInfo, targets::ip_from_bytes};
+use crate::{
+    attribution::{self, Attribution, Kind},
+    probe::Hook,
+    targets::ip_from_bytes,
+};
 
 pub const SCHEMA: &str = "zkconn.snapshot/v1";
 
@@ -24,9 +28,22 @@ pub struct Snapshot {
     pub probe: ProbeHealth,
     /// What is watched: `ip:port` endpoints and `*:port` ports.
     pub targets: Vec<String>,
+    #[serde(flatten)]
+    pub rows: Rows,
+}
+
+/// Every table of the document.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Rows {
     pub servers: Vec<ServerRow>,
     pub processes: Vec<ProcessRow>,
     pub cgroups: Vec<CgroupRow>,
+    /// One row per YARN container that held or opened a connection.
+    pub containers: Vec<ContainerRow>,
+    /// One row per YARN application, summed over its containers.
+    pub applications: Vec<ApplicationRow>,
+    /// One row per service label.
+    pub services: Vec<ServiceRow>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -39,6 +56,7 @@ pub struct ProbeHealth {
     pub lost_detail: LostDetail,
     pub overflow_detail: OverflowDetail,
     pub seeds: SeedHealth,
+    pub attribution: AttributionHealth,
     /// `/proc` entries that existed but could not be read, plus map entries unreadable.
     pub unreadable: u64,
 }
@@ -62,6 +80,20 @@ pub struct SeedHealth {
     pub adopted: u64,
     pub conflicts: u64,
     pub ownerless: u64,
+}
+
+/// How completely owners could be attributed.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct AttributionHealth {
+    /// Processes whose `/proc` entry was read while they lived.
+    pub from_proc: u64,
+    /// Processes gone before `/proc` could be read: attributed from the kernel's comm and
+    /// cgroup alone (a v1-only YARN cgroup, the environment and the command line are lost).
+    pub kernel_only: u64,
+    /// Processes whose environment could not be read (`CONTAINER_ID` unknown).
+    pub environ_unreadable: u64,
+    /// Site rules loaded from `--rules`.
+    pub rules: u64,
 }
 
 /// Current connections by state; `open` = connecting + established.
@@ -112,8 +144,12 @@ pub struct ServerOpen {
 pub struct ProcessRow {
     pub pid: u32,
     pub comm: String,
+    #[serde(flatten)]
+    pub who: Attribution,
     pub cmdline: Option<String>,
     pub uid: Option<u32>,
+    /// The user name of `uid`, when a name service knows it.
+    pub user: Option<String>,
     pub cgroup: Option<String>,
     pub cgroup_id: u64,
     pub alive: bool,
@@ -133,6 +169,10 @@ pub struct ProcessRow {
 pub struct CgroupRow {
     pub path: Option<String>,
     pub id: u64,
+    /// From the path alone: `yarn`, `kubernetes`, `docker`, `systemd`, else `process`.
+    pub kind: Kind,
+    /// The container id, pod, Docker container or unit; else the path.
+    pub label: String,
     #[serde(flatten)]
     pub states: StateCounts,
     pub opened: u64,
@@ -141,15 +181,69 @@ pub struct CgroupRow {
     pub pids: Vec<u32>,
 }
 
+/// Counters summed over the processes of a roll-up row.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Totals {
+    pub open: u64,
+    pub close_wait: u64,
+    pub opened: u64,
+    pub closed: u64,
+    pub failed: u64,
+}
+
+impl Totals {
+    fn add(&mut self, p: &ProcessRow) {
+        self.open += p.states.open;
+        self.close_wait += p.states.close_wait;
+        self.opened += p.opened;
+        self.closed += p.closed;
+        self.failed += p.failed;
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ContainerRow {
+    pub container: String,
+    pub application: String,
+    #[serde(flatten)]
+    pub totals: Totals,
+    pub services: Vec<String>,
+    pub pids: Vec<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ApplicationRow {
+    pub application: String,
+    pub containers: Vec<String>,
+    #[serde(flatten)]
+    pub totals: Totals,
+    pub processes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ServiceRow {
+    pub service: String,
+    /// The kinds its processes run as (usually one).
+    pub kinds: Vec<Kind>,
+    #[serde(flatten)]
+    pub totals: Totals,
+    pub pids: Vec<u32>,
+}
+
 /// What userspace knows of one process, beyond the kernel's counters.
 #[derive(Clone, Debug, Default)]
 pub struct OwnerFacts {
-    /// The kernel's comm at first connect.
+    /// The kernel's comm at first connect (or `/proc`'s, when it was read).
     pub comm: String,
     pub uid: Option<u32>,
+    pub user: Option<String>,
     pub cgroup_id: u64,
-    /// `/proc` facts, read while the process lived.
-    pub proc: Option<ProcInfo>,
+    /// The cgroup v2 path when the process was first seen (YARN removes a container's
+    /// cgroup when it ends).
+    pub cgroup_path: Option<String>,
+    /// The redacted command line, when `/proc` could be read while the process lived.
+    pub cmdline: Option<String>,
+    pub who: Attribution,
     pub alive: bool,
 }
 
@@ -170,7 +264,7 @@ pub fn endpoint(addr: [u8; 16], port: u16) -> String {
 
 /// Rows per server, process and cgroup. A seed that the kernel also tracks (same tuple)
 /// is counted once, as the kernel's.
-pub fn build(inputs: &Inputs<'_>) -> (Vec<ServerRow>, Vec<ProcessRow>, Vec<CgroupRow>) {
+pub fn build(inputs: &Inputs<'_>) -> Rows {
     let tracked: HashSet<_> = inputs.conns.iter().map(|c| c.tuple).collect();
     let live: Vec<&Conn> = inputs
         .conns
@@ -212,14 +306,31 @@ pub fn build(inputs: &Inputs<'_>) -> (Vec<ServerRow>, Vec<ProcessRow>, Vec<Cgrou
             let facts = inputs.facts.get(&key).cloned().unwrap_or_default();
             let cgroup_id = facts.cgroup_id;
             cgroup_pids.entry(cgroup_id).or_default().insert(key.tgid);
-            let proc = facts.proc.as_ref();
+            let who = if facts.who.service.is_empty() {
+                // Never seen by userspace (its event was lost): the comm is all there is.
+                let label = if facts.comm.is_empty() {
+                    "?".to_owned()
+                } else {
+                    facts.comm.clone()
+                };
+                Attribution {
+                    service: label.clone(),
+                    label,
+                    ..Attribution::default()
+                }
+            } else {
+                facts.who
+            };
             ProcessRow {
                 pid: key.tgid,
-                comm: proc.map_or(facts.comm.clone(), |p| p.comm.clone()),
-                cmdline: proc.map(|p| p.cmdline.clone()),
-                uid: proc.map(|p| p.uid).or(facts.uid),
-                cgroup: (inputs.cgroup_path)(cgroup_id)
-                    .or_else(|| proc.and_then(|p| p.cgroup_v2.clone())),
+                comm: facts.comm,
+                who,
+                cmdline: facts.cmdline,
+                uid: facts.uid,
+                user: facts.user,
+                cgroup: facts
+                    .cgroup_path
+                    .or_else(|| (inputs.cgroup_path)(cgroup_id)),
                 cgroup_id,
                 alive: facts.alive,
                 states,
@@ -250,9 +361,13 @@ pub fn build(inputs: &Inputs<'_>) -> (Vec<ServerRow>, Vec<ProcessRow>, Vec<Cgrou
             let counters = cg_stats.get(&id).copied().unwrap_or_default();
             let (states, mut pids) = by_cgroup.remove(&id).unwrap_or_default();
             pids.extend(cgroup_pids.remove(&id).unwrap_or_default());
+            let path = (inputs.cgroup_path)(id);
+            let (kind, label) = attribution::classify_cgroup(path.as_deref());
             CgroupRow {
-                path: (inputs.cgroup_path)(id),
+                path,
                 id,
+                kind,
+                label,
                 states,
                 opened: counters.opened,
                 closed: counters.closed,
@@ -271,7 +386,105 @@ pub fn build(inputs: &Inputs<'_>) -> (Vec<ServerRow>, Vec<ProcessRow>, Vec<Cgrou
             states,
         })
         .collect();
-    (servers, processes, cgroups)
+    let (containers, applications, services) = roll_up(&processes);
+    Rows {
+        servers,
+        processes,
+        cgroups,
+        containers,
+        applications,
+        services,
+    }
+}
+
+/// Largest `open` first, then most `opened`, then by name.
+fn by_weight<T>(rows: &mut [T], key: impl Fn(&T) -> (Totals, &str)) {
+    rows.sort_by(|a, b| {
+        let (ta, na) = key(a);
+        let (tb, nb) = key(b);
+        (tb.open, tb.close_wait, tb.opened)
+            .cmp(&(ta.open, ta.close_wait, ta.opened))
+            .then(na.cmp(nb))
+    });
+}
+
+/// Containers, applications and services, summed from process rows.
+fn roll_up(processes: &[ProcessRow]) -> (Vec<ContainerRow>, Vec<ApplicationRow>, Vec<ServiceRow>) {
+    let mut containers: BTreeMap<&str, ContainerRow> = BTreeMap::new();
+    let mut applications: BTreeMap<&str, (ApplicationRow, BTreeSet<String>)> = BTreeMap::new();
+    let mut services: BTreeMap<&str, (ServiceRow, BTreeSet<Kind>, BTreeSet<u32>)> = BTreeMap::new();
+    for p in processes {
+        if let (Some(container), Some(app)) = (&p.who.yarn_container, &p.who.yarn_application) {
+            let row = containers.entry(container).or_insert_with(|| ContainerRow {
+                container: container.clone(),
+                application: app.clone(),
+                totals: Totals::default(),
+                services: Vec::new(),
+                pids: Vec::new(),
+            });
+            row.totals.add(p);
+            if !row.services.contains(&p.who.service) {
+                row.services.push(p.who.service.clone());
+            }
+            row.pids.push(p.pid);
+            let (row, ids) = applications.entry(app).or_insert_with(|| {
+                (
+                    ApplicationRow {
+                        application: app.clone(),
+                        containers: Vec::new(),
+                        totals: Totals::default(),
+                        processes: 0,
+                    },
+                    BTreeSet::new(),
+                )
+            });
+            row.totals.add(p);
+            row.processes += 1;
+            ids.insert(container.clone());
+        }
+        let (row, kinds, pids) = services.entry(&p.who.service).or_insert_with(|| {
+            (
+                ServiceRow {
+                    service: p.who.service.clone(),
+                    kinds: Vec::new(),
+                    totals: Totals::default(),
+                    pids: Vec::new(),
+                },
+                BTreeSet::new(),
+                BTreeSet::new(),
+            )
+        });
+        row.totals.add(p);
+        kinds.insert(p.who.kind);
+        pids.insert(p.pid);
+    }
+    let mut containers: Vec<ContainerRow> = containers
+        .into_values()
+        .map(|mut c| {
+            c.pids.sort_unstable();
+            c.pids.dedup();
+            c
+        })
+        .collect();
+    by_weight(&mut containers, |c| (c.totals, &c.container));
+    let mut applications: Vec<ApplicationRow> = applications
+        .into_values()
+        .map(|(mut row, ids)| {
+            row.containers = ids.into_iter().collect();
+            row
+        })
+        .collect();
+    by_weight(&mut applications, |a| (a.totals, &a.application));
+    let mut services: Vec<ServiceRow> = services
+        .into_values()
+        .map(|(mut row, kinds, pids)| {
+            row.kinds = kinds.into_iter().collect();
+            row.pids = pids.into_iter().collect();
+            row
+        })
+        .collect();
+    by_weight(&mut services, |s| (s.totals, &s.service));
+    (containers, applications, services)
 }
 
 #[cfg(test)]
@@ -311,7 +524,24 @@ mod tests {
         seeds: &[Conn],
         stats: &[(OwnerKey, Counters)],
     ) -> (Vec<ServerRow>, Vec<ProcessRow>, Vec<CgroupRow>) {
-        let facts = HashMap::new();
+        let rows = run_full(conns, seeds, stats, &HashMap::new());
+        (rows.servers, rows.processes, rows.cgroups)
+    }
+
+    fn run_with(
+        conns: &[Conn],
+        stats: &[(OwnerKey, Counters)],
+        facts: &HashMap<OwnerKey, OwnerFacts>,
+    ) -> Rows {
+        run_full(conns, &[], stats, facts)
+    }
+
+    fn run_full(
+        conns: &[Conn],
+        seeds: &[Conn],
+        stats: &[(OwnerKey, Counters)],
+        facts: &HashMap<OwnerKey, OwnerFacts>,
+    ) -> Rows {
         let seeded = HashMap::new();
         let path = |id: u64| Some(format!("/cg{id}"));
         build(&Inputs {
@@ -319,10 +549,144 @@ mod tests {
             seeds,
             proc_stats: stats,
             cgroup_stats: &[],
-            facts: &facts,
+            facts,
             seeded: &seeded,
             cgroup_path: &path,
         })
+    }
+
+    fn yarn(container: &str, service: &str) -> OwnerFacts {
+        let app = crate::attribution::yarn::ContainerId::parse(container).unwrap();
+        OwnerFacts {
+            comm: "java".into(),
+            who: Attribution {
+                kind: Kind::Yarn,
+                service: service.into(),
+                label: format!("{service} in {container}"),
+                yarn_container: Some(container.into()),
+                yarn_application: Some(app.application().into()),
+                ..Attribution::default()
+            },
+            ..OwnerFacts::default()
+        }
+    }
+
+    #[test]
+    fn containers_applications_and_services_sum_their_processes() {
+        use tcp_state::ESTABLISHED;
+        const C1: &str = "container_e17_1700000000000_0042_01_000002";
+        const C2: &str = "container_1700000000000_0042_01_000003";
+        const C3: &str = "container_1700000000000_0043_01_000002";
+        let mut facts = HashMap::new();
+        facts.insert(key(1), yarn(C1, "Spark executor"));
+        facts.insert(key(2), yarn(C1, "bash"));
+        facts.insert(key(3), yarn(C2, "Spark executor"));
+        facts.insert(key(4), yarn(C3, "MapReduce task"));
+        let mut rs = OwnerFacts::default();
+        rs.who.kind = Kind::Hbase;
+        rs.who.service = "HBase RegionServer".into();
+        facts.insert(key(5), rs);
+        let mut conns = Vec::new();
+        let mut port = 0;
+        for (pid, n) in [(1, 3), (2, 1), (3, 2), (4, 1), (5, 7)] {
+            for _ in 0..n {
+                port += 1;
+                conns.push(conn(pid, 9, port, "127.0.0.2:2181", ESTABLISHED));
+            }
+        }
+        let stats: Vec<_> = [(1, 5, 2), (2, 1, 0), (3, 2, 0), (4, 4, 3), (5, 7, 0)]
+            .into_iter()
+            .map(|(pid, opened, closed)| {
+                (
+                    key(pid),
+                    Counters {
+                        opened,
+                        closed,
+                        ..Counters::default()
+                    },
+                )
+            })
+            .collect();
+        let rows = run_with(&conns, &stats, &facts);
+
+        let apps: Vec<_> = rows
+            .applications
+            .iter()
+            .map(|a| {
+                (
+                    a.application.as_str(),
+                    a.containers.len(),
+                    a.totals.open,
+                    a.totals.opened,
+                    a.totals.closed,
+                    a.processes,
+                )
+            })
+            .collect();
+        assert_eq!(
+            apps,
+            vec![
+                ("application_1700000000000_0042", 2, 6, 8, 2, 3),
+                ("application_1700000000000_0043", 1, 1, 4, 3, 1),
+            ]
+        );
+        assert_eq!(
+            rows.applications[0].containers,
+            vec![C2.to_owned(), C1.to_owned()]
+        );
+        let c1 = rows.containers.iter().find(|c| c.container == C1).unwrap();
+        assert_eq!((c1.totals.open, c1.pids.clone()), (4, vec![1, 2]));
+        assert_eq!(
+            c1.services,
+            vec!["Spark executor".to_owned(), "bash".to_owned()]
+        );
+        let services: Vec<_> = rows
+            .services
+            .iter()
+            .map(|s| (s.service.as_str(), s.totals.open, s.pids.clone()))
+            .collect();
+        assert_eq!(
+            services,
+            vec![
+                ("HBase RegionServer", 7, vec![5]),
+                ("Spark executor", 5, vec![1, 3]),
+                ("MapReduce task", 1, vec![4]),
+                ("bash", 1, vec![2]),
+            ]
+        );
+        assert_eq!(rows.services[1].kinds, vec![Kind::Yarn]);
+        // The whole is the sum of its parts: nothing counted twice, nothing lost.
+        let total: u64 = rows.processes.iter().map(|p| p.states.open).sum();
+        assert_eq!(total, 14);
+        assert_eq!(
+            rows.services.iter().map(|s| s.totals.open).sum::<u64>(),
+            total
+        );
+    }
+
+    #[test]
+    fn an_owner_userspace_never_saw_is_labelled_by_its_comm() {
+        let mut facts = HashMap::new();
+        facts.insert(
+            key(8),
+            OwnerFacts {
+                comm: "leaky".into(),
+                ..OwnerFacts::default()
+            },
+        );
+        let rows = run_with(
+            &[conn(8, 9, 1, "127.0.0.2:2181", tcp_state::ESTABLISHED)],
+            &[],
+            &facts,
+        );
+        assert_eq!(rows.processes[0].who.service, "leaky");
+        assert_eq!(rows.processes[0].who.kind, Kind::Process);
+        let rows = run_with(
+            &[conn(9, 9, 1, "127.0.0.2:2181", tcp_state::ESTABLISHED)],
+            &[],
+            &HashMap::new(),
+        );
+        assert_eq!(rows.processes[0].who.label, "?");
     }
 
     #[test]

@@ -34,6 +34,10 @@ fn table(out: &mut impl Write, header: &[&str], rows: &[Vec<String>]) -> io::Res
     Ok(())
 }
 
+fn n(v: u64) -> String {
+    v.to_string()
+}
+
 pub fn text(out: &mut impl Write, s: &Snapshot) -> io::Result<()> {
     let hook = s.probe.hook.map_or("-".to_owned(), |h| h.to_string());
     writeln!(
@@ -43,20 +47,21 @@ pub fn text(out: &mut impl Write, s: &Snapshot) -> io::Result<()> {
     )?;
     writeln!(out, "watching {}", s.targets.join(", "))?;
     writeln!(out)?;
-    if s.servers.is_empty() {
+    let r = &s.rows;
+    if r.servers.is_empty() {
         writeln!(out, "No ZooKeeper connections.")?;
     } else {
-        let rows: Vec<Vec<String>> = s
+        let rows: Vec<Vec<String>> = r
             .servers
             .iter()
             .map(|r| {
                 vec![
                     r.server.clone(),
                     r.local_ip.clone(),
-                    r.states.open.to_string(),
-                    r.states.connecting.to_string(),
-                    r.states.close_wait.to_string(),
-                    r.states.closing.to_string(),
+                    n(r.states.open),
+                    n(r.states.connecting),
+                    n(r.states.close_wait),
+                    n(r.states.closing),
                 ]
             })
             .collect();
@@ -73,23 +78,26 @@ pub fn text(out: &mut impl Write, s: &Snapshot) -> io::Result<()> {
             &rows,
         )?;
     }
-    if !s.processes.is_empty() {
+    if !r.processes.is_empty() {
         writeln!(out)?;
-        let rows: Vec<Vec<String>> = s
+        let rows: Vec<Vec<String>> = r
             .processes
             .iter()
             .map(|p| {
                 vec![
-                    p.pid.to_string(),
-                    p.comm.clone(),
+                    n(u64::from(p.pid)),
+                    p.who.kind.to_string(),
+                    p.who.label.clone(),
+                    p.user
+                        .clone()
+                        .or_else(|| p.uid.map(|u| u.to_string()))
+                        .unwrap_or_else(|| "-".into()),
                     if p.alive { "yes" } else { "no" }.to_owned(),
-                    p.states.open.to_string(),
-                    p.states.close_wait.to_string(),
-                    p.opened.to_string(),
-                    p.closed.to_string(),
-                    p.failed.to_string(),
-                    p.seeded.to_string(),
-                    p.cgroup.clone().unwrap_or_else(|| "-".into()),
+                    n(p.states.open),
+                    n(p.states.close_wait),
+                    n(p.opened),
+                    n(p.closed),
+                    n(p.failed),
                 ]
             })
             .collect();
@@ -97,15 +105,83 @@ pub fn text(out: &mut impl Write, s: &Snapshot) -> io::Result<()> {
             out,
             &[
                 "PID",
-                "COMM",
+                "KIND",
+                "OWNER",
+                "USER",
                 "ALIVE",
                 "OPEN",
                 "CLOSE_WAIT",
                 "OPENED",
                 "CLOSED",
                 "FAILED",
-                "SEEDED",
-                "CGROUP",
+            ],
+            &rows,
+        )?;
+    }
+    if !r.applications.is_empty() {
+        writeln!(out)?;
+        let rows: Vec<Vec<String>> = r
+            .applications
+            .iter()
+            .map(|a| {
+                vec![
+                    a.application.clone(),
+                    n(a.containers.len() as u64),
+                    n(a.totals.open),
+                    n(a.totals.close_wait),
+                    n(a.totals.opened),
+                    n(a.totals.closed),
+                    n(a.totals.failed),
+                ]
+            })
+            .collect();
+        table(
+            out,
+            &[
+                "YARN APPLICATION",
+                "CONTAINERS",
+                "OPEN",
+                "CLOSE_WAIT",
+                "OPENED",
+                "CLOSED",
+                "FAILED",
+            ],
+            &rows,
+        )?;
+    }
+    if !r.services.is_empty() {
+        writeln!(out)?;
+        let rows: Vec<Vec<String>> = r
+            .services
+            .iter()
+            .map(|sv| {
+                vec![
+                    sv.service.clone(),
+                    sv.kinds
+                        .iter()
+                        .map(|k| k.as_str())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    n(sv.pids.len() as u64),
+                    n(sv.totals.open),
+                    n(sv.totals.close_wait),
+                    n(sv.totals.opened),
+                    n(sv.totals.closed),
+                    n(sv.totals.failed),
+                ]
+            })
+            .collect();
+        table(
+            out,
+            &[
+                "SERVICE",
+                "KIND",
+                "PROCESSES",
+                "OPEN",
+                "CLOSE_WAIT",
+                "OPENED",
+                "CLOSED",
+                "FAILED",
             ],
             &rows,
         )?;

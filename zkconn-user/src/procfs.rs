@@ -11,19 +11,59 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use serde::Serialize;
+use crate::attribution::{
+    Clues,
+    cgroup::{CgroupLine, parse_proc_cgroup},
+};
 
-/// Facts about a process read from `/proc/PID`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+/// Facts about a process read from `/proc/PID`: what attribution needs, read once while
+/// the process lives. Nothing here is a secret: arguments are redacted, and of the
+/// environment only `CONTAINER_ID` is kept.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProcInfo {
     pub comm: String,
-    /// Redacted command line (see [`redact_cmdline`]).
+    /// Redacted arguments (see [`redact_argv`]), long class paths shortened.
+    pub argv: Vec<String>,
+    /// `argv` joined with spaces, at most [`CMDLINE_MAX`] bytes.
     pub cmdline: String,
     pub uid: u32,
     /// Start time on the boot clock, in ns (from ticks, so a multiple of 1/CLK_TCK s).
     pub start_ns: u64,
-    /// cgroup v2 path from `/proc/PID/cgroup` (`0::/path`), when the host has one.
-    pub cgroup_v2: Option<String>,
+    /// Every line of `/proc/PID/cgroup`: v2 and each v1 hierarchy.
+    pub cgroups: Vec<CgroupLine>,
+    /// Target of `/proc/PID/exe`.
+    pub exe: Option<String>,
+    /// Target of `/proc/PID/cwd`.
+    pub cwd: Option<String>,
+    /// `CONTAINER_ID` from `/proc/PID/environ`.
+    pub container_env: Option<String>,
+    /// `/proc/PID/environ` existed but could not be read.
+    pub environ_unreadable: bool,
+}
+
+/// Longest command line kept per process; Hadoop's can run to hundreds of kilobytes.
+pub const CMDLINE_MAX: usize = 4096;
+
+impl ProcInfo {
+    /// The cgroup v2 path (`0::/path`), when the host has a v2 hierarchy.
+    pub fn cgroup_v2(&self) -> Option<&str> {
+        self.cgroups
+            .iter()
+            .find(|l| l.is_v2())
+            .map(|l| l.path.as_str())
+    }
+
+    pub fn clues(&self) -> Clues<'_> {
+        Clues {
+            comm: &self.comm,
+            exe: self.exe.as_deref(),
+            argv: &self.argv,
+            cmdline: &self.cmdline,
+            cgroups: &self.cgroups,
+            container_env: self.container_env.as_deref(),
+            cwd: self.cwd.as_deref(),
+        }
+    }
 }
 
 /// A `/proc`-like tree: `/proc` in production, a fixture directory in tests.
@@ -57,7 +97,8 @@ impl Procfs {
         self.root.join(pid.to_string()).join(file)
     }
 
-    /// Reads comm, cmdline, uid, start time and cgroup of `pid`.
+    /// Reads what attribution needs of `pid`. Fails only when `stat` or `status` cannot be
+    /// read (the process is gone, or unreadable); the other files degrade to `None`.
     pub fn process(&self, pid: u32) -> io::Result<ProcInfo> {
         let stat = fs::read_to_string(self.pid_path(pid, "stat"))?;
         let (comm, start_ticks) = parse_stat(&stat).ok_or_else(|| {
@@ -73,17 +114,28 @@ impl Procfs {
             .and_then(|v| v.split_whitespace().next())
             .and_then(|v| v.parse().ok())
             .unwrap_or(u32::MAX);
-        let cmdline = fs::read(self.pid_path(pid, "cmdline")).unwrap_or_default();
+        let argv = redact_argv(&fs::read(self.pid_path(pid, "cmdline")).unwrap_or_default());
         let cgroup = fs::read_to_string(self.pid_path(pid, "cgroup")).unwrap_or_default();
+        let link = |name: &str| {
+            fs::read_link(self.pid_path(pid, name))
+                .ok()
+                .map(|p| p.to_string_lossy().into_owned())
+        };
+        let (container_env, environ_unreadable) = match fs::read(self.pid_path(pid, "environ")) {
+            Ok(env) => (environ_value(&env, "CONTAINER_ID"), false),
+            Err(e) => (None, e.kind() != io::ErrorKind::NotFound),
+        };
         Ok(ProcInfo {
             comm,
-            cmdline: redact_cmdline(&cmdline),
+            cmdline: join_capped(&argv, CMDLINE_MAX),
+            argv,
             uid,
             start_ns: start_ticks.saturating_mul(1_000_000_000 / self.ticks_per_sec),
-            cgroup_v2: cgroup
-                .lines()
-                .find_map(|l| l.strip_prefix("0::"))
-                .map(str::to_owned),
+            cgroups: parse_proc_cgroup(&cgroup),
+            exe: link("exe"),
+            cwd: link("cwd"),
+            container_env,
+            environ_unreadable,
         })
     }
 
@@ -215,9 +267,24 @@ fn parse_hex_addr(text: &str) -> Option<SocketAddr> {
     Some(SocketAddr::new(crate::targets::canonical_ip(ip), port))
 }
 
+/// The value of one variable in a NUL-separated environment block; nothing else is kept.
+fn environ_value(env: &[u8], name: &str) -> Option<String> {
+    env.split(|&b| b == 0).find_map(|kv| {
+        let value = kv.strip_prefix(name.as_bytes())?.strip_prefix(b"=")?;
+        Some(String::from_utf8_lossy(value).into_owned())
+    })
+}
+
+/// Options whose next argument is a class path.
+const CLASSPATH_OPTIONS: [&str; 3] = ["-cp", "-classpath", "--class-path"];
+
+/// Class paths longer than this are shown as their number of entries.
+const CLASSPATH_SHOWN: usize = 256;
+
 /// Redacts secrets from a NUL-separated command line: the value of every `-D`/`--` option
-/// and `key=value` argument whose key names a secret, and URL credentials.
-pub fn redact_cmdline(raw: &[u8]) -> String {
+/// and `key=value` argument whose key names a secret, and URL credentials. Long class paths
+/// become `<classpath: N entries>`. The number and order of arguments is kept.
+pub fn redact_argv(raw: &[u8]) -> Vec<String> {
     let args: Vec<String> = raw
         .split(|&b| b == 0)
         .filter(|a| !a.is_empty())
@@ -225,19 +292,48 @@ pub fn redact_cmdline(raw: &[u8]) -> String {
         .collect();
     let mut out = Vec::with_capacity(args.len());
     let mut redact_next = false;
+    let mut classpath_next = false;
     for arg in args {
         if redact_next {
             out.push("<redacted>".to_owned());
             redact_next = false;
             continue;
         }
+        if classpath_next {
+            classpath_next = false;
+            if arg.len() > CLASSPATH_SHOWN {
+                out.push(format!("<classpath: {} entries>", arg.split(':').count()));
+                continue;
+            }
+        }
         // `--password secret` (value in the next argument)
         if arg.starts_with('-') && !arg.contains('=') && is_secret_key(&arg) {
             redact_next = true;
         }
+        classpath_next = CLASSPATH_OPTIONS.contains(&arg.as_str());
         out.push(arg);
     }
-    out.join(" ")
+    out
+}
+
+/// The redacted command line as one string (arguments joined by spaces).
+#[cfg(test)]
+pub fn redact_cmdline(raw: &[u8]) -> String {
+    redact_argv(raw).join(" ")
+}
+
+/// Joins with spaces, cut at a character boundary at most `max` bytes long, marked with `…`.
+fn join_capped(argv: &[String], max: usize) -> String {
+    let mut s = argv.join(" ");
+    if s.len() > max {
+        let mut cut = max.saturating_sub('…'.len_utf8());
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push('…');
+    }
+    s
 }
 
 const SECRET_WORDS: [&str; 8] = [
@@ -428,17 +524,87 @@ mod tests {
             "4:cpu:/hadoop-yarn/c1\n0::/system.slice/x.service\n",
         )
         .unwrap();
+        fs::write(
+            p.join("environ"),
+            b"PATH=/bin\0AWS_SECRET_ACCESS_KEY=nope\0CONTAINER_ID=container_1_0001_01_000002\0",
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("/usr/bin/zkcli", p.join("exe")).unwrap();
+        std::os::unix::fs::symlink("/home/u", p.join("cwd")).unwrap();
         let info = Procfs::at(dir.path(), 100).process(77).unwrap();
         assert_eq!(
             info,
             ProcInfo {
                 comm: "zkcli".into(),
+                argv: vec!["zkcli".into(), "--token=<redacted>".into()],
                 cmdline: "zkcli --token=<redacted>".into(),
                 uid: 1001,
                 start_ns: 2_500_000_000,
-                cgroup_v2: Some("/system.slice/x.service".into()),
+                cgroups: parse_proc_cgroup("4:cpu:/hadoop-yarn/c1\n0::/system.slice/x.service\n"),
+                exe: Some("/usr/bin/zkcli".into()),
+                cwd: Some("/home/u".into()),
+                container_env: Some("container_1_0001_01_000002".into()),
+                environ_unreadable: false,
             }
         );
+        assert_eq!(info.cgroup_v2(), Some("/system.slice/x.service"));
         assert!(Procfs::at(dir.path(), 100).process(78).is_err());
+    }
+
+    #[test]
+    fn a_process_gone_mid_read_degrades() {
+        // stat and status readable, the rest already gone: what is known is kept.
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("9");
+        fs::create_dir_all(&p).unwrap();
+        fs::write(
+            p.join("stat"),
+            "9 (x) S 1 9 9 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 1 0 0",
+        )
+        .unwrap();
+        fs::write(p.join("status"), "Uid:\t0\t0\t0\t0\n").unwrap();
+        let info = Procfs::at(dir.path(), 100).process(9).unwrap();
+        assert_eq!(info.comm, "x");
+        assert!(info.argv.is_empty() && info.cgroups.is_empty() && info.exe.is_none());
+        assert!(!info.environ_unreadable);
+    }
+
+    #[test]
+    fn long_classpaths_are_counted_not_shown() {
+        let cp: Vec<String> = (0..40)
+            .map(|i| format!("/usr/lib/hadoop/lib/jar-{i}.jar"))
+            .collect();
+        let raw = format!("java\0-cp\0{}\0-Dproc_master\0org.Main\0", cp.join(":"));
+        let argv = redact_argv(raw.as_bytes());
+        assert_eq!(
+            argv,
+            vec![
+                "java",
+                "-cp",
+                "<classpath: 40 entries>",
+                "-Dproc_master",
+                "org.Main"
+            ]
+        );
+        assert_eq!(
+            redact_cmdline(b"java\0-cp\0/a:/b\0Main\0"),
+            "java -cp /a:/b Main"
+        );
+    }
+
+    #[test]
+    fn command_lines_are_capped_at_a_char_boundary() {
+        let argv = vec!["é".repeat(3000)];
+        let s = join_capped(&argv, CMDLINE_MAX);
+        assert!(s.len() <= CMDLINE_MAX && s.ends_with('…'));
+        assert_eq!(join_capped(&["a".into(), "b".into()], CMDLINE_MAX), "a b");
+    }
+
+    #[rstest]
+    #[case(b"A=1\0CONTAINER_ID=c\0".as_slice(), Some("c"))]
+    #[case(b"CONTAINER_IDX=c\0".as_slice(), None)]
+    #[case(b"".as_slice(), None)]
+    fn environ_values(#[case] env: &[u8], #[case] expected: Option<&str>) {
+        assert_eq!(environ_value(env, "CONTAINER_ID").as_deref(), expected);
     }
 }

@@ -17,7 +17,7 @@ use zkconn_common::{COMM_LEN, Conn, Owner, OwnerKey, Tuple, conn_flags, tcp_stat
 
 use crate::{
     probe::Probe,
-    procfs::{CgroupPaths, Procfs, TcpSocket},
+    procfs::{CgroupPaths, ProcInfo, Procfs, TcpSocket},
     targets::{Targets, ip_to_bytes},
 };
 
@@ -35,6 +35,8 @@ pub struct SeedReport {
     pub unreadable: u64,
     /// Seeded connections per process.
     pub per_owner: HashMap<OwnerKey, u64>,
+    /// What `/proc` said of each seeded process while it was being read, for attribution.
+    pub infos: HashMap<OwnerKey, ProcInfo>,
 }
 
 fn is_live_state(state: u8) -> bool {
@@ -173,11 +175,7 @@ pub fn seed(
                         continue;
                     }
                 };
-                let cgroup_id = info
-                    .cgroup_v2
-                    .as_deref()
-                    .and_then(|p| cgroups.id_of(p))
-                    .unwrap_or(0);
+                let cgroup_id = info.cgroup_v2().and_then(|p| cgroups.id_of(p)).unwrap_or(0);
                 let mut comm = [0u8; COMM_LEN];
                 for (dst, src) in comm.iter_mut().zip(info.comm.bytes().take(COMM_LEN - 1)) {
                     *dst = src;
@@ -192,8 +190,10 @@ pub fn seed(
                         comm,
                     },
                 )?;
-                owners.insert(pid, (key, cgroup_id, info.uid));
-                (key, cgroup_id, info.uid)
+                let uid = info.uid;
+                owners.insert(pid, (key, cgroup_id, uid));
+                report.infos.insert(key, info);
+                (key, cgroup_id, uid)
             }
         };
         let flags = conn_flags::SEEDED

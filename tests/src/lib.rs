@@ -9,7 +9,7 @@ use std::{
     path::{Path, PathBuf},
     process::{Child, ChildStdin, ChildStdout, Command, Stdio},
     sync::{
-        OnceLock,
+        Mutex,
         atomic::{AtomicU32, Ordering},
         mpsc,
     },
@@ -184,39 +184,41 @@ impl Client {
         threads: u32,
         cgroup: Option<&Path>,
     ) -> anyhow::Result<Self> {
-        let (count, threads) = (count.to_string(), threads.to_string());
-        let mut args = vec!["--count", count.as_str(), "--threads", threads.as_str()];
-        let cg = cgroup.map(|c| c.display().to_string());
-        if let Some(cg) = &cg {
-            args.extend(["--cgroup", cg.as_str()]);
-        }
-        Self::python(server, &args)
+        let mut opts = RawClient::new(server, count);
+        opts.threads = threads;
+        opts.cgroups.extend(cgroup.map(Path::to_path_buf));
+        opts.spawn()
     }
 
     /// A connect that the server refuses (nothing listens there).
     pub fn refused(server: SocketAddr) -> anyhow::Result<Self> {
-        Self::python(server, &["--expect-refused"])
-    }
-
-    fn python(server: SocketAddr, args: &[&str]) -> anyhow::Result<Self> {
-        let mut cmd = Command::new("python3");
-        cmd.arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/src/clients/raw_client.py"
-        ))
-        .arg(server.ip().to_string())
-        .arg(server.port().to_string())
-        .args(args);
-        Self::spawn(cmd)
+        RawClient {
+            expect_refused: true,
+            ..RawClient::new(server, 1)
+        }
+        .spawn()
     }
 
     /// Real ZooKeeper sessions through the official Java client library.
     pub fn java_sessions(server: &ZkServer, count: u32) -> anyhow::Result<Self> {
-        let classes = compiled_java_client()?;
+        Self::java_named(server, count, "ZkHolder", &[])
+    }
+
+    /// Real ZooKeeper sessions from a JVM whose main class is `main_class` (the holder
+    /// compiled under that package and name), started with the system properties `props`:
+    /// a process that looks exactly like, say, an HBase RegionServer to `ps` and `/proc`.
+    pub fn java_named(
+        server: &ZkServer,
+        count: u32,
+        main_class: &str,
+        props: &[&str],
+    ) -> anyhow::Result<Self> {
+        let classes = compiled_java_client(main_class)?;
         let mut cmd = Command::new("java");
-        cmd.args(["-Xmx64m", "-XX:+UseSerialGC", "-Xss512k", "-cp"])
-            .arg(classpath(classes))
-            .arg("ZkHolder")
+        cmd.args(props)
+            .args(["-Xmx64m", "-XX:+UseSerialGC", "-Xss512k", "-cp"])
+            .arg(classpath(&classes))
+            .arg(main_class)
             .arg(server.connect_string())
             .arg(count.to_string());
         Self::spawn(cmd)
@@ -237,6 +239,18 @@ impl Client {
         self.child.id()
     }
 
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(&mut self, within: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if self.child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        bail!("pid {} did not exit within {within:?}", self.pid())
+    }
+
     /// SIGKILL, and reap.
     pub fn kill(&mut self) {
         kill(&mut self.child, libc::SIGKILL);
@@ -250,50 +264,182 @@ impl Drop for Client {
     }
 }
 
-fn compiled_java_client() -> anyhow::Result<&'static Path> {
-    static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let result = DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("zkconn-java-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let status = Command::new("javac")
-            .arg("-d")
-            .arg(&dir)
-            .arg("-cp")
-            .arg(classpath(&dir))
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/src/clients/ZkHolder.java"
-            ))
-            .status()
-            .map_err(|e| format!("cannot run javac: {e}"))?;
-        if !status.success() {
-            return Err("javac failed".into());
+/// Options of the Python client (`src/clients/raw_client.py`).
+#[derive(Clone, Debug)]
+pub struct RawClient {
+    pub server: SocketAddr,
+    /// Connections per thread.
+    pub count: u32,
+    pub threads: u32,
+    /// cgroup directories (v1 or v2) the process joins before connecting.
+    pub cgroups: Vec<PathBuf>,
+    pub env: Vec<(String, String)>,
+    pub cwd: Option<PathBuf>,
+    /// Exit this long after connecting, without closing anything first.
+    pub exit_after: Option<Duration>,
+    /// An argument that only marks the command line (for site rules).
+    pub tag: Option<String>,
+    pub expect_refused: bool,
+}
+
+impl RawClient {
+    pub fn new(server: SocketAddr, count: u32) -> Self {
+        Self {
+            server,
+            count,
+            threads: 1,
+            cgroups: Vec::new(),
+            env: Vec::new(),
+            cwd: None,
+            exit_after: None,
+            tag: None,
+            expect_refused: false,
         }
-        Ok(dir)
-    });
-    match result {
-        Ok(dir) => Ok(dir.as_path()),
-        Err(e) => Err(anyhow!("{e}")),
+    }
+
+    pub fn spawn(&self) -> anyhow::Result<Client> {
+        let mut cmd = Command::new("python3");
+        cmd.arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/clients/raw_client.py"
+        ))
+        .arg(self.server.ip().to_string())
+        .arg(self.server.port().to_string())
+        .args(["--count", &self.count.to_string()])
+        .args(["--threads", &self.threads.to_string()]);
+        for cg in &self.cgroups {
+            cmd.arg("--cgroup").arg(cg);
+        }
+        if let Some(after) = self.exit_after {
+            cmd.args(["--exit-after", &after.as_secs_f64().to_string()]);
+        }
+        if let Some(tag) = &self.tag {
+            cmd.args(["--tag", tag]);
+        }
+        if self.expect_refused {
+            cmd.arg("--expect-refused");
+        }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        if let Some(cwd) = &self.cwd {
+            cmd.current_dir(cwd);
+        }
+        Client::spawn(cmd)
     }
 }
 
-/// A cgroup v2 group, removed on drop (after its processes are gone).
+/// The holder compiled once per main class: `a.b.C` is ZkHolder.java placed in package
+/// `a.b` and renamed `C`.
+fn compiled_java_client(main_class: &str) -> anyhow::Result<PathBuf> {
+    static DIRS: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
+    let mut dirs = DIRS.lock().map_err(|_| anyhow!("poisoned"))?;
+    if let Some((_, dir)) = dirs.iter().find(|(c, _)| c == main_class) {
+        return Ok(dir.clone());
+    }
+    let (package, name) = match main_class.rsplit_once('.') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, main_class),
+    };
+    let dir =
+        std::env::temp_dir().join(format!("zkconn-java-{}-{}", std::process::id(), dirs.len()));
+    let src_dir = dir.join("src");
+    std::fs::create_dir_all(&src_dir)?;
+    let holder = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/src/clients/ZkHolder.java"
+    ))?;
+    let mut source = holder.replace("public class ZkHolder", &format!("public class {name}"));
+    if let Some(p) = package {
+        source = format!("package {p};\n{source}");
+    }
+    let file = src_dir.join(format!("{name}.java"));
+    std::fs::write(&file, source)?;
+    let status = Command::new("javac")
+        .arg("-d")
+        .arg(&dir)
+        .arg("-cp")
+        .arg(classpath(&dir))
+        .arg(&file)
+        .status()
+        .context("cannot run javac (cargo xtask setup installs it)")?;
+    if !status.success() {
+        bail!("javac failed on {}", file.display());
+    }
+    dirs.push((main_class.to_owned(), dir.clone()));
+    Ok(dir)
+}
+
+/// A cgroup (v2, or one v1 hierarchy), removed on drop with every directory created for
+/// it (after its processes are gone).
 pub struct Cgroup {
+    /// The group's directory.
     pub path: PathBuf,
+    /// Its path inside the hierarchy, as `/proc/PID/cgroup` shows it.
     pub rel: String,
+    created: Vec<PathBuf>,
 }
 
 impl Cgroup {
+    /// `/zkconn-test-<pid>-<name>` in the cgroup v2 hierarchy.
     pub fn create(name: &str) -> anyhow::Result<Self> {
+        Self::v2(&format!("/zkconn-test-{}-{name}", std::process::id()))
+    }
+
+    /// `rel` (nested directories allowed) in the cgroup v2 hierarchy.
+    pub fn v2(rel: &str) -> anyhow::Result<Self> {
         let mount = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
             .into_iter()
             .find(|m| Path::new(m).join("cgroup.procs").exists() && is_cgroup2(m))
             .ok_or_else(|| anyhow!("no cgroup2 mount"))?;
-        let rel = format!("/zkconn-test-{}-{name}", std::process::id());
-        let path = PathBuf::from(format!("{mount}{rel}"));
-        std::fs::create_dir_all(&path).with_context(|| format!("mkdir {}", path.display()))?;
-        Ok(Cgroup { path, rel })
+        Self::at(Path::new(mount), rel)
     }
+
+    /// `rel` in the cgroup v1 hierarchy of `controller` (`cpu`, `memory`, ...).
+    pub fn v1(controller: &str, rel: &str) -> anyhow::Result<Self> {
+        let mount = Path::new("/sys/fs/cgroup").join(controller);
+        if !mount.join("tasks").exists() {
+            bail!("no cgroup v1 hierarchy at {}", mount.display());
+        }
+        Self::at(&mount, rel)
+    }
+
+    fn at(mount: &Path, rel: &str) -> anyhow::Result<Self> {
+        let mut created = Vec::new();
+        let mut dir = mount.to_path_buf();
+        for part in rel.split('/').filter(|p| !p.is_empty()) {
+            dir.push(part);
+            if !dir.exists() {
+                std::fs::create_dir(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
+                created.push(dir.clone());
+            }
+        }
+        Ok(Cgroup {
+            path: dir,
+            rel: rel.to_owned(),
+            created,
+        })
+    }
+
+    /// Removes the group now (as YARN does when a container ends); `drop` then has nothing
+    /// left to do.
+    pub fn remove(&mut self) -> anyhow::Result<()> {
+        while let Some(dir) = self.created.pop() {
+            remove_cgroup_dir(&dir).with_context(|| format!("rmdir {}", dir.display()))?;
+        }
+        Ok(())
+    }
+}
+
+fn remove_cgroup_dir(dir: &Path) -> std::io::Result<()> {
+    // A process that just exited may still be leaving the group.
+    let mut last = Ok(());
+    for _ in 0..50 {
+        last = std::fs::remove_dir(dir);
+        if last.is_ok() {
+            return last;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    last
 }
 
 fn is_cgroup2(mount: &str) -> bool {
@@ -302,11 +448,8 @@ fn is_cgroup2(mount: &str) -> bool {
 
 impl Drop for Cgroup {
     fn drop(&mut self) {
-        for _ in 0..50 {
-            if std::fs::remove_dir(&self.path).is_ok() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(100));
+        while let Some(dir) = self.created.pop() {
+            let _ = remove_cgroup_dir(&dir);
         }
     }
 }
@@ -479,4 +622,42 @@ pub fn field(row: &Value, name: &str) -> anyhow::Result<u64> {
     row[name]
         .as_u64()
         .ok_or_else(|| anyhow!("field {name} missing in {row:#}"))
+}
+
+/// A YARN cluster timestamp no other test (or test run) uses, for fresh application ids.
+pub fn fresh_cluster_ts() -> u64 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = u64::from(NEXT.fetch_add(1, Ordering::Relaxed));
+    1_700_000_000_000 + u64::from(std::process::id()) * 1000 + n
+}
+
+/// The row of `rows` (a top-level array) whose `key` equals `value`.
+pub fn row_where<'a>(
+    snap: &'a Value,
+    rows: &str,
+    key: &str,
+    value: &str,
+) -> anyhow::Result<&'a Value> {
+    snap[rows]
+        .as_array()
+        .and_then(|r| r.iter().find(|row| row[key] == value))
+        .ok_or_else(|| anyhow!("no {rows} row with {key} = {value} in {snap:#}"))
+}
+
+/// Starts a process with `spawn` until it gets pid `pid` (through
+/// `/proc/sys/kernel/ns_last_pid`): a pid reused on purpose. Other tests fork too, so a
+/// few attempts may be needed; the misses are stopped.
+pub fn spawn_with_pid(
+    pid: u32,
+    mut spawn: impl FnMut() -> anyhow::Result<Client>,
+) -> anyhow::Result<Client> {
+    for _ in 0..100 {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string())
+            .context("cannot write /proc/sys/kernel/ns_last_pid (needs root)")?;
+        let client = spawn()?;
+        if client.pid() == pid {
+            return Ok(client);
+        }
+    }
+    bail!("could not get pid {pid} again in 100 attempts")
 }

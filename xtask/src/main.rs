@@ -309,6 +309,8 @@ fn test(root: &Path, unit_only: bool, args: &[OsString]) -> anyhow::Result<()> {
             "integration-tests",
             "--test",
             "accounting",
+            "--test",
+            "attribution",
         ])
         .arg("--")
         .args(["--test-threads", "2"])

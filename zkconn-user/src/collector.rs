@@ -214,6 +214,13 @@ impl Collector {
 
     fn learn_from_proc(&mut self, owner: OwnerKey, info: ProcInfo, cgroup_id: u64) {
         self.attribution.from_proc += 1;
+        // The process may have moved since it connected: only a path that is still the
+        // kernel's cgroup is remembered for it.
+        if let Some(path) = info.cgroup_v2()
+            && self.cgroups.id_of(path) == Some(cgroup_id)
+        {
+            self.cgroups.remember(cgroup_id, path);
+        }
         if info.environ_unreadable {
             self.attribution.environ_unreadable += 1;
         }

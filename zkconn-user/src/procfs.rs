@@ -5,7 +5,7 @@
 //! Every unreadable entry is returned as an error for the caller to count, never dropped.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     fs, io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
@@ -376,11 +376,19 @@ fn redact_arg(arg: &str) -> String {
 }
 
 /// Maps cgroup v2 ids (directory inode numbers) to paths under the cgroup2 mount.
+///
+/// A path once known stays known after its cgroup is removed (YARN removes a container's
+/// group when it ends), up to [`CGROUPS_REMEMBERED`] entries. An id that a rescan did not
+/// find is not looked for again, so removed groups never cost a rescan per snapshot.
 #[derive(Debug, Default)]
 pub struct CgroupPaths {
     mount: Option<PathBuf>,
     paths: HashMap<u64, String>,
+    missing: HashSet<u64>,
 }
+
+/// Bound on remembered cgroup paths; beyond it the table is rebuilt from the live tree.
+pub const CGROUPS_REMEMBERED: usize = 65_536;
 
 impl CgroupPaths {
     /// Finds the cgroup2 mount (`/sys/fs/cgroup` on unified hosts, `/sys/fs/cgroup/unified`
@@ -398,18 +406,34 @@ impl CgroupPaths {
             });
         let mut this = Self {
             mount,
-            paths: HashMap::new(),
+            ..Self::default()
         };
         this.rescan();
         this
     }
 
-    /// The path of cgroup `id`, rescanning once when it is unknown (a new cgroup).
+    /// The path of cgroup `id`, rescanning once when it is new.
     pub fn path(&mut self, id: u64) -> Option<String> {
-        if !self.paths.contains_key(&id) {
+        if !self.paths.contains_key(&id) && !self.missing.contains(&id) {
             self.rescan();
+            if !self.paths.contains_key(&id) {
+                self.missing.insert(id);
+            }
         }
         self.paths.get(&id).cloned()
+    }
+
+    /// Records a path learnt elsewhere (`/proc/PID/cgroup` of a process seen in it).
+    pub fn remember(&mut self, id: u64, path: &str) {
+        if id == 0 {
+            return;
+        }
+        if self.paths.len() >= CGROUPS_REMEMBERED {
+            self.paths.clear();
+            self.missing.clear();
+        }
+        self.missing.remove(&id);
+        self.paths.insert(id, path.to_owned());
     }
 
     /// The id (directory inode) of the cgroup at `path` under the cgroup2 mount.
@@ -426,6 +450,10 @@ impl CgroupPaths {
         let Some(mount) = self.mount.clone() else {
             return;
         };
+        if self.paths.len() >= CGROUPS_REMEMBERED {
+            self.paths.clear();
+            self.missing.clear();
+        }
         let mut stack = vec![mount.clone()];
         // Bounded: the cgroup tree is finite and has no symlinks.
         while let Some(dir) = stack.pop() {

@@ -1,19 +1,22 @@
 """Plain TCP client for zkconn's tests: opens connections from threads, optionally from a
 given cgroup, holds them and closes some on request. Prints 'ready' / 'closed'."""
-import argparse, os, resource, socket, sys, threading
+import argparse, os, resource, socket, sys, threading, time
 
 p = argparse.ArgumentParser()
 p.add_argument("host"); p.add_argument("port", type=int)
 p.add_argument("--count", type=int, default=1, help="connections per thread")
 p.add_argument("--threads", type=int, default=1)
-p.add_argument("--cgroup", help="cgroup directory to join before connecting")
+p.add_argument("--cgroup", action="append", default=[],
+               help="cgroup directory (v1 or v2) to join before connecting; repeatable")
+p.add_argument("--exit-after", type=float, help="exit this many seconds after connecting")
+p.add_argument("--tag", help="ignored: marks the command line")
 p.add_argument("--expect-refused", action="store_true")
 a = p.parse_args()
 
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-if a.cgroup:
-    with open(os.path.join(a.cgroup, "cgroup.procs"), "w") as f:
+for cg in a.cgroup:
+    with open(os.path.join(cg, "cgroup.procs"), "w") as f:
         f.write(str(os.getpid()))
 
 family = socket.AF_INET6 if ":" in a.host else socket.AF_INET
@@ -37,6 +40,9 @@ for t in threads: t.join()
 if errors and not a.expect_refused:
     print("error %s" % errors[0], flush=True); sys.exit(1)
 print("ready %d" % len(socks), flush=True)
+if a.exit_after is not None:
+    time.sleep(a.exit_after)
+    os._exit(0)  # leave the sockets to the kernel, as a crashing process does
 for line in sys.stdin:
     cmd = line.split()
     if cmd and cmd[0] == "close":

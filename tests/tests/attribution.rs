@@ -1,0 +1,310 @@
+//! Attribution against a real ZooKeeper with real processes: a JVM that is an HBase
+//! RegionServer to every tool, YARN containers found through a v1 cgroup, a v2 cgroup, the
+//! environment and the working directory, a systemd unit, site rules, and a leaker that
+//! exits before anyone looks. Root only; run with `cargo xtask test`.
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::Result;
+use integration_tests::{
+    Cgroup, Client, RawClient, ZkServer, Zkconn, field, fresh_cluster_ts, fresh_ipv4, process,
+    row_where, wait_settled,
+};
+
+#[test]
+fn a_regionserver_jvm_is_an_hbase_regionserver() -> Result<()> {
+    let zk = ZkServer::start(fresh_ipv4(), 0, &[])?;
+    let z = Zkconn::start(&["--zk", &zk.addr.to_string()])?;
+    let rs = Client::java_named(
+        &zk,
+        4,
+        "org.apache.hadoop.hbase.regionserver.HRegionServer",
+        &["-Dproc_regionserver", "-Dhbase.log.dir=/tmp"],
+    )?;
+    let plain = Client::raw(zk.addr, 2, 1, None)?;
+    wait_settled(zk.addr)?;
+    let snap = z.finish()?;
+
+    let row = process(&snap, rs.pid())?;
+    assert_eq!(row["kind"], "hbase");
+    assert_eq!(row["service"], "HBase RegionServer");
+    assert_eq!(row["hbase_role"], "RegionServer");
+    assert_eq!(row["label"], "HBase RegionServer");
+    assert_eq!(
+        row["main_class"],
+        "org.apache.hadoop.hbase.regionserver.HRegionServer"
+    );
+    assert_eq!(row["user"], "root");
+    assert_eq!(row["yarn_container"], serde_json::Value::Null);
+    assert_eq!(field(row, "open")?, 4);
+
+    let row = process(&snap, plain.pid())?;
+    assert_eq!(row["kind"], "process");
+    let service = row["service"].as_str().unwrap_or_default();
+    assert!(
+        service.starts_with("python3") && service.ends_with(" raw_client.py"),
+        "{service}"
+    );
+    assert_eq!(field(row, "open")?, 2);
+
+    let svc = row_where(&snap, "services", "service", "HBase RegionServer")?;
+    assert_eq!(field(svc, "open")?, 4);
+    assert_eq!(svc["kinds"], serde_json::json!(["hbase"]));
+    Ok(())
+}
+
+#[test]
+fn containers_of_one_application_from_every_clue() -> Result<()> {
+    let zk = ZkServer::start(fresh_ipv4(), 0, &[])?;
+    let ts = fresh_cluster_ts();
+    let app = format!("application_{ts}_0042");
+    let c_v1 = format!("container_e17_{ts}_0042_01_000002");
+    let c_v2 = format!("container_{ts}_0042_01_000003");
+    let c_env = format!("container_{ts}_0042_01_000004");
+    let c_cwd = format!("container_e17_{ts}_0042_02_000005");
+    let pid = std::process::id();
+    // Site-specific hierarchy names, as on real clusters.
+    let cg_v1 = Cgroup::v1("cpu", &format!("/hadoop-yarn-zkconn-{pid}/{c_v1}"))?;
+    let cg_v2 = Cgroup::v2(&format!("/yarn-zkconn-{pid}/{c_v2}"))?;
+    let local = tempfile::tempdir()?;
+    let workdir = |container: &str| -> Result<PathBuf> {
+        let dir = local
+            .path()
+            .join(format!("usercache/alice/appcache/{app}/{container}"));
+        std::fs::create_dir_all(&dir)?;
+        Ok(dir)
+    };
+
+    let z = Zkconn::start(&["--zk", &zk.addr.to_string()])?;
+    let a = RawClient {
+        cgroups: vec![cg_v1.path.clone()],
+        ..RawClient::new(zk.addr, 2)
+    }
+    .spawn()?;
+    let b = RawClient {
+        cgroups: vec![cg_v2.path.clone()],
+        ..RawClient::new(zk.addr, 3)
+    }
+    .spawn()?;
+    // DefaultContainerExecutor: no container cgroup; the NodeManager's environment and
+    // working directory are the only clues.
+    let c = RawClient {
+        env: vec![("CONTAINER_ID".into(), c_env.clone())],
+        cwd: Some(workdir(&c_env)?),
+        ..RawClient::new(zk.addr, 4)
+    }
+    .spawn()?;
+    let d = RawClient {
+        cwd: Some(workdir(&c_cwd)?),
+        ..RawClient::new(zk.addr, 1)
+    }
+    .spawn()?;
+    wait_settled(zk.addr)?;
+    let snap = z.finish()?;
+
+    for (client, container, source, open) in [
+        (&a, &c_v1, "cgroup", 2),
+        (&b, &c_v2, "cgroup", 3),
+        (&c, &c_env, "environ", 4),
+        (&d, &c_cwd, "cwd", 1),
+    ] {
+        let row = process(&snap, client.pid())?;
+        assert_eq!(row["kind"], "yarn", "{row:#}");
+        assert_eq!(row["yarn_container"], container.as_str(), "{row:#}");
+        assert_eq!(row["yarn_application"], app.as_str(), "{row:#}");
+        assert_eq!(row["yarn_source"], source, "{row:#}");
+        assert_eq!(field(row, "open")?, open);
+        let crow = row_where(&snap, "containers", "container", container)?;
+        assert_eq!(field(crow, "open")?, open);
+        assert_eq!(crow["application"], app.as_str());
+    }
+    let row = row_where(&snap, "applications", "application", &app)?;
+    let mut want = vec![c_v1.clone(), c_v2.clone(), c_env.clone(), c_cwd.clone()];
+    want.sort();
+    assert_eq!(row["containers"], serde_json::json!(want));
+    assert_eq!(field(row, "open")?, 10);
+    assert_eq!(field(row, "opened")?, 10);
+    assert_eq!(field(row, "closed")?, 0);
+    assert_eq!(field(row, "failed")?, 0);
+    assert_eq!(field(row, "processes")?, 4);
+    // The v2 container cgroup is also a cgroup row of its own.
+    let cg = row_where(&snap, "cgroups", "label", &c_v2)?;
+    assert_eq!(cg["kind"], "yarn");
+    assert_eq!(field(cg, "open")?, 3);
+    drop((a, b, c, d));
+    Ok(())
+}
+
+#[test]
+fn a_unit_a_plain_process_and_a_site_rule() -> Result<()> {
+    let zk = ZkServer::start(fresh_ipv4(), 0, &[])?;
+    let unit = format!("zkconn-test-{}.service", std::process::id());
+    let cg = Cgroup::v2(&format!("/system.slice/{unit}"))?;
+    let rules = tempfile::NamedTempFile::new()?;
+    std::fs::write(
+        rules.path(),
+        "# tagged feeders are the ingest pipeline\n[[rule]]\nname = \"ingest\"\n\
+         cmdline = '--tag ingest-7\\b'\nservice = \"Ingest feeder\"\n",
+    )?;
+    let z = Zkconn::start(&[
+        "--zk",
+        &zk.addr.to_string(),
+        "--rules",
+        &rules.path().display().to_string(),
+    ])?;
+    let in_unit = RawClient {
+        cgroups: vec![cg.path.clone()],
+        ..RawClient::new(zk.addr, 2)
+    }
+    .spawn()?;
+    let plain = Client::raw(zk.addr, 1, 1, None)?;
+    let tagged = RawClient {
+        tag: Some("ingest-7".into()),
+        ..RawClient::new(zk.addr, 3)
+    }
+    .spawn()?;
+    wait_settled(zk.addr)?;
+    let snap = z.finish()?;
+
+    let row = process(&snap, in_unit.pid())?;
+    assert_eq!(row["kind"], "systemd", "{row:#}");
+    assert_eq!(row["unit"], unit.as_str());
+    assert_eq!(field(row, "open")?, 2);
+    let row = process(&snap, plain.pid())?;
+    assert_eq!(row["kind"], "process", "{row:#}");
+    assert_eq!(row["unit"], serde_json::Value::Null);
+    assert_eq!(row["rule"], serde_json::Value::Null);
+    let row = process(&snap, tagged.pid())?;
+    assert_eq!(row["service"], "Ingest feeder", "{row:#}");
+    assert_eq!(row["rule"], "ingest");
+    assert_eq!(row["kind"], "process");
+    assert_eq!(field(row, "open")?, 3);
+    assert_eq!(snap["probe"]["attribution"]["rules"], 1);
+    let cgrow = row_where(&snap, "cgroups", "label", &unit)?;
+    assert_eq!(cgrow["kind"], "systemd");
+    Ok(())
+}
+
+#[test]
+fn a_leaker_that_exits_at_once_keeps_its_container() -> Result<()> {
+    let zk = ZkServer::start(fresh_ipv4(), 0, &[])?;
+    let ts = fresh_cluster_ts();
+    let container = format!("container_e5_{ts}_0077_01_000002");
+    // v1 only: once the process is gone, nothing in the kernel's records names the
+    // container; only what was read from /proc at its first connect does.
+    let mut cg = Cgroup::v1(
+        "cpu",
+        &format!("/hadoop-yarn-zkconn-{}/{container}", std::process::id()),
+    )?;
+    let z = Zkconn::start(&["--zk", &zk.addr.to_string()])?;
+    let mut leaker = RawClient {
+        cgroups: vec![cg.path.clone()],
+        exit_after: Some(Duration::from_millis(200)),
+        ..RawClient::new(zk.addr, 5)
+    }
+    .spawn()?;
+    let pid = leaker.pid();
+    leaker.wait_exit(Duration::from_secs(5))?;
+    // YARN removes a finished container's cgroup.
+    cg.remove()?;
+    wait_settled(zk.addr)?;
+    let snap = z.finish()?;
+
+    let row = process(&snap, pid)?;
+    assert_eq!(row["alive"], false);
+    assert_eq!(row["kind"], "yarn", "{row:#}");
+    assert_eq!(row["yarn_container"], container.as_str());
+    assert_eq!(field(row, "opened")?, 5);
+    assert_eq!(field(row, "closed")?, 5);
+    assert_eq!(field(row, "open")?, 0);
+    let app = row_where(
+        &snap,
+        "applications",
+        "application",
+        &format!("application_{ts}_0077"),
+    )?;
+    assert_eq!(field(app, "opened")?, 5);
+    assert_eq!(field(app, "open")?, 0);
+    Ok(())
+}
+
+#[test]
+fn a_removed_v2_container_cgroup_keeps_its_name() -> Result<()> {
+    let zk = ZkServer::start(fresh_ipv4(), 0, &[])?;
+    let ts = fresh_cluster_ts();
+    let container = format!("container_{ts}_0078_01_000002");
+    let z = Zkconn::start(&["--zk", &zk.addr.to_string()])?;
+    // Created after zkconn started: only the process's own /proc entry names it.
+    let mut cg = Cgroup::v2(&format!(
+        "/hadoop-yarn-zkconn-{}/{container}",
+        std::process::id()
+    ))?;
+    let mut leaker = RawClient {
+        cgroups: vec![cg.path.clone()],
+        exit_after: Some(Duration::from_millis(200)),
+        ..RawClient::new(zk.addr, 3)
+    }
+    .spawn()?;
+    leaker.wait_exit(Duration::from_secs(5))?;
+    cg.remove()?;
+    wait_settled(zk.addr)?;
+    let snap = z.finish()?;
+
+    let row = process(&snap, leaker.pid())?;
+    assert_eq!(row["cgroup"], cg.rel.as_str());
+    let cgrow = row_where(&snap, "cgroups", "label", &container)?;
+    assert_eq!(cgrow["kind"], "yarn");
+    assert_eq!(cgrow["path"], cg.rel.as_str());
+    assert_eq!(field(cgrow, "opened")?, 3);
+    assert_eq!(field(cgrow, "closed")?, 3);
+    Ok(())
+}
+
+#[test]
+fn a_reused_pid_is_a_new_owner_in_its_own_container() -> Result<()> {
+    let zk = ZkServer::start(fresh_ipv4(), 0, &[])?;
+    let ts = fresh_cluster_ts();
+    let first = format!("container_{ts}_0079_01_000002");
+    let second = format!("container_{ts}_0079_01_000003");
+    let pid = std::process::id();
+    let cg_first = Cgroup::v1("cpu", &format!("/hadoop-yarn-zkconn-{pid}/{first}"))?;
+    let cg_second = Cgroup::v1("cpu", &format!("/hadoop-yarn-zkconn-{pid}/{second}"))?;
+    let z = Zkconn::start(&["--zk", &zk.addr.to_string()])?;
+    let mut old = RawClient {
+        cgroups: vec![cg_first.path.clone()],
+        exit_after: Some(Duration::from_millis(100)),
+        ..RawClient::new(zk.addr, 2)
+    }
+    .spawn()?;
+    let reused = old.pid();
+    old.wait_exit(Duration::from_secs(5))?;
+    let new = integration_tests::spawn_with_pid(reused, || {
+        RawClient {
+            cgroups: vec![cg_second.path.clone()],
+            ..RawClient::new(zk.addr, 3)
+        }
+        .spawn()
+    })?;
+    wait_settled(zk.addr)?;
+    let snap = z.finish()?;
+
+    let rows: Vec<&serde_json::Value> = snap["processes"]
+        .as_array()
+        .map(|r| r.iter().filter(|p| p["pid"] == reused).collect())
+        .unwrap_or_default();
+    assert_eq!(rows.len(), 2, "{rows:#?}");
+    let dead = rows
+        .iter()
+        .find(|r| r["alive"] == false)
+        .expect("the exited owner");
+    let live = rows
+        .iter()
+        .find(|r| r["alive"] == true)
+        .expect("the new owner");
+    assert_eq!(dead["yarn_container"], first.as_str());
+    assert_eq!((field(dead, "opened")?, field(dead, "open")?), (2, 0));
+    assert_eq!(live["yarn_container"], second.as_str());
+    assert_eq!((field(live, "opened")?, field(live, "open")?), (3, 3));
+    drop(new);
+    Ok(())
+}

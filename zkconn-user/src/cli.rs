@@ -14,8 +14,10 @@ use crate::probe::HookChoice;
              counts from eBPF",
     long_about = "zkconn counts every TCP connection from this host to ZooKeeper in the kernel \
                   (eBPF on sock:inet_sock_set_state), per process and per cgroup, including \
-                  the connections that existed before it started. Needs root (or CAP_BPF and \
-                  CAP_PERFMON)."
+                  the connections that existed before it started, and names every owner: \
+                  HBase daemon and role, YARN container and application, Kubernetes pod, \
+                  Docker container, systemd unit, service. Needs root (or CAP_BPF, \
+                  CAP_PERFMON and CAP_SYS_PTRACE)."
 )]
 pub struct Cli {
     /// More log output on stderr (-v info, -vv debug).

@@ -95,6 +95,16 @@ pub struct RulesError {
     pub message: String,
 }
 
+/// The one-line reason of a regex error (its `Display` draws the pattern with a caret).
+fn regex_reason(e: &regex::Error) -> String {
+    let text = e.to_string();
+    text.lines()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix("error: "))
+        .unwrap_or(text.trim())
+        .to_owned()
+}
+
 fn line_of(text: &str, span: &Range<usize>) -> usize {
     text.get(..span.start)
         .map_or(1, |t| t.matches('\n').count() + 1)
@@ -130,7 +140,11 @@ impl Rules {
                         let line = line_of(text, &s.span());
                         Regex::new(s.get_ref()).map_err(|e| RulesError {
                             line,
-                            message: format!("`{field}` is not a valid regular expression: {e}"),
+                            message: format!(
+                                "`{field}` = {:?} is not a valid regular expression: {}",
+                                s.get_ref(),
+                                regex_reason(&e)
+                            ),
                         })
                     })
                     .transpose()
@@ -261,7 +275,7 @@ service = "never"
     #[case(
         "\n[[rule]]\ncmdline = '(unclosed'\nservice = \"x\"\n",
         3,
-        "`cmdline` is not a valid regular expression"
+        "`cmdline` = \"(unclosed\" is not a valid regular expression: unclosed group"
     )]
     #[case("[[rule]]\nservice = \"x\"\n", 1, "no match key")]
     #[case("\n\n[[rule]]\ncomm = \"x\"\n", 3, "sets nothing")]
@@ -273,6 +287,7 @@ service = "never"
         let e = Rules::parse(text).unwrap_err();
         assert_eq!(e.line, line, "{e}");
         assert!(e.message.contains(what), "{e}");
+        assert!(!e.message.contains('\n'), "one line: {e}");
     }
 
     #[test]

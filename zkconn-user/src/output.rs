@@ -2,7 +2,7 @@
 
 use std::io::{self, Write};
 
-use crate::model::Snapshot;
+use crate::model::{Snapshot, Totals};
 
 pub fn json(out: &mut impl Write, snapshot: &Snapshot) -> io::Result<()> {
     serde_json::to_writer_pretty(&mut *out, snapshot)?;
@@ -36,6 +36,18 @@ fn table(out: &mut impl Write, header: &[&str], rows: &[Vec<String>]) -> io::Res
 
 fn n(v: u64) -> String {
     v.to_string()
+}
+
+/// The five counter columns every roll-up table ends with.
+const TOTALS: [&str; 5] = ["OPEN", "CLOSE_WAIT", "OPENED", "CLOSED", "FAILED"];
+
+fn with_totals(mut cells: Vec<String>, t: &Totals) -> Vec<String> {
+    cells.extend([t.open, t.close_wait, t.opened, t.closed, t.failed].map(n));
+    cells
+}
+
+fn header<'a>(first: &[&'a str]) -> Vec<&'a str> {
+    first.iter().copied().chain(TOTALS).collect()
 }
 
 pub fn text(out: &mut impl Write, s: &Snapshot) -> io::Result<()> {
@@ -124,30 +136,11 @@ pub fn text(out: &mut impl Write, s: &Snapshot) -> io::Result<()> {
             .applications
             .iter()
             .map(|a| {
-                vec![
-                    a.application.clone(),
-                    n(a.containers.len() as u64),
-                    n(a.totals.open),
-                    n(a.totals.close_wait),
-                    n(a.totals.opened),
-                    n(a.totals.closed),
-                    n(a.totals.failed),
-                ]
+                let cells = vec![a.application.clone(), n(a.containers.len() as u64)];
+                with_totals(cells, &a.totals)
             })
             .collect();
-        table(
-            out,
-            &[
-                "YARN APPLICATION",
-                "CONTAINERS",
-                "OPEN",
-                "CLOSE_WAIT",
-                "OPENED",
-                "CLOSED",
-                "FAILED",
-            ],
-            &rows,
-        )?;
+        table(out, &header(&["YARN APPLICATION", "CONTAINERS"]), &rows)?;
     }
     if !r.services.is_empty() {
         writeln!(out)?;
@@ -155,36 +148,12 @@ pub fn text(out: &mut impl Write, s: &Snapshot) -> io::Result<()> {
             .services
             .iter()
             .map(|sv| {
-                vec![
-                    sv.service.clone(),
-                    sv.kinds
-                        .iter()
-                        .map(|k| k.as_str())
-                        .collect::<Vec<_>>()
-                        .join(","),
-                    n(sv.pids.len() as u64),
-                    n(sv.totals.open),
-                    n(sv.totals.close_wait),
-                    n(sv.totals.opened),
-                    n(sv.totals.closed),
-                    n(sv.totals.failed),
-                ]
+                let kinds: Vec<&str> = sv.kinds.iter().map(|k| k.as_str()).collect();
+                let cells = vec![sv.service.clone(), kinds.join(","), n(sv.pids.len() as u64)];
+                with_totals(cells, &sv.totals)
             })
             .collect();
-        table(
-            out,
-            &[
-                "SERVICE",
-                "KIND",
-                "PROCESSES",
-                "OPEN",
-                "CLOSE_WAIT",
-                "OPENED",
-                "CLOSED",
-                "FAILED",
-            ],
-            &rows,
-        )?;
+        table(out, &header(&["SERVICE", "KIND", "PROCESSES"]), &rows)?;
     }
     Ok(())
 }

@@ -106,10 +106,7 @@ impl ZkServer {
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
-            if server
-                .four_letter("srvr")
-                .is_ok_and(|s| s.contains("Mode:"))
-            {
+            if server.ready_probe().is_ok_and(|s| s.contains("Mode:")) {
                 return Ok(server);
             }
             thread::sleep(Duration::from_millis(200));
@@ -124,6 +121,42 @@ impl ZkServer {
 
     pub fn four_letter(&self, word: &str) -> anyhow::Result<String> {
         let mut s = TcpStream::connect_timeout(&self.addr, Duration::from_secs(2))?;
+        Self::exchange(&mut s, word)
+    }
+
+    /// A four-letter word asked from source address `src`: a host at its limit has its own
+    /// questions refused, so ask as another client host.
+    pub fn four_letter_from(&self, src: IpAddr, word: &str) -> anyhow::Result<String> {
+        use socket2::{Domain, SockAddr, Socket, Type};
+        let sock = Socket::new(Domain::for_address(self.addr), Type::STREAM, None)?;
+        sock.bind(&SockAddr::from(SocketAddr::new(src, 0)))
+            .with_context(|| format!("cannot bind to {src}"))?;
+        sock.connect_timeout(&SockAddr::from(self.addr), Duration::from_secs(2))?;
+        Self::exchange(&mut TcpStream::from(sock), word)
+    }
+
+    /// The server's own count of refused connections (`zk_connection_rejected` in `mntr`),
+    /// asked from `src`.
+    pub fn connection_rejected(&self, src: IpAddr) -> anyhow::Result<u64> {
+        let mntr = self.four_letter_from(src, "mntr")?;
+        mntr.lines()
+            .find_map(|l| l.strip_prefix("zk_connection_rejected\t"))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| anyhow!("no zk_connection_rejected in mntr: {mntr}"))
+    }
+
+    /// `srvr`, waiting as long as the server takes to answer: a client that gave up first
+    /// would leave a FIN-WAIT-2 socket behind that tests waiting for quiet sockets trip on.
+    fn ready_probe(&self) -> anyhow::Result<String> {
+        let mut s = TcpStream::connect_timeout(&self.addr, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(60)))?;
+        s.write_all(b"srvr")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    }
+
+    fn exchange(s: &mut TcpStream, word: &str) -> anyhow::Result<String> {
         s.set_read_timeout(Some(Duration::from_secs(2)))?;
         s.write_all(word.as_bytes())?;
         let mut out = String::new();
@@ -279,6 +312,10 @@ pub struct RawClient {
     pub exit_after: Option<Duration>,
     /// An argument that only marks the command line (for site rules).
     pub tag: Option<String>,
+    /// Pause between connects (ZooKeeper's limit check lags behind quick bursts).
+    pub interval: Option<Duration>,
+    /// Send this on each connection and read the answer to EOF (a four-letter word).
+    pub say: Option<String>,
     pub expect_refused: bool,
 }
 
@@ -293,6 +330,8 @@ impl RawClient {
             cwd: None,
             exit_after: None,
             tag: None,
+            interval: None,
+            say: None,
             expect_refused: false,
         }
     }
@@ -315,6 +354,12 @@ impl RawClient {
         }
         if let Some(tag) = &self.tag {
             cmd.args(["--tag", tag]);
+        }
+        if let Some(interval) = self.interval {
+            cmd.args(["--interval", &interval.as_secs_f64().to_string()]);
+        }
+        if let Some(say) = &self.say {
+            cmd.args(["--say", say]);
         }
         if self.expect_refused {
             cmd.arg("--expect-refused");

@@ -210,7 +210,7 @@ fn a_server_that_closes_while_the_client_keeps_its_fd_is_close_wait() -> Result<
     let zk = ZkServer::start(
         fresh_ipv4(),
         0,
-        &["-Dzookeeper.nio.sessionlessCnxnTimeout=1000"],
+        &["-Dzookeeper.nio.sessionlessCnxnTimeout=2000"],
     )?;
     let z = Zkconn::start(&["--zk", &zk_flag(zk.addr)])?;
     let client = Client::raw(zk.addr, 3, 1, None)?;
@@ -224,6 +224,8 @@ fn a_server_that_closes_while_the_client_keeps_its_fd_is_close_wait() -> Result<
     assert_eq!(field(row, "close_wait")?, 3);
     assert_eq!(field(row, "close_wait_total")?, 3);
     assert_eq!(field(row, "open")?, 0);
+    // Closed by the server after seconds of silence: not a refusal.
+    assert_eq!(field(row, "rejected")?, 0);
     assert_eq!(server_open(&snap, zk.addr), (0, 3));
     Ok(())
 }

@@ -311,6 +311,8 @@ fn test(root: &Path, unit_only: bool, args: &[OsString]) -> anyhow::Result<()> {
             "accounting",
             "--test",
             "attribution",
+            "--test",
+            "limits",
         ])
         .arg("--")
         .args(["--test-threads", "2"])

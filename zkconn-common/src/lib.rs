@@ -31,6 +31,8 @@ pub mod map_names {
     pub const PROBE_COUNTERS: &str = "ZK_PROBE_COUNTERS";
     /// Ring buffer of [`super::Event`]s.
     pub const EVENTS: &str = "ZK_EVENTS";
+    /// [`super::ServerKey`] → per-CPU [`super::Counters`]: per ZooKeeper server and local IP.
+    pub const SERVER_STATS: &str = "ZK_SERVER_STATS";
 }
 
 /// Names of the globals userspace sets before loading.
@@ -39,6 +41,10 @@ pub mod global_names {
     pub const STATE_TP_LAYOUT: &str = "STATE_TP_LAYOUT";
     /// [`super::ExitTpLayout`] for `sched:sched_process_exit`.
     pub const EXIT_TP_LAYOUT: &str = "EXIT_TP_LAYOUT";
+    /// [`super::ResetTpLayout`] for `tcp:tcp_receive_reset`.
+    pub const RESET_TP_LAYOUT: &str = "RESET_TP_LAYOUT";
+    /// [`super::RefusalConfig`].
+    pub const REFUSAL: &str = "REFUSAL";
 }
 
 /// Names of the programs in the eBPF object.
@@ -47,6 +53,8 @@ pub mod program_names {
     pub const STATE_TP: &str = "zk_inet_sock_set_state";
     /// `sched:sched_process_exit` classic tracepoint.
     pub const EXIT_TP: &str = "zk_sched_process_exit";
+    /// `tcp:tcp_receive_reset` classic tracepoint.
+    pub const RESET_TP: &str = "zk_tcp_receive_reset";
 }
 
 /// TCP states as the kernel numbers them (`include/net/tcp_states.h`).
@@ -79,6 +87,9 @@ pub mod conn_flags {
     pub const ESTABLISHED: u8 = 1;
     /// The connection existed before zkconn started and was seeded from `/proc`.
     pub const SEEDED: u8 = 2;
+    /// The server refused it: it closed or reset the connection right after the handshake
+    /// without sending a byte (ZooKeeper's `maxClientCnxns` refusal).
+    pub const REFUSED: u8 = 4;
 }
 
 /// Indexes of the [`map_names::PROBE_COUNTERS`] per-CPU array.
@@ -125,6 +136,39 @@ pub struct ExitTpLayout {
     /// before the field existed: userspace then finds exits by polling `/proc`).
     pub group_dead: u16,
     pub valid: u16,
+}
+
+/// Field offsets of `tcp:tcp_receive_reset`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ResetTpLayout {
+    pub skaddr: u16,
+    /// The program does nothing while 0 (kernels without the tracepoint, before 4.15).
+    pub valid: u16,
+}
+
+/// How a refusal is recognised (set by userspace before loading).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RefusalConfig {
+    /// A peer close (FIN or RST) within this many ns of ESTABLISHED may be a refusal.
+    pub window_ns: u64,
+    /// Offset of `bytes_received` in `struct tcp_sock`, from the running kernel's BTF.
+    pub bytes_received_offset: u32,
+    /// 1 when `bytes_received_offset` is known: a refusal is then a peer close within the
+    /// window with no byte received. 0: a reset within the window (no byte count to check).
+    pub has_bytes_received: u32,
+}
+
+/// Key of [`map_names::SERVER_STATS`]: what ZooKeeper's `maxClientCnxns` counts per: one
+/// server endpoint and one client address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServerKey {
+    pub daddr: [u8; 16],
+    pub saddr: [u8; 16],
+    pub dport: u16,
+    pub _pad: [u8; 6],
 }
 
 /// A process identity that survives pid reuse: the tgid plus the boot-clock time at which
@@ -181,6 +225,8 @@ pub struct Conn {
     pub opened_ns: u64,
     /// Boot-clock ns of the last state change.
     pub changed_ns: u64,
+    /// Boot-clock ns of ESTABLISHED (0 before; seeded: when zkconn seeded it).
+    pub established_ns: u64,
     /// Thread that called connect() (seeded: the owning pid).
     pub tid: u32,
     pub uid: u32,
@@ -204,6 +250,8 @@ pub struct Counters {
     pub failed: u64,
     /// Transitions into CLOSE_WAIT (the server closed first).
     pub close_wait: u64,
+    /// Connections the server refused ([`conn_flags::REFUSED`]); also counted in `closed`.
+    pub rejected: u64,
 }
 
 /// Kinds of [`Event`].
@@ -251,6 +299,12 @@ mod user {
     unsafe impl aya::Pod for Counters {}
     // SAFETY: as above.
     unsafe impl aya::Pod for Event {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ResetTpLayout {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for RefusalConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ServerKey {}
 }
 
 #[cfg(test)]
@@ -266,8 +320,14 @@ mod tests {
         assert_eq!(size_of::<Owner>(), 40);
         assert_eq!(size_of::<Endpoint>(), 24);
         assert_eq!(size_of::<Tuple>(), 40);
-        assert_eq!(size_of::<Conn>(), 40 + 16 + 8 + 8 + 8 + 4 + 4 + 1 + 1 + 6);
-        assert_eq!(size_of::<Counters>(), 32);
+        assert_eq!(
+            size_of::<Conn>(),
+            40 + 16 + 8 + 8 + 8 + 8 + 4 + 4 + 1 + 1 + 6
+        );
+        assert_eq!(size_of::<Counters>(), 40);
+        assert_eq!(size_of::<ServerKey>(), 40);
+        assert_eq!(size_of::<RefusalConfig>(), 16);
+        assert_eq!(size_of::<ResetTpLayout>(), 4);
         assert_eq!(size_of::<Event>(), 4 + 4 + 16 + 40 + 8);
     }
 }

@@ -4,8 +4,10 @@
 //! recording each connection's owner at connect time, following its state changes, and
 //! keeping cumulative per-process and per-cgroup counters.
 //! Must not: trust "current" after the connect (later transitions run in softirq or in the
-//! peer's context on loopback), read kernel structs (no CO-RE from this toolchain), loop
-//! unboundedly, or let a full map or ring buffer go uncounted.
+//! peer's context on loopback), read kernel structs at compiled-in offsets (no CO-RE from
+//! this toolchain: the one field read, `tcp_sock.bytes_received`, is at the offset userspace
+//! took from the running kernel's BTF), loop unboundedly, or let a full map or ring buffer
+//! go uncounted.
 //!
 //! Attach points are thin shims over hook-independent functions (`on_connect`,
 //! `on_state_change`, `on_group_exit`), so further hooks feed the same accounting.
@@ -20,15 +22,16 @@ mod programs {
         bindings::{BPF_ANY, BPF_NOEXIST},
         helpers::{
             bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-            bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
+            bpf_get_current_uid_gid, bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
         },
         macros::{map, tracepoint},
         maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
         programs::TracePointContext,
     };
     use zkconn_common::{
-        Conn, Counters, Endpoint, Event, ExitTpLayout, Owner, OwnerKey, StateTpLayout, Tuple,
-        conn_flags, event_kind, port_flags, probe_counter, tcp_state,
+        Conn, Counters, Endpoint, Event, ExitTpLayout, Owner, OwnerKey, RefusalConfig,
+        ResetTpLayout, ServerKey, StateTpLayout, Tuple, conn_flags, event_kind, port_flags,
+        probe_counter, tcp_state,
     };
 
     const AF_INET: u16 = 2;
@@ -57,6 +60,19 @@ mod programs {
         valid: 0,
     };
 
+    #[unsafe(no_mangle)]
+    static RESET_TP_LAYOUT: ResetTpLayout = ResetTpLayout {
+        skaddr: 0,
+        valid: 0,
+    };
+
+    #[unsafe(no_mangle)]
+    static REFUSAL: RefusalConfig = RefusalConfig {
+        window_ns: 0,
+        bytes_received_offset: 0,
+        has_bytes_received: 0,
+    };
+
     // Capacities below are defaults; userspace resizes every map from its flags.
     #[map(name = "ZK_CONNS")]
     static CONNS: HashMap<u64, Conn> = HashMap::with_max_entries(65_536, 0);
@@ -69,6 +85,9 @@ mod programs {
         PerCpuHashMap::with_max_entries(16_384, 0);
     #[map(name = "ZK_CGROUP_STATS")]
     static CGROUP_STATS: PerCpuHashMap<u64, Counters> = PerCpuHashMap::with_max_entries(4_096, 0);
+    #[map(name = "ZK_SERVER_STATS")]
+    static SERVER_STATS: PerCpuHashMap<ServerKey, Counters> =
+        PerCpuHashMap::with_max_entries(4_096, 0);
     #[map(name = "ZK_PORTS")]
     static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(1_024, 0);
     #[map(name = "ZK_ENDPOINTS")]
@@ -97,6 +116,12 @@ mod programs {
     #[tracepoint]
     pub fn zk_sched_process_exit(ctx: TracePointContext) -> u32 {
         let _ = try_sched_process_exit(&ctx);
+        0
+    }
+
+    #[tracepoint]
+    pub fn zk_tcp_receive_reset(ctx: TracePointContext) -> u32 {
+        let _ = try_tcp_receive_reset(&ctx);
         0
     }
 
@@ -175,6 +200,59 @@ mod programs {
         Ok(())
     }
 
+    /// A reset arrived on some socket. On loopback this runs in the peer's context, so only
+    /// the socket address is used: one lookup, and nothing for sockets zkconn does not track.
+    fn try_tcp_receive_reset(ctx: &TracePointContext) -> Result<(), i32> {
+        // SAFETY: see `try_inet_sock_set_state`.
+        let l = unsafe { read_volatile(&RESET_TP_LAYOUT) };
+        if l.valid == 0 {
+            return Ok(());
+        }
+        // SAFETY: offset from the tracepoint's format file.
+        let skaddr: u64 = unsafe { ctx.read_at(l.skaddr.into())? };
+        if let Some(conn) = CONNS.get_ptr_mut(skaddr) {
+            // SAFETY: the reset is processed under the socket's lock, like its state changes.
+            let conn = unsafe { &mut *conn };
+            if matches!(conn.state, tcp_state::ESTABLISHED | tcp_state::CLOSE_WAIT)
+                && is_refusal(conn, skaddr, true)
+            {
+                conn.flags |= conn_flags::REFUSED;
+            }
+        }
+        Ok(())
+    }
+
+    /// ZooKeeper refuses a host over `maxClientCnxns` by accepting and closing at once, before
+    /// sending anything (NIO: FIN then RST; Netty: FIN). So: the peer closed within the
+    /// window after ESTABLISHED, and no byte was received. Without the byte count (no BTF),
+    /// only a reset within the window counts. Seeded connections have no true ESTABLISHED time.
+    fn is_refusal(conn: &Conn, skaddr: u64, reset: bool) -> bool {
+        if conn.flags & conn_flags::ESTABLISHED == 0
+            || conn.flags & (conn_flags::SEEDED | conn_flags::REFUSED) != 0
+            || conn.established_ns == 0
+        {
+            return false;
+        }
+        // SAFETY: see `try_inet_sock_set_state`.
+        let cfg = unsafe { read_volatile(&REFUSAL) };
+        if boot_ns().saturating_sub(conn.established_ns) > cfg.window_ns {
+            return false;
+        }
+        if cfg.has_bytes_received == 0 {
+            return reset;
+        }
+        let field = skaddr.wrapping_add(u64::from(cfg.bytes_received_offset)) as *const u64;
+        // `bytes_received` advances with `rcv_nxt`, so a received FIN counts one: in
+        // CLOSE_WAIT (or entering it) nothing but the FIN means 1.
+        // https://elixir.bootlin.com/linux/v6.12/source/net/ipv4/tcp_input.c#L3591
+        let fin = u64::from(conn.state == tcp_state::CLOSE_WAIT || !reset);
+        // SAFETY: bpf_probe_read_kernel checks the address; a failed read is no refusal.
+        match unsafe { bpf_probe_read_kernel(field) } {
+            Ok(bytes) => bytes <= fin,
+            Err(_) => false,
+        }
+    }
+
     /// CLOSE → SYN_SENT of a ZooKeeper-bound socket: runs in the connecting task, so
     /// "current" is the owner. This is the only place that reads it.
     #[inline(never)]
@@ -192,6 +270,7 @@ mod programs {
             cgroup_id,
             opened_ns: now,
             changed_ns: now,
+            established_ns: 0,
             tid: pid_tgid as u32,
             uid: uid_gid as u32,
             state: tcp_state::SYN_SENT,
@@ -205,6 +284,20 @@ mod programs {
             return;
         }
         bump_owner(&owner, cgroup_id, |c| c.opened += 1);
+        bump(
+            &SERVER_STATS,
+            &server_key(&change.tuple),
+            &|c: &mut Counters| c.opened += 1,
+        );
+    }
+
+    fn server_key(t: &Tuple) -> ServerKey {
+        ServerKey {
+            daddr: t.daddr,
+            saddr: t.saddr,
+            dport: t.dport,
+            _pad: [0; 6],
+        }
     }
 
     /// The process's identity for counting: its tgid and when it was first seen. A new
@@ -267,6 +360,7 @@ mod programs {
                 // that userspace may have taken from /proc for this same connection.
                 conn.tuple = change.tuple;
                 conn.flags |= conn_flags::ESTABLISHED;
+                conn.established_ns = boot_ns();
                 let _ = SEEDS.remove(change.tuple);
             }
             apply(conn, change);
@@ -298,15 +392,28 @@ mod programs {
         conn.state = change.new;
         conn.changed_ns = boot_ns();
         match change.new {
-            tcp_state::CLOSE_WAIT => bump_owner(&conn.owner, conn.cgroup_id, |c| {
-                c.close_wait += 1;
-            }),
-            tcp_state::CLOSE => {
-                if conn.flags & conn_flags::ESTABLISHED != 0 || change.old != tcp_state::SYN_SENT {
-                    bump_owner(&conn.owner, conn.cgroup_id, |c| c.closed += 1);
-                } else {
-                    bump_owner(&conn.owner, conn.cgroup_id, |c| c.failed += 1);
+            tcp_state::CLOSE_WAIT => {
+                if is_refusal(conn, change.skaddr, false) {
+                    conn.flags |= conn_flags::REFUSED;
                 }
+                bump_owner(&conn.owner, conn.cgroup_id, |c| c.close_wait += 1);
+            }
+            tcp_state::CLOSE => {
+                let established =
+                    conn.flags & conn_flags::ESTABLISHED != 0 || change.old != tcp_state::SYN_SENT;
+                let refused = conn.flags & conn_flags::REFUSED != 0;
+                let f = |c: &mut Counters| {
+                    if established {
+                        c.closed += 1;
+                    } else {
+                        c.failed += 1;
+                    }
+                    if refused {
+                        c.rejected += 1;
+                    }
+                };
+                bump_owner(&conn.owner, conn.cgroup_id, f);
+                bump(&SERVER_STATS, &server_key(&conn.tuple), &f);
             }
             _ => {}
         }

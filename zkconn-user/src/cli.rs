@@ -46,9 +46,22 @@ pub struct SnapshotArgs {
     #[command(flatten)]
     pub targets: TargetArgs,
     #[command(flatten)]
+    pub limits: LimitArgs,
+    #[command(flatten)]
     pub attribution: AttributionArgs,
     #[command(flatten)]
     pub probe: ProbeArgs,
+}
+
+/// ZooKeeper's per-host limit, to compute usage and headroom against.
+#[derive(Debug, Args, Clone, Default)]
+pub struct LimitArgs {
+    /// The servers' maxClientCnxns (0: unlimited). Default: the --zoo-cfg value, else 60.
+    #[arg(long, value_name = "N")]
+    pub max_client_cnxns: Option<u32>,
+    /// The limit of one server, overriding the others: `zk1:2181=120`. Repeatable.
+    #[arg(long = "limit", value_name = "SERVER=N")]
+    pub limit: Vec<String>,
 }
 
 /// How owners are named.

@@ -13,6 +13,7 @@ use zkconn_common::{COMM_LEN, Event, OwnerKey, event_kind, probe_counter};
 use crate::{
     attribution::{self, Clues, Rules, cgroup::CgroupLine},
     cli::ProbeArgs,
+    limits::Limits,
     model::{
         self, AttributionHealth, Inputs, LostDetail, OverflowDetail, OwnerFacts, ProbeHealth,
         SeedHealth, Snapshot,
@@ -31,6 +32,7 @@ pub struct Collector {
     cgroups: CgroupPaths,
     targets: Targets,
     rules: Rules,
+    limits: Limits,
     users: Users,
     /// One entry per owner the kernel still has rows for, or that is alive: bounded by the
     /// kernel's process table (entries of owners the kernel forgot are dropped at each
@@ -58,7 +60,12 @@ fn comm_str(comm: &[u8; COMM_LEN]) -> String {
 impl Collector {
     /// Loads and attaches the probe, then seeds connections that already exist. Must run
     /// inside a tokio runtime (the ring buffer is registered with it).
-    pub fn start(targets: Targets, args: &ProbeArgs, rules: Rules) -> anyhow::Result<Self> {
+    pub fn start(
+        targets: Targets,
+        args: &ProbeArgs,
+        rules: Rules,
+        limits: Limits,
+    ) -> anyhow::Result<Self> {
         crate::probe::check_privileges()?;
         let caps = Capacities {
             conns: args.max_connections,
@@ -96,6 +103,7 @@ impl Collector {
                 ..AttributionHealth::default()
             },
             rules,
+            limits,
             users: Users::default(),
             facts: HashMap::new(),
             seeds,
@@ -311,6 +319,8 @@ impl Collector {
             seeds: &state.seeds,
             proc_stats: &state.proc_stats,
             cgroup_stats: &state.cgroup_stats,
+            server_stats: &state.server_stats,
+            limits: &self.limits,
             facts: &self.facts,
             seeded: &self.seeds.per_owner,
             cgroup_path: &path,
@@ -332,6 +342,7 @@ impl Collector {
             observed_secs: self.started.elapsed().as_secs_f64(),
             probe: ProbeHealth {
                 hook: Some(self.probe.hook()),
+                refusal_detection: Some(self.probe.refusal),
                 lost: lost_detail.events + lost_detail.recursion_misses,
                 overflow: overflow_detail.connections
                     + overflow_detail.processes
@@ -348,6 +359,7 @@ impl Collector {
                 unreadable: self.unreadable + self.seeds.unreadable + state.read_errors,
             },
             targets: self.targets.names(),
+            max_client_cnxns: self.limits.info(),
             rows,
         })
     }

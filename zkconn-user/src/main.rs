@@ -6,6 +6,7 @@
 mod attribution;
 mod cli;
 mod collector;
+mod limits;
 mod model;
 mod output;
 mod probe;
@@ -24,6 +25,7 @@ use crate::{
     attribution::Rules,
     cli::{AttributionArgs, Cli, Command, SnapshotArgs, TargetArgs},
     collector::Collector,
+    limits::Limits,
     targets::{Targets, ZooCfg},
 };
 
@@ -56,21 +58,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Snapshot(args) => {
             // Every flag is validated before anything touches the kernel.
-            let targets = resolve_targets(&args.targets)?;
+            let (targets, zoo_limit) = resolve_targets(&args.targets)?;
+            let limits = Limits::new(args.limits.max_client_cnxns, zoo_limit, &args.limits.limit)?;
             let rules = load_rules(&args.attribution)?;
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;
-            runtime.block_on(snapshot(args, targets, rules))
+            runtime.block_on(snapshot(args, targets, rules, limits))
         }
     }
 }
 
-/// Builds the target set from `--zk`, `--port` and `--zoo-cfg`.
-pub fn resolve_targets(args: &TargetArgs) -> anyhow::Result<Targets> {
+/// Builds the target set from `--zk`, `--port` and `--zoo-cfg`; also returns the zoo.cfg's
+/// `maxClientCnxns`.
+pub fn resolve_targets(args: &TargetArgs) -> anyhow::Result<(Targets, Option<u32>)> {
     let mut endpoints = Vec::new();
     let mut ports = Vec::new();
+    let mut max_client_cnxns = None;
     for zk in &args.zk {
         endpoints.extend(targets::parse_connect_string(zk).context("--zk")?);
     }
@@ -79,6 +84,7 @@ pub fn resolve_targets(args: &TargetArgs) -> anyhow::Result<Targets> {
     }
     if let Some(path) = &args.zoo_cfg {
         let cfg = ZooCfg::read(path).context("--zoo-cfg")?;
+        max_client_cnxns = cfg.max_client_cnxns;
         let (e, p) = cfg.targets();
         if e.is_empty() && p.is_empty() {
             anyhow::bail!(
@@ -89,7 +95,7 @@ pub fn resolve_targets(args: &TargetArgs) -> anyhow::Result<Targets> {
         endpoints.extend(e);
         ports.extend(p);
     }
-    Ok(Targets::resolve(&endpoints, &ports)?)
+    Ok((Targets::resolve(&endpoints, &ports)?, max_client_cnxns))
 }
 
 /// Reads `--rules`, or no rules.
@@ -100,8 +106,13 @@ pub fn load_rules(args: &AttributionArgs) -> anyhow::Result<Rules> {
     }
 }
 
-async fn snapshot(args: SnapshotArgs, targets: Targets, rules: Rules) -> anyhow::Result<()> {
-    let mut collector = Collector::start(targets, &args.probe, rules)?;
+async fn snapshot(
+    args: SnapshotArgs,
+    targets: Targets,
+    rules: Rules,
+    limits: Limits,
+) -> anyhow::Result<()> {
+    let mut collector = Collector::start(targets, &args.probe, rules, limits)?;
     // With -v, scripts and tests wait for this line to know the hooks are live.
     log::info!("ready: observing for {:?}", args.duration);
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;

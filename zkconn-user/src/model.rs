@@ -7,11 +7,12 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use serde::Serialize;
-use zkconn_common::{Conn, Counters, OwnerKey, tcp_state};
+use zkconn_common::{Conn, Counters, OwnerKey, ServerKey, tcp_state};
 
 use crate::{
     attribution::{self, Attribution, Kind},
-    probe::Hook,
+    limits::{self, LimitInfo, Limits},
+    probe::{Hook, RefusalDetection},
     targets::ip_from_bytes,
 };
 
@@ -28,6 +29,8 @@ pub struct Snapshot {
     pub probe: ProbeHealth,
     /// What is watched: `ip:port` endpoints and `*:port` ports.
     pub targets: Vec<String>,
+    /// The `maxClientCnxns` assumed for servers without a `--limit` of their own.
+    pub max_client_cnxns: LimitInfo,
     #[serde(flatten)]
     pub rows: Rows,
 }
@@ -49,6 +52,8 @@ pub struct Rows {
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ProbeHealth {
     pub hook: Option<Hook>,
+    /// How refusals are recognised: `no_bytes_received` (with BTF) or `reset_only`.
+    pub refusal_detection: Option<RefusalDetection>,
     /// Events the kernel could not deliver plus program runs the kernel skipped.
     pub lost: u64,
     /// Sockets, processes or counter rows not tracked because a map was full.
@@ -126,12 +131,23 @@ impl StateCounts {
 }
 
 /// One (ZooKeeper endpoint, local IP): the unit `maxClientCnxns` counts.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ServerRow {
     pub server: String,
     pub local_ip: String,
     #[serde(flatten)]
     pub states: StateCounts,
+    pub opened: u64,
+    pub closed: u64,
+    pub failed: u64,
+    /// Connections this server refused (also in `closed`).
+    pub rejected: u64,
+    /// `maxClientCnxns` for this server; 0 is unlimited.
+    pub limit: u32,
+    /// `open / limit`; `null` when unlimited.
+    pub usage: Option<f64>,
+    /// `limit - open`; `null` when unlimited.
+    pub headroom: Option<i64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -160,6 +176,8 @@ pub struct ProcessRow {
     pub failed: u64,
     /// Times a connection of this process entered CLOSE_WAIT.
     pub close_wait_total: u64,
+    /// Of its connections, how many a server refused.
+    pub rejected: u64,
     /// Connections that existed before zkconn started (age: at least since start).
     pub seeded: u64,
     pub servers: Vec<ServerOpen>,
@@ -189,6 +207,7 @@ pub struct Totals {
     pub opened: u64,
     pub closed: u64,
     pub failed: u64,
+    pub rejected: u64,
 }
 
 impl Totals {
@@ -198,6 +217,7 @@ impl Totals {
         self.opened += p.opened;
         self.closed += p.closed;
         self.failed += p.failed;
+        self.rejected += p.rejected;
     }
 }
 
@@ -253,6 +273,8 @@ pub struct Inputs<'a> {
     pub seeds: &'a [Conn],
     pub proc_stats: &'a [(OwnerKey, Counters)],
     pub cgroup_stats: &'a [(u64, Counters)],
+    pub server_stats: &'a [(ServerKey, Counters)],
+    pub limits: &'a Limits,
     pub facts: &'a HashMap<OwnerKey, OwnerFacts>,
     pub seeded: &'a HashMap<OwnerKey, u64>,
     pub cgroup_path: &'a dyn Fn(u64) -> Option<String>,
@@ -338,6 +360,7 @@ pub fn build(inputs: &Inputs<'_>) -> Rows {
                 closed: counters.closed,
                 failed: counters.failed,
                 close_wait_total: counters.close_wait,
+                rejected: counters.rejected,
                 seeded: inputs.seeded.get(&key).copied().unwrap_or(0),
                 servers: per_server
                     .into_iter()
@@ -378,12 +401,41 @@ pub fn build(inputs: &Inputs<'_>) -> Rows {
         .collect();
     cgroups.sort_by(|a, b| b.states.open.cmp(&a.states.open).then(a.id.cmp(&b.id)));
 
+    let mut server_totals: HashMap<(String, String), Counters> = HashMap::new();
+    for (key, c) in inputs.server_stats {
+        let name = (
+            endpoint(key.daddr, key.dport),
+            ip_from_bytes(key.saddr).to_string(),
+        );
+        servers.entry(name.clone()).or_default();
+        let t = server_totals.entry(name).or_default();
+        t.opened += c.opened;
+        t.closed += c.closed;
+        t.failed += c.failed;
+        t.rejected += c.rejected;
+    }
     let servers = servers
         .into_iter()
-        .map(|((server, local_ip), states)| ServerRow {
-            server,
-            local_ip,
-            states,
+        .map(|((server, local_ip), states)| {
+            let t = server_totals
+                .get(&(server.clone(), local_ip.clone()))
+                .copied()
+                .unwrap_or_default();
+            let limit = server
+                .parse()
+                .map_or(limits::ZOOKEEPER_DEFAULT, |s| inputs.limits.for_server(s));
+            ServerRow {
+                usage: limits::usage(states.open, limit),
+                headroom: limits::headroom(states.open, limit),
+                limit,
+                server,
+                local_ip,
+                states,
+                opened: t.opened,
+                closed: t.closed,
+                failed: t.failed,
+                rejected: t.rejected,
+            }
         })
         .collect();
     let (containers, applications, services) = roll_up(&processes);
@@ -549,6 +601,8 @@ mod tests {
             seeds,
             proc_stats: stats,
             cgroup_stats: &[],
+            server_stats: &[],
+            limits: &Limits::default(),
             facts,
             seeded: &seeded,
             cgroup_path: &path,
@@ -752,13 +806,19 @@ mod tests {
                 closed: 3,
                 failed: 2,
                 close_wait: 0,
+                rejected: 1,
             },
         )];
         let (_, procs, _) = run(&[], &[], &stats);
         assert_eq!(procs.len(), 1);
         assert_eq!(
-            (procs[0].opened, procs[0].closed, procs[0].failed),
-            (5, 3, 2)
+            (
+                procs[0].opened,
+                procs[0].closed,
+                procs[0].failed,
+                procs[0].rejected
+            ),
+            (5, 3, 2, 1)
         );
         assert_eq!(procs[0].states.open, 0);
         assert!(!procs[0].alive);

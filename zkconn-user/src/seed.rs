@@ -208,6 +208,11 @@ pub fn seed(
             cgroup_id,
             opened_ns: now,
             changed_ns: now,
+            established_ns: if socket.state == tcp_state::SYN_SENT {
+                0
+            } else {
+                now
+            },
             tid: pid,
             uid,
             state: socket.state,

@@ -10,6 +10,8 @@ p.add_argument("--cgroup", action="append", default=[],
                help="cgroup directory (v1 or v2) to join before connecting; repeatable")
 p.add_argument("--exit-after", type=float, help="exit this many seconds after connecting")
 p.add_argument("--tag", help="ignored: marks the command line")
+p.add_argument("--interval", type=float, default=0.0, help="seconds between connects")
+p.add_argument("--say", help="send this (a four-letter word) on each connection and read to EOF")
 p.add_argument("--expect-refused", action="store_true")
 a = p.parse_args()
 
@@ -31,8 +33,14 @@ def worker():
             s.connect((a.host, a.port))
         except OSError as e:
             errors.append(e); s.close(); continue
+        if a.say:
+            s.sendall(a.say.encode())
+            while s.recv(65536):
+                pass
         with lock:
             socks.append(s)
+        if a.interval:
+            time.sleep(a.interval)
 
 threads = [threading.Thread(target=worker) for _ in range(a.threads)]
 for t in threads: t.start()

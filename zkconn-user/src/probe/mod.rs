@@ -7,6 +7,7 @@
 //! Hooks are an enum: each variant knows how to attach itself and what it needs; the maps
 //! and the accounting in the kernel are shared by all of them.
 
+mod btf;
 mod tracefs;
 
 use std::{
@@ -22,8 +23,8 @@ use aya::{
     programs::TracePoint,
 };
 use zkconn_common::{
-    Conn, Counters, Endpoint, ExitTpLayout, Owner, OwnerKey, StateTpLayout, Tuple, global_names,
-    map_names, probe_counter, program_names,
+    Conn, Counters, Endpoint, ExitTpLayout, Owner, OwnerKey, RefusalConfig, ResetTpLayout,
+    ServerKey, StateTpLayout, Tuple, global_names, map_names, probe_counter, program_names,
 };
 
 use crate::targets::{Targets, ip_to_bytes};
@@ -70,6 +71,7 @@ pub struct KernelState {
     pub owners: StdHashMap<u32, Owner>,
     pub proc_stats: Vec<(OwnerKey, Counters)>,
     pub cgroup_stats: Vec<(u64, Counters)>,
+    pub server_stats: Vec<(ServerKey, Counters)>,
     pub counters: [u64; probe_counter::COUNT as usize],
     /// Runs the kernel skipped because a BPF program was already running on that CPU.
     pub recursion_misses: u64,
@@ -77,9 +79,23 @@ pub struct KernelState {
     pub read_errors: u64,
 }
 
+/// How the kernel recognises a server's refusal (see `is_refusal` in zkconn-ebpf).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefusalDetection {
+    /// Peer close within the window with no byte received (`tcp_sock.bytes_received` via BTF).
+    NoBytesReceived,
+    /// No BTF: a reset within the window (ZooKeeper's NIO listener resets; Netty does not).
+    ResetOnly,
+}
+
+/// A peer close this soon after ESTABLISHED, with nothing received, is a refusal.
+pub const REFUSAL_WINDOW: std::time::Duration = std::time::Duration::from_millis(1000);
+
 pub struct Probe {
     ebpf: Ebpf,
     hook: Hook,
+    pub refusal: RefusalDetection,
     /// False when the kernel's `sched_process_exit` has no `group_dead` (before 6.x):
     /// exits are then found from `/proc`.
     pub exit_events: bool,
@@ -120,9 +136,34 @@ impl Probe {
                 valid: 1,
             });
 
+        let reset_layout = tracefs::tracepoint_fields(&root, "tcp", "tcp_receive_reset")
+            .ok()
+            .and_then(|f| f.get("skaddr").copied())
+            .map_or(ResetTpLayout::default(), |f| ResetTpLayout {
+                skaddr: f.offset,
+                valid: 1,
+            });
+        let bytes_offset = btf::Btf::from_sys_fs()
+            .and_then(|b| b.member_offset("tcp_sock", "bytes_received"))
+            .inspect_err(|e| {
+                log::warn!("refusals are recognised by resets only: {e}");
+            })
+            .ok();
+        if let Some(off) = bytes_offset {
+            log::debug!("tcp_sock.bytes_received is at offset {off} in this kernel");
+        }
+        let refusal = RefusalConfig {
+            window_ns: u64::try_from(REFUSAL_WINDOW.as_nanos()).unwrap_or(u64::MAX),
+            bytes_received_offset: bytes_offset.unwrap_or(0),
+            has_bytes_received: u32::from(bytes_offset.is_some()),
+        };
+
         let ebpf = EbpfLoader::new()
             .override_global(global_names::STATE_TP_LAYOUT, &state_layout, true)
             .override_global(global_names::EXIT_TP_LAYOUT, &exit_layout, true)
+            .override_global(global_names::RESET_TP_LAYOUT, &reset_layout, true)
+            .override_global(global_names::REFUSAL, &refusal, true)
+            .map_max_entries(map_names::SERVER_STATS, caps.cgroups)
             .map_max_entries(map_names::CONNS, caps.conns)
             .map_max_entries(map_names::SEEDS, caps.conns)
             .map_max_entries(map_names::OWNERS, caps.owners)
@@ -135,6 +176,11 @@ impl Probe {
         let mut probe = Probe {
             ebpf,
             hook: Hook::Tracepoint,
+            refusal: if bytes_offset.is_some() {
+                RefusalDetection::NoBytesReceived
+            } else {
+                RefusalDetection::ResetOnly
+            },
             exit_events: exit_layout.valid == 1,
         };
         probe.load_targets(targets)?;
@@ -146,6 +192,13 @@ impl Probe {
         };
         if probe.exit_events {
             probe.attach_tracepoint(program_names::EXIT_TP, "sched", "sched_process_exit")?;
+        }
+        if reset_layout.valid == 1 {
+            probe.attach_tracepoint(program_names::RESET_TP, "tcp", "tcp_receive_reset")?;
+        } else if bytes_offset.is_none() {
+            log::warn!(
+                "this kernel has neither BTF nor tcp:tcp_receive_reset: refusals are not recognised"
+            );
         }
         Ok(probe)
     }
@@ -272,6 +325,14 @@ impl Probe {
                 Err(_) => st.read_errors += 1,
             }
         }
+        let servers: PerCpuHashMap<_, ServerKey, Counters> = self.map(map_names::SERVER_STATS)?;
+        for item in servers.iter() {
+            match item {
+                Ok((key, per_cpu)) => st.server_stats.push((key, sum(&per_cpu))),
+                Err(e) if is_vanished(&e) => {}
+                Err(_) => st.read_errors += 1,
+            }
+        }
         let counters: PerCpuArray<_, u64> = self.map(map_names::PROBE_COUNTERS)?;
         for (i, slot) in st.counters.iter_mut().enumerate() {
             let index = u32::try_from(i).unwrap_or(u32::MAX);
@@ -286,7 +347,11 @@ impl Probe {
     /// Sum of the kernel's `recursion_misses` over our programs, from their fdinfo.
     fn recursion_misses(&self) -> u64 {
         let mut total = 0;
-        for name in [program_names::STATE_TP, program_names::EXIT_TP] {
+        for name in [
+            program_names::STATE_TP,
+            program_names::EXIT_TP,
+            program_names::RESET_TP,
+        ] {
             let Some(prog) = self.ebpf.program(name) else {
                 continue;
             };
@@ -349,6 +414,7 @@ fn sum(per_cpu: &[Counters]) -> Counters {
         closed: acc.closed + c.closed,
         failed: acc.failed + c.failed,
         close_wait: acc.close_wait + c.close_wait,
+        rejected: acc.rejected + c.rejected,
     })
 }
 

@@ -719,6 +719,78 @@ mod tests {
     }
 
     #[test]
+    fn server_rows_join_live_states_kernel_totals_and_limits() {
+        use tcp_state::ESTABLISHED;
+        let server: std::net::SocketAddr = "127.0.0.2:2181".parse().unwrap();
+        let key = ServerKey {
+            daddr: ip_to_bytes(server.ip()),
+            saddr: ip_to_bytes("127.0.0.1".parse().unwrap()),
+            dport: 2181,
+            _pad: [0; 6],
+        };
+        // A server this host no longer holds anything to still has its row.
+        let gone = ServerKey {
+            daddr: ip_to_bytes("127.0.0.3".parse().unwrap()),
+            ..key
+        };
+        let stats = [
+            (
+                key,
+                Counters {
+                    opened: 9,
+                    closed: 6,
+                    rejected: 4,
+                    ..Counters::default()
+                },
+            ),
+            (
+                gone,
+                Counters {
+                    opened: 1,
+                    failed: 1,
+                    ..Counters::default()
+                },
+            ),
+        ];
+        let conns = [
+            conn(1, 9, 1, "127.0.0.2:2181", ESTABLISHED),
+            conn(1, 9, 2, "127.0.0.2:2181", ESTABLISHED),
+            conn(2, 9, 3, "127.0.0.2:2181", ESTABLISHED),
+        ];
+        let limits = Limits::new(Some(5), None, &["127.0.0.3:2181=0".into()]).unwrap();
+        let facts = HashMap::new();
+        let seeded = HashMap::new();
+        let path = |_: u64| None;
+        let rows = build(&Inputs {
+            conns: &conns,
+            seeds: &[],
+            proc_stats: &[],
+            cgroup_stats: &[],
+            server_stats: &stats,
+            limits: &limits,
+            facts: &facts,
+            seeded: &seeded,
+            cgroup_path: &path,
+        });
+        let r = &rows.servers[0];
+        assert_eq!(
+            (r.server.as_str(), r.local_ip.as_str()),
+            ("127.0.0.2:2181", "127.0.0.1")
+        );
+        assert_eq!(
+            (r.states.open, r.opened, r.closed, r.rejected),
+            (3, 9, 6, 4)
+        );
+        assert_eq!((r.limit, r.usage, r.headroom), (5, Some(0.6), Some(2)));
+        let r = &rows.servers[1];
+        assert_eq!(
+            (r.server.as_str(), r.states.open, r.failed),
+            ("127.0.0.3:2181", 0, 1)
+        );
+        assert_eq!((r.limit, r.usage, r.headroom), (0, None, None));
+    }
+
+    #[test]
     fn an_owner_userspace_never_saw_is_labelled_by_its_comm() {
         let mut facts = HashMap::new();
         facts.insert(

@@ -113,10 +113,11 @@ async fn snapshot(
     limits: Limits,
 ) -> anyhow::Result<()> {
     let mut collector = Collector::start(targets, &args.probe, rules, limits)?;
-    // With -v, scripts and tests wait for this line to know the hooks are live.
-    log::info!("ready: observing for {:?}", args.duration);
+    // Handlers first: a SIGINT right after "ready" must end the observation, not the process.
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    // With -v, scripts and tests wait for this line to know the hooks are live.
+    log::info!("ready: observing for {:?}", args.duration);
     let deadline = tokio::time::sleep(args.duration);
     tokio::pin!(deadline);
     loop {

@@ -109,7 +109,7 @@ pub struct Attribution {
 
 /// Cgroup lines in the order their shapes are trusted: v2, systemd's v1 hierarchy, then the
 /// other v1 hierarchies.
-fn ordered(lines: &[CgroupLine]) -> impl Iterator<Item = &CgroupLine> {
+fn ordered(lines: &[CgroupLine]) -> Vec<&CgroupLine> {
     let rank = |l: &CgroupLine| {
         if l.is_v2() {
             0
@@ -121,7 +121,7 @@ fn ordered(lines: &[CgroupLine]) -> impl Iterator<Item = &CgroupLine> {
     };
     let mut sorted: Vec<&CgroupLine> = lines.iter().collect();
     sorted.sort_by_key(|l| rank(l));
-    sorted.into_iter()
+    sorted
 }
 
 /// Classifies one process. Pure: same clues and rules, same answer.
@@ -129,7 +129,9 @@ pub fn classify(c: &Clues<'_>, rules: &Rules) -> Attribution {
     let jvm = service::parse_java(c.argv);
     let known = jvm.as_ref().and_then(service::known_jvm);
 
-    let yarn = ordered(c.cgroups)
+    let lines = ordered(c.cgroups);
+    let yarn = lines
+        .iter()
         .find_map(|l| ContainerId::find_in(&l.path).map(|id| (id, YarnSource::Cgroup)))
         .or_else(|| {
             c.container_env
@@ -141,7 +143,8 @@ pub fn classify(c: &Clues<'_>, rules: &Rules) -> Attribution {
                 .and_then(yarn::container_from_cwd)
                 .map(|id| (id, YarnSource::Cwd))
         });
-    let shape = ordered(c.cgroups)
+    let shape = lines
+        .iter()
         .filter_map(|l| cgroup::classify_path(&l.path))
         .find(|s| !matches!(s, Shape::Yarn(_)));
 

@@ -7,7 +7,7 @@ use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{IpAddr, SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
-    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, Stdio},
     sync::{
         Mutex,
         atomic::{AtomicU32, Ordering},
@@ -90,6 +90,9 @@ impl ZkServer {
         )?;
         let child = Command::new("java")
             .args(["-Xmx256m", "-XX:+UseSerialGC", "-Xss512k"])
+            // The raw test clients never start a session; the NIO listener would otherwise
+            // close such connections after 10 s.
+            .arg("-Dzookeeper.nio.sessionlessCnxnTimeout=3600000")
             .args(props)
             .arg("-cp")
             .arg(classpath(dir.path()))
@@ -543,6 +546,43 @@ pub fn ss_count(server: SocketAddr, state: &str) -> anyhow::Result<usize> {
         .count())
 }
 
+/// Starts the zkconn under test with `mode` then `args`; its stdout is read in a thread.
+fn spawn_zkconn(
+    mode: &[&str],
+    args: &[&str],
+) -> anyhow::Result<(Child, thread::JoinHandle<String>, ChildStderr)> {
+    let mut child = Command::new(zkconn_bin())
+        .args(mode)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot start zkconn; build it with `cargo xtask build`")?;
+    let stdout = read_all(child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?);
+    let err = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
+    Ok((child, stdout, err))
+}
+
+/// Reads all of `out` in a thread (a child blocked on a full pipe would never exit).
+fn read_all(mut out: ChildStdout) -> thread::JoinHandle<String> {
+    thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    })
+}
+
+/// The `servers` row of `server` seen from this host's usual source address, 127.0.0.1.
+pub fn server_row(snap: &Value, server: SocketAddr) -> anyhow::Result<&Value> {
+    snap["servers"]
+        .as_array()
+        .and_then(|rows| {
+            rows.iter()
+                .find(|r| r["server"] == server.to_string() && r["local_ip"] == "127.0.0.1")
+        })
+        .ok_or_else(|| anyhow!("no row for {server} from 127.0.0.1 in {snap:#}"))
+}
+
 /// A running `zkconn snapshot --json`; `finish` ends it with SIGINT and parses the output.
 pub struct Zkconn {
     child: Child,
@@ -565,20 +605,8 @@ impl Zkconn {
     /// Starts `zkconn snapshot --json --duration 600 -v ARGS` and waits until it is attached
     /// and seeded.
     pub fn start(args: &[&str]) -> anyhow::Result<Self> {
-        let mut child = Command::new(zkconn_bin())
-            .args(["snapshot", "--json", "--duration", "600", "-v"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("cannot start zkconn; build it with `cargo xtask build`")?;
-        let mut out = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-        let err = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
-        let stdout = thread::spawn(move || {
-            let mut s = String::new();
-            let _ = out.read_to_string(&mut s);
-            s
-        });
+        let (child, stdout, err) =
+            spawn_zkconn(&["snapshot", "--json", "--duration", "600", "-v"], args)?;
         let (tx, rx) = mpsc::channel();
         thread::spawn(move || {
             for line in BufReader::new(err).lines().map_while(Result::ok) {
@@ -705,4 +733,60 @@ pub fn spawn_with_pid(
         }
     }
     bail!("could not get pid {pid} again in 100 attempts")
+}
+
+/// A running `zkconn check -v ARGS`, attached and observing.
+pub struct Check {
+    child: Child,
+    stdout: Option<thread::JoinHandle<String>>,
+}
+
+impl Check {
+    /// Starts the check and waits until its hooks are live.
+    pub fn start(args: &[&str]) -> anyhow::Result<Self> {
+        let (mut child, stdout, err) = spawn_zkconn(&["check", "-v"], args)?;
+        let mut seen = Vec::new();
+        let mut lines = BufReader::new(err).lines();
+        while let Some(Ok(line)) = lines.next() {
+            if line.contains("ready:") {
+                // The rest of stderr is drained, so the check never blocks on it.
+                thread::spawn(move || lines.for_each(drop));
+                return Ok(Self {
+                    child,
+                    stdout: Some(stdout),
+                });
+            }
+            seen.push(line);
+        }
+        let _ = child.wait();
+        bail!("zkconn check did not become ready: {}", seen.join("\n"))
+    }
+
+    /// Waits for the check to end; returns its exit code and its output.
+    pub fn finish(mut self) -> anyhow::Result<(i32, String)> {
+        let status = self.child.wait()?;
+        let out = self
+            .stdout
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default();
+        let code = status
+            .code()
+            .ok_or_else(|| anyhow!("zkconn check died: {status}"))?;
+        Ok((code, out.trim().to_owned()))
+    }
+
+    /// Runs a whole check and returns its exit code and output.
+    pub fn run(args: &[&str]) -> anyhow::Result<(i32, String)> {
+        Self::start(args)?.finish()
+    }
+}
+
+impl Drop for Check {
+    fn drop(&mut self) {
+        if self.stdout.is_some() {
+            kill(&mut self.child, libc::SIGKILL);
+            let _ = self.child.wait();
+        }
+    }
 }

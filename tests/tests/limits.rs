@@ -2,22 +2,12 @@
 //! count of refused connections must equal the server's own `zk_connection_rejected`.
 //! Root only; run with `cargo xtask test`.
 
-use std::{net::SocketAddr, thread, time::Duration};
+use std::{thread, time::Duration};
 
-use anyhow::{Result, anyhow};
-use integration_tests::{RawClient, ZkServer, Zkconn, field, fresh_ipv4, process, wait_settled};
-use serde_json::Value;
-
-/// The server row seen from this host's usual source address.
-fn server_row(snap: &Value, server: SocketAddr) -> Result<&Value> {
-    snap["servers"]
-        .as_array()
-        .and_then(|rows| {
-            rows.iter()
-                .find(|r| r["server"] == server.to_string() && r["local_ip"] == "127.0.0.1")
-        })
-        .ok_or_else(|| anyhow!("no row for {server} from 127.0.0.1 in {snap:#}"))
-}
+use anyhow::Result;
+use integration_tests::{
+    RawClient, ZkServer, Zkconn, field, fresh_ipv4, process, server_row, wait_settled,
+};
 
 #[test]
 fn refusals_equal_the_servers_own_count() -> Result<()> {

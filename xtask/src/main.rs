@@ -313,6 +313,8 @@ fn test(root: &Path, unit_only: bool, args: &[OsString]) -> anyhow::Result<()> {
             "attribution",
             "--test",
             "limits",
+            "--test",
+            "suspects",
         ])
         .arg("--")
         .args(["--test-threads", "2"])

@@ -260,6 +260,9 @@ pub mod event_kind {
     pub const OWNER_NEW: u32 = 1;
     /// A tracked process (its whole thread group) exited.
     pub const OWNER_EXIT: u32 = 2;
+    /// A server refused one of the owner's connections; [`super::Event::server`] names it.
+    /// (The count itself lives in the maps; the event says by whom and when.)
+    pub const REFUSED: u32 = 3;
 }
 
 /// A message from the kernel to userspace through the ring buffer. Counts never depend on
@@ -273,6 +276,8 @@ pub struct Event {
     pub owner: OwnerKey,
     pub info: Owner,
     pub ts_ns: u64,
+    /// The server and local address ([`event_kind::REFUSED`] only; zero otherwise).
+    pub server: ServerKey,
 }
 
 #[cfg(feature = "user")]

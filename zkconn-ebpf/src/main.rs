@@ -324,7 +324,7 @@ mod programs {
             birth_ns: now,
         };
         if OWNERS.insert(tgid, owner, BPF_NOEXIST.into()).is_ok() {
-            emit(event_kind::OWNER_NEW, tid, key, &owner, now);
+            emit(event_kind::OWNER_NEW, tid, key, &owner, now, None);
             return key;
         }
         // Another thread of the process won the race, or the map is full.
@@ -413,7 +413,23 @@ mod programs {
                     }
                 };
                 bump_owner(&conn.owner, conn.cgroup_id, f);
-                bump(&SERVER_STATS, &server_key(&conn.tuple), &f);
+                let server = server_key(&conn.tuple);
+                bump(&SERVER_STATS, &server, &f);
+                if refused {
+                    let info = Owner {
+                        cgroup_id: conn.cgroup_id,
+                        uid: conn.uid,
+                        ..Owner::default()
+                    };
+                    emit(
+                        event_kind::REFUSED,
+                        conn.tid,
+                        conn.owner,
+                        &info,
+                        conn.changed_ns,
+                        Some(&server),
+                    );
+                }
             }
             _ => {}
         }
@@ -442,6 +458,7 @@ mod programs {
             key,
             &owner,
             boot_ns(),
+            None,
         );
     }
 
@@ -474,7 +491,14 @@ mod programs {
 
     /// Written in place in the ring buffer: an `Event` on the stack would not fit beside
     /// the connection being built (the BPF stack is 512 bytes).
-    fn emit(kind: u32, tid: u32, owner: OwnerKey, info: &Owner, ts_ns: u64) {
+    fn emit(
+        kind: u32,
+        tid: u32,
+        owner: OwnerKey,
+        info: &Owner,
+        ts_ns: u64,
+        server: Option<&ServerKey>,
+    ) {
         let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
             count(probe_counter::LOST_EVENTS);
             return;
@@ -485,6 +509,7 @@ mod programs {
             owner,
             info: *info,
             ts_ns,
+            server: server.copied().unwrap_or_default(),
         });
         entry.submit(0);
     }

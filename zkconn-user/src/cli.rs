@@ -33,6 +33,34 @@ pub enum Command {
     ///
     /// Ctrl-C or SIGTERM ends the observation early and prints the snapshot.
     Snapshot(SnapshotArgs),
+    /// Nagios/Icinga plugin: observe for --duration, print one status line with
+    /// performance data, exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
+    ///
+    /// CRITICAL when a server refused this host during the check or usage reached --crit;
+    /// WARNING from --warn, or when counts are incomplete (lost events, full maps).
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// How long to observe (refusals during it make the check CRITICAL).
+    #[arg(long, value_name = "SECONDS", default_value = "2s", value_parser = parse_duration)]
+    pub duration: Duration,
+    #[command(flatten)]
+    pub watch: WatchArgs,
+}
+
+/// What to watch and how to judge it: every mode that attaches takes these.
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub targets: TargetArgs,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    #[command(flatten)]
+    pub attribution: AttributionArgs,
+    #[command(flatten)]
+    pub probe: ProbeArgs,
 }
 
 #[derive(Debug, Args)]
@@ -44,17 +72,11 @@ pub struct SnapshotArgs {
     #[arg(long, value_name = "SECONDS", default_value = "0", value_parser = parse_duration)]
     pub duration: Duration,
     #[command(flatten)]
-    pub targets: TargetArgs,
-    #[command(flatten)]
-    pub limits: LimitArgs,
-    #[command(flatten)]
-    pub attribution: AttributionArgs,
-    #[command(flatten)]
-    pub probe: ProbeArgs,
+    pub watch: WatchArgs,
 }
 
 /// ZooKeeper's per-host limit, to compute usage and headroom against.
-#[derive(Debug, Args, Clone, Default)]
+#[derive(Debug, Args, Clone)]
 pub struct LimitArgs {
     /// The servers' maxClientCnxns (0: unlimited). Default: the --zoo-cfg value, else 60.
     #[arg(long, value_name = "N")]
@@ -62,6 +84,26 @@ pub struct LimitArgs {
     /// The limit of one server, overriding the others: `zk1:2181=120`. Repeatable.
     #[arg(long = "limit", value_name = "SERVER=N")]
     pub limit: Vec<String>,
+    /// Usage of the limit, in percent, from which a server's alarm is WARNING.
+    #[arg(long, value_name = "PCT", default_value = "80", value_parser = crate::alarm::parse_percent)]
+    pub warn: f64,
+    /// Usage of the limit, in percent, from which a server's alarm is CRITICAL (also
+    /// CRITICAL: the server refused this host within the last minute).
+    #[arg(long, value_name = "PCT", default_value = "95", value_parser = crate::alarm::parse_percent)]
+    pub crit: f64,
+    /// Window for growth rates, time to limit and leak suspects (docs/suspects.md).
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_window)]
+    pub window: Duration,
+}
+
+fn parse_window(text: &str) -> Result<Duration, String> {
+    let d = parse_duration(text)?;
+    if d < Duration::from_secs(10) {
+        return Err(format!(
+            "{text:?} is too short a window to tell a trend; give at least 10s"
+        ));
+    }
+    Ok(d)
 }
 
 /// How owners are named.

@@ -11,12 +11,18 @@ use tokio::io::unix::AsyncFd;
 use zkconn_common::{COMM_LEN, Event, OwnerKey, event_kind, probe_counter};
 
 use crate::{
+    alarm::{AlarmLog, Thresholds},
+    history::History,
+    probe::KernelState,
+};
+
+use crate::{
     attribution::{self, Clues, Rules, cgroup::CgroupLine},
     cli::ProbeArgs,
     limits::Limits,
     model::{
-        self, AttributionHealth, Inputs, LostDetail, OverflowDetail, OwnerFacts, ProbeHealth,
-        SeedHealth, Snapshot,
+        self, AlarmThresholds, AttributionHealth, Inputs, LostDetail, OverflowDetail, OwnerFacts,
+        ProbeHealth, Rows, SeedHealth, Snapshot,
     },
     probe::{Capacities, Probe},
     procfs::{CgroupPaths, ProcInfo, Procfs},
@@ -43,6 +49,16 @@ pub struct Collector {
     /// `/proc` reads that failed for a reason other than the process being gone.
     unreadable: u64,
     attribution: AttributionHealth,
+    history: History,
+    thresholds: Thresholds,
+    alarms: AlarmLog,
+}
+
+/// How the collector judges trends and limits.
+#[derive(Clone, Copy, Debug)]
+pub struct Judgement {
+    pub limits_window: std::time::Duration,
+    pub thresholds: Thresholds,
 }
 
 /// What the kernel recorded of an owner at its first connect.
@@ -65,6 +81,7 @@ impl Collector {
         args: &ProbeArgs,
         rules: Rules,
         limits: Limits,
+        judgement: Judgement,
     ) -> anyhow::Result<Self> {
         crate::probe::check_privileges()?;
         let caps = Capacities {
@@ -109,6 +126,9 @@ impl Collector {
             seeds,
             started: Instant::now(),
             unreadable: 0,
+            history: History::new(judgement.limits_window.as_secs_f64()),
+            thresholds: judgement.thresholds,
+            alarms: AlarmLog::default(),
         };
         // Seeded processes are attributed from what seeding read, while they lived.
         for (key, info) in infos {
@@ -117,7 +137,14 @@ impl Collector {
                 this.learn_from_proc(key, info, cgroup_id.unwrap_or(0));
             }
         }
+        // The baseline every trend starts from: what existed at start.
+        this.sample()?;
         Ok(this)
+    }
+
+    /// Seconds since start, the time base of the history.
+    fn now(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
     }
 
     /// Waits until the kernel has written events, then handles all of them.
@@ -160,6 +187,11 @@ impl Collector {
                     cgroup_id: event.info.cgroup_id,
                 };
                 self.learn(event.owner, kernel);
+            }
+            event_kind::REFUSED => {
+                let server = model::endpoint(event.server.daddr, event.server.dport);
+                let now = self.now();
+                self.history.refused(event.owner, server, now);
             }
             event_kind::OWNER_EXIT => {
                 if !self.facts.contains_key(&event.owner) {
@@ -261,8 +293,24 @@ impl Collector {
         }
     }
 
-    /// Reads the kernel and builds the document.
-    pub fn snapshot(&mut self) -> anyhow::Result<Snapshot> {
+    /// Records one point of every owner's history and logs alarm transitions. Long-running
+    /// modes call it once a second.
+    pub fn sample(&mut self) -> anyhow::Result<()> {
+        self.judged_rows().map(drop)
+    }
+
+    /// Rows with their trends, suspects and alarms, as of now; the sample is recorded.
+    fn judged_rows(&mut self) -> anyhow::Result<(Rows, KernelState)> {
+        let (mut rows, state) = self.rows()?;
+        let now = self.now();
+        self.history.record(&rows, now);
+        self.history.annotate(&mut rows, now, &self.thresholds);
+        self.alarms.update(&rows.servers);
+        Ok((rows, state))
+    }
+
+    /// Reads the kernel and builds the rows.
+    fn rows(&mut self) -> anyhow::Result<(Rows, KernelState)> {
         self.drain_events();
         let state = self.probe.read()?;
         // Owners seen only through maps (their event was lost): attribute them now.
@@ -324,7 +372,15 @@ impl Collector {
             facts: &self.facts,
             seeded: &self.seeds.per_owner,
             cgroup_path: &path,
+            now_ns: seed::now_boot_ns(),
         });
+        Ok((rows, state))
+    }
+
+    /// Reads the kernel and builds the document.
+    pub fn snapshot(&mut self) -> anyhow::Result<Snapshot> {
+        let (rows, state) = self.judged_rows()?;
+        let now = self.now();
         let c = state.counters;
         let lost_detail = LostDetail {
             events: c[probe_counter::LOST_EVENTS as usize],
@@ -339,7 +395,7 @@ impl Collector {
             schema: model::SCHEMA,
             host: hostname(),
             time: now_rfc3339(),
-            observed_secs: self.started.elapsed().as_secs_f64(),
+            observed_secs: now,
             probe: ProbeHealth {
                 hook: Some(self.probe.hook()),
                 refusal_detection: Some(self.probe.refusal),
@@ -360,6 +416,11 @@ impl Collector {
             },
             targets: self.targets.names(),
             max_client_cnxns: self.limits.info(),
+            alarm_thresholds: AlarmThresholds {
+                warn_percent: self.thresholds.warn * 100.0,
+                crit_percent: self.thresholds.crit * 100.0,
+            },
+            trend_window_secs: self.history.window_at(now),
             rows,
         })
     }

@@ -3,9 +3,12 @@
 //! `main` parses and validates everything, runs the command, and prints an error once,
 //! as one sentence chain (`{:#}`). A closed stdout (`| head`) is not an error.
 
+mod alarm;
 mod attribution;
+mod check;
 mod cli;
 mod collector;
+mod history;
 mod limits;
 mod model;
 mod output;
@@ -13,6 +16,7 @@ mod probe;
 mod procfs;
 mod seed;
 mod targets;
+mod trend;
 mod users;
 
 use std::{io::Write as _, process::ExitCode};
@@ -22,15 +26,28 @@ use clap::Parser as _;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
+    alarm::Thresholds,
     attribution::Rules,
-    cli::{AttributionArgs, Cli, Command, SnapshotArgs, TargetArgs},
-    collector::Collector,
+    cli::{AttributionArgs, CheckArgs, Cli, Command, SnapshotArgs, TargetArgs, WatchArgs},
+    collector::{Collector, Judgement},
     limits::Limits,
     targets::{Targets, ZooCfg},
 };
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // A monitoring plugin reports its own usage errors as UNKNOWN, not CRITICAL.
+            let is_check =
+                std::env::args().skip(1).find(|a| !a.starts_with('-')) == Some("check".to_owned());
+            if is_check && e.use_stderr() {
+                let _ = e.print();
+                return ExitCode::from(check::UNKNOWN);
+            }
+            e.exit()
+        }
+    };
     let level = match cli.verbose {
         0 => "warn",
         1 => "info",
@@ -39,6 +56,15 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
         .target(env_logger::Target::Stderr)
         .init();
+    if let Command::Check(args) = cli.command {
+        return match run_check(args) {
+            Ok(code) => ExitCode::from(code),
+            Err(err) => {
+                println!("ZKCONN UNKNOWN - {err:#}");
+                ExitCode::from(check::UNKNOWN)
+            }
+        };
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -57,17 +83,90 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Snapshot(args) => {
-            // Every flag is validated before anything touches the kernel.
-            let (targets, zoo_limit) = resolve_targets(&args.targets)?;
-            let limits = Limits::new(args.limits.max_client_cnxns, zoo_limit, &args.limits.limit)?;
-            let rules = load_rules(&args.attribution)?;
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime")?;
-            runtime.block_on(snapshot(args, targets, rules, limits))
+            let setup = Setup::new(&args.watch)?;
+            runtime()?.block_on(snapshot(args, setup))
+        }
+        Command::Check(_) => unreachable!("handled in main"),
+    }
+}
+
+/// Runs `check`; returns the plugin exit code.
+fn run_check(args: CheckArgs) -> anyhow::Result<u8> {
+    let setup = Setup::new(&args.watch)?;
+    let snap = runtime()?.block_on(async {
+        let mut collector = setup.start(&args.watch.probe)?;
+        observe(&mut collector, args.duration).await?;
+        collector.snapshot()
+    })?;
+    let (status, line) = check::verdict(&snap);
+    println!("{line}");
+    Ok(check::exit_code(status))
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// Everything a mode needs to start the collector, validated before anything touches the
+/// kernel.
+struct Setup {
+    targets: Targets,
+    limits: Limits,
+    rules: Rules,
+    judgement: Judgement,
+}
+
+impl Setup {
+    fn new(watch: &WatchArgs) -> anyhow::Result<Self> {
+        let WatchArgs {
+            targets,
+            limits,
+            attribution,
+            ..
+        } = watch;
+        let (targets, zoo_limit) = resolve_targets(targets)?;
+        let thresholds = Thresholds::from_percent(limits.warn, limits.crit)?;
+        Ok(Self {
+            targets,
+            limits: Limits::new(limits.max_client_cnxns, zoo_limit, &limits.limit)?,
+            rules: load_rules(attribution)?,
+            judgement: Judgement {
+                limits_window: limits.window,
+                thresholds,
+            },
+        })
+    }
+
+    fn start(self, probe: &cli::ProbeArgs) -> anyhow::Result<Collector> {
+        Collector::start(self.targets, probe, self.rules, self.limits, self.judgement)
+    }
+}
+
+/// Observes for `duration` (or until SIGINT/SIGTERM), sampling the history each second.
+async fn observe(collector: &mut Collector, duration: std::time::Duration) -> anyhow::Result<()> {
+    // Handlers first: a SIGINT right after "ready" must end the observation, not the process.
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    // With -v, scripts and tests wait for this line to know the hooks are live.
+    log::info!("ready: observing for {duration:?}");
+    let deadline = tokio::time::sleep(duration);
+    tokio::pin!(deadline);
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            () = &mut deadline => break,
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = tick.tick() => collector.sample()?,
+            res = collector.next_events() => res?,
         }
     }
+    Ok(())
 }
 
 /// Builds the target set from `--zk`, `--port` and `--zoo-cfg`; also returns the zoo.cfg's
@@ -106,28 +205,9 @@ pub fn load_rules(args: &AttributionArgs) -> anyhow::Result<Rules> {
     }
 }
 
-async fn snapshot(
-    args: SnapshotArgs,
-    targets: Targets,
-    rules: Rules,
-    limits: Limits,
-) -> anyhow::Result<()> {
-    let mut collector = Collector::start(targets, &args.probe, rules, limits)?;
-    // Handlers first: a SIGINT right after "ready" must end the observation, not the process.
-    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    // With -v, scripts and tests wait for this line to know the hooks are live.
-    log::info!("ready: observing for {:?}", args.duration);
-    let deadline = tokio::time::sleep(args.duration);
-    tokio::pin!(deadline);
-    loop {
-        tokio::select! {
-            () = &mut deadline => break,
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
-            res = collector.next_events() => res?,
-        }
-    }
+async fn snapshot(args: SnapshotArgs, setup: Setup) -> anyhow::Result<()> {
+    let mut collector = setup.start(&args.watch.probe)?;
+    observe(&mut collector, args.duration).await?;
     let snap = collector.snapshot()?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();

@@ -7,13 +7,15 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use serde::Serialize;
-use zkconn_common::{Conn, Counters, OwnerKey, ServerKey, tcp_state};
+use zkconn_common::{Conn, Counters, OwnerKey, ServerKey, conn_flags, tcp_state};
 
 use crate::{
+    alarm::Alarm,
     attribution::{self, Attribution, Kind},
     limits::{self, LimitInfo, Limits},
     probe::{Hook, RefusalDetection},
     targets::ip_from_bytes,
+    trend::{self, Trend},
 };
 
 pub const SCHEMA: &str = "zkconn.snapshot/v1";
@@ -31,6 +33,11 @@ pub struct Snapshot {
     pub targets: Vec<String>,
     /// The `maxClientCnxns` assumed for servers without a `--limit` of their own.
     pub max_client_cnxns: LimitInfo,
+    /// Usage thresholds of the server alarm, in percent.
+    pub alarm_thresholds: AlarmThresholds,
+    /// The window growth, rates and suspects are computed over: `--window`, or less when
+    /// zkconn has not observed that long yet.
+    pub trend_window_secs: f64,
     #[serde(flatten)]
     pub rows: Rows,
 }
@@ -47,6 +54,78 @@ pub struct Rows {
     pub applications: Vec<ApplicationRow>,
     /// One row per service label.
     pub services: Vec<ServiceRow>,
+    /// Leak suspects and refused owners, highest score first (docs/suspects.md).
+    pub suspects: Vec<Suspect>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct AlarmThresholds {
+    pub warn_percent: f64,
+    pub crit_percent: f64,
+}
+
+/// Rates over the trend window.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Rates {
+    /// Net change of open connections per minute.
+    pub growth_per_min: f64,
+    pub opened_per_min: f64,
+    pub closed_per_min: f64,
+}
+
+impl Rates {
+    pub fn of(t: &Trend) -> Self {
+        Self {
+            growth_per_min: t.growth_per_min(),
+            opened_per_min: t.opened_per_min(),
+            closed_per_min: t.closed_per_min(),
+        }
+    }
+}
+
+/// What a suspect is: one process or a roll-up of several.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SuspectKind {
+    Process,
+    Container,
+    Application,
+    Service,
+}
+
+impl SuspectKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Process => "process",
+            Self::Container => "container",
+            Self::Application => "application",
+            Self::Service => "service",
+        }
+    }
+}
+
+/// An owner that grows, holds CLOSE_WAIT sockets or is being refused.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Suspect {
+    pub subject: SuspectKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub application: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    pub label: String,
+    /// One sentence per finding.
+    pub reason: String,
+    pub score: f64,
+    pub open: u64,
+    pub growth_per_min: f64,
+    /// Refusals in the trend window.
+    pub rejected: u64,
+    /// CLOSE_WAIT sockets held longer than 2 s.
+    pub close_wait_held: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -131,7 +210,7 @@ impl StateCounts {
 }
 
 /// One (ZooKeeper endpoint, local IP): the unit `maxClientCnxns` counts.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct ServerRow {
     pub server: String,
     pub local_ip: String,
@@ -148,6 +227,14 @@ pub struct ServerRow {
     pub usage: Option<f64>,
     /// `limit - open`; `null` when unlimited.
     pub headroom: Option<i64>,
+    #[serde(flatten)]
+    pub rates: Rates,
+    /// Seconds until `headroom` is used up at the sustained growth of the window; `null`
+    /// when not growing or unlimited, 0 at or over the limit while growing.
+    pub time_to_limit_secs: Option<f64>,
+    /// The server refused a connection of this host within the last minute.
+    pub refusing: bool,
+    pub alarm: Alarm,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -156,8 +243,10 @@ pub struct ServerOpen {
     pub open: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ProcessRow {
+    #[serde(skip)]
+    pub key: OwnerKey,
     pub pid: u32,
     pub comm: String,
     #[serde(flatten)]
@@ -180,7 +269,115 @@ pub struct ProcessRow {
     pub rejected: u64,
     /// Connections that existed before zkconn started (age: at least since start).
     pub seeded: u64,
+    #[serde(flatten)]
+    pub age: Age,
+    #[serde(flatten)]
+    pub rates: Rates,
     pub servers: Vec<ServerOpen>,
+}
+
+#[cfg(test)]
+impl ServerRow {
+    /// `server` seen from `local_ip` with `open` connections of `limit`.
+    pub fn for_test(server: &str, local_ip: &str, open: u64, limit: u32) -> Self {
+        Self {
+            server: server.into(),
+            local_ip: local_ip.into(),
+            states: StateCounts {
+                open,
+                ..StateCounts::default()
+            },
+            limit,
+            usage: limits::usage(open, limit),
+            headroom: limits::headroom(open, limit),
+            ..Self::default()
+        }
+    }
+}
+
+#[cfg(test)]
+impl ProcessRow {
+    /// A live process `pid` with no connections, labelled `p{pid}`.
+    pub fn for_test(pid: u32) -> Self {
+        let label = format!("p{pid}");
+        Self {
+            key: OwnerKey {
+                tgid: pid,
+                _pad: 0,
+                birth_ns: 1,
+            },
+            pid,
+            comm: label.clone(),
+            who: Attribution {
+                service: label.clone(),
+                label,
+                ..Attribution::default()
+            },
+            cmdline: None,
+            uid: None,
+            user: None,
+            cgroup: None,
+            cgroup_id: 0,
+            alive: true,
+            states: StateCounts::default(),
+            opened: 0,
+            closed: 0,
+            failed: 0,
+            close_wait_total: 0,
+            rejected: 0,
+            seeded: 0,
+            age: Age::default(),
+            rates: Rates::default(),
+            servers: Vec::new(),
+        }
+    }
+}
+
+/// How long connections have been held.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Age {
+    /// Age of the oldest open connection in seconds; `null` with none open.
+    pub oldest_secs: Option<f64>,
+    /// The oldest existed before zkconn started: its age is at least `oldest_secs`.
+    pub oldest_seeded: bool,
+    /// CLOSE_WAIT sockets held longer than 2 s: the server closed, the application did not.
+    pub close_wait_held: u64,
+}
+
+impl Age {
+    fn add_conn(&mut self, c: &Conn, now_ns: u64) {
+        match c.state {
+            tcp_state::SYN_SENT | tcp_state::ESTABLISHED => {
+                let secs = round1(now_ns.saturating_sub(c.opened_ns) as f64 / 1e9);
+                let seeded = c.flags & conn_flags::SEEDED != 0;
+                if self.oldest_secs.is_none_or(|o| secs > o) {
+                    self.oldest_secs = Some(secs);
+                    self.oldest_seeded = seeded;
+                }
+            }
+            tcp_state::CLOSE_WAIT => {
+                let held = now_ns.saturating_sub(c.changed_ns) as f64 / 1e9;
+                if held >= trend::CLOSE_WAIT_GRACE_SECS {
+                    self.close_wait_held += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn merge(&mut self, other: &Self) {
+        if let Some(o) = other.oldest_secs
+            && self.oldest_secs.is_none_or(|s| o > s)
+        {
+            self.oldest_secs = Some(o);
+            self.oldest_seeded = other.oldest_seeded;
+        }
+        self.close_wait_held += other.close_wait_held;
+    }
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -200,7 +397,7 @@ pub struct CgroupRow {
 }
 
 /// Counters summed over the processes of a roll-up row.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
 pub struct Totals {
     pub open: u64,
     pub close_wait: u64,
@@ -208,9 +405,21 @@ pub struct Totals {
     pub closed: u64,
     pub failed: u64,
     pub rejected: u64,
+    #[serde(flatten)]
+    pub age: Age,
+    #[serde(flatten)]
+    pub rates: Rates,
 }
 
 impl Totals {
+    /// One process's counters, as a roll-up of one.
+    pub fn of(p: &ProcessRow) -> Self {
+        let mut t = Self::default();
+        t.add(p);
+        t.rates = p.rates;
+        t
+    }
+
     fn add(&mut self, p: &ProcessRow) {
         self.open += p.states.open;
         self.close_wait += p.states.close_wait;
@@ -218,10 +427,11 @@ impl Totals {
         self.closed += p.closed;
         self.failed += p.failed;
         self.rejected += p.rejected;
+        self.age.merge(&p.age);
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ContainerRow {
     pub container: String,
     pub application: String,
@@ -231,7 +441,7 @@ pub struct ContainerRow {
     pub pids: Vec<u32>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ApplicationRow {
     pub application: String,
     pub containers: Vec<String>,
@@ -240,7 +450,7 @@ pub struct ApplicationRow {
     pub processes: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ServiceRow {
     pub service: String,
     /// The kinds its processes run as (usually one).
@@ -278,6 +488,8 @@ pub struct Inputs<'a> {
     pub facts: &'a HashMap<OwnerKey, OwnerFacts>,
     pub seeded: &'a HashMap<OwnerKey, u64>,
     pub cgroup_path: &'a dyn Fn(u64) -> Option<String>,
+    /// Boot-clock now, to age connections.
+    pub now_ns: u64,
 }
 
 pub fn endpoint(addr: [u8; 16], port: u16) -> String {
@@ -295,7 +507,7 @@ pub fn build(inputs: &Inputs<'_>) -> Rows {
         .collect();
 
     let mut servers: BTreeMap<(String, String), StateCounts> = BTreeMap::new();
-    let mut by_owner: HashMap<OwnerKey, (StateCounts, BTreeMap<String, u64>)> = HashMap::new();
+    let mut by_owner: HashMap<OwnerKey, (StateCounts, BTreeMap<String, u64>, Age)> = HashMap::new();
     let mut by_cgroup: HashMap<u64, (StateCounts, BTreeSet<u32>)> = HashMap::new();
     for c in &live {
         let server = endpoint(c.tuple.daddr, c.tuple.dport);
@@ -304,8 +516,9 @@ pub fn build(inputs: &Inputs<'_>) -> Rows {
             .entry((server.clone(), local))
             .or_default()
             .add(c.state);
-        let (states, per_server) = by_owner.entry(c.owner).or_default();
+        let (states, per_server, age) = by_owner.entry(c.owner).or_default();
         states.add(c.state);
+        age.add_conn(c, inputs.now_ns);
         if matches!(c.state, tcp_state::SYN_SENT | tcp_state::ESTABLISHED) {
             *per_server.entry(server).or_default() += 1;
         }
@@ -324,7 +537,7 @@ pub fn build(inputs: &Inputs<'_>) -> Rows {
         .into_iter()
         .map(|key| {
             let counters = stats.get(&key).copied().unwrap_or_default();
-            let (states, per_server) = by_owner.remove(&key).unwrap_or_default();
+            let (states, per_server, age) = by_owner.remove(&key).unwrap_or_default();
             let facts = inputs.facts.get(&key).cloned().unwrap_or_default();
             let cgroup_id = facts.cgroup_id;
             cgroup_pids.entry(cgroup_id).or_default().insert(key.tgid);
@@ -344,6 +557,7 @@ pub fn build(inputs: &Inputs<'_>) -> Rows {
                 facts.who
             };
             ProcessRow {
+                key,
                 pid: key.tgid,
                 comm: facts.comm,
                 who,
@@ -362,6 +576,8 @@ pub fn build(inputs: &Inputs<'_>) -> Rows {
                 close_wait_total: counters.close_wait,
                 rejected: counters.rejected,
                 seeded: inputs.seeded.get(&key).copied().unwrap_or(0),
+                age,
+                rates: Rates::default(),
                 servers: per_server
                     .into_iter()
                     .map(|(server, open)| ServerOpen { server, open })
@@ -435,6 +651,7 @@ pub fn build(inputs: &Inputs<'_>) -> Rows {
                 closed: t.closed,
                 failed: t.failed,
                 rejected: t.rejected,
+                ..ServerRow::default()
             }
         })
         .collect();
@@ -446,6 +663,7 @@ pub fn build(inputs: &Inputs<'_>) -> Rows {
         containers,
         applications,
         services,
+        suspects: Vec::new(),
     }
 }
 
@@ -461,7 +679,9 @@ fn by_weight<T>(rows: &mut [T], key: impl Fn(&T) -> (Totals, &str)) {
 }
 
 /// Containers, applications and services, summed from process rows.
-fn roll_up(processes: &[ProcessRow]) -> (Vec<ContainerRow>, Vec<ApplicationRow>, Vec<ServiceRow>) {
+pub fn roll_up(
+    processes: &[ProcessRow],
+) -> (Vec<ContainerRow>, Vec<ApplicationRow>, Vec<ServiceRow>) {
     let mut containers: BTreeMap<&str, ContainerRow> = BTreeMap::new();
     let mut applications: BTreeMap<&str, (ApplicationRow, BTreeSet<String>)> = BTreeMap::new();
     let mut services: BTreeMap<&str, (ServiceRow, BTreeSet<Kind>, BTreeSet<u32>)> = BTreeMap::new();
@@ -606,6 +826,7 @@ mod tests {
             facts,
             seeded: &seeded,
             cgroup_path: &path,
+            now_ns: 0,
         })
     }
 
@@ -771,6 +992,7 @@ mod tests {
             facts: &facts,
             seeded: &seeded,
             cgroup_path: &path,
+            now_ns: 0,
         });
         let r = &rows.servers[0];
         assert_eq!(

@@ -2,7 +2,10 @@
 
 use std::io::{self, Write};
 
-use crate::model::{Snapshot, Totals};
+use crate::{
+    model::{Age, Snapshot, Totals},
+    trend::human_secs,
+};
 
 pub fn json(out: &mut impl Write, snapshot: &Snapshot) -> io::Result<()> {
     serde_json::to_writer_pretty(&mut *out, snapshot)?;
@@ -38,11 +41,49 @@ fn n(v: u64) -> String {
     v.to_string()
 }
 
-/// The five counter columns every roll-up table ends with.
-const TOTALS: [&str; 5] = ["OPEN", "CLOSE_WAIT", "OPENED", "CLOSED", "FAILED"];
+fn rate(per_min: f64) -> String {
+    if per_min == 0.0 {
+        "0".to_owned()
+    } else {
+        format!("{per_min:+.1}")
+    }
+}
+
+/// `12 min`, `>= 3 h` when it predates zkconn, `-` with none open.
+fn oldest(age: &Age) -> String {
+    match age.oldest_secs {
+        None => "-".to_owned(),
+        Some(s) if age.oldest_seeded => format!(">= {}", human_secs(s)),
+        Some(s) => human_secs(s),
+    }
+}
+
+/// The counter columns every roll-up table ends with.
+const TOTALS: [&str; 8] = [
+    "OPEN",
+    "CLOSE_WAIT",
+    "OPENED",
+    "CLOSED",
+    "FAILED",
+    "REJECTED",
+    "GROWTH/MIN",
+    "OLDEST",
+];
 
 fn with_totals(mut cells: Vec<String>, t: &Totals) -> Vec<String> {
-    cells.extend([t.open, t.close_wait, t.opened, t.closed, t.failed].map(n));
+    cells.extend(
+        [
+            t.open,
+            t.close_wait,
+            t.opened,
+            t.closed,
+            t.failed,
+            t.rejected,
+        ]
+        .map(n),
+    );
+    cells.push(rate(t.rates.growth_per_min));
+    cells.push(oldest(&t.age));
     cells
 }
 
@@ -71,9 +112,18 @@ pub fn text(out: &mut impl Write, s: &Snapshot) -> io::Result<()> {
                     r.server.clone(),
                     r.local_ip.clone(),
                     n(r.states.open),
-                    n(r.states.connecting),
+                    if r.limit == 0 {
+                        "none".to_owned()
+                    } else {
+                        n(u64::from(r.limit))
+                    },
+                    r.usage
+                        .map_or("-".to_owned(), |u| format!("{:.0}%", u * 100.0)),
+                    n(r.rejected),
+                    rate(r.rates.growth_per_min),
+                    r.time_to_limit_secs.map_or("-".to_owned(), human_secs),
+                    r.alarm.as_str().to_owned(),
                     n(r.states.close_wait),
-                    n(r.states.closing),
                 ]
             })
             .collect();
@@ -83,10 +133,39 @@ pub fn text(out: &mut impl Write, s: &Snapshot) -> io::Result<()> {
                 "SERVER",
                 "LOCAL IP",
                 "OPEN",
-                "CONNECTING",
+                "LIMIT",
+                "USE",
+                "REJECTED",
+                "GROWTH/MIN",
+                "LIMIT IN",
+                "ALARM",
                 "CLOSE_WAIT",
-                "CLOSING",
             ],
+            &rows,
+        )?;
+    }
+    if !r.suspects.is_empty() {
+        writeln!(out)?;
+        let rows: Vec<Vec<String>> = r
+            .suspects
+            .iter()
+            .map(|x| {
+                let who = match x.pid {
+                    Some(pid) => format!("{} (pid {pid})", x.label),
+                    None => format!("{} ({})", x.label, x.subject.as_str()),
+                };
+                vec![
+                    format!("{:.1}", x.score),
+                    who,
+                    n(x.open),
+                    rate(x.growth_per_min),
+                    x.reason.clone(),
+                ]
+            })
+            .collect();
+        table(
+            out,
+            &["SCORE", "SUSPECT", "OPEN", "GROWTH/MIN", "REASON"],
             &rows,
         )?;
     }
@@ -96,7 +175,7 @@ pub fn text(out: &mut impl Write, s: &Snapshot) -> io::Result<()> {
             .processes
             .iter()
             .map(|p| {
-                vec![
+                let cells = vec![
                     n(u64::from(p.pid)),
                     p.who.kind.to_string(),
                     p.who.label.clone(),
@@ -105,28 +184,13 @@ pub fn text(out: &mut impl Write, s: &Snapshot) -> io::Result<()> {
                         .or_else(|| p.uid.map(|u| u.to_string()))
                         .unwrap_or_else(|| "-".into()),
                     if p.alive { "yes" } else { "no" }.to_owned(),
-                    n(p.states.open),
-                    n(p.states.close_wait),
-                    n(p.opened),
-                    n(p.closed),
-                    n(p.failed),
-                ]
+                ];
+                with_totals(cells, &Totals::of(p))
             })
             .collect();
         table(
             out,
-            &[
-                "PID",
-                "KIND",
-                "OWNER",
-                "USER",
-                "ALIVE",
-                "OPEN",
-                "CLOSE_WAIT",
-                "OPENED",
-                "CLOSED",
-                "FAILED",
-            ],
+            &header(&["PID", "KIND", "OWNER", "USER", "ALIVE"]),
             &rows,
         )?;
     }

@@ -104,7 +104,7 @@ fn scan_sockets(procfs: &Procfs, targets: &Targets, report: &mut SeedReport) -> 
     out
 }
 
-fn now_boot_ns() -> u64 {
+pub fn now_boot_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

@@ -1,0 +1,244 @@
+//! `zkconn check`: the snapshot judged as a Nagios/Icinga plugin result.
+//!
+//! Owns: the status (the worst server alarm, at least WARNING when counts are incomplete),
+//! the one status line and the performance data. Pure: it reads a [`Snapshot`].
+
+use std::fmt::Write as _;
+
+use crate::{
+    alarm::Alarm,
+    model::{ServerRow, Snapshot},
+};
+
+/// Plugin exit codes.
+pub const UNKNOWN: u8 = 3;
+
+pub fn exit_code(status: Alarm) -> u8 {
+    match status {
+        Alarm::Ok => 0,
+        Alarm::Warning => 1,
+        Alarm::Critical => 2,
+    }
+}
+
+/// The status and the line to print (status text, `|`, performance data).
+pub fn verdict(snap: &Snapshot) -> (Alarm, String) {
+    let worst = snap.rows.servers.iter().max_by(|a, b| {
+        (a.alarm, a.usage.unwrap_or(0.0), a.states.open)
+            .partial_cmp(&(b.alarm, b.usage.unwrap_or(0.0), b.states.open))
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    let mut status = worst.map_or(Alarm::Ok, |w| w.alarm);
+    let incomplete = snap.probe.lost + snap.probe.overflow > 0;
+    if incomplete {
+        status = status.max(Alarm::Warning);
+    }
+    let mut text = match worst {
+        None => format!(
+            "no ZooKeeper connections from this host to {}",
+            snap.targets.join(", ")
+        ),
+        Some(w) => describe(snap, w),
+    };
+    if let Some(s) = snap.rows.suspects.first() {
+        let _ = write!(text, "; suspect: {} ({})", s.label, s.reason);
+    }
+    if incomplete {
+        let _ = write!(
+            text,
+            "; counts incomplete: {} lost, {} overflow",
+            snap.probe.lost, snap.probe.overflow
+        );
+    }
+    let line = format!("ZKCONN {} - {text} | {}", status.as_str(), perfdata(snap));
+    (status, line)
+}
+
+fn describe(snap: &Snapshot, w: &ServerRow) -> String {
+    let mut text = format!("{} from {}: ", w.server, w.local_ip);
+    match w.usage {
+        Some(u) => {
+            let _ = write!(
+                text,
+                "{} of {} open ({:.0}%)",
+                w.states.open,
+                w.limit,
+                u * 100.0
+            );
+        }
+        None => {
+            let _ = write!(text, "{} open (unlimited)", w.states.open);
+        }
+    }
+    if w.refusing {
+        let _ = write!(
+            text,
+            ", refused {} in the last {:.0} s",
+            w.rejected, snap.observed_secs
+        );
+    }
+    if let Some(ttl) = w.time_to_limit_secs {
+        let _ = write!(text, ", limit in {}", crate::trend::human_secs(ttl));
+    }
+    let top = snap
+        .rows
+        .processes
+        .iter()
+        .filter_map(|p| {
+            p.servers
+                .iter()
+                .find(|s| s.server == w.server)
+                .map(|s| (s.open, p))
+        })
+        .max_by_key(|(open, p)| (*open, std::cmp::Reverse(p.pid)));
+    if let Some((open, p)) = top {
+        let _ = write!(
+            text,
+            "; top holder: {} pid {} ({open} open)",
+            p.who.label, p.pid
+        );
+    }
+    text
+}
+
+/// `'open SERVER from IP'=N;WARN;CRIT;0;LIMIT 'rejected SERVER from IP'=Nc ... lost=Nc`.
+fn perfdata(snap: &Snapshot) -> String {
+    let mut out = Vec::new();
+    let t = &snap.alarm_thresholds;
+    for s in &snap.rows.servers {
+        let name = format!("{} from {}", s.server, s.local_ip).replace(['\'', '='], "_");
+        if s.limit > 0 {
+            let limit = f64::from(s.limit);
+            out.push(format!(
+                "'open {name}'={};{};{};0;{}",
+                s.states.open,
+                trim(limit * t.warn_percent / 100.0),
+                trim(limit * t.crit_percent / 100.0),
+                s.limit
+            ));
+        } else {
+            out.push(format!("'open {name}'={};;;0;", s.states.open));
+        }
+        out.push(format!("'rejected {name}'={}c", s.rejected));
+    }
+    out.push(format!("lost={}c", snap.probe.lost));
+    out.push(format!("overflow={}c", snap.probe.overflow));
+    out.join(" ")
+}
+
+fn trim(x: f64) -> String {
+    let s = format!("{x:.2}");
+    s.trim_end_matches('0').trim_end_matches('.').to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        limits::Limits,
+        model::{AlarmThresholds, ProcessRow, ServerOpen},
+    };
+
+    fn snap(servers: Vec<ServerRow>) -> Snapshot {
+        Snapshot {
+            schema: crate::model::SCHEMA,
+            host: "h".into(),
+            time: String::new(),
+            observed_secs: 2.0,
+            probe: Default::default(),
+            targets: vec!["*:2181".into()],
+            max_client_cnxns: Limits::default().info(),
+            alarm_thresholds: AlarmThresholds {
+                warn_percent: 80.0,
+                crit_percent: 95.0,
+            },
+            trend_window_secs: 2.0,
+            rows: crate::model::Rows {
+                servers,
+                ..Default::default()
+            },
+        }
+    }
+
+    fn server(open: u64, limit: u32, alarm: Alarm) -> ServerRow {
+        ServerRow {
+            alarm,
+            ..ServerRow::for_test("10.0.0.1:2181", "10.0.0.9", open, limit)
+        }
+    }
+
+    #[test]
+    fn ok_names_the_server_and_carries_perfdata() {
+        let (status, line) = verdict(&snap(vec![server(12, 60, Alarm::Ok)]));
+        assert_eq!(status, Alarm::Ok);
+        assert_eq!(
+            line,
+            "ZKCONN OK - 10.0.0.1:2181 from 10.0.0.9: 12 of 60 open (20%) | \
+             'open 10.0.0.1:2181 from 10.0.0.9'=12;48;57;0;60 \
+             'rejected 10.0.0.1:2181 from 10.0.0.9'=0c lost=0c overflow=0c"
+        );
+        assert_eq!(exit_code(status), 0);
+    }
+
+    #[test]
+    fn the_worst_server_and_its_top_holder_are_named() {
+        let mut crit = server(5, 5, Alarm::Critical);
+        crit.server = "10.0.0.2:2181".into();
+        crit.refusing = true;
+        crit.rejected = 3;
+        let mut s = snap(vec![server(50, 60, Alarm::Warning), crit]);
+        let holder = |pid, open| ProcessRow {
+            who: crate::attribution::Attribution {
+                label: format!("worker{pid}"),
+                ..Default::default()
+            },
+            servers: vec![ServerOpen {
+                server: "10.0.0.2:2181".into(),
+                open,
+            }],
+            ..ProcessRow::for_test(pid)
+        };
+        s.rows.processes = vec![holder(7, 1), holder(8, 4)];
+        let (status, line) = verdict(&s);
+        assert_eq!(exit_code(status), 2);
+        assert!(
+            line.starts_with(
+                "ZKCONN CRITICAL - 10.0.0.2:2181 from 10.0.0.9: 5 of 5 open (100%), refused 3 \
+                 in the last 2 s; top holder: worker8 pid 8 (4 open) | "
+            ),
+            "{line}"
+        );
+        assert!(line.contains("'rejected 10.0.0.2:2181 from 10.0.0.9'=3c"));
+    }
+
+    #[test]
+    fn incomplete_counts_are_at_least_a_warning() {
+        let mut s = snap(vec![server(1, 60, Alarm::Ok)]);
+        s.probe.lost = 4;
+        let (status, line) = verdict(&s);
+        assert_eq!(status, Alarm::Warning);
+        assert!(
+            line.contains("counts incomplete: 4 lost, 0 overflow"),
+            "{line}"
+        );
+        assert!(line.contains("lost=4c"));
+    }
+
+    #[test]
+    fn no_connections_is_ok_and_unlimited_has_no_thresholds() {
+        let (status, line) = verdict(&snap(vec![]));
+        assert_eq!(
+            (status, line.as_str()),
+            (
+                Alarm::Ok,
+                "ZKCONN OK - no ZooKeeper connections from this host to *:2181 | lost=0c overflow=0c"
+            )
+        );
+        let (_, line) = verdict(&snap(vec![server(3, 0, Alarm::Ok)]));
+        assert!(line.contains("3 open (unlimited)"), "{line}");
+        assert!(
+            line.contains("'open 10.0.0.1:2181 from 10.0.0.9'=3;;;0;"),
+            "{line}"
+        );
+    }
+}

@@ -1,0 +1,470 @@
+//! What the collector remembers over time: one [`Series`] per process, YARN container,
+//! application, service and server, and who refused whom. From it, rows get their rates,
+//! servers their time to limit and alarm, and the document its suspects.
+//!
+//! Owns: sampling rows into series, bounding what is kept (a subject no row names is
+//! forgotten; each series is bounded), and ranking suspects. Must not: read the kernel or
+//! `/proc` (the collector passes rows in).
+
+use std::collections::{HashMap, VecDeque};
+
+use zkconn_common::OwnerKey;
+
+use crate::{
+    alarm::{self, Thresholds},
+    model::{ProcessRow, Rates, Rows, Suspect, SuspectKind, Totals},
+    trend::{Evidence, SUSPECT_MIN_SCORE, Sample, Series, Trend},
+};
+
+/// A roll-up is listed beside its processes only when it scores this much more than its
+/// best member: the leak is spread over many processes, none of which stands out.
+const ROLL_UP_FACTOR: f64 = 1.5;
+/// Refusal events remembered per process (the counts themselves come from the maps).
+const REFUSALS_KEPT: usize = 1024;
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Subject {
+    Process(OwnerKey),
+    Container(String),
+    Application(String),
+    Service(String),
+    Server(String, String),
+}
+
+pub struct History {
+    window: f64,
+    first: Option<f64>,
+    last: Option<f64>,
+    series: HashMap<Subject, Series>,
+    /// Per process: (time, server) of each refusal event, oldest first.
+    refusals: HashMap<OwnerKey, VecDeque<(f64, String)>>,
+}
+
+impl History {
+    pub fn new(window_secs: f64) -> Self {
+        Self {
+            window: window_secs,
+            first: None,
+            last: None,
+            series: HashMap::new(),
+            refusals: HashMap::new(),
+        }
+    }
+
+    /// The window covered at `now`: the configured one, or the time observed so far.
+    pub fn window_at(&self, now: f64) -> f64 {
+        self.first
+            .map_or(0.0, |first| (now - first).clamp(0.0, self.window))
+    }
+
+    /// A server refused `owner` at `t`.
+    pub fn refused(&mut self, owner: OwnerKey, server: String, t: f64) {
+        let log = self.refusals.entry(owner).or_default();
+        if log.len() == REFUSALS_KEPT {
+            log.pop_front();
+        }
+        log.push_back((t, server));
+    }
+
+    /// Samples every subject the rows name at `t`; forgets the subjects they no longer name.
+    pub fn record(&mut self, rows: &Rows, t: f64) {
+        let mut seen: HashMap<Subject, Sample> = HashMap::new();
+        for p in &rows.processes {
+            seen.insert(
+                Subject::Process(p.key),
+                Sample {
+                    t,
+                    open: p.states.open,
+                    opened: p.opened,
+                    closed: p.closed,
+                    rejected: p.rejected,
+                },
+            );
+        }
+        let totals = |t_: &Totals| Sample {
+            t,
+            open: t_.open,
+            opened: t_.opened,
+            closed: t_.closed,
+            rejected: t_.rejected,
+        };
+        for c in &rows.containers {
+            seen.insert(Subject::Container(c.container.clone()), totals(&c.totals));
+        }
+        for a in &rows.applications {
+            seen.insert(
+                Subject::Application(a.application.clone()),
+                totals(&a.totals),
+            );
+        }
+        for s in &rows.services {
+            seen.insert(Subject::Service(s.service.clone()), totals(&s.totals));
+        }
+        for s in &rows.servers {
+            seen.insert(
+                Subject::Server(s.server.clone(), s.local_ip.clone()),
+                Sample {
+                    t,
+                    open: s.states.open,
+                    opened: s.opened,
+                    closed: s.closed,
+                    rejected: s.rejected,
+                },
+            );
+        }
+        self.series.retain(|k, _| seen.contains_key(k));
+        let before = self.last;
+        for (subject, sample) in seen {
+            match self.series.get_mut(&subject) {
+                Some(series) => series.push(sample, self.window),
+                None => {
+                    // Present at the first sample: that is its baseline. Appeared since:
+                    // it had nothing at the previous sample.
+                    let mut series = match before {
+                        None => Series::new(sample),
+                        Some(prev) => Series::new(Sample {
+                            t: prev,
+                            ..Sample::default()
+                        }),
+                    };
+                    series.push(sample, self.window);
+                    self.series.insert(subject, series);
+                }
+            }
+        }
+        let horizon = t - self.window;
+        self.refusals.retain(|owner, log| {
+            while log.front().is_some_and(|(at, _)| *at < horizon) {
+                log.pop_front();
+            }
+            !log.is_empty() && self.series.contains_key(&Subject::Process(*owner))
+        });
+        self.first.get_or_insert(t);
+        self.last = Some(t);
+    }
+
+    fn trend(&self, subject: &Subject, now: f64, window: f64) -> Trend {
+        self.series
+            .get(subject)
+            .map(|s| s.trend(now, window))
+            .unwrap_or_default()
+    }
+
+    /// Fills rates, times to limit and alarms into `rows` and ranks the suspects, as of
+    /// `now` (the time of the latest [`record`](Self::record)).
+    pub fn annotate(&self, rows: &mut Rows, now: f64, thresholds: &Thresholds) {
+        let window = self.window_at(now);
+        let refusing_window = self.window_at(now).min(alarm::REFUSING_SECS);
+        for s in &mut rows.servers {
+            let subject = Subject::Server(s.server.clone(), s.local_ip.clone());
+            let t = self.trend(&subject, now, window);
+            s.rates = Rates::of(&t);
+            s.time_to_limit_secs = t.time_to_limit(s.headroom);
+            s.refusing = self.trend(&subject, now, refusing_window).rejected > 0;
+            s.alarm = thresholds.evaluate(s);
+        }
+
+        let mut suspects = Vec::new();
+        let mut best_member: HashMap<Subject, f64> = HashMap::new();
+        for p in &mut rows.processes {
+            let t = self.trend(&Subject::Process(p.key), now, window);
+            p.rates = Rates::of(&t);
+            let evidence = Evidence {
+                trend: t,
+                close_wait_held: p.age.close_wait_held,
+                refused_by: self.refused_by(p.key, now - window),
+            };
+            let score = evidence.score();
+            for subject in roll_ups_of(p) {
+                let best = best_member.entry(subject).or_default();
+                *best = best.max(score);
+            }
+            if score >= SUSPECT_MIN_SCORE {
+                suspects.push(Suspect {
+                    subject: SuspectKind::Process,
+                    pid: Some(p.pid),
+                    container: None,
+                    application: None,
+                    service: None,
+                    label: p.who.label.clone(),
+                    reason: evidence.reason(),
+                    score,
+                    open: p.states.open,
+                    growth_per_min: p.rates.growth_per_min,
+                    rejected: t.rejected,
+                    close_wait_held: p.age.close_wait_held,
+                });
+            }
+        }
+
+        let mut roll_up = |subject: Subject, totals: &mut Totals, suspect: Suspect| {
+            let t = self.trend(&subject, now, window);
+            totals.rates = Rates::of(&t);
+            let evidence = Evidence {
+                trend: t,
+                close_wait_held: totals.age.close_wait_held,
+                refused_by: Vec::new(),
+            };
+            let score = evidence.score();
+            let best = best_member.get(&subject).copied().unwrap_or(0.0);
+            if score >= SUSPECT_MIN_SCORE && score > best * ROLL_UP_FACTOR {
+                suspects.push(Suspect {
+                    reason: evidence.reason(),
+                    score,
+                    open: totals.open,
+                    growth_per_min: totals.rates.growth_per_min,
+                    rejected: t.rejected,
+                    close_wait_held: totals.age.close_wait_held,
+                    ..suspect
+                });
+            }
+        };
+        let blank = |subject: SuspectKind, label: &str| Suspect {
+            subject,
+            pid: None,
+            container: None,
+            application: None,
+            service: None,
+            label: label.to_owned(),
+            reason: String::new(),
+            score: 0.0,
+            open: 0,
+            growth_per_min: 0.0,
+            rejected: 0,
+            close_wait_held: 0,
+        };
+        for c in &mut rows.containers {
+            let s = Suspect {
+                container: Some(c.container.clone()),
+                application: Some(c.application.clone()),
+                ..blank(SuspectKind::Container, &c.container)
+            };
+            roll_up(Subject::Container(c.container.clone()), &mut c.totals, s);
+        }
+        for a in &mut rows.applications {
+            let s = Suspect {
+                application: Some(a.application.clone()),
+                ..blank(SuspectKind::Application, &a.application)
+            };
+            roll_up(
+                Subject::Application(a.application.clone()),
+                &mut a.totals,
+                s,
+            );
+        }
+        for v in &mut rows.services {
+            let s = Suspect {
+                service: Some(v.service.clone()),
+                ..blank(SuspectKind::Service, &v.service)
+            };
+            roll_up(Subject::Service(v.service.clone()), &mut v.totals, s);
+        }
+        suspects.sort_by(|a, b| {
+            b.score
+                .total_cmp(&a.score)
+                .then(b.rejected.cmp(&a.rejected))
+                .then(b.open.cmp(&a.open))
+                .then(a.subject.cmp(&b.subject))
+                .then(a.label.cmp(&b.label))
+        });
+        rows.suspects = suspects;
+    }
+
+    /// Refusal events of `owner` since `since`, per server, most first.
+    fn refused_by(&self, owner: OwnerKey, since: f64) -> Vec<(String, u64)> {
+        let mut counts: HashMap<&str, u64> = HashMap::new();
+        for (t, server) in self.refusals.get(&owner).into_iter().flatten() {
+            if *t >= since {
+                *counts.entry(server).or_default() += 1;
+            }
+        }
+        let mut v: Vec<(String, u64)> =
+            counts.into_iter().map(|(s, n)| (s.to_owned(), n)).collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        v
+    }
+}
+
+/// The roll-up subjects a process belongs to.
+fn roll_ups_of(p: &ProcessRow) -> Vec<Subject> {
+    let mut v = vec![Subject::Service(p.who.service.clone())];
+    if let Some(c) = &p.who.yarn_container {
+        v.push(Subject::Container(c.clone()));
+    }
+    if let Some(a) = &p.who.yarn_application {
+        v.push(Subject::Application(a.clone()));
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        alarm::Alarm,
+        attribution::Attribution,
+        model::{self, ProcessRow, ServerRow},
+    };
+
+    /// Rows of `processes` (with roll-ups) and one server summing them, limit 60.
+    fn rows(processes: Vec<ProcessRow>) -> Rows {
+        let open: u64 = processes.iter().map(|p| p.states.open).sum();
+        let rejected: u64 = processes.iter().map(|p| p.rejected).sum();
+        let (containers, applications, services) = model::roll_up(&processes);
+        Rows {
+            servers: vec![ServerRow {
+                rejected,
+                ..ServerRow::for_test("127.0.0.2:2181", "127.0.0.1", open, 60)
+            }],
+            processes,
+            containers,
+            applications,
+            services,
+            ..Rows::default()
+        }
+    }
+
+    fn process(pid: u32, open: u64, opened: u64, closed: u64, rejected: u64) -> ProcessRow {
+        let mut p = ProcessRow::for_test(pid);
+        p.states.open = open;
+        p.opened = opened;
+        p.closed = closed;
+        p.rejected = rejected;
+        p
+    }
+
+    fn in_container(mut p: ProcessRow, n: u32) -> ProcessRow {
+        p.who = Attribution {
+            label: format!("task in container_1700000000000_0042_01_00000{n}"),
+            service: "MapReduce task".into(),
+            yarn_container: Some(format!("container_1700000000000_0042_01_00000{n}")),
+            yarn_application: Some("application_1700000000000_0042".into()),
+            ..Attribution::default()
+        };
+        p
+    }
+
+    #[test]
+    fn the_leaker_ranks_first_the_victim_is_listed_the_steady_holder_is_not() {
+        let mut h = History::new(600.0);
+        let thresholds = Thresholds::default();
+        let mut last = Rows::default();
+        for t in 0..=120_u32 {
+            // Steady: 20 held since before start. Leaker: +1 every 10 s, refused twice at
+            // the end. Victim: refused three times in the last 20 s.
+            let leak = u64::from(t / 10);
+            let leaker_refused = u64::from(t >= 110) * 2;
+            let victim_refused = u64::from(t >= 100) + u64::from(t >= 105) + u64::from(t >= 110);
+            let mut r = rows(vec![
+                process(1, 20, 0, 0, 0),
+                process(
+                    2,
+                    leak,
+                    leak + leaker_refused,
+                    leaker_refused,
+                    leaker_refused,
+                ),
+                process(3, 0, victim_refused, victim_refused, victim_refused),
+            ]);
+            if t >= 100 {
+                h.refused(r.processes[2].key, "127.0.0.2:2181".into(), f64::from(t));
+            }
+            h.record(&r, f64::from(t));
+            h.annotate(&mut r, f64::from(t), &thresholds);
+            last = r;
+        }
+        let s: Vec<_> = last
+            .suspects
+            .iter()
+            .map(|s| (s.pid, s.reason.as_str()))
+            .collect();
+        assert_eq!(
+            s,
+            vec![
+                (
+                    Some(2),
+                    "+12 in 2 min (opened 14, closed 2); refused 2 times"
+                ),
+                (Some(3), "refused 3 times by 127.0.0.2:2181"),
+            ]
+        );
+        assert_eq!(last.suspects[0].growth_per_min, 6.0);
+        let steady = last.processes.iter().find(|p| p.pid == 1).unwrap();
+        assert_eq!(steady.rates.growth_per_min, 0.0);
+        let server = &last.servers[0];
+        assert_eq!(server.rates.growth_per_min, 6.0);
+        // 60 - 32 open = 28 more at 12 per 120 s.
+        assert_eq!(server.time_to_limit_secs, Some(280.0));
+        assert!(server.refusing);
+        assert_eq!(server.alarm, Alarm::Critical);
+    }
+
+    #[test]
+    fn steady_state_has_no_suspects_and_no_time_to_limit() {
+        let mut h = History::new(600.0);
+        let mut r = rows(vec![process(1, 30, 0, 0, 0)]);
+        for t in 0..=60 {
+            r = rows(vec![process(1, 30, 0, 0, 0)]);
+            h.record(&r, f64::from(t));
+            h.annotate(&mut r, f64::from(t), &Thresholds::default());
+        }
+        assert!(r.suspects.is_empty());
+        assert_eq!(r.servers[0].time_to_limit_secs, None);
+        assert!(!r.servers[0].refusing);
+        assert_eq!(r.servers[0].alarm, Alarm::Ok);
+    }
+
+    #[test]
+    fn a_leak_spread_over_containers_is_named_by_its_application() {
+        // Four containers each add one connection, at different times: no process stands
+        // out (a single +1 is no trend), the application grows by 4, evenly.
+        let mut h = History::new(600.0);
+        let mut r = Rows::default();
+        for t in 0..=80_u32 {
+            let procs = (1..=4)
+                .map(|n| {
+                    let open = u64::from(t >= n * 20 - 10);
+                    in_container(process(10 + n, open, open, 0, 0), n)
+                })
+                .collect();
+            r = rows(procs);
+            h.record(&r, f64::from(t));
+            h.annotate(&mut r, f64::from(t), &Thresholds::default());
+        }
+        let s: Vec<_> = r
+            .suspects
+            .iter()
+            .map(|s| (s.subject, s.label.as_str()))
+            .collect();
+        assert_eq!(
+            s,
+            vec![
+                (SuspectKind::Application, "application_1700000000000_0042"),
+                (SuspectKind::Service, "MapReduce task"),
+            ]
+        );
+        assert_eq!(r.applications[0].totals.rates.growth_per_min, 3.0);
+    }
+
+    #[test]
+    fn a_process_that_appears_later_starts_from_zero() {
+        let mut h = History::new(600.0);
+        let mut r = rows(vec![]);
+        h.record(&r, 0.0);
+        for t in 1..=40_u32 {
+            // Appears at 10 s with 5 already open, then +1 every 5 s.
+            let open = if t < 10 {
+                None
+            } else {
+                Some(5 + u64::from((t - 10) / 5))
+            };
+            r = rows(open.map(|o| process(7, o, o, 0, 0)).into_iter().collect());
+            h.record(&r, f64::from(t));
+            h.annotate(&mut r, f64::from(t), &Thresholds::default());
+        }
+        assert_eq!(r.processes[0].rates.growth_per_min, 16.5, "+11 in 40 s");
+        // Forgotten once no row names it.
+        h.record(&rows(vec![]), 41.0);
+        assert!(h.series.keys().all(|k| matches!(k, Subject::Server(..))));
+    }
+}

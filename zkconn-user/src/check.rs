@@ -41,7 +41,8 @@ pub fn verdict(snap: &Snapshot) -> (Alarm, String) {
         Some(w) => describe(snap, w),
     };
     if let Some(s) = snap.rows.suspects.first() {
-        let _ = write!(text, "; suspect: {} ({})", s.label, s.reason);
+        let pid = s.pid.map(|p| format!(" pid {p}")).unwrap_or_default();
+        let _ = write!(text, "; suspect: {}{pid} ({})", s.label, s.reason);
     }
     if incomplete {
         let _ = write!(
@@ -77,7 +78,7 @@ fn describe(snap: &Snapshot, w: &ServerRow) -> String {
             w.rejected, snap.observed_secs
         );
     }
-    if let Some(ttl) = w.time_to_limit_secs {
+    if let Some(ttl) = w.time_to_limit_secs.filter(|t| *t > 0.0) {
         let _ = write!(text, ", limit in {}", crate::trend::human_secs(ttl));
     }
     let top = snap

@@ -17,7 +17,8 @@ use crate::{
 };
 
 /// A roll-up is listed beside its processes only when it scores this much more than its
-/// best member: the leak is spread over many processes, none of which stands out.
+/// members that are listed themselves: the leak is spread over many processes, none of
+/// which stands out.
 const ROLL_UP_FACTOR: f64 = 1.5;
 /// Refusal events remembered per process (the counts themselves come from the maps).
 const REFUSALS_KEPT: usize = 1024;
@@ -165,7 +166,8 @@ impl History {
         }
 
         let mut suspects = Vec::new();
-        let mut best_member: HashMap<Subject, f64> = HashMap::new();
+        // Per roll-up: the summed scores of its members that are suspects themselves.
+        let mut listed_members: HashMap<Subject, f64> = HashMap::new();
         for p in &mut rows.processes {
             let t = self.trend(&Subject::Process(p.key), now, window);
             p.rates = Rates::of(&t);
@@ -175,11 +177,10 @@ impl History {
                 refused_by: self.refused_by(p.key, now - window),
             };
             let score = evidence.score();
-            for subject in roll_ups_of(p) {
-                let best = best_member.entry(subject).or_default();
-                *best = best.max(score);
-            }
             if score >= SUSPECT_MIN_SCORE {
+                for subject in roll_ups_of(p) {
+                    *listed_members.entry(subject).or_default() += score;
+                }
                 suspects.push(Suspect {
                     subject: SuspectKind::Process,
                     pid: Some(p.pid),
@@ -206,8 +207,8 @@ impl History {
                 refused_by: Vec::new(),
             };
             let score = evidence.score();
-            let best = best_member.get(&subject).copied().unwrap_or(0.0);
-            if score >= SUSPECT_MIN_SCORE && score > best * ROLL_UP_FACTOR {
+            let listed = listed_members.get(&subject).copied().unwrap_or(0.0);
+            if score >= SUSPECT_MIN_SCORE && score > listed * ROLL_UP_FACTOR {
                 suspects.push(Suspect {
                     reason: evidence.reason(),
                     score,
@@ -381,10 +382,7 @@ mod tests {
         assert_eq!(
             s,
             vec![
-                (
-                    Some(2),
-                    "+12 in 2 min (opened 14, closed 2); refused 2 times"
-                ),
+                (Some(2), "+12 in 2 min, none closed; refused 2 times"),
                 (Some(3), "refused 3 times by 127.0.0.2:2181"),
             ]
         );

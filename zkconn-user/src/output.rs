@@ -121,7 +121,11 @@ pub fn text(out: &mut impl Write, s: &Snapshot) -> io::Result<()> {
                         .map_or("-".to_owned(), |u| format!("{:.0}%", u * 100.0)),
                     n(r.rejected),
                     rate(r.rates.growth_per_min),
-                    r.time_to_limit_secs.map_or("-".to_owned(), human_secs),
+                    match r.time_to_limit_secs {
+                        None => "-".to_owned(),
+                        Some(0.0) => "reached".to_owned(),
+                        Some(secs) => human_secs(secs),
+                    },
                     r.alarm.as_str().to_owned(),
                     n(r.states.close_wait),
                 ]

@@ -221,12 +221,14 @@ impl Evidence {
         let mut parts = Vec::new();
         if t.sustained > 0.0 {
             let span = human_secs(t.window_secs);
-            if t.closed == 0 {
+            // Refusals are told apart below; "closed" here is what the owner closed.
+            let closed = t.closed.saturating_sub(t.rejected);
+            if closed == 0 {
                 parts.push(format!("+{} in {span}, none closed", t.growth));
             } else {
                 parts.push(format!(
-                    "+{} in {span} (opened {}, closed {})",
-                    t.growth, t.opened, t.closed
+                    "+{} in {span} (opened {}, closed {closed})",
+                    t.growth, t.opened
                 ));
             }
         }
@@ -428,8 +430,8 @@ mod tests {
             trend: Trend {
                 window_secs: 40.0,
                 growth: 6,
-                opened: 9,
-                closed: 3,
+                opened: 14,
+                closed: 8,
                 rejected: 5,
                 sustained: 6.0,
             },
@@ -438,7 +440,7 @@ mod tests {
         };
         assert_eq!(
             e.reason(),
-            "+6 in 40 s (opened 9, closed 3); 37 in CLOSE_WAIT: server closed, app did not; \
+            "+6 in 40 s (opened 14, closed 3); 37 in CLOSE_WAIT: server closed, app did not; \
              refused 5 times by 10.1.2.3:2181"
         );
         assert_eq!(e.score(), 6.0 + 37.0 + REFUSED_POINTS);

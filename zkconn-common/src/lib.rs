@@ -333,6 +333,6 @@ mod tests {
         assert_eq!(size_of::<ServerKey>(), 40);
         assert_eq!(size_of::<RefusalConfig>(), 16);
         assert_eq!(size_of::<ResetTpLayout>(), 4);
-        assert_eq!(size_of::<Event>(), 4 + 4 + 16 + 40 + 8);
+        assert_eq!(size_of::<Event>(), 4 + 4 + 16 + 40 + 8 + 40);
     }
 }

@@ -135,30 +135,13 @@ fn trim(x: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        limits::Limits,
-        model::{AlarmThresholds, ProcessRow, ServerOpen},
-    };
+    use crate::model::{ProcessRow, ServerOpen};
 
     fn snap(servers: Vec<ServerRow>) -> Snapshot {
-        Snapshot {
-            schema: crate::model::SCHEMA,
-            host: "h".into(),
-            time: String::new(),
-            observed_secs: 2.0,
-            probe: Default::default(),
-            targets: vec!["*:2181".into()],
-            max_client_cnxns: Limits::default().info(),
-            alarm_thresholds: AlarmThresholds {
-                warn_percent: 80.0,
-                crit_percent: 95.0,
-            },
-            trend_window_secs: 2.0,
-            rows: crate::model::Rows {
-                servers,
-                ..Default::default()
-            },
-        }
+        Snapshot::for_test(crate::model::Rows {
+            servers,
+            ..Default::default()
+        })
     }
 
     fn server(open: u64, limit: u32, alarm: Alarm) -> ServerRow {

@@ -23,12 +23,19 @@ pub struct Cli {
     /// More log output on stderr (-v info, -vv debug).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// Without one, `top` in a terminal.
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// The live view: servers against their limits, owners, growth, refusals (the default
+    /// in a terminal).
+    ///
+    /// Keys: g group, s/</> sort, r reverse, / filter, Enter drill down, p pause, ? help,
+    /// q quit.
+    Top(TopArgs),
     /// Attach, seed existing connections, observe for --duration, print once and exit.
     ///
     /// Ctrl-C or SIGTERM ends the observation early and prints the snapshot.
@@ -48,6 +55,25 @@ pub struct CheckArgs {
     pub duration: Duration,
     #[command(flatten)]
     pub watch: WatchArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// How often the screen refreshes: seconds, or with a unit (500ms, 2s).
+    #[arg(long, value_name = "SECONDS", default_value = "1s", value_parser = parse_interval)]
+    pub interval: Duration,
+    #[command(flatten)]
+    pub watch: WatchArgs,
+}
+
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    let d = parse_duration(text)?;
+    if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
+        return Err(format!(
+            "{text:?} is not a refresh interval between 100ms and 1h"
+        ));
+    }
+    Ok(d)
 }
 
 /// What to watch and how to judge it: every mode that attaches takes these.

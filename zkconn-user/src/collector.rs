@@ -21,8 +21,8 @@ use crate::{
     cli::ProbeArgs,
     limits::Limits,
     model::{
-        self, AlarmThresholds, AttributionHealth, Inputs, LostDetail, OverflowDetail, OwnerFacts,
-        ProbeHealth, Rows, SeedHealth, Snapshot,
+        self, AlarmThresholds, AttributionHealth, ConnectionRow, Inputs, LostDetail,
+        OverflowDetail, OwnerFacts, ProbeHealth, Rows, SeedHealth, Snapshot,
     },
     probe::{Capacities, Probe},
     procfs::{CgroupPaths, ProcInfo, Procfs},
@@ -52,6 +52,8 @@ pub struct Collector {
     history: History,
     thresholds: Thresholds,
     alarms: AlarmLog,
+    /// The live connections as of the last read, for views that drill down.
+    connections: Vec<ConnectionRow>,
 }
 
 /// How the collector judges trends and limits.
@@ -129,6 +131,7 @@ impl Collector {
             history: History::new(judgement.limits_window.as_secs_f64()),
             thresholds: judgement.thresholds,
             alarms: AlarmLog::default(),
+            connections: Vec::new(),
         };
         // Seeded processes are attributed from what seeding read, while they lived.
         for (key, info) in infos {
@@ -313,6 +316,8 @@ impl Collector {
     fn rows(&mut self) -> anyhow::Result<(Rows, KernelState)> {
         self.drain_events();
         let state = self.probe.read()?;
+        let now_ns = seed::now_boot_ns();
+        self.connections = model::connections(&state.conns, &state.seeds, now_ns);
         // Owners seen only through maps (their event was lost): attribute them now.
         let mut first_conn: HashMap<OwnerKey, &zkconn_common::Conn> = HashMap::new();
         for c in state.conns.iter().chain(&state.seeds) {
@@ -372,9 +377,14 @@ impl Collector {
             facts: &self.facts,
             seeded: &self.seeds.per_owner,
             cgroup_path: &path,
-            now_ns: seed::now_boot_ns(),
+            now_ns,
         });
         Ok((rows, state))
+    }
+
+    /// The live connections as of the last sample or snapshot.
+    pub fn connections(&self) -> &[ConnectionRow] {
+        &self.connections
     }
 
     /// Reads the kernel and builds the document.

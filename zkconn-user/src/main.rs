@@ -17,6 +17,7 @@ mod procfs;
 mod seed;
 mod targets;
 mod trend;
+mod tui;
 mod users;
 
 use std::{io::Write as _, process::ExitCode};
@@ -35,7 +36,16 @@ use crate::{
 };
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let parsed = Cli::try_parse().and_then(|cli| match cli.command {
+        // No subcommand: `top` (global flags are all there can be).
+        None => {
+            let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+            args.insert(1.min(args.len()), "top".into());
+            Cli::try_parse_from(args)
+        }
+        Some(_) => Ok(cli),
+    });
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(e) => {
             // A monitoring plugin reports its own usage errors as UNKNOWN, not CRITICAL.
@@ -53,10 +63,18 @@ fn main() -> ExitCode {
         1 => "info",
         _ => "debug",
     };
+    // While `top` draws, logs go to a buffer: its latest line is shown in the footer and
+    // all of it is printed once the terminal is restored.
+    let logs = tui::LogBuffer::default();
+    let drawing = matches!(cli.command, Some(Command::Top(_)));
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
-        .target(env_logger::Target::Stderr)
+        .target(if drawing {
+            env_logger::Target::Pipe(Box::new(logs.clone()))
+        } else {
+            env_logger::Target::Stderr
+        })
         .init();
-    if let Command::Check(args) = cli.command {
+    if let Some(Command::Check(args)) = cli.command {
         return match run_check(args) {
             Ok(code) => ExitCode::from(code),
             Err(err) => {
@@ -65,7 +83,11 @@ fn main() -> ExitCode {
             }
         };
     }
-    match run(cli) {
+    let result = run(cli, logs.clone());
+    for line in logs.drain() {
+        eprintln!("{line}");
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             if err
@@ -80,13 +102,21 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli, logs: tui::LogBuffer) -> anyhow::Result<()> {
     match cli.command {
-        Command::Snapshot(args) => {
+        Some(Command::Snapshot(args)) => {
             let setup = Setup::new(&args.watch)?;
             runtime()?.block_on(snapshot(args, setup))
         }
-        Command::Check(_) => unreachable!("handled in main"),
+        Some(Command::Top(args)) => {
+            let setup = Setup::new(&args.watch)?;
+            tui::require_terminal()?;
+            runtime()?.block_on(async {
+                let collector = setup.start(&args.watch.probe)?;
+                tui::run(collector, args.interval, logs).await
+            })
+        }
+        Some(Command::Check(_)) | None => unreachable!("handled in main"),
     }
 }
 

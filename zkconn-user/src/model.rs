@@ -277,6 +277,31 @@ pub struct ProcessRow {
 }
 
 #[cfg(test)]
+impl Snapshot {
+    /// A snapshot of `rows` on host `h` after 2 s, limit 60, thresholds 80/95.
+    pub fn for_test(rows: Rows) -> Self {
+        Self {
+            schema: SCHEMA,
+            host: "h".into(),
+            time: String::new(),
+            observed_secs: 2.0,
+            probe: ProbeHealth {
+                hook: Some(Hook::Tracepoint),
+                ..ProbeHealth::default()
+            },
+            targets: vec!["*:2181".into()],
+            max_client_cnxns: Limits::default().info(),
+            alarm_thresholds: AlarmThresholds {
+                warn_percent: 80.0,
+                crit_percent: 95.0,
+            },
+            trend_window_secs: 2.0,
+            rows,
+        }
+    }
+}
+
+#[cfg(test)]
 impl ServerRow {
     /// `server` seen from `local_ip` with `open` connections of `limit`.
     pub fn for_test(server: &str, local_ip: &str, open: u64, limit: u32) -> Self {
@@ -475,6 +500,66 @@ pub struct OwnerFacts {
     pub cmdline: Option<String>,
     pub who: Attribution,
     pub alive: bool,
+}
+
+/// One live connection, for the drill-down of an owner.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ConnectionRow {
+    #[serde(skip)]
+    pub owner: OwnerKey,
+    pub cgroup_id: u64,
+    pub server: String,
+    pub local_ip: String,
+    pub local_port: u16,
+    pub state: &'static str,
+    /// Seconds since connect (since seeding for a seeded one).
+    pub age_secs: f64,
+    /// Existed before zkconn started: its age is at least `age_secs`.
+    pub seeded: bool,
+    pub refused: bool,
+}
+
+pub fn state_name(state: u8) -> &'static str {
+    match state {
+        tcp_state::ESTABLISHED => "ESTABLISHED",
+        tcp_state::SYN_SENT => "SYN_SENT",
+        tcp_state::SYN_RECV => "SYN_RECV",
+        tcp_state::FIN_WAIT1 => "FIN_WAIT1",
+        tcp_state::FIN_WAIT2 => "FIN_WAIT2",
+        tcp_state::TIME_WAIT => "TIME_WAIT",
+        tcp_state::CLOSE => "CLOSE",
+        tcp_state::CLOSE_WAIT => "CLOSE_WAIT",
+        tcp_state::LAST_ACK => "LAST_ACK",
+        tcp_state::LISTEN => "LISTEN",
+        tcp_state::CLOSING => "CLOSING",
+        _ => "UNKNOWN",
+    }
+}
+
+/// Every live connection (a seed the kernel also tracks counted once), oldest first.
+pub fn connections(conns: &[Conn], seeds: &[Conn], now_ns: u64) -> Vec<ConnectionRow> {
+    let tracked: HashSet<_> = conns.iter().map(|c| c.tuple).collect();
+    let mut rows: Vec<ConnectionRow> = conns
+        .iter()
+        .chain(seeds.iter().filter(|s| !tracked.contains(&s.tuple)))
+        .map(|c| ConnectionRow {
+            owner: c.owner,
+            cgroup_id: c.cgroup_id,
+            server: endpoint(c.tuple.daddr, c.tuple.dport),
+            local_ip: ip_from_bytes(c.tuple.saddr).to_string(),
+            local_port: c.tuple.sport,
+            state: state_name(c.state),
+            age_secs: round1(now_ns.saturating_sub(c.opened_ns) as f64 / 1e9),
+            seeded: c.flags & conn_flags::SEEDED != 0,
+            refused: c.flags & conn_flags::REFUSED != 0,
+        })
+        .collect();
+    rows.sort_by(|a, b| {
+        b.age_secs
+            .total_cmp(&a.age_secs)
+            .then(a.local_port.cmp(&b.local_port))
+    });
+    rows
 }
 
 /// Everything `build` needs; assembled by the collector.

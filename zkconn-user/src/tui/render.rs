@@ -1,0 +1,531 @@
+//! Drawing `zkconn top`: one function per pane, no I/O, nothing that blocks.
+
+use ratatui::{
+    Frame,
+    layout::{Constraint, Layout, Rect},
+    style::{Color, Modifier, Style},
+    text::{Line, Span},
+    widgets::{Block, Cell, Clear, Paragraph, Row, Table, TableState, Wrap},
+};
+
+use super::app::{App, Column, OwnerLine};
+use crate::{alarm::Alarm, model::ServerRow, trend::human_secs};
+
+const WARN: Style = Style::new().fg(Color::Yellow).add_modifier(Modifier::BOLD);
+const CRIT: Style = Style::new().fg(Color::Red).add_modifier(Modifier::BOLD);
+const OK: Style = Style::new().fg(Color::Green);
+const DIM: Style = Style::new().fg(Color::DarkGray);
+const TITLE: Style = Style::new().add_modifier(Modifier::BOLD);
+
+pub fn render(frame: &mut Frame<'_>, app: &App) {
+    let servers = app
+        .snapshot
+        .as_ref()
+        .map_or(0, |s| s.rows.servers.len().clamp(1, 8)) as u16;
+    let [header, servers_area, main, footer] = Layout::vertical([
+        Constraint::Length(2),
+        Constraint::Length(servers + 2),
+        Constraint::Min(3),
+        Constraint::Length(1),
+    ])
+    .areas(frame.area());
+    render_header(frame, header, app);
+    render_servers(frame, servers_area, app);
+    if app.drill.is_some() {
+        render_drill(frame, main, app);
+    } else {
+        render_owners(frame, main, app);
+    }
+    render_footer(frame, footer, app);
+    if app.help {
+        render_help(frame, frame.area());
+    }
+}
+
+fn render_header(frame: &mut Frame<'_>, area: Rect, app: &App) {
+    let Some(s) = &app.snapshot else {
+        frame.render_widget(Paragraph::new("zkconn: attaching…"), area);
+        return;
+    };
+    let hook = s.probe.hook.map_or("-".to_owned(), |h| h.to_string());
+    let mut first = vec![
+        Span::styled("zkconn ", TITLE),
+        Span::raw(format!(
+            "{} · {hook} · up {} · trend window {}",
+            s.host,
+            human_secs(s.observed_secs),
+            human_secs(s.trend_window_secs),
+        )),
+    ];
+    if app.paused {
+        first.push(Span::styled(" · PAUSED", WARN));
+    }
+    if !app.filter.is_empty() {
+        first.push(Span::raw(format!(" · filter \"{}\"", app.filter)));
+    }
+    let t = &app.totals;
+    let r = app.rates;
+    let count = |v: u64, style: Style| {
+        Span::styled(v.to_string(), if v > 0 { style } else { Style::new() })
+    };
+    // Per-second rates once two refreshes are known, and when there is room for them.
+    let rate = |v: u64| match r {
+        Some(_) if area.width >= 110 => format!(" (+{v}/s)"),
+        _ => String::new(),
+    };
+    let r = r.unwrap_or_default();
+    let second = Line::from(vec![
+        Span::raw(format!(
+            "open {}  opened {}{}  closed {}{}  failed {}{}  rejected ",
+            t.open,
+            t.opened,
+            rate(r.opened),
+            t.closed,
+            rate(r.closed),
+            t.failed,
+            rate(r.failed)
+        )),
+        count(t.rejected, CRIT),
+        Span::raw(format!("{}  lost ", rate(r.rejected))),
+        count(s.probe.lost, WARN),
+        Span::raw("  overflow "),
+        count(s.probe.overflow, WARN),
+        Span::raw("  unreadable "),
+        count(s.probe.unreadable, DIM),
+    ]);
+    frame.render_widget(Paragraph::new(vec![Line::from(first), second]), area);
+}
+
+fn alarm_style(alarm: Alarm) -> Style {
+    match alarm {
+        Alarm::Ok => OK,
+        Alarm::Warning => WARN,
+        Alarm::Critical => CRIT,
+    }
+}
+
+/// `████░░░░` of `width` cells for `usage` (0..1, capped).
+fn bar(usage: f64, width: usize) -> String {
+    let full = ((usage.clamp(0.0, 1.0) * width as f64).round() as usize).min(width);
+    format!("{}{}", "█".repeat(full), "░".repeat(width - full))
+}
+
+/// One server: what matters most survives a narrow terminal (the alarm, usage and
+/// refusals); the gauge takes whatever width is left.
+fn server_line(row: &ServerRow, width: u16) -> Line<'static> {
+    let style = alarm_style(row.alarm);
+    let width = usize::from(width);
+    let usage = match row.usage {
+        Some(u) => format!("{}/{} {:.0}%", row.states.open, row.limit, u * 100.0),
+        None => format!("{} open, unlimited", row.states.open),
+    };
+    let ttl = match row.time_to_limit_secs {
+        None => "-".to_owned(),
+        Some(0.0) => "reached".to_owned(),
+        Some(t) => human_secs(t),
+    };
+    let name = format!("{:<21}", row.server);
+    let alarm = format!("{:<8} ", row.alarm.as_str());
+    let usage = format!(" {usage:<13}");
+    let rejected = format!(" rejected {:<5}", row.rejected);
+    let limit_in = format!(" limit in {ttl:<8}");
+    let local = format!(" from {:<15}", row.local_ip);
+    let mut used = alarm.len() + name.chars().count() + usage.len();
+    let mut fits = |text: &str| {
+        let w = text.chars().count();
+        let ok = used + w <= width;
+        if ok {
+            used += w;
+        }
+        ok
+    };
+    let show_rejected = fits(&rejected);
+    let show_ttl = fits(&limit_in);
+    let show_local = fits(&local);
+    let gauge_width = width.saturating_sub(used + 1).min(40);
+    let mut spans = vec![Span::styled(alarm, style), Span::raw(name)];
+    if show_local {
+        spans.push(Span::raw(local));
+    }
+    if gauge_width >= 8
+        && let Some(u) = row.usage
+    {
+        spans.push(Span::raw(" "));
+        spans.push(Span::styled(bar(u, gauge_width), style));
+    }
+    spans.push(Span::raw(usage));
+    if show_rejected {
+        spans.push(Span::styled(
+            rejected,
+            if row.rejected > 0 { CRIT } else { Style::new() },
+        ));
+    }
+    if show_ttl {
+        spans.push(Span::raw(limit_in));
+    }
+    Line::from(spans)
+}
+
+fn render_servers(frame: &mut Frame<'_>, area: Rect, app: &App) {
+    let block = Block::bordered().title(Span::styled(" ZooKeeper servers ", TITLE));
+    let lines: Vec<Line<'_>> = match &app.snapshot {
+        Some(s) if !s.rows.servers.is_empty() => s
+            .rows
+            .servers
+            .iter()
+            .take(8)
+            .map(|r| server_line(r, area.width.saturating_sub(2)))
+            .collect(),
+        Some(s) => vec![Line::styled(
+            format!(
+                "No ZooKeeper connections from this host to {}",
+                s.targets.join(", ")
+            ),
+            DIM,
+        )],
+        None => Vec::new(),
+    };
+    frame.render_widget(Paragraph::new(lines).block(block), area);
+}
+
+/// Width each column needs at most.
+fn width_of(c: Column) -> u16 {
+    match c {
+        Column::Owner => 30,
+        Column::Kind => 10,
+        Column::Pids => 8,
+        Column::User => 10,
+        Column::Open | Column::Opened | Column::Closed => 7,
+        Column::Growth => 7,
+        Column::Rejected => 8,
+        Column::CloseWait => 10,
+        Column::Oldest => 10,
+        Column::Trend => 20,
+    }
+}
+
+/// The columns that fit in `width`, in display order, dropping the least important first.
+pub fn fitting_columns(width: u16) -> Vec<Column> {
+    let mut kept: Vec<Column> = Vec::new();
+    let mut used = 2_u16; // the suspect marker
+    for c in Column::PRIORITY {
+        let w = width_of(c) + 1;
+        if used + w <= width {
+            used += w;
+            kept.push(c);
+        }
+    }
+    Column::ALL
+        .into_iter()
+        .filter(|c| kept.contains(c))
+        .collect()
+}
+
+const SPARK: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+
+pub fn sparkline(points: &[u64], width: usize) -> String {
+    let points = &points[points.len().saturating_sub(width)..];
+    let max = points.iter().copied().max().unwrap_or(0).max(1);
+    points
+        .iter()
+        .map(|&v| {
+            if v == 0 {
+                ' '
+            } else {
+                SPARK[((v * 7 + max / 2) / max).min(7) as usize]
+            }
+        })
+        .collect()
+}
+
+fn age(secs: Option<f64>, seeded: bool) -> String {
+    match secs {
+        None => "-".to_owned(),
+        Some(s) if seeded => format!("≥{}", human_secs(s)),
+        Some(s) => human_secs(s),
+    }
+}
+
+fn cell(line: &OwnerLine, c: Column, app: &App) -> Cell<'static> {
+    let num = |v: u64, hot: Style| {
+        Cell::from(v.to_string()).style(if v > 0 { hot } else { Style::new() })
+    };
+    match c {
+        Column::Owner => Cell::from(line.label.clone()),
+        Column::Kind => Cell::from(line.kind.clone()),
+        Column::Pids => Cell::from(match line.pids.as_slice() {
+            [pid] => pid.to_string(),
+            many => format!("{} pids", many.len()),
+        }),
+        Column::User => Cell::from(line.user.clone()),
+        Column::Open => Cell::from(line.open.to_string()),
+        Column::Growth => Cell::from(if line.growth == 0.0 {
+            "0".to_owned()
+        } else {
+            format!("{:+.1}", line.growth)
+        })
+        .style(if line.growth > 0.0 {
+            WARN
+        } else {
+            Style::new()
+        }),
+        Column::Opened => Cell::from(line.opened.to_string()),
+        Column::Closed => Cell::from(line.closed.to_string()),
+        Column::Rejected => num(line.rejected, CRIT),
+        Column::CloseWait => num(line.close_wait, WARN),
+        Column::Oldest => Cell::from(age(line.oldest, line.oldest_seeded)),
+        Column::Trend => Cell::from(sparkline(&app.spark(&line.id), 20)),
+    }
+}
+
+fn render_owners(frame: &mut Frame<'_>, area: Rect, app: &App) {
+    let lines = app.lines();
+    let columns = fitting_columns(area.width.saturating_sub(2));
+    let sort = app.sort.unwrap_or(Column::Open);
+    let header = Row::new(
+        std::iter::once(Cell::from(" "))
+            .chain(columns.iter().map(|c| {
+                let title = if *c == sort {
+                    format!("{}{}", c.title(), if app.ascending { "↑" } else { "↓" })
+                } else {
+                    c.title().to_owned()
+                };
+                Cell::from(title)
+            }))
+            .collect::<Vec<_>>(),
+    )
+    .style(TITLE);
+    let rows = lines.iter().map(|l| {
+        let mark = if l.suspect {
+            Cell::from("!").style(CRIT)
+        } else {
+            Cell::from(" ")
+        };
+        Row::new(
+            std::iter::once(mark)
+                .chain(columns.iter().map(|c| cell(l, *c, app)))
+                .collect::<Vec<_>>(),
+        )
+    });
+    let widths: Vec<Constraint> = std::iter::once(Constraint::Length(1))
+        .chain(columns.iter().map(|c| match c {
+            Column::Owner => Constraint::Min(16),
+            other => Constraint::Length(width_of(*other)),
+        }))
+        .collect();
+    let title = format!(
+        " Owners by {} ({}) · sorted by {} · ! leak suspect ",
+        app.group.name(),
+        lines.len(),
+        sort.title(),
+    );
+    let table = Table::new(rows, widths)
+        .header(header)
+        .block(Block::bordered().title(Span::styled(title, TITLE)))
+        .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED));
+    let mut state = TableState::default().with_selected(app.selected_index(&lines));
+    frame.render_stateful_widget(table, area, &mut state);
+}
+
+fn render_drill(frame: &mut Frame<'_>, area: Rect, app: &App) {
+    let Some(line) = app.drilled() else {
+        let msg = Paragraph::new("This owner is gone. Esc goes back.")
+            .block(Block::bordered().title(" Owner "));
+        frame.render_widget(msg, area);
+        return;
+    };
+    let facts = facts_of(app, &line);
+    let height = (facts.len() as u16 + 2).min(area.height / 2).max(3);
+    let [top, bottom] =
+        Layout::vertical([Constraint::Length(height), Constraint::Min(3)]).areas(area);
+    let title = format!(" {} — Esc goes back ", line.label);
+    frame.render_widget(
+        Paragraph::new(facts)
+            .wrap(Wrap { trim: false })
+            .block(Block::bordered().title(Span::styled(title, TITLE))),
+        top,
+    );
+    let conns = app.drilled_connections();
+    let header = Row::new(["PID", "SERVER", "LOCAL", "STATE", "AGE"]).style(TITLE);
+    let rows = conns.iter().map(|c| {
+        let state_style = match c.state {
+            "CLOSE_WAIT" => WARN,
+            "ESTABLISHED" => Style::new(),
+            _ => DIM,
+        };
+        Row::new(vec![
+            Cell::from(c.owner.tgid.to_string()),
+            Cell::from(c.server.clone()),
+            Cell::from(format!("{}:{}", c.local_ip, c.local_port)),
+            Cell::from(c.state).style(state_style),
+            Cell::from(age(Some(c.age_secs), c.seeded)),
+        ])
+    });
+    let table = Table::new(
+        rows,
+        [
+            Constraint::Length(8),
+            Constraint::Length(24),
+            Constraint::Length(24),
+            Constraint::Length(12),
+            Constraint::Length(10),
+        ],
+    )
+    .header(header)
+    .block(Block::bordered().title(Span::styled(
+        format!(" Connections ({}) ", conns.len()),
+        TITLE,
+    )));
+    frame.render_widget(table, bottom);
+}
+
+/// The full attribution of a drilled-into owner, one `key: value` line each.
+fn facts_of(app: &App, line: &OwnerLine) -> Vec<Line<'static>> {
+    let mut out = vec![
+        kv("kind", &line.kind),
+        kv(
+            "pids",
+            &line
+                .pids
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
+        kv("user", &line.user),
+        kv(
+            "counts",
+            &format!(
+                "open {}  Δ/min {:+.1}  opened {}  closed {}  rejected {}  close_wait {}  oldest {}",
+                line.open,
+                line.growth,
+                line.opened,
+                line.closed,
+                line.rejected,
+                line.close_wait,
+                age(line.oldest, line.oldest_seeded)
+            ),
+        ),
+    ];
+    let Some(snap) = &app.snapshot else {
+        return out;
+    };
+    for s in snap.rows.suspects.iter().filter(|s| match &line.id {
+        super::app::OwnerId::Process(pid, _) => s.pid == Some(*pid),
+        super::app::OwnerId::Application(a) => {
+            s.application.as_ref() == Some(a) && s.container.is_none()
+        }
+        super::app::OwnerId::Service(v) => s.service.as_ref() == Some(v),
+        super::app::OwnerId::Cgroup(_) => s.pid.is_some_and(|p| line.pids.contains(&p)),
+    }) {
+        out.push(Line::from(vec![
+            Span::styled(format!("{:>16}: ", "suspect"), CRIT),
+            Span::raw(format!("{} (score {:.1})", s.reason, s.score)),
+        ]));
+    }
+    if let super::app::OwnerId::Process(pid, birth) = &line.id
+        && let Some(p) = snap
+            .rows
+            .processes
+            .iter()
+            .find(|p| p.pid == *pid && p.key.birth_ns == *birth)
+    {
+        let w = &p.who;
+        let opt = |v: &Option<String>| v.clone();
+        for (k, v) in [
+            ("service", Some(w.service.clone())),
+            ("hbase role", w.hbase_role.map(str::to_owned)),
+            ("yarn container", opt(&w.yarn_container)),
+            ("yarn application", opt(&w.yarn_application)),
+            ("unit", opt(&w.unit)),
+            ("pod", opt(&w.pod_uid)),
+            ("container", opt(&w.container_id)),
+            ("main class", opt(&w.main_class)),
+            ("rule", opt(&w.rule)),
+            ("cgroup", opt(&p.cgroup)),
+            ("command", opt(&p.cmdline)),
+        ] {
+            if let Some(v) = v {
+                out.push(kv(k, &v));
+            }
+        }
+        if !p.alive {
+            out.push(kv("state", "exited"));
+        }
+    }
+    out
+}
+
+fn kv(key: &str, value: &str) -> Line<'static> {
+    Line::from(vec![
+        Span::styled(format!("{key:>16}: "), DIM),
+        Span::raw(value.to_owned()),
+    ])
+}
+
+fn render_footer(frame: &mut Frame<'_>, area: Rect, app: &App) {
+    let line = if let Some(text) = &app.editing {
+        Line::from(vec![
+            Span::styled("filter: ", TITLE),
+            Span::raw(format!("{text}▏")),
+            Span::styled("  Enter apply · Esc cancel", DIM),
+        ])
+    } else if let Some(log) = &app.last_log {
+        Line::styled(log.clone(), WARN)
+    } else {
+        Line::styled(
+            "q quit · ? help · g group · s/</> sort · r reverse · / filter · Enter drill down · p pause",
+            DIM,
+        )
+    };
+    frame.render_widget(Paragraph::new(line), area);
+}
+
+const HELP: &[(&str, &str)] = &[
+    ("↑ ↓ j k PgUp PgDn", "select an owner"),
+    (
+        "Enter",
+        "drill into the owner: its connections and attribution",
+    ),
+    ("Esc ← Backspace", "back from the drill-down"),
+    (
+        "g",
+        "group by process → cgroup → YARN application → service",
+    ),
+    ("s  >  <", "sort by the next / previous column"),
+    ("r", "reverse the sort"),
+    ("/", "filter by text (owner, kind, user, pid); empty clears"),
+    ("p  Space", "pause / resume refreshing"),
+    ("?  F1", "this help"),
+    ("q  Esc  Ctrl-C", "quit"),
+];
+
+fn render_help(frame: &mut Frame<'_>, area: Rect) {
+    let width = area.width.min(76);
+    let height = (HELP.len() as u16 + 6).min(area.height);
+    let popup = Rect {
+        x: area.x + (area.width - width) / 2,
+        y: area.y + (area.height - height) / 2,
+        width,
+        height,
+    };
+    let mut lines: Vec<Line<'_>> = HELP
+        .iter()
+        .map(|(k, v)| {
+            Line::from(vec![
+                Span::styled(format!("{k:>18}  "), TITLE),
+                Span::raw(*v),
+            ])
+        })
+        .collect();
+    lines.push(Line::raw(""));
+    lines.push(Line::styled(
+        "! marks a leak suspect (docs/suspects.md). Any key closes this help.",
+        DIM,
+    ));
+    frame.render_widget(Clear, popup);
+    frame.render_widget(
+        Paragraph::new(lines).block(Block::bordered().title(Span::styled(" Keys ", TITLE))),
+        popup,
+    );
+}

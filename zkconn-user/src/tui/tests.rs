@@ -1,0 +1,416 @@
+//! Screens drawn on ratatui's `TestBackend` and compared with insta snapshots, and the key
+//! handling, on fixed snapshots.
+
+use ratatui::{
+    Terminal,
+    backend::TestBackend,
+    crossterm::event::{KeyCode, KeyEvent, KeyModifiers},
+};
+use zkconn_common::OwnerKey;
+
+use super::{
+    app::{App, Column, Group, OwnerId},
+    render,
+};
+use crate::{
+    alarm::{Alarm, Thresholds},
+    attribution::{Attribution, Kind},
+    model::{
+        self, Age, ConnectionRow, ProcessRow, Rates, Rows, ServerOpen, ServerRow, Snapshot,
+        Suspect, SuspectKind,
+    },
+};
+
+const C1: &str = "container_e17_1700000000000_0042_01_000002";
+const APP: &str = "application_1700000000000_0042";
+
+fn process(pid: u32, label: &str, kind: Kind, open: u64) -> ProcessRow {
+    let mut p = ProcessRow::for_test(pid);
+    p.who = Attribution {
+        kind,
+        service: label.into(),
+        label: label.into(),
+        ..Attribution::default()
+    };
+    p.user = Some("hbase".into());
+    p.states.open = open;
+    p.states.established = open;
+    p.opened = open;
+    p.servers = vec![ServerOpen {
+        server: "10.0.0.1:2181".into(),
+        open,
+    }];
+    p
+}
+
+fn server(name: &str, open: u64, limit: u32) -> ServerRow {
+    let mut s = ServerRow::for_test(name, "10.0.0.9", open, limit);
+    s.opened = open + 10;
+    s.closed = 10;
+    s.alarm = Thresholds::default().evaluate(&s);
+    s
+}
+
+/// An HBase RegionServer holding 12 sessions since before zkconn, a YARN container
+/// leaking, a NodeManager, and an HDFS ZKFC in its unit.
+fn typical() -> Snapshot {
+    let mut rs = process(4100, "HBase RegionServer", Kind::Hbase, 12);
+    rs.who.hbase_role = Some("RegionServer");
+    rs.cmdline = Some(
+        "java -Dproc_regionserver org.apache.hadoop.hbase.regionserver.HRegionServer start".into(),
+    );
+    rs.age = Age {
+        oldest_secs: Some(10_800.0),
+        oldest_seeded: true,
+        close_wait_held: 0,
+    };
+    rs.seeded = 12;
+    let mut leak = process(5200, &format!("Spark executor in {C1}"), Kind::Yarn, 9);
+    leak.who.service = "Spark executor".into();
+    leak.who.yarn_container = Some(C1.into());
+    leak.who.yarn_application = Some(APP.into());
+    leak.user = Some("alice".into());
+    leak.opened = 9;
+    leak.rates = Rates {
+        growth_per_min: 1.5,
+        opened_per_min: 1.5,
+        closed_per_min: 0.0,
+    };
+    leak.age.oldest_secs = Some(360.0);
+    let mut nm = process(3300, "YARN NodeManager", Kind::Process, 2);
+    nm.user = Some("yarn".into());
+    nm.age.oldest_secs = Some(7200.0);
+    nm.age.oldest_seeded = true;
+    let mut zkfc = process(
+        2900,
+        "HDFS ZKFC (hadoop-hdfs-zkfc.service)",
+        Kind::Systemd,
+        1,
+    );
+    zkfc.who.service = "HDFS ZKFC".into();
+    zkfc.user = Some("hdfs".into());
+    zkfc.states.close_wait = 1;
+    let processes = vec![rs, leak, nm, zkfc];
+    let (containers, applications, services) = model::roll_up(&processes);
+    let mut s1 = server("10.0.0.1:2181", 23, 60);
+    s1.rates.growth_per_min = 1.5;
+    s1.time_to_limit_secs = Some(1480.0);
+    let s2 = server("10.0.0.2:2181", 50, 60);
+    let mut snap = Snapshot::for_test(Rows {
+        servers: vec![s1, s2],
+        processes,
+        containers,
+        applications,
+        services,
+        suspects: vec![Suspect {
+            subject: SuspectKind::Process,
+            pid: Some(5200),
+            container: None,
+            application: None,
+            service: None,
+            label: format!("Spark executor in {C1}"),
+            reason: "+9 in 6 min, none closed".into(),
+            score: 8.4,
+            open: 9,
+            growth_per_min: 1.5,
+            rejected: 0,
+            close_wait_held: 0,
+        }],
+        ..Rows::default()
+    });
+    snap.host = "worker-17".into();
+    snap.observed_secs = 362.0;
+    snap.trend_window_secs = 362.0;
+    snap.targets = vec!["10.0.0.1:2181".into(), "10.0.0.2:2181".into()];
+    snap
+}
+
+/// The host at its limit towards one server, which refuses it.
+fn at_limit() -> Snapshot {
+    let mut snap = typical();
+    let s = &mut snap.rows.servers[1];
+    *s = server("10.0.0.2:2181", 60, 60);
+    s.rejected = 14;
+    s.refusing = true;
+    s.time_to_limit_secs = Some(0.0);
+    s.alarm = Alarm::Critical;
+    let mut victim = process(6100, "python3.11 feed.py", Kind::Process, 0);
+    victim.rejected = 5;
+    victim.opened = 5;
+    victim.closed = 5;
+    victim.servers.clear();
+    snap.rows.processes.push(victim);
+    snap.rows.suspects.push(Suspect {
+        subject: SuspectKind::Process,
+        pid: Some(6100),
+        container: None,
+        application: None,
+        service: None,
+        label: "python3.11 feed.py".into(),
+        reason: "refused 5 times by 10.0.0.2:2181".into(),
+        score: 2.0,
+        open: 0,
+        growth_per_min: 0.0,
+        rejected: 5,
+        close_wait_held: 0,
+    });
+    snap.probe.lost = 3;
+    snap
+}
+
+fn connections() -> Vec<ConnectionRow> {
+    (0..3)
+        .map(|i| ConnectionRow {
+            owner: OwnerKey {
+                tgid: 5200,
+                _pad: 0,
+                birth_ns: 1,
+            },
+            cgroup_id: 0,
+            server: "10.0.0.1:2181".into(),
+            local_ip: "10.0.0.9".into(),
+            local_port: 40_000 + i,
+            state: if i == 2 { "CLOSE_WAIT" } else { "ESTABLISHED" },
+            age_secs: 360.0 - f64::from(i) * 40.0,
+            seeded: false,
+            refused: false,
+        })
+        .collect()
+}
+
+fn app_with(snap: Snapshot) -> App {
+    let mut app = App::default();
+    app.update(snap, connections());
+    app
+}
+
+fn draw(app: &App, width: u16, height: u16) -> String {
+    let mut terminal = Terminal::new(TestBackend::new(width, height)).unwrap();
+    terminal.draw(|f| render::render(f, app)).unwrap();
+    terminal.backend().to_string()
+}
+
+fn key(code: KeyCode) -> KeyEvent {
+    KeyEvent::new(code, KeyModifiers::NONE)
+}
+
+#[test]
+fn empty_host() {
+    let mut snap = Snapshot::for_test(Rows::default());
+    snap.host = "worker-17".into();
+    insta::assert_snapshot!(draw(&app_with(snap), 120, 16));
+}
+
+#[test]
+fn typical_host() {
+    insta::assert_snapshot!(draw(&app_with(typical()), 140, 20));
+}
+
+#[test]
+fn a_server_at_its_limit_with_refusals() {
+    insta::assert_snapshot!(draw(&app_with(at_limit()), 140, 20));
+}
+
+#[test]
+fn a_narrow_terminal_drops_columns() {
+    insta::assert_snapshot!(draw(&app_with(typical()), 64, 18));
+}
+
+#[test]
+fn the_drill_down_shows_connections_and_attribution() {
+    let mut app = app_with(typical());
+    app.on_key(key(KeyCode::Down));
+    app.on_key(key(KeyCode::Enter));
+    assert_eq!(app.drill, Some(OwnerId::Process(5200, 1)));
+    insta::assert_snapshot!(draw(&app, 120, 24));
+}
+
+#[test]
+fn the_help_screen() {
+    let mut app = app_with(typical());
+    app.on_key(key(KeyCode::Char('?')));
+    insta::assert_snapshot!(draw(&app, 100, 22));
+}
+
+#[test]
+fn a_tiny_terminal_does_not_panic() {
+    for (w, h) in [(1, 1), (10, 3), (20, 8), (40, 5)] {
+        let mut app = app_with(at_limit());
+        draw(&app, w, h);
+        app.on_key(key(KeyCode::Enter));
+        draw(&app, w, h);
+        app.on_key(key(KeyCode::Char('?')));
+        draw(&app, w, h);
+    }
+}
+
+fn labels(app: &App) -> Vec<String> {
+    app.lines().into_iter().map(|l| l.label).collect()
+}
+
+#[test]
+fn group_cycles_through_the_roll_ups() {
+    let mut app = app_with(typical());
+    assert_eq!(app.group, Group::Process);
+    assert_eq!(labels(&app)[0], "HBase RegionServer");
+    app.on_key(key(KeyCode::Char('g')));
+    assert_eq!(app.group, Group::Cgroup);
+    app.on_key(key(KeyCode::Char('g')));
+    assert_eq!(app.group, Group::Application);
+    assert_eq!(labels(&app), vec![APP.to_owned()]);
+    let line = &app.lines()[0];
+    assert_eq!(
+        (line.open, line.pids.clone(), line.suspect),
+        (9, vec![5200], true)
+    );
+    app.on_key(key(KeyCode::Char('g')));
+    assert_eq!(app.group, Group::Service);
+    assert_eq!(labels(&app)[1], "Spark executor");
+    app.on_key(key(KeyCode::Char('g')));
+    assert_eq!(app.group, Group::Process);
+}
+
+#[test]
+fn sort_moves_between_columns_and_reverses() {
+    let mut app = app_with(typical());
+    app.on_key(key(KeyCode::Char('s')));
+    assert_eq!(app.sort, Some(Column::Growth));
+    assert_eq!(labels(&app)[0], format!("Spark executor in {C1}"));
+    app.on_key(key(KeyCode::Char('<')));
+    app.on_key(key(KeyCode::Char('<')));
+    assert_eq!(app.sort, Some(Column::User));
+    assert!(app.ascending, "names sort A to Z");
+    assert_eq!(app.lines()[0].user, "alice");
+    app.on_key(key(KeyCode::Char('r')));
+    assert_eq!(app.lines()[0].user, "yarn");
+    // Oldest: seeded three hours beats six minutes.
+    while app.sort != Some(Column::Oldest) {
+        app.on_key(key(KeyCode::Char('>')));
+    }
+    assert_eq!(labels(&app)[0], "HBase RegionServer");
+}
+
+#[test]
+fn filter_typed_after_slash_narrows_and_esc_cancels() {
+    let mut app = app_with(typical());
+    app.on_key(key(KeyCode::Char('/')));
+    for c in "spark".chars() {
+        app.on_key(key(KeyCode::Char(c)));
+    }
+    assert_eq!(labels(&app).len(), 4, "applies on Enter only");
+    app.on_key(key(KeyCode::Enter));
+    assert_eq!(labels(&app), vec![format!("Spark executor in {C1}")]);
+    assert_eq!(app.selected, Some(OwnerId::Process(5200, 1)));
+    // A pid matches too; Esc while typing keeps the old filter.
+    app.on_key(key(KeyCode::Char('/')));
+    app.on_key(key(KeyCode::Backspace));
+    app.on_key(key(KeyCode::Esc));
+    assert_eq!(app.filter, "spark");
+    app.filter = "2900".into();
+    assert_eq!(
+        labels(&app),
+        vec!["HDFS ZKFC (hadoop-hdfs-zkfc.service)".to_owned()]
+    );
+}
+
+#[test]
+fn selection_drill_down_and_back() {
+    let mut app = app_with(typical());
+    assert_eq!(app.selected, Some(OwnerId::Process(4100, 1)));
+    app.on_key(key(KeyCode::Up));
+    assert_eq!(
+        app.selected,
+        Some(OwnerId::Process(4100, 1)),
+        "stops at the top"
+    );
+    app.on_key(key(KeyCode::End));
+    assert_eq!(app.selected, Some(OwnerId::Process(2900, 1)));
+    app.on_key(key(KeyCode::Home));
+    app.on_key(key(KeyCode::Char('j')));
+    app.on_key(key(KeyCode::Enter));
+    assert_eq!(app.drilled_connections().len(), 3);
+    // In the drill-down, g and arrows do nothing; Esc goes back, it does not quit.
+    app.on_key(key(KeyCode::Char('g')));
+    assert_eq!(app.group, Group::Process);
+    app.on_key(key(KeyCode::Esc));
+    assert_eq!(app.drill, None);
+    assert!(!app.quit);
+    app.on_key(key(KeyCode::Esc));
+    assert!(app.quit);
+}
+
+#[test]
+fn pause_holds_refreshes_until_resumed() {
+    let mut app = app_with(typical());
+    app.on_key(key(KeyCode::Char('p')));
+    app.update(at_limit(), Vec::new());
+    assert_eq!(app.lines().len(), 4, "still the paused view");
+    app.on_key(key(KeyCode::Char('p')));
+    assert_eq!(app.lines().len(), 5);
+}
+
+#[test]
+fn quit_keys() {
+    for k in [
+        key(KeyCode::Char('q')),
+        key(KeyCode::Esc),
+        KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL),
+    ] {
+        let mut app = app_with(typical());
+        app.on_key(k);
+        assert!(app.quit, "{k:?}");
+    }
+    // The help closes on any key; q from the help quits.
+    let mut app = app_with(typical());
+    app.on_key(key(KeyCode::Char('?')));
+    app.on_key(key(KeyCode::Char('x')));
+    assert!(!app.help && !app.quit);
+    app.on_key(key(KeyCode::Char('?')));
+    app.on_key(key(KeyCode::Char('q')));
+    assert!(app.quit);
+}
+
+#[test]
+fn header_rates_are_per_second_between_refreshes() {
+    let mut app = App::default();
+    let mut a = typical();
+    a.observed_secs = 10.0;
+    app.update(a, Vec::new());
+    let mut b = typical();
+    b.observed_secs = 12.0;
+    b.rows.servers[0].opened += 8;
+    b.rows.servers[0].rejected += 4;
+    app.update(b, Vec::new());
+    let rates = app.rates.unwrap();
+    assert_eq!((rates.opened, rates.rejected), (4, 2));
+}
+
+#[test]
+fn sparklines_follow_the_open_count() {
+    assert_eq!(render::sparkline(&[0, 1, 2, 4, 8], 10), " ▂▃▅█");
+    assert_eq!(render::sparkline(&[3, 3, 3], 2), "██");
+    assert_eq!(render::sparkline(&[], 5), "");
+    let mut app = App::default();
+    for open in [1, 2, 3] {
+        let mut s = typical();
+        s.rows.processes[1].states.open = open;
+        app.update(s, Vec::new());
+    }
+    assert_eq!(app.spark(&OwnerId::Process(5200, 1)), vec![1, 2, 3]);
+}
+
+#[test]
+fn columns_drop_by_priority_as_the_terminal_narrows() {
+    let wide = render::fitting_columns(200);
+    assert_eq!(wide.len(), Column::ALL.len());
+    let narrow = render::fitting_columns(60);
+    assert_eq!(
+        narrow,
+        vec![
+            Column::Owner,
+            Column::Open,
+            Column::Growth,
+            Column::Rejected
+        ]
+    );
+}

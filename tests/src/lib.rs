@@ -183,7 +183,16 @@ pub struct Client {
 }
 
 impl Client {
-    fn spawn(mut cmd: Command) -> anyhow::Result<Self> {
+    fn spawn(cmd: Command) -> anyhow::Result<Self> {
+        let mut client = Self::start(cmd)?;
+        let line = client.read_line()?;
+        if !line.starts_with("ready") {
+            bail!("client failed: {line}");
+        }
+        Ok(client)
+    }
+
+    fn start(mut cmd: Command) -> anyhow::Result<Self> {
         let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -192,16 +201,11 @@ impl Client {
             .with_context(|| format!("cannot start {cmd:?}"))?;
         let stdin = child.stdin.take();
         let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-        let mut client = Client {
+        Ok(Client {
             child,
             stdin,
             lines: BufReader::new(stdout),
-        };
-        let line = client.read_line()?;
-        if !line.starts_with("ready") {
-            bail!("client failed: {line}");
-        }
-        Ok(client)
+        })
     }
 
     fn read_line(&mut self) -> anyhow::Result<String> {
@@ -339,7 +343,17 @@ impl RawClient {
         }
     }
 
+    /// Starts the client and waits until it has made all its connects.
     pub fn spawn(&self) -> anyhow::Result<Client> {
+        Client::spawn(self.command())
+    }
+
+    /// Starts the client and returns at once (it goes on connecting at its `interval`).
+    pub fn spawn_in_background(&self) -> anyhow::Result<Client> {
+        Client::start(self.command())
+    }
+
+    fn command(&self) -> Command {
         let mut cmd = Command::new("python3");
         cmd.arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -371,7 +385,7 @@ impl RawClient {
         if let Some(cwd) = &self.cwd {
             cmd.current_dir(cwd);
         }
-        Client::spawn(cmd)
+        cmd
     }
 }
 

@@ -27,12 +27,17 @@ enum Task {
     Setup,
     /// Set up, then build target/release/zkconn.
     Build,
-    /// Set up, build, and run zkconn as root (through sudo when not root).
+    /// Set up, build, and run zkconn as root (through sudo when not root): `zkconn top`
+    /// on this host's real traffic, or the zkconn command given after `--`.
     Run {
-        /// Arguments for zkconn (after `--`).
+        /// Arguments for zkconn (after `--`); none runs `top`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// Set up, build, and show zkconn top on a demo: a real ZooKeeper with a small limit, an
+    /// HBase RegionServer JVM, and two YARN containers of one application, one leaking
+    /// until refused. Everything started is stopped on exit.
+    Demo,
     /// Set up, then run every test: unit tests and the root integration tests against a
     /// real ZooKeeper.
     Test {
@@ -45,8 +50,9 @@ enum Task {
     },
 }
 
-/// Debian packages: ZooKeeper server and client jars, a JDK for the test clients, `ss`/`ip`.
-const DEBIAN_PACKAGES: &[&str] = &["zookeeper", "openjdk-17-jdk-headless", "iproute2"];
+/// Debian packages: ZooKeeper server and client jars, a JDK for the test clients, `ss`/`ip`,
+/// tmux for the end-to-end test of `zkconn top`.
+const DEBIAN_PACKAGES: &[&str] = &["zookeeper", "openjdk-17-jdk-headless", "iproute2", "tmux"];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 fn main() -> ExitCode {
@@ -72,10 +78,35 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             build(&root)?;
             let bin = root.join("target/release/zkconn");
             let mut cmd = as_root(&bin);
+            if args.is_empty() {
+                cmd.arg("top");
+            }
             cmd.args(args);
             let status = cmd.status().context("cannot start zkconn")?;
             if !status.success() {
                 bail!("zkconn exited with {status}");
+            }
+            Ok(())
+        }
+        Task::Demo => {
+            setup()?;
+            build(&root)?;
+            check(
+                Command::new("cargo").current_dir(&root).args([
+                    "build",
+                    "--release",
+                    "--package",
+                    "integration-tests",
+                    "--bin",
+                    "zkconn-demo",
+                ]),
+                "building the demo",
+            )?;
+            let mut cmd = as_root(root.join("target/release/zkconn-demo"));
+            cmd.env("ZKCONN_BIN", root.join("target/release/zkconn"));
+            let status = cmd.status().context("cannot start the demo")?;
+            if !status.success() {
+                bail!("the demo exited with {status}");
             }
             Ok(())
         }
@@ -114,7 +145,7 @@ fn as_root(program: impl AsRef<std::ffi::OsStr>) -> Command {
         Command::new(program)
     } else {
         let mut cmd = Command::new("sudo");
-        cmd.arg("--preserve-env=PATH,CARGO_HOME,RUSTUP_HOME,HOME")
+        cmd.arg("--preserve-env=PATH,CARGO_HOME,RUSTUP_HOME,HOME,ZKCONN_BIN")
             .arg(program);
         cmd
     }
@@ -315,6 +346,8 @@ fn test(root: &Path, unit_only: bool, args: &[OsString]) -> anyhow::Result<()> {
             "limits",
             "--test",
             "suspects",
+            "--test",
+            "top",
         ])
         .arg("--")
         .args(["--test-threads", "2"])

@@ -1,0 +1,223 @@
+//! `zkconn top` used as a person would: the real binary in a tmux pane, against a real
+//! ZooKeeper and real clients; the pane is read, keys are pressed, and the terminal must be
+//! usable again afterwards. Root only; run with `cargo xtask test`.
+
+use std::{
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use integration_tests::{RawClient, ZkServer, fresh_ipv4, zkconn_bin};
+
+/// A tmux session running a plain shell, killed on drop.
+struct Tmux {
+    name: String,
+}
+
+impl Tmux {
+    fn start(width: u16, height: u16) -> Result<Self> {
+        // Unique per test run; no dots or colons, which tmux reads as target separators.
+        let name =
+            format!("zkconn-top-{}-{}", std::process::id(), fresh_ipv4()).replace(['.', ':'], "-");
+        let status = Command::new("tmux")
+            .args(["new-session", "-d", "-s", &name])
+            .args(["-x", &width.to_string(), "-y", &height.to_string()])
+            .args(["env", "-i", "TERM=screen", "PS1=$ "])
+            .arg(format!(
+                "PATH={}",
+                std::env::var("PATH").unwrap_or_default()
+            ))
+            .args(["bash", "--norc", "--noprofile"])
+            .status()
+            .context("cannot run tmux (cargo xtask setup installs it)")?;
+        if !status.success() {
+            bail!("tmux new-session failed: {status}");
+        }
+        Ok(Self { name })
+    }
+
+    fn keys(&self, keys: &[&str]) -> Result<()> {
+        let status = Command::new("tmux")
+            .args(["send-keys", "-t", &self.name])
+            .args(keys)
+            .status()?;
+        if !status.success() {
+            bail!("tmux send-keys {keys:?} failed");
+        }
+        Ok(())
+    }
+
+    fn screen(&self) -> Result<String> {
+        let out = Command::new("tmux")
+            .args(["capture-pane", "-p", "-t", &self.name])
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Waits until `ok` holds for the pane; returns the pane.
+    fn wait(&self, what: &str, ok: impl Fn(&str) -> bool) -> Result<String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let screen = self.screen()?;
+            if ok(&screen) {
+                return Ok(screen);
+            }
+            if Instant::now() > deadline {
+                bail!("the pane never showed {what}:\n{screen}");
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["kill-session", "-t", &self.name])
+            .status();
+    }
+}
+
+/// The whitespace-separated cells of the owners-table line of `pid`, from the pid on.
+fn owner_cells(screen: &str, pid: u32) -> Option<Vec<String>> {
+    let pid = pid.to_string();
+    screen.lines().find_map(|line| {
+        let cells: Vec<String> = line
+            .split(|c: char| c.is_whitespace() || c == '│')
+            .filter(|c| !c.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let at = cells.iter().position(|c| *c == pid)?;
+        Some(cells[at..].to_vec())
+    })
+}
+
+#[test]
+fn top_shows_servers_and_owners_and_restores_the_terminal() -> Result<()> {
+    let zk = ZkServer::start(fresh_ipv4(), 5, &[])?;
+    let step = Some(Duration::from_millis(300));
+    let holder = RawClient {
+        interval: step,
+        ..RawClient::new(zk.addr, 3)
+    }
+    .spawn()?;
+    let tmux = Tmux::start(180, 40)?;
+    tmux.keys(&[
+        &format!(
+            "{} top --zk {} --max-client-cnxns 5 --interval 300ms; echo \"top exited $?\"",
+            zkconn_bin().display(),
+            zk.addr
+        ),
+        "Enter",
+    ])?;
+    let server = zk.addr.to_string();
+    tmux.wait("the server at 3 of 5", |s| {
+        s.contains("ZooKeeper servers")
+            && s.lines()
+                .any(|l| l.contains(&server) && l.contains("3/5 60%"))
+    })?;
+    // Two fit, two are refused.
+    let leaker = RawClient {
+        interval: step,
+        expect_refused: true,
+        ..RawClient::new(zk.addr, 4)
+    }
+    .spawn()?;
+    let screen = tmux.wait("the server at its limit, refusing", |s| {
+        s.lines().any(|l| {
+            l.contains(&server)
+                && l.contains("CRITICAL")
+                && l.contains("5/5 100%")
+                && l.contains("rejected 2 ")
+        })
+    })?;
+    // PID USER OPEN Δ/MIN OPENED CLOSED REJECTED CLOSE_WAIT ...
+    let holder_cells = owner_cells(&screen, holder.pid())
+        .with_context(|| format!("no row for the holder:\n{screen}"))?;
+    assert_eq!(holder_cells[2], "3", "holder open: {holder_cells:?}");
+    assert_eq!(holder_cells[6], "0", "holder rejected: {holder_cells:?}");
+    let leaker_cells = owner_cells(&screen, leaker.pid())
+        .with_context(|| format!("no row for the leaker:\n{screen}"))?;
+    assert_eq!(leaker_cells[2], "2", "leaker open: {leaker_cells:?}");
+    assert_eq!(leaker_cells[4], "4", "leaker opened: {leaker_cells:?}");
+    assert_eq!(leaker_cells[6], "2", "leaker rejected: {leaker_cells:?}");
+    assert!(
+        screen.contains("open 5  opened 4"),
+        "header totals:\n{screen}"
+    );
+
+    // Group by service: both are one script, 5 open.
+    tmux.keys(&["g", "g", "g"])?;
+    let screen = tmux.wait("the service grouping", |s| {
+        s.contains("Owners by service (1)")
+    })?;
+    assert!(
+        screen
+            .lines()
+            .any(|l| l.contains("raw_client.py") && l.contains(" 5 ")),
+        "{screen}"
+    );
+    tmux.keys(&["g"])?;
+    tmux.wait("the process grouping", |s| {
+        s.contains("Owners by process (2)")
+    })?;
+
+    // The second row is the leaker (sorted by open); drill into it.
+    tmux.keys(&["Down", "Enter"])?;
+    let screen = tmux.wait("the leaker's connections", |s| {
+        s.contains("Connections (2)")
+    })?;
+    let established = screen
+        .lines()
+        .filter(|l| {
+            l.contains(&server)
+                && l.contains("ESTABLISHED")
+                && l.contains(&leaker.pid().to_string())
+        })
+        .count();
+    assert_eq!(established, 2, "{screen}");
+    assert!(
+        screen.contains("raw_client.py"),
+        "the command line:\n{screen}"
+    );
+    tmux.keys(&["Escape"])?;
+    tmux.wait("the owners table again", |s| {
+        s.contains("Owners by process (2)")
+    })?;
+
+    tmux.keys(&["q"])?;
+    let screen = tmux.wait("the shell after quitting", |s| s.contains("top exited 0"))?;
+    assert!(
+        !screen.contains("ZooKeeper servers"),
+        "alternate screen left:\n{screen}"
+    );
+    // The terminal is back in cooked mode with echo.
+    tmux.keys(&[
+        "stty -a | tr ' ' '\\n' | grep -E -x -- '-?(icanon|echo)' | tr '\\n' ' '; echo",
+        "Enter",
+    ])?;
+    tmux.wait("cooked mode with echo", |s| {
+        s.contains("icanon echo") && !s.contains("-icanon")
+    })?;
+    Ok(())
+}
+
+#[test]
+fn without_a_terminal_top_points_at_snapshot_json() -> Result<()> {
+    for args in [vec!["top"], vec![]] {
+        let out = Command::new(zkconn_bin())
+            .args(&args)
+            .stdin(Stdio::null())
+            .output()?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains("needs a terminal") && err.contains("zkconn snapshot --json"),
+            "{args:?}: {err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "one sentence: {err}");
+    }
+    Ok(())
+}

@@ -16,8 +16,9 @@ use crate::probe::HookChoice;
                   (eBPF on sock:inet_sock_set_state), per process and per cgroup, including \
                   the connections that existed before it started, and names every owner: \
                   HBase daemon and role, YARN container and application, Kubernetes pod, \
-                  Docker container, systemd unit, service. Needs root (or CAP_BPF, \
-                  CAP_PERFMON and CAP_SYS_PTRACE)."
+                  Docker container, systemd unit, service. It computes headroom against \
+                  maxClientCnxns, time to limit and leak suspects. `zkconn` in a terminal opens \
+                  the live view. Needs root (or CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE)."
 )]
 pub struct Cli {
     /// More log output on stderr (-v info, -vv debug).

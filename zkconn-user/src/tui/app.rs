@@ -150,6 +150,15 @@ impl OwnerLine {
 
 /// Header rates: per second between the last two refreshes.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PerSecond {
+    pub opened: f64,
+    pub closed: f64,
+    pub failed: f64,
+    pub rejected: f64,
+}
+
+/// Header totals, summed over the servers.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Totals {
     pub open: u64,
     pub opened: u64,
@@ -166,7 +175,7 @@ pub struct App {
     pending: Option<(Snapshot, Vec<ConnectionRow>)>,
     pub totals: Totals,
     /// Per second since the previous refresh; `None` until there was one.
-    pub rates: Option<Totals>,
+    pub rates: Option<PerSecond>,
     previous: Option<(f64, Totals)>,
     pub group: Group,
     pub sort: Option<Column>,
@@ -207,9 +216,8 @@ impl App {
         if let Some((then, before)) = self.previous {
             let dt = now - then;
             if dt > 0.0 {
-                let per_sec = |a: u64, b: u64| ((a.saturating_sub(b)) as f64 / dt).round() as u64;
-                self.rates = Some(Totals {
-                    open: t.open,
+                let per_sec = |a: u64, b: u64| a.saturating_sub(b) as f64 / dt;
+                self.rates = Some(PerSecond {
                     opened: per_sec(t.opened, before.opened),
                     closed: per_sec(t.closed, before.closed),
                     failed: per_sec(t.failed, before.failed),

@@ -69,8 +69,8 @@ fn render_header(frame: &mut Frame<'_>, area: Rect, app: &App) {
         Span::styled(v.to_string(), if v > 0 { style } else { Style::new() })
     };
     // Per-second rates once two refreshes are known, and when there is room for them.
-    let rate = |v: u64| match r {
-        Some(_) if area.width >= 110 => format!(" (+{v}/s)"),
+    let rate = |v: f64| match r {
+        Some(_) if area.width >= 110 => format!(" (+{v:.1}/s)"),
         _ => String::new(),
     };
     let r = r.unwrap_or_default();
@@ -335,7 +335,12 @@ fn render_drill(frame: &mut Frame<'_>, area: Rect, app: &App) {
         return;
     };
     let facts = facts_of(app, &line);
-    let height = (facts.len() as u16 + 2).min(area.height / 2).max(3);
+    let conns = app.drilled_connections();
+    // The attribution gets what the connections (up to half the pane) leave.
+    let conn_rows = (conns.len() as u16 + 3).min(area.height / 2);
+    let height = (facts.len() as u16 + 2)
+        .min(area.height.saturating_sub(conn_rows))
+        .max(3);
     let [top, bottom] =
         Layout::vertical([Constraint::Length(height), Constraint::Min(3)]).areas(area);
     let title = format!(" {} — Esc goes back ", line.label);
@@ -345,7 +350,6 @@ fn render_drill(frame: &mut Frame<'_>, area: Rect, app: &App) {
             .block(Block::bordered().title(Span::styled(title, TITLE))),
         top,
     );
-    let conns = app.drilled_connections();
     let header = Row::new(["PID", "SERVER", "LOCAL", "STATE", "AGE"]).style(TITLE);
     let rows = conns.iter().map(|c| {
         let state_style = match c.state {

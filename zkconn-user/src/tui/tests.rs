@@ -382,7 +382,7 @@ fn header_rates_are_per_second_between_refreshes() {
     b.rows.servers[0].rejected += 4;
     app.update(b, Vec::new());
     let rates = app.rates.unwrap();
-    assert_eq!((rates.opened, rates.rejected), (4, 2));
+    assert_eq!((rates.opened, rates.rejected), (4.0, 2.0));
 }
 
 #[test]

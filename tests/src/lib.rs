@@ -152,7 +152,8 @@ impl ZkServer {
     /// would leave a FIN-WAIT-2 socket behind that tests waiting for quiet sockets trip on.
     fn ready_probe(&self) -> anyhow::Result<String> {
         let mut s = TcpStream::connect_timeout(&self.addr, Duration::from_secs(2))?;
-        s.set_read_timeout(Some(Duration::from_secs(60)))?;
+        // Short: a server still starting may accept and never answer; the caller retries.
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
         s.write_all(b"srvr")?;
         let mut out = String::new();
         s.read_to_string(&mut out)?;

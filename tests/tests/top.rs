@@ -56,6 +56,20 @@ impl Tmux {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// The pid of the command the pane's shell is running.
+    fn child_of_shell(&self) -> Result<u32> {
+        let out = Command::new("tmux")
+            .args(["list-panes", "-t", &self.name, "-F", "#{pane_pid}"])
+            .output()?;
+        let shell = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let children = std::fs::read_to_string(format!("/proc/{shell}/task/{shell}/children"))?;
+        children
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse().ok())
+            .with_context(|| format!("the shell {shell} runs nothing"))
+    }
+
     /// Waits until `ok` holds for the pane; returns the pane.
     fn wait(&self, what: &str, ok: impl Fn(&str) -> bool) -> Result<String> {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -104,14 +118,12 @@ fn top_shows_servers_and_owners_and_restores_the_terminal() -> Result<()> {
     }
     .spawn()?;
     let tmux = Tmux::start(180, 40)?;
-    tmux.keys(&[
-        &format!(
-            "{} top --zk {} --max-client-cnxns 5 --interval 300ms; echo \"top exited $?\"",
-            zkconn_bin().display(),
-            zk.addr
-        ),
-        "Enter",
-    ])?;
+    let command = format!(
+        "{} top --zk {} --max-client-cnxns 5 --interval 300ms; echo \"top exited $?\"",
+        zkconn_bin().display(),
+        zk.addr
+    );
+    tmux.keys(&[&command, "Enter"])?;
     let server = zk.addr.to_string();
     tmux.wait("the server at 3 of 5", |s| {
         s.contains("ZooKeeper servers")
@@ -188,12 +200,26 @@ fn top_shows_servers_and_owners_and_restores_the_terminal() -> Result<()> {
     })?;
 
     tmux.keys(&["q"])?;
-    let screen = tmux.wait("the shell after quitting", |s| s.contains("top exited 0"))?;
+    assert_restored(&tmux)?;
+
+    // SIGTERM ends it cleanly too, with the terminal restored.
+    tmux.keys(&["clear", "Enter"])?;
+    tmux.keys(&[&command, "Enter"])?;
+    tmux.wait("top again", |s| s.contains("ZooKeeper servers"))?;
+    let top = tmux.child_of_shell()?;
+    // SAFETY: kill(2) on the zkconn this test started in its own tmux pane.
+    unsafe { libc::kill(top as i32, libc::SIGTERM) };
+    assert_restored(&tmux)?;
+    Ok(())
+}
+
+/// top exited 0, the alternate screen is gone and the terminal is in cooked mode with echo.
+fn assert_restored(tmux: &Tmux) -> Result<()> {
+    let screen = tmux.wait("the shell after top", |s| s.contains("top exited 0"))?;
     assert!(
         !screen.contains("ZooKeeper servers"),
         "alternate screen left:\n{screen}"
     );
-    // The terminal is back in cooked mode with echo.
     tmux.keys(&[
         "stty -a | tr ' ' '\\n' | grep -E -x -- '-?(icanon|echo)' | tr '\\n' ' '; echo",
         "Enter",

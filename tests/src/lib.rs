@@ -578,6 +578,34 @@ fn spawn_zkconn(
     Ok((child, stdout, err))
 }
 
+/// The lines of `err`, read in a thread.
+fn stderr_lines(err: ChildStderr) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits up to 30 s for zkconn's `ready:` log line; else returns what it logged.
+fn wait_ready(lines: &mpsc::Receiver<String>) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        match lines.recv_timeout(Duration::from_millis(200)) {
+            Ok(line) if line.contains("ready:") => return Ok(()),
+            Ok(line) => seen.push(line),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    Err(seen.join("\n"))
+}
+
 /// Reads all of `out` in a thread (a child blocked on a full pipe would never exit).
 fn read_all(mut out: ChildStdout) -> thread::JoinHandle<String> {
     thread::spawn(move || {
@@ -622,31 +650,16 @@ impl Zkconn {
     pub fn start(args: &[&str]) -> anyhow::Result<Self> {
         let (child, stdout, err) =
             spawn_zkconn(&["snapshot", "--json", "--duration", "600", "-v"], args)?;
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
         let mut z = Zkconn {
             child,
             stdout: Some(stdout),
-            stderr: rx,
+            stderr: stderr_lines(err),
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut seen = Vec::new();
-        while Instant::now() < deadline {
-            match z.stderr.recv_timeout(Duration::from_millis(200)) {
-                Ok(line) if line.contains("ready:") => return Ok(z),
-                Ok(line) => seen.push(line),
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            }
+        if let Err(seen) = wait_ready(&z.stderr) {
+            z.stop();
+            bail!("zkconn did not become ready: {seen}");
         }
-        z.stop();
-        bail!("zkconn did not become ready: {}", seen.join("\n"))
+        Ok(z)
     }
 
     fn stop(&mut self) {
@@ -804,4 +817,280 @@ impl Drop for Check {
             let _ = self.child.wait();
         }
     }
+}
+
+/// `GET path` on `addr` (HTTP/1.1, one request per connection): status and body.
+pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    http_request(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
+    )
+}
+
+/// Sends `request` as is; returns the status and body of the answer.
+pub fn http_request(addr: SocketAddr, request: &str) -> anyhow::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(request.as_bytes())?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow!("no HTTP answer from {addr}: {text:?}"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow!("bad status line: {head:?}"))?;
+    let chunked = head.lines().any(|l| {
+        l.to_ascii_lowercase()
+            .starts_with("transfer-encoding: chunked")
+    });
+    Ok((
+        status,
+        if chunked {
+            dechunk(body)
+        } else {
+            body.to_owned()
+        },
+    ))
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// A running `zkconn daemon -v --listen ADDR --interval 1s ARGS`.
+pub struct Daemon {
+    pub child: Child,
+    pub addr: SocketAddr,
+    stderr: mpsc::Receiver<String>,
+}
+
+impl Daemon {
+    /// Starts the daemon on a fresh loopback address and waits until it serves.
+    pub fn start(args: &[&str]) -> anyhow::Result<Self> {
+        let ip = fresh_ipv4();
+        let addr = SocketAddr::new(ip, free_port(ip)?);
+        let listen = addr.to_string();
+        let mut cmd_args = vec!["--listen", listen.as_str(), "--interval", "1s"];
+        cmd_args.extend_from_slice(args);
+        let (child, _stdout, err) = spawn_zkconn(&["daemon", "-v"], &cmd_args)?;
+        let mut d = Self {
+            child,
+            addr,
+            stderr: stderr_lines(err),
+        };
+        if let Err(seen) = wait_ready(&d.stderr) {
+            d.kill9();
+            bail!("zkconn daemon did not become ready: {seen}");
+        }
+        Ok(d)
+    }
+
+    pub fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        http_get(self.addr, path)
+    }
+
+    /// The snapshot document, once `ok` holds for it (the daemon refreshes every second).
+    pub fn snapshot_when(&self, ok: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (status, body) = self.get("/v1/snapshot")?;
+            if status == 200 {
+                let snap: Value = serde_json::from_str(&body)?;
+                if ok(&snap) {
+                    return Ok(snap);
+                }
+                if Instant::now() > deadline {
+                    bail!("the snapshot never reached the expected state: {snap:#}");
+                }
+            } else if Instant::now() > deadline {
+                bail!("/v1/snapshot answered {status}: {body}");
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Log lines so far.
+    pub fn log(&self) -> Vec<String> {
+        self.stderr.try_iter().collect()
+    }
+
+    pub fn signal(&mut self, signal: i32) {
+        kill(&mut self.child, signal);
+    }
+
+    pub fn kill9(&mut self) {
+        kill(&mut self.child, libc::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A Prometheus server (Debian's package) on a fresh loopback address, scraping `targets`
+/// every second as job `zkconn`.
+pub struct Prometheus {
+    pub addr: SocketAddr,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    pub fn start(targets: &[SocketAddr]) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let ip = fresh_ipv4();
+        let addr = SocketAddr::new(ip, free_port(ip)?);
+        let list: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
+        std::fs::write(
+            dir.path().join("prometheus.yml"),
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  \
+                 - job_name: zkconn\n    static_configs:\n      - targets: [{}]\n",
+                list.join(", ")
+            ),
+        )?;
+        let child = Command::new("prometheus")
+            .arg(format!(
+                "--config.file={}",
+                dir.path().join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start prometheus (cargo xtask setup installs Debian's package)")?;
+        let p = Self {
+            addr,
+            child,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if http_get(addr, "/-/ready").is_ok_and(|(s, _)| s == 200) {
+                return Ok(p);
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+        bail!("prometheus on {addr} did not become ready")
+    }
+
+    /// The value of the instant query `expr`, if it has one result.
+    pub fn query(&self, expr: &str) -> anyhow::Result<Option<f64>> {
+        let (status, body) = http_get(
+            self.addr,
+            &format!("/api/v1/query?query={}", url_encode(expr)),
+        )?;
+        if status != 200 {
+            bail!("query {expr} answered {status}: {body}");
+        }
+        let v: Value = serde_json::from_str(&body)?;
+        Ok(v["data"]["result"]
+            .as_array()
+            .and_then(|r| r.first())
+            .and_then(|r| r["value"][1].as_str())
+            .and_then(|s| s.parse().ok()))
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        kill(&mut self.child, libc::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+/// Percent-encoding of everything but unreserved characters.
+pub fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// One sample of a metrics exposition: name, labels, value.
+pub type Sample = (String, Vec<(String, String)>, f64);
+
+/// Samples of the Prometheus text `name{labels} value`, checking every line is well formed.
+pub fn parse_metrics(text: &str) -> anyhow::Result<Vec<Sample>> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .ok_or_else(|| anyhow!("no value: {line:?}"))?;
+        let value: f64 = value
+            .parse()
+            .with_context(|| format!("bad value in {line:?}"))?;
+        let (name, labels) = match series.split_once('{') {
+            Some((n, rest)) => (
+                n,
+                rest.strip_suffix('}')
+                    .ok_or_else(|| anyhow!("unclosed labels: {line:?}"))?,
+            ),
+            None => (series, ""),
+        };
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+        {
+            bail!("bad metric name in {line:?}");
+        }
+        let mut pairs = Vec::new();
+        let mut rest = labels;
+        while !rest.is_empty() {
+            let (k, v) = rest
+                .split_once("=\"")
+                .ok_or_else(|| anyhow!("bad label in {line:?}"))?;
+            let mut end = None;
+            let mut escaped = false;
+            for (i, c) in v.char_indices() {
+                match c {
+                    '\\' if !escaped => escaped = true,
+                    '"' if !escaped => {
+                        end = Some(i);
+                        break;
+                    }
+                    _ => escaped = false,
+                }
+            }
+            let end = end.ok_or_else(|| anyhow!("unterminated label value in {line:?}"))?;
+            pairs.push((k.to_owned(), v[..end].to_owned()));
+            rest = v[end + 1..].trim_start_matches(',');
+        }
+        out.push((name.to_owned(), pairs, value));
+    }
+    Ok(out)
 }

@@ -51,8 +51,16 @@ enum Task {
 }
 
 /// Debian packages: ZooKeeper server and client jars, a JDK for the test clients, `ss`/`ip`,
-/// tmux for the end-to-end test of `zkconn top`.
-const DEBIAN_PACKAGES: &[&str] = &["zookeeper", "openjdk-17-jdk-headless", "iproute2", "tmux"];
+/// tmux for the end-to-end test of `zkconn top`, Prometheus (and promtool) and bpftool for
+/// the daemon's tests.
+const DEBIAN_PACKAGES: &[&str] = &[
+    "zookeeper",
+    "openjdk-17-jdk-headless",
+    "iproute2",
+    "tmux",
+    "prometheus",
+    "bpftool",
+];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 fn main() -> ExitCode {
@@ -348,6 +356,10 @@ fn test(root: &Path, unit_only: bool, args: &[OsString]) -> anyhow::Result<()> {
             "suspects",
             "--test",
             "top",
+            "--test",
+            "daemon",
+            "--test",
+            "deploy",
         ])
         .arg("--")
         .args(["--test-threads", "2"])

@@ -109,7 +109,7 @@ impl AlarmLog {
             }
             self.states.insert(key, row.alarm);
             let line = transition(row, before);
-            log::warn!("{line}");
+            tracing::warn!("{line}");
             lines.push(line);
         }
         // A server no row names any more has no connections and no counters: cleared.

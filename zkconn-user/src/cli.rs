@@ -47,6 +47,32 @@ pub enum Command {
     /// CRITICAL when a server refused this host during the check or usage reached --crit;
     /// WARNING from --warn, or when counts are incomplete (lost events, full maps).
     Check(CheckArgs),
+    /// Keep the probes attached and serve /metrics (Prometheus), /v1/snapshot (JSON) and
+    /// /healthz over HTTP, read only; optionally append a snapshot per interval as NDJSON.
+    ///
+    /// SIGTERM or SIGINT detaches and exits 0; SIGHUP reloads --rules and --zoo-cfg.
+    Daemon(DaemonArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// Where to serve HTTP. Loopback by default; any other address is reachable from other
+    /// hosts (the endpoints are read only).
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:9661")]
+    pub listen: std::net::SocketAddr,
+    /// Append one snapshot per interval, one JSON document per line, to this file (`-`:
+    /// stdout).
+    #[arg(long, value_name = "PATH|-")]
+    pub ndjson: Option<PathBuf>,
+    /// How often the published snapshot and metrics are refreshed.
+    #[arg(long, value_name = "SECONDS", default_value = "5s", value_parser = parse_interval)]
+    pub interval: Duration,
+    /// Owners (by open connections) that get series of their own in /metrics; the rest
+    /// are summed under owner="other".
+    #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub metrics_owners: u16,
+    #[command(flatten)]
+    pub watch: WatchArgs,
 }
 
 #[derive(Debug, Args)]

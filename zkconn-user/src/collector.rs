@@ -105,7 +105,7 @@ impl Collector {
         let cgroups = CgroupPaths::discover();
         let mut seeds = seed::seed(&mut probe, &procfs, &cgroups, &targets)
             .context("seeding the connections that existed before start failed")?;
-        log::info!(
+        tracing::info!(
             "attached ({}); watching {targets}; seeded {} connections",
             probe.hook(),
             seeds.seeded
@@ -289,7 +289,7 @@ impl Collector {
             Ok(_) => None,
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => {
-                log::debug!("/proc/{} unreadable: {e}", owner.tgid);
+                tracing::debug!("/proc/{} unreadable: {e}", owner.tgid);
                 self.unreadable += 1;
                 None
             }
@@ -382,6 +382,23 @@ impl Collector {
         Ok((rows, state))
     }
 
+    /// New limits and rules (SIGHUP). Rules apply to owners first seen from now on. Targets
+    /// cannot change while attached: a difference is returned as a sentence to log.
+    pub fn reconfigure(&mut self, limits: Limits, rules: Rules, targets: &Targets) -> String {
+        self.limits = limits;
+        self.attribution.rules = rules.len() as u64;
+        self.rules = rules;
+        if targets.names() == self.targets.names() {
+            String::new()
+        } else {
+            format!(
+                "; the targets changed ({} now, {} watched): restart zkconn to watch them",
+                targets.names().join(", "),
+                self.targets.names().join(", ")
+            )
+        }
+    }
+
     /// The live connections as of the last sample or snapshot.
     pub fn connections(&self) -> &[ConnectionRow] {
         &self.connections
@@ -434,6 +451,15 @@ impl Collector {
             rows,
         })
     }
+}
+
+/// A tick every `period`, the first one after `period` (not at once); ticks missed while
+/// busy are skipped, not bunched.
+pub async fn ticker(period: std::time::Duration) -> tokio::time::Interval {
+    let mut t = tokio::time::interval(period);
+    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    t.tick().await;
+    t
 }
 
 fn hostname() -> String {

@@ -8,8 +8,10 @@ mod attribution;
 mod check;
 mod cli;
 mod collector;
+mod daemon;
 mod history;
 mod limits;
+mod metrics;
 mod model;
 mod output;
 mod probe;
@@ -63,17 +65,26 @@ fn main() -> ExitCode {
         1 => "info",
         _ => "debug",
     };
+    let level = format!("{level},aya=warn");
     // While `top` draws, logs go to a buffer: its latest line is shown in the footer and
     // all of it is printed once the terminal is restored.
     let logs = tui::LogBuffer::default();
     let drawing = matches!(cli.command, Some(Command::Top(_)));
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
-        .target(if drawing {
-            env_logger::Target::Pipe(Box::new(logs.clone()))
-        } else {
-            env_logger::Target::Stderr
-        })
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ZKCONN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let subscriber = tracing_subscriber::fmt().with_env_filter(filter);
+    if drawing {
+        let buffer = logs.clone();
+        subscriber
+            .with_ansi(false)
+            .with_writer(move || buffer.clone())
+            .init();
+    } else {
+        subscriber
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_writer(std::io::stderr)
+            .init();
+    }
     if let Some(Command::Check(args)) = cli.command {
         return match run_check(args) {
             Ok(code) => ExitCode::from(code),
@@ -115,6 +126,10 @@ fn run(cli: Cli, logs: tui::LogBuffer) -> anyhow::Result<()> {
                 let collector = setup.start(&args.watch.probe)?;
                 tui::run(collector, args.interval, logs).await
             })
+        }
+        Some(Command::Daemon(args)) => {
+            let setup = Setup::new(&args.watch)?;
+            runtime()?.block_on(daemon::run(args, setup))
         }
         Some(Command::Check(_)) | None => unreachable!("handled in main"),
     }
@@ -181,12 +196,10 @@ async fn observe(collector: &mut Collector, duration: std::time::Duration) -> an
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     // With -v, scripts and tests wait for this line to know the hooks are live.
-    log::info!("ready: observing for {duration:?}");
+    tracing::info!("ready: observing for {duration:?}");
     let deadline = tokio::time::sleep(duration);
     tokio::pin!(deadline);
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    tick.tick().await;
+    let mut tick = collector::ticker(std::time::Duration::from_secs(1)).await;
     loop {
         tokio::select! {
             () = &mut deadline => break,

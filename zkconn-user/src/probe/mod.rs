@@ -146,11 +146,11 @@ impl Probe {
         let bytes_offset = btf::Btf::from_sys_fs()
             .and_then(|b| b.member_offset("tcp_sock", "bytes_received"))
             .inspect_err(|e| {
-                log::warn!("refusals are recognised by resets only: {e}");
+                tracing::warn!("refusals are recognised by resets only: {e}");
             })
             .ok();
         if let Some(off) = bytes_offset {
-            log::debug!("tcp_sock.bytes_received is at offset {off} in this kernel");
+            tracing::debug!("tcp_sock.bytes_received is at offset {off} in this kernel");
         }
         let refusal = RefusalConfig {
             window_ns: u64::try_from(REFUSAL_WINDOW.as_nanos()).unwrap_or(u64::MAX),
@@ -196,7 +196,7 @@ impl Probe {
         if reset_layout.valid == 1 {
             probe.attach_tracepoint(program_names::RESET_TP, "tcp", "tcp_receive_reset")?;
         } else if bytes_offset.is_none() {
-            log::warn!(
+            tracing::warn!(
                 "this kernel has neither BTF nor tcp:tcp_receive_reset: refusals are not recognised"
             );
         }
@@ -456,7 +456,7 @@ pub fn check_privileges() -> anyhow::Result<()> {
         );
     }
     if !has(CAP_SYS_PTRACE) {
-        log::warn!(
+        tracing::warn!(
             "without CAP_SYS_PTRACE other users' /proc/PID/fd cannot be read: connections that \
              predate zkconn may miss their owner (counted as unreadable)"
         );

@@ -21,7 +21,7 @@ use anyhow::Context as _;
 use ratatui::crossterm::event::{self, Event};
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::collector::Collector;
+use crate::collector::{self, Collector};
 
 /// Log lines kept while the screen is drawn.
 const LOG_LINES: usize = 100;
@@ -104,12 +104,8 @@ pub async fn run(
             Ok(())
         };
         refresh(&mut collector, &mut app)?;
-        let mut refresh_tick = tokio::time::interval(interval);
-        refresh_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        refresh_tick.tick().await;
-        let mut sample_tick = tokio::time::interval(Duration::from_secs(1));
-        sample_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        sample_tick.tick().await;
+        let mut refresh_tick = collector::ticker(interval).await;
+        let mut sample_tick = collector::ticker(Duration::from_secs(1)).await;
         loop {
             terminal
                 .draw(|frame| render::render(frame, &app))

@@ -1,0 +1,282 @@
+//! `zkconn daemon` against a real ZooKeeper and real clients: its endpoints, a real
+//! Prometheus scraping it, SIGKILL and restart, SIGTERM and SIGHUP. Root only; run with
+//! `cargo xtask test`.
+
+use std::{
+    net::SocketAddr,
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use integration_tests::{
+    Daemon, Prometheus, RawClient, Sample, ZkServer, field, fresh_ipv4, http_request,
+    parse_metrics, process, server_row, wait_settled,
+};
+use serde_json::Value;
+
+fn server_sample(samples: &[Sample], name: &str, server: SocketAddr) -> Option<f64> {
+    samples.iter().find_map(|(n, labels, v)| {
+        let ours = labels.contains(&("server".into(), server.to_string()))
+            && labels.contains(&("local_ip".into(), "127.0.0.1".into()));
+        (n == name && ours).then_some(*v)
+    })
+}
+
+fn open_is(server: SocketAddr, open: u64, rejected: u64) -> impl Fn(&Value) -> bool {
+    move |snap| {
+        server_row(snap, server).is_ok_and(|r| {
+            field(r, "open").ok() == Some(open) && field(r, "rejected").ok() == Some(rejected)
+        })
+    }
+}
+
+#[test]
+fn endpoints_serve_the_numbers_of_a_real_scenario() -> Result<()> {
+    let zk = ZkServer::start(fresh_ipv4(), 4, &[])?;
+    let step = Some(Duration::from_millis(300));
+    let holder = RawClient {
+        interval: step,
+        ..RawClient::new(zk.addr, 2)
+    }
+    .spawn()?;
+    let target = zk.addr.to_string();
+    let d = Daemon::start(&["--zk", &target, "--max-client-cnxns", "4"])?;
+    // Two fit beside the holder's two; the third is refused.
+    let leaker = RawClient {
+        interval: step,
+        expect_refused: true,
+        ..RawClient::new(zk.addr, 3)
+    }
+    .spawn()?;
+    wait_settled(zk.addr)?;
+    let snap = d.snapshot_when(open_is(zk.addr, 4, 1))?;
+    assert_eq!(snap["schema"], "zkconn.snapshot/v1");
+    assert_eq!(field(process(&snap, holder.pid())?, "seeded")?, 2);
+    assert_eq!(field(process(&snap, leaker.pid())?, "rejected")?, 1);
+
+    let (status, text) = d.get("/metrics")?;
+    assert_eq!(status, 200);
+    let samples = parse_metrics(&text)?;
+    let get = |name| server_sample(&samples, name, zk.addr);
+    assert_eq!(get("zkconn_server_open_connections"), Some(4.0), "{text}");
+    assert_eq!(get("zkconn_server_limit_connections"), Some(4.0));
+    assert_eq!(get("zkconn_server_usage_ratio"), Some(1.0));
+    assert_eq!(get("zkconn_server_rejected_total"), Some(1.0));
+    assert_eq!(get("zkconn_server_opened_total"), Some(3.0));
+    assert_eq!(get("zkconn_server_alarm"), Some(2.0));
+    let owners: f64 = samples
+        .iter()
+        .filter(|(n, _, _)| n == "zkconn_owner_open_connections")
+        .map(|(_, _, v)| v)
+        .sum();
+    assert_eq!(owners, 4.0, "the owners add up to the server");
+    assert!(!text.contains("pid="), "no pid label");
+
+    let (status, body) = d.get("/healthz")?;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.starts_with("ok: probes attached (tracepoint)"),
+        "{body}"
+    );
+    let (status, _) = d.get("/nowhere")?;
+    assert_eq!(status, 404);
+    let post = format!(
+        "POST /metrics HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        d.addr
+    );
+    assert_eq!(http_request(d.addr, &post)?.0, 405);
+    let with_body = format!(
+        "GET /metrics HTTP/1.1\r\nHost: {}\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+        d.addr
+    );
+    assert_eq!(http_request(d.addr, &with_body)?.0, 413);
+    Ok(())
+}
+
+#[test]
+fn a_real_prometheus_scrapes_the_daemon() -> Result<()> {
+    let zk = ZkServer::start(fresh_ipv4(), 0, &[])?;
+    let _holder = RawClient::new(zk.addr, 3).spawn()?;
+    let d = Daemon::start(&["--zk", &zk.addr.to_string()])?;
+    let prom = Prometheus::start(&[d.addr])?;
+    let expr = format!(
+        "zkconn_server_open_connections{{job=\"zkconn\",server=\"{}\",local_ip=\"127.0.0.1\"}}",
+        zk.addr
+    );
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut last = None;
+    while Instant::now() < deadline {
+        last = prom.query(&expr)?;
+        if last == Some(3.0) {
+            break;
+        }
+        thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(last, Some(3.0), "{expr}");
+    assert_eq!(
+        prom.query(&format!("up{{job=\"zkconn\",instance=\"{}\"}}", d.addr))?,
+        Some(1.0)
+    );
+    Ok(())
+}
+
+/// Ids of the BPF programs and maps the process holds, from its fds' fdinfo.
+fn held_by(pid: u32) -> Result<(Vec<u64>, Vec<u64>)> {
+    let (mut progs, mut maps) = (Vec::new(), Vec::new());
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))? {
+        let Ok(info) = std::fs::read_to_string(entry?.path()) else {
+            continue;
+        };
+        for line in info.lines() {
+            if let Some(id) = line.strip_prefix("prog_id:") {
+                progs.extend(id.trim().parse::<u64>().ok());
+            } else if let Some(id) = line.strip_prefix("map_id:") {
+                maps.extend(id.trim().parse::<u64>().ok());
+            }
+        }
+    }
+    progs.sort_unstable();
+    progs.dedup();
+    maps.sort_unstable();
+    maps.dedup();
+    Ok((progs, maps))
+}
+
+/// Ids and names of the programs or maps (`kind`) the kernel has now.
+fn in_kernel(kind: &str) -> Result<Vec<(u64, String)>> {
+    let out = Command::new("bpftool")
+        .args([kind, "show", "--json"])
+        .output()
+        .context("cannot run bpftool (cargo xtask setup installs it)")?;
+    let list: Value = serde_json::from_slice(&out.stdout)?;
+    Ok(list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| Some((o["id"].as_u64()?, o["name"].as_str()?.to_owned())))
+        .collect())
+}
+
+#[test]
+fn sigkill_leaves_nothing_attached_and_a_restart_counts_exactly() -> Result<()> {
+    let zk = ZkServer::start(fresh_ipv4(), 0, &[])?;
+    let target = zk.addr.to_string();
+    let holder = RawClient::new(zk.addr, 3).spawn()?;
+    let mut d = Daemon::start(&["--zk", &target])?;
+    let (progs, maps) = held_by(d.pid())?;
+    let names: Vec<String> = in_kernel("prog")?
+        .into_iter()
+        .filter(|(id, _)| progs.contains(id))
+        .map(|(_, n)| n)
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            "zk_inet_sock_set_state".to_owned(),
+            "zk_sched_process_exit".to_owned(),
+            "zk_tcp_receive_reset".to_owned()
+        ],
+        "its programs"
+    );
+    assert!(maps.len() >= 10, "its maps: {maps:?}");
+    d.kill9();
+    // Freeing is asynchronous in the kernel: wait for every one of them to go.
+    let left = || -> Result<Vec<String>> {
+        Ok(in_kernel("prog")?
+            .into_iter()
+            .filter(|(id, _)| progs.contains(id))
+            .chain(
+                in_kernel("map")?
+                    .into_iter()
+                    .filter(|(id, _)| maps.contains(id)),
+            )
+            .map(|(id, n)| format!("{n} (id {id})"))
+            .collect())
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut still = left()?;
+    while !still.is_empty() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(200));
+        still = left()?;
+    }
+    assert_eq!(
+        still,
+        Vec::<String>::new(),
+        "left in the kernel after SIGKILL"
+    );
+
+    // Restarted while the connections are open: exact again, from seeding.
+    let more = RawClient::new(zk.addr, 2).spawn()?;
+    let d = Daemon::start(&["--zk", &target])?;
+    let snap = d.snapshot_when(open_is(zk.addr, 5, 0))?;
+    assert_eq!(field(process(&snap, holder.pid())?, "seeded")?, 3);
+    assert_eq!(field(process(&snap, more.pid())?, "seeded")?, 2);
+    assert_eq!(snap["probe"]["seeds"]["seeded"], 5);
+    Ok(())
+}
+
+#[test]
+fn sigterm_exits_0_within_a_second_and_sighup_reloads() -> Result<()> {
+    let zk = ZkServer::start(fresh_ipv4(), 0, &[])?;
+    let dir = tempfile::tempdir()?;
+    let cfg = dir.path().join("zoo.cfg");
+    let rules = dir.path().join("rules.toml");
+    let write_cfg = |n: u32| {
+        std::fs::write(
+            &cfg,
+            format!(
+                "clientPortAddress={}\nclientPort={}\nmaxClientCnxns={n}\n",
+                zk.addr.ip(),
+                zk.addr.port()
+            ),
+        )
+    };
+    write_cfg(7)?;
+    std::fs::write(&rules, "")?;
+    let cfg_s = cfg.display().to_string();
+    let rules_s = rules.display().to_string();
+    let mut d = Daemon::start(&["--zoo-cfg", &cfg_s, "--rules", &rules_s])?;
+    let _one = RawClient::new(zk.addr, 1).spawn()?;
+    let snap = d.snapshot_when(|s| {
+        server_row(s, zk.addr).is_ok_and(|r| field(r, "open").ok() == Some(1))
+    })?;
+    assert_eq!(field(server_row(&snap, zk.addr)?, "limit")?, 7);
+
+    // New limit and a new rule, then SIGHUP.
+    write_cfg(9)?;
+    std::fs::write(
+        &rules,
+        "[[rule]]\nname = \"reload\"\ncmdline = \"--tag reloaded\"\nservice = \"Reloaded ingest\"\n",
+    )?;
+    d.signal(libc::SIGHUP);
+    let snap = d.snapshot_when(|s| {
+        server_row(s, zk.addr).is_ok_and(|r| field(r, "limit").ok() == Some(9))
+    })?;
+    assert_eq!(snap["probe"]["attribution"]["rules"], 1);
+    let tagged = RawClient {
+        tag: Some("reloaded".into()),
+        ..RawClient::new(zk.addr, 1)
+    }
+    .spawn()?;
+    let snap = d.snapshot_when(|s| process(s, tagged.pid()).is_ok())?;
+    assert_eq!(process(&snap, tagged.pid())?["service"], "Reloaded ingest");
+
+    // A broken file is refused; the running configuration stays.
+    std::fs::write(&rules, "[[rule]]\nservice = 3\n")?;
+    d.signal(libc::SIGHUP);
+    thread::sleep(Duration::from_millis(1500));
+    let (status, _) = d.get("/healthz")?;
+    assert_eq!(status, 200);
+    let log = d.log().join("\n");
+    assert!(log.contains("reload refused"), "{log}");
+
+    let start = Instant::now();
+    d.signal(libc::SIGTERM);
+    let status = d.child.wait()?;
+    let took = start.elapsed();
+    assert_eq!(status.code(), Some(0));
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    Ok(())
+}

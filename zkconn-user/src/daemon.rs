@@ -1,0 +1,316 @@
+//! `zkconn daemon`: keeps the probes attached and serves what they count over HTTP, read
+//! only: `/v1/snapshot` (the `snapshot --json` document), `/metrics` (Prometheus) and
+//! `/healthz`. Optionally appends one snapshot per interval to an NDJSON file.
+//!
+//! Owns: the refresh loop (one `tokio::select!`: kernel events, a sample each second, a
+//! refresh each `--interval`, signals), publishing each refresh as ready-made bodies, and
+//! the HTTP server. Handlers never touch the kernel: they hand out the last published
+//! bodies, so a request costs a copy. Requests are bounded: 5 s to send the headers, 30 s
+//! per connection, at most 64 connections, no request bodies.
+
+use std::{
+    convert::Infallible,
+    io::Write as _,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use http_body_util::Full;
+use hyper::{
+    Method, Request, Response, StatusCode,
+    body::{Bytes, Incoming},
+    header,
+    server::conn::http1,
+    service::service_fn,
+};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::{
+    net::TcpListener,
+    signal::unix::{SignalKind, signal},
+    sync::{Semaphore, watch},
+};
+
+use crate::{
+    Setup,
+    cli::DaemonArgs,
+    collector::{self, Collector},
+    metrics, output,
+};
+
+/// What the last refresh published.
+struct Published {
+    json: Bytes,
+    metrics: Bytes,
+    at: Instant,
+    hook: String,
+    /// The last refresh that failed, if the latest did.
+    error: Option<String>,
+}
+
+const MAX_CONNECTIONS: usize = 64;
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Binds first (a bad `--listen` fails before anything is attached), then runs until
+/// SIGINT or SIGTERM; SIGHUP reloads `--rules` and `--zoo-cfg`.
+pub async fn run(args: DaemonArgs, setup: Setup) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(args.listen).await.with_context(|| {
+        format!(
+            "--listen {}: cannot listen there (in use, or not an address of this host)",
+            args.listen
+        )
+    })?;
+    let mut ndjson = match &args.ndjson {
+        Some(path) => Some(Ndjson::open(path)?),
+        None => None,
+    };
+    let mut collector = setup.start(&args.watch.probe)?;
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+
+    let owners = usize::from(args.metrics_owners);
+    let first = publish(&mut collector, owners, ndjson.as_mut())?;
+    let (tx, rx) = watch::channel(Arc::new(first));
+    let interval = args.interval;
+    let server = tokio::spawn(serve(listener, rx, interval));
+    tracing::info!(
+        "ready: serving http://{}/metrics, /v1/snapshot and /healthz ({})",
+        args.listen,
+        describe_listen(args.listen)
+    );
+
+    let mut refresh = collector::ticker(interval).await;
+    let mut sample = collector::ticker(Duration::from_secs(1)).await;
+    loop {
+        tokio::select! {
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = sighup.recv() => reload(&args, &mut collector),
+            _ = refresh.tick() => {
+                let next = match publish(&mut collector, owners, ndjson.as_mut()) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::error!("refresh failed: {e:#}");
+                        let last = tx.borrow().clone();
+                        Published {
+                            json: last.json.clone(),
+                            metrics: last.metrics.clone(),
+                            at: last.at,
+                            hook: last.hook.clone(),
+                            error: Some(format!("{e:#}")),
+                        }
+                    }
+                };
+                tx.send_replace(Arc::new(next));
+            }
+            _ = sample.tick(), if interval > Duration::from_secs(1) => {
+                if let Err(e) = collector.sample() {
+                    tracing::error!("sampling failed: {e:#}");
+                }
+            }
+            res = collector.next_events() => res?,
+        }
+    }
+    server.abort();
+    tracing::info!("stopping: detaching the probes");
+    drop(collector);
+    Ok(())
+}
+
+/// SIGHUP: rules and zoo.cfg again. A mistake keeps the running configuration.
+fn reload(args: &DaemonArgs, collector: &mut Collector) {
+    match Setup::new(&args.watch) {
+        Ok(setup) => {
+            let changed = collector.reconfigure(setup.limits, setup.rules, &setup.targets);
+            tracing::info!("SIGHUP: reloaded rules and limits{changed}");
+        }
+        Err(e) => {
+            tracing::error!("SIGHUP: reload refused, keeping the running configuration: {e:#}")
+        }
+    }
+}
+
+fn publish(
+    collector: &mut Collector,
+    owners: usize,
+    ndjson: Option<&mut Ndjson>,
+) -> anyhow::Result<Published> {
+    let snap = collector.snapshot()?;
+    let mut json = Vec::new();
+    output::json(&mut json, &snap)?;
+    if let Some(out) = ndjson {
+        out.append(&snap)?;
+    }
+    let metrics = metrics::render(&snap, owners).context("cannot encode the metrics")?;
+    Ok(Published {
+        json: Bytes::from(json),
+        metrics: Bytes::from(metrics),
+        at: Instant::now(),
+        hook: snap.probe.hook.map_or("-".to_owned(), |h| h.to_string()),
+        error: None,
+    })
+}
+
+/// `--ndjson PATH|-`: one snapshot per line, appended.
+pub struct Ndjson {
+    out: Box<dyn std::io::Write + Send>,
+    what: String,
+}
+
+impl Ndjson {
+    fn open(path: &PathBuf) -> anyhow::Result<Self> {
+        if path.as_os_str() == "-" {
+            return Ok(Self {
+                out: Box::new(std::io::stdout()),
+                what: "stdout".into(),
+            });
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| {
+                format!("--ndjson {}: cannot open it for appending", path.display())
+            })?;
+        Ok(Self {
+            out: Box::new(std::io::BufWriter::new(file)),
+            what: path.display().to_string(),
+        })
+    }
+
+    fn append(&mut self, snap: &crate::model::Snapshot) -> anyhow::Result<()> {
+        let line = serde_json::to_string(snap)?;
+        writeln!(self.out, "{line}")
+            .and_then(|()| self.out.flush())
+            .with_context(|| format!("cannot append to {}", self.what))
+    }
+}
+
+async fn serve(
+    listener: TcpListener,
+    published: watch::Receiver<Arc<Published>>,
+    interval: Duration,
+) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        // Over the limit: the connection is closed at once.
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            continue;
+        };
+        let published = published.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let current = published.borrow().clone();
+                async move { Ok::<_, Infallible>(respond(&req, &current, interval)) }
+            });
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
+            drop(permit);
+        });
+    }
+}
+
+fn respond(req: &Request<Incoming>, p: &Published, interval: Duration) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "read only: GET or HEAD\n");
+        r.headers_mut()
+            .insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    let has_body = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .is_some_and(|v| v != "0")
+        || req.headers().contains_key(header::TRANSFER_ENCODING);
+    if has_body {
+        return text(StatusCode::PAYLOAD_TOO_LARGE, "requests take no body\n");
+    }
+    match req.uri().path() {
+        "/v1/snapshot" => body(StatusCode::OK, "application/json", p.json.clone()),
+        "/metrics" => body(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            p.metrics.clone(),
+        ),
+        "/healthz" => {
+            let (status, reason) = health(p, interval);
+            text(status, &format!("{reason}\n"))
+        }
+        "/" => text(
+            StatusCode::OK,
+            "zkconn daemon: /v1/snapshot (JSON), /metrics (Prometheus), /healthz\n",
+        ),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: try /metrics, /v1/snapshot or /healthz\n",
+        ),
+    }
+}
+
+/// 200 while the probes are attached and the refresh loop reads them on time; 503 with the
+/// reason otherwise.
+fn health(p: &Published, interval: Duration) -> (StatusCode, String) {
+    let age = p.at.elapsed();
+    let allowed = interval * 3 + Duration::from_secs(2);
+    if let Some(e) = &p.error {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy: the last refresh failed: {e}"),
+        );
+    }
+    if age > allowed {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "unhealthy: no refresh for {:.0} s (expected every {:.0} s)",
+                age.as_secs_f64(),
+                interval.as_secs_f64()
+            ),
+        );
+    }
+    (
+        StatusCode::OK,
+        format!(
+            "ok: probes attached ({}), last refresh {:.1} s ago",
+            p.hook,
+            age.as_secs_f64()
+        ),
+    )
+}
+
+fn text(status: StatusCode, s: &str) -> Response<Full<Bytes>> {
+    body(
+        status,
+        "text/plain; charset=utf-8",
+        Bytes::from(s.to_owned()),
+    )
+}
+
+fn body(status: StatusCode, content_type: &'static str, b: Bytes) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(b));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    r
+}
+
+/// Addresses that are not loopback are only used when given explicitly; this names them.
+pub fn describe_listen(addr: SocketAddr) -> &'static str {
+    if addr.ip().is_loopback() {
+        "loopback only"
+    } else {
+        "reachable from other hosts"
+    }
+}

@@ -122,9 +122,9 @@ fn a_real_prometheus_scrapes_the_daemon() -> Result<()> {
     Ok(())
 }
 
-/// Ids of the BPF programs and maps the process holds, from its fds' fdinfo.
-fn held_by(pid: u32) -> Result<(Vec<u64>, Vec<u64>)> {
-    let (mut progs, mut maps) = (Vec::new(), Vec::new());
+/// Ids of the BPF programs, maps and links the process holds, from its fds' fdinfo.
+fn held_by(pid: u32) -> Result<(Vec<u64>, Vec<u64>, Vec<u64>)> {
+    let (mut progs, mut maps, mut links) = (Vec::new(), Vec::new(), Vec::new());
     for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))? {
         let Ok(info) = std::fs::read_to_string(entry?.path()) else {
             continue;
@@ -134,6 +134,8 @@ fn held_by(pid: u32) -> Result<(Vec<u64>, Vec<u64>)> {
                 progs.extend(id.trim().parse::<u64>().ok());
             } else if let Some(id) = line.strip_prefix("map_id:") {
                 maps.extend(id.trim().parse::<u64>().ok());
+            } else if let Some(id) = line.strip_prefix("link_id:") {
+                links.extend(id.trim().parse::<u64>().ok());
             }
         }
     }
@@ -141,7 +143,9 @@ fn held_by(pid: u32) -> Result<(Vec<u64>, Vec<u64>)> {
     progs.dedup();
     maps.sort_unstable();
     maps.dedup();
-    Ok((progs, maps))
+    links.sort_unstable();
+    links.dedup();
+    Ok((progs, maps, links))
 }
 
 /// Ids and names of the programs or maps (`kind`) the kernel has now.
@@ -155,7 +159,10 @@ fn in_kernel(kind: &str) -> Result<Vec<(u64, String)>> {
         .as_array()
         .into_iter()
         .flatten()
-        .filter_map(|o| Some((o["id"].as_u64()?, o["name"].as_str()?.to_owned())))
+        .filter_map(|o| {
+            let name = o["name"].as_str().or(o["type"].as_str())?;
+            Some((o["id"].as_u64()?, name.to_owned()))
+        })
         .collect())
 }
 
@@ -165,7 +172,7 @@ fn sigkill_leaves_nothing_attached_and_a_restart_counts_exactly() -> Result<()> 
     let target = zk.addr.to_string();
     let holder = RawClient::new(zk.addr, 3).spawn()?;
     let mut d = Daemon::start(&["--zk", &target])?;
-    let (progs, maps) = held_by(d.pid())?;
+    let (progs, maps, links) = held_by(d.pid())?;
     let names: Vec<String> = in_kernel("prog")?
         .into_iter()
         .filter(|(id, _)| progs.contains(id))
@@ -181,6 +188,7 @@ fn sigkill_leaves_nothing_attached_and_a_restart_counts_exactly() -> Result<()> 
         "its programs"
     );
     assert!(maps.len() >= 10, "its maps: {maps:?}");
+    assert_eq!(links.len(), 3, "a link per program: {links:?}");
     d.kill9();
     // Freeing is asynchronous in the kernel: wait for every one of them to go.
     let left = || -> Result<Vec<String>> {

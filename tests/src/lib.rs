@@ -152,7 +152,10 @@ impl ZkServer {
     /// would leave a FIN-WAIT-2 socket behind that tests waiting for quiet sockets trip on.
     fn ready_probe(&self) -> anyhow::Result<String> {
         let mut s = TcpStream::connect_timeout(&self.addr, Duration::from_secs(2))?;
-        // Short: a server still starting may accept and never answer; the caller retries.
+        // A server still starting may accept and never answer nor close: read briefly (the
+        // caller retries), and close with a reset, so no half-closed socket lingers for
+        // `wait_settled` to wait on.
+        socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO))?;
         s.set_read_timeout(Some(Duration::from_secs(2)))?;
         s.write_all(b"srvr")?;
         let mut out = String::new();

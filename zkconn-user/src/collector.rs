@@ -142,6 +142,8 @@ impl Collector {
         }
         // The baseline every trend starts from: what existed at start.
         this.sample()?;
+        let kept = crate::probe::drop_capabilities()?;
+        tracing::info!("attached and seeded: capabilities dropped to {kept:#x}");
         Ok(this)
     }
 

@@ -435,11 +435,71 @@ fn explain_load_error(e: &aya::EbpfError) -> String {
 
 /// Checks the capabilities zkconn needs before touching the kernel, so a missing privilege
 /// is one clear sentence rather than an errno from deep inside the loader.
+const CAP_DAC_READ_SEARCH: u32 = 2;
+const CAP_SYS_PTRACE: u32 = 19;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// `_LINUX_CAPABILITY_VERSION_3`: two 32-bit words per set.
+const CAP_VERSION_3: u32 = 0x2008_0522;
+
+/// Once the programs are loaded, attached and seeded: drops every capability but
+/// CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH (if held) from the effective, permitted and
+/// inheritable sets, so nothing later can load programs, attach, or mount. Returns the
+/// effective set kept.
+pub fn drop_capabilities() -> anyhow::Result<u64> {
+    let mut header = CapHeader {
+        version: CAP_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: capget(2) with a v3 header and room for the two words v3 writes.
+    let rc = unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) };
+    if rc != 0 {
+        bail!(
+            "cannot read this process's capabilities: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    let permitted = u64::from(data[0].permitted) | (u64::from(data[1].permitted) << 32);
+    // What zkconn still uses once attached: reading other users' `/proc/PID/*` to
+    // attribute processes it has not seen yet.
+    let keep = permitted & ((1 << CAP_SYS_PTRACE) | (1 << CAP_DAC_READ_SEARCH));
+    for (i, word) in data.iter_mut().enumerate() {
+        let bits = (keep >> (32 * i)) as u32;
+        *word = CapData {
+            effective: bits,
+            permitted: bits,
+            inheritable: 0,
+        };
+    }
+    // SAFETY: capset(2) on this thread with the v3 header and the two words read above.
+    let rc = unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) };
+    if rc != 0 {
+        bail!(
+            "cannot drop capabilities after attaching: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(keep)
+}
+
 pub fn check_privileges() -> anyhow::Result<()> {
-    const CAP_SYS_ADMIN: u32 = 21;
-    const CAP_PERFMON: u32 = 38;
-    const CAP_BPF: u32 = 39;
-    const CAP_SYS_PTRACE: u32 = 19;
     let status = std::fs::read_to_string("/proc/self/status")
         .context("cannot read /proc/self/status to check privileges; is /proc mounted?")?;
     let eff = status

@@ -360,6 +360,8 @@ fn test(root: &Path, unit_only: bool, args: &[OsString]) -> anyhow::Result<()> {
             "daemon",
             "--test",
             "deploy",
+            "--test",
+            "bad_input",
         ])
         .arg("--")
         .args(["--test-threads", "2"])

@@ -132,7 +132,7 @@ pub struct SnapshotArgs {
 #[derive(Debug, Args, Clone)]
 pub struct LimitArgs {
     /// The servers' maxClientCnxns (0: unlimited). Default: the --zoo-cfg value, else 60.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = parse_connections)]
     pub max_client_cnxns: Option<u32>,
     /// The limit of one server, overriding the others: `zk1:2181=120`. Repeatable.
     #[arg(long = "limit", value_name = "SERVER=N")]
@@ -147,6 +147,12 @@ pub struct LimitArgs {
     /// Window for growth rates, time to limit and leak suspects (docs/suspects.md).
     #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_window)]
     pub window: Duration,
+}
+
+fn parse_connections(text: &str) -> Result<u32, String> {
+    text.trim().parse().map_err(|_| {
+        format!("{text:?} is not a number of connections; write a whole number (0 is unlimited)")
+    })
 }
 
 fn parse_window(text: &str) -> Result<Duration, String> {

@@ -54,7 +54,13 @@ fn main() -> ExitCode {
             let is_check =
                 std::env::args().skip(1).find(|a| !a.starts_with('-')) == Some("check".to_owned());
             if is_check && e.use_stderr() {
-                let _ = e.print();
+                // One status line on stdout, as the plugin's monitoring system reads it.
+                let text = e.to_string();
+                let first = text.lines().next().unwrap_or_default();
+                println!(
+                    "ZKCONN UNKNOWN - {}",
+                    first.strip_prefix("error: ").unwrap_or(first)
+                );
                 return ExitCode::from(check::UNKNOWN);
             }
             e.exit()

@@ -1,0 +1,134 @@
+//! Runs every row of docs/bad-input.md: each mistake is refused with its sentence and exit
+//! code, never a panic, and leaves nothing in the kernel. Root only (some rows drop to uid
+//! 65534); run with `cargo xtask test`.
+
+use std::{collections::BTreeSet, path::PathBuf, process::Command, thread, time::Duration};
+
+use anyhow::{Context as _, Result, bail};
+use integration_tests::zkconn_bin;
+use serde_json::Value;
+
+struct Row {
+    number: String,
+    nobody: bool,
+    args: Vec<String>,
+    exit: i32,
+    says: String,
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+/// The table rows: `| # | command | exit | the message says |`.
+fn rows() -> Result<Vec<Row>> {
+    let doc = std::fs::read_to_string(repo().join("docs/bad-input.md"))?;
+    let mut rows = Vec::new();
+    for line in doc.lines() {
+        let cells: Vec<&str> = line.split(" | ").map(str::trim).collect();
+        let [first, command, exit, says] = cells.as_slice() else {
+            continue;
+        };
+        let Some(number) = first.strip_prefix("| ") else {
+            continue;
+        };
+        if !number.chars().all(|c| c.is_ascii_digit()) {
+            continue;
+        }
+        let nobody = command.starts_with("*as nobody* ");
+        let command = command.trim_start_matches("*as nobody* ").trim_matches('`');
+        let mut args: Vec<String> = command.split_whitespace().map(str::to_owned).collect();
+        if args.first().map(String::as_str) != Some("zkconn") {
+            bail!("row {number}: the command must start with zkconn: {command}");
+        }
+        args.remove(0);
+        let says = says.trim_end_matches(" |").trim();
+        // The quoted text is the cell without its outer backticks.
+        let says = says
+            .strip_prefix("`` ")
+            .and_then(|s| s.strip_suffix(" ``"))
+            .or_else(|| says.strip_prefix('`').and_then(|s| s.strip_suffix('`')))
+            .unwrap_or(says);
+        rows.push(Row {
+            number: number.to_owned(),
+            nobody,
+            args,
+            exit: exit
+                .parse()
+                .with_context(|| format!("row {number}: exit {exit}"))?,
+            says: says.to_owned(),
+        });
+    }
+    Ok(rows)
+}
+
+/// Ids of the eBPF programs, maps and links in the kernel now.
+fn bpf_ids() -> Result<BTreeSet<String>> {
+    let mut ids = BTreeSet::new();
+    for kind in ["prog", "map", "link"] {
+        let out = Command::new("bpftool")
+            .args([kind, "show", "--json"])
+            .output()
+            .context("cannot run bpftool (cargo xtask setup installs it)")?;
+        let list: Value = serde_json::from_slice(&out.stdout)?;
+        for o in list.as_array().into_iter().flatten() {
+            if let Some(id) = o["id"].as_u64() {
+                ids.insert(format!("{kind} {id}"));
+            }
+        }
+    }
+    Ok(ids)
+}
+
+#[test]
+fn every_documented_mistake_is_refused_with_its_sentence() -> Result<()> {
+    let rows = rows()?;
+    assert!(rows.len() >= 15, "only {} rows", rows.len());
+    let before = bpf_ids()?;
+    let mut failures = Vec::new();
+    for row in &rows {
+        let mut cmd = if row.nobody {
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+                .arg(zkconn_bin());
+            c
+        } else {
+            Command::new(zkconn_bin())
+        };
+        let out = cmd
+            .args(&row.args)
+            .current_dir(repo())
+            .stdin(std::process::Stdio::null())
+            .output()?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let code = out.status.code();
+        if code != Some(row.exit) || !text.contains(&row.says) || text.contains("panicked") {
+            failures.push(format!(
+                "row {} ({:?}): exit {code:?}, wanted {} and {:?}; got: {text}",
+                row.number, row.args, row.exit, row.says
+            ));
+        }
+        // zkconn's own refusals are one line (clap's usage errors add a hint after a blank
+        // line).
+        if !text.starts_with("error: ") && text.trim().lines().count() != 1 {
+            failures.push(format!("row {}: more than one line: {text}", row.number));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // Nothing was left in the kernel (objects of other runs may still be going away).
+    let mut left: Vec<String> = bpf_ids()?.difference(&before).cloned().collect();
+    for _ in 0..50 {
+        if left.is_empty() {
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+        let now = bpf_ids()?;
+        left.retain(|id| now.contains(id));
+    }
+    assert!(left.is_empty(), "left in the kernel: {left:?}");
+    Ok(())
+}

@@ -328,6 +328,8 @@ pub struct RawClient {
     /// Send this on each connection and read the answer to EOF (a four-letter word).
     pub say: Option<String>,
     pub expect_refused: bool,
+    /// Run inside this network namespace (`ip netns exec`).
+    pub netns: Option<String>,
 }
 
 impl RawClient {
@@ -344,6 +346,7 @@ impl RawClient {
             interval: None,
             say: None,
             expect_refused: false,
+            netns: None,
         }
     }
 
@@ -358,7 +361,15 @@ impl RawClient {
     }
 
     fn command(&self) -> Command {
-        let mut cmd = Command::new("python3");
+        // `ip netns exec` execs the client: the pid stays the client's.
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "python3"]);
+                c
+            }
+            None => Command::new("python3"),
+        };
         cmd.arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/src/clients/raw_client.py"
@@ -1096,4 +1107,76 @@ pub fn parse_metrics(text: &str) -> anyhow::Result<Vec<Sample>> {
         out.push((name.to_owned(), pairs, value));
     }
     Ok(out)
+}
+
+/// A network namespace joined to this one by a veth pair: the host side has `host`, the
+/// namespace side `inside` (a /30 of 10.213.0.0/16). Removed on drop.
+pub struct NetNs {
+    pub name: String,
+    pub host: IpAddr,
+    pub inside: IpAddr,
+    veth: String,
+}
+
+impl NetNs {
+    pub fn create() -> anyhow::Result<Self> {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        let name = format!("zkconn-{pid}-{n}");
+        // Interface names are at most 15 bytes.
+        let veth = format!("zkv{}{n}", pid % 100_000);
+        let (a, b) = ((pid % 250) as u8, (n * 4 % 252) as u8);
+        let host = IpAddr::from([10, 213, a, b + 1]);
+        let inside = IpAddr::from([10, 213, a, b + 2]);
+        let ns = Self {
+            name: name.clone(),
+            host,
+            inside,
+            veth: veth.clone(),
+        };
+        let peer = format!("{veth}p");
+        for args in [
+            vec!["netns", "add", &name],
+            vec!["link", "add", &veth, "type", "veth", "peer", "name", &peer],
+            vec!["link", "set", &peer, "netns", &name],
+            vec!["addr", "add", &format!("{host}/30"), "dev", &veth],
+            vec!["link", "set", &veth, "up"],
+            vec![
+                "-n",
+                &name,
+                "addr",
+                "add",
+                &format!("{inside}/30"),
+                "dev",
+                &peer,
+            ],
+            vec!["-n", &name, "link", "set", &peer, "up"],
+            vec!["-n", &name, "link", "set", "lo", "up"],
+        ] {
+            let out = Command::new("ip")
+                .args(&args)
+                .output()
+                .context("cannot run ip (cargo xtask setup installs iproute2)")?;
+            if !out.status.success() {
+                bail!(
+                    "ip {}: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        Ok(ns)
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.veth])
+            .status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
 }

@@ -362,6 +362,8 @@ fn test(root: &Path, unit_only: bool, args: &[OsString]) -> anyhow::Result<()> {
             "deploy",
             "--test",
             "bad_input",
+            "--test",
+            "netns",
         ])
         .arg("--")
         .args(["--test-threads", "2"])

@@ -67,7 +67,9 @@ fn kill(child: &mut Child, signal: i32) {
 pub struct ZkServer {
     pub addr: SocketAddr,
     child: Child,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+    props: Vec<String>,
+    probe_src: Option<IpAddr>,
 }
 
 impl ZkServer {
@@ -88,33 +90,54 @@ impl ZkServer {
                 dir.path().join("data").display()
             ),
         )?;
-        let child = Command::new("java")
+        let props: Vec<String> = props.iter().map(|p| (*p).to_owned()).collect();
+        let child = Self::spawn_jvm(dir.path(), &props)?;
+        let mut server = ZkServer {
+            addr: SocketAddr::new(ip, port),
+            child,
+            dir,
+            props,
+            probe_src: ip.is_ipv4().then(fresh_ipv4),
+        };
+        server.wait_ready()?;
+        Ok(server)
+    }
+
+    fn spawn_jvm(dir: &Path, props: &[String]) -> anyhow::Result<Child> {
+        Command::new("java")
             .args(["-Xmx256m", "-XX:+UseSerialGC", "-Xss512k"])
             // The raw test clients never start a session; the NIO listener would otherwise
             // close such connections after 10 s.
             .arg("-Dzookeeper.nio.sessionlessCnxnTimeout=3600000")
             .args(props)
             .arg("-cp")
-            .arg(classpath(dir.path()))
+            .arg(classpath(dir))
             .arg("org.apache.zookeeper.server.ZooKeeperServerMain")
-            .arg(dir.path().join("zoo.cfg"))
+            .arg(dir.join("zoo.cfg"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .context("cannot start java (install Debian's zookeeper: cargo xtask setup)")?;
-        let server = ZkServer {
-            addr: SocketAddr::new(ip, port),
-            child,
-            _dir: dir,
-        };
+            .context("cannot start java (install Debian's zookeeper: cargo xtask setup)")
+    }
+
+    fn wait_ready(&mut self) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
-            if server.ready_probe().is_ok_and(|s| s.contains("Mode:")) {
-                return Ok(server);
+            if self.ready_probe().is_ok_and(|s| s.contains("Mode:")) {
+                return Ok(());
             }
             thread::sleep(Duration::from_millis(200));
         }
-        bail!("ZooKeeper on {} did not come up within 60 s", server.addr)
+        bail!("ZooKeeper on {} did not come up within 60 s", self.addr)
+    }
+
+    /// Kills the server (SIGKILL, as a crash) and starts it again on the same address and
+    /// data; returns once it serves.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        kill(&mut self.child, libc::SIGKILL);
+        let _ = self.child.wait();
+        self.child = Self::spawn_jvm(self.dir.path(), &self.props)?;
+        self.wait_ready()
     }
 
     /// The connect string for this server.
@@ -150,8 +173,16 @@ impl ZkServer {
 
     /// `srvr`, waiting as long as the server takes to answer: a client that gave up first
     /// would leave a FIN-WAIT-2 socket behind that tests waiting for quiet sockets trip on.
+    /// `srvr` from an address of its own (never 127.0.0.1, which the tests' clients use:
+    /// the probe must not count in their rows or against their limit).
     fn ready_probe(&self) -> anyhow::Result<String> {
-        let mut s = TcpStream::connect_timeout(&self.addr, Duration::from_secs(2))?;
+        use socket2::{Domain, SockAddr, Socket, Type};
+        let sock = Socket::new(Domain::for_address(self.addr), Type::STREAM, None)?;
+        if let Some(src) = self.probe_src {
+            sock.bind(&SockAddr::from(SocketAddr::new(src, 0)))?;
+        }
+        sock.connect_timeout(&SockAddr::from(self.addr), Duration::from_secs(2))?;
+        let mut s = TcpStream::from(sock);
         // A server still starting may accept and never answer nor close: read briefly (the
         // caller retries), and close with a reset, so no half-closed socket lingers for
         // `wait_settled` to wait on.
@@ -189,11 +220,17 @@ pub struct Client {
 impl Client {
     fn spawn(cmd: Command) -> anyhow::Result<Self> {
         let mut client = Self::start(cmd)?;
-        let line = client.read_line()?;
+        client.wait_ready()?;
+        Ok(client)
+    }
+
+    /// Waits for the client's `ready` line (after all its connects).
+    pub fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let line = self.read_line()?;
         if !line.starts_with("ready") {
             bail!("client failed: {line}");
         }
-        Ok(client)
+        Ok(())
     }
 
     fn start(mut cmd: Command) -> anyhow::Result<Self> {
@@ -266,6 +303,31 @@ impl Client {
             .arg(server.connect_string())
             .arg(count.to_string());
         Self::spawn(cmd)
+    }
+
+    /// `count` connections that are reconnected whenever the server closes them, as ZooKeeper
+    /// client libraries do (`src/clients/reconnect_client.py`).
+    pub fn reconnecting(server: SocketAddr, count: u32) -> anyhow::Result<Self> {
+        let mut cmd = Command::new("python3");
+        cmd.arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/clients/reconnect_client.py"
+        ))
+        .arg(server.ip().to_string())
+        .arg(server.port().to_string())
+        .args(["--count", &count.to_string()]);
+        Self::spawn(cmd)
+    }
+
+    /// How many connections a reconnecting client holds now.
+    pub fn connected(&mut self) -> anyhow::Result<u32> {
+        let stdin = self.stdin.as_mut().ok_or_else(|| anyhow!("stdin closed"))?;
+        writeln!(stdin, "count")?;
+        stdin.flush()?;
+        let line = self.read_line()?;
+        line.strip_prefix("count ")
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| anyhow!("unexpected reply {line:?}"))
     }
 
     pub fn close(&mut self, k: u32) -> anyhow::Result<()> {
@@ -762,19 +824,24 @@ pub fn row_where<'a>(
 /// Starts a process with `spawn` until it gets pid `pid` (through
 /// `/proc/sys/kernel/ns_last_pid`): a pid reused on purpose. Other tests fork too, so a
 /// few attempts may be needed; the misses are stopped.
+///
+/// `spawn` must return at once (`RawClient::spawn_in_background`): other processes and
+/// threads of a busy machine take pids too, so it may take many cheap tries. The client
+/// that got the pid is then waited for until it is ready.
 pub fn spawn_with_pid(
     pid: u32,
     mut spawn: impl FnMut() -> anyhow::Result<Client>,
 ) -> anyhow::Result<Client> {
-    for _ in 0..100 {
+    for _ in 0..2000 {
         std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string())
             .context("cannot write /proc/sys/kernel/ns_last_pid (needs root)")?;
-        let client = spawn()?;
+        let mut client = spawn()?;
         if client.pid() == pid {
+            client.wait_ready()?;
             return Ok(client);
         }
     }
-    bail!("could not get pid {pid} again in 100 attempts")
+    bail!("could not get pid {pid} again in 2000 attempts")
 }
 
 /// A running `zkconn check -v ARGS`, attached and observing.

@@ -283,7 +283,7 @@ fn a_reused_pid_is_a_new_owner_in_its_own_container() -> Result<()> {
             cgroups: vec![cg_second.path.clone()],
             ..RawClient::new(zk.addr, 3)
         }
-        .spawn()
+        .spawn_in_background()
     })?;
     wait_settled(zk.addr)?;
     let snap = z.finish()?;

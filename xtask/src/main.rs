@@ -364,6 +364,8 @@ fn test(root: &Path, unit_only: bool, args: &[OsString]) -> anyhow::Result<()> {
             "bad_input",
             "--test",
             "netns",
+            "--test",
+            "faults",
         ])
         .arg("--")
         .args(["--test-threads", "2"])

@@ -38,6 +38,16 @@ enum Task {
     /// HBase RegionServer JVM, and two YARN containers of one application, one leaking
     /// until refused. Everything started is stopped on exit.
     Demo,
+    /// Set up (plus cargo-fuzz), then run every fuzz target for --seconds each, starting
+    /// from the committed seeds in fuzz/seeds/. A crash fails the task and leaves its input
+    /// in fuzz/artifacts/.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u32,
+        /// Only these targets (default: all of them).
+        targets: Vec<String>,
+    },
     /// Set up, then run every test: unit tests and the root integration tests against a
     /// real ZooKeeper.
     Test {
@@ -118,11 +128,72 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Task::Fuzz { seconds, targets } => {
+            setup()?;
+            fuzz(&root, seconds, &targets)
+        }
         Task::Test { unit_only, args } => {
             setup()?;
             test(&root, unit_only, &args)
         }
     }
+}
+
+/// Every fuzz target, in fuzz/Cargo.toml.
+const FUZZ_TARGETS: &[&str] = &[
+    "cli_values",
+    "zoo_cfg",
+    "rules",
+    "proc_files",
+    "command_line",
+    "kernel_formats",
+];
+const CARGO_FUZZ_VERSION: &str = "0.13.1";
+
+fn fuzz(root: &Path, seconds: u32, only: &[String]) -> anyhow::Result<()> {
+    if output(Command::new("cargo").args(["fuzz", "--version"])).is_none() {
+        eprintln!("xtask: installing cargo-fuzz {CARGO_FUZZ_VERSION}");
+        check(
+            Command::new("cargo").args([
+                "install",
+                "cargo-fuzz",
+                "--locked",
+                "--version",
+                CARGO_FUZZ_VERSION,
+            ]),
+            "cargo install cargo-fuzz",
+        )?;
+    }
+    if let Some(unknown) = only.iter().find(|t| !FUZZ_TARGETS.contains(&t.as_str())) {
+        bail!(
+            "no fuzz target {unknown}; the targets are {}",
+            FUZZ_TARGETS.join(", ")
+        );
+    }
+    for target in FUZZ_TARGETS
+        .iter()
+        .filter(|t| only.is_empty() || only.iter().any(|o| o == *t))
+    {
+        // New inputs go to the (ignored) corpus; the committed seeds are read only.
+        let corpus = root.join("fuzz/corpus").join(target);
+        let seeds = root.join("fuzz/seeds").join(target);
+        std::fs::create_dir_all(&corpus)?;
+        eprintln!("xtask: fuzzing {target} for {seconds} s");
+        check(
+            Command::new("cargo")
+                .current_dir(root.join("fuzz"))
+                .args(["+nightly", "fuzz", "run", target])
+                .arg(&corpus)
+                .arg(&seeds)
+                .args([
+                    "--",
+                    &format!("-max_total_time={seconds}"),
+                    "-rss_limit_mb=4096",
+                ]),
+            &format!("fuzz target {target} (a crash input is in fuzz/artifacts/{target}/)"),
+        )?;
+    }
+    Ok(())
 }
 
 fn workspace_root() -> anyhow::Result<PathBuf> {

@@ -3,38 +3,16 @@
 //! `main` parses and validates everything, runs the command, and prints an error once,
 //! as one sentence chain (`{:#}`). A closed stdout (`| head`) is not an error.
 
-mod alarm;
-mod attribution;
-mod check;
-mod cli;
-mod collector;
-mod daemon;
-mod history;
-mod limits;
-mod metrics;
-mod model;
-mod output;
-mod probe;
-mod procfs;
-mod seed;
-mod targets;
-mod trend;
-mod tui;
-mod users;
-
 use std::{io::Write as _, process::ExitCode};
 
 use anyhow::Context as _;
 use clap::Parser as _;
 use tokio::signal::unix::{SignalKind, signal};
-
-use crate::{
-    alarm::Thresholds,
-    attribution::Rules,
-    cli::{AttributionArgs, CheckArgs, Cli, Command, SnapshotArgs, TargetArgs, WatchArgs},
-    collector::{Collector, Judgement},
-    limits::Limits,
-    targets::{Targets, ZooCfg},
+use zkconn::{
+    Setup, check,
+    cli::{CheckArgs, Cli, Command, SnapshotArgs},
+    collector::{self, Collector},
+    daemon, output, tui,
 };
 
 fn main() -> ExitCode {
@@ -161,41 +139,6 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-/// Everything a mode needs to start the collector, validated before anything touches the
-/// kernel.
-struct Setup {
-    targets: Targets,
-    limits: Limits,
-    rules: Rules,
-    judgement: Judgement,
-}
-
-impl Setup {
-    fn new(watch: &WatchArgs) -> anyhow::Result<Self> {
-        let WatchArgs {
-            targets,
-            limits,
-            attribution,
-            ..
-        } = watch;
-        let (targets, zoo_limit) = resolve_targets(targets)?;
-        let thresholds = Thresholds::from_percent(limits.warn, limits.crit)?;
-        Ok(Self {
-            targets,
-            limits: Limits::new(limits.max_client_cnxns, zoo_limit, &limits.limit)?,
-            rules: load_rules(attribution)?,
-            judgement: Judgement {
-                limits_window: limits.window,
-                thresholds,
-            },
-        })
-    }
-
-    fn start(self, probe: &cli::ProbeArgs) -> anyhow::Result<Collector> {
-        Collector::start(self.targets, probe, self.rules, self.limits, self.judgement)
-    }
-}
-
 /// Observes for `duration` (or until SIGINT/SIGTERM), sampling the history each second.
 async fn observe(collector: &mut Collector, duration: std::time::Duration) -> anyhow::Result<()> {
     // Handlers first: a SIGINT right after "ready" must end the observation, not the process.
@@ -216,42 +159,6 @@ async fn observe(collector: &mut Collector, duration: std::time::Duration) -> an
         }
     }
     Ok(())
-}
-
-/// Builds the target set from `--zk`, `--port` and `--zoo-cfg`; also returns the zoo.cfg's
-/// `maxClientCnxns`.
-pub fn resolve_targets(args: &TargetArgs) -> anyhow::Result<(Targets, Option<u32>)> {
-    let mut endpoints = Vec::new();
-    let mut ports = Vec::new();
-    let mut max_client_cnxns = None;
-    for zk in &args.zk {
-        endpoints.extend(targets::parse_connect_string(zk).context("--zk")?);
-    }
-    for list in &args.port {
-        ports.extend(targets::parse_port_list(list).context("--port")?);
-    }
-    if let Some(path) = &args.zoo_cfg {
-        let cfg = ZooCfg::read(path).context("--zoo-cfg")?;
-        max_client_cnxns = cfg.max_client_cnxns;
-        let (e, p) = cfg.targets();
-        if e.is_empty() && p.is_empty() {
-            anyhow::bail!(
-                "--zoo-cfg {}: the file names no clientPort, secureClientPort or server.N client port",
-                path.display()
-            );
-        }
-        endpoints.extend(e);
-        ports.extend(p);
-    }
-    Ok((Targets::resolve(&endpoints, &ports)?, max_client_cnxns))
-}
-
-/// Reads `--rules`, or no rules.
-pub fn load_rules(args: &AttributionArgs) -> anyhow::Result<Rules> {
-    match &args.rules {
-        Some(path) => Rules::read(path).context("--rules"),
-        None => Ok(Rules::default()),
-    }
 }
 
 async fn snapshot(args: SnapshotArgs, setup: Setup) -> anyhow::Result<()> {

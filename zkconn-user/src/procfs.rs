@@ -191,7 +191,7 @@ impl Procfs {
 
 /// `comm` and `starttime` (ticks since boot) from `/proc/PID/stat`. The comm is in
 /// parentheses and may itself contain spaces and parentheses: split at the last ')'.
-fn parse_stat(stat: &str) -> Option<(String, u64)> {
+pub fn parse_stat(stat: &str) -> Option<(String, u64)> {
     let open = stat.find('(')?;
     let close = stat.rfind(')')?;
     let comm = stat.get(open + 1..close)?.to_owned();

@@ -71,8 +71,9 @@ impl Series {
         }
     }
 
+    /// Points stored (a steady owner keeps one).
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    pub fn points(&self) -> usize {
         self.points.len()
     }
 
@@ -392,7 +393,7 @@ mod tests {
         let tr = s.trend(100.0, 100.0);
         assert_eq!((tr.growth, tr.sustained), (0, 0.0));
         assert_eq!(tr.time_to_limit(Some(5)), None);
-        assert_eq!(s.len(), 1, "an unchanging series keeps one point");
+        assert_eq!(s.points(), 1, "an unchanging series keeps one point");
     }
 
     #[test]
@@ -402,7 +403,7 @@ mod tests {
         for t in 1..=3600_u32 {
             s.push(sample(f64::from(t), u64::from(t)), 600.0);
         }
-        assert!(s.len() <= MAX_POINTS);
+        assert!(s.points() <= MAX_POINTS);
         assert_eq!(s.at(3600.0).open, 3600);
         // The value at the window's start is still known to within the thinned resolution.
         let start = s.at(3000.0).open;

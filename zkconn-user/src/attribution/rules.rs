@@ -199,6 +199,10 @@ impl Rules {
     pub fn len(&self) -> usize {
         self.rules.len()
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 #[cfg(test)]

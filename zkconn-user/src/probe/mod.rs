@@ -7,8 +7,8 @@
 //! Hooks are an enum: each variant knows how to attach itself and what it needs; the maps
 //! and the accounting in the kernel are shared by all of them.
 
-mod btf;
-mod tracefs;
+pub mod btf;
+pub mod tracefs;
 
 use std::{
     collections::HashMap as StdHashMap,

@@ -1,0 +1,28 @@
+//! zkconn: who holds this host's ZooKeeper connections. The library behind the `zkconn`
+//! binary; its parsers are also what the fuzz targets (`fuzz/`) exercise.
+//!
+//! Data flows one way: `probe` (kernel programs and maps) → `collector` (events, seeding,
+//! attribution) → `model` (rows) → `history` (trends, suspects, alarms) → views: `output`
+//! (tables and JSON), `check` (Nagios), `tui` (`top`), `daemon` with `metrics`.
+
+pub mod alarm;
+pub mod attribution;
+pub mod check;
+pub mod cli;
+pub mod collector;
+pub mod daemon;
+pub mod history;
+pub mod limits;
+pub mod metrics;
+pub mod model;
+pub mod output;
+pub mod probe;
+pub mod procfs;
+pub mod seed;
+pub mod setup;
+pub mod targets;
+pub mod trend;
+pub mod tui;
+pub mod users;
+
+pub use setup::Setup;

@@ -1,0 +1,84 @@
+//! Turning the command line into what the collector needs: targets resolved, limits,
+//! rules and thresholds validated, all before anything touches the kernel.
+
+use anyhow::Context as _;
+
+use crate::{
+    alarm::Thresholds,
+    attribution::Rules,
+    cli::{AttributionArgs, ProbeArgs, TargetArgs, WatchArgs},
+    collector::{Collector, Judgement},
+    limits::Limits,
+    targets::{self, Targets, ZooCfg},
+};
+
+/// Everything a mode needs to start the collector, validated before anything touches the
+/// kernel.
+pub struct Setup {
+    pub targets: Targets,
+    pub limits: Limits,
+    pub rules: Rules,
+    pub judgement: Judgement,
+}
+
+impl Setup {
+    pub fn new(watch: &WatchArgs) -> anyhow::Result<Self> {
+        let WatchArgs {
+            targets,
+            limits,
+            attribution,
+            ..
+        } = watch;
+        let (targets, zoo_limit) = resolve_targets(targets)?;
+        let thresholds = Thresholds::from_percent(limits.warn, limits.crit)?;
+        Ok(Self {
+            targets,
+            limits: Limits::new(limits.max_client_cnxns, zoo_limit, &limits.limit)?,
+            rules: load_rules(attribution)?,
+            judgement: Judgement {
+                limits_window: limits.window,
+                thresholds,
+            },
+        })
+    }
+
+    pub fn start(self, probe: &ProbeArgs) -> anyhow::Result<Collector> {
+        Collector::start(self.targets, probe, self.rules, self.limits, self.judgement)
+    }
+}
+
+/// Builds the target set from `--zk`, `--port` and `--zoo-cfg`; also returns the zoo.cfg's
+/// `maxClientCnxns`.
+pub fn resolve_targets(args: &TargetArgs) -> anyhow::Result<(Targets, Option<u32>)> {
+    let mut endpoints = Vec::new();
+    let mut ports = Vec::new();
+    let mut max_client_cnxns = None;
+    for zk in &args.zk {
+        endpoints.extend(targets::parse_connect_string(zk).context("--zk")?);
+    }
+    for list in &args.port {
+        ports.extend(targets::parse_port_list(list).context("--port")?);
+    }
+    if let Some(path) = &args.zoo_cfg {
+        let cfg = ZooCfg::read(path).context("--zoo-cfg")?;
+        max_client_cnxns = cfg.max_client_cnxns;
+        let (e, p) = cfg.targets();
+        if e.is_empty() && p.is_empty() {
+            anyhow::bail!(
+                "--zoo-cfg {}: the file names no clientPort, secureClientPort or server.N client port",
+                path.display()
+            );
+        }
+        endpoints.extend(e);
+        ports.extend(p);
+    }
+    Ok((Targets::resolve(&endpoints, &ports)?, max_client_cnxns))
+}
+
+/// Reads `--rules`, or no rules.
+pub fn load_rules(args: &AttributionArgs) -> anyhow::Result<Rules> {
+    match &args.rules {
+        Some(path) => Rules::read(path).context("--rules"),
+        None => Ok(Rules::default()),
+    }
+}

@@ -148,7 +148,7 @@ const FUZZ_TARGETS: &[&str] = &[
     "command_line",
     "kernel_formats",
 ];
-const CARGO_FUZZ_VERSION: &str = "0.13.1";
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 fn fuzz(root: &Path, seconds: u32, only: &[String]) -> anyhow::Result<()> {
     if output(Command::new("cargo").args(["fuzz", "--version"])).is_none() {

@@ -38,6 +38,9 @@ enum Task {
     /// HBase RegionServer JVM, and two YARN containers of one application, one leaking
     /// until refused. Everything started is stopped on exit.
     Demo,
+    /// Set up (plus Debian's libbpf-tools for tcplife), build, and run the benchmarks as
+    /// root; they print tables and write docs/benchmarks.md.
+    Bench,
     /// Set up (plus cargo-fuzz), then run every fuzz target for --seconds each, starting
     /// from the committed seeds in fuzz/seeds/. A crash fails the task and leaves its input
     /// in fuzz/artifacts/.
@@ -127,6 +130,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 bail!("the demo exited with {status}");
             }
             Ok(())
+        }
+        Task::Bench => {
+            setup()?;
+            install_debian(&["libbpf-tools"])?;
+            build(&root)?;
+            check(
+                Command::new("cargo").current_dir(&root).args([
+                    "build",
+                    "--release",
+                    "--package",
+                    "integration-tests",
+                    "--bin",
+                    "zkconn-bench",
+                ]),
+                "building the benchmarks",
+            )?;
+            let mut cmd = as_root(root.join("target/release/zkconn-bench"));
+            cmd.env("ZKCONN_BIN", root.join("target/release/zkconn"))
+                .arg(root.join("docs/benchmarks.md"));
+            check(&mut cmd, "the benchmarks")
         }
         Task::Fuzz { seconds, targets } => {
             setup()?;
@@ -254,7 +277,12 @@ fn setup() -> anyhow::Result<()> {
 }
 
 fn setup_debian() -> anyhow::Result<()> {
-    let missing: Vec<&str> = DEBIAN_PACKAGES
+    install_debian(DEBIAN_PACKAGES)
+}
+
+/// Installs those of `packages` that are missing.
+fn install_debian(packages: &[&str]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|p| {

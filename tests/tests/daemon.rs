@@ -42,7 +42,17 @@ fn endpoints_serve_the_numbers_of_a_real_scenario() -> Result<()> {
     }
     .spawn()?;
     let target = zk.addr.to_string();
-    let d = Daemon::start(&["--zk", &target, "--max-client-cnxns", "4"])?;
+    let dir = tempfile::tempdir()?;
+    let ndjson = dir.path().join("snapshots.ndjson");
+    let ndjson_s = ndjson.display().to_string();
+    let d = Daemon::start(&[
+        "--zk",
+        &target,
+        "--max-client-cnxns",
+        "4",
+        "--ndjson",
+        &ndjson_s,
+    ])?;
     // Two fit beside the holder's two; the third is refused.
     let leaker = RawClient {
         interval: step,
@@ -53,6 +63,19 @@ fn endpoints_serve_the_numbers_of_a_real_scenario() -> Result<()> {
     wait_settled(zk.addr)?;
     let snap = d.snapshot_when(open_is(zk.addr, 4, 1))?;
     assert_eq!(snap["schema"], "zkconn.snapshot/v1");
+    // --ndjson: one whole document per line, appended each refresh; the last one written
+    // has the scenario's numbers too.
+    let text = std::fs::read_to_string(&ndjson)?;
+    // Only whole lines: a refresh may be appending right now.
+    let whole = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+    let lines: Vec<Value> = whole
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    assert!(lines.len() >= 2, "{} lines", lines.len());
+    assert!(lines.iter().all(|l| l["schema"] == "zkconn.snapshot/v1"));
+    let last = lines.last().map(|l| open_is(zk.addr, 4, 1)(l));
+    assert_eq!(last, Some(true), "the last NDJSON line");
     assert_eq!(field(process(&snap, holder.pid())?, "seeded")?, 2);
     assert_eq!(field(process(&snap, leaker.pid())?, "rejected")?, 1);
 

@@ -52,8 +52,9 @@ pub struct Collector {
     history: History,
     thresholds: Thresholds,
     alarms: AlarmLog,
-    /// The live connections as of the last read, for views that drill down.
-    connections: Vec<ConnectionRow>,
+    /// The kernel's connection and seed rows of the last read, and when it was: turned
+    /// into [`ConnectionRow`]s only when a view asks (`top`'s drill-down).
+    last_conns: (Vec<zkconn_common::Conn>, Vec<zkconn_common::Conn>, u64),
 }
 
 /// How the collector judges trends and limits.
@@ -131,7 +132,7 @@ impl Collector {
             history: History::new(judgement.limits_window.as_secs_f64()),
             thresholds: judgement.thresholds,
             alarms: AlarmLog::default(),
-            connections: Vec::new(),
+            last_conns: (Vec::new(), Vec::new(), 0),
         };
         // Seeded processes are attributed from what seeding read, while they lived.
         for (key, info) in infos {
@@ -317,9 +318,8 @@ impl Collector {
     /// Reads the kernel and builds the rows.
     fn rows(&mut self) -> anyhow::Result<(Rows, KernelState)> {
         self.drain_events();
-        let state = self.probe.read()?;
+        let mut state = self.probe.read()?;
         let now_ns = seed::now_boot_ns();
-        self.connections = model::connections(&state.conns, &state.seeds, now_ns);
         // Owners seen only through maps (their event was lost): attribute them now.
         let mut first_conn: HashMap<OwnerKey, &zkconn_common::Conn> = HashMap::new();
         for c in state.conns.iter().chain(&state.seeds) {
@@ -381,6 +381,12 @@ impl Collector {
             cgroup_path: &path,
             now_ns,
         });
+        // Kept for `connections()`; nothing else reads them after this.
+        self.last_conns = (
+            std::mem::take(&mut state.conns),
+            std::mem::take(&mut state.seeds),
+            now_ns,
+        );
         Ok((rows, state))
     }
 
@@ -402,8 +408,9 @@ impl Collector {
     }
 
     /// The live connections as of the last sample or snapshot.
-    pub fn connections(&self) -> &[ConnectionRow] {
-        &self.connections
+    pub fn connections(&self) -> Vec<ConnectionRow> {
+        let (conns, seeds, now_ns) = &self.last_conns;
+        model::connections(conns, seeds, *now_ns)
     }
 
     /// Reads the kernel and builds the document.

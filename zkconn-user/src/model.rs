@@ -503,9 +503,8 @@ pub struct OwnerFacts {
 }
 
 /// One live connection, for the drill-down of an owner.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ConnectionRow {
-    #[serde(skip)]
     pub owner: OwnerKey,
     pub cgroup_id: u64,
     pub server: String,
@@ -516,7 +515,6 @@ pub struct ConnectionRow {
     pub age_secs: f64,
     /// Existed before zkconn started: its age is at least `age_secs`.
     pub seeded: bool,
-    pub refused: bool,
 }
 
 pub fn state_name(state: u8) -> &'static str {
@@ -536,12 +534,20 @@ pub fn state_name(state: u8) -> &'static str {
     }
 }
 
-/// Every live connection (a seed the kernel also tracks counted once), oldest first.
-pub fn connections(conns: &[Conn], seeds: &[Conn], now_ns: u64) -> Vec<ConnectionRow> {
+/// The kernel's connections and the seeds it does not track (same tuple): a seed the
+/// kernel also tracks counts once, as the kernel's.
+fn live<'a>(conns: &'a [Conn], seeds: &'a [Conn]) -> Vec<&'a Conn> {
     let tracked: HashSet<_> = conns.iter().map(|c| c.tuple).collect();
-    let mut rows: Vec<ConnectionRow> = conns
+    conns
         .iter()
         .chain(seeds.iter().filter(|s| !tracked.contains(&s.tuple)))
+        .collect()
+}
+
+/// Every live connection, oldest first.
+pub fn connections(conns: &[Conn], seeds: &[Conn], now_ns: u64) -> Vec<ConnectionRow> {
+    let mut rows: Vec<ConnectionRow> = live(conns, seeds)
+        .into_iter()
         .map(|c| ConnectionRow {
             owner: c.owner,
             cgroup_id: c.cgroup_id,
@@ -551,7 +557,6 @@ pub fn connections(conns: &[Conn], seeds: &[Conn], now_ns: u64) -> Vec<Connectio
             state: state_name(c.state),
             age_secs: round1(now_ns.saturating_sub(c.opened_ns) as f64 / 1e9),
             seeded: c.flags & conn_flags::SEEDED != 0,
-            refused: c.flags & conn_flags::REFUSED != 0,
         })
         .collect();
     rows.sort_by(|a, b| {
@@ -584,12 +589,7 @@ pub fn endpoint(addr: [u8; 16], port: u16) -> String {
 /// Rows per server, process and cgroup. A seed that the kernel also tracks (same tuple)
 /// is counted once, as the kernel's.
 pub fn build(inputs: &Inputs<'_>) -> Rows {
-    let tracked: HashSet<_> = inputs.conns.iter().map(|c| c.tuple).collect();
-    let live: Vec<&Conn> = inputs
-        .conns
-        .iter()
-        .chain(inputs.seeds.iter().filter(|s| !tracked.contains(&s.tuple)))
-        .collect();
+    let live = live(inputs.conns, inputs.seeds);
 
     let mut servers: BTreeMap<(String, String), StateCounts> = BTreeMap::new();
     let mut by_owner: HashMap<OwnerKey, (StateCounts, BTreeMap<String, u64>, Age)> = HashMap::new();

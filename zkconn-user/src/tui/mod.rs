@@ -99,7 +99,7 @@ pub async fn run(
         let mut app = app::App::default();
         let refresh = |collector: &mut Collector, app: &mut app::App| -> anyhow::Result<()> {
             let snap = collector.snapshot()?;
-            app.update(snap, collector.connections().to_vec());
+            app.update(snap, collector.connections());
             app.last_log = logs.last();
             Ok(())
         };

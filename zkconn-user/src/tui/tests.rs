@@ -173,7 +173,6 @@ fn connections() -> Vec<ConnectionRow> {
             state: if i == 2 { "CLOSE_WAIT" } else { "ESTABLISHED" },
             age_secs: 360.0 - f64::from(i) * 40.0,
             seeded: false,
-            refused: false,
         })
         .collect()
 }

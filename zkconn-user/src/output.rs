@@ -4,7 +4,7 @@ use std::io::{self, Write};
 
 use crate::{
     model::{Age, Snapshot, Totals},
-    trend::human_secs,
+    trend::{human_secs, human_time_to_limit},
 };
 
 pub fn json(out: &mut impl Write, snapshot: &Snapshot) -> io::Result<()> {
@@ -121,11 +121,7 @@ pub fn text(out: &mut impl Write, s: &Snapshot) -> io::Result<()> {
                         .map_or("-".to_owned(), |u| format!("{:.0}%", u * 100.0)),
                     n(r.rejected),
                     rate(r.rates.growth_per_min),
-                    match r.time_to_limit_secs {
-                        None => "-".to_owned(),
-                        Some(0.0) => "reached".to_owned(),
-                        Some(secs) => human_secs(secs),
-                    },
+                    human_time_to_limit(r.time_to_limit_secs),
                     r.alarm.as_str().to_owned(),
                     n(r.states.close_wait),
                 ]

@@ -263,6 +263,15 @@ impl Evidence {
     }
 }
 
+/// A server's time to limit for people: `-` when not growing, `reached`, else a span.
+pub fn human_time_to_limit(secs: Option<f64>) -> String {
+    match secs {
+        None => "-".to_owned(),
+        Some(0.0) => "reached".to_owned(),
+        Some(s) => human_secs(s),
+    }
+}
+
 /// `45 s`, `10 min`, `2 h`.
 pub fn human_secs(secs: f64) -> String {
     let s = secs.round() as u64;

@@ -9,7 +9,11 @@ use ratatui::{
 };
 
 use super::app::{App, Column, OwnerLine};
-use crate::{alarm::Alarm, model::ServerRow, trend::human_secs};
+use crate::{
+    alarm::Alarm,
+    model::ServerRow,
+    trend::{human_secs, human_time_to_limit},
+};
 
 const WARN: Style = Style::new().fg(Color::Yellow).add_modifier(Modifier::BOLD);
 const CRIT: Style = Style::new().fg(Color::Red).add_modifier(Modifier::BOLD);
@@ -119,11 +123,7 @@ fn server_line(row: &ServerRow, width: u16) -> Line<'static> {
         Some(u) => format!("{}/{} {:.0}%", row.states.open, row.limit, u * 100.0),
         None => format!("{} open, unlimited", row.states.open),
     };
-    let ttl = match row.time_to_limit_secs {
-        None => "-".to_owned(),
-        Some(0.0) => "reached".to_owned(),
-        Some(t) => human_secs(t),
-    };
+    let ttl = human_time_to_limit(row.time_to_limit_secs);
     let name = format!("{:<21}", row.server);
     let alarm = format!("{:<8} ", row.alarm.as_str());
     let usage = format!(" {usage:<13}");

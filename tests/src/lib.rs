@@ -56,6 +56,12 @@ pub fn free_port(ip: IpAddr) -> anyhow::Result<u16> {
     Ok(TcpListener::bind((ip, 0))?.local_addr()?.port())
 }
 
+/// SIGKILL, then wait for it, so nothing a test started outlives it.
+fn kill_and_reap(child: &mut Child) {
+    kill(child, libc::SIGKILL);
+    let _ = child.wait();
+}
+
 fn kill(child: &mut Child, signal: i32) {
     if let Ok(pid) = i32::try_from(child.id()) {
         // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
@@ -134,8 +140,7 @@ impl ZkServer {
     /// Kills the server (SIGKILL, as a crash) and starts it again on the same address and
     /// data; returns once it serves.
     pub fn restart(&mut self) -> anyhow::Result<()> {
-        kill(&mut self.child, libc::SIGKILL);
-        let _ = self.child.wait();
+        kill_and_reap(&mut self.child);
         self.child = Self::spawn_jvm(self.dir.path(), &self.props)?;
         self.wait_ready()
     }
@@ -205,8 +210,7 @@ impl ZkServer {
 
 impl Drop for ZkServer {
     fn drop(&mut self) {
-        kill(&mut self.child, libc::SIGKILL);
-        let _ = self.child.wait();
+        kill_and_reap(&mut self.child);
     }
 }
 
@@ -359,8 +363,7 @@ impl Client {
 
     /// SIGKILL, and reap.
     pub fn kill(&mut self) {
-        kill(&mut self.child, libc::SIGKILL);
-        let _ = self.child.wait();
+        kill_and_reap(&mut self.child);
     }
 }
 
@@ -739,8 +742,7 @@ impl Zkconn {
     }
 
     fn stop(&mut self) {
-        kill(&mut self.child, libc::SIGKILL);
-        let _ = self.child.wait();
+        kill_and_reap(&mut self.child);
     }
 
     /// SIGINT ends the observation; returns the snapshot document.
@@ -894,8 +896,7 @@ impl Check {
 impl Drop for Check {
     fn drop(&mut self) {
         if self.stdout.is_some() {
-            kill(&mut self.child, libc::SIGKILL);
-            let _ = self.child.wait();
+            kill_and_reap(&mut self.child);
         }
     }
 }
@@ -1019,8 +1020,7 @@ impl Daemon {
     }
 
     pub fn kill9(&mut self) {
-        kill(&mut self.child, libc::SIGKILL);
-        let _ = self.child.wait();
+        kill_and_reap(&mut self.child);
     }
 }
 
@@ -1101,8 +1101,7 @@ impl Prometheus {
 
 impl Drop for Prometheus {
     fn drop(&mut self) {
-        kill(&mut self.child, libc::SIGKILL);
-        let _ = self.child.wait();
+        kill_and_reap(&mut self.child);
     }
 }
 

@@ -97,59 +97,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Task::Run { args } => {
             setup()?;
             build(&root)?;
-            let bin = root.join("target/release/zkconn");
-            let mut cmd = as_root(&bin);
+            let mut cmd = as_root(root.join("target/release/zkconn"));
             if args.is_empty() {
                 cmd.arg("top");
             }
-            cmd.args(args);
-            let status = cmd.status().context("cannot start zkconn")?;
-            if !status.success() {
-                bail!("zkconn exited with {status}");
-            }
-            Ok(())
+            check(cmd.args(args), "zkconn")
         }
         Task::Demo => {
             setup()?;
             build(&root)?;
-            check(
-                Command::new("cargo").current_dir(&root).args([
-                    "build",
-                    "--release",
-                    "--package",
-                    "integration-tests",
-                    "--bin",
-                    "zkconn-demo",
-                ]),
-                "building the demo",
-            )?;
-            let mut cmd = as_root(root.join("target/release/zkconn-demo"));
-            cmd.env("ZKCONN_BIN", root.join("target/release/zkconn"));
-            let status = cmd.status().context("cannot start the demo")?;
-            if !status.success() {
-                bail!("the demo exited with {status}");
-            }
-            Ok(())
+            run_tests_bin(&root, "zkconn-demo", &[], "the demo")
         }
         Task::Bench => {
             setup()?;
             install_debian(&["libbpf-tools"])?;
             build(&root)?;
-            check(
-                Command::new("cargo").current_dir(&root).args([
-                    "build",
-                    "--release",
-                    "--package",
-                    "integration-tests",
-                    "--bin",
-                    "zkconn-bench",
-                ]),
-                "building the benchmarks",
-            )?;
-            let mut cmd = as_root(root.join("target/release/zkconn-bench"));
-            cmd.env("ZKCONN_BIN", root.join("target/release/zkconn"))
-                .arg(root.join("docs/benchmarks.md"));
-            check(&mut cmd, "the benchmarks")
+            let out = root.join("docs/benchmarks.md");
+            run_tests_bin(&root, "zkconn-bench", &[out.as_os_str()], "the benchmarks")
         }
         Task::Fuzz { seconds, targets } => {
             setup()?;
@@ -217,6 +181,31 @@ fn fuzz(root: &Path, seconds: u32, only: &[String]) -> anyhow::Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// Builds `bin` of the tests package and runs it as root with `args`, pointed at the
+/// zkconn that `build` made.
+fn run_tests_bin(
+    root: &Path,
+    bin: &str,
+    args: &[&std::ffi::OsStr],
+    what: &str,
+) -> anyhow::Result<()> {
+    check(
+        Command::new("cargo").current_dir(root).args([
+            "build",
+            "--release",
+            "--package",
+            "integration-tests",
+            "--bin",
+            bin,
+        ]),
+        &format!("building {what}"),
+    )?;
+    let mut cmd = as_root(root.join("target/release").join(bin));
+    cmd.env("ZKCONN_BIN", root.join("target/release/zkconn"))
+        .args(args);
+    check(&mut cmd, what)
 }
 
 fn workspace_root() -> anyhow::Result<PathBuf> {

@@ -459,45 +459,53 @@ pub fn lines_of(snap: &Snapshot, group: Group) -> Vec<OwnerLine> {
                 suspect: suspect(SuspectKind::Process, &|s| s.pid == Some(p.pid)),
             })
             .collect(),
-        Group::Cgroup => r
-            .cgroups
-            .iter()
-            .map(|c| {
-                let members: Vec<_> = r
-                    .processes
-                    .iter()
-                    .filter(|p| c.pids.contains(&p.pid) && p.cgroup_id == c.id)
-                    .collect();
-                let users: HashSet<&str> =
-                    members.iter().filter_map(|p| p.user.as_deref()).collect();
-                let mut oldest: Option<(f64, bool)> = None;
-                for p in &members {
-                    if let Some(o) = p.age.oldest_secs
-                        && oldest.is_none_or(|(s, _)| o > s)
-                    {
-                        oldest = Some((o, p.age.oldest_seeded));
+        Group::Cgroup => {
+            // Processes by cgroup, once, rather than a scan of all processes per cgroup.
+            let mut by_cgroup: HashMap<u64, Vec<&crate::model::ProcessRow>> = HashMap::new();
+            for p in &r.processes {
+                by_cgroup.entry(p.cgroup_id).or_default().push(p);
+            }
+            r.cgroups
+                .iter()
+                .map(|c| {
+                    let members: Vec<_> = by_cgroup
+                        .get(&c.id)
+                        .into_iter()
+                        .flatten()
+                        .copied()
+                        .filter(|p| c.pids.contains(&p.pid))
+                        .collect();
+                    let users: HashSet<&str> =
+                        members.iter().filter_map(|p| p.user.as_deref()).collect();
+                    let mut oldest: Option<(f64, bool)> = None;
+                    for p in &members {
+                        if let Some(o) = p.age.oldest_secs
+                            && oldest.is_none_or(|(s, _)| o > s)
+                        {
+                            oldest = Some((o, p.age.oldest_seeded));
+                        }
                     }
-                }
-                OwnerLine {
-                    id: OwnerId::Cgroup(c.id),
-                    label: c.label.clone(),
-                    kind: c.kind.to_string(),
-                    pids: c.pids.clone(),
-                    user: joined(users),
-                    open: c.states.open,
-                    growth: members.iter().map(|p| p.rates.growth_per_min).sum(),
-                    opened: c.opened,
-                    closed: c.closed,
-                    rejected: members.iter().map(|p| p.rejected).sum(),
-                    close_wait: c.states.close_wait,
-                    oldest: oldest.map(|o| o.0),
-                    oldest_seeded: oldest.is_some_and(|o| o.1),
-                    suspect: members
-                        .iter()
-                        .any(|p| suspect(SuspectKind::Process, &|s| s.pid == Some(p.pid))),
-                }
-            })
-            .collect(),
+                    OwnerLine {
+                        id: OwnerId::Cgroup(c.id),
+                        label: c.label.clone(),
+                        kind: c.kind.to_string(),
+                        pids: c.pids.clone(),
+                        user: joined(users),
+                        open: c.states.open,
+                        growth: members.iter().map(|p| p.rates.growth_per_min).sum(),
+                        opened: c.opened,
+                        closed: c.closed,
+                        rejected: members.iter().map(|p| p.rejected).sum(),
+                        close_wait: c.states.close_wait,
+                        oldest: oldest.map(|o| o.0),
+                        oldest_seeded: oldest.is_some_and(|o| o.1),
+                        suspect: members
+                            .iter()
+                            .any(|p| suspect(SuspectKind::Process, &|s| s.pid == Some(p.pid))),
+                    }
+                })
+                .collect()
+        }
         Group::Application => r
             .applications
             .iter()

@@ -198,6 +198,8 @@ async fn serve(
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
+            // Out of descriptors, say: do not spin on it.
+            tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
         // Over the limit: the connection is closed at once.

@@ -373,6 +373,51 @@ impl Drop for Client {
     }
 }
 
+/// Connections made by one process and then held by another, the connector gone
+/// (`src/clients/handoff_client.py`): `mode` is `fork` (a forked child keeps them) or
+/// `unix` (sent over a Unix socket to a process that never connected).
+pub struct Handoff {
+    /// Talks to the holder (it inherited the connector's pipes).
+    pub client: Client,
+    pub connector: u32,
+    pub holder: u32,
+}
+
+impl Handoff {
+    pub fn start(server: SocketAddr, count: u32, mode: &str) -> anyhow::Result<Self> {
+        let mut cmd = Command::new("python3");
+        cmd.arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/clients/handoff_client.py"
+        ))
+        .arg(server.ip().to_string())
+        .arg(server.port().to_string())
+        .args(["--count", &count.to_string(), "--mode", mode]);
+        let mut client = Client::start(cmd)?;
+        let line = client.read_line()?;
+        let holder = line
+            .strip_prefix("ready ")
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(|| anyhow!("handoff client failed: {line}"))?;
+        let connector = client.pid();
+        // The connector exited by itself: reap it.
+        client.wait_exit(Duration::from_secs(5))?;
+        Ok(Self {
+            client,
+            connector,
+            holder,
+        })
+    }
+}
+
+impl Drop for Handoff {
+    fn drop(&mut self) {
+        // The holder is this test's own grandchild, alive until its stdin closes.
+        // SAFETY: a plain signal to a pid this test started.
+        unsafe { libc::kill(self.holder as i32, libc::SIGKILL) };
+    }
+}
+
 /// Options of the Python client (`src/clients/raw_client.py`).
 #[derive(Clone, Debug)]
 pub struct RawClient {

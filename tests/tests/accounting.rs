@@ -234,10 +234,21 @@ fn a_server_that_closes_while_the_client_keeps_its_fd_is_close_wait() -> Result<
 fn a_capacity_smaller_than_the_load_is_counted_as_overflow() -> Result<()> {
     let zk = ZkServer::start(fresh_ipv4(), 0, &[])?;
     let z = Zkconn::start(&["--zk", &zk_flag(zk.addr), "--max-connections", "5"])?;
-    let client = Client::raw(zk.addr, 8, 1, None)?;
+    let mut first = Client::raw(zk.addr, 8, 1, None)?;
+    wait_settled(zk.addr)?;
+    // Recovery when the load drops: closing all eight frees the five tracked entries
+    // (the three untracked closes are invisible), and four new connections fit.
+    first.close(8)?;
+    wait_settled(zk.addr)?;
+    let second = Client::raw(zk.addr, 4, 1, None)?;
     wait_settled(zk.addr)?;
     let snap = z.finish()?;
-    assert_eq!(field(process(&snap, client.pid())?, "open")?, 5);
+    let row = process(&snap, first.pid())?;
+    assert_eq!((field(row, "open")?, field(row, "opened")?), (0, 5));
+    assert_eq!(field(row, "closed")?, 5);
+    let row = process(&snap, second.pid())?;
+    assert_eq!((field(row, "open")?, field(row, "opened")?), (4, 4));
+    assert_eq!(server_open(&snap, zk.addr), (4, 0));
     assert_eq!(snap["probe"]["overflow"], 3);
     assert_eq!(snap["probe"]["overflow_detail"]["connections"], 3);
     Ok(())

@@ -454,6 +454,8 @@ fn test(root: &Path, unit_only: bool, args: &[OsString]) -> anyhow::Result<()> {
             "netns",
             "--test",
             "faults",
+            "--test",
+            "ownership",
         ])
         .arg("--")
         .args(["--test-threads", "2"])

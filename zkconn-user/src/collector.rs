@@ -3,12 +3,16 @@
 //!
 //! Owns: the flow probe → events/maps → [`model::build`]. Must not: format output.
 
-use std::{collections::HashMap, io, time::Instant};
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    io,
+    time::Instant,
+};
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
-use zkconn_common::{COMM_LEN, Event, OwnerKey, event_kind, probe_counter};
+use zkconn_common::{COMM_LEN, Conn, Event, OwnerKey, Tuple, event_kind, probe_counter, tcp_state};
 
 use crate::{
     alarm::{AlarmLog, Thresholds},
@@ -21,7 +25,7 @@ use crate::{
     cli::ProbeArgs,
     limits::Limits,
     model::{
-        self, AlarmThresholds, AttributionHealth, ConnectionRow, Inputs, LostDetail,
+        self, AlarmThresholds, AttributionHealth, ConnectionRow, Holder, Inputs, LostDetail,
         OverflowDetail, OwnerFacts, ProbeHealth, Rows, SeedHealth, Snapshot,
     },
     probe::{Capacities, Probe},
@@ -55,7 +59,20 @@ pub struct Collector {
     /// The kernel's connection and seed rows of the last read, and when it was: turned
     /// into [`ConnectionRow`]s only when a view asks (`top`'s drill-down).
     last_conns: (Vec<zkconn_common::Conn>, Vec<zkconn_common::Conn>, u64),
+    held_by: HeldBy,
 }
+
+/// Who holds the open connections of connectors that exited. A `/proc` scan costs as much
+/// as seeding, so it runs only while such connections exist, and again only when their set
+/// changes or [`HELD_BY_REFRESH`] has passed.
+#[derive(Default)]
+struct HeldBy {
+    wanted: Vec<Tuple>,
+    at: Option<Instant>,
+    holders: HashMap<Tuple, Vec<(u32, String)>>,
+}
+
+const HELD_BY_REFRESH: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How the collector judges trends and limits.
 #[derive(Clone, Copy, Debug)]
@@ -133,6 +150,7 @@ impl Collector {
             thresholds: judgement.thresholds,
             alarms: AlarmLog::default(),
             last_conns: (Vec::new(), Vec::new(), 0),
+            held_by: HeldBy::default(),
         };
         // Seeded processes are attributed from what seeding read, while they lived.
         for (key, info) in infos {
@@ -381,6 +399,8 @@ impl Collector {
             cgroup_path: &path,
             now_ns,
         });
+        let mut rows = rows;
+        self.fill_held_by(&mut rows, &state);
         // Kept for `connections()`; nothing else reads them after this.
         self.last_conns = (
             std::mem::take(&mut state.conns),
@@ -388,6 +408,83 @@ impl Collector {
             now_ns,
         );
         Ok((rows, state))
+    }
+
+    /// Names the current holders of connections whose connector exited (see [`HeldBy`]).
+    fn fill_held_by(&mut self, rows: &mut Rows, state: &KernelState) {
+        let orphaned: HashSet<OwnerKey> = rows
+            .processes
+            .iter()
+            .filter(|p| !p.alive && p.states.open + p.states.close_wait > 0)
+            .map(|p| p.key)
+            .collect();
+        let held = |c: &&Conn| {
+            orphaned.contains(&c.owner)
+                && matches!(
+                    c.state,
+                    tcp_state::SYN_SENT | tcp_state::ESTABLISHED | tcp_state::CLOSE_WAIT
+                )
+        };
+        let mut wanted: Vec<Tuple> = state
+            .conns
+            .iter()
+            .chain(&state.seeds)
+            .filter(held)
+            .map(|c| c.tuple)
+            .collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let cache = &mut self.held_by;
+        if wanted.is_empty() {
+            *cache = HeldBy::default();
+            return;
+        }
+        let stale = cache.at.is_none_or(|at| at.elapsed() >= HELD_BY_REFRESH);
+        if wanted != cache.wanted || stale {
+            let set: HashSet<Tuple> = wanted.iter().copied().collect();
+            let (pids, unreadable) = seed::holders(&self.procfs, &self.targets, &set);
+            self.unreadable += unreadable;
+            let mut comms: HashMap<u32, String> = HashMap::new();
+            cache.holders = pids
+                .into_iter()
+                .map(|(tuple, pids)| {
+                    let named = pids
+                        .into_iter()
+                        .map(|pid| {
+                            let comm = comms.entry(pid).or_insert_with(|| {
+                                self.procfs.comm(pid).unwrap_or_else(|| "?".into())
+                            });
+                            (pid, comm.clone())
+                        })
+                        .collect();
+                    (tuple, named)
+                })
+                .collect();
+            cache.wanted = wanted;
+            cache.at = Some(Instant::now());
+        }
+        let mut per_owner: HashMap<OwnerKey, BTreeMap<(u32, String), u64>> = HashMap::new();
+        for c in state.conns.iter().chain(&state.seeds).filter(held) {
+            for holder in cache.holders.get(&c.tuple).into_iter().flatten() {
+                *per_owner
+                    .entry(c.owner)
+                    .or_default()
+                    .entry(holder.clone())
+                    .or_default() += 1;
+            }
+        }
+        for p in &mut rows.processes {
+            if let Some(holders) = per_owner.remove(&p.key) {
+                p.held_by = holders
+                    .into_iter()
+                    .map(|((pid, comm), connections)| Holder {
+                        pid,
+                        comm,
+                        connections,
+                    })
+                    .collect();
+            }
+        }
     }
 
     /// New limits and rules (SIGHUP). Rules apply to owners first seen from now on. Targets

@@ -274,6 +274,20 @@ pub struct ProcessRow {
     #[serde(flatten)]
     pub rates: Rates,
     pub servers: Vec<ServerOpen>,
+    /// Set only when this process (the connector) has exited while some of its
+    /// connections are still open: who holds them now (a forked child, or a process it
+    /// passed them to over a Unix socket), found through `/proc/PID/fd`.
+    pub held_by: Vec<Holder>,
+}
+
+/// A process that holds open connections it did not make.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Holder {
+    pub pid: u32,
+    pub comm: String,
+    /// How many of the connector's open connections it holds (shared descriptors count
+    /// for every holder).
+    pub connections: u64,
 }
 
 #[cfg(test)]
@@ -354,6 +368,7 @@ impl ProcessRow {
             age: Age::default(),
             rates: Rates::default(),
             servers: Vec::new(),
+            held_by: Vec::new(),
         }
     }
 }
@@ -667,6 +682,7 @@ pub fn build(inputs: &Inputs<'_>) -> Rows {
                     .into_iter()
                     .map(|(server, open)| ServerOpen { server, open })
                     .collect(),
+                held_by: Vec::new(),
             }
         })
         .collect();

@@ -146,6 +146,12 @@ impl Procfs {
         Some(ticks.saturating_mul(1_000_000_000 / self.ticks_per_sec))
     }
 
+    /// The comm of `pid`, or `None` when it does not exist.
+    pub fn comm(&self, pid: u32) -> Option<String> {
+        let stat = fs::read_to_string(self.pid_path(pid, "stat")).ok()?;
+        parse_stat(&stat).map(|(comm, _)| comm)
+    }
+
     /// Numeric entries of the root: every pid.
     pub fn pids(&self) -> io::Result<Vec<u32>> {
         let mut pids: Vec<u32> = fs::read_dir(&self.root)?

@@ -104,6 +104,43 @@ fn scan_sockets(procfs: &Procfs, targets: &Targets, report: &mut SeedReport) -> 
     out
 }
 
+/// The processes holding each of `wanted` now (file descriptors, not the connector): for
+/// connections whose connector exited while a forked child, or a process it passed the
+/// socket to, keeps them open. Also returns how many `/proc` entries could not be read.
+pub fn holders(
+    procfs: &Procfs,
+    targets: &Targets,
+    wanted: &HashSet<Tuple>,
+) -> (HashMap<Tuple, Vec<u32>>, u64) {
+    let mut report = SeedReport::default();
+    let mut by_inode: HashMap<u64, Tuple> = HashMap::new();
+    for socket in scan_sockets(procfs, targets, &mut report) {
+        let tuple = tuple_of(&socket);
+        if wanted.contains(&tuple) {
+            by_inode.insert(socket.inode, tuple);
+        }
+    }
+    let mut out: HashMap<Tuple, Vec<u32>> = HashMap::new();
+    if by_inode.is_empty() {
+        return (out, report.unreadable);
+    }
+    let pids = procfs.pids().unwrap_or_else(|_| {
+        report.unreadable += 1;
+        Vec::new()
+    });
+    for pid in pids {
+        match procfs.socket_inodes(pid) {
+            Ok(inodes) => {
+                for tuple in inodes.iter().filter_map(|i| by_inode.get(i)) {
+                    out.entry(*tuple).or_default().push(pid);
+                }
+            }
+            Err(e) => count_unreadable(&mut report, &e),
+        }
+    }
+    (out, report.unreadable)
+}
+
 pub fn now_boot_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,

@@ -456,6 +456,14 @@ fn facts_of(app: &App, line: &OwnerLine) -> Vec<Line<'static>> {
         if !p.alive {
             out.push(kv("state", "exited"));
         }
+        if !p.held_by.is_empty() {
+            let holders: Vec<String> = p
+                .held_by
+                .iter()
+                .map(|h| format!("{} {} ({})", h.pid, h.comm, h.connections))
+                .collect();
+            out.push(kv("held by", &holders.join(", ")));
+        }
     }
     out
 }

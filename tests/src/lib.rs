@@ -686,6 +686,32 @@ pub fn ss_count(server: SocketAddr, state: &str) -> anyhow::Result<usize> {
 }
 
 /// Starts the zkconn under test with `mode` then `args`; its stdout is read in a thread.
+/// `ZKCONN_TEST_HOOK` runs every zkconn a test starts with `--hook` set to it (`cargo xtask
+/// test` runs the accounting tests once per hook this kernel has).
+pub fn test_hook() -> Option<String> {
+    std::env::var("ZKCONN_TEST_HOOK")
+        .ok()
+        .filter(|h| !h.is_empty())
+}
+
+fn hook_args() -> Vec<String> {
+    test_hook()
+        .map(|h| vec!["--hook".to_owned(), h])
+        .unwrap_or_default()
+}
+
+/// The hook zkconn reports: the forced one, else what `auto` picks on a kernel with BTF
+/// (the BTF tracepoint) or without (the classic one).
+pub fn expected_hook() -> String {
+    test_hook().unwrap_or_else(|| {
+        if Path::new("/sys/kernel/btf/vmlinux").exists() {
+            "btf".to_owned()
+        } else {
+            "tracepoint".to_owned()
+        }
+    })
+}
+
 fn spawn_zkconn(
     mode: &[&str],
     args: &[&str],
@@ -693,6 +719,7 @@ fn spawn_zkconn(
     let mut child = Command::new(zkconn_bin())
         .args(mode)
         .args(args)
+        .args(hook_args())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

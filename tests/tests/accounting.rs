@@ -5,8 +5,8 @@ use std::{net::SocketAddr, thread, time::Duration};
 
 use anyhow::Result;
 use integration_tests::{
-    Cgroup, Client, ZkServer, Zkconn, field, free_port, fresh_ipv4, process, server_open, ss_count,
-    wait_settled,
+    Cgroup, Client, ZkServer, Zkconn, expected_hook, field, free_port, fresh_ipv4, process,
+    server_open, ss_count, wait_settled,
 };
 
 fn zk_flag(server: SocketAddr) -> String {
@@ -31,7 +31,7 @@ fn n_sessions_then_closing_k() -> Result<()> {
     assert_eq!(server_open(&snap, zk.addr), (4, 0));
     assert_eq!(row["servers"][0]["server"], zk.addr.to_string());
     assert_eq!(row["servers"][0]["open"], 4);
-    assert_eq!(snap["probe"]["hook"], "tracepoint");
+    assert_eq!(snap["probe"]["hook"], expected_hook().as_str());
     assert_eq!(snap["probe"]["lost"], 0);
     assert_eq!(snap["probe"]["overflow"], 0);
     assert_eq!(snap["schema"], "zkconn.snapshot/v1");

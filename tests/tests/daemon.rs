@@ -11,8 +11,8 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use integration_tests::{
-    Daemon, Prometheus, RawClient, Sample, ZkServer, field, fresh_ipv4, http_request,
-    parse_metrics, process, server_row, wait_settled,
+    Daemon, Prometheus, RawClient, Sample, ZkServer, expected_hook, field, fresh_ipv4,
+    http_request, parse_metrics, process, server_row, wait_settled,
 };
 use serde_json::Value;
 
@@ -113,7 +113,7 @@ fn endpoints_serve_the_numbers_of_a_real_scenario() -> Result<()> {
     let (status, body) = d.get("/healthz")?;
     assert_eq!(status, 200, "{body}");
     assert!(
-        body.starts_with("ok: probes attached (tracepoint)"),
+        body.starts_with(&format!("ok: probes attached ({})", expected_hook())),
         "{body}"
     );
     let (status, _) = d.get("/nowhere")?;
@@ -217,7 +217,10 @@ fn sigkill_leaves_nothing_attached_and_a_restart_counts_exactly() -> Result<()> 
     assert_eq!(
         names,
         vec![
-            "zk_inet_sock_set_state".to_owned(),
+            match expected_hook().as_str() {
+                "btf" => "zk_btf_inet_sock_set_state".to_owned(),
+                _ => "zk_inet_sock_set_state".to_owned(),
+            },
             "zk_sched_process_exit".to_owned(),
             "zk_tcp_receive_reset".to_owned()
         ],

@@ -45,6 +45,8 @@ pub mod global_names {
     pub const RESET_TP_LAYOUT: &str = "RESET_TP_LAYOUT";
     /// [`super::RefusalConfig`].
     pub const REFUSAL: &str = "REFUSAL";
+    /// [`super::SockLayout`] for the hooks that get a `struct sock *`.
+    pub const SOCK_LAYOUT: &str = "SOCK_LAYOUT";
 }
 
 /// Names of the programs in the eBPF object.
@@ -55,6 +57,8 @@ pub mod program_names {
     pub const EXIT_TP: &str = "zk_sched_process_exit";
     /// `tcp:tcp_receive_reset` classic tracepoint.
     pub const RESET_TP: &str = "zk_tcp_receive_reset";
+    /// `inet_sock_set_state` BTF tracepoint (`tp_btf`).
+    pub const STATE_BTF: &str = "zk_btf_inet_sock_set_state";
 }
 
 /// TCP states as the kernel numbers them (`include/net/tcp_states.h`).
@@ -126,6 +130,35 @@ pub struct StateTpLayout {
     pub daddr_v6: u16,
     /// 1 once userspace filled the offsets; the program does nothing while 0.
     pub valid: u16,
+}
+
+/// Where the fields a state hook needs sit in the running kernel's `struct sock`, from its
+/// BTF at load time (the Rust BPF toolchain has no CO-RE relocations, so nothing is compiled
+/// in). Read with `bpf_probe_read_kernel`: a wrong offset reads wrong data or fails, it never
+/// faults.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockLayout {
+    /// `skc_dport` (big-endian u16).
+    pub dport: u32,
+    /// `skc_num` (the local port, host order).
+    pub num: u32,
+    /// `skc_family` (u16).
+    pub family: u32,
+    /// `skc_daddr` and `skc_rcv_saddr` (IPv4, 4 bytes each).
+    pub daddr: u32,
+    pub saddr: u32,
+    /// `skc_v6_daddr` and `skc_v6_rcv_saddr` (16 bytes each); valid when `has_v6` is 1.
+    pub daddr_v6: u32,
+    pub saddr_v6: u32,
+    /// `sk_protocol`: the aligned u32 holding it, then shift and mask (a bit field before
+    /// kernel 5.6, a u16 since).
+    pub protocol_word: u32,
+    pub protocol_shift: u32,
+    pub protocol_mask: u32,
+    pub has_v6: u32,
+    /// 1 once userspace filled the offsets; the program does nothing while 0.
+    pub valid: u32,
 }
 
 /// Field offsets of `sched:sched_process_exit`.
@@ -310,6 +343,8 @@ mod user {
     unsafe impl aya::Pod for RefusalConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for ServerKey {}
+    // SAFETY: as above (twelve u32s, no padding).
+    unsafe impl aya::Pod for SockLayout {}
 }
 
 #[cfg(test)]

@@ -24,14 +24,14 @@ mod programs {
             bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
             bpf_get_current_uid_gid, bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
         },
-        macros::{map, tracepoint},
+        macros::{btf_tracepoint, map, tracepoint},
         maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
-        programs::TracePointContext,
+        programs::{BtfTracePointContext, TracePointContext},
     };
     use zkconn_common::{
         Conn, Counters, Endpoint, Event, ExitTpLayout, Owner, OwnerKey, RefusalConfig,
-        ResetTpLayout, ServerKey, StateTpLayout, Tuple, conn_flags, event_kind, port_flags,
-        probe_counter, tcp_state,
+        ResetTpLayout, ServerKey, SockLayout, StateTpLayout, Tuple, conn_flags, event_kind,
+        port_flags, probe_counter, tcp_state,
     };
 
     const AF_INET: u16 = 2;
@@ -51,6 +51,22 @@ mod programs {
         daddr: 0,
         saddr_v6: 0,
         daddr_v6: 0,
+        valid: 0,
+    };
+
+    #[unsafe(no_mangle)]
+    static SOCK_LAYOUT: SockLayout = SockLayout {
+        dport: 0,
+        num: 0,
+        family: 0,
+        daddr: 0,
+        saddr: 0,
+        daddr_v6: 0,
+        saddr_v6: 0,
+        protocol_word: 0,
+        protocol_shift: 0,
+        protocol_mask: 0,
+        has_v6: 0,
         valid: 0,
     };
 
@@ -113,6 +129,12 @@ mod programs {
         0
     }
 
+    #[btf_tracepoint(function = "inet_sock_set_state")]
+    pub fn zk_btf_inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
+        let _ = try_btf_set_state(&ctx);
+        0
+    }
+
     #[tracepoint]
     pub fn zk_sched_process_exit(ctx: TracePointContext) -> u32 {
         let _ = try_sched_process_exit(&ctx);
@@ -167,23 +189,83 @@ mod programs {
                 _pad: 0,
             },
         };
+        on_transition(&change, flags);
+        Ok(())
+    }
+
+    /// The same transition seen through the BTF tracepoint: the kernel passes the socket
+    /// itself and no record is filled, so a socket on an unwatched port costs one 2-byte
+    /// read and one lookup. Fields are read at the offsets userspace took from this
+    /// kernel's BTF (`SOCK_LAYOUT`).
+    fn try_btf_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
+        // SAFETY: see `try_inet_sock_set_state`.
+        let l = unsafe { read_volatile(&SOCK_LAYOUT) };
+        if l.valid == 0 {
+            return Ok(());
+        }
+        let sk: *const u8 = ctx.arg(0);
+        let dport = u16::from_be_bytes(read_sk(sk, l.dport)?);
+        // The one lookup that every non-ZooKeeper socket pays.
+        let Some(&flags) = (unsafe { PORTS.get(dport) }) else {
+            return Ok(());
+        };
+        let word = u32::from_ne_bytes(read_sk(sk, l.protocol_word)?);
+        if (word >> l.protocol_shift) & l.protocol_mask != u32::from(IPPROTO_TCP) {
+            return Ok(());
+        }
+        let old: i32 = ctx.arg(1);
+        let new: i32 = ctx.arg(2);
+        let family = u16::from_ne_bytes(read_sk(sk, l.family)?);
+        let (saddr, daddr) = if family == AF_INET {
+            (
+                v4_mapped(read_sk(sk, l.saddr)?),
+                v4_mapped(read_sk(sk, l.daddr)?),
+            )
+        } else if l.has_v6 == 1 {
+            (read_sk(sk, l.saddr_v6)?, read_sk(sk, l.daddr_v6)?)
+        } else {
+            return Ok(());
+        };
+        let change = Change {
+            skaddr: sk as u64,
+            old: old as u8,
+            new: new as u8,
+            tuple: Tuple {
+                saddr,
+                daddr,
+                sport: u16::from_ne_bytes(read_sk(sk, l.num)?),
+                dport,
+                _pad: 0,
+            },
+        };
+        on_transition(&change, flags);
+        Ok(())
+    }
+
+    /// `N` bytes of the socket at `offset`.
+    fn read_sk<const N: usize>(sk: *const u8, offset: u32) -> Result<[u8; N], i32> {
+        // SAFETY: bpf_probe_read_kernel checks the address; a bad one is an error.
+        unsafe { bpf_probe_read_kernel(sk.wrapping_add(offset as usize).cast::<[u8; N]>()) }
+    }
+
+    /// A transition of a socket towards a watched port, whatever hook saw it.
+    fn on_transition(change: &Change, flags: u8) {
         if change.old == tcp_state::CLOSE && change.new == tcp_state::SYN_SENT {
             if flags & port_flags::ANY_ADDRESS == 0 {
                 let endpoint = Endpoint {
-                    addr: daddr,
-                    port: dport,
+                    addr: change.tuple.daddr,
+                    port: change.tuple.dport,
                     _pad: [0; 6],
                 };
                 // SAFETY: the value is copied out at once.
                 if unsafe { ENDPOINTS.get(endpoint) }.is_none() {
-                    return Ok(());
+                    return;
                 }
             }
-            on_connect(&change);
+            on_connect(change);
         } else {
-            on_state_change(&change);
+            on_state_change(change);
         }
-        Ok(())
     }
 
     fn try_sched_process_exit(ctx: &TracePointContext) -> Result<(), i32> {

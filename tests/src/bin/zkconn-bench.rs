@@ -155,14 +155,16 @@ fn bpf_runtime(pid: u32) -> (u64, u64) {
 struct Tracer(Child);
 
 impl Tracer {
-    /// `zkconn snapshot` watching `port`, once its hooks are live.
-    fn zkconn(port: u16) -> Result<Self> {
+    /// `zkconn snapshot --hook HOOK` watching `port`, once its hooks are live.
+    fn zkconn(port: u16, hook: &str) -> Result<Self> {
         let mut child = Command::new(zkconn_bin())
             .args([
                 "snapshot",
                 "--duration",
                 "3600",
                 "-v",
+                "--hook",
+                hook,
                 "--port",
                 &port.to_string(),
             ])
@@ -230,7 +232,7 @@ fn overhead(addr: SocketAddr, watched: bool, with_tcplife: bool) -> Result<Vec<M
     } else {
         addr.port() + 1
     };
-    let mut names = vec!["no tracer", "zkconn"];
+    let mut names = vec!["no tracer", "zkconn --hook btf", "zkconn --hook tracepoint"];
     if with_tcplife {
         names.push("tcplife");
     }
@@ -240,7 +242,8 @@ fn overhead(addr: SocketAddr, watched: bool, with_tcplife: bool) -> Result<Vec<M
     for round in 0..ROUNDS {
         for (i, name) in names.iter().enumerate() {
             let tracer = match *name {
-                "zkconn" => Some(Tracer::zkconn(watch_port)?),
+                "zkconn --hook btf" => Some(Tracer::zkconn(watch_port, "btf")?),
+                "zkconn --hook tracepoint" => Some(Tracer::zkconn(watch_port, "tracepoint")?),
                 "tcplife" => Some(Tracer::tcplife(addr.port())?),
                 _ => None,
             };
@@ -301,13 +304,23 @@ fn churn_worker(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Internal: `hold-worker ADDR N`: holds N connections until stdin closes.
+/// Internal: `hold-worker ADDR N [SRC]`: holds N connections (from source address SRC)
+/// until stdin closes.
 fn hold_worker(args: &[String]) -> Result<()> {
+    raise_fd_limit();
     let addr: SocketAddr = args.first().context("addr")?.parse()?;
     let n: usize = args.get(1).context("n")?.parse()?;
-    let held: Vec<TcpStream> = (0..n)
-        .map(|_| TcpStream::connect(addr))
-        .collect::<Result<_, _>>()?;
+    let src: Option<std::net::IpAddr> = args.get(2).map(|s| s.parse()).transpose()?;
+    let connect = || -> Result<TcpStream> {
+        let Some(src) = src else {
+            return Ok(TcpStream::connect(addr)?);
+        };
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        s.bind(&SocketAddr::new(src, 0).into())?;
+        s.connect(&addr.into())?;
+        Ok(s.into())
+    };
+    let held: Vec<TcpStream> = (0..n).map(|_| connect()).collect::<Result<_, _>>()?;
     println!("ready {}", held.len());
     std::io::stdout().flush()?;
     let mut line = String::new();
@@ -341,14 +354,26 @@ fn spawn_hold_server(port: u16) -> Result<(SocketAddr, Child)> {
 
 /// Processes holding `per` connections each; returned once all are connected.
 fn holders(addr: SocketAddr, processes: usize, per: usize) -> Result<Vec<Child>> {
+    holders_from(addr, processes, per, false)
+}
+
+/// As [`holders`]; with `own_source`, each process connects from a fresh loopback address
+/// of its own (one address has only ~28,000 ephemeral ports towards one server).
+fn holders_from(
+    addr: SocketAddr,
+    processes: usize,
+    per: usize,
+    own_source: bool,
+) -> Result<Vec<Child>> {
     let me = std::env::current_exe()?;
     let mut children = Vec::new();
     for _ in 0..processes {
-        let mut c = Command::new(&me)
-            .args(["hold-worker", &addr.to_string(), &per.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()?;
+        let mut c = Command::new(&me);
+        c.args(["hold-worker", &addr.to_string(), &per.to_string()]);
+        if own_source {
+            c.arg(fresh_ipv4().to_string());
+        }
+        let mut c = c.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn()?;
         let mut line = String::new();
         BufReader::new(c.stdout.take().context("stdout")?).read_line(&mut line)?;
         if !line.starts_with("ready") {
@@ -519,6 +544,211 @@ fn startup(port: u16) -> Result<String> {
     ))
 }
 
+/// A `zkconn daemon` on a fresh loopback address, watching `port`.
+struct DaemonUnderTest {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl DaemonUnderTest {
+    fn start(port: u16, max_connections: u64) -> Result<Self> {
+        let ip = fresh_ipv4();
+        let addr = SocketAddr::new(ip, integration_tests::free_port(ip)?);
+        let mut child = Command::new(zkconn_bin())
+            .args(["daemon", "-v", "--listen", &addr.to_string()])
+            .args(["--port", &port.to_string()])
+            .args(["--max-connections", &max_connections.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("cannot start zkconn daemon")?;
+        let err = child.stderr.take().context("no stderr")?;
+        let mut lines = BufReader::new(err).lines();
+        loop {
+            match lines.next() {
+                Some(Ok(l)) if l.contains("ready:") => break,
+                Some(Ok(_)) => {}
+                _ => bail!("zkconn daemon did not become ready"),
+            }
+        }
+        thread::spawn(move || lines.for_each(drop));
+        Ok(Self { child, addr })
+    }
+
+    /// CPU seconds (user + system) the daemon has used.
+    fn cpu_secs(&self) -> Result<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
+        let after = stat.rsplit_once(')').context("stat")?.1;
+        let f: Vec<&str> = after.split_whitespace().collect();
+        // Fields 14 and 15 of stat(5), counted after the comm: indexes 11 and 12.
+        let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        Ok(ticks / hz)
+    }
+
+    /// (resident now, peak resident) in MiB.
+    fn rss_mib(&self) -> Result<(f64, f64)> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let kib = |key: &str| -> f64 {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0.0)
+        };
+        Ok((kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0))
+    }
+
+    fn get(&self, path: &str) -> Result<String> {
+        let (status, body) = integration_tests::http_get(self.addr, path)?;
+        if status != 200 {
+            bail!("{path} answered {status}");
+        }
+        Ok(body)
+    }
+
+    /// The open connections of the last snapshot, summed over servers.
+    fn open(&self) -> Result<u64> {
+        let snap: serde_json::Value = serde_json::from_str(&self.get("/v1/snapshot")?)?;
+        Ok(snap["servers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["open"].as_u64())
+            .sum())
+    }
+}
+
+impl Drop for DaemonUnderTest {
+    fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            // SAFETY: kill(2) on a child this benchmark started and has not reaped.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// Connects and closes at `rate` per second over two threads for `secs`; returns the rate
+/// reached.
+fn paced_churn(addr: SocketAddr, rate: f64, secs: f64) -> Result<f64> {
+    let threads = 2;
+    let start = Instant::now();
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            thread::spawn(move || -> Result<u64> {
+                let per = rate / f64::from(threads);
+                let mut n = 0u64;
+                loop {
+                    let due = Duration::from_secs_f64(n as f64 / per);
+                    if due.as_secs_f64() >= secs {
+                        return Ok(n);
+                    }
+                    if let Some(wait) = due.checked_sub(start.elapsed()) {
+                        thread::sleep(wait);
+                    }
+                    connect_close(addr)?;
+                    n += 1;
+                }
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for h in handles {
+        total += h.join().map_err(|_| anyhow::anyhow!("worker panicked"))??;
+    }
+    Ok(total as f64 / start.elapsed().as_secs_f64())
+}
+
+/// The daemon at 5,000 connects/s with 10,000 open, for 60 s, scraped every 15 s.
+fn daemon_cost(addr: SocketAddr) -> Result<String> {
+    const RATE: f64 = 5_000.0;
+    const SECS: f64 = 60.0;
+    let (hold, server) = spawn_hold_server(addr.port())?;
+    let d = DaemonUnderTest::start(addr.port(), 65_536)?;
+    let held = holders(hold, 10, 1000)?;
+    // Let the daemon see the holders settle before measuring.
+    thread::sleep(Duration::from_secs(3));
+    let cpu0 = d.cpu_secs()?;
+    let t0 = Instant::now();
+    let scraper = {
+        let daemon_addr = d.addr;
+        thread::spawn(move || {
+            let mut scrapes = 0;
+            while t0.elapsed().as_secs_f64() < SECS {
+                if integration_tests::http_get(daemon_addr, "/metrics").is_ok() {
+                    scrapes += 1;
+                }
+                thread::sleep(Duration::from_secs(15));
+            }
+            scrapes
+        })
+    };
+    let reached = paced_churn(addr, RATE, SECS)?;
+    let wall = t0.elapsed().as_secs_f64();
+    let cpu = d.cpu_secs()? - cpu0;
+    let scrapes = scraper.join().unwrap_or(0);
+    let (rss, peak) = d.rss_mib()?;
+    thread::sleep(Duration::from_secs(2));
+    let open = d.open()?;
+    drop(d);
+    stop(held);
+    stop(vec![server]);
+    Ok(format!(
+        "| load | connects/s reached | daemon CPU | RSS at end | peak RSS (VmHWM) | open at end |
+         |---|---|---|---|---|---|
+         | {RATE:.0}/s for {SECS:.0} s beside 10,000 open, {scrapes} scrapes of /metrics | {reached:.0} | {:.2} % of one core | {rss:.1} MiB | {peak:.1} MiB | {open} (expected 10,000) |
+",
+        cpu / wall * 100.0,
+    ))
+}
+
+/// Snapshot cost with 1,000, 10,000 and 100,000 tracked connections.
+fn growth(port: u16) -> Result<String> {
+    let mut s = String::from(
+        "| tracked connections | processes | GET /v1/snapshot (median of 5) | document size | daemon CPU at rest (1 s samples) | RSS |
+|---|---|---|---|---|---|
+",
+    );
+    for (processes, per) in [(10, 100), (10, 1_000), (100, 1_000)] {
+        let n = processes * per;
+        let (hold, server) = spawn_hold_server(port)?;
+        let d = DaemonUnderTest::start(hold.port(), 262_144)?;
+        let held = holders_from(hold, processes, per, true)?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while d.open()? != n as u64 {
+            if Instant::now() > deadline {
+                bail!("the daemon never saw {n} open");
+            }
+            thread::sleep(Duration::from_millis(500));
+        }
+        let mut took = Vec::new();
+        let mut size = 0;
+        for _ in 0..5 {
+            let t = Instant::now();
+            size = d.get("/v1/snapshot")?.len();
+            took.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        let cpu0 = d.cpu_secs()?;
+        let t0 = Instant::now();
+        thread::sleep(Duration::from_secs(10));
+        let idle = (d.cpu_secs()? - cpu0) / t0.elapsed().as_secs_f64() * 100.0;
+        let (rss, _) = d.rss_mib()?;
+        let _ = writeln!(
+            s,
+            "| {n} | {processes} | {:.1} ms | {:.0} KiB | {idle:.2} % of one core | {rss:.1} MiB |",
+            median(&mut took),
+            size as f64 / 1024.0
+        );
+        drop(d);
+        stop(held);
+        stop(vec![server]);
+    }
+    Ok(s)
+}
+
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -551,12 +781,28 @@ impl Drop for BpfStats {
     }
 }
 
-/// Raises the file-descriptor limit to the hard limit (the listeners keep 20,000 sockets).
+/// Raises the file-descriptor limit as far as the kernel allows (`fs.nr_open`; root may
+/// raise the hard limit): the 100,000-connection phase keeps that many sockets in one
+/// listener process.
 fn raise_fd_limit() {
+    let nr_open: u64 = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
     // SAFETY: getrlimit/setrlimit on this process with a struct they fill and read.
     unsafe {
         let mut l: libc::rlimit = std::mem::zeroed();
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 {
+            let want = nr_open.min(1 << 20);
+            if want > l.rlim_max {
+                let raised = libc::rlimit {
+                    rlim_cur: want,
+                    rlim_max: want,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                    return;
+                }
+            }
             l.rlim_cur = l.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &l);
         }
@@ -630,11 +876,20 @@ fn run(out: &str) -> Result<()> {
         "10,000 connections that exist before start, held by 100 processes; {ROUNDS} runs each.\n"
     )?;
     writeln!(doc, "{}", startup(addr.port())?)?;
-    writeln!(doc, "## Not measured yet\n")?;
+    eprintln!("zkconn-bench: daemon cost");
+    writeln!(doc, "## Daemon cost\n")?;
     writeln!(
         doc,
-        "The daemon's CPU and memory at a steady connect rate, and snapshot cost at 1k/10k/100k tracked connections, are not part of this benchmark yet."
+        "`zkconn daemon` (defaults: 1 s samples) while two threads connect and close at a paced 5,000 per second for 60 s and 10 processes hold 10,000 connections open; `/metrics` is fetched every 15 s as Prometheus would. CPU is the daemon's own user + system time from `/proc/PID/stat` over the 60 s (its BPF programs run in the connecting tasks and are in the tables above); memory from `/proc/PID/status`.\n"
     )?;
+    writeln!(doc, "{}", daemon_cost(addr)?)?;
+    eprintln!("zkconn-bench: snapshot cost as connections grow");
+    writeln!(doc, "## Growth\n")?;
+    writeln!(
+        doc,
+        "A daemon (`--max-connections 262144`) watching N connections held by the given number of processes, each from its own loopback address. The snapshot time is one `GET /v1/snapshot` (the daemon reads every kernel map and builds the document per request); \"at rest\" is the daemon's CPU over 10 s with nothing changing, which is the cost of its once-a-second sample.\n"
+    )?;
+    writeln!(doc, "{}", growth(addr.port())?)?;
     std::fs::write(out, &doc)?;
     println!("{doc}");
     Ok(())

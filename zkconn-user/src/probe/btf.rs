@@ -12,10 +12,16 @@ const MAGIC: u16 = 0xeb9f;
 
 // BTF kinds (include/uapi/linux/btf.h).
 const KIND_INT: u32 = 1;
+const KIND_PTR: u32 = 2;
 const KIND_ARRAY: u32 = 3;
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
 const KIND_ENUM: u32 = 6;
+const KIND_TYPEDEF: u32 = 8;
+const KIND_VOLATILE: u32 = 9;
+const KIND_CONST: u32 = 10;
+const KIND_RESTRICT: u32 = 11;
+const KIND_TYPE_TAG: u32 = 18;
 const KIND_FUNC_PROTO: u32 = 13;
 const KIND_VAR: u32 = 14;
 const KIND_DATASEC: u32 = 15;
@@ -23,7 +29,7 @@ const KIND_DECL_TAG: u32 = 17;
 const KIND_ENUM64: u32 = 19;
 
 /// Why an offset could not be had.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BtfError {
     #[error("the kernel exposes no BTF at {0} (CONFIG_DEBUG_INFO_BTF is off)")]
     Missing(String),
@@ -40,6 +46,9 @@ pub enum BtfError {
 struct Type {
     name_off: u32,
     kind: u32,
+    /// The header's third word: a size in bytes (int, struct, union, enum) or the id of
+    /// the type referred to (typedef, const, volatile, pointer ...).
+    size_or_type: u32,
     /// Members of a struct or union: (name_off, type id, bit offset, bit-field size).
     members: Vec<(u32, u32, u32, u32)>,
 }
@@ -94,6 +103,7 @@ impl Btf {
         while at < type_bytes.len() {
             let name_off = u32_at(type_bytes, at)?;
             let info = u32_at(type_bytes, at + 4)?;
+            let size_or_type = u32_at(type_bytes, at + 8)?;
             at += 12;
             let kind = (info >> 24) & 0x1f;
             let vlen = (info & 0xffff) as usize;
@@ -129,6 +139,7 @@ impl Btf {
             types.push(Type {
                 name_off,
                 kind,
+                size_or_type,
                 members,
             });
         }
@@ -152,28 +163,73 @@ impl Btf {
             .iter()
             .find(|t| t.kind == KIND_STRUCT && self.name(t.name_off) == name.as_bytes())
             .ok_or_else(|| BtfError::NoStruct(name.into()))?;
-        match self.find_member(ty, member.as_bytes(), 0, 0) {
-            Some((bits, 0)) if bits % 8 == 0 => Ok(bits / 8),
+        match self.find_member_typed(ty, member.as_bytes(), 0, 0) {
+            Some((bits, 0, _)) if bits % 8 == 0 => Ok(bits / 8),
             Some(_) => Err(BtfError::BitField(name.into(), member.into())),
             None => Err(BtfError::NoMember(name.into(), member.into())),
         }
     }
 
+    /// Where `member` of `struct name` sits, as bits: (offset, size). Works for bit fields
+    /// and plain integer members alike (typedefs and qualifiers are looked through).
+    pub fn member_bits(&self, name: &str, member: &str) -> Result<(u32, u32), BtfError> {
+        let ty = self
+            .types
+            .iter()
+            .find(|t| t.kind == KIND_STRUCT && self.name(t.name_off) == name.as_bytes())
+            .ok_or_else(|| BtfError::NoStruct(name.into()))?;
+        let (bits, size, type_id) = self
+            .find_member_typed(ty, member.as_bytes(), 0, 0)
+            .ok_or_else(|| BtfError::NoMember(name.into(), member.into()))?;
+        if size != 0 {
+            return Ok((bits, size));
+        }
+        let bytes = self
+            .resolved_size(type_id)
+            .ok_or(BtfError::Malformed("member of unsized type"))?;
+        Ok((bits, bytes * 8))
+    }
+
+    /// The size in bytes of an integer, enum or pointer type, through typedefs and qualifiers.
+    fn resolved_size(&self, mut id: u32) -> Option<u32> {
+        for _ in 0..16 {
+            let ty = self.get(id)?;
+            match ty.kind {
+                KIND_INT | KIND_ENUM | KIND_ENUM64 | KIND_STRUCT | KIND_UNION => {
+                    return Some(ty.size_or_type);
+                }
+                KIND_PTR => return Some(8),
+                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
+                    id = ty.size_or_type;
+                }
+                _ => return None,
+            }
+        }
+        None
+    }
+
     /// Depth-first through anonymous struct/union members; `depth` bounds the recursion.
-    fn find_member(&self, ty: &Type, member: &[u8], base: u32, depth: u32) -> Option<(u32, u32)> {
+    /// Returns (bit offset, bit-field size or 0, member type id).
+    fn find_member_typed(
+        &self,
+        ty: &Type,
+        member: &[u8],
+        base: u32,
+        depth: u32,
+    ) -> Option<(u32, u32, u32)> {
         if depth > 8 {
             return None;
         }
         for &(name_off, type_id, bits, size) in &ty.members {
             if name_off != 0 {
                 if self.name(name_off) == member {
-                    return Some((base + bits, size));
+                    return Some((base + bits, size, type_id));
                 }
                 continue;
             }
             let inner = self.get(type_id)?;
             if matches!(inner.kind, KIND_STRUCT | KIND_UNION)
-                && let Some(found) = self.find_member(inner, member, base + bits, depth + 1)
+                && let Some(found) = self.find_member_typed(inner, member, base + bits, depth + 1)
             {
                 return Some(found);
             }
@@ -289,12 +345,37 @@ mod tests {
     }
 
     #[test]
+    fn bits_of_plain_and_bit_field_members() {
+        let btf = Btf::parse(&blob()).unwrap();
+        assert_eq!(btf.member_bits("tcp_sock", "bytes_received"), Ok((128, 64)));
+        assert_eq!(btf.member_bits("tcp_sock", "x"), Ok((0, 32)));
+        assert_eq!(btf.member_bits("tcp_sock", "bf"), Ok((192, 3)));
+        assert_eq!(btf.member_bits("tcp_sock", "pad"), Ok((64, 64)));
+    }
+
+    #[test]
     fn garbage_is_refused_not_a_panic() {
         assert!(Btf::parse(b"").is_err());
         assert!(Btf::parse(&[0x9f, 0xeb, 1, 0, 24, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]).is_err());
         let mut truncated = blob();
         truncated.truncate(60);
         assert!(Btf::parse(&truncated).is_err());
+    }
+
+    #[test]
+    fn this_kernel_has_the_sock_fields_of_the_btf_hook() {
+        // Ground truth from the kernel's own headers (include/net/sock.h): struct sock
+        // starts with struct sock_common, whose first member is the address pair and whose
+        // port pair follows it; sk_protocol is 16 bits since 5.6, 8 before.
+        if let Ok(btf) = Btf::from_sys_fs() {
+            assert_eq!(btf.member_offset("sock", "__sk_common"), Ok(0));
+            assert_eq!(btf.member_offset("sock_common", "skc_daddr"), Ok(0));
+            assert_eq!(btf.member_offset("sock_common", "skc_rcv_saddr"), Ok(4));
+            assert_eq!(btf.member_offset("sock_common", "skc_dport"), Ok(12));
+            assert_eq!(btf.member_offset("sock_common", "skc_num"), Ok(14));
+            let (_, bits) = btf.member_bits("sock", "sk_protocol").unwrap();
+            assert!(bits == 16 || bits == 8, "{bits}");
+        }
     }
 
     #[test]

@@ -20,11 +20,12 @@ use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::TracePoint,
+    programs::{BtfTracePoint, TracePoint},
 };
 use zkconn_common::{
     Conn, Counters, Endpoint, ExitTpLayout, Owner, OwnerKey, RefusalConfig, ResetTpLayout,
-    ServerKey, StateTpLayout, Tuple, global_names, map_names, probe_counter, program_names,
+    ServerKey, SockLayout, StateTpLayout, Tuple, global_names, map_names, probe_counter,
+    program_names,
 };
 
 use crate::targets::{Targets, ip_to_bytes};
@@ -32,8 +33,11 @@ use crate::targets::{Targets, ip_to_bytes};
 /// What the user asked for with `--hook`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum HookChoice {
-    /// The best hook this kernel allows (today: the state tracepoint).
+    /// The best hook this kernel allows: `btf`, then `tracepoint`.
     Auto,
+    /// The BTF tracepoint (`tp_btf`) on `inet_sock_set_state`: the kernel passes the socket,
+    /// no trace record is filled (kernel 5.5+ with BTF).
+    Btf,
     /// The `sock:inet_sock_set_state` classic tracepoint (kernel 4.16+).
     Tracepoint,
 }
@@ -42,12 +46,14 @@ pub enum HookChoice {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Hook {
+    Btf,
     Tracepoint,
 }
 
 impl fmt::Display for Hook {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            Hook::Btf => "btf",
             Hook::Tracepoint => "tracepoint",
         })
     }
@@ -107,43 +113,35 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/zk
 impl Probe {
     /// Loads the programs sized by `caps`, fills the target maps and attaches `choice`.
     pub fn load(choice: HookChoice, caps: Capacities, targets: &Targets) -> anyhow::Result<Self> {
-        let root = tracefs::events_root()?;
-        let state = tracefs::tracepoint_fields(&root, "sock", "inet_sock_set_state")?;
-        let field = |name: &str| {
-            state.get(name).map(|f| f.offset).ok_or_else(|| {
-                anyhow!("this kernel's sock:inet_sock_set_state has no field {name:?}; zkconn needs kernel 4.16 or newer")
-            })
+        let root = tracefs::events_root();
+        let state_layout = root
+            .as_ref()
+            .map_err(|e| format!("{e:#}"))
+            .and_then(|root| state_tp_layout(root).map_err(|e| format!("{e:#}")));
+        let kernel_btf = btf::Btf::from_sys_fs();
+        let sock_layout = kernel_btf
+            .as_ref()
+            .map_err(ToString::to_string)
+            .and_then(|b| sock_layout(b).map_err(|e| e.to_string()));
+        let fields = |category: &str, name: &str, field: &str| {
+            let root = root.as_ref().ok()?;
+            let fields = tracefs::tracepoint_fields(root, category, name).ok()?;
+            fields.get(field).map(|f| f.offset)
         };
-        let state_layout = StateTpLayout {
-            skaddr: field("skaddr")?,
-            oldstate: field("oldstate")?,
-            newstate: field("newstate")?,
-            sport: field("sport")?,
-            dport: field("dport")?,
-            family: field("family")?,
-            protocol: field("protocol")?,
-            saddr: field("saddr")?,
-            daddr: field("daddr")?,
-            saddr_v6: field("saddr_v6")?,
-            daddr_v6: field("daddr_v6")?,
-            valid: 1,
-        };
-        let exit_layout = tracefs::tracepoint_fields(&root, "sched", "sched_process_exit")
-            .ok()
-            .and_then(|f| f.get("group_dead").copied())
-            .map_or(ExitTpLayout::default(), |f| ExitTpLayout {
-                group_dead: f.offset,
+        let exit_layout = fields("sched", "sched_process_exit", "group_dead").map_or(
+            ExitTpLayout::default(),
+            |group_dead| ExitTpLayout {
+                group_dead,
                 valid: 1,
-            });
-
-        let reset_layout = tracefs::tracepoint_fields(&root, "tcp", "tcp_receive_reset")
-            .ok()
-            .and_then(|f| f.get("skaddr").copied())
-            .map_or(ResetTpLayout::default(), |f| ResetTpLayout {
-                skaddr: f.offset,
-                valid: 1,
-            });
-        let bytes_offset = btf::Btf::from_sys_fs()
+            },
+        );
+        let reset_layout = fields("tcp", "tcp_receive_reset", "skaddr").map_or(
+            ResetTpLayout::default(),
+            |skaddr| ResetTpLayout { skaddr, valid: 1 },
+        );
+        let bytes_offset = kernel_btf
+            .as_ref()
+            .map_err(Clone::clone)
             .and_then(|b| b.member_offset("tcp_sock", "bytes_received"))
             .inspect_err(|e| {
                 tracing::warn!("refusals are recognised by resets only: {e}");
@@ -159,7 +157,16 @@ impl Probe {
         };
 
         let ebpf = EbpfLoader::new()
-            .override_global(global_names::STATE_TP_LAYOUT, &state_layout, true)
+            .override_global(
+                global_names::STATE_TP_LAYOUT,
+                &state_layout.clone().unwrap_or_default(),
+                true,
+            )
+            .override_global(
+                global_names::SOCK_LAYOUT,
+                &sock_layout.clone().unwrap_or_default(),
+                true,
+            )
             .override_global(global_names::EXIT_TP_LAYOUT, &exit_layout, true)
             .override_global(global_names::RESET_TP_LAYOUT, &reset_layout, true)
             .override_global(global_names::REFUSAL, &refusal, true)
@@ -184,11 +191,41 @@ impl Probe {
             exit_events: exit_layout.valid == 1,
         };
         probe.load_targets(targets)?;
+        let btf = || -> anyhow::Result<()> {
+            sock_layout
+                .clone()
+                .map_err(|e| anyhow!("the kernel's BTF does not describe the socket: {e}"))?;
+            Ok(())
+        };
+        let tracepoint = || -> anyhow::Result<()> {
+            state_layout.clone().map_err(|e| anyhow!("{e}"))?;
+            Ok(())
+        };
         probe.hook = match choice {
-            HookChoice::Auto | HookChoice::Tracepoint => {
-                probe.attach_tracepoint(program_names::STATE_TP, "sock", "inet_sock_set_state")?;
+            HookChoice::Btf => {
+                btf().and_then(|()| probe.attach_btf()).map_err(|e| {
+                    anyhow!("--hook btf (BTF tracepoint on inet_sock_set_state) is not available on this kernel: {e:#}; try --hook tracepoint")
+                })?;
+                Hook::Btf
+            }
+            HookChoice::Tracepoint => {
+                tracepoint()
+                    .and_then(|()| probe.attach_state_tracepoint())
+                    .map_err(|e| anyhow!("--hook tracepoint (sock:inet_sock_set_state) is not available on this kernel: {e:#}"))?;
                 Hook::Tracepoint
             }
+            HookChoice::Auto => match btf().and_then(|()| probe.attach_btf()) {
+                Ok(()) => Hook::Btf,
+                Err(why) => {
+                    tracing::info!(
+                        "the BTF tracepoint is not available ({why:#}); using the classic tracepoint"
+                    );
+                    tracepoint()
+                        .and_then(|()| probe.attach_state_tracepoint())
+                        .map_err(|e| anyhow!("no hook is available on this kernel: the BTF tracepoint failed ({why:#}) and so did the classic tracepoint ({e:#})"))?;
+                    Hook::Tracepoint
+                }
+            },
         };
         if probe.exit_events {
             probe.attach_tracepoint(program_names::EXIT_TP, "sched", "sched_process_exit")?;
@@ -201,6 +238,25 @@ impl Probe {
             );
         }
         Ok(probe)
+    }
+
+    fn attach_state_tracepoint(&mut self) -> anyhow::Result<()> {
+        self.attach_tracepoint(program_names::STATE_TP, "sock", "inet_sock_set_state")
+    }
+
+    fn attach_btf(&mut self) -> anyhow::Result<()> {
+        let btf = aya::Btf::from_sys_fs().context("reading /sys/kernel/btf/vmlinux failed")?;
+        let program = program_names::STATE_BTF;
+        let prog: &mut BtfTracePoint = self
+            .ebpf
+            .program_mut(program)
+            .ok_or_else(|| anyhow!("the eBPF object has no program {program}; rebuild zkconn"))?
+            .try_into()
+            .with_context(|| format!("{program} is not a BTF tracepoint program"))?;
+        prog.load("inet_sock_set_state", &btf)
+            .context("the kernel refused to load it")?;
+        prog.attach().context("the kernel refused to attach it")?;
+        Ok(())
     }
 
     pub fn hook(&self) -> Hook {
@@ -415,6 +471,57 @@ fn sum(per_cpu: &[Counters]) -> Counters {
         failed: acc.failed + c.failed,
         close_wait: acc.close_wait + c.close_wait,
         rejected: acc.rejected + c.rejected,
+    })
+}
+
+/// Offsets of `sock:inet_sock_set_state`'s fields, from its tracefs format file.
+fn state_tp_layout(root: &std::path::Path) -> anyhow::Result<StateTpLayout> {
+    let state = tracefs::tracepoint_fields(root, "sock", "inet_sock_set_state")?;
+    let field = |name: &str| {
+        state.get(name).map(|f| f.offset).ok_or_else(|| {
+            anyhow!("this kernel's sock:inet_sock_set_state has no field {name:?}; zkconn needs kernel 4.16 or newer")
+        })
+    };
+    Ok(StateTpLayout {
+        skaddr: field("skaddr")?,
+        oldstate: field("oldstate")?,
+        newstate: field("newstate")?,
+        sport: field("sport")?,
+        dport: field("dport")?,
+        family: field("family")?,
+        protocol: field("protocol")?,
+        saddr: field("saddr")?,
+        daddr: field("daddr")?,
+        saddr_v6: field("saddr_v6")?,
+        daddr_v6: field("daddr_v6")?,
+        valid: 1,
+    })
+}
+
+/// Where the BTF hook finds its fields in this kernel's `struct sock`.
+pub fn sock_layout(b: &btf::Btf) -> Result<SockLayout, btf::BtfError> {
+    let common = b.member_offset("sock", "__sk_common")?;
+    let at = |member: &str| b.member_offset("sock_common", member).map(|o| common + o);
+    let (proto_bits, proto_size) = b.member_bits("sock", "sk_protocol")?;
+    if proto_size > 16 || proto_bits % 32 + proto_size > 32 {
+        return Err(btf::BtfError::Malformed(
+            "sock.sk_protocol is not a small integer",
+        ));
+    }
+    let v6 = at("skc_v6_daddr").and_then(|d| Ok((d, at("skc_v6_rcv_saddr")?)));
+    Ok(SockLayout {
+        dport: at("skc_dport")?,
+        num: at("skc_num")?,
+        family: at("skc_family")?,
+        daddr: at("skc_daddr")?,
+        saddr: at("skc_rcv_saddr")?,
+        daddr_v6: v6.as_ref().map_or(0, |v| v.0),
+        saddr_v6: v6.as_ref().map_or(0, |v| v.1),
+        protocol_word: proto_bits / 32 * 4,
+        protocol_shift: proto_bits % 32,
+        protocol_mask: (1u32 << proto_size) - 1,
+        has_v6: u32::from(v6.is_ok()),
+        valid: 1,
     })
 }
 

@@ -35,6 +35,8 @@ mod programs {
     };
 
     const AF_INET: u16 = 2;
+    /// `BPF_RB_NO_WAKEUP` (include/uapi/linux/bpf.h).
+    const BPF_RB_NO_WAKEUP: u32 = 1;
     const IPPROTO_TCP: u16 = 6;
 
     // Layouts come from tracefs at load time (userspace sets them before loading).
@@ -593,7 +595,16 @@ mod programs {
             ts_ns,
             server: server.copied().unwrap_or_default(),
         });
-        entry.submit(0);
+        // Only a new process needs userspace at once (to read its /proc entry while it
+        // lives). Exits and refusals wait for the next read of the ring buffer, at the
+        // latest the next once-a-second sample: a refusal storm then costs no wake-up per
+        // refusal. Each event carries its own time.
+        let flags = if kind == event_kind::OWNER_NEW {
+            0
+        } else {
+            BPF_RB_NO_WAKEUP
+        };
+        entry.submit(flags.into());
     }
 
     fn count(index: u32) {

@@ -11,6 +11,7 @@ use std::{
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
+use rustc_hash::{FxHashMap, FxHashSet};
 use tokio::io::unix::AsyncFd;
 use zkconn_common::{COMM_LEN, Conn, Event, OwnerKey, Tuple, event_kind, probe_counter, tcp_state};
 
@@ -214,8 +215,10 @@ impl Collector {
             }
             event_kind::REFUSED => {
                 let server = model::endpoint(event.server.daddr, event.server.dport);
-                let now = self.now();
-                self.history.refused(event.owner, server, now);
+                // When it happened, not when it was read (refusals do not wake userspace).
+                let late = seed::now_boot_ns().saturating_sub(event.ts_ns) as f64 / 1e9;
+                let at = (self.now() - late).max(0.0);
+                self.history.refused(event.owner, server, at);
             }
             event_kind::OWNER_EXIT => {
                 if !self.facts.contains_key(&event.owner) {
@@ -339,11 +342,11 @@ impl Collector {
         let mut state = self.probe.read()?;
         let now_ns = seed::now_boot_ns();
         // Owners seen only through maps (their event was lost): attribute them now.
-        let mut first_conn: HashMap<OwnerKey, &zkconn_common::Conn> = HashMap::new();
+        let mut first_conn: FxHashMap<OwnerKey, &zkconn_common::Conn> = FxHashMap::default();
         for c in state.conns.iter().chain(&state.seeds) {
             first_conn.entry(c.owner).or_insert(c);
         }
-        let mut referenced: std::collections::HashSet<OwnerKey> =
+        let mut referenced: FxHashSet<OwnerKey> =
             state.proc_stats.iter().map(|(k, _)| *k).collect();
         referenced.extend(first_conn.keys().copied());
         for key in &referenced {
@@ -418,6 +421,10 @@ impl Collector {
             .filter(|p| !p.alive && p.states.open + p.states.close_wait > 0)
             .map(|p| p.key)
             .collect();
+        if orphaned.is_empty() {
+            self.held_by = HeldBy::default();
+            return;
+        }
         let held = |c: &&Conn| {
             orphaned.contains(&c.owner)
                 && matches!(

@@ -4,8 +4,9 @@
 //! per server, process and cgroup. Pure: no I/O, so every rule is unit-tested here.
 //! Must not: read `/proc` or maps (the caller passes everything in).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use rustc_hash::{FxHashMap, FxHashSet};
 use serde::Serialize;
 use zkconn_common::{Conn, Counters, OwnerKey, ServerKey, conn_flags, tcp_state};
 
@@ -206,6 +207,14 @@ impl StateCounts {
             tcp_state::CLOSE_WAIT => self.close_wait += 1,
             _ => self.closing += 1,
         }
+    }
+
+    fn merge(&mut self, other: &Self) {
+        self.open += other.open;
+        self.connecting += other.connecting;
+        self.established += other.established;
+        self.close_wait += other.close_wait;
+        self.closing += other.closing;
     }
 }
 
@@ -552,7 +561,10 @@ pub fn state_name(state: u8) -> &'static str {
 /// The kernel's connections and the seeds it does not track (same tuple): a seed the
 /// kernel also tracks counts once, as the kernel's.
 fn live<'a>(conns: &'a [Conn], seeds: &'a [Conn]) -> Vec<&'a Conn> {
-    let tracked: HashSet<_> = conns.iter().map(|c| c.tuple).collect();
+    if seeds.is_empty() {
+        return conns.iter().collect();
+    }
+    let tracked: FxHashSet<_> = conns.iter().map(|c| c.tuple).collect();
     conns
         .iter()
         .chain(seeds.iter().filter(|s| !tracked.contains(&s.tuple)))
@@ -606,14 +618,17 @@ pub fn endpoint(addr: [u8; 16], port: u16) -> String {
 pub fn build(inputs: &Inputs<'_>) -> Rows {
     let live = live(inputs.conns, inputs.seeds);
 
-    let mut servers: BTreeMap<(String, String), StateCounts> = BTreeMap::new();
-    let mut by_owner: HashMap<OwnerKey, (StateCounts, BTreeMap<String, u64>, Age)> = HashMap::new();
-    let mut by_cgroup: HashMap<u64, (StateCounts, BTreeSet<u32>)> = HashMap::new();
+    // Per connection, only raw keys and a fast hash: names are formatted once per distinct
+    // server below (100,000 connections cost one pass, not 100,000 strings).
+    type Server = ([u8; 16], u16);
+    let mut by_server: BTreeMap<(Server, [u8; 16]), StateCounts> = BTreeMap::new();
+    let mut by_owner: FxHashMap<OwnerKey, (StateCounts, BTreeMap<Server, u64>, Age)> =
+        FxHashMap::default();
+    let mut by_cgroup: FxHashMap<u64, (StateCounts, BTreeSet<u32>)> = FxHashMap::default();
     for c in &live {
-        let server = endpoint(c.tuple.daddr, c.tuple.dport);
-        let local = ip_from_bytes(c.tuple.saddr).to_string();
-        servers
-            .entry((server.clone(), local))
+        let server = (c.tuple.daddr, c.tuple.dport);
+        by_server
+            .entry((server, c.tuple.saddr))
             .or_default()
             .add(c.state);
         let (states, per_server, age) = by_owner.entry(c.owner).or_default();
@@ -625,6 +640,14 @@ pub fn build(inputs: &Inputs<'_>) -> Rows {
         let (cg_states, pids) = by_cgroup.entry(c.cgroup_id).or_default();
         cg_states.add(c.state);
         pids.insert(c.owner.tgid);
+    }
+    let name = |(addr, port): Server| endpoint(addr, port);
+    let mut servers: BTreeMap<(String, String), StateCounts> = BTreeMap::new();
+    for ((server, local), counts) in by_server {
+        let row = servers
+            .entry((name(server), ip_from_bytes(local).to_string()))
+            .or_default();
+        row.merge(&counts);
     }
 
     let stats: HashMap<OwnerKey, Counters> = inputs.proc_stats.iter().copied().collect();
@@ -679,6 +702,9 @@ pub fn build(inputs: &Inputs<'_>) -> Rows {
                 age,
                 rates: Rates::default(),
                 servers: per_server
+                    .into_iter()
+                    .map(|(server, open)| (name(server), open))
+                    .collect::<BTreeMap<String, u64>>()
                     .into_iter()
                     .map(|(server, open)| ServerOpen { server, open })
                     .collect(),

@@ -7,6 +7,7 @@
 //! Hooks are an enum: each variant knows how to attach itself and what it needs; the maps
 //! and the accounting in the kernel are shared by all of them.
 
+pub mod batch;
 pub mod btf;
 pub mod tracefs;
 
@@ -19,7 +20,7 @@ use std::{
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, TracePoint},
 };
 use zkconn_common::{
@@ -105,6 +106,8 @@ pub struct Probe {
     /// False when the kernel's `sched_process_exit` has no `group_dead` (before 6.x):
     /// exits are then found from `/proc`.
     pub exit_events: bool,
+    /// Slots of a per-CPU map value.
+    possible_cpus: usize,
 }
 
 /// The compiled kernel programs, embedded at build time by `build.rs`.
@@ -189,6 +192,8 @@ impl Probe {
                 RefusalDetection::ResetOnly
             },
             exit_events: exit_layout.valid == 1,
+            possible_cpus: aya::util::nr_cpus()
+                .map_err(|(what, e)| anyhow!("cannot read the possible CPUs ({what}): {e}"))?,
         };
         probe.load_targets(targets)?;
         let btf = || -> anyhow::Result<()> {
@@ -339,56 +344,29 @@ impl Probe {
     /// kernel meanwhile (a socket closed) and are skipped, not counted as errors.
     pub fn read(&self) -> anyhow::Result<KernelState> {
         let mut st = KernelState::default();
-        let conns: HashMap<_, u64, Conn> = self.map(map_names::CONNS)?;
-        for item in conns.iter() {
-            match item {
-                Ok((_, conn)) => st.conns.push(conn),
-                Err(e) if is_vanished(&e) => {}
-                Err(_) => st.read_errors += 1,
-            }
-        }
-        let seeds: HashMap<_, Tuple, Conn> = self.map(map_names::SEEDS)?;
-        for item in seeds.iter() {
-            match item {
-                Ok((_, conn)) => st.seeds.push(conn),
-                Err(e) if is_vanished(&e) => {}
-                Err(_) => st.read_errors += 1,
-            }
-        }
-        let owners: HashMap<_, u32, Owner> = self.map(map_names::OWNERS)?;
-        for item in owners.iter() {
-            match item {
-                Ok((tgid, owner)) => {
-                    st.owners.insert(tgid, owner);
-                }
-                Err(e) if is_vanished(&e) => {}
-                Err(_) => st.read_errors += 1,
-            }
-        }
-        let procs: PerCpuHashMap<_, OwnerKey, Counters> = self.map(map_names::PROC_STATS)?;
-        for item in procs.iter() {
-            match item {
-                Ok((key, per_cpu)) => st.proc_stats.push((key, sum(&per_cpu))),
-                Err(e) if is_vanished(&e) => {}
-                Err(_) => st.read_errors += 1,
-            }
-        }
-        let cgroups: PerCpuHashMap<_, u64, Counters> = self.map(map_names::CGROUP_STATS)?;
-        for item in cgroups.iter() {
-            match item {
-                Ok((key, per_cpu)) => st.cgroup_stats.push((key, sum(&per_cpu))),
-                Err(e) if is_vanished(&e) => {}
-                Err(_) => st.read_errors += 1,
-            }
-        }
-        let servers: PerCpuHashMap<_, ServerKey, Counters> = self.map(map_names::SERVER_STATS)?;
-        for item in servers.iter() {
-            match item {
-                Ok((key, per_cpu)) => st.server_stats.push((key, sum(&per_cpu))),
-                Err(e) if is_vanished(&e) => {}
-                Err(_) => st.read_errors += 1,
-            }
-        }
+        let cpus = self.possible_cpus;
+        st.conns = self.dump::<u64, Conn>(map_names::CONNS, 1, &mut st)?;
+        st.seeds = self.dump::<Tuple, Conn>(map_names::SEEDS, 1, &mut st)?;
+        st.owners = self
+            .dump_keyed::<u32, Owner>(map_names::OWNERS, 1, &mut st)?
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, *v.first()?)))
+            .collect();
+        st.proc_stats = self
+            .dump_keyed::<OwnerKey, Counters>(map_names::PROC_STATS, cpus, &mut st)?
+            .into_iter()
+            .map(|(k, v)| (k, sum(&v)))
+            .collect();
+        st.cgroup_stats = self
+            .dump_keyed::<u64, Counters>(map_names::CGROUP_STATS, cpus, &mut st)?
+            .into_iter()
+            .map(|(k, v)| (k, sum(&v)))
+            .collect();
+        st.server_stats = self
+            .dump_keyed::<ServerKey, Counters>(map_names::SERVER_STATS, cpus, &mut st)?
+            .into_iter()
+            .map(|(k, v)| (k, sum(&v)))
+            .collect();
         let counters: PerCpuArray<_, u64> = self.map(map_names::PROBE_COUNTERS)?;
         for (i, slot) in st.counters.iter_mut().enumerate() {
             let index = u32::try_from(i).unwrap_or(u32::MAX);
@@ -398,6 +376,46 @@ impl Probe {
         }
         st.recursion_misses = self.recursion_misses();
         Ok(st)
+    }
+
+    /// Every entry of the hash map `name` (see [`batch`]); a map that cannot be read is
+    /// counted in `read_errors` and reads as empty.
+    fn dump_keyed<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod>(
+        &self,
+        name: &str,
+        per_key: usize,
+        st: &mut KernelState,
+    ) -> anyhow::Result<batch::Entries<K, V>> {
+        let map = self
+            .ebpf
+            .map(name)
+            .ok_or_else(|| anyhow!("the eBPF object has no map {name}; rebuild zkconn"))?;
+        let data = match map {
+            aya::maps::Map::HashMap(d) | aya::maps::Map::PerCpuHashMap(d) => d,
+            _ => bail!("map {name} has an unexpected type"),
+        };
+        match batch::read::<K, V>(data.fd().as_fd(), per_key) {
+            Ok(entries) => Ok(entries),
+            Err(e) => {
+                tracing::debug!("reading map {name} failed: {e}");
+                st.read_errors += 1;
+                Ok(Vec::new())
+            }
+        }
+    }
+
+    /// The values of the single-valued hash map `name`.
+    fn dump<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod>(
+        &self,
+        name: &str,
+        per_key: usize,
+        st: &mut KernelState,
+    ) -> anyhow::Result<Vec<V>> {
+        Ok(self
+            .dump_keyed::<K, V>(name, per_key, st)?
+            .into_iter()
+            .filter_map(|(_, v)| v.into_iter().next())
+            .collect())
     }
 
     /// Sum of the kernel's `recursion_misses` over our programs, from their fdinfo.
@@ -523,10 +541,6 @@ pub fn sock_layout(b: &btf::Btf) -> Result<SockLayout, btf::BtfError> {
         has_v6: u32::from(v6.is_ok()),
         valid: 1,
     })
-}
-
-fn is_vanished(e: &aya::maps::MapError) -> bool {
-    matches!(e, aya::maps::MapError::KeyNotFound)
 }
 
 fn explain_load_error(e: &aya::EbpfError) -> String {

@@ -57,12 +57,13 @@ pub fn free_port(ip: IpAddr) -> anyhow::Result<u16> {
 }
 
 /// SIGKILL, then wait for it, so nothing a test started outlives it.
-fn kill_and_reap(child: &mut Child) {
+pub fn kill_and_reap(child: &mut Child) {
     kill(child, libc::SIGKILL);
     let _ = child.wait();
 }
 
-fn kill(child: &mut Child, signal: i32) {
+/// Sends `signal` to a child this process started and has not reaped.
+pub fn kill(child: &mut Child, signal: i32) {
     if let Ok(pid) = i32::try_from(child.id()) {
         // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
         unsafe { libc::kill(pid, signal) };
@@ -1317,4 +1318,39 @@ impl Drop for NetNs {
             .args(["netns", "del", &self.name])
             .status();
     }
+}
+
+/// Ids of the eBPF programs, maps and links in the kernel now, as `"prog 12"`.
+pub fn bpf_ids() -> anyhow::Result<std::collections::BTreeSet<String>> {
+    let mut ids = std::collections::BTreeSet::new();
+    for kind in ["prog", "map", "link"] {
+        let out = Command::new("bpftool")
+            .args([kind, "show", "--json"])
+            .output()
+            .context("cannot run bpftool (cargo xtask setup installs it)")?;
+        let list: Value = serde_json::from_slice(&out.stdout)?;
+        for o in list.as_array().into_iter().flatten() {
+            if let Some(id) = o["id"].as_u64() {
+                ids.insert(format!("{kind} {id}"));
+            }
+        }
+    }
+    Ok(ids)
+}
+
+/// The kernel objects not in `before` that are still there after up to 5 s (freeing is
+/// asynchronous in the kernel); empty when everything new went away.
+pub fn wait_gone_from_kernel(
+    before: &std::collections::BTreeSet<String>,
+) -> anyhow::Result<Vec<String>> {
+    let mut left: Vec<String> = bpf_ids()?.difference(before).cloned().collect();
+    for _ in 0..50 {
+        if left.is_empty() {
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+        let now = bpf_ids()?;
+        left.retain(|id| now.contains(id));
+    }
+    Ok(left)
 }

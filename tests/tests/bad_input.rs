@@ -2,11 +2,10 @@
 //! code, never a panic, and leaves nothing in the kernel. Root only (some rows drop to uid
 //! 65534); run with `cargo xtask test`.
 
-use std::{collections::BTreeSet, path::PathBuf, process::Command, thread, time::Duration};
+use std::{path::PathBuf, process::Command};
 
 use anyhow::{Context as _, Result, bail};
-use integration_tests::zkconn_bin;
-use serde_json::Value;
+use integration_tests::{bpf_ids, wait_gone_from_kernel, zkconn_bin};
 
 struct Row {
     number: String,
@@ -62,24 +61,6 @@ fn rows() -> Result<Vec<Row>> {
     Ok(rows)
 }
 
-/// Ids of the eBPF programs, maps and links in the kernel now.
-fn bpf_ids() -> Result<BTreeSet<String>> {
-    let mut ids = BTreeSet::new();
-    for kind in ["prog", "map", "link"] {
-        let out = Command::new("bpftool")
-            .args([kind, "show", "--json"])
-            .output()
-            .context("cannot run bpftool (cargo xtask setup installs it)")?;
-        let list: Value = serde_json::from_slice(&out.stdout)?;
-        for o in list.as_array().into_iter().flatten() {
-            if let Some(id) = o["id"].as_u64() {
-                ids.insert(format!("{kind} {id}"));
-            }
-        }
-    }
-    Ok(ids)
-}
-
 #[test]
 fn every_documented_mistake_is_refused_with_its_sentence() -> Result<()> {
     let rows = rows()?;
@@ -119,16 +100,7 @@ fn every_documented_mistake_is_refused_with_its_sentence() -> Result<()> {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-    // Nothing was left in the kernel (objects of other runs may still be going away).
-    let mut left: Vec<String> = bpf_ids()?.difference(&before).cloned().collect();
-    for _ in 0..50 {
-        if left.is_empty() {
-            break;
-        }
-        thread::sleep(Duration::from_millis(100));
-        let now = bpf_ids()?;
-        left.retain(|id| now.contains(id));
-    }
+    let left = wait_gone_from_kernel(&before)?;
     assert!(left.is_empty(), "left in the kernel: {left:?}");
     Ok(())
 }

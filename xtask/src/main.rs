@@ -1,4 +1,4 @@
-//! Developer and operator tasks: `cargo xtask setup|build|run|test`.
+//! Developer and operator tasks: `cargo xtask setup|build|run|test|demo|bench|fuzz|vm-test`.
 //!
 //! `setup` makes a fresh Debian machine ready (nightly with rust-src, a bpf-linker built
 //! against the nightly's own LLVM, the Debian packages the tests use); it is idempotent and
@@ -50,6 +50,13 @@ enum Task {
         seconds: u32,
         /// Only these targets (default: all of them).
         targets: Vec<String>,
+    },
+    /// Set up (plus qemu, busybox and cpio), build, then check every hook's counting on this
+    /// host and inside Debian's 6.1 and 6.12 kernels booted under qemu (software emulation);
+    /// prints the matrix and writes it into docs/kernels.md.
+    VmTest {
+        /// Only these kernel series (default: every one in the matrix).
+        kernels: Vec<String>,
     },
     /// Set up, then run every test: unit tests and the root integration tests against a
     /// real ZooKeeper.
@@ -118,6 +125,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Task::Fuzz { seconds, targets } => {
             setup()?;
             fuzz(&root, seconds, &targets)
+        }
+        Task::VmTest { kernels } => {
+            setup()?;
+            install_debian(&["qemu-system-x86", "busybox-static", "cpio"])?;
+            build(&root)?;
+            vm::run(&root, &kernels)
         }
         Task::Test { unit_only, args } => {
             setup()?;
@@ -191,6 +204,14 @@ fn run_tests_bin(
     args: &[&std::ffi::OsStr],
     what: &str,
 ) -> anyhow::Result<()> {
+    let mut cmd = as_root(build_tests_bin(root, bin, what)?);
+    cmd.env("ZKCONN_BIN", root.join("target/release/zkconn"))
+        .args(args);
+    check(&mut cmd, what)
+}
+
+/// Builds `bin` of the tests package (release) and returns its path.
+fn build_tests_bin(root: &Path, bin: &str, what: &str) -> anyhow::Result<PathBuf> {
     check(
         Command::new("cargo").current_dir(root).args([
             "build",
@@ -202,10 +223,7 @@ fn run_tests_bin(
         ]),
         &format!("building {what}"),
     )?;
-    let mut cmd = as_root(root.join("target/release").join(bin));
-    cmd.env("ZKCONN_BIN", root.join("target/release/zkconn"))
-        .args(args);
-    check(&mut cmd, what)
+    Ok(root.join("target/release").join(bin))
 }
 
 fn workspace_root() -> anyhow::Result<PathBuf> {
@@ -447,6 +465,7 @@ const ALL_TESTS: &[&str] = &[
     "netns",
     "faults",
     "ownership",
+    "hooks",
 ];
 
 /// The tests whose results depend on the hook.
@@ -486,6 +505,8 @@ fn integration_tests(
     }
     check(&mut cmd, &what)
 }
+
+mod vm;
 
 #[cfg(test)]
 mod tests {

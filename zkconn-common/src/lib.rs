@@ -25,6 +25,8 @@ pub mod map_names {
     pub const CGROUP_STATS: &str = "ZK_CGROUP_STATS";
     /// Watched ports → [`super::port_flags`].
     pub const PORTS: &str = "ZK_PORTS";
+    /// Switches userspace flips at run time, indexed by [`super::control`].
+    pub const CONTROL: &str = "ZK_CONTROL";
     /// [`super::Endpoint`] → 1, for ports watched only towards given addresses.
     pub const ENDPOINTS: &str = "ZK_ENDPOINTS";
     /// Per-CPU probe health counters, indexed by [`super::probe_counter`].
@@ -59,6 +61,34 @@ pub mod program_names {
     pub const RESET_TP: &str = "zk_tcp_receive_reset";
     /// `inet_sock_set_state` BTF tracepoint (`tp_btf`).
     pub const STATE_BTF: &str = "zk_btf_inet_sock_set_state";
+    /// fentry on `tcp_connect` (the `fentry` hook's connect point).
+    pub const CONNECT_FENTRY: &str = "zk_fentry_tcp_connect";
+    /// fentry on `tcp_set_state` (the `fentry` hook's state changes).
+    pub const SET_STATE_FENTRY: &str = "zk_fentry_tcp_set_state";
+    /// kprobe on `tcp_connect` (the `kprobe` hook's connect point).
+    pub const CONNECT_KPROBE: &str = "zk_kprobe_tcp_connect";
+    /// kprobe on `tcp_set_state` (the `kprobe` hook's state changes).
+    pub const SET_STATE_KPROBE: &str = "zk_kprobe_tcp_set_state";
+    /// Every program, for per-program statistics (recursion misses, run time).
+    pub const ALL: [&str; 8] = [
+        STATE_TP,
+        EXIT_TP,
+        RESET_TP,
+        STATE_BTF,
+        CONNECT_FENTRY,
+        SET_STATE_FENTRY,
+        CONNECT_KPROBE,
+        SET_STATE_KPROBE,
+    ];
+}
+
+/// Indexes of the [`map_names::CONTROL`] array.
+pub mod control {
+    /// Nonzero while seeded connections may still wait in `SEEDS` (userspace clears it once
+    /// `SEEDS` is empty, so later connections skip the seed table altogether).
+    pub const SEEDS_PENDING: u32 = 0;
+    /// Number of slots.
+    pub const COUNT: u32 = 1;
 }
 
 /// TCP states as the kernel numbers them (`include/net/tcp_states.h`).
@@ -145,6 +175,8 @@ pub struct SockLayout {
     pub num: u32,
     /// `skc_family` (u16).
     pub family: u32,
+    /// `skc_state` (u8): the state before a `tcp_set_state` call.
+    pub state: u32,
     /// `skc_daddr` and `skc_rcv_saddr` (IPv4, 4 bytes each).
     pub daddr: u32,
     pub saddr: u32,

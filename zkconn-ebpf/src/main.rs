@@ -10,7 +10,10 @@
 //! go uncounted.
 //!
 //! Attach points are thin shims over hook-independent functions (`on_connect`,
-//! `on_state_change`, `on_group_exit`), so further hooks feed the same accounting.
+//! `on_state_change`, `on_group_exit`), so every hook feeds the same accounting. The state
+//! tracepoints (classic and BTF) see the connect as the CLOSE → SYN_SENT transition; the
+//! function hooks (fentry, kprobe) see it at `tcp_connect`, where the source port is
+//! chosen, and every later transition at `tcp_set_state`.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
@@ -19,19 +22,21 @@ mod programs {
     use core::ptr::read_volatile;
 
     use aya_ebpf::{
+        EbpfContext as _,
         bindings::{BPF_ANY, BPF_NOEXIST},
         helpers::{
             bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
             bpf_get_current_uid_gid, bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
+            bpf_probe_read_kernel_buf,
         },
-        macros::{btf_tracepoint, map, tracepoint},
-        maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
-        programs::{BtfTracePointContext, TracePointContext},
+        macros::{btf_tracepoint, fentry, kprobe, map, tracepoint},
+        maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf, ring_buf::RingBufEntry},
+        programs::{BtfTracePointContext, FEntryContext, ProbeContext, TracePointContext},
     };
     use zkconn_common::{
         Conn, Counters, Endpoint, Event, ExitTpLayout, Owner, OwnerKey, RefusalConfig,
-        ResetTpLayout, ServerKey, SockLayout, StateTpLayout, Tuple, conn_flags, event_kind,
-        port_flags, probe_counter, tcp_state,
+        ResetTpLayout, ServerKey, SockLayout, StateTpLayout, Tuple, conn_flags, control,
+        event_kind, port_flags, probe_counter, tcp_state,
     };
 
     const AF_INET: u16 = 2;
@@ -61,6 +66,7 @@ mod programs {
         dport: 0,
         num: 0,
         family: 0,
+        state: 0,
         daddr: 0,
         saddr: 0,
         daddr_v6: 0,
@@ -106,8 +112,14 @@ mod programs {
     #[map(name = "ZK_SERVER_STATS")]
     static SERVER_STATS: PerCpuHashMap<ServerKey, Counters> =
         PerCpuHashMap::with_max_entries(4_096, 0);
+    /// Indexed by destination port: 0 for a port zkconn does not watch, else `port_flags`.
+    /// An array lookup is inlined by the verifier: a socket on an unwatched port costs no
+    /// hash computation.
     #[map(name = "ZK_PORTS")]
-    static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(1_024, 0);
+    static PORTS: Array<u8> = Array::with_max_entries(65_536, 0);
+    /// Run-time switches, indexed by `zkconn_common::control`.
+    #[map(name = "ZK_CONTROL")]
+    static CONTROL: Array<u32> = Array::with_max_entries(control::COUNT, 0);
     #[map(name = "ZK_ENDPOINTS")]
     static ENDPOINTS: HashMap<Endpoint, u8> = HashMap::with_max_entries(4_096, 0);
     #[map(name = "ZK_PROBE_COUNTERS")]
@@ -125,6 +137,24 @@ mod programs {
         tuple: Tuple,
     }
 
+    impl Change {
+        /// A transition of `sk` with the addresses and source port still to fill in.
+        fn new(sk: *const u8, old: u8, new: u8, dport: u16) -> Self {
+            Change {
+                skaddr: sk as u64,
+                old,
+                new,
+                tuple: Tuple {
+                    saddr: [0; 16],
+                    daddr: [0; 16],
+                    sport: 0,
+                    dport,
+                    _pad: 0,
+                },
+            }
+        }
+    }
+
     #[tracepoint]
     pub fn zk_inet_sock_set_state(ctx: TracePointContext) -> u32 {
         let _ = try_inet_sock_set_state(&ctx);
@@ -134,6 +164,38 @@ mod programs {
     #[btf_tracepoint(function = "inet_sock_set_state")]
     pub fn zk_btf_inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
         let _ = try_btf_set_state(&ctx);
+        0
+    }
+
+    /// `int tcp_connect(struct sock *sk)`: the SYN is about to leave; the caller
+    /// (`tcp_v4_connect`/`tcp_v6_connect`) set SYN_SENT and chose the source port, and runs
+    /// in the connecting task.
+    #[fentry(function = "tcp_connect")]
+    pub fn zk_fentry_tcp_connect(ctx: FEntryContext) -> i32 {
+        let _ = try_tcp_connect(ctx.arg(0));
+        0
+    }
+
+    /// `void tcp_set_state(struct sock *sk, int state)`: every later transition.
+    #[fentry(function = "tcp_set_state")]
+    pub fn zk_fentry_tcp_set_state(ctx: FEntryContext) -> i32 {
+        let _ = try_tcp_set_state(ctx.arg(0), ctx.arg(1));
+        0
+    }
+
+    #[kprobe]
+    pub fn zk_kprobe_tcp_connect(ctx: ProbeContext) -> u32 {
+        if let Some(sk) = ctx.arg(0) {
+            let _ = try_tcp_connect(sk);
+        }
+        0
+    }
+
+    #[kprobe]
+    pub fn zk_kprobe_tcp_set_state(ctx: ProbeContext) -> u32 {
+        if let (Some(sk), Some(state)) = (ctx.arg(0), ctx.arg(1)) {
+            let _ = try_tcp_set_state(sk, state);
+        }
         0
     }
 
@@ -164,33 +226,27 @@ mod programs {
         }
         let dport: u16 = unsafe { ctx.read_at(l.dport.into())? };
         // The one lookup that every non-ZooKeeper socket pays.
-        let Some(&flags) = (unsafe { PORTS.get(dport) }) else {
+        let flags = watched(dport);
+        if flags == 0 {
             return Ok(());
-        };
+        }
         let old: i32 = unsafe { ctx.read_at(l.oldstate.into())? };
         let new: i32 = unsafe { ctx.read_at(l.newstate.into())? };
+        let skaddr: u64 = unsafe { ctx.read_at(l.skaddr.into())? };
+        let mut change = Change::new(skaddr as *const u8, old as u8, new as u8, dport);
         let family: u16 = unsafe { ctx.read_at(l.family.into())? };
-        let (saddr, daddr) = if family == AF_INET {
-            let s: [u8; 4] = unsafe { ctx.read_at(l.saddr.into())? };
-            let d: [u8; 4] = unsafe { ctx.read_at(l.daddr.into())? };
-            (v4_mapped(s), v4_mapped(d))
+        // Straight into place (see `sock_tuple`).
+        let record = ctx.as_ptr() as *const u8;
+        let t = &mut change.tuple;
+        if family == AF_INET {
+            v4_mapped(t);
+            read_into(record, l.saddr.into(), &mut t.saddr[12..])?;
+            read_into(record, l.daddr.into(), &mut t.daddr[12..])?;
         } else {
-            let s: [u8; 16] = unsafe { ctx.read_at(l.saddr_v6.into())? };
-            let d: [u8; 16] = unsafe { ctx.read_at(l.daddr_v6.into())? };
-            (s, d)
-        };
-        let change = Change {
-            skaddr: unsafe { ctx.read_at(l.skaddr.into())? },
-            old: old as u8,
-            new: new as u8,
-            tuple: Tuple {
-                saddr,
-                daddr,
-                sport: unsafe { ctx.read_at(l.sport.into())? },
-                dport,
-                _pad: 0,
-            },
-        };
+            read_into(record, l.saddr_v6.into(), &mut t.saddr)?;
+            read_into(record, l.daddr_v6.into(), &mut t.daddr)?;
+        }
+        t.sport = unsafe { ctx.read_at(l.sport.into())? };
         on_transition(&change, flags);
         Ok(())
     }
@@ -200,48 +256,123 @@ mod programs {
     /// read and one lookup. Fields are read at the offsets userspace took from this
     /// kernel's BTF (`SOCK_LAYOUT`).
     fn try_btf_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
-        // SAFETY: see `try_inet_sock_set_state`.
-        let l = unsafe { read_volatile(&SOCK_LAYOUT) };
-        if l.valid == 0 {
-            return Ok(());
-        }
         let sk: *const u8 = ctx.arg(0);
-        let dport = u16::from_be_bytes(read_sk(sk, l.dport)?);
-        // The one lookup that every non-ZooKeeper socket pays.
-        let Some(&flags) = (unsafe { PORTS.get(dport) }) else {
+        let Some(dport) = sock_dport(sk) else {
             return Ok(());
         };
+        // The one lookup that every non-ZooKeeper socket pays.
+        let flags = watched(dport);
+        if flags == 0 {
+            return Ok(());
+        }
+        // SAFETY: see `try_inet_sock_set_state`.
+        let l = unsafe { read_volatile(&SOCK_LAYOUT) };
         let word = u32::from_ne_bytes(read_sk(sk, l.protocol_word)?);
         if (word >> l.protocol_shift) & l.protocol_mask != u32::from(IPPROTO_TCP) {
             return Ok(());
         }
         let old: i32 = ctx.arg(1);
         let new: i32 = ctx.arg(2);
-        let family = u16::from_ne_bytes(read_sk(sk, l.family)?);
-        let (saddr, daddr) = if family == AF_INET {
-            (
-                v4_mapped(read_sk(sk, l.saddr)?),
-                v4_mapped(read_sk(sk, l.daddr)?),
-            )
-        } else if l.has_v6 == 1 {
-            (read_sk(sk, l.saddr_v6)?, read_sk(sk, l.daddr_v6)?)
-        } else {
-            return Ok(());
-        };
-        let change = Change {
-            skaddr: sk as u64,
-            old: old as u8,
-            new: new as u8,
-            tuple: Tuple {
-                saddr,
-                daddr,
-                sport: u16::from_ne_bytes(read_sk(sk, l.num)?),
-                dport,
-                _pad: 0,
-            },
-        };
+        let mut change = Change::new(sk, old as u8, new as u8, dport);
+        sock_tuple(sk, &mut change.tuple)?;
         on_transition(&change, flags);
         Ok(())
+    }
+
+    /// `tcp_connect(sk)`, from the fentry or kprobe hook: a TCP socket (the function is
+    /// TCP's own) in SYN_SENT with its source port chosen, in the connecting task.
+    fn try_tcp_connect(sk: *const u8) -> Result<(), i32> {
+        let Some(dport) = sock_dport(sk) else {
+            return Ok(());
+        };
+        let flags = watched(dport);
+        if flags == 0 {
+            return Ok(());
+        }
+        let mut change = Change::new(sk, tcp_state::CLOSE, tcp_state::SYN_SENT, dport);
+        sock_tuple(sk, &mut change.tuple)?;
+        if is_target(&change.tuple, flags) {
+            on_connect(&change, &owner_of(boot_ns()));
+        }
+        Ok(())
+    }
+
+    /// `tcp_set_state(sk, new)`, from the fentry or kprobe hook: the old state is still in
+    /// the socket. The connect itself is `tcp_connect`'s, so CLOSE → SYN_SENT is skipped
+    /// here (it runs before the source port is chosen).
+    fn try_tcp_set_state(sk: *const u8, new: i32) -> Result<(), i32> {
+        let Some(dport) = sock_dport(sk) else {
+            return Ok(());
+        };
+        if watched(dport) == 0 {
+            return Ok(());
+        }
+        // SAFETY: see `try_inet_sock_set_state`.
+        let [old] = read_sk::<1>(sk, unsafe { read_volatile(&SOCK_LAYOUT.state) })?;
+        if new as u8 == tcp_state::SYN_SENT || old == new as u8 {
+            return Ok(());
+        }
+        let mut change = Change::new(sk, old, new as u8, dport);
+        sock_tuple(sk, &mut change.tuple)?;
+        on_state_change(&change);
+        Ok(())
+    }
+
+    /// The socket's destination port, or `None` until userspace filled `SOCK_LAYOUT`.
+    #[inline(always)]
+    fn sock_dport(sk: *const u8) -> Option<u16> {
+        // SAFETY: plain reads of a global the loader patched; volatile so the compiler
+        // cannot fold the compile-time zeros.
+        let (valid, offset) = unsafe {
+            (
+                read_volatile(&SOCK_LAYOUT.valid),
+                read_volatile(&SOCK_LAYOUT.dport),
+            )
+        };
+        if valid == 0 {
+            return None;
+        }
+        read_sk(sk, offset).ok().map(u16::from_be_bytes)
+    }
+
+    /// Fills the addresses and the source port of `tuple` from the socket, at the offsets of
+    /// this kernel's BTF, reading straight into place: the function hooks' frames must leave
+    /// room on the 512-byte BPF stack for the connect's own.
+    #[inline(always)]
+    fn sock_tuple(sk: *const u8, tuple: &mut Tuple) -> Result<(), i32> {
+        // SAFETY: see `sock_dport`.
+        let l = |field: &u32| unsafe { read_volatile(field) };
+        let family = u16::from_ne_bytes(read_sk(sk, l(&SOCK_LAYOUT.family))?);
+        if family == AF_INET {
+            v4_mapped(tuple);
+            read_into(sk, l(&SOCK_LAYOUT.saddr), &mut tuple.saddr[12..])?;
+            read_into(sk, l(&SOCK_LAYOUT.daddr), &mut tuple.daddr[12..])?;
+        } else if l(&SOCK_LAYOUT.has_v6) == 1 {
+            read_into(sk, l(&SOCK_LAYOUT.saddr_v6), &mut tuple.saddr)?;
+            read_into(sk, l(&SOCK_LAYOUT.daddr_v6), &mut tuple.daddr)?;
+        } else {
+            return Err(0);
+        }
+        tuple.sport = u16::from_ne_bytes(read_sk(sk, l(&SOCK_LAYOUT.num))?);
+        Ok(())
+    }
+
+    /// `dst.len()` bytes of kernel memory at `base + offset` (a socket, or a trace
+    /// record), into `dst`.
+    #[inline(always)]
+    fn read_into(base: *const u8, offset: u32, dst: &mut [u8]) -> Result<(), i32> {
+        // SAFETY: bpf_probe_read_kernel checks the address; a bad one is an error.
+        unsafe { bpf_probe_read_kernel_buf(base.wrapping_add(offset as usize), dst) }
+            .map_err(|e| e as i32)
+    }
+
+    /// The `port_flags` of destination port `dport`, 0 when it is not watched.
+    fn watched(dport: u16) -> u8 {
+        PORTS.get(u32::from(dport)).copied().unwrap_or(0)
+    }
+
+    fn seeds_pending() -> bool {
+        CONTROL.get(control::SEEDS_PENDING).is_some_and(|&v| v != 0)
     }
 
     /// `N` bytes of the socket at `offset`.
@@ -250,24 +381,30 @@ mod programs {
         unsafe { bpf_probe_read_kernel(sk.wrapping_add(offset as usize).cast::<[u8; N]>()) }
     }
 
-    /// A transition of a socket towards a watched port, whatever hook saw it.
+    /// A transition of a socket towards a watched port, seen by a state tracepoint.
     fn on_transition(change: &Change, flags: u8) {
         if change.old == tcp_state::CLOSE && change.new == tcp_state::SYN_SENT {
-            if flags & port_flags::ANY_ADDRESS == 0 {
-                let endpoint = Endpoint {
-                    addr: change.tuple.daddr,
-                    port: change.tuple.dport,
-                    _pad: [0; 6],
-                };
-                // SAFETY: the value is copied out at once.
-                if unsafe { ENDPOINTS.get(endpoint) }.is_none() {
-                    return;
-                }
+            if is_target(&change.tuple, flags) {
+                on_connect(change, &owner_of(boot_ns()));
             }
-            on_connect(change);
         } else {
             on_state_change(change);
         }
+    }
+
+    /// Whether a connection to a watched port goes to a watched server: any address on the
+    /// port, or one of the endpoints listed for it.
+    fn is_target(tuple: &Tuple, flags: u8) -> bool {
+        if flags & port_flags::ANY_ADDRESS != 0 {
+            return true;
+        }
+        let endpoint = Endpoint {
+            addr: tuple.daddr,
+            port: tuple.dport,
+            _pad: [0; 6],
+        };
+        // SAFETY: the value is only tested for presence.
+        unsafe { ENDPOINTS.get(endpoint) }.is_some()
     }
 
     fn try_sched_process_exit(ctx: &TracePointContext) -> Result<(), i32> {
@@ -337,17 +474,18 @@ mod programs {
         }
     }
 
-    /// CLOSE → SYN_SENT of a ZooKeeper-bound socket: runs in the connecting task, so
-    /// "current" is the owner. This is the only place that reads it.
+    /// A ZooKeeper-bound connect (CLOSE → SYN_SENT, or `tcp_connect`): runs in the
+    /// connecting task, so "current" is the owner (`owner`, from `owner_of`, which the
+    /// caller runs first so the two frames are not stacked). These two are the only places
+    /// that read "current".
     #[inline(never)]
-    fn on_connect(change: &Change) {
+    fn on_connect(change: &Change, owner: &OwnerKey) {
+        let owner = *owner;
         let pid_tgid = bpf_get_current_pid_tgid();
-        let tgid = (pid_tgid >> 32) as u32;
         let uid_gid = bpf_get_current_uid_gid();
         let now = boot_ns();
         // SAFETY: a helper with no arguments.
         let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-        let owner = owner_of(tgid, pid_tgid as u32, uid_gid, cgroup_id, now);
         let conn = Conn {
             tuple: change.tuple,
             owner,
@@ -384,9 +522,17 @@ mod programs {
         }
     }
 
-    /// The process's identity for counting: its tgid and when it was first seen. A new
-    /// process reusing a pid gets a new `birth_ns` because `on_group_exit` forgot the old one.
-    fn owner_of(tgid: u32, tid: u32, uid_gid: u64, cgroup_id: u64, now: u64) -> OwnerKey {
+    /// The current process's identity for counting: its tgid and when it was first seen. A
+    /// new process reusing a pid gets a new `birth_ns` because `on_group_exit` forgot the old
+    /// one. Not inlined, and reading "current" itself: its frame (the new owner and its
+    /// event) then does not add to the connect's on the 512-byte BPF stack.
+    #[inline(never)]
+    fn owner_of(now: u64) -> OwnerKey {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+        let uid_gid = bpf_get_current_uid_gid();
+        // SAFETY: a helper with no arguments.
+        let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
         // SAFETY: the value is copied out at once.
         if let Some(owner) = unsafe { OWNERS.get(tgid) } {
             return OwnerKey {
@@ -408,7 +554,7 @@ mod programs {
             birth_ns: now,
         };
         if OWNERS.insert(tgid, owner, BPF_NOEXIST.into()).is_ok() {
-            emit(event_kind::OWNER_NEW, tid, key, &owner, now, None);
+            emit(event_kind::OWNER_NEW, tid, &key, &owner, now);
             return key;
         }
         // Another thread of the process won the race, or the map is full.
@@ -445,7 +591,9 @@ mod programs {
                 conn.tuple = change.tuple;
                 conn.flags |= conn_flags::ESTABLISHED;
                 conn.established_ns = boot_ns();
-                let _ = SEEDS.remove(change.tuple);
+                if seeds_pending() {
+                    let _ = SEEDS.remove(change.tuple);
+                }
             }
             apply(conn, change);
             if change.new == tcp_state::CLOSE {
@@ -454,20 +602,29 @@ mod programs {
             return;
         }
         // Not seen at connect: maybe a connection that predates zkconn.
+        if !seeds_pending() {
+            return;
+        }
         let Some(seed) = SEEDS.get_ptr(change.tuple) else {
             return;
         };
-        // SAFETY: copied out before the entry is removed.
-        let mut conn = unsafe { *seed };
+        // Map value to map value: a `Conn` copied through the stack would not fit beside
+        // the callers' frames on kernels before 6.13 (512 bytes in all).
+        // SAFETY: `seed` points at a live entry; the update copies it before the removal.
+        let moved = CONNS.insert(change.skaddr, unsafe { &*seed }, BPF_NOEXIST.into());
         let _ = SEEDS.remove(change.tuple);
         count(probe_counter::SEEDS_ADOPTED);
-        apply(&mut conn, change);
-        if change.new != tcp_state::CLOSE
-            && CONNS
-                .insert(change.skaddr, conn, BPF_NOEXIST.into())
-                .is_err()
-        {
-            count(probe_counter::OVERFLOW_CONNS);
+        let conn = match (moved, CONNS.get_ptr_mut(change.skaddr)) {
+            (Ok(()), Some(conn)) => conn,
+            _ => {
+                count(probe_counter::OVERFLOW_CONNS);
+                return;
+            }
+        };
+        // SAFETY: the entry now belongs to this socket, serialised by its lock as above.
+        apply(unsafe { &mut *conn }, change);
+        if change.new == tcp_state::CLOSE {
+            let _ = CONNS.remove(change.skaddr);
         }
     }
 
@@ -500,19 +657,7 @@ mod programs {
                 let server = server_key(&conn.tuple);
                 bump(&SERVER_STATS, &server, &f);
                 if refused {
-                    let info = Owner {
-                        cgroup_id: conn.cgroup_id,
-                        uid: conn.uid,
-                        ..Owner::default()
-                    };
-                    emit(
-                        event_kind::REFUSED,
-                        conn.tid,
-                        conn.owner,
-                        &info,
-                        conn.changed_ns,
-                        Some(&server),
-                    );
+                    emit_refused(conn, &server);
                 }
             }
             _ => {}
@@ -539,10 +684,9 @@ mod programs {
         emit(
             event_kind::OWNER_EXIT,
             pid_tgid as u32,
-            key,
+            &key,
             &owner,
             boot_ns(),
-            None,
         );
     }
 
@@ -551,15 +695,19 @@ mod programs {
         bump(&CGROUP_STATS, &cgroup_id, &f);
     }
 
-    /// Increment this CPU's slot. Tracepoint programs run with preemption off and the
-    /// kernel refuses to nest them on one CPU (`bpf_prog_active`, counted as the program's
-    /// recursion misses, which userspace reports as lost), so a plain add cannot race.
+    /// Increment this CPU's slot. Tracepoint and kprobe programs run with preemption off and
+    /// the kernel refuses to nest a program on one CPU (counted as the program's recursion
+    /// misses, which userspace reports as lost), so a plain add cannot race. fentry programs
+    /// run with migration (not preemption) disabled: on a kernel booted with full
+    /// preemption (`preempt=full`), another program of ours preempting one mid-add on the
+    /// same CPU could lose an increment; docs/kernels.md says so.
     fn bump<K>(map: &PerCpuHashMap<K, Counters>, key: &K, f: &impl Fn(&mut Counters)) {
         let slot = match map.get_ptr_mut(key) {
             Some(slot) => slot,
             None => {
-                // NOEXIST: a concurrent insert on another CPU must not be clobbered.
-                let _ = map.insert(key, Counters::default(), BPF_NOEXIST.into());
+                // NOEXIST: a concurrent insert on another CPU must not be clobbered. The
+                // zeros come from a global, not the stack.
+                let _ = map.insert(key, &ZERO_COUNTERS, BPF_NOEXIST.into());
                 match map.get_ptr_mut(key) {
                     Some(slot) => slot,
                     None => {
@@ -573,28 +721,50 @@ mod programs {
         f(unsafe { &mut *slot });
     }
 
-    /// Written in place in the ring buffer: an `Event` on the stack would not fit beside
-    /// the connection being built (the BPF stack is 512 bytes).
-    fn emit(
-        kind: u32,
-        tid: u32,
-        owner: OwnerKey,
-        info: &Owner,
-        ts_ns: u64,
-        server: Option<&ServerKey>,
-    ) {
+    /// A process event (new or exited), written in place in the ring buffer: an `Event`
+    /// built on the stack would cost its size in the caller's frame, and all frames share
+    /// 512 bytes on kernels before 6.13.
+    fn emit(kind: u32, tid: u32, owner: &OwnerKey, info: &Owner, ts_ns: u64) {
         let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
             count(probe_counter::LOST_EVENTS);
             return;
         };
-        entry.write(Event {
-            kind,
-            tid,
-            owner,
-            info: *info,
-            ts_ns,
-            server: server.copied().unwrap_or_default(),
-        });
+        let e = entry.as_mut_ptr();
+        // SAFETY: `e` is the reserved, exclusively owned slot of one `Event`; every field is
+        // written before submit, through raw pointers so no reference to uninit memory exists.
+        unsafe {
+            (&raw mut (*e).kind).write(kind);
+            (&raw mut (*e).tid).write(tid);
+            (&raw mut (*e).owner).write(*owner);
+            (&raw mut (*e).info).write(*info);
+            (&raw mut (*e).ts_ns).write(ts_ns);
+            (&raw mut (*e).server).write(ServerKey::default());
+        }
+        submit(entry, kind);
+    }
+
+    /// A refusal by `server`, in place like `emit`.
+    fn emit_refused(conn: &Conn, server: &ServerKey) {
+        let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+            count(probe_counter::LOST_EVENTS);
+            return;
+        };
+        let e = entry.as_mut_ptr();
+        // SAFETY: as in `emit`.
+        unsafe {
+            (&raw mut (*e).kind).write(event_kind::REFUSED);
+            (&raw mut (*e).tid).write(conn.tid);
+            (&raw mut (*e).owner).write(conn.owner);
+            (&raw mut (*e).info).write(Owner::default());
+            (&raw mut (*e).info.cgroup_id).write(conn.cgroup_id);
+            (&raw mut (*e).info.uid).write(conn.uid);
+            (&raw mut (*e).ts_ns).write(conn.changed_ns);
+            (&raw mut (*e).server).write(*server);
+        }
+        submit(entry, event_kind::REFUSED);
+    }
+
+    fn submit(entry: RingBufEntry<Event>, kind: u32) {
         // Only a new process needs userspace at once (to read its /proc entry while it
         // lives). Exits and refusals wait for the next read of the ring buffer, at the
         // latest the next once-a-second sample: a refusal storm then costs no wake-up per
@@ -606,6 +776,14 @@ mod programs {
         };
         entry.submit(flags.into());
     }
+
+    static ZERO_COUNTERS: Counters = Counters {
+        opened: 0,
+        closed: 0,
+        failed: 0,
+        close_wait: 0,
+        rejected: 0,
+    };
 
     fn count(index: u32) {
         if let Some(slot) = PROBE_COUNTERS.get_ptr_mut(index) {
@@ -619,10 +797,13 @@ mod programs {
         unsafe { bpf_ktime_get_boot_ns() }
     }
 
-    fn v4_mapped(v4: [u8; 4]) -> [u8; 16] {
-        [
-            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3],
-        ]
+    /// Makes both (zeroed) addresses `::ffff:0:0`; the IPv4 address goes in the last four
+    /// bytes.
+    fn v4_mapped(t: &mut Tuple) {
+        for a in [&mut t.saddr, &mut t.daddr] {
+            a[10] = 0xff;
+            a[11] = 0xff;
+        }
     }
 
     #[panic_handler]

@@ -191,7 +191,8 @@ pub struct TargetArgs {
 
 #[derive(Debug, Args, Clone)]
 pub struct ProbeArgs {
-    /// Kernel hook: `auto` picks the best one this kernel allows.
+    /// Kernel hook for connects and state changes: `auto` tries btf, fentry, tracepoint,
+    /// kprobe in that order and takes the first this kernel accepts (docs/kernels.md).
     #[arg(long, value_enum, default_value_t = HookChoice::Auto)]
     pub hook: HookChoice,
     /// Capacity of the kernel's connection table; ZooKeeper sockets beyond it are counted

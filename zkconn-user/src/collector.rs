@@ -340,6 +340,10 @@ impl Collector {
     fn rows(&mut self) -> anyhow::Result<(Rows, KernelState)> {
         self.drain_events();
         let mut state = self.probe.read()?;
+        // Every seed adopted or gone: later connections skip the kernel's seed table.
+        if self.probe.seeds_pending() && state.seeds.is_empty() {
+            self.probe.set_seeds_pending(false)?;
+        }
         let now_ns = seed::now_boot_ns();
         // Owners seen only through maps (their event was lost): attribute them now.
         let mut first_conn: FxHashMap<OwnerKey, &zkconn_common::Conn> = FxHashMap::default();

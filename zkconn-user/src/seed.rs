@@ -163,6 +163,8 @@ pub fn seed(
     if sockets.is_empty() {
         return Ok(report);
     }
+    // Before the first seed goes in: from now on the kernel looks for seeds.
+    probe.set_seeds_pending(true)?;
     // Who holds each candidate socket: the earliest-started holder is taken as its owner
     // (a forked child inherits its parent's sockets; the parent made them).
     let wanted: HashSet<u64> = sockets.iter().map(|s| s.inode).collect();

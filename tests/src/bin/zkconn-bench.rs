@@ -31,6 +31,19 @@ fn main() -> std::process::ExitCode {
         Some("startup-only") => listener(0, false)
             .and_then(|a| startup(a.port()))
             .map(|t| println!("{t}")),
+        // The connect/close loop alone on `PORT` (to profile a tracer attached to it).
+        Some("loop-only") => args
+            .get(2)
+            .context("usage: zkconn-bench loop-only PORT")
+            .and_then(|p| Ok(p.parse::<u16>()?))
+            .and_then(|port| listener(port, false))
+            .and_then(|addr| connect_loop(addr, CONNECTIONS))
+            .map(|r| {
+                println!(
+                    "{:.0} connections/s, {:.1} µs CPU per connection",
+                    r.rate, r.cpu_us
+                )
+            }),
         Some("daemon-only") => {
             raise_fd_limit();
             listener(0, false)

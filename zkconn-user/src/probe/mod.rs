@@ -20,12 +20,12 @@ use std::{
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, TracePoint},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, FEntry, KProbe, TracePoint},
 };
 use zkconn_common::{
     Conn, Counters, Endpoint, ExitTpLayout, Owner, OwnerKey, RefusalConfig, ResetTpLayout,
-    ServerKey, SockLayout, StateTpLayout, Tuple, global_names, map_names, probe_counter,
+    ServerKey, SockLayout, StateTpLayout, Tuple, control, global_names, map_names, probe_counter,
     program_names,
 };
 
@@ -34,13 +34,17 @@ use crate::targets::{Targets, ip_to_bytes};
 /// What the user asked for with `--hook`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum HookChoice {
-    /// The best hook this kernel allows: `btf`, then `tracepoint`.
+    /// The best hook this kernel allows, in the order btf, fentry, tracepoint, kprobe.
     Auto,
     /// The BTF tracepoint (`tp_btf`) on `inet_sock_set_state`: the kernel passes the socket,
-    /// no trace record is filled (kernel 5.5+ with BTF).
+    /// no trace record is filled (BTF, kernel 5.5+).
     Btf,
-    /// The `sock:inet_sock_set_state` classic tracepoint (kernel 4.16+).
+    /// fentry on `tcp_connect` and `tcp_set_state` (BTF and BPF trampolines, 5.5+ on x86-64).
+    Fentry,
+    /// The `sock:inet_sock_set_state` classic tracepoint (tracefs).
     Tracepoint,
+    /// kprobes on `tcp_connect` and `tcp_set_state` (CONFIG_KPROBES, BTF for the offsets).
+    Kprobe,
 }
 
 /// The hook in use, as named in every output.
@@ -48,14 +52,62 @@ pub enum HookChoice {
 #[serde(rename_all = "snake_case")]
 pub enum Hook {
     Btf,
+    Fentry,
     Tracepoint,
+    Kprobe,
+}
+
+impl Hook {
+    /// The order `auto` tries: stable tracepoints before functions the compiler could
+    /// inline away, and within each the one that fills no trace record first.
+    pub const AUTO_ORDER: [Hook; 4] = [Hook::Btf, Hook::Fentry, Hook::Tracepoint, Hook::Kprobe];
+
+    /// What it attaches to, for messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Hook::Btf => "the BTF tracepoint on inet_sock_set_state",
+            Hook::Fentry => "fentry on tcp_connect and tcp_set_state",
+            Hook::Tracepoint => "the classic tracepoint sock:inet_sock_set_state",
+            Hook::Kprobe => "kprobes on tcp_connect and tcp_set_state",
+        }
+    }
+
+    /// Its programs, in attach order (the connect point before the state changes, so no
+    /// connection is seen leaving CLOSE without its connect).
+    fn programs(self) -> &'static [&'static str] {
+        match self {
+            Hook::Btf => &[program_names::STATE_BTF],
+            Hook::Fentry => &[
+                program_names::CONNECT_FENTRY,
+                program_names::SET_STATE_FENTRY,
+            ],
+            Hook::Tracepoint => &[program_names::STATE_TP],
+            Hook::Kprobe => &[
+                program_names::CONNECT_KPROBE,
+                program_names::SET_STATE_KPROBE,
+            ],
+        }
+    }
+}
+
+impl From<Hook> for HookChoice {
+    fn from(h: Hook) -> Self {
+        match h {
+            Hook::Btf => HookChoice::Btf,
+            Hook::Fentry => HookChoice::Fentry,
+            Hook::Tracepoint => HookChoice::Tracepoint,
+            Hook::Kprobe => HookChoice::Kprobe,
+        }
+    }
 }
 
 impl fmt::Display for Hook {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Hook::Btf => "btf",
+            Hook::Fentry => "fentry",
             Hook::Tracepoint => "tracepoint",
+            Hook::Kprobe => "kprobe",
         })
     }
 }
@@ -108,6 +160,8 @@ pub struct Probe {
     pub exit_events: bool,
     /// Slots of a per-CPU map value.
     possible_cpus: usize,
+    /// What the kernel's seed flag says (see [`Probe::set_seeds_pending`]).
+    seeds_pending: bool,
 }
 
 /// The compiled kernel programs, embedded at build time by `build.rs`.
@@ -194,44 +248,15 @@ impl Probe {
             exit_events: exit_layout.valid == 1,
             possible_cpus: aya::util::nr_cpus()
                 .map_err(|(what, e)| anyhow!("cannot read the possible CPUs ({what}): {e}"))?,
+            seeds_pending: false,
         };
         probe.load_targets(targets)?;
-        let btf = || -> anyhow::Result<()> {
-            sock_layout
-                .clone()
-                .map_err(|e| anyhow!("the kernel's BTF does not describe the socket: {e}"))?;
-            Ok(())
+        let needs = Needs {
+            kernel_btf: kernel_btf.as_ref().map(|_| ()).map_err(ToString::to_string),
+            sock_layout: sock_layout.as_ref().map(|_| ()).map_err(Clone::clone),
+            state_layout: state_layout.as_ref().map(|_| ()).map_err(Clone::clone),
         };
-        let tracepoint = || -> anyhow::Result<()> {
-            state_layout.clone().map_err(|e| anyhow!("{e}"))?;
-            Ok(())
-        };
-        probe.hook = match choice {
-            HookChoice::Btf => {
-                btf().and_then(|()| probe.attach_btf()).map_err(|e| {
-                    anyhow!("--hook btf (BTF tracepoint on inet_sock_set_state) is not available on this kernel: {e:#}; try --hook tracepoint")
-                })?;
-                Hook::Btf
-            }
-            HookChoice::Tracepoint => {
-                tracepoint()
-                    .and_then(|()| probe.attach_state_tracepoint())
-                    .map_err(|e| anyhow!("--hook tracepoint (sock:inet_sock_set_state) is not available on this kernel: {e:#}"))?;
-                Hook::Tracepoint
-            }
-            HookChoice::Auto => match btf().and_then(|()| probe.attach_btf()) {
-                Ok(()) => Hook::Btf,
-                Err(why) => {
-                    tracing::info!(
-                        "the BTF tracepoint is not available ({why:#}); using the classic tracepoint"
-                    );
-                    tracepoint()
-                        .and_then(|()| probe.attach_state_tracepoint())
-                        .map_err(|e| anyhow!("no hook is available on this kernel: the BTF tracepoint failed ({why:#}) and so did the classic tracepoint ({e:#})"))?;
-                    Hook::Tracepoint
-                }
-            },
-        };
+        probe.hook = probe.attach_hook(choice, &needs)?;
         if probe.exit_events {
             probe.attach_tracepoint(program_names::EXIT_TP, "sched", "sched_process_exit")?;
         }
@@ -245,23 +270,125 @@ impl Probe {
         Ok(probe)
     }
 
-    fn attach_state_tracepoint(&mut self) -> anyhow::Result<()> {
-        self.attach_tracepoint(program_names::STATE_TP, "sock", "inet_sock_set_state")
+    /// Attaches the hook `choice` names, or for `auto` the first of [`Hook::AUTO_ORDER`]
+    /// that this kernel accepts. A hook that fails part-way is unloaded before the next is
+    /// tried, so no two hooks ever count the same connection.
+    fn attach_hook(&mut self, choice: HookChoice, needs: &Needs) -> anyhow::Result<Hook> {
+        let wanted: Vec<Hook> = match choice {
+            HookChoice::Auto => Hook::AUTO_ORDER.to_vec(),
+            HookChoice::Btf => vec![Hook::Btf],
+            HookChoice::Fentry => vec![Hook::Fentry],
+            HookChoice::Tracepoint => vec![Hook::Tracepoint],
+            HookChoice::Kprobe => vec![Hook::Kprobe],
+        };
+        let mut refused = Vec::new();
+        for hook in wanted {
+            match needs.check(hook).and_then(|()| self.attach(hook)) {
+                Ok(()) => {
+                    if !refused.is_empty() {
+                        tracing::info!("using --hook {hook}; {}", refused.join("; "));
+                    }
+                    return Ok(hook);
+                }
+                Err(e) => {
+                    self.unload(hook);
+                    if choice != HookChoice::Auto {
+                        return Err(anyhow!(
+                            "--hook {hook} ({}) is not available on this kernel: {e:#}; \
+                             --hook auto picks one that is",
+                            hook.describe()
+                        ));
+                    }
+                    refused.push(format!("{hook} is not available: {e:#}"));
+                }
+            }
+        }
+        Err(anyhow!(
+            "no hook is available on this kernel: {}",
+            refused.join("; ")
+        ))
     }
 
-    fn attach_btf(&mut self) -> anyhow::Result<()> {
+    fn attach(&mut self, hook: Hook) -> anyhow::Result<()> {
+        match hook {
+            Hook::Btf => self.attach_btf(program_names::STATE_BTF, "inet_sock_set_state"),
+            Hook::Tracepoint => {
+                self.attach_tracepoint(program_names::STATE_TP, "sock", "inet_sock_set_state")
+            }
+            Hook::Fentry => {
+                self.attach_fentry(program_names::CONNECT_FENTRY, "tcp_connect")?;
+                self.attach_fentry(program_names::SET_STATE_FENTRY, "tcp_set_state")
+            }
+            Hook::Kprobe => {
+                self.attach_kprobe(program_names::CONNECT_KPROBE, "tcp_connect")?;
+                self.attach_kprobe(program_names::SET_STATE_KPROBE, "tcp_set_state")
+            }
+        }
+    }
+
+    /// Detaches and unloads whatever part of `hook` got loaded.
+    fn unload(&mut self, hook: Hook) {
+        for name in hook.programs() {
+            let Some(prog) = self.ebpf.program_mut(name) else {
+                continue;
+            };
+            let result = match prog {
+                aya::programs::Program::BtfTracePoint(p) => p.unload(),
+                aya::programs::Program::TracePoint(p) => p.unload(),
+                aya::programs::Program::FEntry(p) => p.unload(),
+                aya::programs::Program::KProbe(p) => p.unload(),
+                _ => Ok(()),
+            };
+            if let Err(e) = result {
+                // Not loaded at all is the usual case here.
+                tracing::debug!("unloading {name}: {e}");
+            }
+        }
+    }
+
+    fn attach_btf(&mut self, program: &str, tracepoint: &str) -> anyhow::Result<()> {
         let btf = aya::Btf::from_sys_fs().context("reading /sys/kernel/btf/vmlinux failed")?;
-        let program = program_names::STATE_BTF;
-        let prog: &mut BtfTracePoint = self
-            .ebpf
-            .program_mut(program)
-            .ok_or_else(|| anyhow!("the eBPF object has no program {program}; rebuild zkconn"))?
-            .try_into()
-            .with_context(|| format!("{program} is not a BTF tracepoint program"))?;
-        prog.load("inet_sock_set_state", &btf)
+        let prog: &mut BtfTracePoint = self.program_mut(program)?;
+        prog.load(tracepoint, &btf)
             .context("the kernel refused to load it")?;
         prog.attach().context("the kernel refused to attach it")?;
         Ok(())
+    }
+
+    fn attach_fentry(&mut self, program: &str, function: &str) -> anyhow::Result<()> {
+        let btf = aya::Btf::from_sys_fs().context("reading /sys/kernel/btf/vmlinux failed")?;
+        let prog: &mut FEntry = self.program_mut(program)?;
+        prog.load(function, &btf)
+            .with_context(|| format!("the kernel refused to load fentry on {function}"))?;
+        prog.attach()
+            .with_context(|| format!("the kernel refused to attach fentry on {function}"))?;
+        Ok(())
+    }
+
+    fn attach_kprobe(&mut self, program: &str, function: &str) -> anyhow::Result<()> {
+        if !std::path::Path::new("/sys/bus/event_source/devices/kprobe/type").exists() {
+            bail!(
+                "this kernel has no kprobe event source (/sys/bus/event_source/devices/kprobe: \
+                 CONFIG_KPROBES is off)"
+            );
+        }
+        let prog: &mut KProbe = self.program_mut(program)?;
+        prog.load()
+            .with_context(|| format!("the kernel refused to load the kprobe on {function}"))?;
+        prog.attach(function, 0)
+            .with_context(|| format!("the kernel refused a kprobe on {function}"))?;
+        Ok(())
+    }
+
+    fn program_mut<'a, P>(&'a mut self, name: &str) -> anyhow::Result<&'a mut P>
+    where
+        &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+    {
+        self.ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("the eBPF object has no program {name}; rebuild zkconn"))?
+            .try_into()
+            .with_context(|| format!("{name} has an unexpected program type; rebuild zkconn"))
     }
 
     pub fn hook(&self) -> Hook {
@@ -274,12 +401,7 @@ impl Probe {
         category: &str,
         name: &str,
     ) -> anyhow::Result<()> {
-        let prog: &mut TracePoint = self
-            .ebpf
-            .program_mut(program)
-            .ok_or_else(|| anyhow!("the eBPF object has no program {program}; rebuild zkconn"))?
-            .try_into()
-            .with_context(|| format!("{program} is not a tracepoint program"))?;
+        let prog: &mut TracePoint = self.program_mut(program)?;
         prog.load().map_err(|e| {
             anyhow!("the kernel's verifier refused {program} ({e}); report this with `uname -r`")
         })?;
@@ -289,10 +411,10 @@ impl Probe {
     }
 
     fn load_targets(&mut self, targets: &Targets) -> anyhow::Result<()> {
-        let mut ports: HashMap<_, u16, u8> = self.map_mut(map_names::PORTS)?;
+        let mut ports: Array<_, u8> = self.map_mut(map_names::PORTS)?;
         for (port, flags) in targets.port_flags() {
             ports
-                .insert(port, flags, 0)
+                .set(u32::from(port), flags, 0)
                 .context("filling the ports map")?;
         }
         let mut endpoints: HashMap<_, Endpoint, u8> = self.map_mut(map_names::ENDPOINTS)?;
@@ -421,11 +543,7 @@ impl Probe {
     /// Sum of the kernel's `recursion_misses` over our programs, from their fdinfo.
     fn recursion_misses(&self) -> u64 {
         let mut total = 0;
-        for name in [
-            program_names::STATE_TP,
-            program_names::EXIT_TP,
-            program_names::RESET_TP,
-        ] {
+        for name in program_names::ALL {
             let Some(prog) = self.ebpf.program(name) else {
                 continue;
             };
@@ -461,6 +579,24 @@ impl Probe {
         })
     }
 
+    /// Tells the kernel whether seeded connections may still wait in `SEEDS`: set before
+    /// the first seed goes in, cleared once a read finds the table empty.
+    pub fn set_seeds_pending(&mut self, pending: bool) -> anyhow::Result<()> {
+        if pending == self.seeds_pending {
+            return Ok(());
+        }
+        let mut control: Array<_, u32> = self.map_mut(map_names::CONTROL)?;
+        control
+            .set(control::SEEDS_PENDING, u32::from(pending), 0)
+            .context("setting the seed flag")?;
+        self.seeds_pending = pending;
+        Ok(())
+    }
+
+    pub fn seeds_pending(&self) -> bool {
+        self.seeds_pending
+    }
+
     pub fn insert_seed(&mut self, conn: Conn) -> anyhow::Result<()> {
         let mut seeds: HashMap<_, Tuple, Conn> = self.map_mut(map_names::SEEDS)?;
         seeds
@@ -473,6 +609,28 @@ impl Probe {
         match self.map_mut::<HashMap<_, Tuple, Conn>>(map_names::SEEDS) {
             Ok(mut seeds) => seeds.remove(tuple).is_ok(),
             Err(_) => false,
+        }
+    }
+}
+
+/// What the kernel offers, found before loading, for the hooks' preconditions.
+struct Needs {
+    kernel_btf: Result<(), String>,
+    sock_layout: Result<(), String>,
+    state_layout: Result<(), String>,
+}
+
+impl Needs {
+    fn check(&self, hook: Hook) -> anyhow::Result<()> {
+        let sock = || {
+            self.kernel_btf.clone().map_err(|e| anyhow!("{e}"))?;
+            self.sock_layout
+                .clone()
+                .map_err(|e| anyhow!("the kernel's BTF does not describe the socket: {e}"))
+        };
+        match hook {
+            Hook::Btf | Hook::Fentry | Hook::Kprobe => sock(),
+            Hook::Tracepoint => self.state_layout.clone().map_err(|e| anyhow!("{e}")),
         }
     }
 }
@@ -531,6 +689,7 @@ pub fn sock_layout(b: &btf::Btf) -> Result<SockLayout, btf::BtfError> {
         dport: at("skc_dport")?,
         num: at("skc_num")?,
         family: at("skc_family")?,
+        state: at("skc_state")?,
         daddr: at("skc_daddr")?,
         saddr: at("skc_rcv_saddr")?,
         daddr_v6: v6.as_ref().map_or(0, |v| v.0),

@@ -43,6 +43,8 @@ const END: &str = "<!-- vm-test:end -->";
 /// What one hook did on one kernel, from a `zkconn-vm:` line.
 struct HookResult {
     hook: String,
+    /// The check itself failed (a client or listener of its own), so nothing is known.
+    broken: bool,
     attached: bool,
     reported: String,
     exact: bool,
@@ -103,7 +105,7 @@ pub fn run(root: &Path, only: &[String]) -> anyhow::Result<()> {
             let inexact = r
                 .hooks
                 .iter()
-                .filter(|h| h.attached && !h.exact)
+                .filter(|h| h.broken || (h.attached && !h.exact))
                 .map(move |h| format!("{} with --hook {}: {}", r.kernel, h.hook, h.detail));
             failed.chain(inexact)
         })
@@ -398,6 +400,7 @@ fn parse_results(text: &str) -> Vec<HookResult> {
             };
             HookResult {
                 hook: field("hook").unwrap_or_default(),
+                broken: field("error").is_some(),
                 attached: field("attached").as_deref() == Some("yes"),
                 reported: field("reported").unwrap_or_default(),
                 exact: field("exact").as_deref() == Some("yes"),
@@ -425,7 +428,9 @@ fn short_reason(detail: &str) -> String {
 }
 
 fn cell(h: &HookResult) -> String {
-    if !h.attached {
+    if h.broken {
+        format!("**check failed**: {}", h.detail.replace('|', "/"))
+    } else if !h.attached {
         format!("refused: {}", short_reason(&h.detail))
     } else if h.exact {
         "exact".to_owned()
@@ -502,11 +507,19 @@ mod tests {
             zkconn-vm: hook=btf attached=yes reported=btf exact=no differences=\"B open is 2, not 3\"\n";
         let r = parse_results(text);
         assert_eq!(r.len(), 3);
+        assert!(r.iter().all(|h| !h.broken));
         assert!(r[0].attached && r[0].exact && r[0].reported == "btf");
         assert!(!r[1].attached);
         assert_eq!(cell(&r[1]), "refused: no \"kprobe\"");
         assert!(r[2].attached && !r[2].exact);
         assert_eq!(cell(&r[2]), "**not exact**: B open is 2, not 3");
+    }
+
+    #[test]
+    fn a_failed_check_is_neither_a_refusal_nor_a_pass() {
+        let r = parse_results("zkconn-vm: hook=btf attached=? error=\"the client said x\"\n");
+        assert!(r[0].broken);
+        assert_eq!(cell(&r[0]), "**check failed**: the client said x");
     }
 
     #[test]

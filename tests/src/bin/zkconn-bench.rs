@@ -931,13 +931,13 @@ fn run(out: &str) -> Result<()> {
         doc,
         "Where zkconn's cost goes: the BPF column is the time its programs themselves run \
          (about seven runs per connection: the client socket's three state changes, the \
-         accepted socket's, and the reset). The rest of the CPU cost is the classic \
-         tracepoint's own plumbing, paid on every TCP state change whatever the program then \
-         decides: the kernel fills a trace record for the program before it runs. A BTF \
-         tracepoint (`tp_btf`) or fentry hands the program the kernel's arguments without \
-         that record; those hooks are refused by this machine's kernel and are not in zkconn \
-         yet. The throughput columns swing with the machine's neighbours from run to run (see \
-         the spread); CPU per connection is steady, and it is the figure to judge by.\n"
+         accepted socket's, and the reset). With `--hook tracepoint` the kernel also fills a \
+         trace record for every TCP state change before the program runs, whatever it then \
+         decides; `--hook btf` (what `auto` picks where BTF exists) is handed the socket \
+         without that record. `--hook fentry` and `--hook kprobe` are refused by this \
+         machine's kernel and cannot be measured here (docs/kernels.md). The throughput \
+         columns swing with the machine's neighbours from run to run (see the spread); CPU \
+         per connection is steadier, and it is the figure to judge by.\n"
     )?;
     writeln!(doc, "## Cost on traffic that is not ZooKeeper's\n")?;
     writeln!(doc, "The same loop while zkconn watches another port.\n")?;

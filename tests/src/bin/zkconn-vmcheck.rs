@@ -81,16 +81,37 @@ impl Outcome {
     }
 }
 
-/// A listener that accepts everything, reads until the client closes, then closes too.
-fn listener(addr: SocketAddr) -> Result<SocketAddr> {
+/// What a listener does with each connection it accepts.
+#[derive(Clone, Copy)]
+enum Server {
+    /// Reads until the client closes, then closes too.
+    Serve,
+    /// Resets it at once without sending a byte: ZooKeeper's refusal of a host over
+    /// `maxClientCnxns`.
+    Refuse,
+    /// Sends one byte and closes: the client, keeping its socket, sits in CLOSE_WAIT.
+    AnswerAndClose,
+}
+
+fn listener(addr: SocketAddr, server: Server) -> Result<SocketAddr> {
     let l = TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
     let local = l.local_addr()?;
     thread::spawn(move || {
         for mut s in l.incoming().map_while(Result::ok) {
-            thread::spawn(move || {
-                let mut buf = [0u8; 64];
-                while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
-            });
+            match server {
+                Server::Serve => {
+                    thread::spawn(move || {
+                        let mut buf = [0u8; 64];
+                        while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+                    });
+                }
+                Server::Refuse => {
+                    let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+                }
+                Server::AnswerAndClose => {
+                    let _ = s.write_all(b"x");
+                }
+            }
         }
     });
     Ok(local)
@@ -105,9 +126,18 @@ struct Holder {
 
 impl Holder {
     fn start(addr: SocketAddr, n: u32) -> Result<Self> {
+        Self::spawn(addr, n, "must-connect")
+    }
+
+    /// Like `start`, but connects that fail are fine (a port nobody listens on).
+    fn attempt(addr: SocketAddr, n: u32) -> Result<Self> {
+        Self::spawn(addr, n, "may-fail")
+    }
+
+    fn spawn(addr: SocketAddr, n: u32, mode: &str) -> Result<Self> {
         let exe = std::env::current_exe()?;
         let mut child = Command::new(exe)
-            .args(["hold", &addr.to_string(), &n.to_string()])
+            .args(["hold", &addr.to_string(), &n.to_string(), mode])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -148,15 +178,20 @@ impl Drop for Holder {
     }
 }
 
-/// The client process: `hold ADDR N`.
+/// The client process: `hold ADDR N must-connect|may-fail`.
 fn hold(args: &[String]) -> Result<()> {
-    let [addr, n] = args else {
-        bail!("usage: hold ADDR N");
+    let [addr, n, mode] = args else {
+        bail!("usage: hold ADDR N must-connect|may-fail");
     };
     let addr: SocketAddr = addr.parse()?;
-    let mut streams = (0..n.parse::<u32>()?)
-        .map(|_| TcpStream::connect(addr))
-        .collect::<std::io::Result<Vec<_>>>()?;
+    let mut streams = Vec::new();
+    for _ in 0..n.parse::<u32>()? {
+        match TcpStream::connect(addr) {
+            Ok(s) => streams.push(s),
+            Err(_) if mode == "may-fail" => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
     let mut out = std::io::stdout();
     writeln!(out, "ready")?;
     for line in std::io::stdin().lines() {
@@ -175,11 +210,23 @@ fn hold(args: &[String]) -> Result<()> {
 /// - A holds 2 connections from before zkconn starts (seeded), then closes 1;
 /// - B opens 5 and closes 2; C opens 3 and is killed (the kernel closes them);
 /// - E holds 2 over IPv6 (`[::1]`), when the kernel has it;
+/// - F is refused twice (reset right after the handshake, as ZooKeeper refuses);
+/// - G gets an answer and the server's close twice, and keeps both sockets (CLOSE_WAIT);
+/// - H tries 2 connects to a port nobody listens on (failed);
 /// - D holds 2 to a port zkconn does not watch: no row.
 fn check_hook(hook: &str) -> Result<Outcome> {
-    let v4 = listener("127.0.0.1:0".parse()?)?;
-    let v6 = listener(SocketAddr::new(Ipv6Addr::LOCALHOST.into(), v4.port())).ok();
-    let other = listener("127.0.0.1:0".parse()?)?;
+    let any = "127.0.0.1:0".parse()?;
+    let v4 = listener(any, Server::Serve)?;
+    let v6 = listener(
+        SocketAddr::new(Ipv6Addr::LOCALHOST.into(), v4.port()),
+        Server::Serve,
+    )
+    .ok();
+    let refusing = listener(any, Server::Refuse)?;
+    let closing = listener(any, Server::AnswerAndClose)?;
+    let nobody = TcpListener::bind(any)?.local_addr()?;
+    let other = listener(any, Server::Serve)?;
+    let watched = [v4, refusing, closing, nobody].map(|a| a.port());
     let mut a = Holder::start(v4, 2)?;
 
     let mut zkconn = Command::new(zkconn_bin())
@@ -192,7 +239,7 @@ fn check_hook(hook: &str) -> Result<Outcome> {
             "--hook",
             hook,
         ])
-        .args(["--port", &v4.port().to_string()])
+        .args(["--port", &watched.map(|p| p.to_string()).join(",")])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -235,26 +282,33 @@ fn check_hook(hook: &str) -> Result<Outcome> {
         }
     }
 
-    let traffic = (|| -> Result<(Holder, Holder, Option<Holder>, u32)> {
+    let traffic = (|| -> Result<(Vec<Holder>, Option<Holder>, u32)> {
         let mut b = Holder::start(v4, 5)?;
         b.close(2)?;
         let mut c = Holder::start(v4, 3)?;
         let c_pid = c.pid();
         kill_and_reap(&mut c.child);
         let e = v6.map(|addr| Holder::start(addr, 2)).transpose()?;
+        // A reset that lands before connect() returns makes it fail: counted all the same.
+        let f = Holder::attempt(refusing, 2)?;
+        let g = Holder::start(closing, 2)?;
+        let h = Holder::attempt(nobody, 2)?;
         let d = Holder::start(other, 2)?;
         a.close(1)?;
-        Ok((b, d, e, c_pid))
+        Ok((vec![b, d, f, g, h], e, c_pid))
     })();
-    let (b, d, e, c_pid) = match traffic {
+    let (holders, e, c_pid) = match traffic {
         Ok(t) => t,
         Err(e) => {
             kill_and_reap(&mut zkconn);
             return Err(e);
         }
     };
+    let [b, d, f, g, h] = holders.as_slice() else {
+        bail!("five client processes expected");
+    };
     let expected_open = 1 + 3 + if e.is_some() { 2 } else { 0 };
-    wait_settled(v4.port(), expected_open);
+    wait_settled(&watched, expected_open, 2);
 
     kill(&mut zkconn, libc::SIGINT);
     let status = zkconn.wait()?;
@@ -278,17 +332,28 @@ fn check_hook(hook: &str) -> Result<Outcome> {
             .cloned()
             .unwrap_or(Value::Null)
     };
-    for (name, pid, open, opened, closed, alive) in [
-        ("A (seeded)", a.pid(), 1, 0, 1, true),
-        ("B", b.pid(), 3, 5, 2, true),
-        ("C (killed)", c_pid, 0, 3, 3, false),
+    // open, opened, closed, failed, rejected, close_wait, alive
+    for (name, pid, want) in [
+        ("A (seeded)", a.pid(), [1, 0, 1, 0, 0, 0, 1]),
+        ("B", b.pid(), [3, 5, 2, 0, 0, 0, 1]),
+        ("C (killed)", c_pid, [0, 3, 3, 0, 0, 0, 0]),
+        ("F (refused)", f.pid(), [0, 2, 2, 0, 2, 0, 1]),
+        ("G (CLOSE_WAIT)", g.pid(), [0, 2, 0, 0, 0, 2, 1]),
+        ("H (nobody listens)", h.pid(), [0, 2, 0, 2, 0, 0, 1]),
     ] {
         let r = row(pid);
-        expect(format!("{name} open"), &r["open"], open.into());
-        expect(format!("{name} opened"), &r["opened"], opened.into());
-        expect(format!("{name} closed"), &r["closed"], closed.into());
-        expect(format!("{name} failed"), &r["failed"], 0.into());
-        expect(format!("{name} alive"), &r["alive"], alive.into());
+        let fields = [
+            "open",
+            "opened",
+            "closed",
+            "failed",
+            "rejected",
+            "close_wait",
+        ];
+        for (field, want) in fields.into_iter().zip(want) {
+            expect(format!("{name} {field}"), &r[field], want.into());
+        }
+        expect(format!("{name} alive"), &r["alive"], (want[6] == 1).into());
     }
     if let Some(e) = &e {
         let r = row(e.pid());
@@ -313,22 +378,21 @@ fn check_hook(hook: &str) -> Result<Outcome> {
     })
 }
 
-/// Waits (up to 30 s) until the watched port has exactly `open` established client
-/// sockets and none closing, from /proc/net/tcp{,6}.
-fn wait_settled(port: u16, open: usize) {
+/// Waits (up to 30 s) until the client sockets towards `ports` are exactly `open`
+/// established and `close_wait` in CLOSE_WAIT, none in between, from /proc/net/tcp{,6}.
+fn wait_settled(ports: &[u16], open: usize, close_wait: usize) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
-        let (established, other) = client_sockets(port);
-        if established == open && other == 0 {
+        if client_sockets(ports) == (open, close_wait, 0) {
             return;
         }
         thread::sleep(Duration::from_millis(100));
     }
 }
 
-/// (established, in any other state) client sockets towards `port`.
-fn client_sockets(port: u16) -> (usize, usize) {
-    let mut counts = (0, 0);
+/// (established, CLOSE_WAIT, any other state) client sockets towards `ports`.
+fn client_sockets(ports: &[u16]) -> (usize, usize, usize) {
+    let mut counts = (0, 0, 0);
     for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let Ok(text) = std::fs::read_to_string(file) else {
             continue;
@@ -342,14 +406,15 @@ fn client_sockets(port: u16) -> (usize, usize) {
                 .rsplit(':')
                 .next()
                 .and_then(|p| u16::from_str_radix(p, 16).ok());
-            if rport != Some(port) {
+            if !rport.is_some_and(|p| ports.contains(&p)) {
                 continue;
             }
-            // 01 ESTABLISHED; 06 TIME_WAIT is a closed socket's leftover, not a socket.
+            // 01 ESTABLISHED, 08 CLOSE_WAIT; 06 TIME_WAIT is a closed socket's leftover.
             match *state {
                 "01" => counts.0 += 1,
+                "08" => counts.1 += 1,
                 "06" => {}
-                _ => counts.1 += 1,
+                _ => counts.2 += 1,
             }
         }
     }

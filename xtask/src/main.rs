@@ -447,7 +447,7 @@ fn test(root: &Path, unit_only: bool, args: &[OsString]) -> anyhow::Result<()> {
     // hook (`auto`) carries the whole suite; the tests of counting run again once with every
     // other hook this kernel has.
     integration_tests(root, None, ALL_TESTS, args)?;
-    for hook in other_hooks() {
+    for hook in other_hooks(root) {
         integration_tests(root, Some(hook), COUNTING_TESTS, args)?;
     }
     Ok(())
@@ -471,14 +471,26 @@ const ALL_TESTS: &[&str] = &[
 /// The tests whose results depend on the hook.
 const COUNTING_TESTS: &[&str] = &["accounting", "suspects", "netns", "ownership"];
 
-/// Hooks besides the one `auto` picks that attach on this kernel: the classic tracepoint
-/// whenever `auto` picked the BTF one.
-fn other_hooks() -> Vec<&'static str> {
-    if Path::new("/sys/kernel/btf/vmlinux").exists() {
-        vec!["tracepoint"]
-    } else {
-        Vec::new()
-    }
+/// Every hook, in the order `auto` tries them (zkconn-user/src/probe/mod.rs).
+const AUTO_ORDER: [&str; 4] = ["btf", "fentry", "tracepoint", "kprobe"];
+
+/// Hooks besides the one `auto` picks (the first that attaches) that attach on this kernel,
+/// found by starting the built zkconn once with each forced.
+fn other_hooks(root: &Path) -> Vec<&'static str> {
+    let zkconn = root.join("target/release/zkconn");
+    let attaching: Vec<&str> = AUTO_ORDER
+        .into_iter()
+        .filter(|hook| {
+            as_root(&zkconn)
+                .args(["snapshot", "--json", "--port", "1", "--hook", hook])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .collect();
+    attaching.into_iter().skip(1).collect()
 }
 
 fn integration_tests(

@@ -40,8 +40,11 @@ mod programs {
     };
 
     const AF_INET: u16 = 2;
-    /// `BPF_RB_NO_WAKEUP` (include/uapi/linux/bpf.h).
+    // Ring buffer flags and queries (include/uapi/linux/bpf.h).
     const BPF_RB_NO_WAKEUP: u32 = 1;
+    const BPF_RB_FORCE_WAKEUP: u32 = 2;
+    const BPF_RB_AVAIL_DATA: u32 = 0;
+    const BPF_RB_RING_SIZE: u32 = 1;
     const IPPROTO_TCP: u16 = 6;
 
     // Layouts come from tracefs at load time (userspace sets them before loading).
@@ -767,10 +770,15 @@ mod programs {
     fn submit(entry: RingBufEntry<Event>, kind: u32) {
         // Only a new process needs userspace at once (to read its /proc entry while it
         // lives). Exits and refusals wait for the next read of the ring buffer, at the
-        // latest the next once-a-second sample: a refusal storm then costs no wake-up per
-        // refusal. Each event carries its own time.
+        // latest the next once-a-second sample, so a refusal storm costs no wake-up per
+        // refusal; each event carries its own time. But a storm fills the buffer within
+        // that second (256 KiB holds about 1,900 events): once a quarter of it waits,
+        // userspace is woken to drain it, so events are not dropped.
         let flags = if kind == event_kind::OWNER_NEW {
             0
+        } else if EVENTS.query(BPF_RB_AVAIL_DATA.into()) > EVENTS.query(BPF_RB_RING_SIZE.into()) / 4
+        {
+            BPF_RB_FORCE_WAKEUP
         } else {
             BPF_RB_NO_WAKEUP
         };

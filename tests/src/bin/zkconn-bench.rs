@@ -44,6 +44,13 @@ fn main() -> std::process::ExitCode {
                     r.rate, r.cpu_us
                 )
             }),
+        // Only the exactness run, printed.
+        Some("exactness-only") => {
+            raise_fd_limit();
+            listener(0, false)
+                .and_then(exactness)
+                .map(|t| println!("{t}"))
+        }
         Some("daemon-only") => {
             raise_fd_limit();
             listener(0, false)

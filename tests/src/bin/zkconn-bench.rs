@@ -648,14 +648,16 @@ impl DaemonUnderTest {
     }
 
     /// The open connections of the last snapshot, summed over servers.
-    fn open(&self) -> Result<u64> {
+    /// Open connections summed over the servers, and the probe's `lost` count.
+    fn open_and_lost(&self) -> Result<(u64, u64)> {
         let snap: serde_json::Value = serde_json::from_str(&self.get("/v1/snapshot")?)?;
-        Ok(snap["servers"]
+        let open = snap["servers"]
             .as_array()
             .into_iter()
             .flatten()
             .filter_map(|r| r["open"].as_u64())
-            .sum())
+            .sum();
+        Ok((open, snap["probe"]["lost"].as_u64().unwrap_or(0)))
     }
 }
 
@@ -773,14 +775,25 @@ fn daemon_cost_row(target: SocketAddr, what: &str) -> Result<String> {
     let scrapes = scraper.join().unwrap_or(0);
     let (rss, peak) = d.rss_mib()?;
     thread::sleep(Duration::from_secs(2));
-    let open = d.open()?;
+    let (open, lost) = d.open_and_lost()?;
+    let truth = ss_open(target.port())?;
     drop(d);
     stop(held);
     stop(server);
     Ok(format!(
-        "| {RATE:.0}/s for {SECS:.0} s beside 10,000 open ({what}); {scrapes} scrapes of /metrics | {reached:.0} | {:.2} % of one core | {rss:.1} MiB | {peak:.1} MiB | {open} (expected 10,000) |\n",
+        "| {RATE:.0}/s for {SECS:.0} s beside 10,000 open ({what}); {scrapes} scrapes of /metrics | {reached:.0} | {:.2} % of one core | {rss:.1} MiB | {peak:.1} MiB | {open} (`ss`: {truth}; lost {lost}) |\n",
         cpu / wall * 100.0,
     ))
+}
+
+/// Connecting and established sockets towards `port` on this host, as `ss` lists them.
+fn ss_open(port: u16) -> Result<usize> {
+    let out = Command::new("ss")
+        .args(["-Htn", "state", "established", "state", "syn-sent"])
+        .arg(format!("( dport = :{port} )"))
+        .output()
+        .context("cannot run ss")?;
+    Ok(String::from_utf8_lossy(&out.stdout).lines().count())
 }
 
 /// Snapshot cost with 1,000, 10,000 and 100,000 tracked connections. A process may hold
@@ -804,7 +817,7 @@ fn growth(port: u16) -> Result<String> {
             held.push(holders_from(hold, count, per, true)?);
         }
         let deadline = Instant::now() + Duration::from_secs(60);
-        while d.open()? != n as u64 {
+        while d.open_and_lost()?.0 != n as u64 {
             if Instant::now() > deadline {
                 bail!("the daemon never saw {n} open");
             }

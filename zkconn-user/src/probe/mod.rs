@@ -90,17 +90,6 @@ impl Hook {
     }
 }
 
-impl From<Hook> for HookChoice {
-    fn from(h: Hook) -> Self {
-        match h {
-            Hook::Btf => HookChoice::Btf,
-            Hook::Fentry => HookChoice::Fentry,
-            Hook::Tracepoint => HookChoice::Tracepoint,
-            Hook::Kprobe => HookChoice::Kprobe,
-        }
-    }
-}
-
 impl fmt::Display for Hook {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -802,4 +791,52 @@ pub fn check_privileges() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::ValueEnum as _;
+
+    use super::*;
+
+    #[test]
+    fn auto_tries_every_hook_once_under_the_name_its_flag_takes() {
+        let mut seen = Vec::new();
+        for hook in Hook::AUTO_ORDER {
+            let name = hook.to_string();
+            let choice = HookChoice::from_str(&name, false).expect("a --hook value");
+            assert_ne!(choice, HookChoice::Auto);
+            assert!(!seen.contains(&name), "{name} twice");
+            assert!(!hook.programs().is_empty());
+            seen.push(name);
+        }
+        // Every forced choice is in the order `auto` tries.
+        let forced = HookChoice::value_variants()
+            .iter()
+            .filter(|c| **c != HookChoice::Auto)
+            .count();
+        assert_eq!(forced, Hook::AUTO_ORDER.len());
+        assert_eq!(seen, ["btf", "fentry", "tracepoint", "kprobe"]);
+    }
+
+    #[test]
+    fn a_hook_needs_what_it_reads() {
+        let no_btf = Needs {
+            kernel_btf: Err("no /sys/kernel/btf/vmlinux".into()),
+            sock_layout: Err("no BTF".into()),
+            state_layout: Ok(()),
+        };
+        for hook in [Hook::Btf, Hook::Fentry, Hook::Kprobe] {
+            let e = no_btf.check(hook).expect_err("needs BTF");
+            assert!(e.to_string().contains("/sys/kernel/btf/vmlinux"), "{e}");
+        }
+        assert!(no_btf.check(Hook::Tracepoint).is_ok());
+        let no_tracefs = Needs {
+            kernel_btf: Ok(()),
+            sock_layout: Ok(()),
+            state_layout: Err("tracefs is not mounted".into()),
+        };
+        assert!(no_tracefs.check(Hook::Tracepoint).is_err());
+        assert!(no_tracefs.check(Hook::Fentry).is_ok());
+    }
 }

@@ -20,6 +20,17 @@ use anyhow::{Context as _, anyhow, bail};
 
 use crate::{as_root, build_tests_bin, check, output};
 
+/// What the guests are made of: qemu to boot them, busybox for their init, cpio to pack it.
+pub const DEBIAN_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "cpio"];
+
+/// Whether a run rewrites the matrix in docs/kernels.md (`vm-test`) or only checks it
+/// (`test`, so a test run leaves the tree as it was).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Doc {
+    Write,
+    Leave,
+}
+
 /// The kernel series of the matrix and the Debian package that follows each one.
 const KERNELS: &[(&str, &str)] = &[
     ("6.1", "linux-image-cloud-amd64"),
@@ -59,7 +70,7 @@ struct KernelRun {
     failure: Option<String>,
 }
 
-pub fn run(root: &Path, only: &[String]) -> anyhow::Result<()> {
+pub fn run(root: &Path, only: &[String], doc: Doc) -> anyhow::Result<()> {
     if let Some(unknown) = only
         .iter()
         .find(|k| !KERNELS.iter().any(|(series, _)| series == k))
@@ -94,7 +105,7 @@ pub fn run(root: &Path, only: &[String]) -> anyhow::Result<()> {
 
     let table = matrix(&runs);
     println!("\n{table}");
-    if only.is_empty() {
+    if only.is_empty() && doc == Doc::Write {
         write_doc(&root.join("docs/kernels.md"), &table)?;
         eprintln!("xtask: wrote the matrix into docs/kernels.md");
     }

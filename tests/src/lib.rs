@@ -731,7 +731,7 @@ fn spawn_zkconn(
 }
 
 /// The lines of `err`, read in a thread.
-fn stderr_lines(err: ChildStderr) -> mpsc::Receiver<String> {
+pub fn stderr_lines(err: ChildStderr) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
         for line in BufReader::new(err).lines().map_while(Result::ok) {
@@ -743,9 +743,13 @@ fn stderr_lines(err: ChildStderr) -> mpsc::Receiver<String> {
     rx
 }
 
-/// Waits up to 30 s for zkconn's `ready:` log line; else returns what it logged.
-fn wait_ready(lines: &mpsc::Receiver<String>) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(30);
+/// How long a zkconn under test may take to attach and seed.
+pub const READY_WITHIN: Duration = Duration::from_secs(30);
+
+/// Waits up to `within` for zkconn's `ready:` log line; else returns the lines it logged
+/// (all of them when it exited).
+pub fn wait_ready(lines: &mpsc::Receiver<String>, within: Duration) -> Result<(), Vec<String>> {
+    let deadline = Instant::now() + within;
     let mut seen = Vec::new();
     while Instant::now() < deadline {
         match lines.recv_timeout(Duration::from_millis(200)) {
@@ -755,11 +759,11 @@ fn wait_ready(lines: &mpsc::Receiver<String>) -> Result<(), String> {
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }
-    Err(seen.join("\n"))
+    Err(seen)
 }
 
 /// Reads all of `out` in a thread (a child blocked on a full pipe would never exit).
-fn read_all(mut out: ChildStdout) -> thread::JoinHandle<String> {
+pub fn read_all(mut out: ChildStdout) -> thread::JoinHandle<String> {
     thread::spawn(move || {
         let mut s = String::new();
         let _ = out.read_to_string(&mut s);
@@ -807,9 +811,9 @@ impl Zkconn {
             stdout: Some(stdout),
             stderr: stderr_lines(err),
         };
-        if let Err(seen) = wait_ready(&z.stderr) {
+        if let Err(seen) = wait_ready(&z.stderr, READY_WITHIN) {
             z.stop();
-            bail!("zkconn did not become ready: {seen}");
+            bail!("zkconn did not become ready: {}", seen.join("\n"));
         }
         Ok(z)
     }
@@ -1048,9 +1052,9 @@ impl Daemon {
             addr,
             stderr: stderr_lines(err),
         };
-        if let Err(seen) = wait_ready(&d.stderr) {
+        if let Err(seen) = wait_ready(&d.stderr, READY_WITHIN) {
             d.kill9();
-            bail!("zkconn daemon did not become ready: {seen}");
+            bail!("zkconn daemon did not become ready: {}", seen.join("\n"));
         }
         Ok(d)
     }

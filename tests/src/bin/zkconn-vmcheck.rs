@@ -11,13 +11,12 @@ use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream},
     process::{Child, ChildStdin, ChildStdout, Command, ExitCode, Stdio},
-    sync::mpsc,
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use integration_tests::{kill, kill_and_reap, zkconn_bin};
+use integration_tests::{kill, kill_and_reap, read_all, stderr_lines, wait_ready, zkconn_bin};
 use serde_json::Value;
 
 /// Under software emulation zkconn's start (BTF parsing, the verifier) takes seconds.
@@ -244,42 +243,20 @@ fn check_hook(hook: &str) -> Result<Outcome> {
         .stderr(Stdio::piped())
         .spawn()
         .context("cannot start zkconn (ZKCONN_BIN)")?;
-    let out = zkconn.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-    let stdout = thread::spawn(move || {
-        let mut s = String::new();
-        let _ = BufReader::new(out).read_to_string(&mut s);
-        s
-    });
-    let err = zkconn.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
-    let (tx, lines) = mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(err).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
+    let stdout = read_all(zkconn.stdout.take().ok_or_else(|| anyhow!("no stdout"))?);
+    let lines = stderr_lines(zkconn.stderr.take().ok_or_else(|| anyhow!("no stderr"))?);
+    if let Err(mut said) = wait_ready(&lines, READY_WITHIN) {
+        kill_and_reap(&mut zkconn);
+        said.extend(lines.try_iter());
+        for line in &said {
+            eprintln!("zkconn --hook {hook}: {line}");
         }
-    });
-    let deadline = Instant::now() + READY_WITHIN;
-    let mut said = Vec::new();
-    loop {
-        match lines.recv_timeout(Duration::from_millis(200)) {
-            Ok(line) if line.contains("ready:") => break,
-            Ok(line) => said.push(line),
-            Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {}
-            Err(_) => {
-                kill_and_reap(&mut zkconn);
-                said.extend(lines.try_iter());
-                for line in &said {
-                    eprintln!("zkconn --hook {hook}: {line}");
-                }
-                // zkconn's sentence follows its log lines; a verifier log may follow it.
-                let start = said
-                    .iter()
-                    .position(|l| l.starts_with("zkconn: "))
-                    .unwrap_or(said.len().saturating_sub(1));
-                return Ok(Outcome::Refused(said[start..].join(" / ")));
-            }
-        }
+        // zkconn's sentence follows its log lines; a verifier log may follow it.
+        let start = said
+            .iter()
+            .position(|l| l.starts_with("zkconn: "))
+            .unwrap_or(said.len().saturating_sub(1));
+        return Ok(Outcome::Refused(said[start..].join(" / ")));
     }
 
     let traffic = (|| -> Result<(Vec<Holder>, Option<Holder>, u32)> {

@@ -300,13 +300,22 @@ impl Probe {
 
     fn attach(&mut self, hook: Hook) -> anyhow::Result<()> {
         match hook {
-            Hook::Btf => self.attach_btf(program_names::STATE_BTF, "inet_sock_set_state"),
+            Hook::Btf => {
+                let btf = aya_btf()?;
+                let prog: &mut BtfTracePoint = self.program_mut(program_names::STATE_BTF)?;
+                prog.load("inet_sock_set_state", &btf)
+                    .context("the kernel refused to load it")?;
+                prog.attach().context("the kernel refused to attach it")?;
+                Ok(())
+            }
             Hook::Tracepoint => {
                 self.attach_tracepoint(program_names::STATE_TP, "sock", "inet_sock_set_state")
             }
             Hook::Fentry => {
-                self.attach_fentry(program_names::CONNECT_FENTRY, "tcp_connect")?;
-                self.attach_fentry(program_names::SET_STATE_FENTRY, "tcp_set_state")
+                // Parsed once for both programs (several MB on a distribution kernel).
+                let btf = aya_btf()?;
+                self.attach_fentry(program_names::CONNECT_FENTRY, "tcp_connect", &btf)?;
+                self.attach_fentry(program_names::SET_STATE_FENTRY, "tcp_set_state", &btf)
             }
             Hook::Kprobe => {
                 self.attach_kprobe(program_names::CONNECT_KPROBE, "tcp_connect")?;
@@ -335,19 +344,14 @@ impl Probe {
         }
     }
 
-    fn attach_btf(&mut self, program: &str, tracepoint: &str) -> anyhow::Result<()> {
-        let btf = aya::Btf::from_sys_fs().context("reading /sys/kernel/btf/vmlinux failed")?;
-        let prog: &mut BtfTracePoint = self.program_mut(program)?;
-        prog.load(tracepoint, &btf)
-            .context("the kernel refused to load it")?;
-        prog.attach().context("the kernel refused to attach it")?;
-        Ok(())
-    }
-
-    fn attach_fentry(&mut self, program: &str, function: &str) -> anyhow::Result<()> {
-        let btf = aya::Btf::from_sys_fs().context("reading /sys/kernel/btf/vmlinux failed")?;
+    fn attach_fentry(
+        &mut self,
+        program: &str,
+        function: &str,
+        btf: &aya::Btf,
+    ) -> anyhow::Result<()> {
         let prog: &mut FEntry = self.program_mut(program)?;
-        prog.load(function, &btf)
+        prog.load(function, btf)
             .with_context(|| format!("the kernel refused to load fentry on {function}"))?;
         prog.attach()
             .with_context(|| format!("the kernel refused to attach fentry on {function}"))?;
@@ -600,6 +604,11 @@ impl Probe {
             Err(_) => false,
         }
     }
+}
+
+/// The running kernel's BTF as aya reads it, for loading BTF-typed programs.
+fn aya_btf() -> anyhow::Result<aya::Btf> {
+    aya::Btf::from_sys_fs().context("reading /sys/kernel/btf/vmlinux failed")
 }
 
 /// What the kernel offers, found before loading, for the hooks' preconditions.

@@ -20,6 +20,8 @@ use std::{
 use anyhow::{Context as _, anyhow, bail};
 use serde_json::Value;
 
+pub mod edge;
+
 const JARS: &[&str] = &[
     "zookeeper.jar",
     "zookeeper-jute.jar",
@@ -144,6 +146,16 @@ impl ZkServer {
         kill_and_reap(&mut self.child);
         self.child = Self::spawn_jvm(self.dir.path(), &self.props)?;
         self.wait_ready()
+    }
+
+    /// The server's JVM.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` to the server's JVM (SIGSTOP pauses it as a long GC pause would).
+    pub fn signal(&mut self, signal: i32) {
+        kill(&mut self.child, signal);
     }
 
     /// The connect string for this server.

@@ -463,6 +463,7 @@ fn test(root: &Path, unit_only: bool, args: &[OsString]) -> anyhow::Result<()> {
 
 const ALL_TESTS: &[&str] = &[
     "accounting",
+    "exactness",
     "attribution",
     "limits",
     "suspects",
@@ -477,7 +478,7 @@ const ALL_TESTS: &[&str] = &[
 ];
 
 /// The tests whose results depend on the hook.
-const COUNTING_TESTS: &[&str] = &["accounting", "suspects", "netns", "ownership"];
+const COUNTING_TESTS: &[&str] = &["accounting", "exactness", "suspects", "netns", "ownership"];
 
 /// Every hook, in the order `auto` tries them (zkconn-user/src/probe/mod.rs).
 const AUTO_ORDER: [&str; 4] = ["btf", "fentry", "tracepoint", "kprobe"];

@@ -19,9 +19,9 @@ pub mod map_names {
     pub const SEEDS: &str = "ZK_SEEDS";
     /// tgid → [`super::Owner`]: live processes that own tracked sockets.
     pub const OWNERS: &str = "ZK_OWNERS";
-    /// [`super::OwnerKey`] → per-CPU [`super::Counters`].
+    /// [`super::OwnerKey`] → [`super::Counters`].
     pub const PROC_STATS: &str = "ZK_PROC_STATS";
-    /// cgroup v2 id → per-CPU [`super::Counters`].
+    /// cgroup v2 id → [`super::Counters`].
     pub const CGROUP_STATS: &str = "ZK_CGROUP_STATS";
     /// Watched ports → [`super::port_flags`].
     pub const PORTS: &str = "ZK_PORTS";
@@ -33,7 +33,7 @@ pub mod map_names {
     pub const PROBE_COUNTERS: &str = "ZK_PROBE_COUNTERS";
     /// Ring buffer of [`super::Event`]s.
     pub const EVENTS: &str = "ZK_EVENTS";
-    /// [`super::ServerKey`] → per-CPU [`super::Counters`]: per ZooKeeper server and local IP.
+    /// [`super::ServerKey`] → [`super::Counters`]: per ZooKeeper server and local IP.
     pub const SERVER_STATS: &str = "ZK_SERVER_STATS";
 }
 
@@ -171,8 +171,11 @@ pub struct StateTpLayout {
 pub struct SockLayout {
     /// `skc_dport` (big-endian u16).
     pub dport: u32,
-    /// `skc_num` (the local port, host order).
-    pub num: u32,
+    /// `inet_sock.inet_sport` (the local port, big-endian). Not `skc_num`: `tcp_set_state`
+    /// zeroes that (`inet_put_port`) before the state store fires the BTF tracepoint on
+    /// TCP_CLOSE, and a seeded connection's close would then not find its seed.
+    /// <https://elixir.bootlin.com/linux/v6.12/source/net/ipv4/inet_hashtables.c#L206>
+    pub sport: u32,
     /// `skc_family` (u16).
     pub family: u32,
     /// `skc_state` (u8): the state before a `tcp_set_state` call.
@@ -220,9 +223,16 @@ pub struct RefusalConfig {
     pub window_ns: u64,
     /// Offset of `bytes_received` in `struct tcp_sock`, from the running kernel's BTF.
     pub bytes_received_offset: u32,
-    /// 1 when `bytes_received_offset` is known: a refusal is then a peer close within the
-    /// window with no byte received. 0: a reset within the window (no byte count to check).
+    /// 1 when `bytes_received_offset` is known: a refusal is then a peer close with no byte
+    /// received, within the window or (see `has_bytes_sent`) later. 0: a reset within the
+    /// window (no byte count to check).
     pub has_bytes_received: u32,
+    /// Offset of `bytes_sent` in `struct tcp_sock` (4.19+), from the running kernel's BTF.
+    pub bytes_sent_offset: u32,
+    /// 1 when `bytes_sent_offset` is known: a peer close with nothing received after the
+    /// window is still a refusal when the client had sent something (its ConnectRequest,
+    /// which a ZooKeeper server that accepts always answers first).
+    pub has_bytes_sent: u32,
 }
 
 /// Key of [`map_names::SERVER_STATS`]: what ZooKeeper's `maxClientCnxns` counts per: one
@@ -302,8 +312,8 @@ pub struct Conn {
     pub _pad: [u8; 6],
 }
 
-/// Cumulative counters per process or cgroup. Kept per CPU in the kernel (the BPF target has
-/// no atomic read-modify-write that returns, and per-CPU slots need none); userspace sums.
+/// Cumulative counters per process, cgroup or server. One row per key, shared by every CPU:
+/// the kernel programs only ever add to a field atomically (XADD).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -398,7 +408,7 @@ mod tests {
         );
         assert_eq!(size_of::<Counters>(), 40);
         assert_eq!(size_of::<ServerKey>(), 40);
-        assert_eq!(size_of::<RefusalConfig>(), 16);
+        assert_eq!(size_of::<RefusalConfig>(), 24);
         assert_eq!(size_of::<ResetTpLayout>(), 4);
         assert_eq!(size_of::<Event>(), 4 + 4 + 16 + 40 + 8 + 40);
     }

@@ -16,6 +16,10 @@
 //! chosen, and every later transition at `tcp_set_state`.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// `atomic_xadd`: the BPF target has no compare-and-swap, so `AtomicU64::fetch_add` is not
+// offered; an atomic add whose result is unused compiles to BPF's XADD on every kernel.
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 #[cfg(target_arch = "bpf")]
 mod programs {
@@ -30,7 +34,7 @@ mod programs {
             bpf_probe_read_kernel_buf,
         },
         macros::{btf_tracepoint, fentry, kprobe, map, tracepoint},
-        maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf, ring_buf::RingBufEntry},
+        maps::{Array, HashMap, PerCpuArray, RingBuf, ring_buf::RingBufEntry},
         programs::{BtfTracePointContext, FEntryContext, ProbeContext, TracePointContext},
     };
     use zkconn_common::{
@@ -67,7 +71,7 @@ mod programs {
     #[unsafe(no_mangle)]
     static SOCK_LAYOUT: SockLayout = SockLayout {
         dport: 0,
-        num: 0,
+        sport: 0,
         family: 0,
         state: 0,
         daddr: 0,
@@ -98,6 +102,8 @@ mod programs {
         window_ns: 0,
         bytes_received_offset: 0,
         has_bytes_received: 0,
+        bytes_sent_offset: 0,
+        has_bytes_sent: 0,
     };
 
     // Capacities below are defaults; userspace resizes every map from its flags.
@@ -107,14 +113,15 @@ mod programs {
     static SEEDS: HashMap<Tuple, Conn> = HashMap::with_max_entries(65_536, 0);
     #[map(name = "ZK_OWNERS")]
     static OWNERS: HashMap<u32, Owner> = HashMap::with_max_entries(16_384, 0);
+    // Counters shared by every CPU, incremented with atomic adds (see `bump`): one row per
+    // key rather than one per possible CPU, and nothing lost when a program run interrupts
+    // another on the same CPU.
     #[map(name = "ZK_PROC_STATS")]
-    static PROC_STATS: PerCpuHashMap<OwnerKey, Counters> =
-        PerCpuHashMap::with_max_entries(16_384, 0);
+    static PROC_STATS: HashMap<OwnerKey, Counters> = HashMap::with_max_entries(16_384, 0);
     #[map(name = "ZK_CGROUP_STATS")]
-    static CGROUP_STATS: PerCpuHashMap<u64, Counters> = PerCpuHashMap::with_max_entries(4_096, 0);
+    static CGROUP_STATS: HashMap<u64, Counters> = HashMap::with_max_entries(4_096, 0);
     #[map(name = "ZK_SERVER_STATS")]
-    static SERVER_STATS: PerCpuHashMap<ServerKey, Counters> =
-        PerCpuHashMap::with_max_entries(4_096, 0);
+    static SERVER_STATS: HashMap<ServerKey, Counters> = HashMap::with_max_entries(4_096, 0);
     /// Indexed by destination port: 0 for a port zkconn does not watch, else `port_flags`.
     /// An array lookup is inlined by the verifier: a socket on an unwatched port costs no
     /// hash computation.
@@ -356,7 +363,7 @@ mod programs {
         } else {
             return Err(0);
         }
-        tuple.sport = u16::from_ne_bytes(read_sk(sk, l(&SOCK_LAYOUT.num))?);
+        tuple.sport = u16::from_be_bytes(read_sk(sk, l(&SOCK_LAYOUT.sport))?);
         Ok(())
     }
 
@@ -447,9 +454,14 @@ mod programs {
     }
 
     /// ZooKeeper refuses a host over `maxClientCnxns` by accepting and closing at once, before
-    /// sending anything (NIO: FIN then RST; Netty: FIN). So: the peer closed within the
-    /// window after ESTABLISHED, and no byte was received. Without the byte count (no BTF),
-    /// only a reset within the window counts. Seeded connections have no true ESTABLISHED time.
+    /// sending anything (NIO: FIN then RST; Netty: FIN). A server that accepts a connection
+    /// always answers a client's ConnectRequest before anything else. So a refusal is a peer
+    /// close with no byte received, either within the window after ESTABLISHED (a fast
+    /// refusal may arrive before the client sent anything) or later once the client had sent
+    /// its request (a server paused in GC, or a full accept queue, refuses late). A server
+    /// that stops or crashes between a client's request and its answer looks the same and is
+    /// counted as a refusal too. Without the byte counts (no BTF), only a reset within the
+    /// window counts. Seeded connections have no true ESTABLISHED time.
     fn is_refusal(conn: &Conn, skaddr: u64, reset: bool) -> bool {
         if conn.flags & conn_flags::ESTABLISHED == 0
             || conn.flags & (conn_flags::SEEDED | conn_flags::REFUSED) != 0
@@ -459,22 +471,29 @@ mod programs {
         }
         // SAFETY: see `try_inet_sock_set_state`.
         let cfg = unsafe { read_volatile(&REFUSAL) };
-        if boot_ns().saturating_sub(conn.established_ns) > cfg.window_ns {
-            return false;
-        }
+        let in_window = boot_ns().saturating_sub(conn.established_ns) <= cfg.window_ns;
         if cfg.has_bytes_received == 0 {
-            return reset;
+            return reset && in_window;
         }
-        let field = skaddr.wrapping_add(u64::from(cfg.bytes_received_offset)) as *const u64;
         // `bytes_received` advances with `rcv_nxt`, so a received FIN counts one: in
         // CLOSE_WAIT (or entering it) nothing but the FIN means 1.
         // https://elixir.bootlin.com/linux/v6.12/source/net/ipv4/tcp_input.c#L3591
         let fin = u64::from(conn.state == tcp_state::CLOSE_WAIT || !reset);
-        // SAFETY: bpf_probe_read_kernel checks the address; a failed read is no refusal.
-        match unsafe { bpf_probe_read_kernel(field) } {
-            Ok(bytes) => bytes <= fin,
-            Err(_) => false,
+        // SAFETY (both reads): bpf_probe_read_kernel checks the address; a failed read is no
+        // refusal.
+        let received = skaddr.wrapping_add(u64::from(cfg.bytes_received_offset)) as *const u64;
+        match unsafe { bpf_probe_read_kernel(received) } {
+            Ok(bytes) if bytes <= fin => {}
+            _ => return false,
         }
+        if in_window {
+            return true;
+        }
+        if cfg.has_bytes_sent == 0 {
+            return false;
+        }
+        let sent = skaddr.wrapping_add(u64::from(cfg.bytes_sent_offset)) as *const u64;
+        matches!(unsafe { bpf_probe_read_kernel(sent) }, Ok(bytes) if bytes > 0)
     }
 
     /// A ZooKeeper-bound connect (CLOSE → SYN_SENT, or `tcp_connect`): runs in the
@@ -508,12 +527,8 @@ mod programs {
             count(probe_counter::OVERFLOW_CONNS);
             return;
         }
-        bump_owner(&owner, cgroup_id, |c| c.opened += 1);
-        bump(
-            &SERVER_STATS,
-            &server_key(&change.tuple),
-            &|c: &mut Counters| c.opened += 1,
-        );
+        bump_owner(&owner, cgroup_id, Field::Opened);
+        bump(&SERVER_STATS, &server_key(&change.tuple), Field::Opened);
     }
 
     fn server_key(t: &Tuple) -> ServerKey {
@@ -589,14 +604,18 @@ mod programs {
             // serialised by its lock, so nothing else writes it concurrently.
             let conn = unsafe { &mut *conn };
             if change.new == tcp_state::ESTABLISHED {
-                // The source port exists only now; record the full tuple, and drop a seed
-                // that userspace may have taken from /proc for this same connection.
+                // The source port exists only now (the state tracepoints saw the connect
+                // before it was chosen): record the full tuple.
                 conn.tuple = change.tuple;
                 conn.flags |= conn_flags::ESTABLISHED;
                 conn.established_ns = boot_ns();
-                if seeds_pending() {
-                    let _ = SEEDS.remove(change.tuple);
-                }
+            }
+            // A socket the kernel tracks from its connect may also have been seeded from
+            // /proc while zkconn started (connected between attach and the scan): drop that
+            // seed at the socket's first change, whatever it is, so it cannot outlive the
+            // socket (a connect that fails goes SYN_SENT → CLOSE without ESTABLISHED).
+            if change.tuple.sport != 0 && seeds_pending() {
+                let _ = SEEDS.remove(change.tuple);
             }
             apply(conn, change);
             if change.new == tcp_state::CLOSE {
@@ -640,25 +659,21 @@ mod programs {
                 if is_refusal(conn, change.skaddr, false) {
                     conn.flags |= conn_flags::REFUSED;
                 }
-                bump_owner(&conn.owner, conn.cgroup_id, |c| c.close_wait += 1);
+                bump_owner(&conn.owner, conn.cgroup_id, Field::CloseWait);
             }
             tcp_state::CLOSE => {
                 let established =
                     conn.flags & conn_flags::ESTABLISHED != 0 || change.old != tcp_state::SYN_SENT;
                 let refused = conn.flags & conn_flags::REFUSED != 0;
-                let f = |c: &mut Counters| {
-                    if established {
-                        c.closed += 1;
-                    } else {
-                        c.failed += 1;
-                    }
-                    if refused {
-                        c.rejected += 1;
-                    }
+                let field = if established {
+                    Field::Closed
+                } else {
+                    Field::Failed
                 };
-                bump_owner(&conn.owner, conn.cgroup_id, f);
+                bump_with(&PROC_STATS, &conn.owner, field, refused);
+                bump_with(&CGROUP_STATS, &conn.cgroup_id, field, refused);
                 let server = server_key(&conn.tuple);
-                bump(&SERVER_STATS, &server, &f);
+                bump_with(&SERVER_STATS, &server, field, refused);
                 if refused {
                     emit_refused(conn, &server);
                 }
@@ -693,26 +708,38 @@ mod programs {
         );
     }
 
-    fn bump_owner(owner: &OwnerKey, cgroup_id: u64, f: impl Fn(&mut Counters)) {
-        bump(&PROC_STATS, owner, &f);
-        bump(&CGROUP_STATS, &cgroup_id, &f);
+    fn bump_owner(owner: &OwnerKey, cgroup_id: u64, field: Field) {
+        bump(&PROC_STATS, owner, field);
+        bump(&CGROUP_STATS, &cgroup_id, field);
     }
 
-    /// Increment this CPU's slot. Tracepoint and kprobe programs run with preemption off and
-    /// the kernel refuses to nest a program on one CPU (counted as the program's recursion
-    /// misses, which userspace reports as lost), so a plain add cannot race. fentry programs
-    /// run with migration (not preemption) disabled: on a kernel booted with full
-    /// preemption (`preempt=full`), another program of ours preempting one mid-add on the
-    /// same CPU could lose an increment; docs/kernels.md says so.
-    fn bump<K>(map: &PerCpuHashMap<K, Counters>, key: &K, f: &impl Fn(&mut Counters)) {
-        let slot = match map.get_ptr_mut(key) {
-            Some(slot) => slot,
+    /// Which of [`Counters`]' fields a transition increments.
+    #[derive(Clone, Copy)]
+    enum Field {
+        Opened,
+        Closed,
+        Failed,
+        CloseWait,
+    }
+
+    /// Adds one to `field` of `key`'s row (and to `rejected` too when `rejected`), creating
+    /// the row first. The adds are atomic (XADD): rows are shared by every CPU, and on
+    /// kernels before 6.1 a `tp_btf` run in softirq can interrupt one in process context on
+    /// the same CPU, which would lose a plain read-modify-write.
+    fn bump<K>(map: &HashMap<K, Counters>, key: &K, field: Field) {
+        bump_with(map, key, field, false);
+    }
+
+    fn bump_with<K>(map: &HashMap<K, Counters>, key: &K, field: Field, rejected: bool) {
+        let row = match map.get_ptr_mut(key) {
+            Some(row) => row,
             None => {
-                // NOEXIST: a concurrent insert on another CPU must not be clobbered. The
-                // zeros come from a global, not the stack.
+                // NOEXIST: a concurrent insert on another CPU must not be clobbered (it
+                // wins; both then add to its row). The zeros come from a global, not the
+                // stack.
                 let _ = map.insert(key, &ZERO_COUNTERS, BPF_NOEXIST.into());
                 match map.get_ptr_mut(key) {
-                    Some(slot) => slot,
+                    Some(row) => row,
                     None => {
                         count(probe_counter::OVERFLOW_STATS);
                         return;
@@ -720,8 +747,35 @@ mod programs {
                 }
             }
         };
-        // SAFETY: this CPU's own slot; see above for why nothing else writes it now.
-        f(unsafe { &mut *slot });
+        // SAFETY: `row` points at a live map value; the fields are only ever changed by
+        // atomic adds.
+        unsafe {
+            let slot = match field {
+                Field::Opened => &raw mut (*row).opened,
+                Field::Closed => &raw mut (*row).closed,
+                Field::Failed => &raw mut (*row).failed,
+                Field::CloseWait => &raw mut (*row).close_wait,
+            };
+            atomic_add(slot);
+            if rejected {
+                atomic_add(&raw mut (*row).rejected);
+            }
+        }
+    }
+
+    /// `*slot += 1`, atomically. The result is unused, so LLVM emits XADD, which every
+    /// kernel since 3.18 verifies (a used result would need BPF_FETCH, 5.12+).
+    ///
+    /// # Safety
+    /// `slot` must point at a live, 8-byte-aligned u64 in a map value.
+    #[inline(always)]
+    unsafe fn atomic_add(slot: *mut u64) {
+        // SAFETY: per the contract above.
+        let _ = unsafe {
+            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+                slot, 1,
+            )
+        };
     }
 
     /// A process event (new or exited), written in place in the ring buffer: an `Event`
@@ -795,8 +849,9 @@ mod programs {
 
     fn count(index: u32) {
         if let Some(slot) = PROBE_COUNTERS.get_ptr_mut(index) {
-            // SAFETY: this CPU's own slot (see `bump`).
-            unsafe { *slot += 1 };
+            // SAFETY: this CPU's own slot; atomic because a nested run on this CPU may add
+            // to it too (see `bump`).
+            unsafe { atomic_add(slot) };
         }
     }
 

@@ -151,6 +151,55 @@ pub fn now_boot_ns() -> u64 {
     u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
 }
 
+/// The connections the kernel tracks from their own connect, to tell them from the ones that
+/// predate it.
+///
+/// A connect seen by a state tracepoint is recorded before its source port is chosen, so
+/// until it leaves SYN_SENT the kernel's row has source port 0 while `/proc` already shows
+/// the port: such rows are matched by (local address, server) instead, one `/proc` socket
+/// each. When a server has SYN_SENT sockets from both before and after the attach at the
+/// instant of the scan, which of them is which cannot be told; the seed may then go to the
+/// wrong one, and the kernel drops it at that socket's first state change (its connection
+/// is then counted once, from its own connect; the older socket goes uncounted until the
+/// periodic reconciliation with the kernel's socket table adopts it).
+struct Tracked {
+    full: HashSet<Tuple>,
+    connecting: HashMap<Tuple, u32>,
+}
+
+impl Tracked {
+    fn new(conns: &[Conn]) -> Self {
+        let mut full = HashSet::new();
+        let mut connecting: HashMap<Tuple, u32> = HashMap::new();
+        for c in conns {
+            if c.tuple.sport == 0 {
+                *connecting.entry(c.tuple).or_default() += 1;
+            } else {
+                full.insert(c.tuple);
+            }
+        }
+        Tracked { full, connecting }
+    }
+
+    /// Whether the kernel tracks the socket `tuple` (in `state`), using up a port-less row.
+    fn take(&mut self, tuple: &Tuple, state: u8) -> bool {
+        if self.full.contains(tuple) {
+            return true;
+        }
+        if state != tcp_state::SYN_SENT {
+            return false;
+        }
+        let key = Tuple { sport: 0, ..*tuple };
+        match self.connecting.get_mut(&key) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
 /// Seeds the kernel with connections that predate it. Call after the hooks are attached.
 pub fn seed(
     probe: &mut Probe,
@@ -186,13 +235,13 @@ pub fn seed(
         }
     }
 
-    let tracked: HashSet<Tuple> = probe.read()?.conns.iter().map(|c| c.tuple).collect();
+    let mut tracked = Tracked::new(&probe.read()?.conns);
     let mut inserted: BTreeMap<Tuple, OwnerKey> = BTreeMap::new();
     let mut owners: HashMap<u32, (OwnerKey, u64, u32)> = HashMap::new();
     let now = now_boot_ns();
     for socket in &sockets {
         let tuple = tuple_of(socket);
-        if tracked.contains(&tuple) {
+        if tracked.take(&tuple, socket.state) {
             continue;
         }
         if inserted.contains_key(&tuple) {
@@ -269,10 +318,10 @@ pub fn seed(
         .iter()
         .map(tuple_of)
         .collect();
-    let tracked: HashSet<Tuple> = probe.read()?.conns.iter().map(|c| c.tuple).collect();
+    let mut tracked = Tracked::new(&probe.read()?.conns);
     for (tuple, owner) in &inserted {
         // Tracked by the kernel's own connect: not a seed, whoever removed the entry.
-        if tracked.contains(tuple) {
+        if tracked.take(tuple, tcp_state::ESTABLISHED) {
             probe.remove_seed(tuple);
             continue;
         }
@@ -285,4 +334,51 @@ pub fn seed(
         *report.per_owner.entry(*owner).or_default() += 1;
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use rstest::rstest;
+
+    use super::*;
+
+    fn conn(sport: u16, dport: u16) -> Conn {
+        Conn {
+            tuple: tuple(sport, dport),
+            ..Conn::default()
+        }
+    }
+
+    fn tuple(sport: u16, dport: u16) -> Tuple {
+        Tuple {
+            saddr: ip_to_bytes("127.0.0.1".parse().unwrap()),
+            daddr: ip_to_bytes("127.0.0.9".parse().unwrap()),
+            sport,
+            dport,
+            _pad: 0,
+        }
+    }
+
+    #[rstest]
+    // A full tuple matches in any state.
+    #[case(&[conn(40000, 2181)], &[(40000, tcp_state::ESTABLISHED)], &[true])]
+    // A kernel row still without its port stands for one connecting socket only.
+    #[case(&[conn(0, 2181)], &[(40000, tcp_state::SYN_SENT), (40001, tcp_state::SYN_SENT)], &[true, false])]
+    // ... never for an established one (that row would carry its port).
+    #[case(&[conn(0, 2181)], &[(40000, tcp_state::ESTABLISHED)], &[false])]
+    // ... and only towards the same server.
+    #[case(&[conn(0, 2182)], &[(40000, tcp_state::SYN_SENT)], &[false])]
+    #[case(&[], &[(40000, tcp_state::SYN_SENT)], &[false])]
+    fn tracked_sockets_are_told_from_older_ones(
+        #[case] conns: &[Conn],
+        #[case] sockets: &[(u16, u8)],
+        #[case] expected: &[bool],
+    ) {
+        let mut tracked = Tracked::new(conns);
+        let got: Vec<bool> = sockets
+            .iter()
+            .map(|&(sport, state)| tracked.take(&tuple(sport, 2181), state))
+            .collect();
+        assert_eq!(got, expected);
+    }
 }

@@ -292,13 +292,16 @@ pub struct Targets {
 }
 
 impl Targets {
-    /// Resolves every host (all its addresses). With no target at all, ZooKeeper's
-    /// conventional ports 2181 and 2281 are watched on any address.
+    /// Resolves every host (all its addresses). A wildcard address (`0.0.0.0`, `::`) means
+    /// the port on any address, as for a server's own listener (`clientPortAddress=0.0.0.0`,
+    /// `server.1=0.0.0.0:2888:3888;2181` in the server's own zoo.cfg): nothing connects to
+    /// the literal wildcard. With no target at all, ZooKeeper's conventional ports 2181 and
+    /// 2281 are watched on any address.
     pub fn resolve(endpoints: &[HostPort], ports: &[u16]) -> Result<Self, TargetError> {
         let mut targets = Targets::default();
         for hp in endpoints {
             if let Ok(ip) = hp.host.parse::<IpAddr>() {
-                targets.endpoints.insert(SocketAddr::new(ip, hp.port));
+                targets.insert(SocketAddr::new(ip, hp.port));
                 continue;
             }
             let addrs = (hp.host.as_str(), hp.port).to_socket_addrs().map_err(|e| {
@@ -307,9 +310,12 @@ impl Targets {
                     reason: e.to_string(),
                 }
             })?;
-            let before = targets.endpoints.len();
-            targets.endpoints.extend(addrs);
-            if targets.endpoints.len() == before {
+            let mut any = false;
+            for addr in addrs {
+                targets.insert(addr);
+                any = true;
+            }
+            if !any {
                 return Err(TargetError::Resolve {
                     host: hp.host.clone(),
                     reason: "no address".into(),
@@ -323,6 +329,14 @@ impl Targets {
                 .extend([DEFAULT_CLIENT_PORT, DEFAULT_SECURE_PORT]);
         }
         Ok(targets)
+    }
+
+    fn insert(&mut self, addr: SocketAddr) {
+        if canonical_ip(addr.ip()).is_unspecified() {
+            self.ports.insert(addr.port());
+        } else {
+            self.endpoints.insert(addr);
+        }
     }
 
     /// Port → flags, as loaded into the kernel's `PORTS` map.
@@ -522,6 +536,32 @@ mod tests {
         let flags = t.port_flags();
         assert_eq!(flags[&2181], zkconn_common::port_flags::ENDPOINTS);
         assert_eq!(flags[&3000], zkconn_common::port_flags::ANY_ADDRESS);
+    }
+
+    #[rstest]
+    #[case("0.0.0.0", 2181)]
+    #[case("::", 2182)]
+    #[case("::ffff:0.0.0.0", 2183)]
+    fn a_wildcard_address_watches_the_port_on_any_address(#[case] host: &str, #[case] port: u16) {
+        let t = Targets::resolve(&[hp(host, port), hp("127.0.0.9", 9999)], &[]).unwrap();
+        assert_eq!(t.ports, BTreeSet::from([port]));
+        assert_eq!(t.endpoints.len(), 1, "{t:?}");
+        assert!(t.matches(SocketAddr::new("127.0.0.1".parse().unwrap(), port)));
+        assert!(t.matches(SocketAddr::new("::1".parse().unwrap(), port)));
+        assert!(!t.matches(SocketAddr::new("127.0.0.1".parse().unwrap(), 9999)));
+    }
+
+    #[test]
+    fn a_servers_own_zoo_cfg_naming_itself_by_wildcard_watches_its_port() {
+        let cfg = ZooCfg::parse(
+            "zoo.cfg",
+            "clientPort=2181\nserver.1=0.0.0.0:2888:3888;2181\nserver.2=10.0.0.2:2888:3888\n",
+        )
+        .unwrap();
+        let (endpoints, ports) = cfg.targets();
+        let t = Targets::resolve(&endpoints, &ports).unwrap();
+        assert_eq!(t.ports, BTreeSet::from([2181]));
+        assert!(t.matches("127.0.0.1:2181".parse().unwrap()));
     }
 
     #[test]

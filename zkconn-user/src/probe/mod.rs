@@ -131,13 +131,15 @@ pub struct KernelState {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RefusalDetection {
-    /// Peer close within the window with no byte received (`tcp_sock.bytes_received` via BTF).
+    /// Peer close with no byte received (`tcp_sock.bytes_received` via BTF), within the
+    /// window, or later when the client had sent its request (`tcp_sock.bytes_sent`).
     NoBytesReceived,
     /// No BTF: a reset within the window (ZooKeeper's NIO listener resets; Netty does not).
     ResetOnly,
 }
 
-/// A peer close this soon after ESTABLISHED, with nothing received, is a refusal.
+/// A peer close this soon after ESTABLISHED, with nothing received, is a refusal even when
+/// the client has not sent anything yet.
 pub const REFUSAL_WINDOW: std::time::Duration = std::time::Duration::from_millis(1000);
 
 pub struct Probe {
@@ -147,8 +149,6 @@ pub struct Probe {
     /// False when the kernel's `sched_process_exit` has no `group_dead` (before 6.x):
     /// exits are then found from `/proc`.
     pub exit_events: bool,
-    /// Slots of a per-CPU map value.
-    possible_cpus: usize,
     /// What the kernel's seed flag says (see [`Probe::set_seeds_pending`]).
     seeds_pending: bool,
 }
@@ -196,10 +196,22 @@ impl Probe {
         if let Some(off) = bytes_offset {
             tracing::debug!("tcp_sock.bytes_received is at offset {off} in this kernel");
         }
+        let sent_offset = kernel_btf
+            .as_ref()
+            .ok()
+            .and_then(|b| b.member_offset("tcp_sock", "bytes_sent").ok());
+        if bytes_offset.is_some() && sent_offset.is_none() {
+            tracing::warn!(
+                "this kernel's tcp_sock has no bytes_sent (before 4.19): a refusal later than \
+                 {REFUSAL_WINDOW:?} after the handshake is counted as a plain close"
+            );
+        }
         let refusal = RefusalConfig {
             window_ns: u64::try_from(REFUSAL_WINDOW.as_nanos()).unwrap_or(u64::MAX),
             bytes_received_offset: bytes_offset.unwrap_or(0),
             has_bytes_received: u32::from(bytes_offset.is_some()),
+            bytes_sent_offset: sent_offset.unwrap_or(0),
+            has_bytes_sent: u32::from(sent_offset.is_some()),
         };
 
         let ebpf = EbpfLoader::new()
@@ -235,8 +247,6 @@ impl Probe {
                 RefusalDetection::ResetOnly
             },
             exit_events: exit_layout.valid == 1,
-            possible_cpus: aya::util::nr_cpus()
-                .map_err(|(what, e)| anyhow!("cannot read the possible CPUs ({what}): {e}"))?,
             seeds_pending: false,
         };
         probe.load_targets(targets)?;
@@ -459,7 +469,6 @@ impl Probe {
     /// kernel meanwhile (a socket closed) and are skipped, not counted as errors.
     pub fn read(&self) -> anyhow::Result<KernelState> {
         let mut st = KernelState::default();
-        let cpus = self.possible_cpus;
         st.conns = self.dump::<u64, Conn>(map_names::CONNS, 1, &mut st)?;
         st.seeds = self.dump::<Tuple, Conn>(map_names::SEEDS, 1, &mut st)?;
         st.owners = self
@@ -468,19 +477,19 @@ impl Probe {
             .filter_map(|(k, v)| Some((k, *v.first()?)))
             .collect();
         st.proc_stats = self
-            .dump_keyed::<OwnerKey, Counters>(map_names::PROC_STATS, cpus, &mut st)?
+            .dump_keyed::<OwnerKey, Counters>(map_names::PROC_STATS, 1, &mut st)?
             .into_iter()
-            .map(|(k, v)| (k, sum(&v)))
+            .filter_map(|(k, v)| Some((k, *v.first()?)))
             .collect();
         st.cgroup_stats = self
-            .dump_keyed::<u64, Counters>(map_names::CGROUP_STATS, cpus, &mut st)?
+            .dump_keyed::<u64, Counters>(map_names::CGROUP_STATS, 1, &mut st)?
             .into_iter()
-            .map(|(k, v)| (k, sum(&v)))
+            .filter_map(|(k, v)| Some((k, *v.first()?)))
             .collect();
         st.server_stats = self
-            .dump_keyed::<ServerKey, Counters>(map_names::SERVER_STATS, cpus, &mut st)?
+            .dump_keyed::<ServerKey, Counters>(map_names::SERVER_STATS, 1, &mut st)?
             .into_iter()
-            .map(|(k, v)| (k, sum(&v)))
+            .filter_map(|(k, v)| Some((k, *v.first()?)))
             .collect();
         let counters: PerCpuArray<_, u64> = self.map(map_names::PROBE_COUNTERS)?;
         for (i, slot) in st.counters.iter_mut().enumerate() {
@@ -638,16 +647,6 @@ fn aya_noexist() -> u32 {
     1
 }
 
-fn sum(per_cpu: &[Counters]) -> Counters {
-    per_cpu.iter().fold(Counters::default(), |acc, c| Counters {
-        opened: acc.opened + c.opened,
-        closed: acc.closed + c.closed,
-        failed: acc.failed + c.failed,
-        close_wait: acc.close_wait + c.close_wait,
-        rejected: acc.rejected + c.rejected,
-    })
-}
-
 /// Offsets of `sock:inet_sock_set_state`'s fields, from its tracefs format file.
 fn state_tp_layout(root: &std::path::Path) -> anyhow::Result<StateTpLayout> {
     let state = tracefs::tracepoint_fields(root, "sock", "inet_sock_set_state")?;
@@ -685,7 +684,7 @@ pub fn sock_layout(b: &btf::Btf) -> Result<SockLayout, btf::BtfError> {
     let v6 = at("skc_v6_daddr").and_then(|d| Ok((d, at("skc_v6_rcv_saddr")?)));
     Ok(SockLayout {
         dport: at("skc_dport")?,
-        num: at("skc_num")?,
+        sport: b.member_offset("inet_sock", "inet_sport")?,
         family: at("skc_family")?,
         state: at("skc_state")?,
         daddr: at("skc_daddr")?,

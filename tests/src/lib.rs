@@ -834,6 +834,36 @@ impl Zkconn {
         kill_and_reap(&mut self.child);
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The ids of the BPF programs and maps this zkconn holds (`prog_id:`/`map_id:` in
+    /// `/proc/PID/fdinfo`), as ("prog" or "map", id).
+    pub fn bpf_objects(&self) -> anyhow::Result<Vec<(&'static str, u64)>> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(format!("/proc/{}/fdinfo", self.pid()))? {
+            let Ok(text) = std::fs::read_to_string(entry?.path()) else {
+                continue;
+            };
+            for line in text.lines() {
+                for (kind, prefix) in [("prog", "prog_id:"), ("map", "map_id:")] {
+                    if let Some(id) = line.strip_prefix(prefix) {
+                        out.push((kind, id.trim().parse()?));
+                    }
+                }
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// Sends `signal` to zkconn (SIGSTOP/SIGCONT: a zkconn too slow to read `/proc` in time).
+    pub fn signal(&mut self, signal: i32) {
+        kill(&mut self.child, signal);
+    }
+
     /// SIGINT ends the observation; returns the snapshot document.
     pub fn finish(mut self) -> anyhow::Result<Value> {
         kill(&mut self.child, libc::SIGINT);

@@ -308,3 +308,66 @@ fn a_reused_pid_is_a_new_owner_in_its_own_container() -> Result<()> {
     drop(new);
     Ok(())
 }
+
+/// Short-lived processes in containers whose cgroups are gone before zkconn can look: zkconn
+/// is stopped (as on a host too loaded to schedule it) while six one-connection processes,
+/// three in v2 and three in v1 (cpu) YARN container cgroups, connect, exit and have their
+/// cgroups removed. Only what the kernel wrote at the connect is left: it names the
+/// containers.
+#[test]
+fn processes_gone_with_their_cgroups_before_zkconn_looks_keep_their_containers() -> Result<()> {
+    let zk = ZkServer::start(fresh_ipv4(), 0, &[])?;
+    let ts = fresh_cluster_ts();
+    let mut z = Zkconn::start(&["--zk", &zk.addr.to_string()])?;
+    z.signal(libc::SIGSTOP);
+    let mut seen = Vec::new();
+    for i in 0..6u32 {
+        let container = format!("container_e9_{ts}_0091_01_{:06}", i + 2);
+        let rel = format!("/hadoop-yarn-zkconn-{}/{container}", std::process::id());
+        let mut cg = if i % 2 == 0 {
+            Cgroup::v2(&rel)?
+        } else {
+            Cgroup::v1("cpu", &rel)?
+        };
+        let mut client = RawClient {
+            cgroups: vec![cg.path.clone()],
+            exit_after: Some(Duration::ZERO),
+            ..RawClient::new(zk.addr, 1)
+        }
+        .spawn()?;
+        client.wait_exit(Duration::from_secs(5))?;
+        cg.remove()?;
+        seen.push((client.pid(), container, i % 2 == 0, cg.rel.clone()));
+    }
+    z.signal(libc::SIGCONT);
+    wait_settled(zk.addr)?;
+    let snap = z.finish()?;
+
+    for (pid, container, v2, rel) in &seen {
+        let row = process(&snap, *pid)?;
+        assert_eq!(row["alive"], false, "{row:#}");
+        assert_eq!(row["kind"], "yarn", "{row:#}");
+        assert_eq!(row["yarn_container"], container.as_str(), "{row:#}");
+        assert_eq!(
+            row["yarn_application"],
+            format!("application_{ts}_0091").as_str()
+        );
+        assert_eq!([field(row, "opened")?, field(row, "closed")?], [1, 1]);
+        if *v2 {
+            assert_eq!(row["cgroup"], rel.as_str(), "{row:#}");
+        }
+    }
+    let app = row_where(
+        &snap,
+        "applications",
+        "application",
+        &format!("application_{ts}_0091"),
+    )?;
+    assert_eq!(field(app, "opened")?, 6, "{app:#}");
+    assert_eq!(
+        snap["probe"]["attribution"]["kernel_only"], 6,
+        "{:#}",
+        snap["probe"]
+    );
+    Ok(())
+}

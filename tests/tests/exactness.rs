@@ -227,3 +227,50 @@ fn wildcard_targets_watch_the_port_on_any_address() -> Result<()> {
     held.reset_all()?;
     Ok(())
 }
+
+/// The per-process, per-cgroup and per-server counters are rows shared by every CPU and only
+/// ever incremented with atomic adds: before 6.1 the kernel lets a softirq run of the BTF
+/// tracepoint interrupt a process-context run on the same CPU, and a plain read-modify-write
+/// would lose one of the two increments. Read from the loaded programs themselves.
+#[test]
+fn counters_are_shared_rows_incremented_atomically() -> Result<()> {
+    let z = Zkconn::start(&["--port", "1"])?;
+    let objects = z.bpf_objects()?;
+    let mut stats_maps = Vec::new();
+    let mut atomic_adds = 0;
+    for (kind, id) in &objects {
+        let out = std::process::Command::new("bpftool")
+            .args([kind, "show", "id", &id.to_string(), "--json"])
+            .output()?;
+        let info: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let name = info["name"].as_str().unwrap_or_default();
+        if *kind == "map" && name.ends_with("_STATS") {
+            stats_maps.push((name.to_owned(), info["type"].as_str().map(str::to_owned)));
+        }
+        if *kind == "prog" && name.starts_with("zk_") {
+            let dump = std::process::Command::new("bpftool")
+                .args(["prog", "dump", "xlated", "id", &id.to_string()])
+                .output()?;
+            let text = String::from_utf8_lossy(&dump.stdout);
+            atomic_adds += text.lines().filter(|l| l.contains("lock *(u64 *)")).count();
+        }
+    }
+    drop(z.finish()?);
+    stats_maps.sort();
+    let hash = Some("hash".to_owned());
+    assert_eq!(
+        stats_maps,
+        vec![
+            ("ZK_CGROUP_STATS".to_owned(), hash.clone()),
+            ("ZK_PROC_STATS".to_owned(), hash.clone()),
+            ("ZK_SERVER_STATS".to_owned(), hash),
+        ]
+    );
+    // Five counters, each bumped for a process, its cgroup and its server (rejected only
+    // beside closed), plus the probe's own counters: far more than one site.
+    assert!(
+        atomic_adds >= 10,
+        "{atomic_adds} atomic adds in the loaded programs"
+    );
+    Ok(())
+}

@@ -49,6 +49,8 @@ pub mod global_names {
     pub const REFUSAL: &str = "REFUSAL";
     /// [`super::SockLayout`] for the hooks that get a `struct sock *`.
     pub const SOCK_LAYOUT: &str = "SOCK_LAYOUT";
+    /// [`super::TaskLayout`]: where a task's cgroup names are.
+    pub const TASK_LAYOUT: &str = "TASK_LAYOUT";
 }
 
 /// Names of the programs in the eBPF object.
@@ -194,6 +196,69 @@ pub struct SockLayout {
     pub has_v6: u32,
     /// 1 once userspace filled the offsets; the program does nothing while 0.
     pub valid: u32,
+}
+
+/// Where a task's cgroups and their names are, from the running kernel's BTF at load time:
+/// `task_struct.cgroups` → `css_set.dfl_cgrp` (the v2 cgroup) and `css_set.subsys[cpu]` →
+/// `cgroup_subsys_state.cgroup` (the cpu controller's cgroup: a v1 hierarchy on hybrid
+/// hosts, where YARN puts its containers) → `cgroup.kn` → `kernfs_node.name` and `.parent`
+/// (`__parent` since 6.15). Read with `bpf_probe_read_kernel`: a wrong offset fails, it never
+/// faults.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskLayout {
+    pub task_cgroups: u32,
+    pub css_set_dfl_cgrp: u32,
+    /// Offset of `css_set.subsys[cpu_cgrp_id]`.
+    pub css_set_cpu: u32,
+    pub css_cgroup: u32,
+    pub cgroup_kn: u32,
+    pub kn_name: u32,
+    pub kn_parent: u32,
+    /// 1 when the cpu controller's entry is known.
+    pub has_cpu: u32,
+    /// 1 once userspace filled the offsets; no names are read while 0.
+    pub valid: u32,
+    pub _pad: u32,
+}
+
+/// Longest cgroup directory name kept (a Docker scope, `docker-<64 hex>.scope`, is 77).
+pub const CGROUP_NAME_LEN: usize = 128;
+/// Levels of a cgroup path kept, innermost first (a Kubernetes container's v2 path has 4).
+pub const CGROUP_DEPTH: usize = 5;
+
+/// A cgroup's directory name and its ancestors', innermost first, each NUL-terminated;
+/// unused levels are empty. The root itself is not named.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CgroupNames {
+    pub names: [[u8; CGROUP_NAME_LEN]; CGROUP_DEPTH],
+    /// 1 when the cgroup had more ancestors than fit (the path is then a tail).
+    pub truncated: u32,
+    pub _pad: u32,
+}
+
+impl Default for CgroupNames {
+    fn default() -> Self {
+        Self {
+            names: [[0; CGROUP_NAME_LEN]; CGROUP_DEPTH],
+            truncated: 0,
+            _pad: 0,
+        }
+    }
+}
+
+/// The [`event_kind::OWNER_NEW`] event: the common part plus what the kernel knows of the
+/// process's cgroups, so a container is named even when its process and its cgroup are
+/// gone before userspace reads `/proc`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OwnerEvent {
+    pub event: Event,
+    /// The cgroup v2 path (`task->cgroups->dfl_cgrp`).
+    pub v2: CgroupNames,
+    /// The cpu controller's cgroup path (a v1 hierarchy on hybrid hosts).
+    pub cpu: CgroupNames,
 }
 
 /// Field offsets of `sched:sched_process_exit`.
@@ -387,6 +452,10 @@ mod user {
     unsafe impl aya::Pod for ServerKey {}
     // SAFETY: as above (twelve u32s, no padding).
     unsafe impl aya::Pod for SockLayout {}
+    // SAFETY: as above (ten u32s).
+    unsafe impl aya::Pod for TaskLayout {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for OwnerEvent {}
 }
 
 #[cfg(test)]
@@ -411,5 +480,8 @@ mod tests {
         assert_eq!(size_of::<RefusalConfig>(), 24);
         assert_eq!(size_of::<ResetTpLayout>(), 4);
         assert_eq!(size_of::<Event>(), 4 + 4 + 16 + 40 + 8 + 40);
+        assert_eq!(size_of::<TaskLayout>(), 40);
+        assert_eq!(size_of::<CgroupNames>(), CGROUP_NAME_LEN * CGROUP_DEPTH + 8);
+        assert_eq!(size_of::<OwnerEvent>(), 112 + 2 * size_of::<CgroupNames>());
     }
 }

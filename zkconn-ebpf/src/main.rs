@@ -30,17 +30,18 @@ mod programs {
         bindings::{BPF_ANY, BPF_NOEXIST},
         helpers::{
             bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-            bpf_get_current_uid_gid, bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
-            bpf_probe_read_kernel_buf,
+            bpf_get_current_task, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
+            bpf_probe_read_kernel, bpf_probe_read_kernel_buf, generated,
         },
         macros::{btf_tracepoint, fentry, kprobe, map, tracepoint},
         maps::{Array, HashMap, PerCpuArray, RingBuf, ring_buf::RingBufEntry},
         programs::{BtfTracePointContext, FEntryContext, ProbeContext, TracePointContext},
     };
     use zkconn_common::{
-        Conn, Counters, Endpoint, Event, ExitTpLayout, Owner, OwnerKey, RefusalConfig,
-        ResetTpLayout, ServerKey, SockLayout, StateTpLayout, Tuple, conn_flags, control,
-        event_kind, port_flags, probe_counter, tcp_state,
+        CGROUP_DEPTH, CGROUP_NAME_LEN, CgroupNames, Conn, Counters, Endpoint, Event, ExitTpLayout,
+        Owner, OwnerEvent, OwnerKey, RefusalConfig, ResetTpLayout, ServerKey, SockLayout,
+        StateTpLayout, TaskLayout, Tuple, conn_flags, control, event_kind, port_flags,
+        probe_counter, tcp_state,
     };
 
     const AF_INET: u16 = 2;
@@ -83,6 +84,20 @@ mod programs {
         protocol_mask: 0,
         has_v6: 0,
         valid: 0,
+    };
+
+    #[unsafe(no_mangle)]
+    static TASK_LAYOUT: TaskLayout = TaskLayout {
+        task_cgroups: 0,
+        css_set_dfl_cgrp: 0,
+        css_set_cpu: 0,
+        css_cgroup: 0,
+        cgroup_kn: 0,
+        kn_name: 0,
+        kn_parent: 0,
+        has_cpu: 0,
+        valid: 0,
+        _pad: 0,
     };
 
     #[unsafe(no_mangle)]
@@ -572,7 +587,7 @@ mod programs {
             birth_ns: now,
         };
         if OWNERS.insert(tgid, owner, BPF_NOEXIST.into()).is_ok() {
-            emit(event_kind::OWNER_NEW, tid, &key, &owner, now);
+            emit_owner_new(tid, &key, &owner, now);
             return key;
         }
         // Another thread of the process won the race, or the map is full.
@@ -797,7 +812,101 @@ mod programs {
             (&raw mut (*e).ts_ns).write(ts_ns);
             (&raw mut (*e).server).write(ServerKey::default());
         }
-        submit(entry, kind);
+        submit(entry);
+    }
+
+    /// A new owner, with the names of its cgroups, in place like `emit`. Userspace is woken
+    /// at once (new processes are rare): it reads `/proc` while the process lives, and the
+    /// names carry its container even when the process and its cgroup are gone by then.
+    #[inline(never)]
+    fn emit_owner_new(tid: u32, owner: &OwnerKey, info: &Owner, ts_ns: u64) {
+        let Some(mut entry) = EVENTS.reserve::<OwnerEvent>(0) else {
+            count(probe_counter::LOST_EVENTS);
+            return;
+        };
+        let e = entry.as_mut_ptr();
+        // SAFETY: `e` is the reserved, exclusively owned slot of one `OwnerEvent`; every
+        // field userspace reads is written before submit (each name's first byte at least).
+        unsafe {
+            let ev = &raw mut (*e).event;
+            (&raw mut (*ev).kind).write(event_kind::OWNER_NEW);
+            (&raw mut (*ev).tid).write(tid);
+            (&raw mut (*ev).owner).write(*owner);
+            (&raw mut (*ev).info).write(*info);
+            (&raw mut (*ev).ts_ns).write(ts_ns);
+            (&raw mut (*ev).server).write(ServerKey::default());
+            for names in [&raw mut (*e).v2, &raw mut (*e).cpu] {
+                (&raw mut (*names).truncated).write(0);
+                (&raw mut (*names)._pad).write(0);
+                for level in 0..CGROUP_DEPTH {
+                    (&raw mut (*names).names[level][0]).write(0);
+                }
+            }
+        }
+        // SAFETY: see `try_inet_sock_set_state`.
+        let l = unsafe { read_volatile(&TASK_LAYOUT) };
+        if l.valid == 1 {
+            // SAFETY: a helper with no arguments; the pointer is only read through
+            // bpf_probe_read_kernel.
+            let task = unsafe { bpf_get_current_task() } as *const u8;
+            if let Ok(css_set) = read_ptr(task, l.task_cgroups) {
+                if let Ok(cgroup) = read_ptr(css_set, l.css_set_dfl_cgrp) {
+                    // SAFETY: a field of the reserved slot, as above.
+                    cgroup_names(cgroup, &l, unsafe { &raw mut (*e).v2 });
+                }
+                if l.has_cpu == 1
+                    && let Ok(css) = read_ptr(css_set, l.css_set_cpu)
+                    && let Ok(cgroup) = read_ptr(css, l.css_cgroup)
+                {
+                    // SAFETY: as above.
+                    cgroup_names(cgroup, &l, unsafe { &raw mut (*e).cpu });
+                }
+            }
+        }
+        entry.submit(BPF_RB_FORCE_WAKEUP.into());
+    }
+
+    /// The directory names of `cgroup` and its ancestors below the root, innermost first,
+    /// into `out` (a ring-buffer slot).
+    #[inline(always)]
+    fn cgroup_names(cgroup: *const u8, l: &TaskLayout, out: *mut CgroupNames) {
+        let Ok(mut kn) = read_ptr(cgroup, l.cgroup_kn) else {
+            return;
+        };
+        for level in 0..CGROUP_DEPTH {
+            // The root's node has no parent and is not named.
+            let Ok(parent) = read_ptr(kn, l.kn_parent) else {
+                return;
+            };
+            let Ok(name) = read_ptr(kn, l.kn_name) else {
+                return;
+            };
+            // SAFETY: the destination is one name of the reserved slot, CGROUP_NAME_LEN
+            // bytes; the source is read by the helper, which checks it.
+            unsafe {
+                generated::bpf_probe_read_kernel_str(
+                    (&raw mut (*out).names[level]).cast(),
+                    CGROUP_NAME_LEN as u32,
+                    name.cast(),
+                );
+            }
+            kn = parent;
+        }
+        // Levels left above the ones kept: the path is only its tail.
+        if read_ptr(kn, l.kn_parent).is_ok() {
+            // SAFETY: a field of the reserved slot.
+            unsafe { (&raw mut (*out).truncated).write(1) };
+        }
+    }
+
+    /// The non-null pointer at `base + offset` in kernel memory.
+    #[inline(always)]
+    fn read_ptr(base: *const u8, offset: u32) -> Result<*const u8, i32> {
+        // SAFETY: bpf_probe_read_kernel checks the address; a bad one is an error.
+        let p: u64 =
+            unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast::<u64>()) }
+                .map_err(|e| e as i32)?;
+        if p == 0 { Err(0) } else { Ok(p as *const u8) }
     }
 
     /// A refusal by `server`, in place like `emit`.
@@ -818,24 +927,22 @@ mod programs {
             (&raw mut (*e).ts_ns).write(conn.changed_ns);
             (&raw mut (*e).server).write(*server);
         }
-        submit(entry, event_kind::REFUSED);
+        submit(entry);
     }
 
-    fn submit(entry: RingBufEntry<Event>, kind: u32) {
-        // Only a new process needs userspace at once (to read its /proc entry while it
-        // lives). Exits and refusals wait for the next read of the ring buffer, at the
-        // latest the next once-a-second sample, so a refusal storm costs no wake-up per
-        // refusal; each event carries its own time. But a storm fills the buffer within
-        // that second (256 KiB holds about 1,900 events): once a quarter of it waits,
-        // userspace is woken to drain it, so events are not dropped.
-        let flags = if kind == event_kind::OWNER_NEW {
-            0
-        } else if EVENTS.query(BPF_RB_AVAIL_DATA.into()) > EVENTS.query(BPF_RB_RING_SIZE.into()) / 4
-        {
-            BPF_RB_FORCE_WAKEUP
-        } else {
-            BPF_RB_NO_WAKEUP
-        };
+    fn submit(entry: RingBufEntry<Event>) {
+        // Only a new process needs userspace at once (`emit_owner_new` wakes it). Exits and
+        // refusals wait for the next read of the ring buffer, at the latest the next
+        // once-a-second sample, so a refusal storm costs no wake-up per refusal; each event
+        // carries its own time. But a storm fills the buffer within that second (256 KiB
+        // holds about 1,900 events): once a quarter of it waits, userspace is woken to
+        // drain it, so events are not dropped.
+        let flags =
+            if EVENTS.query(BPF_RB_AVAIL_DATA.into()) > EVENTS.query(BPF_RB_RING_SIZE.into()) / 4 {
+                BPF_RB_FORCE_WAKEUP
+            } else {
+                BPF_RB_NO_WAKEUP
+            };
         entry.submit(flags.into());
     }
 

@@ -13,7 +13,10 @@ use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
 use rustc_hash::{FxHashMap, FxHashSet};
 use tokio::io::unix::AsyncFd;
-use zkconn_common::{COMM_LEN, Conn, Event, OwnerKey, Tuple, event_kind, probe_counter, tcp_state};
+use zkconn_common::{
+    COMM_LEN, CgroupNames, Conn, Event, OwnerEvent, OwnerKey, Tuple, event_kind, probe_counter,
+    tcp_state,
+};
 
 use crate::{
     alarm::{AlarmLog, Thresholds},
@@ -87,6 +90,44 @@ struct KernelFacts {
     comm: String,
     uid: u32,
     cgroup_id: u64,
+    /// Its cgroup v2 path and the cpu controller's path, as the kernel named them (new
+    /// owners only; `None` where the kernel could not).
+    cgroup_v2: Option<String>,
+    cgroup_cpu: Option<String>,
+}
+
+/// One event from the ring buffer, with the cgroup names of a new owner.
+struct Incoming {
+    event: Event,
+    cgroups: Option<(Option<String>, Option<String>)>,
+}
+
+/// The path the kernel's names spell (`/a/b/c`, innermost name last), `None` when the kernel
+/// named nothing (its layout was unknown, or a read failed at the first level). A path with
+/// more levels than the kernel keeps starts with `/…`. Names are the kernel's directory
+/// names: any byte but `/` and NUL; invalid UTF-8 is replaced.
+pub fn cgroup_path(names: &CgroupNames) -> Option<String> {
+    let parts: Vec<String> = names
+        .names
+        .iter()
+        .map(|n| {
+            let end = n.iter().position(|&b| b == 0).unwrap_or(n.len());
+            String::from_utf8_lossy(&n[..end]).into_owned()
+        })
+        .take_while(|n| !n.is_empty())
+        .collect();
+    if parts.is_empty() {
+        return None;
+    }
+    let mut path = String::new();
+    if names.truncated != 0 {
+        path.push_str("/…");
+    }
+    for part in parts.iter().rev() {
+        path.push('/');
+        path.push_str(part);
+    }
+    Some(path)
 }
 
 fn comm_str(comm: &[u8; COMM_LEN]) -> String {
@@ -191,25 +232,40 @@ impl Collector {
         {
             let ring = self.events.get_mut();
             while let Some(item) = ring.next() {
-                if item.len() >= size_of::<Event>() {
-                    // SAFETY: the kernel wrote a whole `Event` (checked length); it is
+                if item.len() >= size_of::<OwnerEvent>() {
+                    // SAFETY: the kernel wrote a whole `OwnerEvent` (checked length); it is
                     // plain-old-data, and read_unaligned makes no alignment assumption.
-                    batch.push(unsafe { item.as_ptr().cast::<Event>().read_unaligned() });
+                    let e = unsafe { item.as_ptr().cast::<OwnerEvent>().read_unaligned() };
+                    batch.push(Incoming {
+                        event: e.event,
+                        cgroups: Some((cgroup_path(&e.v2), cgroup_path(&e.cpu))),
+                    });
+                } else if item.len() >= size_of::<Event>() {
+                    // SAFETY: as above, for a whole `Event`.
+                    let event = unsafe { item.as_ptr().cast::<Event>().read_unaligned() };
+                    batch.push(Incoming {
+                        event,
+                        cgroups: None,
+                    });
                 }
             }
         }
-        for event in batch {
-            self.on_event(&event);
+        for incoming in batch {
+            self.on_event(incoming);
         }
     }
 
-    fn on_event(&mut self, event: &Event) {
+    fn on_event(&mut self, incoming: Incoming) {
+        let event = &incoming.event;
         match event.kind {
             event_kind::OWNER_NEW => {
+                let (cgroup_v2, cgroup_cpu) = incoming.cgroups.unwrap_or_default();
                 let kernel = KernelFacts {
                     comm: comm_str(&event.info.comm),
                     uid: event.info.uid,
                     cgroup_id: event.info.cgroup_id,
+                    cgroup_v2,
+                    cgroup_cpu,
                 };
                 self.learn(event.owner, kernel);
             }
@@ -226,6 +282,8 @@ impl Collector {
                         comm: comm_str(&event.info.comm),
                         uid: event.info.uid,
                         cgroup_id: event.info.cgroup_id,
+                        cgroup_v2: None,
+                        cgroup_cpu: None,
                     };
                     self.learn(event.owner, kernel);
                 }
@@ -240,13 +298,18 @@ impl Collector {
     /// Attributes a new owner, once: from `/proc` while it lives, else from what the kernel
     /// recorded (comm and cgroup v2 id).
     fn learn(&mut self, owner: OwnerKey, kernel: KernelFacts) {
+        // The kernel named the cgroup at the connect: it stays known for the cgroup rows
+        // even when its directory is removed before anyone looks.
+        if let Some(path) = kernel.cgroup_v2.as_deref().filter(|p| !p.starts_with("/…")) {
+            self.cgroups.remember(kernel.cgroup_id, path);
+        }
         if let Some(info) = self.read_proc(owner) {
             self.learn_from_proc(owner, info, kernel.cgroup_id);
             return;
         }
         self.attribution.kernel_only += 1;
-        let path = self.cgroups.path(kernel.cgroup_id);
-        let lines: Vec<CgroupLine> = path
+        let path = self.cgroups.path(kernel.cgroup_id).or(kernel.cgroup_v2);
+        let mut lines: Vec<CgroupLine> = path
             .iter()
             .map(|p| CgroupLine {
                 hierarchy: 0,
@@ -254,6 +317,14 @@ impl Collector {
                 path: p.clone(),
             })
             .collect();
+        // The cpu controller's cgroup: where YARN puts containers on hybrid (v1) hosts.
+        if let Some(cpu) = kernel.cgroup_cpu.filter(|c| Some(c) != path.as_ref()) {
+            lines.push(CgroupLine {
+                hierarchy: 1,
+                controllers: "cpu".to_owned(),
+                path: cpu,
+            });
+        }
         let who = attribution::classify(
             &Clues {
                 comm: &kernel.comm,
@@ -372,6 +443,8 @@ impl Collector {
                     .map(|o| o.cgroup_id)
                     .or(conn.map(|c| c.cgroup_id))
                     .unwrap_or(0),
+                cgroup_v2: None,
+                cgroup_cpu: None,
             };
             self.learn(*key, facts);
         }

@@ -130,7 +130,15 @@ impl Btf {
                     }
                     vlen * 12
                 }
-                KIND_ENUM | KIND_FUNC_PROTO => vlen * 8,
+                KIND_ENUM => {
+                    // Enumerators as (name_off, value): kept for `enum_value`.
+                    for i in 0..vlen {
+                        let m = at + i * 8;
+                        members.push((u32_at(type_bytes, m)?, u32_at(type_bytes, m + 4)?, 0, 0));
+                    }
+                    vlen * 8
+                }
+                KIND_FUNC_PROTO => vlen * 8,
                 KIND_DATASEC | KIND_ENUM64 => vlen * 12,
                 0..=19 => 0,
                 _ => return Err(BtfError::Malformed("unknown type kind")),
@@ -168,6 +176,21 @@ impl Btf {
             Some(_) => Err(BtfError::BitField(name.into(), member.into())),
             None => Err(BtfError::NoMember(name.into(), member.into())),
         }
+    }
+
+    /// The value of enumerator `member` of `enum name` (32-bit enums, as the kernel's
+    /// `cgroup_subsys_id` is).
+    pub fn enum_value(&self, name: &str, member: &str) -> Result<u32, BtfError> {
+        let ty = self
+            .types
+            .iter()
+            .find(|t| t.kind == KIND_ENUM && self.name(t.name_off) == name.as_bytes())
+            .ok_or_else(|| BtfError::NoStruct(format!("enum {name}")))?;
+        ty.members
+            .iter()
+            .find(|m| self.name(m.0) == member.as_bytes())
+            .map(|m| m.1)
+            .ok_or_else(|| BtfError::NoMember(format!("enum {name}"), member.into()))
     }
 
     /// Where `member` of `struct name` sits, as bits: (offset, size). Works for bit fields
@@ -375,6 +398,21 @@ mod tests {
             assert_eq!(btf.member_offset("sock_common", "skc_num"), Ok(14));
             let (_, bits) = btf.member_bits("sock", "sk_protocol").unwrap();
             assert!(bits == 16 || bits == 8, "{bits}");
+        }
+    }
+
+    #[test]
+    fn this_kernels_enums_are_read() {
+        // include/linux/cgroup_subsys.h lists cpuset first, then cpu (both built in on
+        // every distribution kernel zkconn runs on).
+        if let Ok(btf) = Btf::from_sys_fs() {
+            assert_eq!(btf.enum_value("cgroup_subsys_id", "cpuset_cgrp_id"), Ok(0));
+            assert_eq!(btf.enum_value("cgroup_subsys_id", "cpu_cgrp_id"), Ok(1));
+            assert!(btf.enum_value("cgroup_subsys_id", "no_such_id").is_err());
+            assert!(
+                btf.member_offset("inet_sock", "inet_sport")
+                    .is_ok_and(|o| o > 0)
+            );
         }
     }
 

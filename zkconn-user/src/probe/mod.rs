@@ -25,8 +25,8 @@ use aya::{
 };
 use zkconn_common::{
     Conn, Counters, Endpoint, ExitTpLayout, Owner, OwnerKey, RefusalConfig, ResetTpLayout,
-    ServerKey, SockLayout, StateTpLayout, Tuple, control, global_names, map_names, probe_counter,
-    program_names,
+    ServerKey, SockLayout, StateTpLayout, TaskLayout, Tuple, control, global_names, map_names,
+    probe_counter, program_names,
 };
 
 use crate::targets::{Targets, ip_to_bytes};
@@ -214,6 +214,17 @@ impl Probe {
             has_bytes_sent: u32::from(sent_offset.is_some()),
         };
 
+        let task_layout = kernel_btf
+            .as_ref()
+            .map_err(Clone::clone)
+            .and_then(task_layout)
+            .inspect_err(|e| {
+                tracing::warn!(
+                    "the kernel cannot name the cgroups of new processes ({e}): a process gone \
+                     before /proc is read is attributed by its cgroup id alone"
+                );
+            })
+            .unwrap_or_default();
         let ebpf = EbpfLoader::new()
             .override_global(
                 global_names::STATE_TP_LAYOUT,
@@ -228,6 +239,7 @@ impl Probe {
             .override_global(global_names::EXIT_TP_LAYOUT, &exit_layout, true)
             .override_global(global_names::RESET_TP_LAYOUT, &reset_layout, true)
             .override_global(global_names::REFUSAL, &refusal, true)
+            .override_global(global_names::TASK_LAYOUT, &task_layout, true)
             .map_max_entries(map_names::SERVER_STATS, caps.cgroups)
             .map_max_entries(map_names::CONNS, caps.conns)
             .map_max_entries(map_names::SEEDS, caps.conns)
@@ -668,6 +680,29 @@ fn state_tp_layout(root: &std::path::Path) -> anyhow::Result<StateTpLayout> {
         saddr_v6: field("saddr_v6")?,
         daddr_v6: field("daddr_v6")?,
         valid: 1,
+    })
+}
+
+/// Where a task's cgroup names are in this kernel (see [`TaskLayout`]). The cpu controller's
+/// entry is optional: a kernel without it still names the v2 cgroup.
+pub fn task_layout(b: &btf::Btf) -> Result<TaskLayout, btf::BtfError> {
+    let cpu = b
+        .enum_value("cgroup_subsys_id", "cpu_cgrp_id")
+        .and_then(|id| Ok(b.member_offset("css_set", "subsys")? + 8 * id));
+    Ok(TaskLayout {
+        task_cgroups: b.member_offset("task_struct", "cgroups")?,
+        css_set_dfl_cgrp: b.member_offset("css_set", "dfl_cgrp")?,
+        css_set_cpu: cpu.as_ref().map_or(0, |&o| o),
+        css_cgroup: b.member_offset("cgroup_subsys_state", "cgroup")?,
+        cgroup_kn: b.member_offset("cgroup", "kn")?,
+        kn_name: b.member_offset("kernfs_node", "name")?,
+        // Renamed `__parent` in 6.15 (kernfs: RCU-protected parent).
+        kn_parent: b
+            .member_offset("kernfs_node", "__parent")
+            .or_else(|_| b.member_offset("kernfs_node", "parent"))?,
+        has_cpu: u32::from(cpu.is_ok()),
+        valid: 1,
+        _pad: 0,
     })
 }
 

@@ -79,13 +79,32 @@ pub struct ZkServer {
     dir: tempfile::TempDir,
     props: Vec<String>,
     probe_src: Option<IpAddr>,
+    /// The network namespace the server runs in (`ip netns exec`), if not this one.
+    netns: Option<String>,
 }
 
 impl ZkServer {
     /// Starts a server on `ip` with `maxClientCnxns` and extra JVM system properties.
     pub fn start(ip: IpAddr, max_client_cnxns: u32, props: &[&str]) -> anyhow::Result<Self> {
+        Self::start_in(None, ip, max_client_cnxns, props)
+    }
+
+    /// As [`ZkServer::start`], inside network namespace `netns` (on one of its addresses,
+    /// reached from here by routing: its readiness probe comes from this namespace's own
+    /// address on that route).
+    pub fn start_in(
+        netns: Option<&str>,
+        ip: IpAddr,
+        max_client_cnxns: u32,
+        props: &[&str],
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
-        let port = free_port(ip)?;
+        // In another namespace `ip` is not an address here; any free port will do there.
+        let port = free_port(if netns.is_some() {
+            IpAddr::from([127, 0, 0, 1])
+        } else {
+            ip
+        })?;
         let host = match ip {
             IpAddr::V6(v6) => format!("{v6}"),
             IpAddr::V4(v4) => v4.to_string(),
@@ -100,21 +119,31 @@ impl ZkServer {
             ),
         )?;
         let props: Vec<String> = props.iter().map(|p| (*p).to_owned()).collect();
-        let child = Self::spawn_jvm(dir.path(), &props)?;
+        let netns = netns.map(str::to_owned);
+        let child = Self::spawn_jvm(dir.path(), &props, netns.as_deref())?;
         let mut server = ZkServer {
             addr: SocketAddr::new(ip, port),
             child,
             dir,
             props,
-            probe_src: ip.is_ipv4().then(fresh_ipv4),
+            probe_src: (ip.is_ipv4() && netns.is_none()).then(fresh_ipv4),
+            netns,
         };
         server.wait_ready()?;
         Ok(server)
     }
 
-    fn spawn_jvm(dir: &Path, props: &[String]) -> anyhow::Result<Child> {
-        Command::new("java")
-            .args(["-Xmx256m", "-XX:+UseSerialGC", "-Xss512k"])
+    fn spawn_jvm(dir: &Path, props: &[String], netns: Option<&str>) -> anyhow::Result<Child> {
+        let mut cmd = match netns {
+            // `ip netns exec` execs java: the child's pid is the JVM's.
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "java"]);
+                c
+            }
+            None => Command::new("java"),
+        };
+        cmd.args(["-Xmx256m", "-XX:+UseSerialGC", "-Xss512k"])
             // The raw test clients never start a session; the NIO listener would otherwise
             // close such connections after 10 s.
             .arg("-Dzookeeper.nio.sessionlessCnxnTimeout=3600000")
@@ -144,7 +173,7 @@ impl ZkServer {
     /// data; returns once it serves.
     pub fn restart(&mut self) -> anyhow::Result<()> {
         kill_and_reap(&mut self.child);
-        self.child = Self::spawn_jvm(self.dir.path(), &self.props)?;
+        self.child = Self::spawn_jvm(self.dir.path(), &self.props, self.netns.as_deref())?;
         self.wait_ready()
     }
 
@@ -1300,7 +1329,8 @@ pub struct NetNs {
     pub name: String,
     pub host: IpAddr,
     pub inside: IpAddr,
-    veth: String,
+    /// The host side of the veth pair.
+    pub veth: String,
 }
 
 impl NetNs {

@@ -81,6 +81,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "tmux",
     "prometheus",
     "bpftool",
+    // NAT in the tests (a masquerading host).
+    "nftables",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -472,6 +474,7 @@ const ALL_TESTS: &[&str] = &[
     "deploy",
     "bad_input",
     "netns",
+    "nat",
     "faults",
     "ownership",
     "hooks",

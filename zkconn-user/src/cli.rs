@@ -208,6 +208,19 @@ pub struct ProbeArgs {
     /// Size of the kernel→user event ring buffer in KiB (a power of two, at least 4).
     #[arg(long, value_name = "KIB", default_value_t = 256, value_parser = parse_ring_kib)]
     pub ring_buffer_kib: u32,
+    /// NAT: `auto` asks the host's connection tracking table which source address a server
+    /// sees for each connection (a container's, masqueraded to the host's) and counts it
+    /// there against `maxClientCnxns`; this keeps CAP_NET_ADMIN after attach. `off` never
+    /// asks: connections count under their own source address.
+    #[arg(long, value_enum, default_value_t = NatChoice::Auto)]
+    pub nat: NatChoice,
+}
+
+/// `--nat`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum NatChoice {
+    Auto,
+    Off,
 }
 
 /// `30`, `1.5`, `500ms`, `30s`, `5m`, `1h`.

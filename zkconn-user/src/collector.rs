@@ -26,12 +26,13 @@ use crate::{
 
 use crate::{
     attribution::{self, Clues, Rules, cgroup::CgroupLine},
-    cli::ProbeArgs,
+    cli::{NatChoice, ProbeArgs},
     limits::Limits,
     model::{
         self, AlarmThresholds, AttributionHealth, ConnectionRow, Holder, Inputs, LostDetail,
-        OverflowDetail, OwnerFacts, ProbeHealth, Rows, SeedHealth, Snapshot,
+        OverflowDetail, OwnerFacts, ProbeHealth, Rows, SeedHealth, Snapshot, Translations,
     },
+    nat::Nat,
     probe::{Capacities, Probe},
     procfs::{CgroupPaths, ProcInfo, Procfs},
     seed::{self, SeedReport},
@@ -64,7 +65,12 @@ pub struct Collector {
     /// into [`ConnectionRow`]s only when a view asks (`top`'s drill-down).
     last_conns: (Vec<zkconn_common::Conn>, Vec<zkconn_common::Conn>, u64),
     held_by: HeldBy,
+    nat: Nat,
+    translations: Translations,
 }
+
+/// Bound on remembered NAT sources ((server, own address) pairs).
+const NAT_SOURCES_REMEMBERED: usize = 65_536;
 
 /// Who holds the open connections of connectors that exited. A `/proc` scan costs as much
 /// as seeding, so it runs only while such connections exist, and again only when their set
@@ -171,6 +177,15 @@ impl Collector {
             seeds.seeded
         );
         let infos = std::mem::take(&mut seeds.infos);
+        let nat = Nat::open(args.nat == NatChoice::Auto);
+        match nat.health(0).reason {
+            None => tracing::debug!("NAT: asking the host's connection tracking table"),
+            Some(reason) if args.nat == NatChoice::Auto => tracing::warn!(
+                "NAT is not looked up: {reason}; connections count under their own source \
+                 address, which behind NAT is not the one the server counts"
+            ),
+            Some(_) => {}
+        }
         let mut this = Self {
             probe,
             events,
@@ -193,6 +208,8 @@ impl Collector {
             alarms: AlarmLog::default(),
             last_conns: (Vec::new(), Vec::new(), 0),
             held_by: HeldBy::default(),
+            nat,
+            translations: Translations::default(),
         };
         // Seeded processes are attributed from what seeding read, while they lived.
         for (key, info) in infos {
@@ -203,7 +220,7 @@ impl Collector {
         }
         // The baseline every trend starts from: what existed at start.
         this.sample()?;
-        let kept = crate::probe::drop_capabilities()?;
+        let kept = crate::probe::drop_capabilities(this.nat.available())?;
         tracing::info!("attached and seeded: capabilities dropped to {kept:#x}");
         Ok(this)
     }
@@ -465,6 +482,10 @@ impl Collector {
         self.facts
             .retain(|key, facts| facts.alive || referenced.contains(key));
 
+        let translated = self
+            .nat
+            .translate(state.conns.iter().chain(&state.seeds).map(|c| &c.tuple));
+        self.translations.learn(translated, NAT_SOURCES_REMEMBERED);
         let cgroups = std::cell::RefCell::new(&mut self.cgroups);
         let path = |id: u64| cgroups.borrow_mut().path(id);
         let rows = model::build(&Inputs {
@@ -477,6 +498,7 @@ impl Collector {
             facts: &self.facts,
             seeded: &self.seeds.per_owner,
             cgroup_path: &path,
+            nat: &self.translations,
             now_ns,
         });
         let mut rows = rows;
@@ -591,7 +613,7 @@ impl Collector {
     /// The live connections as of the last sample or snapshot.
     pub fn connections(&self) -> Vec<ConnectionRow> {
         let (conns, seeds, now_ns) = &self.last_conns;
-        model::connections(conns, seeds, *now_ns)
+        model::connections(conns, seeds, &self.translations, *now_ns)
     }
 
     /// Reads the kernel and builds the document.
@@ -629,6 +651,7 @@ impl Collector {
                     ownerless: self.seeds.ownerless,
                 },
                 attribution: self.attribution.clone(),
+                nat: self.nat.health(self.translations.live.len() as u64),
                 unreadable: self.unreadable + self.seeds.unreadable + state.read_errors,
             },
             targets: self.targets.names(),

@@ -15,6 +15,7 @@ pub mod history;
 pub mod limits;
 pub mod metrics;
 pub mod model;
+pub mod nat;
 pub mod output;
 pub mod probe;
 pub mod procfs;

@@ -142,6 +142,8 @@ pub struct ProbeHealth {
     pub overflow_detail: OverflowDetail,
     pub seeds: SeedHealth,
     pub attribution: AttributionHealth,
+    /// NAT look-ups in the host's connection tracking table (see [`crate::nat`]).
+    pub nat: crate::nat::NatHealth,
     /// `/proc` entries that existed but could not be read, plus map entries unreadable.
     pub unreadable: u64,
 }
@@ -222,7 +224,11 @@ impl StateCounts {
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct ServerRow {
     pub server: String,
+    /// The client address as the server sees it (after NAT), which is what it counts.
     pub local_ip: String,
+    /// Source addresses of this host's connections that NAT translates into `local_ip`
+    /// (a container's own address, masqueraded), sorted; empty without NAT.
+    pub translated_from: Vec<String>,
     #[serde(flatten)]
     pub states: StateCounts,
     pub opened: u64,
@@ -534,6 +540,8 @@ pub struct ConnectionRow {
     pub server: String,
     pub local_ip: String,
     pub local_port: u16,
+    /// The source address the server sees, when NAT translates `local_ip`.
+    pub server_sees: Option<String>,
     pub state: &'static str,
     /// Seconds since connect (since seeding for a seeded one).
     pub age_secs: f64,
@@ -572,7 +580,12 @@ fn live<'a>(conns: &'a [Conn], seeds: &'a [Conn]) -> Vec<&'a Conn> {
 }
 
 /// Every live connection, oldest first.
-pub fn connections(conns: &[Conn], seeds: &[Conn], now_ns: u64) -> Vec<ConnectionRow> {
+pub fn connections(
+    conns: &[Conn],
+    seeds: &[Conn],
+    nat: &Translations,
+    now_ns: u64,
+) -> Vec<ConnectionRow> {
     let mut rows: Vec<ConnectionRow> = live(conns, seeds)
         .into_iter()
         .map(|c| ConnectionRow {
@@ -581,6 +594,10 @@ pub fn connections(conns: &[Conn], seeds: &[Conn], now_ns: u64) -> Vec<Connectio
             server: endpoint(c.tuple.daddr, c.tuple.dport),
             local_ip: ip_from_bytes(c.tuple.saddr).to_string(),
             local_port: c.tuple.sport,
+            server_sees: nat
+                .live
+                .get(&c.tuple)
+                .map(|a| ip_from_bytes(*a).to_string()),
             state: state_name(c.state),
             age_secs: round1(now_ns.saturating_sub(c.opened_ns) as f64 / 1e9),
             seeded: c.flags & conn_flags::SEEDED != 0,
@@ -594,6 +611,42 @@ pub fn connections(conns: &[Conn], seeds: &[Conn], now_ns: u64) -> Vec<Connectio
     rows
 }
 
+/// What NAT does to this host's connections (see [`crate::nat`]).
+#[derive(Clone, Debug, Default)]
+pub struct Translations {
+    /// Live connection → the source address its server sees, for translated ones only.
+    pub live: FxHashMap<zkconn_common::Tuple, [u8; 16]>,
+    /// (server address, server port, own source address) → the address the server sees,
+    /// remembered from live connections, for the cumulative per-server counters (which the
+    /// kernel keys by the connection's own address).
+    pub sources: BTreeMap<([u8; 16], u16, [u8; 16]), [u8; 16]>,
+}
+
+impl Translations {
+    /// Remembers the sources of `live` (at most `cap` of them: a bound against a host that
+    /// translates without end; past it the oldest are forgotten first).
+    pub fn learn(&mut self, live: FxHashMap<zkconn_common::Tuple, [u8; 16]>, cap: usize) {
+        for (t, seen) in &live {
+            self.sources.insert((t.daddr, t.dport, t.saddr), *seen);
+        }
+        while self.sources.len() > cap {
+            self.sources.pop_first();
+        }
+        self.live = live;
+    }
+
+    fn source_of(&self, c: &Conn) -> [u8; 16] {
+        self.live.get(&c.tuple).copied().unwrap_or(c.tuple.saddr)
+    }
+
+    fn stats_source(&self, key: &ServerKey) -> [u8; 16] {
+        self.sources
+            .get(&(key.daddr, key.dport, key.saddr))
+            .copied()
+            .unwrap_or(key.saddr)
+    }
+}
+
 /// Everything `build` needs; assembled by the collector.
 pub struct Inputs<'a> {
     pub conns: &'a [Conn],
@@ -605,6 +658,7 @@ pub struct Inputs<'a> {
     pub facts: &'a HashMap<OwnerKey, OwnerFacts>,
     pub seeded: &'a HashMap<OwnerKey, u64>,
     pub cgroup_path: &'a dyn Fn(u64) -> Option<String>,
+    pub nat: &'a Translations,
     /// Boot-clock now, to age connections.
     pub now_ns: u64,
 }
@@ -625,12 +679,18 @@ pub fn build(inputs: &Inputs<'_>) -> Rows {
     let mut by_owner: FxHashMap<OwnerKey, (StateCounts, BTreeMap<Server, u64>, Age)> =
         FxHashMap::default();
     let mut by_cgroup: FxHashMap<u64, (StateCounts, BTreeSet<u32>)> = FxHashMap::default();
+    // Server rows count per source address as the server sees it (after NAT).
+    let mut translated_from: BTreeMap<(Server, [u8; 16]), BTreeSet<[u8; 16]>> = BTreeMap::new();
     for c in &live {
         let server = (c.tuple.daddr, c.tuple.dport);
-        by_server
-            .entry((server, c.tuple.saddr))
-            .or_default()
-            .add(c.state);
+        let seen = inputs.nat.source_of(c);
+        if seen != c.tuple.saddr {
+            translated_from
+                .entry((server, seen))
+                .or_default()
+                .insert(c.tuple.saddr);
+        }
+        by_server.entry((server, seen)).or_default().add(c.state);
         let (states, per_server, age) = by_owner.entry(c.owner).or_default();
         states.add(c.state);
         age.add_conn(c, inputs.now_ns);
@@ -746,9 +806,16 @@ pub fn build(inputs: &Inputs<'_>) -> Rows {
 
     let mut server_totals: HashMap<(String, String), Counters> = HashMap::new();
     for (key, c) in inputs.server_stats {
+        let seen = inputs.nat.stats_source(key);
+        if seen != key.saddr {
+            translated_from
+                .entry(((key.daddr, key.dport), seen))
+                .or_default()
+                .insert(key.saddr);
+        }
         let name = (
             endpoint(key.daddr, key.dport),
-            ip_from_bytes(key.saddr).to_string(),
+            ip_from_bytes(seen).to_string(),
         );
         servers.entry(name.clone()).or_default();
         let t = server_totals.entry(name).or_default();
@@ -756,6 +823,15 @@ pub fn build(inputs: &Inputs<'_>) -> Rows {
         t.closed += c.closed;
         t.failed += c.failed;
         t.rejected += c.rejected;
+    }
+    let mut translated_names: HashMap<(String, String), Vec<String>> = HashMap::new();
+    for ((server, seen), own) in translated_from {
+        let names = translated_names
+            .entry((name(server), ip_from_bytes(seen).to_string()))
+            .or_default();
+        names.extend(own.into_iter().map(|a| ip_from_bytes(a).to_string()));
+        names.sort();
+        names.dedup();
     }
     let servers = servers
         .into_iter()
@@ -770,6 +846,9 @@ pub fn build(inputs: &Inputs<'_>) -> Rows {
             ServerRow {
                 usage: limits::usage(states.open, limit),
                 headroom: limits::headroom(states.open, limit),
+                translated_from: translated_names
+                    .remove(&(server.clone(), local_ip.clone()))
+                    .unwrap_or_default(),
                 limit,
                 server,
                 local_ip,
@@ -953,6 +1032,7 @@ mod tests {
             facts,
             seeded: &seeded,
             cgroup_path: &path,
+            nat: &Translations::default(),
             now_ns: 0,
         })
     }
@@ -1119,6 +1199,7 @@ mod tests {
             facts: &facts,
             seeded: &seeded,
             cgroup_path: &path,
+            nat: &Translations::default(),
             now_ns: 0,
         });
         let r = &rows.servers[0];
@@ -1137,6 +1218,77 @@ mod tests {
             ("127.0.0.3:2181", 0, 1)
         );
         assert_eq!((r.limit, r.usage, r.headroom), (0, None, None));
+    }
+
+    /// A container's connections masqueraded to the host's address count in the host's
+    /// row, with the host's own: that is what the server counts against its limit.
+    #[test]
+    fn nat_translated_connections_count_where_the_server_sees_them() {
+        use tcp_state::ESTABLISHED;
+        let host = ip_to_bytes("127.0.0.1".parse().unwrap());
+        let container = ip_to_bytes("10.7.0.2".parse().unwrap());
+        let from_container = |tgid, sport| Conn {
+            tuple: Tuple {
+                saddr: container,
+                ..conn(tgid, 9, sport, "127.0.0.2:2181", ESTABLISHED).tuple
+            },
+            ..conn(tgid, 9, sport, "127.0.0.2:2181", ESTABLISHED)
+        };
+        let conns = [
+            conn(1, 9, 1, "127.0.0.2:2181", ESTABLISHED),
+            from_container(2, 2),
+            from_container(2, 3),
+        ];
+        let mut nat = Translations::default();
+        let mut live = FxHashMap::default();
+        live.insert(conns[1].tuple, host);
+        live.insert(conns[2].tuple, host);
+        nat.learn(live, 10);
+        let server: std::net::SocketAddr = "127.0.0.2:2181".parse().unwrap();
+        // The kernel's cumulative counters are keyed by the container's own address.
+        let stats = [(
+            ServerKey {
+                daddr: ip_to_bytes(server.ip()),
+                saddr: container,
+                dport: 2181,
+                _pad: [0; 6],
+            },
+            Counters {
+                opened: 4,
+                closed: 2,
+                ..Counters::default()
+            },
+        )];
+        let limits = Limits::new(Some(3), None, &[]).unwrap();
+        let (facts, seeded) = (HashMap::new(), HashMap::new());
+        let path = |_: u64| None;
+        let rows = build(&Inputs {
+            conns: &conns,
+            seeds: &[],
+            proc_stats: &[],
+            cgroup_stats: &[],
+            server_stats: &stats,
+            limits: &limits,
+            facts: &facts,
+            seeded: &seeded,
+            cgroup_path: &path,
+            nat: &nat,
+            now_ns: 0,
+        });
+        assert_eq!(rows.servers.len(), 1, "{:#?}", rows.servers);
+        let r = &rows.servers[0];
+        assert_eq!(r.local_ip, "127.0.0.1");
+        assert_eq!(r.translated_from, ["10.7.0.2"]);
+        assert_eq!((r.states.open, r.opened, r.closed), (3, 4, 2));
+        assert_eq!((r.headroom, r.usage), (Some(0), Some(1.0)));
+        let shown = connections(&conns, &[], &nat, 0);
+        let seen: Vec<Option<&str>> = shown.iter().map(|c| c.server_sees.as_deref()).collect();
+        assert_eq!(
+            seen.iter().filter(|s| **s == Some("127.0.0.1")).count(),
+            2,
+            "{seen:?}"
+        );
+        assert_eq!(seen.iter().filter(|s| s.is_none()).count(), 1);
     }
 
     #[test]

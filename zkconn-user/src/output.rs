@@ -110,7 +110,12 @@ pub fn text(out: &mut impl Write, s: &Snapshot) -> io::Result<()> {
             .map(|r| {
                 vec![
                     r.server.clone(),
-                    r.local_ip.clone(),
+                    // What the server counts; a NAT-translated row says from what.
+                    if r.translated_from.is_empty() {
+                        r.local_ip.clone()
+                    } else {
+                        format!("{} (NAT: {})", r.local_ip, r.translated_from.join(","))
+                    },
                     n(r.states.open),
                     if r.limit == 0 {
                         "none".to_owned()

@@ -748,6 +748,7 @@ fn explain_load_error(e: &aya::EbpfError) -> String {
 /// Checks the capabilities zkconn needs before touching the kernel, so a missing privilege
 /// is one clear sentence rather than an errno from deep inside the loader.
 const CAP_DAC_READ_SEARCH: u32 = 2;
+const CAP_NET_ADMIN: u32 = 12;
 const CAP_SYS_PTRACE: u32 = 19;
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
@@ -771,10 +772,11 @@ struct CapData {
 const CAP_VERSION_3: u32 = 0x2008_0522;
 
 /// Once the programs are loaded, attached and seeded: drops every capability but
-/// CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH (if held) from the effective, permitted and
-/// inheritable sets, so nothing later can load programs, attach, or mount. Returns the
+/// CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH (if held), and CAP_NET_ADMIN when `keep_net_admin`
+/// (NAT look-ups in the connection tracking table need it), from the effective, permitted
+/// and inheritable sets, so nothing later can load programs, attach, or mount. Returns the
 /// effective set kept.
-pub fn drop_capabilities() -> anyhow::Result<u64> {
+pub fn drop_capabilities(keep_net_admin: bool) -> anyhow::Result<u64> {
     let mut header = CapHeader {
         version: CAP_VERSION_3,
         pid: 0,
@@ -791,7 +793,12 @@ pub fn drop_capabilities() -> anyhow::Result<u64> {
     let permitted = u64::from(data[0].permitted) | (u64::from(data[1].permitted) << 32);
     // What zkconn still uses once attached: reading other users' `/proc/PID/*` to
     // attribute processes it has not seen yet.
-    let keep = permitted & ((1 << CAP_SYS_PTRACE) | (1 << CAP_DAC_READ_SEARCH));
+    let net_admin = if keep_net_admin {
+        1 << CAP_NET_ADMIN
+    } else {
+        0
+    };
+    let keep = permitted & ((1 << CAP_SYS_PTRACE) | (1 << CAP_DAC_READ_SEARCH) | net_admin);
     for (i, word) in data.iter_mut().enumerate() {
         let bits = (keep >> (32 * i)) as u32;
         *word = CapData {

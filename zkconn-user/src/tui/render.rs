@@ -129,7 +129,11 @@ fn server_line(row: &ServerRow, width: u16) -> Line<'static> {
     let usage = format!(" {usage:<13}");
     let rejected = format!(" rejected {:<5}", row.rejected);
     let limit_in = format!(" limit in {ttl:<8}");
-    let local = format!(" from {:<15}", row.local_ip);
+    let local = if row.translated_from.is_empty() {
+        format!(" from {:<15}", row.local_ip)
+    } else {
+        format!(" from {:<15} (NAT)", row.local_ip)
+    };
     let mut used = alarm.len() + name.chars().count() + usage.len();
     let mut fits = |text: &str| {
         let w = text.chars().count();
@@ -360,7 +364,10 @@ fn render_drill(frame: &mut Frame<'_>, area: Rect, app: &App) {
         Row::new(vec![
             Cell::from(c.owner.tgid.to_string()),
             Cell::from(c.server.clone()),
-            Cell::from(format!("{}:{}", c.local_ip, c.local_port)),
+            Cell::from(match &c.server_sees {
+                Some(seen) => format!("{}:{} → {seen}", c.local_ip, c.local_port),
+                None => format!("{}:{}", c.local_ip, c.local_port),
+            }),
             Cell::from(c.state).style(state_style),
             Cell::from(age(Some(c.age_secs), c.seeded)),
         ])

@@ -170,6 +170,7 @@ fn connections() -> Vec<ConnectionRow> {
             server: "10.0.0.1:2181".into(),
             local_ip: "10.0.0.9".into(),
             local_port: 40_000 + i,
+            server_sees: None,
             state: if i == 2 { "CLOSE_WAIT" } else { "ESTABLISHED" },
             age_secs: 360.0 - f64::from(i) * 40.0,
             seeded: false,

@@ -1,0 +1,331 @@
+//! NAT: the client address a ZooKeeper server sees for a connection, when the host
+//! translates it.
+//!
+//! ZooKeeper counts `maxClientCnxns` per source address *as the server sees it*. A process in
+//! a container's network namespace (Docker's bridge, a Kubernetes pod reaching a ZooKeeper
+//! outside the cluster) connects from an address of its own, which the host masquerades to
+//! one of its addresses; the server then counts it together with the host's own processes.
+//! The translation is in the host's connection tracking table: the reply direction of the
+//! connection's entry is addressed to the translated source.
+//!
+//! Owns: one `NETLINK_NETFILTER` socket in zkconn's own network namespace (where a host's NAT
+//! happens), a `IPCTNL_MSG_CT_GET` per new connection (through the `netlink-packet-netfilter`
+//! types), and a cache of the answers for the connections still open.
+//! Must not: block (each question has a short receive timeout), or guess: a connection whose
+//! entry is missing keeps its own address, and an unusable table is reported, not hidden.
+//! Conntrack needs `CAP_NET_ADMIN`, kept after attach only while this socket works.
+
+use std::{net::IpAddr, os::fd::AsRawFd as _, time::Duration};
+
+use netlink_packet_core::{
+    NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload, NetlinkSerializable as _,
+};
+use netlink_packet_netfilter::{
+    NetfilterHeader, NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily,
+    conntrack::{ConntrackAttribute, ConntrackMessage, IPTuple, ProtoTuple, Protocol, Tuple},
+};
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
+use rustc_hash::{FxHashMap, FxHashSet};
+use serde::Serialize;
+use zkconn_common::Tuple as ConnTuple;
+
+use crate::targets::{ip_from_bytes, ip_to_bytes};
+
+/// At most this many questions per sample; the rest wait for the next one (a burst of new
+/// connections must not stall a sample).
+pub const LOOKUPS_PER_SAMPLE: usize = 4096;
+
+/// How long one answer may take before the question counts as failed.
+const ANSWER_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// What the outputs say about NAT.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct NatHealth {
+    /// Whether the host's connection tracking table could be asked.
+    pub available: bool,
+    /// Why not, when it could not (`--nat off`, no permission, no conntrack).
+    pub reason: Option<String>,
+    /// Open connections whose server sees another source address than their own.
+    pub translated: u64,
+    /// Questions asked since start.
+    pub lookups: u64,
+    /// Questions that failed (other than "no entry": a connection the host does not track).
+    pub errors: u64,
+}
+
+/// One answer: the source address the server sees, when it is not the connection's own.
+type Answer = Option<[u8; 16]>;
+
+pub struct Nat {
+    socket: Option<Socket>,
+    reason: Option<String>,
+    cache: FxHashMap<ConnTuple, Answer>,
+    seq: u32,
+    lookups: u64,
+    errors: u64,
+}
+
+impl Nat {
+    /// Opens the conntrack socket and asks it one question to see that it answers. `enabled`
+    /// false (`--nat off`) asks nothing.
+    pub fn open(enabled: bool) -> Self {
+        let mut nat = Nat {
+            socket: None,
+            reason: None,
+            cache: FxHashMap::default(),
+            seq: 0,
+            lookups: 0,
+            errors: 0,
+        };
+        if !enabled {
+            nat.reason = Some("--nat off".to_owned());
+            return nat;
+        }
+        match open_socket() {
+            Ok(socket) => nat.socket = Some(socket),
+            Err(e) => {
+                nat.reason = Some(format!("cannot open a netfilter netlink socket: {e}"));
+                return nat;
+            }
+        }
+        // A question nobody can match: "no entry" means the table answers.
+        let probe = ConnTuple {
+            saddr: ip_to_bytes(IpAddr::from([127, 255, 255, 254])),
+            daddr: ip_to_bytes(IpAddr::from([127, 255, 255, 253])),
+            sport: 1,
+            dport: 1,
+            _pad: 0,
+        };
+        if let Err(e) = nat.ask(&probe) {
+            nat.socket = None;
+            nat.reason = Some(e.explain());
+        }
+        nat
+    }
+
+    /// Whether the table can be asked (zkconn then keeps `CAP_NET_ADMIN`).
+    pub fn available(&self) -> bool {
+        self.socket.is_some()
+    }
+
+    /// The source address the server sees for each of `live` that the host translated.
+    /// Connections no longer live are forgotten; new ones are asked about (at most
+    /// [`LOOKUPS_PER_SAMPLE`] per call), established ones only: a connect's entry may not
+    /// exist yet.
+    pub fn translate<'a>(
+        &mut self,
+        live: impl Iterator<Item = &'a ConnTuple>,
+    ) -> FxHashMap<ConnTuple, [u8; 16]> {
+        let live: FxHashSet<ConnTuple> = live.filter(|t| t.sport != 0).copied().collect();
+        self.cache.retain(|t, _| live.contains(t));
+        let mut budget = LOOKUPS_PER_SAMPLE;
+        if self.socket.is_some() {
+            for t in &live {
+                if budget == 0 {
+                    break;
+                }
+                if self.cache.contains_key(t) {
+                    continue;
+                }
+                budget -= 1;
+                match self.ask(t) {
+                    Ok(answer) => {
+                        self.cache.insert(*t, answer);
+                    }
+                    Err(LookupError::Io(e)) => {
+                        tracing::debug!("conntrack look-up failed: {e}");
+                        self.errors += 1;
+                    }
+                    Err(e) => {
+                        // The table stopped answering (permission lost, module removed).
+                        self.errors += 1;
+                        self.reason = Some(e.explain());
+                        self.socket = None;
+                        tracing::warn!("NAT look-ups stopped: {}", e.explain());
+                        break;
+                    }
+                }
+            }
+        }
+        self.cache
+            .iter()
+            .filter_map(|(t, a)| Some((*t, (*a)?)))
+            .collect()
+    }
+
+    pub fn health(&self, translated: u64) -> NatHealth {
+        NatHealth {
+            available: self.socket.is_some(),
+            reason: self.reason.clone(),
+            translated,
+            lookups: self.lookups,
+            errors: self.errors,
+        }
+    }
+
+    /// Asks the table about `t`: `Ok(Some(addr))` when the server sees `addr`, `Ok(None)`
+    /// when the connection keeps its own address or the host does not track it.
+    fn ask(&mut self, t: &ConnTuple) -> Result<Answer, LookupError> {
+        let socket = self.socket.as_ref().ok_or(LookupError::Closed)?;
+        self.lookups += 1;
+        self.seq = self.seq.wrapping_add(1);
+        let (src, dst) = (ip_from_bytes(t.saddr), ip_from_bytes(t.daddr));
+        let family = match src {
+            IpAddr::V4(_) => NetfilterProtoFamily::IPv4,
+            IpAddr::V6(_) => NetfilterProtoFamily::IPv6,
+        };
+        let orig = ConntrackAttribute::CtaTupleOrig(vec![
+            Tuple::Ip(vec![
+                IPTuple::SourceAddress(src),
+                IPTuple::DestinationAddress(dst),
+            ]),
+            Tuple::Proto(vec![
+                ProtoTuple::Protocol(Protocol::Tcp),
+                ProtoTuple::SourcePort(t.sport),
+                ProtoTuple::DestinationPort(t.dport),
+            ]),
+        ]);
+        let message = NetfilterMessage::new(
+            NetfilterHeader::new(family, 0, 0),
+            ConntrackMessage::Get(vec![orig]),
+        );
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST;
+        header.sequence_number = self.seq;
+        header.message_type = message.message_type();
+        let mut packet = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(message));
+        packet.finalize();
+        let mut buf = vec![0u8; packet.buffer_len()];
+        packet.serialize(&mut buf);
+        socket.send(&buf, 0).map_err(LookupError::Io)?;
+        loop {
+            let mut reply = Vec::with_capacity(8192);
+            socket.recv(&mut reply, 0).map_err(LookupError::Io)?;
+            let parsed = NetlinkMessage::<NetfilterMessage>::deserialize(&reply)
+                .map_err(|e| LookupError::Io(std::io::Error::other(e.to_string())))?;
+            if parsed.header.sequence_number != self.seq {
+                continue; // an answer to a question that timed out
+            }
+            return match parsed.payload {
+                NetlinkPayload::InnerMessage(NetfilterMessage {
+                    inner: NetfilterMessageInner::Conntrack(ConntrackMessage::New(attrs)),
+                    ..
+                }) => Ok(reply_source(&attrs)
+                    .filter(|seen| *seen != src)
+                    .map(ip_to_bytes)),
+                NetlinkPayload::Error(e) => match e.code.map(|c| -c.get()) {
+                    None => Ok(None),
+                    Some(libc::ENOENT) => Ok(None),
+                    Some(libc::EPERM) => Err(LookupError::Permission),
+                    Some(code) => Err(LookupError::Kernel(code)),
+                },
+                _ => Ok(None),
+            };
+        }
+    }
+}
+
+/// The destination address of the reply direction: the source the server answers.
+fn reply_source(attrs: &[ConntrackAttribute]) -> Option<IpAddr> {
+    attrs.iter().find_map(|a| match a {
+        ConntrackAttribute::CtaTupleReply(tuples) => tuples.iter().find_map(|t| match t {
+            Tuple::Ip(ips) => ips.iter().find_map(|ip| match ip {
+                IPTuple::DestinationAddress(addr) => Some(*addr),
+                _ => None,
+            }),
+            _ => None,
+        }),
+        _ => None,
+    })
+}
+
+#[derive(Debug)]
+enum LookupError {
+    Closed,
+    Permission,
+    Kernel(i32),
+    Io(std::io::Error),
+}
+
+impl LookupError {
+    fn explain(&self) -> String {
+        match self {
+            LookupError::Closed => "the conntrack socket is closed".to_owned(),
+            LookupError::Permission => "asking the connection tracking table needs \
+                                        CAP_NET_ADMIN (the unit's capability set lacks it)"
+                .to_owned(),
+            LookupError::Kernel(code)
+                if *code == libc::EOPNOTSUPP || *code == libc::EPROTONOSUPPORT =>
+            {
+                "this kernel has no conntrack netlink interface (nf_conntrack_netlink)".to_owned()
+            }
+            LookupError::Kernel(code) => format!(
+                "the connection tracking table refused the question: {}",
+                std::io::Error::from_raw_os_error(*code)
+            ),
+            LookupError::Io(e) => format!("the connection tracking table did not answer: {e}"),
+        }
+    }
+}
+
+fn open_socket() -> std::io::Result<Socket> {
+    let mut socket = Socket::new(NETLINK_NETFILTER)?;
+    socket.bind_auto()?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+    let timeout = libc::timeval {
+        tv_sec: 0,
+        tv_usec: libc::suseconds_t::try_from(ANSWER_TIMEOUT.as_micros()).unwrap_or(200_000),
+    };
+    // SAFETY: setsockopt on the socket's own fd with a valid timeval of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const timeout).cast(),
+            u32::try_from(size_of::<libc::timeval>()).unwrap_or(16),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(socket)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tuple_attr(dst: &str) -> ConntrackAttribute {
+        ConntrackAttribute::CtaTupleReply(vec![
+            Tuple::Ip(vec![
+                IPTuple::SourceAddress("10.0.0.9".parse().unwrap()),
+                IPTuple::DestinationAddress(dst.parse().unwrap()),
+            ]),
+            Tuple::Proto(vec![ProtoTuple::Protocol(Protocol::Tcp)]),
+        ])
+    }
+
+    #[test]
+    fn the_reply_directions_destination_is_what_the_server_sees() {
+        assert_eq!(
+            reply_source(&[tuple_attr("192.0.2.7")]),
+            Some("192.0.2.7".parse().unwrap())
+        );
+        assert_eq!(reply_source(&[]), None);
+    }
+
+    #[test]
+    fn off_asks_nothing_and_says_why() {
+        let mut nat = Nat::open(false);
+        assert!(!nat.available());
+        let t = ConnTuple {
+            sport: 5,
+            ..ConnTuple::default()
+        };
+        assert!(nat.translate([t].iter()).is_empty());
+        let h = nat.health(0);
+        assert_eq!((h.available, h.lookups), (false, 0));
+        assert_eq!(h.reason.as_deref(), Some("--nat off"));
+    }
+}

@@ -60,9 +60,23 @@ impl Edge {
         Self::ready("hold", server, &[n.to_string()])
     }
 
-    /// Connects to `server` without pause for `seconds`, at most `keep` pending at once.
-    pub fn storm(server: SocketAddr, seconds: f64, keep: u32) -> anyhow::Result<Self> {
-        Self::ready("storm", server, &[seconds.to_string(), keep.to_string()])
+    /// Connects to `server` every `pause` for `seconds`, at most `keep` pending at once
+    /// (the oldest is aborted first).
+    pub fn storm(
+        server: SocketAddr,
+        seconds: f64,
+        keep: u32,
+        pause: std::time::Duration,
+    ) -> anyhow::Result<Self> {
+        Self::ready(
+            "storm",
+            server,
+            &[
+                seconds.to_string(),
+                keep.to_string(),
+                pause.as_secs_f64().to_string(),
+            ],
+        )
     }
 
     /// Connects, sends `word`, reads to EOF: `Ok(bytes received)`, or the error it met.

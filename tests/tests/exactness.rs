@@ -87,8 +87,10 @@ fn connects_racing_the_start_are_counted_once() -> Result<()> {
     let ip = fresh_ipv4();
     let deaf = SocketAddr::new(ip, free_port(ip)?);
     let _listener = Edge::listener(deaf)?;
-    // Thousands of connects, up to 200 pending at once, across zkconn's whole start.
-    let mut storm = Edge::storm(deaf, 6.0, 200)?;
+    // A connect every 2 ms across zkconn's whole start, each left pending for about a
+    // second (so the ones made between the attach and the /proc scan are still pending when
+    // seeding looks twice), then aborted.
+    let mut storm = Edge::storm(deaf, 6.0, 500, Duration::from_millis(2))?;
     thread::sleep(Duration::from_millis(500));
     let z = Zkconn::start(&["--zk", &deaf.to_string()])?;
     let line = storm.command("wait")?;
@@ -111,6 +113,8 @@ fn connects_racing_the_start_are_counted_once() -> Result<()> {
         "{p:#}"
     );
     assert!(made > 1000, "the storm made only {made} connects");
+    // Some of them were pending at start and seeded, or the race was not run at all.
+    assert!(field(p, "seeded")? > 0, "{p:#}");
     Ok(())
 }
 

@@ -89,8 +89,12 @@ pub mod control {
     /// Nonzero while seeded connections may still wait in `SEEDS` (userspace clears it once
     /// `SEEDS` is empty, so later connections skip the seed table altogether).
     pub const SEEDS_PENDING: u32 = 0;
+    /// Nonzero while userspace scans for connections that predate it: connects then record
+    /// their socket's inode ([`super::Conn::ino`]), so seeding can tell a socket the kernel
+    /// saw connect from an older one by the same inode `/proc` and sock_diag report.
+    pub const SEEDING: u32 = 1;
     /// Number of slots.
-    pub const COUNT: u32 = 1;
+    pub const COUNT: u32 = 2;
 }
 
 /// TCP states as the kernel numbers them (`include/net/tcp_states.h`).
@@ -194,6 +198,14 @@ pub struct SockLayout {
     pub protocol_shift: u32,
     pub protocol_mask: u32,
     pub has_v6: u32,
+    /// `sock.sk_socket` (the `struct socket *`, null for a kernel socket).
+    pub sk_socket: u32,
+    /// From a `struct socket` to its inode number: `socket_alloc.vfs_inode` +
+    /// `inode.i_ino` - `socket_alloc.socket` (the socket and its inode are allocated
+    /// together, as `SOCK_INODE()` relies on).
+    pub socket_ino: u32,
+    /// 1 when the two above are known.
+    pub has_ino: u32,
     /// 1 once userspace filled the offsets; the program does nothing while 0.
     pub valid: u32,
 }
@@ -367,6 +379,9 @@ pub struct Conn {
     pub changed_ns: u64,
     /// Boot-clock ns of ESTABLISHED (0 before; seeded: when zkconn seeded it).
     pub established_ns: u64,
+    /// The socket's inode, recorded at connect while userspace seeds ([`control::SEEDING`]);
+    /// 0 otherwise.
+    pub ino: u64,
     /// Thread that called connect() (seeded: the owning pid).
     pub tid: u32,
     pub uid: u32,
@@ -450,7 +465,7 @@ mod user {
     unsafe impl aya::Pod for RefusalConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for ServerKey {}
-    // SAFETY: as above (twelve u32s, no padding).
+    // SAFETY: as above (fifteen u32s, no padding).
     unsafe impl aya::Pod for SockLayout {}
     // SAFETY: as above (ten u32s).
     unsafe impl aya::Pod for TaskLayout {}
@@ -473,7 +488,7 @@ mod tests {
         assert_eq!(size_of::<Tuple>(), 40);
         assert_eq!(
             size_of::<Conn>(),
-            40 + 16 + 8 + 8 + 8 + 8 + 4 + 4 + 1 + 1 + 6
+            40 + 16 + 8 + 8 + 8 + 8 + 8 + 4 + 4 + 1 + 1 + 6
         );
         assert_eq!(size_of::<Counters>(), 40);
         assert_eq!(size_of::<ServerKey>(), 40);

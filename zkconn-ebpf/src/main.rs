@@ -83,6 +83,9 @@ mod programs {
         protocol_shift: 0,
         protocol_mask: 0,
         has_v6: 0,
+        sk_socket: 0,
+        socket_ino: 0,
+        has_ino: 0,
         valid: 0,
     };
 
@@ -400,6 +403,27 @@ mod programs {
         CONTROL.get(control::SEEDS_PENDING).is_some_and(|&v| v != 0)
     }
 
+    fn seeding() -> bool {
+        CONTROL.get(control::SEEDING).is_some_and(|&v| v != 0)
+    }
+
+    /// The inode number of socket `sk` (`sock_i_ino`), 0 when unknown (no BTF, a kernel
+    /// socket, a failed read).
+    #[inline(never)]
+    fn sock_ino(sk: u64) -> u64 {
+        // SAFETY: see `sock_dport`.
+        let l = unsafe { read_volatile(&SOCK_LAYOUT) };
+        if l.valid == 0 || l.has_ino == 0 {
+            return 0;
+        }
+        let Ok(socket) = read_ptr(sk as *const u8, l.sk_socket) else {
+            return 0;
+        };
+        let ino = socket.wrapping_add(l.socket_ino as usize).cast::<u64>();
+        // SAFETY: bpf_probe_read_kernel checks the address; a bad one reads as 0.
+        unsafe { bpf_probe_read_kernel(ino) }.unwrap_or(0)
+    }
+
     /// `N` bytes of the socket at `offset`.
     fn read_sk<const N: usize>(sk: *const u8, offset: u32) -> Result<[u8; N], i32> {
         // SAFETY: bpf_probe_read_kernel checks the address; a bad one is an error.
@@ -530,6 +554,11 @@ mod programs {
             opened_ns: now,
             changed_ns: now,
             established_ns: 0,
+            ino: if seeding() {
+                sock_ino(change.skaddr)
+            } else {
+                0
+            },
             tid: pid_tgid as u32,
             uid: uid_gid as u32,
             state: tcp_state::SYN_SENT,

@@ -171,6 +171,7 @@ impl Collector {
         let cgroups = CgroupPaths::discover();
         let mut seeds = seed::seed(&mut probe, &procfs, &cgroups, &targets)
             .context("seeding the connections that existed before start failed")?;
+        probe.set_seeding(false)?;
         tracing::info!(
             "attached ({}); watching {targets}; seeded {} connections",
             probe.hook(),

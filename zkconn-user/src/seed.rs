@@ -154,36 +154,45 @@ pub fn now_boot_ns() -> u64 {
 /// The connections the kernel tracks from their own connect, to tell them from the ones that
 /// predate it.
 ///
-/// A connect seen by a state tracepoint is recorded before its source port is chosen, so
-/// until it leaves SYN_SENT the kernel's row has source port 0 while `/proc` already shows
-/// the port: such rows are matched by (local address, server) instead, one `/proc` socket
-/// each. When a server has SYN_SENT sockets from both before and after the attach at the
-/// instant of the scan, which of them is which cannot be told; the seed may then go to the
-/// wrong one, and the kernel drops it at that socket's first state change (its connection
-/// is then counted once, from its own connect; the older socket goes uncounted until the
-/// periodic reconciliation with the kernel's socket table adopts it).
+/// While seeding runs, the kernel records each connect's socket inode, which `/proc` and
+/// sock_diag report too: a socket is the kernel's exactly when its inode is. Without the
+/// inode (no BTF to find it), a connect seen by a state tracepoint is recorded before its
+/// source port is chosen, so until it leaves SYN_SENT the kernel's row has source port 0
+/// while `/proc` already shows the port: such rows are matched by (local address, server),
+/// one `/proc` socket each — which of several such sockets is the kernel's cannot then be
+/// told, and a seed may go to the wrong one: the kernel drops it at that socket's first
+/// state change, and the older socket goes uncounted.
 struct Tracked {
+    inodes: HashSet<u64>,
     full: HashSet<Tuple>,
     connecting: HashMap<Tuple, u32>,
 }
 
 impl Tracked {
     fn new(conns: &[Conn]) -> Self {
+        let mut inodes = HashSet::new();
         let mut full = HashSet::new();
         let mut connecting: HashMap<Tuple, u32> = HashMap::new();
         for c in conns {
-            if c.tuple.sport == 0 {
+            if c.ino != 0 {
+                inodes.insert(c.ino);
+            } else if c.tuple.sport == 0 {
                 *connecting.entry(c.tuple).or_default() += 1;
             } else {
                 full.insert(c.tuple);
             }
         }
-        Tracked { full, connecting }
+        Tracked {
+            inodes,
+            full,
+            connecting,
+        }
     }
 
-    /// Whether the kernel tracks the socket `tuple` (in `state`), using up a port-less row.
-    fn take(&mut self, tuple: &Tuple, state: u8) -> bool {
-        if self.full.contains(tuple) {
+    /// Whether the kernel tracks the socket `tuple` (in `state`, with inode `ino`), using up
+    /// a port-less row.
+    fn take(&mut self, tuple: &Tuple, state: u8, ino: u64) -> bool {
+        if self.inodes.contains(&ino) || self.full.contains(tuple) {
             return true;
         }
         if state != tcp_state::SYN_SENT {
@@ -236,12 +245,12 @@ pub fn seed(
     }
 
     let mut tracked = Tracked::new(&probe.read()?.conns);
-    let mut inserted: BTreeMap<Tuple, OwnerKey> = BTreeMap::new();
+    let mut inserted: BTreeMap<Tuple, (OwnerKey, u64)> = BTreeMap::new();
     let mut owners: HashMap<u32, (OwnerKey, u64, u32)> = HashMap::new();
     let now = now_boot_ns();
     for socket in &sockets {
         let tuple = tuple_of(socket);
-        if tracked.take(&tuple, socket.state) {
+        if tracked.take(&tuple, socket.state, socket.inode) {
             continue;
         }
         if inserted.contains_key(&tuple) {
@@ -301,13 +310,14 @@ pub fn seed(
             } else {
                 now
             },
+            ino: socket.inode,
             tid: pid,
             uid,
             state: socket.state,
             flags,
             _pad: [0; 6],
         })?;
-        inserted.insert(tuple, owner);
+        inserted.insert(tuple, (owner, socket.inode));
     }
 
     // Second look: a seed whose socket closed before it was inserted would stay forever,
@@ -319,9 +329,9 @@ pub fn seed(
         .map(tuple_of)
         .collect();
     let mut tracked = Tracked::new(&probe.read()?.conns);
-    for (tuple, owner) in &inserted {
+    for (tuple, (owner, ino)) in &inserted {
         // Tracked by the kernel's own connect: not a seed, whoever removed the entry.
-        if tracked.take(tuple, tcp_state::ESTABLISHED) {
+        if tracked.take(tuple, tcp_state::ESTABLISHED, *ino) {
             probe.remove_seed(tuple);
             continue;
         }
@@ -359,9 +369,18 @@ mod tests {
         }
     }
 
+    fn with_ino(ino: u64) -> Conn {
+        Conn {
+            ino,
+            ..conn(0, 2181)
+        }
+    }
+
     #[rstest]
     // A full tuple matches in any state.
     #[case(&[conn(40000, 2181)], &[(40000, tcp_state::ESTABLISHED)], &[true])]
+    // With inodes, exactly the kernel's sockets match, whatever their order.
+    #[case(&[with_ino(40002)], &[(40001, tcp_state::SYN_SENT), (40002, tcp_state::SYN_SENT)], &[false, true])]
     // A kernel row still without its port stands for one connecting socket only.
     #[case(&[conn(0, 2181)], &[(40000, tcp_state::SYN_SENT), (40001, tcp_state::SYN_SENT)], &[true, false])]
     // ... never for an established one (that row would carry its port).
@@ -377,7 +396,8 @@ mod tests {
         let mut tracked = Tracked::new(conns);
         let got: Vec<bool> = sockets
             .iter()
-            .map(|&(sport, state)| tracked.take(&tuple(sport, 2181), state))
+            // The tests' sockets have their source port as inode.
+            .map(|&(sport, state)| tracked.take(&tuple(sport, 2181), state, u64::from(sport)))
             .collect();
         assert_eq!(got, expected);
     }

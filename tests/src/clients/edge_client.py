@@ -5,7 +5,7 @@ commands on stdin, answering each with one line.
                             is queued (ESTABLISHED), later ones stay in SYN_SENT
   pending IP PORT N         N non-blocking connects, left as they are
   hold IP PORT N            N connects that complete (ESTABLISHED)
-  storm IP PORT SECONDS K   connects without pause for SECONDS, keeping at most K pending
+  storm IP PORT SECONDS K P connects every P seconds for SECONDS, keeping at most K pending
                             (the oldest is closed first); 'ready' comes at once
   ask IP PORT WORD          connect, send WORD, read to EOF; prints 'got BYTES' or 'error E'
   lazy IP PORT SECONDS      a listener that accepts, and closes each connection SECONDS
@@ -76,7 +76,7 @@ elif mode == "hold":
         socks.append(s)
     print("ready %d" % len(socks), flush=True)
 elif mode == "storm":
-    seconds, keep = float(sys.argv[4]), int(sys.argv[5])
+    seconds, keep, pause = float(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6])
     lock = threading.Lock()
 
     def storm():
@@ -90,6 +90,8 @@ elif mode == "storm":
                     old = socks.pop(0)
                     old.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER0)
                     old.close()
+            if pause:
+                time.sleep(pause)
         storm_done.set()
 
     threading.Thread(target=storm, daemon=True).start()

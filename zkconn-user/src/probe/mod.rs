@@ -262,6 +262,9 @@ impl Probe {
             seeds_pending: false,
         };
         probe.load_targets(targets)?;
+        // From the first connect the hook sees until seeding is done, connects record their
+        // socket's inode (see `seed::Tracked`); the collector clears it.
+        probe.set_seeding(true)?;
         let needs = Needs {
             kernel_btf: kernel_btf.as_ref().map(|_| ()).map_err(ToString::to_string),
             sock_layout: sock_layout.as_ref().map(|_| ()).map_err(Clone::clone),
@@ -611,6 +614,14 @@ impl Probe {
         self.seeds_pending
     }
 
+    /// Tells the kernel that seeding is scanning (connects then record their inode).
+    pub fn set_seeding(&mut self, seeding: bool) -> anyhow::Result<()> {
+        let mut control: Array<_, u32> = self.map_mut(map_names::CONTROL)?;
+        control
+            .set(control::SEEDING, u32::from(seeding), 0)
+            .context("setting the seeding flag")
+    }
+
     pub fn insert_seed(&mut self, conn: Conn) -> anyhow::Result<()> {
         let mut seeds: HashMap<_, Tuple, Conn> = self.map_mut(map_names::SEEDS)?;
         seeds
@@ -717,6 +728,17 @@ pub fn sock_layout(b: &btf::Btf) -> Result<SockLayout, btf::BtfError> {
         ));
     }
     let v6 = at("skc_v6_daddr").and_then(|d| Ok((d, at("skc_v6_rcv_saddr")?)));
+    // `SOCK_INODE(socket)`: the inode allocated right after the socket in `socket_alloc`.
+    let ino = (|| {
+        let sk_socket = b.member_offset("sock", "sk_socket")?;
+        let socket = b.member_offset("socket_alloc", "socket")?;
+        let inode = b.member_offset("socket_alloc", "vfs_inode")?;
+        let i_ino = b.member_offset("inode", "i_ino")?;
+        let delta = (inode + i_ino)
+            .checked_sub(socket)
+            .ok_or(btf::BtfError::Malformed("socket_alloc has its inode first"))?;
+        Ok::<_, btf::BtfError>((sk_socket, delta))
+    })();
     Ok(SockLayout {
         dport: at("skc_dport")?,
         sport: b.member_offset("inet_sock", "inet_sport")?,
@@ -730,6 +752,9 @@ pub fn sock_layout(b: &btf::Btf) -> Result<SockLayout, btf::BtfError> {
         protocol_shift: proto_bits % 32,
         protocol_mask: (1u32 << proto_size) - 1,
         has_v6: u32::from(v6.is_ok()),
+        sk_socket: ino.as_ref().map_or(0, |i| i.0),
+        socket_ino: ino.as_ref().map_or(0, |i| i.1),
+        has_ino: u32::from(ino.is_ok()),
         valid: 1,
     })
 }

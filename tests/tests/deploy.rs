@@ -72,6 +72,7 @@ fn the_systemd_unit_verifies() -> Result<()> {
         "CAP_PERFMON",
         "CAP_SYS_PTRACE",
         "CAP_DAC_READ_SEARCH",
+        "CAP_NET_ADMIN",
     ] {
         assert!(unit.contains(needed), "{needed}");
     }

@@ -290,31 +290,11 @@ fn setup_debian() -> anyhow::Result<()> {
     install_debian(DEBIAN_PACKAGES)
 }
 
-/// Installs those of `packages` that are missing.
+/// Installs those of `packages` that are missing, never removing any package (see
+/// [`apt`]).
 fn install_debian(packages: &[&str]) -> anyhow::Result<()> {
-    let missing: Vec<&str> = packages
-        .iter()
-        .copied()
-        .filter(|p| {
-            output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
-                .is_none_or(|s| !s.contains("install ok installed"))
-        })
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
-    check(
-        as_root("apt-get").arg("update").arg("-qq"),
-        "apt-get update",
-    )?;
-    check(
-        as_root("apt-get")
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .args(["install", "-y", "-qq", "--no-install-recommends"])
-            .args(&missing),
-        "apt-get install",
-    )
+    let private = workspace_root()?.join("target/apt");
+    apt::install(packages, &private)
 }
 
 fn nightly_sysroot() -> Option<PathBuf> {
@@ -530,6 +510,7 @@ fn integration_tests(
     check(&mut cmd, &what)
 }
 
+mod apt;
 mod vm;
 
 #[cfg(test)]

@@ -624,7 +624,8 @@ pub struct Translations {
 
 impl Translations {
     /// Remembers the sources of `live` (at most `cap` of them: a bound against a host that
-    /// translates without end; past it the oldest are forgotten first).
+    /// translates without end; past it, the lowest keys are dropped, and their counters fall
+    /// back to rows under their own address).
     pub fn learn(&mut self, live: FxHashMap<zkconn_common::Tuple, [u8; 16]>, cap: usize) {
         for (t, seen) in &live {
             self.sources.insert((t.daddr, t.dport, t.saddr), *seen);

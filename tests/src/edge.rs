@@ -50,6 +50,16 @@ impl Edge {
         Self::ready("lazy", addr, &[seconds.to_string()])
     }
 
+    /// A listener on `addr` that sends each connection a line and keeps it open.
+    pub fn chatty_listener(addr: SocketAddr) -> anyhow::Result<Self> {
+        Self::ready("chatty", addr, &[])
+    }
+
+    /// SIGKILL, and reap (the kernel closes its sockets).
+    pub fn kill(&mut self) {
+        self.client.kill();
+    }
+
     /// `n` non-blocking connects to `server`, left as they are.
     pub fn pending(server: SocketAddr, n: u32) -> anyhow::Result<Self> {
         Self::ready("pending", server, &[n.to_string()])

@@ -45,13 +45,30 @@ fn seeded_connections_that_end_abruptly_are_counted_down() -> Result<()> {
     wait_ss(deaf, "syn-sent", 3)?;
     let zk = ZkServer::start(fresh_ipv4(), 0, &[])?;
     let mut held = Edge::hold(zk.addr, 5)?;
+    // A process killed with unread data: the kernel resets its connections.
+    let chat = SocketAddr::new(ip, free_port(ip)?);
+    let _chatty = Edge::chatty_listener(chat)?;
+    let mut unread = Edge::hold(chat, 3)?;
+    wait_ss(chat, "established", 3)?;
+    let unread_pid = unread.pid();
 
-    let z = Zkconn::start(&["--zk", &format!("{deaf},{}", zk.addr)])?;
+    let z = Zkconn::start(&["--zk", &format!("{deaf},{},{chat}", zk.addr)])?;
     pending.reset_all()?;
     held.reset_all()?;
+    unread.kill();
     wait_settled(deaf)?;
     wait_settled(zk.addr)?;
+    wait_settled(chat)?;
     let snap = z.finish()?;
+
+    assert_eq!(ss_count(chat, "all")?, 0);
+    assert_eq!(server_open(&snap, chat), (0, 0), "{snap:#}");
+    let u = process(&snap, unread_pid)?;
+    assert_eq!(
+        [field(u, "seeded")?, field(u, "open")?, field(u, "closed")?],
+        [3, 0, 3],
+        "{u:#}"
+    );
 
     assert_eq!(ss_count(deaf, "all")?, 0);
     assert_eq!(ss_count(zk.addr, "all")?, 0);
@@ -74,8 +91,8 @@ fn seeded_connections_that_end_abruptly_are_counted_down() -> Result<()> {
         [5, 0, 5],
         "{h:#}"
     );
-    assert_eq!(snap["probe"]["seeds"]["seeded"], 9, "{:#}", snap["probe"]);
-    assert_eq!(snap["probe"]["seeds"]["adopted"], 9, "{:#}", snap["probe"]);
+    assert_eq!(snap["probe"]["seeds"]["seeded"], 12, "{:#}", snap["probe"]);
+    assert_eq!(snap["probe"]["seeds"]["adopted"], 12, "{:#}", snap["probe"]);
     Ok(())
 }
 

@@ -10,6 +10,8 @@ commands on stdin, answering each with one line.
   ask IP PORT WORD          connect, send WORD, read to EOF; prints 'got BYTES' or 'error E'
   lazy IP PORT SECONDS      a listener that accepts, and closes each connection SECONDS
                             later without sending a byte
+  chatty IP PORT            a listener that accepts and sends each connection one line,
+                            then keeps it open
 
 Commands: 'reset' closes every socket with SO_LINGER 0 (a reset, or an abort of a connect);
 'close' closes every socket normally; 'wait' (storm) waits for the storm to end and prints
@@ -63,6 +65,21 @@ elif mode == "lazy":
         while True:
             c, _ = l.accept()
             threading.Timer(delay, c.close).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    print("ready", flush=True)
+elif mode == "chatty":
+    l = socket.socket(family, socket.SOCK_STREAM)
+    l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    l.bind((ip, port))
+    l.listen(16)
+    socks.append(l)
+
+    def serve():
+        while True:
+            c, _ = l.accept()
+            c.sendall(b"hello\n")
+            socks.append(c)
 
     threading.Thread(target=serve, daemon=True).start()
     print("ready", flush=True)

@@ -692,3 +692,39 @@ fn now_rfc3339() -> String {
         })
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use rstest::rstest;
+    use zkconn_common::{CGROUP_DEPTH, CGROUP_NAME_LEN};
+
+    use super::*;
+
+    fn names(levels: &[&[u8]], truncated: bool) -> CgroupNames {
+        let mut n = CgroupNames::default();
+        for (slot, name) in n.names.iter_mut().zip(levels) {
+            let len = name.len().min(CGROUP_NAME_LEN - 1);
+            slot[..len].copy_from_slice(&name[..len]);
+        }
+        n.truncated = u32::from(truncated);
+        n
+    }
+
+    #[rstest]
+    // Innermost first in the event, outermost first in the path.
+    #[case(&[b"container_e17_1410901177871_0001_01_000005".as_slice(), b"hadoop-yarn"], false, Some("/hadoop-yarn/container_e17_1410901177871_0001_01_000005"))]
+    // The root cgroup is not named: nothing to show.
+    #[case(&[], false, None)]
+    // Deeper than kept: only a tail, marked.
+    #[case(&[b"e".as_slice(), b"d", b"c", b"b", b"a"], true, Some("/…/a/b/c/d/e"))]
+    // A name that is not UTF-8 is shown with replacement characters, never dropped.
+    #[case(&[b"bad\xffname".as_slice()], false, Some("/bad\u{fffd}name"))]
+    fn cgroup_names_from_the_kernel_spell_a_path(
+        #[case] levels: &[&[u8]],
+        #[case] truncated: bool,
+        #[case] expected: Option<&str>,
+    ) {
+        assert!(levels.len() <= CGROUP_DEPTH);
+        assert_eq!(cgroup_path(&names(levels, truncated)).as_deref(), expected);
+    }
+}

@@ -31,7 +31,9 @@ use crate::{
     },
     probe::{Capacities, Probe},
     procfs::{CgroupPaths, ProcInfo, Procfs},
+    reconcile::Reconciler,
     seed::{self, SeedReport},
+    sockdiag::Tables,
     targets::Targets,
     users::Users,
 };
@@ -61,6 +63,9 @@ pub struct Collector {
     /// into [`ConnectionRow`]s only when a view asks (`top`'s drill-down).
     last_conns: (Vec<zkconn_common::Conn>, Vec<zkconn_common::Conn>, u64),
     held_by: HeldBy,
+    /// One socket-table reader per network namespace (seeding, drift repair, holders).
+    tables: Tables,
+    reconciler: Reconciler,
 }
 
 /// Who holds the open connections of connectors that exited. A `/proc` scan costs as much
@@ -122,7 +127,9 @@ impl Collector {
         })?;
         let procfs = Procfs::default();
         let cgroups = CgroupPaths::discover();
-        let mut seeds = seed::seed(&mut probe, &procfs, &cgroups, &targets)
+        // Opened here, while zkconn may still enter other namespaces (see `sockdiag`).
+        let mut tables = Tables::default();
+        let mut seeds = seed::seed(&mut probe, &mut tables, &procfs, &cgroups, &targets)
             .context("seeding the connections that existed before start failed")?;
         tracing::info!(
             "attached ({}); watching {targets}; seeded {} connections",
@@ -152,6 +159,8 @@ impl Collector {
             alarms: AlarmLog::default(),
             last_conns: (Vec::new(), Vec::new(), 0),
             held_by: HeldBy::default(),
+            tables,
+            reconciler: Reconciler::new(args.reconcile_interval),
         };
         // Seeded processes are attributed from what seeding read, while they lived.
         for (key, info) in infos {
@@ -336,9 +345,41 @@ impl Collector {
         Ok((rows, state))
     }
 
+    /// Drift repair, when a round is due: before the kernel is read for rows, so a repair
+    /// shows in the same snapshot. A round that fails is counted in `unreadable` and said.
+    fn reconcile_if_due(&mut self) {
+        if !self.reconciler.due() {
+            return;
+        }
+        let round = self.reconciler.run(
+            &mut self.probe,
+            &mut self.tables,
+            &self.procfs,
+            &self.cgroups,
+            &self.targets,
+        );
+        self.unreadable += round.unreadable;
+        self.seeds.ownerless += round.ownerless;
+        match &round.error {
+            Some(e) => {
+                self.unreadable += 1;
+                tracing::warn!("drift repair: {e:#}");
+            }
+            None => tracing::debug!(
+                "drift repair: {} rows against {} sockets in {:?}: retired {}, adopted {}",
+                round.rows,
+                round.sockets,
+                round.took,
+                round.retired,
+                round.adopted
+            ),
+        }
+    }
+
     /// Reads the kernel and builds the rows.
     fn rows(&mut self) -> anyhow::Result<(Rows, KernelState)> {
         self.drain_events();
+        self.reconcile_if_due();
         let mut state = self.probe.read()?;
         // Every seed adopted or gone: later connections skip the kernel's seed table.
         if self.probe.seeds_pending() && state.seeds.is_empty() {
@@ -453,7 +494,8 @@ impl Collector {
         let stale = cache.at.is_none_or(|at| at.elapsed() >= HELD_BY_REFRESH);
         if wanted != cache.wanted || stale {
             let set: HashSet<Tuple> = wanted.iter().copied().collect();
-            let (pids, unreadable) = seed::holders(&self.procfs, &self.targets, &set);
+            let (pids, unreadable) =
+                seed::holders(&mut self.tables, &self.procfs, &self.targets, &set);
             self.unreadable += unreadable;
             let mut comms: HashMap<u32, String> = HashMap::new();
             cache.holders = pids
@@ -555,6 +597,7 @@ impl Collector {
                     conflicts: self.seeds.conflicts,
                     ownerless: self.seeds.ownerless,
                 },
+                repaired: self.reconciler.health(),
                 attribution: self.attribution.clone(),
                 unreadable: self.unreadable + self.seeds.unreadable + state.read_errors,
             },

@@ -834,6 +834,10 @@ impl Zkconn {
         kill_and_reap(&mut self.child);
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGINT ends the observation; returns the snapshot document.
     pub fn finish(mut self) -> anyhow::Result<Value> {
         kill(&mut self.child, libc::SIGINT);

@@ -334,6 +334,7 @@ impl Tables {
             };
             match opened {
                 Ok(reader) => {
+                    tracing::debug!("network namespace {netns} is read over sock_diag");
                     slot.insert(reader);
                 }
                 Err(e) => {

@@ -76,7 +76,8 @@ pub struct Live {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Candidates {
     retire: HashSet<RowId>,
-    adopt: HashSet<Live>,
+    /// By tuple and inode, not state: a socket that changed state since is the same one.
+    adopt: HashSet<(Tuple, u64)>,
 }
 
 impl Candidates {
@@ -157,8 +158,8 @@ pub fn plan(rows: &[Row], table: &[Live], previous: &Candidates) -> Plan {
         if full.contains(&s.tuple) || claimed.contains(s) {
             continue;
         }
-        plan.candidates.adopt.insert(*s);
-        if previous.adopt.contains(s) {
+        plan.candidates.adopt.insert((s.tuple, s.inode));
+        if previous.adopt.contains(&(s.tuple, s.inode)) {
             adopting.entry(s.tuple).or_default().push(*s);
         }
     }
@@ -473,6 +474,13 @@ mod tests {
         let second = plan(rows2, table2, &first.candidates);
         assert!(second.retire.is_empty(), "{second:?}");
         assert!(second.adopt.is_empty(), "{second:?}");
+    }
+
+    #[test]
+    fn a_socket_that_changed_state_between_rounds_is_adopted_as_it_is_now() {
+        let first = plan(&[], &[live(40000, SYN, 7)], &Candidates::default());
+        let second = plan(&[], &[live(40000, EST, 7)], &first.candidates);
+        assert_eq!(second.adopt, [live(40000, EST, 7)]);
     }
 
     #[test]

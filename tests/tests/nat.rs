@@ -2,7 +2,12 @@
 //! another namespace, beside the host's own processes. The server counts both under the
 //! host's address, and so must zkconn. Root only; run with `cargo xtask test`.
 
-use std::{net::IpAddr, process::Command, time::Duration};
+use std::{
+    net::IpAddr,
+    process::Command,
+    sync::{Mutex, MutexGuard, PoisonError},
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result, bail};
 use integration_tests::{NetNs, RawClient, ZkServer, Zkconn, field, process, wait_settled};
@@ -11,18 +16,27 @@ use serde_json::Value;
 /// The host's NAT for the test: forwarding on (restored on drop) and an nftables table of
 /// its own that masquerades the container's address out towards the server's namespace and
 /// forwards nothing else of these namespaces.
+/// One test at a time may own the host's forwarding switch.
+static FORWARDING: Mutex<()> = Mutex::new(());
+
 struct Masquerade {
     table: String,
     forward_was: String,
+    _exclusive: MutexGuard<'static, ()>,
 }
 
 impl Masquerade {
     fn new(container: &NetNs, server: &NetNs) -> Result<Self> {
-        let table = format!("zkconn_test_{}", std::process::id());
+        let exclusive = FORWARDING.lock().unwrap_or_else(PoisonError::into_inner);
+        let table = format!("zkconn_test_{}_{}", std::process::id(), container.veth);
         let forward_was = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")?
             .trim()
             .to_owned();
-        let this = Masquerade { table, forward_was };
+        let this = Masquerade {
+            table,
+            forward_was,
+            _exclusive: exclusive,
+        };
         let (a, b, src) = (&container.veth, &server.veth, container.inside);
         let t = &this.table;
         let script = format!(

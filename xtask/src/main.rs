@@ -457,11 +457,19 @@ const ALL_TESTS: &[&str] = &[
     "nat",
     "faults",
     "ownership",
+    "repair",
     "hooks",
 ];
 
 /// The tests whose results depend on the hook.
-const COUNTING_TESTS: &[&str] = &["accounting", "exactness", "suspects", "netns", "ownership"];
+const COUNTING_TESTS: &[&str] = &[
+    "accounting",
+    "exactness",
+    "suspects",
+    "netns",
+    "ownership",
+    "repair",
+];
 
 /// Every hook, in the order `auto` tries them (zkconn-user/src/probe/mod.rs).
 const AUTO_ORDER: [&str; 4] = ["btf", "fentry", "tracepoint", "kprobe"];

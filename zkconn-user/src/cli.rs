@@ -214,6 +214,11 @@ pub struct ProbeArgs {
     /// asks: connections count under their own source address.
     #[arg(long, value_enum, default_value_t = NatChoice::Auto)]
     pub nat: NatChoice,
+    /// How often to compare the kernel's connection rows with the kernel's socket table
+    /// (sock_diag) and repair drift: rows whose socket is gone are retired, untracked live
+    /// connections adopted, each after two consecutive rounds. 0 turns it off.
+    #[arg(long, value_name = "SECONDS", default_value = "10s", value_parser = parse_reconcile_interval)]
+    pub reconcile_interval: Duration,
 }
 
 /// `--nat`.
@@ -221,6 +226,16 @@ pub struct ProbeArgs {
 pub enum NatChoice {
     Auto,
     Off,
+}
+
+fn parse_reconcile_interval(text: &str) -> Result<Duration, String> {
+    let d = parse_duration(text)?;
+    if !d.is_zero() && (d < Duration::from_secs(1) || d > Duration::from_secs(3600)) {
+        return Err(format!(
+            "{text:?} is not a reconciliation interval; give 0 (off) or 1s to 1h"
+        ));
+    }
+    Ok(d)
 }
 
 /// `30`, `1.5`, `500ms`, `30s`, `5m`, `1h`.
@@ -289,6 +304,18 @@ mod tests {
     #[case("x", Err(()))]
     fn ring_sizes(#[case] text: &str, #[case] expected: Result<u32, ()>) {
         assert_eq!(parse_ring_kib(text).map_err(|_| ()), expected);
+    }
+
+    #[rstest]
+    #[case("0", Ok(Duration::ZERO))]
+    #[case("1s", Ok(Duration::from_secs(1)))]
+    #[case("10", Ok(Duration::from_secs(10)))]
+    #[case("1h", Ok(Duration::from_secs(3600)))]
+    #[case("500ms", Err(()))]
+    #[case("2h", Err(()))]
+    #[case("often", Err(()))]
+    fn reconcile_intervals(#[case] text: &str, #[case] expected: Result<Duration, ()>) {
+        assert_eq!(parse_reconcile_interval(text).map_err(|_| ()), expected);
     }
 
     #[test]

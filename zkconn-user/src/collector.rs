@@ -35,7 +35,9 @@ use crate::{
     nat::Nat,
     probe::{Capacities, Probe},
     procfs::{CgroupPaths, ProcInfo, Procfs},
+    reconcile::Reconciler,
     seed::{self, SeedReport},
+    sockdiag::Tables,
     targets::Targets,
     users::Users,
 };
@@ -67,6 +69,9 @@ pub struct Collector {
     held_by: HeldBy,
     nat: Nat,
     translations: Translations,
+    /// One socket-table reader per network namespace (seeding, drift repair, holders).
+    tables: Tables,
+    reconciler: Reconciler,
 }
 
 /// Bound on remembered NAT sources ((server, own address) pairs).
@@ -169,7 +174,9 @@ impl Collector {
         })?;
         let procfs = Procfs::default();
         let cgroups = CgroupPaths::discover();
-        let mut seeds = seed::seed(&mut probe, &procfs, &cgroups, &targets)
+        // Opened here, while zkconn may still enter other namespaces (see `sockdiag`).
+        let mut tables = Tables::default();
+        let mut seeds = seed::seed(&mut probe, &mut tables, &procfs, &cgroups, &targets)
             .context("seeding the connections that existed before start failed")?;
         probe.set_seeding(false)?;
         tracing::info!(
@@ -211,6 +218,8 @@ impl Collector {
             held_by: HeldBy::default(),
             nat,
             translations: Translations::default(),
+            tables,
+            reconciler: Reconciler::new(args.reconcile_interval),
         };
         // Seeded processes are attributed from what seeding read, while they lived.
         for (key, info) in infos {
@@ -425,9 +434,41 @@ impl Collector {
         Ok((rows, state))
     }
 
+    /// Drift repair, when a round is due: before the kernel is read for rows, so a repair
+    /// shows in the same snapshot. A round that fails is counted in `unreadable` and said.
+    fn reconcile_if_due(&mut self) {
+        if !self.reconciler.due() {
+            return;
+        }
+        let round = self.reconciler.run(
+            &mut self.probe,
+            &mut self.tables,
+            &self.procfs,
+            &self.cgroups,
+            &self.targets,
+        );
+        self.unreadable += round.unreadable;
+        self.seeds.ownerless += round.ownerless;
+        match &round.error {
+            Some(e) => {
+                self.unreadable += 1;
+                tracing::warn!("drift repair: {e:#}");
+            }
+            None => tracing::debug!(
+                "drift repair: {} rows against {} sockets in {:?}: retired {}, adopted {}",
+                round.rows,
+                round.sockets,
+                round.took,
+                round.retired,
+                round.adopted
+            ),
+        }
+    }
+
     /// Reads the kernel and builds the rows.
     fn rows(&mut self) -> anyhow::Result<(Rows, KernelState)> {
         self.drain_events();
+        self.reconcile_if_due();
         let mut state = self.probe.read()?;
         // Every seed adopted or gone: later connections skip the kernel's seed table.
         if self.probe.seeds_pending() && state.seeds.is_empty() {
@@ -549,7 +590,8 @@ impl Collector {
         let stale = cache.at.is_none_or(|at| at.elapsed() >= HELD_BY_REFRESH);
         if wanted != cache.wanted || stale {
             let set: HashSet<Tuple> = wanted.iter().copied().collect();
-            let (pids, unreadable) = seed::holders(&self.procfs, &self.targets, &set);
+            let (pids, unreadable) =
+                seed::holders(&mut self.tables, &self.procfs, &self.targets, &set);
             self.unreadable += unreadable;
             let mut comms: HashMap<u32, String> = HashMap::new();
             cache.holders = pids
@@ -651,6 +693,7 @@ impl Collector {
                     conflicts: self.seeds.conflicts,
                     ownerless: self.seeds.ownerless,
                 },
+                repaired: self.reconciler.health(),
                 attribution: self.attribution.clone(),
                 nat: self.nat.health(self.translations.live.len() as u64),
                 unreadable: self.unreadable + self.seeds.unreadable + state.read_errors,

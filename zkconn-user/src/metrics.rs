@@ -34,6 +34,11 @@ struct DetailLabels {
     detail: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ActionLabels {
+    action: String,
+}
+
 type FloatGauge = Gauge<f64, AtomicU64>;
 
 /// Per-owner sums.
@@ -287,6 +292,17 @@ fn probe(registry: &mut Registry, snap: &Snapshot) {
             })
             .inc_by(n);
     }
+    let repaired = Family::<ActionLabels, Counter>::default();
+    for (action, n) in [
+        ("retired", p.repaired.retired),
+        ("adopted", p.repaired.adopted),
+    ] {
+        repaired
+            .get_or_create(&ActionLabels {
+                action: action.into(),
+            })
+            .inc_by(n);
+    }
     let unreadable = Counter::<u64>::default();
     unreadable.inc_by(p.unreadable);
     let observed = FloatGauge::default();
@@ -302,8 +318,15 @@ fn probe(registry: &mut Registry, snap: &Snapshot) {
         overflow,
     );
     registry.register(
+        "repaired",
+        "Drift repair: kernel rows retired because their socket was gone, and live \
+         connections no row described adopted (--reconcile-interval)",
+        repaired,
+    );
+    registry.register(
         "probe_unreadable",
-        "/proc entries and map entries that could not be read",
+        "/proc entries, map entries and socket tables that could not be read, and failed \
+         reconciliation rounds",
         unreadable,
     );
     registry.register(
@@ -376,6 +399,8 @@ mod tests {
         assert!(text.contains("# TYPE zkconn_server_rejected counter"));
         assert!(text.contains("zkconn_build_info{version=\""));
         assert!(text.contains("zkconn_probe_lost_total{detail=\"events\"} 0"));
+        assert!(text.contains("zkconn_repaired_total{action=\"retired\"} 0"));
+        assert!(text.contains("zkconn_repaired_total{action=\"adopted\"} 0"));
         assert!(text.trim_end().ends_with("# EOF"));
     }
 

@@ -141,11 +141,31 @@ pub struct ProbeHealth {
     pub lost_detail: LostDetail,
     pub overflow_detail: OverflowDetail,
     pub seeds: SeedHealth,
+    /// Drift repair against the kernel's socket table (`--reconcile-interval`).
+    pub repaired: RepairHealth,
     pub attribution: AttributionHealth,
     /// NAT look-ups in the host's connection tracking table (see [`crate::nat`]).
     pub nat: crate::nat::NatHealth,
-    /// `/proc` entries that existed but could not be read, plus map entries unreadable.
+    /// `/proc` entries that existed but could not be read, map entries unreadable, socket
+    /// tables that could not be read and reconciliation rounds that failed.
     pub unreadable: u64,
+}
+
+/// What drift repair did since start.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RepairHealth {
+    /// Kernel rows deleted because their socket was gone on two consecutive rounds (a close
+    /// the kernel did not see; not counted as closed or failed).
+    pub retired: u64,
+    /// Live connections towards a target that no kernel row described on two consecutive
+    /// rounds (a connect the kernel did not see), handed to the kernel as seeds.
+    pub adopted: u64,
+    /// Connections not adopted because their 4-tuple is live in two network namespaces.
+    pub conflicts: u64,
+    /// Seconds between rounds; 0: repair is off.
+    pub interval_secs: f64,
+    /// Seconds since the last complete round; null before the first one (or when off).
+    pub last_secs_ago: Option<f64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]

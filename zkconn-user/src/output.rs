@@ -95,8 +95,15 @@ pub fn text(out: &mut impl Write, s: &Snapshot) -> io::Result<()> {
     let hook = s.probe.hook.map_or("-".to_owned(), |h| h.to_string());
     writeln!(
         out,
-        "zkconn on {} at {} (hook {hook}, observed {:.1}s) lost {} overflow {} unreadable {}",
-        s.host, s.time, s.observed_secs, s.probe.lost, s.probe.overflow, s.probe.unreadable
+        "zkconn on {} at {} (hook {hook}, observed {:.1}s) lost {} overflow {} unreadable {} \
+         repaired {}",
+        s.host,
+        s.time,
+        s.observed_secs,
+        s.probe.lost,
+        s.probe.overflow,
+        s.probe.unreadable,
+        s.probe.repaired.retired + s.probe.repaired.adopted
     )?;
     writeln!(out, "watching {}", s.targets.join(", "))?;
     writeln!(out)?;

@@ -97,6 +97,18 @@ impl Procfs {
         self.root.join(pid.to_string()).join(file)
     }
 
+    /// The path of `file` under `/proc/PID` (e.g. `ns/net`, for entering a namespace).
+    pub fn pid_file(&self, pid: u32, file: &str) -> PathBuf {
+        self.pid_path(pid, file)
+    }
+
+    /// The inode of zkconn's own network namespace.
+    pub fn netns_of_self(&self) -> io::Result<u64> {
+        let link = fs::read_link(self.root.join("self/ns/net"))?;
+        parse_bracketed_inode(&link.to_string_lossy(), "net:")
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unexpected ns/net link"))
+    }
+
     /// Reads what attribution needs of `pid`. Fails only when `stat` or `status` cannot be
     /// read (the process is gone, or unreadable); the other files degrade to `None`.
     pub fn process(&self, pid: u32) -> io::Result<ProcInfo> {
@@ -227,6 +239,8 @@ pub struct TcpSocket {
     /// Kernel TCP state number.
     pub state: u8,
     pub inode: u64,
+    /// The socket's owning uid (as `ss -e` shows it).
+    pub uid: u32,
 }
 
 /// Parses `/proc/net/tcp` or `/proc/net/tcp6`. Malformed rows are skipped: the kernel
@@ -241,12 +255,14 @@ pub fn parse_proc_net_tcp(text: &str) -> Vec<TcpSocket> {
             let remote = parse_hex_addr(f.next()?)?;
             let state = u8::from_str_radix(f.next()?, 16).ok()?;
             // tx:rx, tr:when, retrnsmt, uid, timeout, inode
-            let inode = f.nth(5)?.parse().ok()?;
+            let uid = f.nth(3)?.parse().ok()?;
+            let inode = f.nth(1)?.parse().ok()?;
             Some(TcpSocket {
                 local,
                 remote,
                 state,
                 inode,
+                uid,
             })
         })
         .collect()
@@ -504,6 +520,7 @@ mod tests {
         assert_eq!(rows[1].remote, "127.0.0.1:2181".parse().unwrap());
         assert_eq!(rows[1].state, 1);
         assert_eq!(rows[1].inode, 4242);
+        assert_eq!((rows[0].uid, rows[1].uid), (107, 0));
     }
 
     #[test]

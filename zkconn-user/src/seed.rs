@@ -1,8 +1,10 @@
 //! Seeding: the ZooKeeper connections that existed before zkconn attached.
 //!
-//! Owns: finding them in every network namespace once (`/proc/PID/net/tcp{,6}` of one
-//! process per namespace), their owners (`/proc/PID/fd` socket inodes), and handing them to
-//! the kernel's `SEEDS` map, which adopts each at its next state change.
+//! Owns: finding them in every network namespace once (the kernel's socket table over
+//! sock_diag, see [`crate::sockdiag`]; `/proc/PID/net/tcp{,6}` of one process per namespace
+//! only where sock_diag cannot be used), their owners (`/proc/PID/fd` socket inodes), and
+//! handing them to the kernel's `SEEDS` map, which adopts each at its next state change.
+//! Drift repair ([`crate::reconcile`]) adopts sockets the same way ([`insert_seeds`]).
 //! Must not: count twice. The hooks are attached first; a connection already tracked by
 //! the kernel is skipped, and a second scan drops seeds that closed or that the kernel
 //! picked up while seeding ran (see `seed`).
@@ -18,6 +20,7 @@ use zkconn_common::{COMM_LEN, Conn, Owner, OwnerKey, Tuple, conn_flags, tcp_stat
 use crate::{
     probe::Probe,
     procfs::{CgroupPaths, ProcInfo, Procfs, TcpSocket},
+    sockdiag::{Tables, is_live_state},
     targets::{Targets, ip_to_bytes},
 };
 
@@ -39,20 +42,7 @@ pub struct SeedReport {
     pub infos: HashMap<OwnerKey, ProcInfo>,
 }
 
-fn is_live_state(state: u8) -> bool {
-    matches!(
-        state,
-        tcp_state::SYN_SENT
-            | tcp_state::ESTABLISHED
-            | tcp_state::CLOSE_WAIT
-            | tcp_state::FIN_WAIT1
-            | tcp_state::FIN_WAIT2
-            | tcp_state::CLOSING
-            | tcp_state::LAST_ACK
-    )
-}
-
-fn tuple_of(s: &TcpSocket) -> Tuple {
+pub fn tuple_of(s: &TcpSocket) -> Tuple {
     Tuple {
         saddr: ip_to_bytes(s.local.ip()),
         daddr: ip_to_bytes(s.remote.ip()),
@@ -70,51 +60,31 @@ fn count_unreadable(report: &mut SeedReport, e: &io::Error) {
 }
 
 /// Target sockets of every network namespace, each namespace read once.
-fn scan_sockets(procfs: &Procfs, targets: &Targets, report: &mut SeedReport) -> Vec<TcpSocket> {
-    let mut seen_netns = HashSet::new();
-    let mut out = Vec::new();
-    let Ok(pids) = procfs.pids() else {
-        report.unreadable += 1;
-        return out;
-    };
-    for pid in pids {
-        let netns = match procfs.netns(pid) {
-            Ok(ns) => ns,
-            Err(e) => {
-                count_unreadable(report, &e);
-                continue;
-            }
-        };
-        if !seen_netns.insert(netns) {
-            continue;
-        }
-        match procfs.tcp_sockets(pid) {
-            Ok(sockets) => out.extend(
-                sockets
-                    .into_iter()
-                    .filter(|s| is_live_state(s.state) && targets.matches(s.remote)),
-            ),
-            Err(e) => {
-                // This namespace may have another reader: let the next pid try.
-                seen_netns.remove(&netns);
-                count_unreadable(report, &e);
-            }
-        }
-    }
-    out
+fn scan_sockets(
+    tables: &mut Tables,
+    procfs: &Procfs,
+    targets: &Targets,
+    report: &mut SeedReport,
+) -> Vec<TcpSocket> {
+    let scan = tables.scan(procfs, &|s| {
+        is_live_state(s.state) && targets.matches(s.remote)
+    });
+    report.unreadable += scan.unreadable;
+    scan.sockets.into_iter().map(|(_, s)| s).collect()
 }
 
 /// The processes holding each of `wanted` now (file descriptors, not the connector): for
 /// connections whose connector exited while a forked child, or a process it passed the
 /// socket to, keeps them open. Also returns how many `/proc` entries could not be read.
 pub fn holders(
+    tables: &mut Tables,
     procfs: &Procfs,
     targets: &Targets,
     wanted: &HashSet<Tuple>,
 ) -> (HashMap<Tuple, Vec<u32>>, u64) {
     let mut report = SeedReport::default();
     let mut by_inode: HashMap<u64, Tuple> = HashMap::new();
-    for socket in scan_sockets(procfs, targets, &mut report) {
+    for socket in scan_sockets(tables, procfs, targets, &mut report) {
         let tuple = tuple_of(&socket);
         if wanted.contains(&tuple) {
             by_inode.insert(socket.inode, tuple);
@@ -162,20 +132,23 @@ pub fn now_boot_ns() -> u64 {
 /// one `/proc` socket each — which of several such sockets is the kernel's cannot then be
 /// told, and a seed may go to the wrong one: the kernel drops it at that socket's first
 /// state change, and the older socket goes uncounted.
-struct Tracked {
+pub struct Tracked {
     inodes: HashSet<u64>,
     full: HashSet<Tuple>,
     connecting: HashMap<Tuple, u32>,
 }
 
 impl Tracked {
-    fn new(conns: &[Conn]) -> Self {
+    pub fn new(conns: &[Conn]) -> Self {
         let mut inodes = HashSet::new();
         let mut full = HashSet::new();
         let mut connecting: HashMap<Tuple, u32> = HashMap::new();
         for c in conns {
             if c.ino != 0 {
                 inodes.insert(c.ino);
+                if c.tuple.sport != 0 {
+                    full.insert(c.tuple);
+                }
             } else if c.tuple.sport == 0 {
                 *connecting.entry(c.tuple).or_default() += 1;
             } else {
@@ -191,7 +164,7 @@ impl Tracked {
 
     /// Whether the kernel tracks the socket `tuple` (in `state`, with inode `ino`), using up
     /// a port-less row.
-    fn take(&mut self, tuple: &Tuple, state: u8, ino: u64) -> bool {
+    pub fn take(&mut self, tuple: &Tuple, state: u8, ino: u64) -> bool {
         if self.inodes.contains(&ino) || self.full.contains(tuple) {
             return true;
         }
@@ -212,26 +185,80 @@ impl Tracked {
 /// Seeds the kernel with connections that predate it. Call after the hooks are attached.
 pub fn seed(
     probe: &mut Probe,
+    tables: &mut Tables,
     procfs: &Procfs,
     cgroups: &CgroupPaths,
     targets: &Targets,
 ) -> anyhow::Result<SeedReport> {
     let mut report = SeedReport::default();
-    let sockets = scan_sockets(procfs, targets, &mut report);
+    let sockets = scan_sockets(tables, procfs, targets, &mut report);
     if sockets.is_empty() {
         return Ok(report);
     }
+    let mut tracked = Tracked::new(&probe.read()?.conns);
+    let mut chosen: BTreeMap<Tuple, &TcpSocket> = BTreeMap::new();
+    for socket in &sockets {
+        let tuple = tuple_of(socket);
+        if tracked.take(&tuple, socket.state, socket.inode) {
+            continue;
+        }
+        if chosen.insert(tuple, socket).is_some() {
+            report.conflicts += 1;
+        }
+    }
+    let chosen: Vec<&TcpSocket> = chosen.into_values().collect();
+    let inserted = insert_seeds(probe, procfs, cgroups, &chosen, &mut report)?;
+
+    // Second look: a seed whose socket closed before it was inserted would stay forever,
+    // and one the kernel tracked meanwhile would count twice. Any change after this point
+    // is seen by the kernel itself (it adopts or drops the seed at the next transition).
+    let mut again = SeedReport::default();
+    let still_open: HashSet<Tuple> = scan_sockets(tables, procfs, targets, &mut again)
+        .iter()
+        .map(tuple_of)
+        .collect();
+    let mut tracked = Tracked::new(&probe.read()?.conns);
+    for (tuple, (owner, ino)) in &inserted {
+        // Tracked by the kernel's own connect: not a seed, whoever removed the entry.
+        if tracked.take(tuple, tcp_state::ESTABLISHED, *ino) {
+            probe.remove_seed(tuple);
+            continue;
+        }
+        // Closed before or while seeding: if we still find the entry, the kernel never
+        // counted it; if it is gone, the kernel adopted it and counted its close.
+        if !still_open.contains(tuple) && probe.remove_seed(tuple) {
+            continue;
+        }
+        report.seeded += 1;
+        *report.per_owner.entry(*owner).or_default() += 1;
+    }
+    Ok(report)
+}
+
+/// Hands `sockets` (one per tuple, none tracked by the kernel) to the kernel's seed table,
+/// each with its owner: the earliest-started process holding it (a forked child inherits
+/// its parent's sockets; the parent made them). Sockets without a readable holder are
+/// counted as `ownerless` and left out. Returns what went in.
+pub fn insert_seeds(
+    probe: &mut Probe,
+    procfs: &Procfs,
+    cgroups: &CgroupPaths,
+    sockets: &[&TcpSocket],
+    report: &mut SeedReport,
+) -> anyhow::Result<BTreeMap<Tuple, (OwnerKey, u64)>> {
+    let mut inserted: BTreeMap<Tuple, (OwnerKey, u64)> = BTreeMap::new();
+    if sockets.is_empty() {
+        return Ok(inserted);
+    }
     // Before the first seed goes in: from now on the kernel looks for seeds.
     probe.set_seeds_pending(true)?;
-    // Who holds each candidate socket: the earliest-started holder is taken as its owner
-    // (a forked child inherits its parent's sockets; the parent made them).
     let wanted: HashSet<u64> = sockets.iter().map(|s| s.inode).collect();
     let mut holders: HashMap<u64, (u64, u32)> = HashMap::new();
     for pid in procfs.pids().context("cannot list /proc")? {
         let inodes = match procfs.socket_inodes(pid) {
             Ok(i) => i,
             Err(e) => {
-                count_unreadable(&mut report, &e);
+                count_unreadable(report, &e);
                 continue;
             }
         };
@@ -244,19 +271,10 @@ pub fn seed(
         }
     }
 
-    let mut tracked = Tracked::new(&probe.read()?.conns);
-    let mut inserted: BTreeMap<Tuple, (OwnerKey, u64)> = BTreeMap::new();
     let mut owners: HashMap<u32, (OwnerKey, u64, u32)> = HashMap::new();
     let now = now_boot_ns();
-    for socket in &sockets {
+    for socket in sockets {
         let tuple = tuple_of(socket);
-        if tracked.take(&tuple, socket.state, socket.inode) {
-            continue;
-        }
-        if inserted.contains_key(&tuple) {
-            report.conflicts += 1;
-            continue;
-        }
         let Some(&(_, pid)) = holders.get(&socket.inode) else {
             report.ownerless += 1;
             continue;
@@ -267,7 +285,7 @@ pub fn seed(
                 let info = match procfs.process(pid) {
                     Ok(info) => info,
                     Err(e) => {
-                        count_unreadable(&mut report, &e);
+                        count_unreadable(report, &e);
                         report.ownerless += 1;
                         continue;
                     }
@@ -293,8 +311,9 @@ pub fn seed(
                 (key, cgroup_id, uid)
             }
         };
+        let connecting = socket.state == tcp_state::SYN_SENT;
         let flags = conn_flags::SEEDED
-            | if socket.state == tcp_state::SYN_SENT {
+            | if connecting {
                 0
             } else {
                 conn_flags::ESTABLISHED
@@ -305,11 +324,7 @@ pub fn seed(
             cgroup_id,
             opened_ns: now,
             changed_ns: now,
-            established_ns: if socket.state == tcp_state::SYN_SENT {
-                0
-            } else {
-                now
-            },
+            established_ns: if connecting { 0 } else { now },
             ino: socket.inode,
             tid: pid,
             uid,
@@ -319,31 +334,7 @@ pub fn seed(
         })?;
         inserted.insert(tuple, (owner, socket.inode));
     }
-
-    // Second look: a seed whose socket closed before it was inserted would stay forever,
-    // and one the kernel tracked meanwhile would count twice. Any change after this point
-    // is seen by the kernel itself (it adopts or drops the seed at the next transition).
-    let mut again = SeedReport::default();
-    let still_open: HashSet<Tuple> = scan_sockets(procfs, targets, &mut again)
-        .iter()
-        .map(tuple_of)
-        .collect();
-    let mut tracked = Tracked::new(&probe.read()?.conns);
-    for (tuple, (owner, ino)) in &inserted {
-        // Tracked by the kernel's own connect: not a seed, whoever removed the entry.
-        if tracked.take(tuple, tcp_state::ESTABLISHED, *ino) {
-            probe.remove_seed(tuple);
-            continue;
-        }
-        // Closed before or while seeding: if we still find the entry, the kernel never
-        // counted it; if it is gone, the kernel adopted it and counted its close.
-        if !still_open.contains(tuple) && probe.remove_seed(tuple) {
-            continue;
-        }
-        report.seeded += 1;
-        *report.per_owner.entry(*owner).or_default() += 1;
-    }
-    Ok(report)
+    Ok(inserted)
 }
 
 #[cfg(test)]

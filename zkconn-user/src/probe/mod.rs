@@ -127,6 +127,13 @@ pub struct KernelState {
     pub read_errors: u64,
 }
 
+/// The kernel's connection rows keyed by socket address, and its seeds ([`Probe::tracked`]).
+#[derive(Clone, Debug, Default)]
+pub struct TrackedRows {
+    pub conns: Vec<(u64, Conn)>,
+    pub seeds: Vec<Conn>,
+}
+
 /// How the kernel recognises a server's refusal (see `is_refusal` in zkconn-ebpf).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -576,6 +583,38 @@ impl Probe {
                 .unwrap_or(0);
         }
         total
+    }
+
+    /// The kernel's connection rows with their keys (socket addresses), and its seeds, for
+    /// drift repair. Unlike [`Probe::read`], a map that cannot be read is an error: an
+    /// empty reading would look like every socket missing.
+    pub fn tracked(&self) -> anyhow::Result<TrackedRows> {
+        let mut st = KernelState::default();
+        let conns = self
+            .dump_keyed::<u64, Conn>(map_names::CONNS, 1, &mut st)?
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, *v.first()?)))
+            .collect();
+        let seeds = self.dump::<Tuple, Conn>(map_names::SEEDS, 1, &mut st)?;
+        if st.read_errors > 0 {
+            bail!("the kernel's connection maps could not be read");
+        }
+        Ok(TrackedRows { conns, seeds })
+    }
+
+    /// Deletes the connection row of socket `skaddr` if it is still the one read as
+    /// `expected` (same tuple and connect time: not a newer socket at the same address).
+    /// False when it changed or was gone.
+    pub fn remove_conn(&mut self, skaddr: u64, expected: &Conn) -> bool {
+        let Ok(mut conns) = self.map_mut::<HashMap<_, u64, Conn>>(map_names::CONNS) else {
+            return false;
+        };
+        match conns.get(&skaddr, 0) {
+            Ok(now) if now.tuple == expected.tuple && now.opened_ns == expected.opened_ns => {
+                conns.remove(&skaddr).is_ok()
+            }
+            _ => false,
+        }
     }
 
     /// Registers a process found by seeding. Returns the identity the kernel uses for it: an

@@ -96,6 +96,8 @@ fn render_header(frame: &mut Frame<'_>, area: Rect, app: &App) {
         count(s.probe.overflow, WARN),
         Span::raw("  unreadable "),
         count(s.probe.unreadable, DIM),
+        Span::raw("  repaired "),
+        count(s.probe.repaired.retired + s.probe.repaired.adopted, WARN),
     ]);
     frame.render_widget(Paragraph::new(vec![Line::from(first), second]), area);
 }

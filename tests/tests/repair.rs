@@ -1,0 +1,199 @@
+//! Drift repair against a real ZooKeeper: the running zkconn's own `ZK_CONNS` map is made
+//! wrong with bpftool (an entry of a live connection deleted: a connect the kernel
+//! "missed"; an entry for a socket that does not exist added: a close it "missed"), and
+//! reconciliation with the kernel's socket table must bring the open count back to what
+//! `ss` sees, counting exactly what it repaired. Root only; run with `cargo xtask test`.
+
+use std::{net::SocketAddr, process::Command, thread, time::Duration};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use integration_tests::{
+    NetNs, RawClient, ZkServer, Zkconn, field, fresh_ipv4, process, server_open, ss_count,
+    wait_settled,
+};
+use serde_json::Value;
+
+/// Rounds run every second here; two consecutive sightings are needed, and the
+/// collector looks once a second: this leaves room for at least three rounds.
+const ROUNDS: Duration = Duration::from_secs(5);
+
+fn start(zk: SocketAddr) -> Result<Zkconn> {
+    Zkconn::start(&["--zk", &zk.to_string(), "--reconcile-interval", "1s"])
+}
+
+/// The id of the map `name` that process `pid` holds (from its fds' fdinfo and bpftool).
+fn map_of(pid: u32, name: &str) -> Result<u64> {
+    let mut ids = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))? {
+        let Ok(info) = std::fs::read_to_string(entry?.path()) else {
+            continue;
+        };
+        ids.extend(
+            info.lines()
+                .filter_map(|l| l.strip_prefix("map_id:"))
+                .filter_map(|id| id.trim().parse::<u64>().ok()),
+        );
+    }
+    for id in ids {
+        let shown = bpftool(&["map", "show", "id", &id.to_string()])?;
+        if shown["name"] == name {
+            return Ok(id);
+        }
+    }
+    bail!("process {pid} holds no map named {name}")
+}
+
+fn bpftool(args: &[&str]) -> Result<Value> {
+    let out = Command::new("bpftool")
+        .arg("--json")
+        .args(args)
+        .output()
+        .context("cannot run bpftool (cargo xtask setup installs it)")?;
+    if !out.status.success() {
+        bail!(
+            "bpftool {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    if out.stdout.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Null);
+    }
+    serde_json::from_slice(&out.stdout).context("bpftool printed no JSON")
+}
+
+/// The raw (key, value) bytes of every entry of map `id`.
+fn entries(id: u64) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let dump = bpftool(&["map", "dump", "id", &id.to_string()])?;
+    let bytes = |v: &Value| -> Result<Vec<u8>> {
+        v.as_array()
+            .ok_or_else(|| anyhow!("not a byte list: {v}"))?
+            .iter()
+            .map(|b| {
+                let s = b.as_str().unwrap_or_default().trim_start_matches("0x");
+                u8::from_str_radix(s, 16).with_context(|| format!("not a byte: {b}"))
+            })
+            .collect()
+    };
+    dump.as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| Ok((bytes(&e["key"])?, bytes(&e["value"])?)))
+        .collect()
+}
+
+fn hex(bytes: &[u8]) -> Vec<String> {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `bpftool map <verb> id ID key hex .. [value hex ..]`.
+fn change(verb: &str, id: u64, key: &[u8], value: Option<&[u8]>) -> Result<()> {
+    let id = id.to_string();
+    let mut args: Vec<String> = ["map", verb, "id", &id, "key", "hex"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    args.extend(hex(key));
+    if let Some(value) = value {
+        args.extend(["value".to_owned(), "hex".to_owned()]);
+        args.extend(hex(value));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    bpftool(&args).map(drop)
+}
+
+/// Offset of `Conn.tuple.sport` in a `ZK_CONNS` value (two 16-byte addresses first).
+const SPORT: usize = 32;
+
+fn repaired(snap: &Value) -> Result<(u64, u64)> {
+    let r = &snap["probe"]["repaired"];
+    Ok((field(r, "retired")?, field(r, "adopted")?))
+}
+
+#[test]
+fn a_connect_the_kernel_missed_is_adopted() -> Result<()> {
+    let zk = ZkServer::start(fresh_ipv4(), 0, &[])?;
+    let z = start(zk.addr)?;
+    let client = RawClient::new(zk.addr, 3).spawn()?;
+    wait_settled(zk.addr)?;
+    let conns = map_of(z.pid(), "ZK_CONNS")?;
+    let rows = entries(conns)?;
+    assert_eq!(rows.len(), 3, "one row per connection");
+    change("delete", conns, &rows[0].0, None)?;
+    assert_eq!(entries(conns)?.len(), 2);
+    thread::sleep(ROUNDS);
+    let snap = z.finish()?;
+
+    let live = ss_count(zk.addr, "established")?;
+    assert_eq!(live, 3);
+    assert_eq!(server_open(&snap, zk.addr), (3, 0), "{snap:#}");
+    assert_eq!(repaired(&snap)?, (0, 1));
+    // Adopted for the process that holds it; its counters are as they were.
+    let row = process(&snap, client.pid())?;
+    assert_eq!(field(row, "open")?, 3);
+    assert_eq!(field(row, "opened")?, 3);
+    assert_eq!(field(row, "closed")?, 0);
+    assert_eq!(snap["probe"]["repaired"]["interval_secs"], 1.0);
+    assert!(
+        snap["probe"]["repaired"]["last_secs_ago"].is_f64(),
+        "{snap:#}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_close_the_kernel_missed_is_retired() -> Result<()> {
+    let zk = ZkServer::start(fresh_ipv4(), 0, &[])?;
+    let z = start(zk.addr)?;
+    let client = RawClient::new(zk.addr, 2).spawn()?;
+    wait_settled(zk.addr)?;
+    let conns = map_of(z.pid(), "ZK_CONNS")?;
+    let rows = entries(conns)?;
+    assert_eq!(rows.len(), 2, "one row per connection");
+    // A copy of a live row at another socket address, from source port 1: no such socket.
+    let (key, mut value) = rows[0].clone();
+    value[SPORT..SPORT + 2].copy_from_slice(&1u16.to_ne_bytes());
+    let ghost: Vec<u8> = key.iter().map(|b| b ^ 0x5a).collect();
+    change("update", conns, &ghost, Some(&value))?;
+    assert_eq!(entries(conns)?.len(), 3);
+    thread::sleep(ROUNDS);
+    let snap = z.finish()?;
+
+    assert_eq!(ss_count(zk.addr, "established")?, 2);
+    assert_eq!(server_open(&snap, zk.addr), (2, 0), "{snap:#}");
+    assert_eq!(repaired(&snap)?, (1, 0));
+    // Retired, not closed: how it ended is not known.
+    let row = process(&snap, client.pid())?;
+    assert_eq!(field(row, "open")?, 2);
+    assert_eq!(field(row, "closed")?, 0);
+    assert_eq!(field(row, "failed")?, 0);
+    Ok(())
+}
+
+#[test]
+fn a_missed_connect_in_another_network_namespace_is_adopted() -> Result<()> {
+    let ns = NetNs::create()?;
+    let zk = ZkServer::start(ns.host, 0, &[])?;
+    let inside = |count| RawClient {
+        netns: Some(ns.name.clone()),
+        ..RawClient::new(zk.addr, count)
+    };
+    // One client there before zkconn starts (its namespace is read over sock_diag from
+    // then on), one after.
+    let before = inside(1).spawn()?;
+    let z = start(zk.addr)?;
+    let after = inside(2).spawn()?;
+    wait_settled(zk.addr)?;
+    let conns = map_of(z.pid(), "ZK_CONNS")?;
+    let rows = entries(conns)?;
+    assert_eq!(rows.len(), 2, "the two connects seen by the kernel");
+    change("delete", conns, &rows[0].0, None)?;
+    thread::sleep(ROUNDS);
+    let snap = z.finish()?;
+
+    assert_eq!(server_open(&snap, zk.addr), (3, 0), "{snap:#}");
+    assert_eq!(repaired(&snap)?, (0, 1));
+    assert_eq!(field(process(&snap, after.pid())?, "open")?, 2);
+    assert_eq!(field(process(&snap, before.pid())?, "open")?, 1);
+    Ok(())
+}

@@ -1,0 +1,503 @@
+//! Drift repair: the kernel's rows (`CONNS` + `SEEDS`) against the kernel's socket table.
+//!
+//! Owns: deciding, from two consecutive comparisons, which rows describe sockets that are
+//! gone (retired: deleted, the owner's cumulative counters untouched, because how the
+//! connection ended is not known) and which live sockets towards a target no row describes
+//! (adopted: handed to the kernel as seeds, as seeding does), and counting both.
+//! Must not: act on one sighting. The maps are read before the table, so a socket that
+//! opens or closes in between looks missing once; only what is missing on two consecutive
+//! rounds is repaired.
+//!
+//! What it cannot know: sock_diag has no socket address, so the same 4-tuple in two network
+//! namespaces cannot be told apart (such a tuple is never retired while one socket has it,
+//! and only one of them can be adopted: the others count as `conflicts`).
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use zkconn_common::{Conn, Tuple, tcp_state};
+
+use crate::{
+    model::RepairHealth,
+    probe::Probe,
+    procfs::{CgroupPaths, Procfs, TcpSocket},
+    seed::{self, SeedReport},
+    sockdiag::{Tables, is_live_state},
+    targets::Targets,
+};
+
+/// Where a kernel row lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Slot {
+    /// `CONNS`, keyed by socket address.
+    Conn(u64),
+    /// `SEEDS`, keyed by its tuple.
+    Seed,
+}
+
+/// One kernel row as the comparison sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Row {
+    pub slot: Slot,
+    pub conn: Conn,
+}
+
+/// A row's identity across rounds: a newer connection at the same socket address (or a
+/// seed replaced) is another row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct RowId {
+    slot: Slot,
+    tuple: Tuple,
+    opened_ns: u64,
+}
+
+impl Row {
+    fn id(&self) -> RowId {
+        RowId {
+            slot: self.slot,
+            tuple: self.conn.tuple,
+            opened_ns: self.conn.opened_ns,
+        }
+    }
+}
+
+/// A live socket towards a target, from some namespace's table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Live {
+    pub tuple: Tuple,
+    pub state: u8,
+    pub inode: u64,
+}
+
+/// What was missing in the last round, to be repaired if it is still missing in the next.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Candidates {
+    retire: HashSet<RowId>,
+    /// By tuple and inode, not state: a socket that changed state since is the same one.
+    adopt: HashSet<(Tuple, u64)>,
+}
+
+impl Candidates {
+    pub fn is_empty(&self) -> bool {
+        self.retire.is_empty() && self.adopt.is_empty()
+    }
+}
+
+/// What one comparison decided.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Rows whose socket was missing now and in the previous round.
+    pub retire: Vec<Row>,
+    /// Sockets no row described now and in the previous round (one per tuple).
+    pub adopt: Vec<Live>,
+    /// Sockets that would be adopted but share their tuple with another one (two
+    /// namespaces): the kernel's seed key holds one.
+    pub conflicts: u64,
+    /// What is missing now, for the next round.
+    pub candidates: Candidates,
+}
+
+/// The (local address, server) of a row or socket: what a connect seen by a state
+/// tracepoint is known by until it leaves SYN_SENT (its source port is 0 until then).
+fn connecting_key(t: &Tuple) -> Tuple {
+    Tuple { sport: 0, ..*t }
+}
+
+/// Compares the kernel's rows with the live sockets of every namespace. Pure.
+///
+/// A row with a full tuple is there when a socket has that tuple (any number of them: the
+/// same tuple in two namespaces is one row's or two's, which cannot be told). A row of a
+/// connect still without its port stands for one SYN_SENT socket with the same addresses
+/// and server port. Whatever is missing is a candidate; it is repaired when it was already
+/// a candidate in `previous`.
+pub fn plan(rows: &[Row], table: &[Live], previous: &Candidates) -> Plan {
+    let mut plan = Plan::default();
+    let full: HashSet<Tuple> = rows
+        .iter()
+        .filter(|r| r.conn.tuple.sport != 0)
+        .map(|r| r.conn.tuple)
+        .collect();
+    let present: HashSet<Tuple> = table.iter().map(|s| s.tuple).collect();
+    // Connecting sockets not claimed by a full row, per (local address, server).
+    let mut connecting: HashMap<Tuple, Vec<&Live>> = HashMap::new();
+    for s in table {
+        if s.state == tcp_state::SYN_SENT && !full.contains(&s.tuple) {
+            connecting
+                .entry(connecting_key(&s.tuple))
+                .or_default()
+                .push(s);
+        }
+    }
+    // Claimed lowest inode first, whatever order the tables came in: the same socket
+    // stays unclaimed from one round to the next.
+    for waiting in connecting.values_mut() {
+        waiting.sort_unstable_by_key(|s| std::cmp::Reverse(s.inode));
+    }
+    let mut claimed: HashSet<Live> = HashSet::new();
+    for row in rows {
+        let there = if row.conn.tuple.sport != 0 {
+            present.contains(&row.conn.tuple)
+        } else {
+            match connecting.get_mut(&connecting_key(&row.conn.tuple)) {
+                Some(waiting) => waiting.pop().map(|s| claimed.insert(*s)).is_some(),
+                None => false,
+            }
+        };
+        if !there {
+            plan.candidates.retire.insert(row.id());
+            if previous.retire.contains(&row.id()) {
+                plan.retire.push(*row);
+            }
+        }
+    }
+    let mut adopting: BTreeMap<Tuple, Vec<Live>> = BTreeMap::new();
+    for s in table {
+        if full.contains(&s.tuple) || claimed.contains(s) {
+            continue;
+        }
+        plan.candidates.adopt.insert((s.tuple, s.inode));
+        if previous.adopt.contains(&(s.tuple, s.inode)) {
+            adopting.entry(s.tuple).or_default().push(*s);
+        }
+    }
+    for (_, mut same) in adopting {
+        same.sort_unstable_by_key(|s| s.inode);
+        plan.conflicts += same.len().saturating_sub(1) as u64;
+        plan.adopt.extend(same.first());
+    }
+    plan
+}
+
+/// What drift repair did so far, for `probe.repaired`.
+#[derive(Clone, Debug, Default)]
+pub struct Repaired {
+    pub retired: u64,
+    pub adopted: u64,
+    /// Sockets that could not be adopted because their tuple is in two namespaces.
+    pub conflicts: u64,
+    /// When the last complete round ended.
+    pub last: Option<Instant>,
+}
+
+/// One round's outcome, for the collector's counters and log.
+#[derive(Debug, Default)]
+pub struct Round {
+    /// Why the round decided nothing (a map or a namespace's table unreadable).
+    pub error: Option<anyhow::Error>,
+    pub retired: u64,
+    pub adopted: u64,
+    pub unreadable: u64,
+    pub ownerless: u64,
+    pub sockets: usize,
+    pub rows: usize,
+    pub took: Duration,
+}
+
+/// Periodic reconciliation, every `interval`.
+pub struct Reconciler {
+    interval: Option<Duration>,
+    due: Instant,
+    candidates: Candidates,
+    pub repaired: Repaired,
+}
+
+impl Reconciler {
+    /// `interval` zero disables it.
+    pub fn new(interval: Duration) -> Self {
+        Reconciler {
+            interval: (!interval.is_zero()).then_some(interval),
+            due: Instant::now() + interval,
+            candidates: Candidates::default(),
+            repaired: Repaired::default(),
+        }
+    }
+
+    /// What it did so far, for the snapshot.
+    pub fn health(&self) -> RepairHealth {
+        RepairHealth {
+            retired: self.repaired.retired,
+            adopted: self.repaired.adopted,
+            conflicts: self.repaired.conflicts,
+            interval_secs: self.interval.map_or(0.0, |i| i.as_secs_f64()),
+            last_secs_ago: self.repaired.last.map(|t| t.elapsed().as_secs_f64()),
+        }
+    }
+
+    /// Whether a round is due now.
+    pub fn due(&self) -> bool {
+        self.interval.is_some() && Instant::now() >= self.due
+    }
+
+    /// One round: reads the kernel's rows, then every namespace's table, compares, and
+    /// repairs what was missing last round too. A round that cannot read everything decides
+    /// nothing (and forgets the candidates: absence is not evidence then).
+    pub fn run(
+        &mut self,
+        probe: &mut Probe,
+        tables: &mut Tables,
+        procfs: &Procfs,
+        cgroups: &CgroupPaths,
+        targets: &Targets,
+    ) -> Round {
+        let started = Instant::now();
+        if let Some(interval) = self.interval {
+            self.due = started + interval;
+        }
+        let mut round = Round::default();
+        let result = self.compare_and_repair(probe, tables, procfs, cgroups, targets, &mut round);
+        match result {
+            Ok(()) => self.repaired.last = Some(Instant::now()),
+            Err(e) => {
+                self.candidates = Candidates::default();
+                round.error = Some(e);
+            }
+        }
+        round.took = started.elapsed();
+        round
+    }
+
+    fn compare_and_repair(
+        &mut self,
+        probe: &mut Probe,
+        tables: &mut Tables,
+        procfs: &Procfs,
+        cgroups: &CgroupPaths,
+        targets: &Targets,
+        round: &mut Round,
+    ) -> anyhow::Result<()> {
+        // The maps first, then the tables: a socket that changes in between is missing
+        // from this comparison only.
+        let tracked = probe.tracked()?;
+        let rows: Vec<Row> = tracked
+            .conns
+            .iter()
+            .map(|(skaddr, conn)| Row {
+                slot: Slot::Conn(*skaddr),
+                conn: *conn,
+            })
+            .chain(tracked.seeds.iter().map(|conn| Row {
+                slot: Slot::Seed,
+                conn: *conn,
+            }))
+            .collect();
+        let scan = tables.scan(procfs, &|s| {
+            is_live_state(s.state) && targets.matches(s.remote)
+        });
+        round.unreadable += scan.unreadable;
+        if scan.incomplete {
+            anyhow::bail!(
+                "a network namespace's socket table could not be read ({} of its readers \
+                 failed); nothing repaired this round",
+                scan.unreadable
+            );
+        }
+        let sockets: Vec<&TcpSocket> = scan.sockets.iter().map(|(_, s)| s).collect();
+        let table: Vec<Live> = sockets
+            .iter()
+            .map(|s| Live {
+                tuple: seed::tuple_of(s),
+                state: s.state,
+                inode: s.inode,
+            })
+            .collect();
+        round.sockets = table.len();
+        round.rows = rows.len();
+        let plan = plan(&rows, &table, &self.candidates);
+        self.candidates = plan.candidates;
+        self.repaired.conflicts += plan.conflicts;
+
+        for row in &plan.retire {
+            let gone = match row.slot {
+                Slot::Conn(skaddr) => probe.remove_conn(skaddr, &row.conn),
+                Slot::Seed => probe.remove_seed(&row.conn.tuple),
+            };
+            if gone {
+                round.retired += 1;
+                tracing::info!(
+                    "drift repair: retired a row of {} whose socket is gone",
+                    describe(&row.conn.tuple)
+                );
+            }
+        }
+        if !plan.adopt.is_empty() {
+            let wanted: Vec<&TcpSocket> = plan
+                .adopt
+                .iter()
+                .filter_map(|live| sockets.iter().find(|s| s.inode == live.inode).copied())
+                .collect();
+            let mut report = SeedReport::default();
+            let inserted = seed::insert_seeds(probe, procfs, cgroups, &wanted, &mut report)
+                .context("adopting untracked connections failed")?;
+            round.adopted += inserted.len() as u64;
+            round.ownerless += report.ownerless;
+            round.unreadable += report.unreadable;
+            for tuple in inserted.keys() {
+                tracing::info!(
+                    "drift repair: adopted {} (live, tracked by no row)",
+                    describe(tuple)
+                );
+            }
+        }
+        self.repaired.retired += round.retired;
+        self.repaired.adopted += round.adopted;
+        Ok(())
+    }
+}
+
+fn describe(t: &Tuple) -> String {
+    use crate::targets::ip_from_bytes;
+    format!(
+        "{} -> {}",
+        std::net::SocketAddr::new(ip_from_bytes(t.saddr), t.sport),
+        std::net::SocketAddr::new(ip_from_bytes(t.daddr), t.dport)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use rstest::rstest;
+
+    use super::*;
+    use crate::targets::ip_to_bytes;
+
+    fn tuple(sport: u16) -> Tuple {
+        Tuple {
+            saddr: ip_to_bytes("127.0.0.1".parse().unwrap()),
+            daddr: ip_to_bytes("127.0.0.9".parse().unwrap()),
+            sport,
+            dport: 2181,
+            _pad: 0,
+        }
+    }
+
+    /// A `CONNS` row at socket address `sk` for source port `sport` (0: connect seen, port
+    /// not yet known).
+    fn conn(sk: u64, sport: u16) -> Row {
+        Row {
+            slot: Slot::Conn(sk),
+            conn: Conn {
+                tuple: tuple(sport),
+                opened_ns: sk,
+                state: if sport == 0 {
+                    tcp_state::SYN_SENT
+                } else {
+                    tcp_state::ESTABLISHED
+                },
+                ..Conn::default()
+            },
+        }
+    }
+
+    fn seed_row(sport: u16) -> Row {
+        Row {
+            slot: Slot::Seed,
+            conn: Conn {
+                tuple: tuple(sport),
+                state: tcp_state::ESTABLISHED,
+                ..Conn::default()
+            },
+        }
+    }
+
+    fn live(sport: u16, state: u8, inode: u64) -> Live {
+        Live {
+            tuple: tuple(sport),
+            state,
+            inode,
+        }
+    }
+
+    const EST: u8 = tcp_state::ESTABLISHED;
+    const SYN: u8 = tcp_state::SYN_SENT;
+
+    /// Two rounds over the same inputs; what the second one repairs.
+    fn twice(rows: &[Row], table: &[Live]) -> Plan {
+        let first = plan(rows, table, &Candidates::default());
+        assert!(
+            first.retire.is_empty() && first.adopt.is_empty(),
+            "{first:?}"
+        );
+        plan(rows, table, &first.candidates)
+    }
+
+    #[rstest]
+    // In agreement: nothing to do.
+    #[case(&[conn(1, 40000)], &[live(40000, EST, 7)], &[], &[])]
+    #[case(&[seed_row(40000)], &[live(40000, EST, 7)], &[], &[])]
+    // A close the kernel missed: the row goes.
+    #[case(&[conn(1, 40000)], &[], &[conn(1, 40000)], &[])]
+    #[case(&[seed_row(40000)], &[], &[seed_row(40000)], &[])]
+    // A connect the kernel missed: the socket is adopted.
+    #[case(&[], &[live(40000, EST, 7)], &[], &[live(40000, EST, 7)])]
+    // A connect still without its port stands for one SYN_SENT socket to the same server...
+    #[case(&[conn(1, 0)], &[live(40000, SYN, 7)], &[], &[])]
+    // ... not for two (the second is adopted) ...
+    #[case(&[conn(1, 0)], &[live(40001, SYN, 8), live(40000, SYN, 7)], &[], &[live(40001, SYN, 8)])]
+    // ... and not for an established one (its ESTABLISHED was missed: both repaired).
+    #[case(&[conn(1, 0)], &[live(40000, EST, 7)], &[conn(1, 0)], &[live(40000, EST, 7)])]
+    // Two rows for one tuple (two namespaces, or one stale): neither is retired while the
+    // tuple is live.
+    #[case(&[conn(1, 40000), conn(2, 40000)], &[live(40000, EST, 7)], &[], &[])]
+    fn the_second_round_repairs_what_is_still_missing(
+        #[case] rows: &[Row],
+        #[case] table: &[Live],
+        #[case] retire: &[Row],
+        #[case] adopt: &[Live],
+    ) {
+        let got = twice(rows, table);
+        assert_eq!(got.retire, retire);
+        assert_eq!(got.adopt, adopt);
+        assert_eq!(got.conflicts, 0);
+    }
+
+    #[rstest]
+    // Opened between the map read and the dump: missing once, tracked the next time.
+    #[case(&[], &[live(40000, EST, 7)], &[conn(1, 40000)], &[live(40000, EST, 7)])]
+    // Closed between the map read and the dump: gone from both the next time.
+    #[case(&[conn(1, 40000)], &[], &[], &[])]
+    // Established between them: the port-less row is now a full one, another identity.
+    #[case(&[conn(1, 0)], &[live(40000, EST, 7)], &[conn(1, 40000)], &[live(40000, EST, 7)])]
+    // Same tuple, another socket (inode) the next time: a new candidate, not repaired yet.
+    #[case(&[], &[live(40000, EST, 7)], &[], &[live(40000, EST, 8)])]
+    // A newer connection at the same socket address: another row, not retired yet.
+    #[case(&[conn(1, 40000)], &[], &[Row { conn: Conn { opened_ns: 99, ..conn(1, 40000).conn }, ..conn(1, 40000) }], &[])]
+    fn one_sighting_is_never_repaired(
+        #[case] rows1: &[Row],
+        #[case] table1: &[Live],
+        #[case] rows2: &[Row],
+        #[case] table2: &[Live],
+    ) {
+        let first = plan(rows1, table1, &Candidates::default());
+        let second = plan(rows2, table2, &first.candidates);
+        assert!(second.retire.is_empty(), "{second:?}");
+        assert!(second.adopt.is_empty(), "{second:?}");
+    }
+
+    #[test]
+    fn a_socket_that_changed_state_between_rounds_is_adopted_as_it_is_now() {
+        let first = plan(&[], &[live(40000, SYN, 7)], &Candidates::default());
+        let second = plan(&[], &[live(40000, EST, 7)], &first.candidates);
+        assert_eq!(second.adopt, [live(40000, EST, 7)]);
+    }
+
+    #[test]
+    fn the_same_tuple_in_two_namespaces_is_adopted_once() {
+        let table = [live(40000, EST, 8), live(40000, EST, 7)];
+        let got = twice(&[], &table);
+        assert_eq!(got.adopt, [live(40000, EST, 7)]);
+        assert_eq!(got.conflicts, 1);
+    }
+
+    #[test]
+    fn a_round_that_repaired_starts_afresh() {
+        let first = plan(&[conn(1, 40000)], &[], &Candidates::default());
+        let second = plan(&[conn(1, 40000)], &[], &first.candidates);
+        assert_eq!(second.retire.len(), 1);
+        // Retired: the row is gone from the next reading; nothing left to do.
+        let third = plan(&[], &[], &second.candidates);
+        assert!(third.retire.is_empty() && third.candidates.is_empty());
+    }
+}

@@ -230,3 +230,67 @@ fn nat_off_says_so_and_keeps_own_addresses() -> Result<()> {
     assert_eq!(rows[0]["local_ip"], container.inside.to_string());
     Ok(())
 }
+
+/// A container none of whose connections ever lives: the host already holds the server's
+/// limit, so each of its connects is refused at once. The refusals still count where the
+/// server saw them, under the host's address.
+#[test]
+fn a_container_refused_at_once_counts_under_the_hosts_address() -> Result<()> {
+    let container = NetNs::create()?;
+    let server_ns = NetNs::create()?;
+    let _nat = Masquerade::new(&container, &server_ns)?;
+    let zk = ZkServer::start_in(Some(&server_ns.name), server_ns.inside, 5, &[])?;
+    let z = Zkconn::start(&["--zk", &zk.addr.to_string(), "--max-client-cnxns", "5"])?;
+    let host = RawClient {
+        interval: Some(Duration::from_millis(50)),
+        ..RawClient::new(zk.addr, 5)
+    }
+    .spawn()?;
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &container.name, "python3"])
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/src/clients/edge_client.py"
+            ))
+            .args([
+                "ask",
+                &zk.addr.ip().to_string(),
+                &zk.addr.port().to_string(),
+            ])
+            .arg("srvr")
+            .output()?;
+        answers.push(String::from_utf8_lossy(&out.stdout).trim().to_owned());
+    }
+    wait_settled(zk.addr)?;
+    // Past one sample, so the refusals' look-ups have run.
+    std::thread::sleep(Duration::from_millis(1500));
+    let snap = z.finish()?;
+
+    assert!(
+        answers
+            .iter()
+            .all(|a| a.starts_with("got 0") || a.starts_with("error")),
+        "{answers:?}"
+    );
+    let rows: Vec<&Value> = snap["servers"]
+        .as_array()
+        .map(|r| r.iter().collect())
+        .unwrap_or_default();
+    assert_eq!(rows.len(), 1, "one budget, as the server counts: {rows:#?}");
+    let row = rows[0];
+    assert_eq!(row["local_ip"], server_ns.host.to_string());
+    assert_eq!(
+        row["translated_from"],
+        serde_json::json!([container.inside.to_string()])
+    );
+    assert_eq!(
+        [field(row, "open")?, field(row, "rejected")?],
+        [5, 3],
+        "{row:#}"
+    );
+    assert_eq!(row["refusing"], true);
+    assert_eq!(field(process(&snap, host.pid())?, "open")?, 5);
+    Ok(())
+}

@@ -433,6 +433,10 @@ pub struct Event {
     pub ts_ns: u64,
     /// The server and local address ([`event_kind::REFUSED`] only; zero otherwise).
     pub server: ServerKey,
+    /// The refused connection's local port ([`event_kind::REFUSED`] only): with `server`, its
+    /// whole 4-tuple, for NAT look-ups after it closed.
+    pub sport: u16,
+    pub _pad: [u8; 6],
 }
 
 #[cfg(feature = "user")]
@@ -494,9 +498,9 @@ mod tests {
         assert_eq!(size_of::<ServerKey>(), 40);
         assert_eq!(size_of::<RefusalConfig>(), 24);
         assert_eq!(size_of::<ResetTpLayout>(), 4);
-        assert_eq!(size_of::<Event>(), 4 + 4 + 16 + 40 + 8 + 40);
+        assert_eq!(size_of::<Event>(), 4 + 4 + 16 + 40 + 8 + 40 + 8);
         assert_eq!(size_of::<TaskLayout>(), 40);
         assert_eq!(size_of::<CgroupNames>(), CGROUP_NAME_LEN * CGROUP_DEPTH + 8);
-        assert_eq!(size_of::<OwnerEvent>(), 112 + 2 * size_of::<CgroupNames>());
+        assert_eq!(size_of::<OwnerEvent>(), 120 + 2 * size_of::<CgroupNames>());
     }
 }

@@ -840,6 +840,8 @@ mod programs {
             (&raw mut (*e).info).write(*info);
             (&raw mut (*e).ts_ns).write(ts_ns);
             (&raw mut (*e).server).write(ServerKey::default());
+            (&raw mut (*e).sport).write(0);
+            (&raw mut (*e)._pad).write([0; 6]);
         }
         submit(entry);
     }
@@ -864,6 +866,8 @@ mod programs {
             (&raw mut (*ev).info).write(*info);
             (&raw mut (*ev).ts_ns).write(ts_ns);
             (&raw mut (*ev).server).write(ServerKey::default());
+            (&raw mut (*ev).sport).write(0);
+            (&raw mut (*ev)._pad).write([0; 6]);
             for names in [&raw mut (*e).v2, &raw mut (*e).cpu] {
                 (&raw mut (*names).truncated).write(0);
                 (&raw mut (*names)._pad).write(0);
@@ -955,6 +959,8 @@ mod programs {
             (&raw mut (*e).info.uid).write(conn.uid);
             (&raw mut (*e).ts_ns).write(conn.changed_ns);
             (&raw mut (*e).server).write(*server);
+            (&raw mut (*e).sport).write(conn.tuple.sport);
+            (&raw mut (*e)._pad).write([0; 6]);
         }
         submit(entry);
     }

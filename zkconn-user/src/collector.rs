@@ -69,6 +69,8 @@ pub struct Collector {
     held_by: HeldBy,
     nat: Nat,
     translations: Translations,
+    /// Connections refused since the last sample, for NAT look-ups.
+    refused_for_nat: Vec<Tuple>,
     /// One socket-table reader per network namespace (seeding, drift repair, holders).
     tables: Tables,
     reconciler: Reconciler,
@@ -218,6 +220,7 @@ impl Collector {
             held_by: HeldBy::default(),
             nat,
             translations: Translations::default(),
+            refused_for_nat: Vec::new(),
             tables,
             reconciler: Reconciler::new(args.reconcile_interval),
         };
@@ -302,6 +305,18 @@ impl Collector {
                 let late = seed::now_boot_ns().saturating_sub(event.ts_ns) as f64 / 1e9;
                 let at = (self.now() - late).max(0.0);
                 self.history.refused(event.owner, server, at);
+                // Behind NAT, a refused connection may be the only one of its container
+                // this host ever makes: ask where the server saw it from while the host
+                // still tracks it (bounded: a refusal storm asks about the first ones).
+                if self.refused_for_nat.len() < crate::nat::LOOKUPS_PER_SAMPLE {
+                    self.refused_for_nat.push(Tuple {
+                        saddr: event.server.saddr,
+                        daddr: event.server.daddr,
+                        sport: event.sport,
+                        dport: event.server.dport,
+                        _pad: 0,
+                    });
+                }
             }
             event_kind::OWNER_EXIT => {
                 if !self.facts.contains_key(&event.owner) {
@@ -528,6 +543,10 @@ impl Collector {
             .nat
             .translate(state.conns.iter().chain(&state.seeds).map(|c| &c.tuple));
         self.translations.learn(translated, NAT_SOURCES_REMEMBERED);
+        let refused = std::mem::take(&mut self.refused_for_nat);
+        let seen = self.nat.translate_closed(&refused);
+        self.translations
+            .learn_sources(seen, NAT_SOURCES_REMEMBERED);
         let cgroups = std::cell::RefCell::new(&mut self.cgroups);
         let path = |id: u64| cgroups.borrow_mut().path(id);
         let rows = model::build(&Inputs {

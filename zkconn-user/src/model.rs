@@ -647,13 +647,22 @@ impl Translations {
     /// translates without end; past it, the lowest keys are dropped, and their counters fall
     /// back to rows under their own address).
     pub fn learn(&mut self, live: FxHashMap<zkconn_common::Tuple, [u8; 16]>, cap: usize) {
-        for (t, seen) in &live {
-            self.sources.insert((t.daddr, t.dport, t.saddr), *seen);
+        self.learn_sources(live.iter().map(|(t, seen)| (*t, *seen)), cap);
+        self.live = live;
+    }
+
+    /// Remembers the sources of connections seen translated (live or just closed).
+    pub fn learn_sources(
+        &mut self,
+        seen: impl IntoIterator<Item = (zkconn_common::Tuple, [u8; 16])>,
+        cap: usize,
+    ) {
+        for (t, addr) in seen {
+            self.sources.insert((t.daddr, t.dport, t.saddr), addr);
         }
         while self.sources.len() > cap {
             self.sources.pop_first();
         }
-        self.live = live;
     }
 
     fn source_of(&self, c: &Conn) -> [u8; 16] {

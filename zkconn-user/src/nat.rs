@@ -153,6 +153,33 @@ impl Nat {
             .collect()
     }
 
+    /// The source address the server saw for each of `closed` (connections that ended
+    /// since the last sample, refusals: the host keeps their entries for a few seconds after
+    /// the close), for those the host translated. At most [`LOOKUPS_PER_SAMPLE`].
+    pub fn translate_closed(&mut self, closed: &[ConnTuple]) -> Vec<(ConnTuple, [u8; 16])> {
+        let mut found = Vec::new();
+        for t in closed.iter().take(LOOKUPS_PER_SAMPLE) {
+            if self.socket.is_none() {
+                break;
+            }
+            match self.ask(t) {
+                Ok(Some(seen)) => found.push((*t, seen)),
+                Ok(None) => {}
+                Err(LookupError::Io(e)) => {
+                    tracing::debug!("conntrack look-up failed: {e}");
+                    self.errors += 1;
+                }
+                Err(e) => {
+                    self.errors += 1;
+                    self.reason = Some(e.explain());
+                    self.socket = None;
+                    tracing::warn!("NAT look-ups stopped: {}", e.explain());
+                }
+            }
+        }
+        found
+    }
+
     pub fn health(&self, translated: u64) -> NatHealth {
         NatHealth {
             available: self.socket.is_some(),

@@ -114,11 +114,12 @@ elif mode == "storm":
     threading.Thread(target=storm, daemon=True).start()
     print("ready", flush=True)
 elif mode == "ask":
-    s = socket.create_connection((ip, port), timeout=30)
-    s.settimeout(30)
-    s.sendall(sys.argv[4].encode())
     got = 0
     try:
+        s = socket.create_connection((ip, port), timeout=30)
+        s.settimeout(30)
+        # A refusal may reset the connection before the word is even sent.
+        s.sendall(sys.argv[4].encode())
         while True:
             b = s.recv(65536)
             if not b:
@@ -127,7 +128,6 @@ elif mode == "ask":
         print("got %d" % got, flush=True)
     except OSError as e:
         print("error %s (after %d bytes)" % (e.__class__.__name__, got), flush=True)
-    s.close()
     sys.exit(0)
 else:
     sys.exit("unknown mode " + mode)

@@ -152,6 +152,7 @@ fn a_refusal_from_a_paused_server_is_counted() -> Result<()> {
     thread::sleep(Duration::from_millis(2500));
     zk.signal(libc::SIGCONT);
     let answer = Edge::answer(&mut late)?;
+    late.wait_exit(Duration::from_secs(10))?;
     wait_settled(zk.addr)?;
     let after = zk.connection_rejected(witness)?;
     let snap = z.finish()?;
@@ -179,6 +180,8 @@ fn late_answers_and_silent_clients_are_not_refusals() -> Result<()> {
     thread::sleep(Duration::from_millis(2500));
     zk.signal(libc::SIGCONT);
     let answer = Edge::answer(&mut slow)?;
+    // It closes its socket as it exits (the server closed first, after answering).
+    slow.wait_exit(Duration::from_secs(10))?;
     wait_settled(zk.addr)?;
     let snap = z.finish()?;
     assert!(

@@ -72,33 +72,42 @@ fn render_header(frame: &mut Frame<'_>, area: Rect, app: &App) {
     let count = |v: u64, style: Style| {
         Span::styled(v.to_string(), if v > 0 { style } else { Style::new() })
     };
-    // Per-second rates once two refreshes are known, and when there is room for them.
-    let rate = |v: f64| match r {
-        Some(_) if area.width >= 110 => format!(" (+{v:.1}/s)"),
-        _ => String::new(),
+    // Per-second rates once two refreshes are known, and when the line has room for them:
+    // the counts themselves (lost, overflow, unreadable, repaired last) always fit first.
+    let line = |with_rates: bool| {
+        let rate = |v: f64| match r {
+            Some(_) if with_rates => format!(" (+{v:.1}/s)"),
+            _ => String::new(),
+        };
+        let r = r.unwrap_or_default();
+        Line::from(vec![
+            Span::raw(format!(
+                "open {}  opened {}{}  closed {}{}  failed {}{}  rejected ",
+                t.open,
+                t.opened,
+                rate(r.opened),
+                t.closed,
+                rate(r.closed),
+                t.failed,
+                rate(r.failed)
+            )),
+            count(t.rejected, CRIT),
+            Span::raw(format!("{}  lost ", rate(r.rejected))),
+            count(s.probe.lost, WARN),
+            Span::raw("  overflow "),
+            count(s.probe.overflow, WARN),
+            Span::raw("  unreadable "),
+            count(s.probe.unreadable, DIM),
+            Span::raw("  repaired "),
+            count(s.probe.repaired.retired + s.probe.repaired.adopted, WARN),
+        ])
     };
-    let r = r.unwrap_or_default();
-    let second = Line::from(vec![
-        Span::raw(format!(
-            "open {}  opened {}{}  closed {}{}  failed {}{}  rejected ",
-            t.open,
-            t.opened,
-            rate(r.opened),
-            t.closed,
-            rate(r.closed),
-            t.failed,
-            rate(r.failed)
-        )),
-        count(t.rejected, CRIT),
-        Span::raw(format!("{}  lost ", rate(r.rejected))),
-        count(s.probe.lost, WARN),
-        Span::raw("  overflow "),
-        count(s.probe.overflow, WARN),
-        Span::raw("  unreadable "),
-        count(s.probe.unreadable, DIM),
-        Span::raw("  repaired "),
-        count(s.probe.repaired.retired + s.probe.repaired.adopted, WARN),
-    ]);
+    let with_rates = line(true);
+    let second = if with_rates.width() <= usize::from(area.width) {
+        with_rates
+    } else {
+        line(false)
+    };
     frame.render_widget(Paragraph::new(vec![Line::from(first), second]), area);
 }
 

@@ -383,6 +383,14 @@ fn header_rates_are_per_second_between_refreshes() {
     app.update(b, Vec::new());
     let rates = app.rates.unwrap();
     assert_eq!((rates.opened, rates.rejected), (4.0, 2.0));
+
+    // Rates only where the whole line fits: the counts after them are never cut.
+    for (width, rates_shown) in [(200, true), (130, false)] {
+        let screen = draw(&app, width, 24);
+        let header = screen.lines().nth(1).unwrap_or_default().to_owned();
+        assert!(header.contains("repaired 0"), "{width}: {header}");
+        assert_eq!(header.contains("/s)"), rates_shown, "{width}: {header}");
+    }
 }
 
 #[test]

@@ -98,6 +98,45 @@ impl Edge {
         })
     }
 
+    /// `n` connections to `server` whose namespace only a thread shows
+    /// (`src/clients/ns_thread_client.py`): `netns` None: the process's main thread exits
+    /// once they are made (a zombie thread-group leader holding live sockets); Some: a worker
+    /// thread enters that namespace (`ip netns` name) and connects from there.
+    pub fn thread_held(
+        server: SocketAddr,
+        n: u32,
+        netns: Option<&str>,
+        run_in: Option<&str>,
+    ) -> anyhow::Result<Self> {
+        let mut cmd = match run_in {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "python3"]);
+                c
+            }
+            None => Command::new("python3"),
+        };
+        cmd.arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/clients/ns_thread_client.py"
+        ));
+        match netns {
+            Some(ns) => cmd.args(["setns", ns]),
+            None => cmd.arg("zombie"),
+        };
+        cmd.args([
+            server.ip().to_string(),
+            server.port().to_string(),
+            n.to_string(),
+        ]);
+        let mut client = Client::start(cmd)?;
+        let first_line = client.read_line()?;
+        if !first_line.starts_with("ready") {
+            bail!("thread-held client failed: {first_line}");
+        }
+        Ok(Edge { client, first_line })
+    }
+
     /// Starts `ask` and returns at once; [`Edge::answer`] waits for its line.
     pub fn ask_in_background(server: SocketAddr, word: &str) -> anyhow::Result<Client> {
         let mut cmd = Command::new("python3");

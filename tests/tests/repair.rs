@@ -197,3 +197,63 @@ fn a_missed_connect_in_another_network_namespace_is_adopted() -> Result<()> {
     assert_eq!(field(process(&snap, before.pid())?, "open")?, 1);
     Ok(())
 }
+
+/// `ss` inside namespace `ns`: established connections towards `server`.
+fn ss_in(ns: &str, server: SocketAddr) -> Result<usize> {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "ss",
+            "-Htn",
+            "state",
+            "established",
+            "dst",
+        ])
+        .arg(server.to_string())
+        .output()?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count())
+}
+
+/// Live connections in a namespace that no process's main thread shows: one process there
+/// whose main thread exited (its other threads hold the sockets), and a host process whose
+/// worker thread entered the namespace. Their namespace is still read, and nothing is
+/// retired.
+#[test]
+fn connections_only_a_thread_shows_are_not_retired() -> Result<()> {
+    let zombie_ns = NetNs::create()?;
+    let setns_ns = NetNs::create()?;
+    let zk_a = ZkServer::start(zombie_ns.host, 0, &[])?;
+    let zk_b = ZkServer::start(setns_ns.host, 0, &[])?;
+    let z = Zkconn::start(&[
+        "--zk",
+        &format!("{},{}", zk_a.addr, zk_b.addr),
+        "--reconcile-interval",
+        "1s",
+    ])?;
+    let zombie =
+        integration_tests::edge::Edge::thread_held(zk_a.addr, 3, None, Some(&zombie_ns.name))?;
+    let setns =
+        integration_tests::edge::Edge::thread_held(zk_b.addr, 2, Some(&setns_ns.name), None)?;
+    thread::sleep(Duration::from_millis(500));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", zombie.pid()))?;
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("State:") && l.contains('Z')),
+        "the main thread did not exit: {status}"
+    );
+    thread::sleep(ROUNDS);
+    let snap = z.finish()?;
+
+    assert_eq!(ss_in(&zombie_ns.name, zk_a.addr)?, 3);
+    assert_eq!(ss_in(&setns_ns.name, zk_b.addr)?, 2);
+    assert_eq!(repaired(&snap)?, (0, 0), "{:#}", snap["probe"]);
+    assert_eq!(server_open(&snap, zk_a.addr), (3, 0), "{snap:#}");
+    assert_eq!(server_open(&snap, zk_b.addr), (2, 0), "{snap:#}");
+    Ok(())
+}

@@ -174,6 +174,35 @@ impl Procfs {
     }
 
     /// The network namespace of `pid` (`net:[inode]` → inode).
+    /// The threads of `pid` (`/proc/PID/task`).
+    pub fn tasks(&self, pid: u32) -> io::Result<Vec<u32>> {
+        let mut tids: Vec<u32> = fs::read_dir(self.pid_path(pid, "task"))?
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        tids.sort_unstable();
+        Ok(tids)
+    }
+
+    /// The network namespace of thread `tid` of `pid`: a thread may have entered another
+    /// one (`setns`), and a process whose main thread exited is only reachable through its
+    /// other threads.
+    pub fn task_netns(&self, pid: u32, tid: u32) -> io::Result<u64> {
+        let link = fs::read_link(self.pid_path(pid, &format!("task/{tid}/ns/net")))?;
+        parse_bracketed_inode(&link.to_string_lossy(), "net:")
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unexpected ns/net link"))
+    }
+
+    /// The TCP sockets of the network namespace thread `tid` of `pid` is in.
+    pub fn task_tcp_sockets(&self, pid: u32, tid: u32) -> io::Result<Vec<TcpSocket>> {
+        let mut out = parse_proc_net_tcp(&fs::read_to_string(
+            self.pid_path(pid, &format!("task/{tid}/net/tcp")),
+        )?);
+        if let Ok(v6) = fs::read_to_string(self.pid_path(pid, &format!("task/{tid}/net/tcp6"))) {
+            out.extend(parse_proc_net_tcp(&v6));
+        }
+        Ok(out)
+    }
+
     pub fn netns(&self, pid: u32) -> io::Result<u64> {
         let link = fs::read_link(self.pid_path(pid, "ns/net"))?;
         parse_bracketed_inode(&link.to_string_lossy(), "net:")

@@ -158,6 +158,12 @@ pub fn plan(rows: &[Row], table: &[Live], previous: &Candidates) -> Plan {
         if full.contains(&s.tuple) || claimed.contains(s) {
             continue;
         }
+        // Inode 0: no process holds the socket. It is the time-wait remainder of a closed
+        // connection the table still lists as FIN_WAIT2 (its close was already counted),
+        // and there is no owner to adopt it for.
+        if s.inode == 0 {
+            continue;
+        }
         plan.candidates.adopt.insert((s.tuple, s.inode));
         if previous.adopt.contains(&(s.tuple, s.inode)) {
             adopting.entry(s.tuple).or_default().push(*s);
@@ -441,6 +447,9 @@ mod tests {
     // Two rows for one tuple (two namespaces, or one stale): neither is retired while the
     // tuple is live.
     #[case(&[conn(1, 40000), conn(2, 40000)], &[live(40000, EST, 7)], &[], &[])]
+    // A socket no process holds (inode 0: a closed connection's time-wait remainder listed
+    // as FIN_WAIT2) is never adopted.
+    #[case(&[], &[live(40000, tcp_state::FIN_WAIT2, 0)], &[], &[])]
     fn the_second_round_repairs_what_is_still_missing(
         #[case] rows: &[Row],
         #[case] table: &[Live],

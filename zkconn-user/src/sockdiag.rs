@@ -257,9 +257,11 @@ pub struct Scan {
 }
 
 impl Tables {
-    /// Reads every namespace that has processes (`/proc/*/ns/net`), each once. Readers of
-    /// namespaces that no longer have processes are closed (a netlink socket would keep its
-    /// namespace alive).
+    /// Reads every namespace that has a thread in it (`/proc/*/task/*/ns/net`: a thread may
+    /// have entered another namespace than its process's, and a process whose main thread
+    /// exited is reachable only through its other threads), each once. Readers of namespaces
+    /// that no longer have threads are closed (a netlink socket would keep its namespace
+    /// alive).
     pub fn scan(&mut self, procfs: &Procfs, keep: &dyn Fn(&TcpSocket) -> bool) -> Scan {
         let mut scan = Scan::default();
         let Ok(pids) = procfs.pids() else {
@@ -271,8 +273,14 @@ impl Tables {
         let mut done: HashSet<u64> = HashSet::new();
         let mut failed: HashSet<u64> = HashSet::new();
         let mut hidden: HashSet<u32> = HashSet::new();
-        for pid in pids {
-            let netns = match procfs.netns(pid) {
+        let threads = pids.into_iter().flat_map(|pid| {
+            // A process gone meanwhile lists no threads; one whose task list cannot be read
+            // is tried through its main thread (and counted there if that fails too).
+            let tids = procfs.tasks(pid).unwrap_or_else(|_| vec![pid]);
+            tids.into_iter().map(move |tid| (pid, tid))
+        });
+        for (pid, tid) in threads {
+            let netns = match procfs.task_netns(pid, tid) {
                 Ok(ns) => ns,
                 Err(e) => {
                     // Which namespace it is in cannot be known (EACCES even for root, e.g. a
@@ -290,7 +298,7 @@ impl Tables {
             if done.contains(&netns) {
                 continue;
             }
-            match self.read_one(procfs, pid, netns, own == Some(netns), keep, &mut scan) {
+            match self.read_one(procfs, pid, tid, netns, own == Some(netns), keep, &mut scan) {
                 Ok(sockets) => {
                     done.insert(netns);
                     failed.remove(&netns);
@@ -315,10 +323,12 @@ impl Tables {
     }
 
     /// One namespace: its sock_diag reader (opened now if needed), else `/proc/PID/net`.
+    #[allow(clippy::too_many_arguments)]
     fn read_one(
         &mut self,
         procfs: &Procfs,
         pid: u32,
+        tid: u32,
         netns: u64,
         own: bool,
         keep: &dyn Fn(&TcpSocket) -> bool,
@@ -330,7 +340,7 @@ impl Tables {
             let opened = if own {
                 Diag::open()
             } else {
-                Diag::open_in(&procfs.pid_file(pid, "ns/net"))
+                Diag::open_in(&procfs.pid_file(pid, &format!("task/{tid}/ns/net")))
             };
             match opened {
                 Ok(reader) => {
@@ -365,7 +375,7 @@ impl Tables {
             }
         }
         scan.from_proc += 1;
-        let sockets = procfs.tcp_sockets(pid)?;
+        let sockets = procfs.task_tcp_sockets(pid, tid)?;
         Ok(sockets.into_iter().filter(|s| keep(s)).collect())
     }
 }

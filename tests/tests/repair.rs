@@ -237,7 +237,7 @@ fn connections_only_a_thread_shows_are_not_retired() -> Result<()> {
     ])?;
     let zombie =
         integration_tests::edge::Edge::thread_held(zk_a.addr, 3, None, Some(&zombie_ns.name))?;
-    let setns =
+    let _setns =
         integration_tests::edge::Edge::thread_held(zk_b.addr, 2, Some(&setns_ns.name), None)?;
     thread::sleep(Duration::from_millis(500));
     let status = std::fs::read_to_string(format!("/proc/{}/status", zombie.pid()))?;

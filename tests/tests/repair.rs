@@ -257,3 +257,44 @@ fn connections_only_a_thread_shows_are_not_retired() -> Result<()> {
     assert_eq!(server_open(&snap, zk_b.addr), (2, 0), "{snap:#}");
     Ok(())
 }
+
+/// On a ZooKeeper server's host, a connection the server accepted from a client that drew
+/// the watched port as its own (ephemeral) port looks like a connect towards that port. It is
+/// the listener's, and never adopted (nor seeded).
+#[test]
+fn an_accepted_connection_is_not_taken_for_a_connect() -> Result<()> {
+    use socket2::{Domain, SockAddr, Socket, Type};
+    let ip = integration_tests::fresh_ipv4();
+    let listener = std::net::TcpListener::bind((ip, 0))?;
+    let server = listener.local_addr()?;
+    let connect = || -> Result<std::net::TcpStream> {
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+        // The client's own port is the server's port.
+        s.bind(&SockAddr::from(SocketAddr::new(
+            integration_tests::fresh_ipv4(),
+            server.port(),
+        )))?;
+        s.connect(&SockAddr::from(server))?;
+        Ok(s.into())
+    };
+    // One before zkconn starts (seeding), one after (repair).
+    let _before = connect()?;
+    let _accepted_before = listener.accept()?;
+    let z = Zkconn::start(&[
+        "--port",
+        &server.port().to_string(),
+        "--reconcile-interval",
+        "1s",
+    ])?;
+    let _after = connect()?;
+    let _accepted_after = listener.accept()?;
+    thread::sleep(ROUNDS);
+    let snap = z.finish()?;
+
+    // The two connects, one seeded and one seen by the kernel; the listener's two ends of
+    // them neither seeded nor adopted.
+    assert_eq!(repaired(&snap)?, (0, 0), "{:#}", snap["probe"]);
+    assert_eq!(snap["probe"]["seeds"]["seeded"], 1, "{:#}", snap["probe"]);
+    assert_eq!(server_open(&snap, server), (2, 0), "{snap:#}");
+    Ok(())
+}

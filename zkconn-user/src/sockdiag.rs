@@ -22,7 +22,7 @@ use std::{
     collections::{HashMap, HashSet, hash_map::Entry},
     fs::File,
     io,
-    net::SocketAddr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::AsRawFd as _,
     path::{Path, PathBuf},
 };
@@ -63,9 +63,11 @@ pub enum DiagError {
     Decode(String),
 }
 
-/// The live states, as the request's state mask.
+/// The live states, and LISTEN (to tell accepted connections from connects: see
+/// [`without_accepted`]), as the request's state mask.
 fn live_states() -> StateFlags {
-    StateFlags::SYN_SENT
+    StateFlags::LISTEN
+        | StateFlags::SYN_SENT
         | StateFlags::ESTABLISHED
         | StateFlags::FIN_WAIT1
         | StateFlags::FIN_WAIT2
@@ -363,9 +365,10 @@ impl Tables {
                 }
             }
         }
+        let keep_or_listen = |s: &TcpSocket| s.state == zkconn_common::tcp_state::LISTEN || keep(s);
         if let Some(reader) = self.readers.get_mut(&netns) {
-            match reader.dump(keep) {
-                Ok(sockets) => return Ok(sockets),
+            match reader.dump(&keep_or_listen) {
+                Ok(sockets) => return Ok(without_accepted(sockets)),
                 Err(e) => {
                     // Counted and said; the reader is reopened next time.
                     tracing::warn!("reading namespace {netns} over sock_diag failed: {e}");
@@ -376,8 +379,47 @@ impl Tables {
         }
         scan.from_proc += 1;
         let sockets = procfs.task_tcp_sockets(pid, tid)?;
-        Ok(sockets.into_iter().filter(|s| keep(s)).collect())
+        Ok(without_accepted(
+            sockets.into_iter().filter(keep_or_listen).collect(),
+        ))
     }
+}
+
+/// One namespace's sockets without its listeners and without the connections they accepted
+/// (local address and port a listener's, exactly or on the wildcard): on a ZooKeeper
+/// server's host, an accepted connection whose client happened to draw the watched port as
+/// its ephemeral port looks like a connect towards that port, and is none.
+fn without_accepted(sockets: Vec<TcpSocket>) -> Vec<TcpSocket> {
+    use zkconn_common::tcp_state::LISTEN;
+    let listening: HashSet<SocketAddr> = sockets
+        .iter()
+        .filter(|s| s.state == LISTEN)
+        .map(|s| s.local)
+        .collect();
+    if listening.is_empty() {
+        return sockets;
+    }
+    let wildcard = |local: &SocketAddr| {
+        let any = if local.is_ipv4() {
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        } else {
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+        };
+        SocketAddr::new(any, local.port())
+    };
+    sockets
+        .into_iter()
+        .filter(|s| {
+            s.state != LISTEN
+                && !listening.contains(&s.local)
+                && !listening.contains(&wildcard(&s.local))
+                // An IPv4 connection accepted by a dual-stack IPv6 listener.
+                && !listening.contains(&SocketAddr::new(
+                    IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+                    s.local.port(),
+                ))
+        })
+        .collect()
 }
 
 /// Whether a TCP state counts as a live connection (what the dump asks the kernel for).
@@ -402,6 +444,33 @@ mod tests {
 
     use super::*;
 
+    fn sock(local: &str, remote: &str, state: u8) -> TcpSocket {
+        TcpSocket {
+            local: local.parse().unwrap(),
+            remote: remote.parse().unwrap(),
+            state,
+            inode: 1,
+            uid: 0,
+        }
+    }
+
+    /// A connection a listener accepted is never taken for a connect, even when its client's
+    /// ephemeral port is the watched one; a connect from an ephemeral port is kept.
+    #[test]
+    fn accepted_connections_are_told_from_connects() {
+        use zkconn_common::tcp_state::{ESTABLISHED, LISTEN};
+        let kept = without_accepted(vec![
+            sock("127.0.0.4:47311", "0.0.0.0:0", LISTEN),
+            sock("127.0.0.4:47311", "127.0.0.9:47311", ESTABLISHED),
+            sock("[::]:2181", "[::]:0", LISTEN),
+            sock("127.0.0.5:2181", "127.0.0.1:2181", ESTABLISHED),
+            sock("127.0.0.9:47311", "127.0.0.4:47311", ESTABLISHED),
+            sock("127.0.0.1:40000", "127.0.0.5:2181", ESTABLISHED),
+        ]);
+        let locals: Vec<String> = kept.iter().map(|s| s.local.to_string()).collect();
+        assert_eq!(locals, ["127.0.0.9:47311", "127.0.0.1:40000"]);
+    }
+
     #[rstest]
     #[case(tcp_state::SYN_SENT, true)]
     #[case(tcp_state::ESTABLISHED, true)]
@@ -413,7 +482,9 @@ mod tests {
     #[case(tcp_state::CLOSE, false)]
     fn the_request_asks_for_the_live_states(#[case] state: u8, #[case] live: bool) {
         assert_eq!(is_live_state(state), live);
-        assert_eq!(live_states().bits() & (1 << state) != 0, live);
+        // LISTEN too: listeners tell accepted connections apart.
+        let asked = live || state == tcp_state::LISTEN;
+        assert_eq!(live_states().bits() & (1 << state) != 0, asked);
     }
 
     /// Unprivileged and namespace-local: this test's own listening socket and a connection

@@ -13,12 +13,12 @@ use anyhow::{Context as _, Result, bail};
 use integration_tests::{NetNs, RawClient, ZkServer, Zkconn, field, process, wait_settled};
 use serde_json::Value;
 
-/// The host's NAT for the test: forwarding on (restored on drop) and an nftables table of
-/// its own that masquerades the container's address out towards the server's namespace and
-/// forwards nothing else of these namespaces.
 /// One test at a time may own the host's forwarding switch.
 static FORWARDING: Mutex<()> = Mutex::new(());
 
+/// The host's NAT for the test: forwarding on (restored on drop) and an nftables table of
+/// its own that masquerades the container's address out towards the server's namespace and
+/// forwards nothing else of these namespaces.
 struct Masquerade {
     table: String,
     forward_was: String,
@@ -103,6 +103,20 @@ fn ip(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// `srvr` asked of `server` from inside `ns` (edge_client's `ask`): what it printed.
+fn ask_from(ns: &NetNs, server: std::net::SocketAddr) -> Result<String> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns.name, "python3"])
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/clients/edge_client.py"
+        ))
+        .args(["ask", &server.ip().to_string(), &server.port().to_string()])
+        .arg("srvr")
+        .output()?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
 /// The server's own view: its established connections per peer address (`ss` in its
 /// namespace).
 fn server_side_peers(ns: &NetNs, port: u16) -> Result<Vec<(IpAddr, usize)>> {
@@ -156,20 +170,7 @@ fn masqueraded_container_connections_count_under_the_hosts_address() -> Result<(
     .spawn()?;
     // The server holds 10 from the host's address: the next connect from the container is
     // refused, though the container's own address has only 4.
-    let refused = Command::new("ip")
-        .args(["netns", "exec", &container.name, "python3"])
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/src/clients/edge_client.py"
-        ))
-        .args([
-            "ask",
-            &zk.addr.ip().to_string(),
-            &zk.addr.port().to_string(),
-        ])
-        .arg("srvr")
-        .output()?;
-    let answer = String::from_utf8_lossy(&refused.stdout).trim().to_owned();
+    let answer = ask_from(&container, zk.addr)?;
     wait_settled(zk.addr)?;
     let truth = server_side_peers(&server_ns, zk.addr.port())?;
     let snap = z.finish()?;
@@ -248,20 +249,7 @@ fn a_container_refused_at_once_counts_under_the_hosts_address() -> Result<()> {
     .spawn()?;
     let mut answers = Vec::new();
     for _ in 0..3 {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &container.name, "python3"])
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/src/clients/edge_client.py"
-            ))
-            .args([
-                "ask",
-                &zk.addr.ip().to_string(),
-                &zk.addr.port().to_string(),
-            ])
-            .arg("srvr")
-            .output()?;
-        answers.push(String::from_utf8_lossy(&out.stdout).trim().to_owned());
+        answers.push(ask_from(&container, zk.addr)?);
     }
     wait_settled(zk.addr)?;
     // Past one sample, so the refusals' look-ups have run.

@@ -128,22 +128,12 @@ impl Nat {
                     continue;
                 }
                 budget -= 1;
-                match self.ask(t) {
-                    Ok(answer) => {
+                match self.ask_counted(t) {
+                    Some(answer) => {
                         self.cache.insert(*t, answer);
                     }
-                    Err(LookupError::Io(e)) => {
-                        tracing::debug!("conntrack look-up failed: {e}");
-                        self.errors += 1;
-                    }
-                    Err(e) => {
-                        // The table stopped answering (permission lost, module removed).
-                        self.errors += 1;
-                        self.reason = Some(e.explain());
-                        self.socket = None;
-                        tracing::warn!("NAT look-ups stopped: {}", e.explain());
-                        break;
-                    }
+                    None if self.socket.is_none() => break,
+                    None => {}
                 }
             }
         }
@@ -162,22 +152,31 @@ impl Nat {
             if self.socket.is_none() {
                 break;
             }
-            match self.ask(t) {
-                Ok(Some(seen)) => found.push((*t, seen)),
-                Ok(None) => {}
-                Err(LookupError::Io(e)) => {
-                    tracing::debug!("conntrack look-up failed: {e}");
-                    self.errors += 1;
-                }
-                Err(e) => {
-                    self.errors += 1;
-                    self.reason = Some(e.explain());
-                    self.socket = None;
-                    tracing::warn!("NAT look-ups stopped: {}", e.explain());
-                }
+            if let Some(Some(seen)) = self.ask_counted(t) {
+                found.push((*t, seen));
             }
         }
         found
+    }
+
+    /// [`Nat::ask`], with its failures counted: `None` when the question failed. A failure
+    /// other than one question's (permission lost, module removed) closes the socket.
+    fn ask_counted(&mut self, t: &ConnTuple) -> Option<Answer> {
+        match self.ask(t) {
+            Ok(answer) => Some(answer),
+            Err(LookupError::Io(e)) => {
+                tracing::debug!("conntrack look-up failed: {e}");
+                self.errors += 1;
+                None
+            }
+            Err(e) => {
+                self.errors += 1;
+                self.reason = Some(e.explain());
+                self.socket = None;
+                tracing::warn!("NAT look-ups stopped: {}", e.explain());
+                None
+            }
+        }
     }
 
     pub fn health(&self, translated: u64) -> NatHealth {

@@ -21,6 +21,7 @@ use anyhow::{Context as _, anyhow, bail};
 use serde_json::Value;
 
 pub mod edge;
+pub mod limits;
 
 const JARS: &[&str] = &[
     "zookeeper.jar",
@@ -758,7 +759,16 @@ fn spawn_zkconn(
     mode: &[&str],
     args: &[&str],
 ) -> anyhow::Result<(Child, thread::JoinHandle<String>, ChildStderr)> {
-    let mut child = Command::new(zkconn_bin())
+    spawn_zkconn_with(Command::new(zkconn_bin()), mode, args)
+}
+
+/// Like `spawn_zkconn`, with `cmd` prepared by the caller (a `setpriv` wrapper, limits).
+fn spawn_zkconn_with(
+    mut cmd: Command,
+    mode: &[&str],
+    args: &[&str],
+) -> anyhow::Result<(Child, thread::JoinHandle<String>, ChildStderr)> {
+    let mut child = cmd
         .args(mode)
         .args(args)
         .args(hook_args())
@@ -845,8 +855,17 @@ impl Zkconn {
     /// Starts `zkconn snapshot --json --duration 600 -v ARGS` and waits until it is attached
     /// and seeded.
     pub fn start(args: &[&str]) -> anyhow::Result<Self> {
-        let (child, stdout, err) =
-            spawn_zkconn(&["snapshot", "--json", "--duration", "600", "-v"], args)?;
+        Self::start_with(Command::new(zkconn_bin()), args)
+    }
+
+    /// Like `start`, run by `cmd`: `zkconn_bin()` itself with limits applied, or a wrapper
+    /// (`setpriv ... zkconn_bin()`).
+    pub fn start_with(cmd: Command, args: &[&str]) -> anyhow::Result<Self> {
+        let (child, stdout, err) = spawn_zkconn_with(
+            cmd,
+            &["snapshot", "--json", "--duration", "600", "-v"],
+            args,
+        )?;
         let mut z = Zkconn {
             child,
             stdout: Some(stdout),

@@ -158,6 +158,42 @@ fn private_sources(dir: &Path, suite: &str) -> anyhow::Result<Vec<String>> {
     ])
 }
 
+/// apt options that see only `suite` (e.g. `bullseye`, an older release whose kernel the
+/// matrix boots) of the Debian archive this machine uses, with lists and caches of their
+/// own under `dir`; their lists are brought up to date. Nothing of the machine's apt state
+/// is touched: the packages are only downloaded, never installed.
+pub fn only_suite(dir: &Path, suite: &str) -> anyhow::Result<Vec<String>> {
+    let archive = archive_uri(&codename()?)?;
+    let parts = dir.join("sources.list.d");
+    let lists = dir.join("lists");
+    let cache = dir.join("cache");
+    for d in [
+        lists.join("partial"),
+        parts.clone(),
+        cache.join("archives/partial"),
+    ] {
+        std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
+    }
+    let list = dir.join("sources.list");
+    std::fs::write(&list, format!("deb {archive} {suite} main\n"))
+        .with_context(|| format!("cannot write {}", list.display()))?;
+    let opt = |k: &str, v: &PathBuf| format!("-oDir::{k}={}", v.display());
+    let opts = vec![
+        opt("Etc::SourceList", &list),
+        opt("Etc::SourceParts", &parts),
+        opt("State::Lists", &lists),
+        opt("Cache", &cache),
+    ];
+    check(
+        as_root("apt-get").args(&opts).arg("update").arg("-qq"),
+        &format!(
+            "apt-get update (the {suite} suite of {archive}, in {})",
+            dir.display()
+        ),
+    )?;
+    Ok(opts)
+}
+
 /// The URI of the Debian archive the machine takes `release` from, from its own apt sources
 /// (one-line `deb URI release ...` or deb822 `URIs:`/`Suites:` stanzas).
 fn archive_uri(release: &str) -> anyhow::Result<String> {

@@ -458,6 +458,7 @@ const ALL_TESTS: &[&str] = &[
     "faults",
     "ownership",
     "repair",
+    "privileges",
     "hooks",
 ];
 

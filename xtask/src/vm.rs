@@ -31,10 +31,49 @@ pub enum Doc {
     Leave,
 }
 
-/// The kernel series of the matrix and the Debian package that follows each one.
-const KERNELS: &[(&str, &str)] = &[
-    ("6.1", "linux-image-cloud-amd64"),
-    ("6.12", "linux-image-6.12-cloud-amd64"),
+/// The kernel series of the matrix, the Debian package that follows each one, and the
+/// Debian suite it comes from (`None`: this machine's own release).
+const KERNELS: &[(&str, &str, Option<&str>)] = &[
+    // Debian 11's kernel: BPF memory charged to RLIMIT_MEMLOCK (before 5.11), every bpf()
+    // command refused without CAP_BPF while unprivileged BPF is disabled (before 5.19).
+    ("5.10", "linux-image-cloud-amd64", Some("bullseye")),
+    ("6.1", "linux-image-cloud-amd64", None),
+    ("6.12", "linux-image-6.12-cloud-amd64", None),
+];
+
+/// How the check starts zkconn: the `--mode` it names, whether it takes the unit's
+/// capability bounding set, the memlock limit (`None`: the unit's), and the hooks it runs.
+struct Mode {
+    name: &'static str,
+    unit: bool,
+    memlock: Option<&'static str>,
+    all_hooks: bool,
+}
+
+const MODES: &[Mode] = &[
+    Mode {
+        name: "root",
+        unit: false,
+        memlock: None,
+        all_hooks: true,
+    },
+    // Exactly as deploy/zkconn.service runs it: its bounding set, no new privileges, its
+    // LimitMEMLOCK.
+    Mode {
+        name: "unit",
+        unit: true,
+        memlock: None,
+        all_hooks: true,
+    },
+    // The unit's capabilities with systemd's default memlock limit before v253 (64 KiB):
+    // from 5.11 it does not matter; before, zkconn must refuse in one sentence that names
+    // LimitMEMLOCK.
+    Mode {
+        name: "unit-memlock-64k",
+        unit: true,
+        memlock: Some("65536"),
+        all_hooks: false,
+    },
 ];
 
 /// Every hook, in the order the check runs them; `auto` first shows what zkconn picks.
@@ -53,11 +92,14 @@ const END: &str = "<!-- vm-test:end -->";
 
 /// What one hook did on one kernel, from a `zkconn-vm:` line.
 struct HookResult {
+    mode: String,
     hook: String,
     /// The check itself failed (a client or listener of its own), so nothing is known.
     broken: bool,
     attached: bool,
     reported: String,
+    /// The capabilities zkconn kept after attach.
+    kept: String,
     exact: bool,
     detail: String,
 }
@@ -73,13 +115,13 @@ struct KernelRun {
 pub fn run(root: &Path, only: &[String], doc: Doc) -> anyhow::Result<()> {
     if let Some(unknown) = only
         .iter()
-        .find(|k| !KERNELS.iter().any(|(series, _)| series == k))
+        .find(|k| !KERNELS.iter().any(|(series, _, _)| series == k))
     {
         bail!(
             "no kernel series {unknown} in the matrix; it has {}",
             KERNELS
                 .iter()
-                .map(|(s, _)| *s)
+                .map(|(s, _, _)| *s)
                 .collect::<Vec<_>>()
                 .join(", ")
         );
@@ -89,14 +131,15 @@ pub fn run(root: &Path, only: &[String], doc: Doc) -> anyhow::Result<()> {
     fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
     let zkconn = root.join("target/release/zkconn");
 
-    let mut runs = vec![host_run(&zkconn, &vmcheck)?];
+    let checks = invocations(&unit_limits(root)?);
+    let mut runs = vec![host_run(&zkconn, &vmcheck, &checks)?];
     print_run(&runs[0]);
-    let initramfs = build_initramfs(&work, &zkconn, &vmcheck)?;
-    for (series, package) in KERNELS
+    let initramfs = build_initramfs(&work, &zkconn, &vmcheck, &checks)?;
+    for (series, package, suite) in KERNELS
         .iter()
-        .filter(|(s, _)| only.is_empty() || only.iter().any(|o| o == s))
+        .filter(|(s, _, _)| only.is_empty() || only.iter().any(|o| o == s))
     {
-        let vmlinuz = fetch_kernel(&work, series, package)?;
+        let vmlinuz = fetch_kernel(&work, series, package, *suite)?;
         eprintln!("xtask: booting {} under qemu", vmlinuz.display());
         let run = guest_run(&work, series, &vmlinuz, &initramfs)?;
         print_run(&run);
@@ -116,8 +159,7 @@ pub fn run(root: &Path, only: &[String], doc: Doc) -> anyhow::Result<()> {
             let inexact = r
                 .hooks
                 .iter()
-                .filter(|h| h.broken || (h.attached && !h.exact))
-                .map(move |h| format!("{} with --hook {}: {}", r.kernel, h.hook, h.detail));
+                .filter_map(|h| problem(h).map(|p| format!("{} {p}", r.kernel)));
             failed.chain(inexact)
         })
         .collect();
@@ -127,30 +169,151 @@ pub fn run(root: &Path, only: &[String], doc: Doc) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn host_run(zkconn: &Path, vmcheck: &Path) -> anyhow::Result<KernelRun> {
-    let kernel = output(Command::new("uname").arg("-r"))
+fn host_run(zkconn: &Path, vmcheck: &Path, checks: &[Vec<String>]) -> anyhow::Result<KernelRun> {
+    let release = output(Command::new("uname").arg("-r"))
         .map(|s| s.trim().to_owned())
         .unwrap_or_else(|| "?".to_owned());
+    let sysctl = fs::read_to_string("/proc/sys/kernel/unprivileged_bpf_disabled")
+        .map_or_else(|_| "?".to_owned(), |v| v.trim().to_owned());
+    let kernel = kernel_name(&format!("{release} unprivileged_bpf_disabled={sysctl}"));
     eprintln!("xtask: checking every hook on this host ({kernel})");
-    let out = as_root(vmcheck)
-        .env("ZKCONN_BIN", zkconn)
-        .args(HOOKS)
-        .stderr(Stdio::inherit())
-        .output()
-        .context("cannot run the kernel check on this host")?;
-    let text = String::from_utf8_lossy(&out.stdout);
+    let mut text = String::new();
+    let mut failure = None;
+    for args in checks {
+        let out = as_root(vmcheck)
+            .env("ZKCONN_BIN", zkconn)
+            .args(args)
+            .stderr(Stdio::inherit())
+            .output()
+            .context("cannot run the kernel check on this host")?;
+        text.push_str(&String::from_utf8_lossy(&out.stdout));
+        if !out.status.success() {
+            failure = Some(format!("the check exited with {}", out.status));
+        }
+    }
     Ok(KernelRun {
         kernel,
         place: "the host that ran vm-test".to_owned(),
         hooks: parse_results(&text),
-        failure: (!out.status.success()).then(|| format!("the check exited with {}", out.status)),
+        failure,
     })
 }
 
-/// The newest package of `series` that `package` depends on, downloaded and unpacked once;
-/// returns its vmlinuz.
-fn fetch_kernel(work: &Path, series: &str, package: &str) -> anyhow::Result<PathBuf> {
-    let depends = output(Command::new("apt-cache").args(["depends", "--important", package]))
+/// What deploy/zkconn.service grants zkconn: its capability bounding set (comma-joined)
+/// and its `LimitMEMLOCK` (bytes or `infinity`; systemd's default before v253 when absent).
+struct UnitLimits {
+    caps: String,
+    memlock: String,
+}
+
+fn unit_limits(root: &Path) -> anyhow::Result<UnitLimits> {
+    let path = root.join("deploy/zkconn.service");
+    let text =
+        fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    parse_unit(&text).with_context(|| format!("in {}", path.display()))
+}
+
+fn parse_unit(text: &str) -> anyhow::Result<UnitLimits> {
+    let value = |key: &str| {
+        text.lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .find_map(|l| l.trim().strip_prefix(key))
+            .map(str::trim)
+    };
+    let caps = value("CapabilityBoundingSet=")
+        .ok_or_else(|| anyhow!("no CapabilityBoundingSet= line"))?
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(",");
+    let memlock = match value("LimitMEMLOCK=") {
+        None => "65536".to_owned(),
+        Some("infinity") => "infinity".to_owned(),
+        Some(v) => {
+            let (digits, unit) =
+                v.split_at(v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len()));
+            let scale: u64 = match unit {
+                "" => 1,
+                "K" => 1 << 10,
+                "M" => 1 << 20,
+                "G" => 1 << 30,
+                _ => bail!("LimitMEMLOCK={v} is not understood here (bytes, K, M, G, infinity)"),
+            };
+            (digits.parse::<u64>().context("LimitMEMLOCK")? * scale).to_string()
+        }
+    };
+    Ok(UnitLimits { caps, memlock })
+}
+
+/// The check's command lines, one per mode.
+fn invocations(unit: &UnitLimits) -> Vec<Vec<String>> {
+    MODES
+        .iter()
+        .map(|m| {
+            let mut args = vec!["--mode".to_owned(), m.name.to_owned()];
+            if m.unit {
+                args.extend(["--caps".to_owned(), unit.caps.clone()]);
+                args.extend([
+                    "--memlock".to_owned(),
+                    m.memlock.unwrap_or(&unit.memlock).to_owned(),
+                ]);
+            }
+            let hooks: &[&str] = if m.all_hooks { HOOKS } else { &["auto"] };
+            args.extend(hooks.iter().map(|h| (*h).to_owned()));
+            args
+        })
+        .collect()
+}
+
+/// `RELEASE unprivileged_bpf_disabled=N` as the matrix shows it.
+fn kernel_name(line: &str) -> String {
+    match line.trim().split_once(" unprivileged_bpf_disabled=") {
+        Some((release, n)) => format!("{release} (unprivileged_bpf_disabled={n})"),
+        None => line.trim().to_owned(),
+    }
+}
+
+/// Why one result spoils the matrix, if it does.
+fn problem(h: &HookResult) -> Option<String> {
+    let what = format!("({}) with --hook {}", h.mode, h.hook);
+    if h.broken || (h.attached && !h.exact) {
+        return Some(format!("{what}: {}", h.detail));
+    }
+    if h.attached {
+        return None;
+    }
+    let mode = MODES.iter().find(|m| m.name == h.mode);
+    match mode {
+        // A limit zkconn cannot live with must be said in one sentence naming the fix.
+        Some(m) if m.memlock.is_some() && !h.detail.contains("LimitMEMLOCK") => Some(format!(
+            "{what}: refused without naming LimitMEMLOCK: {}",
+            h.detail
+        )),
+        Some(m) if m.memlock.is_some() => None,
+        // Some hook always fits; `auto` must find it.
+        _ if h.hook == "auto" => Some(format!("{what}: no hook attached: {}", h.detail)),
+        _ => None,
+    }
+}
+
+/// The newest package of `series` that `package` depends on (in `suite` of Debian's
+/// archive, or this machine's own release), downloaded and unpacked once; returns its
+/// vmlinuz.
+fn fetch_kernel(
+    work: &Path,
+    series: &str,
+    package: &str,
+    suite: Option<&str>,
+) -> anyhow::Result<PathBuf> {
+    let opts = match suite {
+        Some(suite) => crate::apt::only_suite(&work.join("apt").join(suite), suite)?,
+        None => Vec::new(),
+    };
+    let depends =
+        output(
+            Command::new("apt-cache")
+                .args(&opts)
+                .args(["depends", "--important", package]),
+        )
         .ok_or_else(|| {
             anyhow!("apt-cache knows no {package}; run `apt-get update` and try again")
         })?;
@@ -175,6 +338,7 @@ fn fetch_kernel(work: &Path, series: &str, package: &str) -> anyhow::Result<Path
             Command::new("apt-get")
                 .current_dir(&debs)
                 // Root downloads into a directory the _apt user cannot write: say so.
+                .args(&opts)
                 .args(["download", "-qq", "-o", "APT::Sandbox::User=root", &image]),
             &format!("apt-get download {image}"),
         )?;
@@ -213,15 +377,20 @@ mount -t tracefs tracefs /sys/kernel/tracing
 mount -t bpf bpf /sys/fs/bpf
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 ip link set lo up
-echo "zkconn-vm: kernel $(uname -r)"
-ZKCONN_BIN=/zkconn /zkconn-vmcheck HOOKS
+echo "zkconn-vm: kernel $(uname -r) unprivileged_bpf_disabled=$(cat /proc/sys/kernel/unprivileged_bpf_disabled)"
+CHECKS
 echo "zkconn-vm: end $?"
 poweroff -f
 "#;
 
 /// An initramfs (newc cpio) of busybox, zkconn (without debug info), the check and the
 /// libraries `ldd` lists for them.
-fn build_initramfs(work: &Path, zkconn: &Path, vmcheck: &Path) -> anyhow::Result<PathBuf> {
+fn build_initramfs(
+    work: &Path,
+    zkconn: &Path,
+    vmcheck: &Path,
+    checks: &[Vec<String>],
+) -> anyhow::Result<PathBuf> {
     let tree = work.join("initramfs");
     if tree.exists() {
         fs::remove_dir_all(&tree).with_context(|| format!("cannot clear {}", tree.display()))?;
@@ -251,7 +420,11 @@ fn build_initramfs(work: &Path, zkconn: &Path, vmcheck: &Path) -> anyhow::Result
     }
     fs::write(tree.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\n")?;
     let init = tree.join("init");
-    fs::write(&init, INIT.replace("HOOKS", &HOOKS.join(" ")))?;
+    let lines: Vec<String> = checks
+        .iter()
+        .map(|args| format!("ZKCONN_BIN=/zkconn /zkconn-vmcheck {}", args.join(" ")))
+        .collect();
+    fs::write(&init, INIT.replace("CHECKS", &lines.join("\n")))?;
     fs::set_permissions(&init, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     let archive = work.join("initramfs.cpio");
     let file = fs::File::create(&archive)?;
@@ -365,7 +538,7 @@ fn boot(
     let kernel = text
         .lines()
         .find_map(|l| l.split("zkconn-vm: kernel ").nth(1))
-        .map(|k| k.trim().to_owned())
+        .map(kernel_name)
         .unwrap_or_else(|| format!("{series} (did not boot)"));
     let ended = text.lines().any(|l| l.contains("zkconn-vm: end"));
     let failure = if timed_out {
@@ -398,7 +571,7 @@ fn boot(
 fn parse_results(text: &str) -> Vec<HookResult> {
     text.lines()
         .filter_map(|l| l.split("zkconn-vm: ").nth(1))
-        .filter(|l| l.starts_with("hook="))
+        .filter(|l| l.contains("hook="))
         .map(|l| {
             let field = |name: &str| {
                 let start = l.find(&format!("{name}="))? + name.len() + 1;
@@ -410,10 +583,12 @@ fn parse_results(text: &str) -> Vec<HookResult> {
                 })
             };
             HookResult {
+                mode: field("mode").unwrap_or_else(|| "root".to_owned()),
                 hook: field("hook").unwrap_or_default(),
                 broken: field("error").is_some(),
                 attached: field("attached").as_deref() == Some("yes"),
                 reported: field("reported").unwrap_or_default(),
+                kept: field("kept").unwrap_or_default(),
                 exact: field("exact").as_deref() == Some("yes"),
                 detail: field("differences")
                     .or_else(|| field("reason"))
@@ -453,42 +628,51 @@ fn cell(h: &HookResult) -> String {
 fn print_run(run: &KernelRun) {
     println!("{} ({}):", run.kernel, run.place);
     for h in &run.hooks {
-        println!("  --hook {:<10} {}", h.hook, cell(h));
+        println!("  {:<17} --hook {:<10} {}", h.mode, h.hook, cell(h));
     }
     if let Some(f) = &run.failure {
         println!("  FAILED: {f}");
     }
 }
 
-/// The matrix as a markdown table: a row per kernel, a column per hook.
+/// The matrix as a markdown table: a row per kernel and mode, a column per hook.
 fn matrix(runs: &[KernelRun]) -> String {
-    let mut t = String::from("| kernel | where |");
+    let mut t = String::from("| kernel | where | run as |");
     for hook in HOOKS.iter().filter(|h| **h != "auto") {
         let _ = write!(t, " `{hook}` |");
     }
-    t.push_str(" `auto` picks |\n|---|---|");
+    t.push_str(" `auto` picks | kept after attach |\n|---|---|---|");
     for _ in HOOKS {
         t.push_str("---|");
     }
-    t.push('\n');
+    t.push_str("---|\n");
     for run in runs {
-        let _ = write!(t, "| {} | {} |", run.kernel, run.place);
-        for hook in HOOKS.iter().filter(|h| **h != "auto") {
-            let c = run
-                .hooks
-                .iter()
-                .find(|h| h.hook == *hook)
-                .map_or_else(|| "not run".to_owned(), cell);
-            let _ = write!(t, " {c} |");
+        for mode in MODES {
+            let results: Vec<&HookResult> =
+                run.hooks.iter().filter(|h| h.mode == mode.name).collect();
+            if results.is_empty() && run.failure.is_none() {
+                continue;
+            }
+            let _ = write!(t, "| {} | {} | {} |", run.kernel, run.place, mode.name);
+            for hook in HOOKS.iter().filter(|h| **h != "auto") {
+                let c = results
+                    .iter()
+                    .find(|h| h.hook == *hook)
+                    .map_or_else(|| "not run".to_owned(), |h| cell(h));
+                let _ = write!(t, " {c} |");
+            }
+            let auto = results.iter().find(|h| h.hook == "auto");
+            let picks = match (auto, &run.failure) {
+                (_, Some(f)) => format!("run failed: {f}"),
+                (Some(a), None) if a.attached && a.exact => format!("`{}`, exact", a.reported),
+                (Some(a), None) => cell(a),
+                (None, None) => "not run".to_owned(),
+            };
+            let kept = auto
+                .filter(|a| a.attached)
+                .map_or_else(|| "-".to_owned(), |a| a.kept.replace('+', ", "));
+            let _ = writeln!(t, " {picks} | {kept} |");
         }
-        let auto = run.hooks.iter().find(|h| h.hook == "auto");
-        let picks = match (auto, &run.failure) {
-            (_, Some(f)) => format!("run failed: {f}"),
-            (Some(a), None) if a.attached && a.exact => format!("`{}`, exact", a.reported),
-            (Some(a), None) => cell(a),
-            (None, None) => "not run".to_owned(),
-        };
-        let _ = writeln!(t, " {picks} |");
     }
     t
 }
@@ -524,6 +708,52 @@ mod tests {
         assert_eq!(cell(&r[1]), "refused: no \"kprobe\"");
         assert!(r[2].attached && !r[2].exact);
         assert_eq!(cell(&r[2]), "**not exact**: B open is 2, not 3");
+    }
+
+    #[test]
+    fn the_units_limits_are_read_from_the_unit() -> anyhow::Result<()> {
+        let unit = "[Service]\n# CapabilityBoundingSet=CAP_SYS_ADMIN\n\
+                    CapabilityBoundingSet=CAP_BPF CAP_PERFMON\nLimitMEMLOCK=infinity\n";
+        let limits = parse_unit(unit)?;
+        assert_eq!(limits.caps, "CAP_BPF,CAP_PERFMON");
+        assert_eq!(limits.memlock, "infinity");
+        let limits = parse_unit("CapabilityBoundingSet=CAP_BPF\nLimitMEMLOCK=8M\n")?;
+        assert_eq!(limits.memlock, "8388608");
+        // systemd's default before v253 when the unit says nothing.
+        assert_eq!(
+            parse_unit("CapabilityBoundingSet=CAP_BPF\n")?.memlock,
+            "65536"
+        );
+        assert!(parse_unit("LimitMEMLOCK=infinity\n").is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn refusals_spoil_the_matrix_only_where_something_must_attach() {
+        let text = "zkconn-vm: mode=root hook=kprobe attached=no reason=\"no kprobes\"\n\
+            zkconn-vm: mode=unit hook=auto attached=no reason=\"EPERM\"\n\
+            zkconn-vm: mode=unit-memlock-64k hook=auto attached=no reason=\"raise LimitMEMLOCK\"\n\
+            zkconn-vm: mode=unit-memlock-64k hook=auto attached=no reason=\"EPERM\"\n\
+            zkconn-vm: mode=unit hook=btf attached=yes reported=btf kept=CAP_BPF exact=yes\n";
+        let r = parse_results(text);
+        let problems: Vec<Option<String>> = r.iter().map(problem).collect();
+        assert!(problems[0].is_none());
+        assert!(
+            problems[1]
+                .as_deref()
+                .is_some_and(|p| p.contains("no hook attached"))
+        );
+        assert!(problems[2].is_none());
+        assert!(
+            problems[3]
+                .as_deref()
+                .is_some_and(|p| p.contains("LimitMEMLOCK"))
+        );
+        assert!(problems[4].is_none());
+        assert_eq!(
+            (r[4].mode.as_str(), r[4].kept.as_str()),
+            ("unit", "CAP_BPF")
+        );
     }
 
     #[test]

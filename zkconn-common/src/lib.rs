@@ -333,6 +333,16 @@ pub struct OwnerKey {
     pub birth_ns: u64,
 }
 
+impl OwnerKey {
+    /// The owner of connections that predate zkconn and whose process could not be found
+    /// or read: counted under it, per server, never left out.
+    pub const UNKNOWN: OwnerKey = OwnerKey {
+        tgid: 0,
+        _pad: 0,
+        birth_ns: 0,
+    };
+}
+
 /// Value of the [`map_names::OWNERS`] map: what the kernel knew of a process when it first
 /// connected to ZooKeeper.
 #[repr(C)]

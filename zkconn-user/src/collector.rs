@@ -33,7 +33,7 @@ use crate::{
         OverflowDetail, OwnerFacts, ProbeHealth, Rows, SeedHealth, Snapshot, Translations,
     },
     nat::Nat,
-    probe::{Capacities, Probe},
+    probe::{Capacities, Probe, caps::Kept},
     procfs::{CgroupPaths, ProcInfo, Procfs},
     reconcile::Reconciler,
     seed::{self, SeedReport},
@@ -67,6 +67,8 @@ pub struct Collector {
     /// into [`ConnectionRow`]s only when a view asks (`top`'s drill-down).
     last_conns: (Vec<zkconn_common::Conn>, Vec<zkconn_common::Conn>, u64),
     held_by: HeldBy,
+    /// The capabilities kept after attach.
+    kept: Kept,
     nat: Nat,
     translations: Translations,
     /// Connections refused since the last sample, for NAT look-ups.
@@ -143,6 +145,51 @@ pub fn cgroup_path(names: &CgroupNames) -> Option<String> {
     Some(path)
 }
 
+/// The row of connections whose process could not be found or read (see
+/// [`OwnerKey::UNKNOWN`]).
+fn unknown_owner() -> OwnerFacts {
+    let label = "unknown owner".to_owned();
+    OwnerFacts {
+        comm: String::new(),
+        uid: None,
+        user: None,
+        cgroup_id: 0,
+        cgroup_path: None,
+        cmdline: None,
+        who: attribution::Attribution {
+            service: label.clone(),
+            label,
+            ..attribution::Attribution::default()
+        },
+        alive: true,
+    }
+}
+
+/// Why connections that predate zkconn have no owner, for `probe.seeds.ownerless_why`.
+fn ownerless_why(ownerless: u64, kept: &Kept) -> Option<String> {
+    if ownerless == 0 {
+        return None;
+    }
+    let missing: Vec<&str> = ["CAP_SYS_PTRACE", "CAP_DAC_READ_SEARCH"]
+        .into_iter()
+        .filter(|c| !kept.kept.iter().any(|k| k == c))
+        .collect();
+    Some(if missing.is_empty() {
+        format!(
+            "{ownerless} connections that predate zkconn are held by no process whose \
+             /proc/PID/fd could be read (their holder exited, or /proc entries were \
+             unreadable); they count per server under \"unknown owner\""
+        )
+    } else {
+        format!(
+            "{ownerless} connections that predate zkconn have no known owner: without {} \
+             zkconn cannot read other users' /proc/PID/fd; they count per server under \
+             \"unknown owner\"",
+            missing.join(" and ")
+        )
+    })
+}
+
 fn comm_str(comm: &[u8; COMM_LEN]) -> String {
     let end = comm.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
     String::from_utf8_lossy(&comm[..end]).into_owned()
@@ -158,7 +205,7 @@ impl Collector {
         limits: Limits,
         judgement: Judgement,
     ) -> anyhow::Result<Self> {
-        crate::probe::check_privileges()?;
+        crate::probe::caps::check_privileges()?;
         let caps = Capacities {
             conns: args.max_connections,
             owners: args.max_processes,
@@ -223,6 +270,7 @@ impl Collector {
             refused_for_nat: Vec::new(),
             tables,
             reconciler: Reconciler::new(args.reconcile_interval),
+            kept: Kept::default(),
         };
         // Seeded processes are attributed from what seeding read, while they lived.
         for (key, info) in infos {
@@ -233,8 +281,14 @@ impl Collector {
         }
         // The baseline every trend starts from: what existed at start.
         this.sample()?;
-        let kept = crate::probe::drop_capabilities(this.nat.available())?;
-        tracing::info!("attached and seeded: capabilities dropped to {kept:#x}");
+        let keep_net_admin = this.nat.available();
+        this.kept = crate::probe::caps::drop_after_attach(keep_net_admin, || {
+            this.probe.check_map_access()
+        })?;
+        tracing::info!(
+            "attached and seeded: capabilities dropped to {}",
+            this.kept.kept.join(" ")
+        );
         Ok(this)
     }
 
@@ -502,6 +556,10 @@ impl Collector {
             if self.facts.contains_key(key) {
                 continue;
             }
+            if *key == OwnerKey::UNKNOWN {
+                self.facts.insert(*key, unknown_owner());
+                continue;
+            }
             let kernel = state
                 .owners
                 .get(&key.tgid)
@@ -524,7 +582,9 @@ impl Collector {
         }
         // Liveness: the kernel forgets an owner when its thread group exits.
         for (key, facts) in &mut self.facts {
-            facts.alive = if self.probe.exit_events {
+            facts.alive = if *key == OwnerKey::UNKNOWN {
+                referenced.contains(key)
+            } else if self.probe.exit_events {
                 state
                     .owners
                     .get(&key.tgid)
@@ -700,7 +760,7 @@ impl Collector {
             probe: ProbeHealth {
                 hook: Some(self.probe.hook()),
                 refusal_detection: Some(self.probe.refusal),
-                lost: lost_detail.events + lost_detail.recursion_misses,
+                lost: lost_detail.events + lost_detail.recursion_misses.unwrap_or(0),
                 overflow: overflow_detail.connections
                     + overflow_detail.processes
                     + overflow_detail.counters,
@@ -711,11 +771,13 @@ impl Collector {
                     adopted: c[probe_counter::SEEDS_ADOPTED as usize],
                     conflicts: self.seeds.conflicts,
                     ownerless: self.seeds.ownerless,
+                    ownerless_why: ownerless_why(self.seeds.ownerless, &self.kept),
                 },
                 repaired: self.reconciler.health(),
                 attribution: self.attribution.clone(),
                 nat: self.nat.health(self.translations.live.len() as u64),
-                unreadable: self.unreadable + self.seeds.unreadable + state.read_errors,
+                unreadable: self.unreadable + self.seeds.unreadable,
+                capabilities: self.kept.clone(),
             },
             targets: self.targets.names(),
             max_client_cnxns: self.limits.info(),

@@ -276,10 +276,13 @@ fn probe(registry: &mut Registry, snap: &Snapshot) {
         detail: "events".into(),
     })
     .inc_by(p.lost_detail.events);
-    lost.get_or_create(&DetailLabels {
-        detail: "recursion_misses".into(),
-    })
-    .inc_by(p.lost_detail.recursion_misses);
+    // Absent, not 0, where the kernel does not count them (before 5.12).
+    if let Some(misses) = p.lost_detail.recursion_misses {
+        lost.get_or_create(&DetailLabels {
+            detail: "recursion_misses".into(),
+        })
+        .inc_by(misses);
+    }
     let overflow = Family::<DetailLabels, Counter>::default();
     for (detail, n) in [
         ("connections", p.overflow_detail.connections),

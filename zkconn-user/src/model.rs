@@ -149,6 +149,8 @@ pub struct ProbeHealth {
     /// `/proc` entries that existed but could not be read, map entries unreadable, socket
     /// tables that could not be read and reconciliation rounds that failed.
     pub unreadable: u64,
+    /// The capabilities zkconn kept after attach, and why a BPF one was kept.
+    pub capabilities: crate::probe::caps::Kept,
 }
 
 /// What drift repair did since start.
@@ -171,7 +173,8 @@ pub struct RepairHealth {
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct LostDetail {
     pub events: u64,
-    pub recursion_misses: u64,
+    /// `None`: the kernel does not count them (before 5.12), so unknown, not 0.
+    pub recursion_misses: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -186,7 +189,11 @@ pub struct SeedHealth {
     pub seeded: u64,
     pub adopted: u64,
     pub conflicts: u64,
+    /// Connections that predate zkconn whose process could not be found or read: counted
+    /// per server under the process row "unknown owner" (pid 0).
     pub ownerless: u64,
+    /// Why, when `ownerless` is not 0.
+    pub ownerless_why: Option<String>,
 }
 
 /// How completely owners could be attributed.

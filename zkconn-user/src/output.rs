@@ -106,6 +106,9 @@ pub fn text(out: &mut impl Write, s: &Snapshot) -> io::Result<()> {
         s.probe.repaired.retired + s.probe.repaired.adopted
     )?;
     writeln!(out, "watching {}", s.targets.join(", "))?;
+    if let Some(why) = &s.probe.seeds.ownerless_why {
+        writeln!(out, "note: {why}")?;
+    }
     writeln!(out)?;
     let r = &s.rows;
     if r.servers.is_empty() {

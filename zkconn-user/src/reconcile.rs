@@ -317,8 +317,8 @@ impl Reconciler {
 
         for row in &plan.retire {
             let gone = match row.slot {
-                Slot::Conn(skaddr) => probe.remove_conn(skaddr, &row.conn),
-                Slot::Seed => probe.remove_seed(&row.conn.tuple),
+                Slot::Conn(skaddr) => probe.remove_conn(skaddr, &row.conn)?,
+                Slot::Seed => probe.remove_seed(&row.conn.tuple)?,
             };
             if gone {
                 round.retired += 1;

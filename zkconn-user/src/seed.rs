@@ -221,12 +221,12 @@ pub fn seed(
     for (tuple, (owner, ino)) in &inserted {
         // Tracked by the kernel's own connect: not a seed, whoever removed the entry.
         if tracked.take(tuple, tcp_state::ESTABLISHED, *ino) {
-            probe.remove_seed(tuple);
+            probe.remove_seed(tuple)?;
             continue;
         }
         // Closed before or while seeding: if we still find the entry, the kernel never
         // counted it; if it is gone, the kernel adopted it and counted its close.
-        if !still_open.contains(tuple) && probe.remove_seed(tuple) {
+        if !still_open.contains(tuple) && probe.remove_seed(tuple)? {
             continue;
         }
         report.seeded += 1;
@@ -237,8 +237,9 @@ pub fn seed(
 
 /// Hands `sockets` (one per tuple, none tracked by the kernel) to the kernel's seed table,
 /// each with its owner: the earliest-started process holding it (a forked child inherits
-/// its parent's sockets; the parent made them). Sockets without a readable holder are
-/// counted as `ownerless` and left out. Returns what went in.
+/// its parent's sockets; the parent made them). Sockets without a readable holder go in
+/// under [`OwnerKey::UNKNOWN`] (counted per server like any other, and as `ownerless`).
+/// Returns what went in.
 pub fn insert_seeds(
     probe: &mut Probe,
     procfs: &Procfs,
@@ -275,42 +276,47 @@ pub fn insert_seeds(
     let now = now_boot_ns();
     for socket in sockets {
         let tuple = tuple_of(socket);
-        let Some(&(_, pid)) = holders.get(&socket.inode) else {
-            report.ownerless += 1;
-            continue;
-        };
-        let (owner, cgroup_id, uid) = match owners.get(&pid) {
-            Some(o) => *o,
-            None => {
-                let info = match procfs.process(pid) {
-                    Ok(info) => info,
+        let holder = holders.get(&socket.inode).map(|&(_, pid)| pid);
+        let known = match holder {
+            None => None,
+            Some(pid) => match owners.get(&pid) {
+                Some(o) => Some(*o),
+                None => match procfs.process(pid) {
+                    Ok(info) => {
+                        let cgroup_id =
+                            info.cgroup_v2().and_then(|p| cgroups.id_of(p)).unwrap_or(0);
+                        let mut comm = [0u8; COMM_LEN];
+                        for (dst, src) in comm.iter_mut().zip(info.comm.bytes().take(COMM_LEN - 1))
+                        {
+                            *dst = src;
+                        }
+                        let key = probe.insert_owner(
+                            pid,
+                            Owner {
+                                birth_ns: info.start_ns,
+                                cgroup_id,
+                                uid: info.uid,
+                                gid: 0,
+                                comm,
+                            },
+                        )?;
+                        let uid = info.uid;
+                        owners.insert(pid, (key, cgroup_id, uid));
+                        report.infos.insert(key, info);
+                        Some((key, cgroup_id, uid))
+                    }
                     Err(e) => {
                         count_unreadable(report, &e);
-                        report.ownerless += 1;
-                        continue;
+                        None
                     }
-                };
-                let cgroup_id = info.cgroup_v2().and_then(|p| cgroups.id_of(p)).unwrap_or(0);
-                let mut comm = [0u8; COMM_LEN];
-                for (dst, src) in comm.iter_mut().zip(info.comm.bytes().take(COMM_LEN - 1)) {
-                    *dst = src;
-                }
-                let key = probe.insert_owner(
-                    pid,
-                    Owner {
-                        birth_ns: info.start_ns,
-                        cgroup_id,
-                        uid: info.uid,
-                        gid: 0,
-                        comm,
-                    },
-                )?;
-                let uid = info.uid;
-                owners.insert(pid, (key, cgroup_id, uid));
-                report.infos.insert(key, info);
-                (key, cgroup_id, uid)
-            }
+                },
+            },
         };
+        let (owner, cgroup_id, uid) = known.unwrap_or_else(|| {
+            report.ownerless += 1;
+            (OwnerKey::UNKNOWN, 0, u32::MAX)
+        });
+        let pid = holder.unwrap_or(0);
         let connecting = socket.state == tcp_state::SYN_SENT;
         let flags = conn_flags::SEEDED
             | if connecting {

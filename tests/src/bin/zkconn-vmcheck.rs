@@ -4,8 +4,11 @@
 //! known traffic pattern, and prints one `zkconn-vm:` line per hook: whether the hook attached,
 //! which hook zkconn reported, and whether every count was exact (else what differed).
 //!
-//! Usage: `ZKCONN_BIN=PATH zkconn-vmcheck HOOK...`; `hold ADDR N` is its own client process.
-//! Root only. Every process it starts is stopped before it moves to the next hook.
+//! Usage: `ZKCONN_BIN=PATH zkconn-vmcheck [--mode NAME --caps CAP,... --memlock BYTES|infinity]
+//! HOOK...`; `hold ADDR N` is its own client process. With `--caps`, zkconn runs as a
+//! systemd unit would run it: root with only those capabilities in its bounding set, no new
+//! privileges, and that locked-memory limit (soft and hard). Root only. Every process it
+//! starts is stopped before it moves to the next hook.
 
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
@@ -16,7 +19,9 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use integration_tests::{kill, kill_and_reap, read_all, stderr_lines, wait_ready, zkconn_bin};
+use integration_tests::{
+    kill, kill_and_reap, limits::UnitLimits, read_all, stderr_lines, wait_ready, zkconn_bin,
+};
 use serde_json::Value;
 
 /// Under software emulation zkconn's start (BTF parsing, the verifier) takes seconds.
@@ -33,21 +38,57 @@ fn main() -> ExitCode {
             }
         };
     }
-    if args.is_empty() {
-        eprintln!("usage: ZKCONN_BIN=PATH zkconn-vmcheck HOOK...");
+    let (limits, hooks) = match Limits::parse(&args) {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            eprintln!("zkconn-vmcheck: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    if hooks.is_empty() {
+        eprintln!(
+            "usage: ZKCONN_BIN=PATH zkconn-vmcheck [--mode NAME --caps CAP,... --memlock \
+             BYTES|infinity] HOOK..."
+        );
         return ExitCode::from(2);
     }
-    for hook in &args {
-        let line = match check_hook(hook) {
+    for hook in hooks {
+        let line = match check_hook(hook, &limits) {
             Ok(outcome) => outcome.line(hook),
             Err(e) => format!(
                 "hook={hook} attached=? error={:?}",
                 format!("{e:#}").replace('\n', " ")
             ),
         };
-        println!("zkconn-vm: {line}");
+        println!("zkconn-vm: mode={} {line}", limits.mode);
     }
     ExitCode::SUCCESS
+}
+
+/// How zkconn is started: as full root, or within a unit's limits.
+struct Limits {
+    mode: String,
+    unit: UnitLimits,
+}
+
+impl Limits {
+    fn parse(args: &[String]) -> Result<(Self, &[String])> {
+        let mut limits = Limits {
+            mode: "root".to_owned(),
+            unit: UnitLimits::default(),
+        };
+        let mut rest = args;
+        while let [flag, value, tail @ ..] = rest {
+            match flag.as_str() {
+                "--mode" => limits.mode.clone_from(value),
+                "--caps" => limits.unit.caps = Some(UnitLimits::caps_from(value)?),
+                "--memlock" => limits.unit.memlock = Some(UnitLimits::memlock_from(value)?),
+                _ => break,
+            }
+            rest = tail;
+        }
+        Ok((limits, rest))
+    }
 }
 
 /// What one hook's run showed.
@@ -55,6 +96,8 @@ enum Outcome {
     Refused(String),
     Ran {
         reported: String,
+        /// The capabilities zkconn kept after attach, `+`-joined.
+        kept: String,
         mismatches: Vec<String>,
     },
 }
@@ -65,15 +108,18 @@ impl Outcome {
             Outcome::Refused(why) => format!("hook={hook} attached=no reason={why:?}"),
             Outcome::Ran {
                 reported,
+                kept,
                 mismatches,
             } if mismatches.is_empty() => {
-                format!("hook={hook} attached=yes reported={reported} exact=yes")
+                format!("hook={hook} attached=yes reported={reported} kept={kept} exact=yes")
             }
             Outcome::Ran {
                 reported,
+                kept,
                 mismatches,
             } => format!(
-                "hook={hook} attached=yes reported={reported} exact=no differences={:?}",
+                "hook={hook} attached=yes reported={reported} kept={kept} exact=no \
+                 differences={:?}",
                 mismatches.join("; ")
             ),
         }
@@ -213,7 +259,7 @@ fn hold(args: &[String]) -> Result<()> {
 /// - G gets an answer and the server's close twice, and keeps both sockets (CLOSE_WAIT);
 /// - H tries 2 connects to a port nobody listens on (failed);
 /// - D holds 2 to a port zkconn does not watch: no row.
-fn check_hook(hook: &str) -> Result<Outcome> {
+fn check_hook(hook: &str, limits: &Limits) -> Result<Outcome> {
     let any = "127.0.0.1:0".parse()?;
     let v4 = listener(any, Server::Serve)?;
     let v6 = listener(
@@ -228,7 +274,9 @@ fn check_hook(hook: &str) -> Result<Outcome> {
     let watched = [v4, refusing, closing, nobody].map(|a| a.port());
     let mut a = Holder::start(v4, 2)?;
 
-    let mut zkconn = Command::new(zkconn_bin())
+    let mut cmd = Command::new(zkconn_bin());
+    limits.unit.apply(&mut cmd);
+    let mut zkconn = cmd
         .args([
             "snapshot",
             "--json",
@@ -349,8 +397,22 @@ fn check_hook(hook: &str) -> Result<Outcome> {
     );
     expect("lost".into(), &snap["probe"]["lost"], 0.into());
     expect("overflow".into(), &snap["probe"]["overflow"], 0.into());
+    let kept = snap["probe"]["capabilities"]["kept"]
+        .as_array()
+        .map(|caps| {
+            caps.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join("+")
+        })
+        .unwrap_or_default();
     Ok(Outcome::Ran {
         reported: snap["probe"]["hook"].as_str().unwrap_or("?").to_owned(),
+        kept: if kept.is_empty() {
+            "none".to_owned()
+        } else {
+            kept
+        },
         mismatches,
     })
 }

@@ -9,6 +9,7 @@
 
 pub mod batch;
 pub mod btf;
+pub mod caps;
 pub mod tracefs;
 
 use std::{
@@ -121,10 +122,9 @@ pub struct KernelState {
     pub cgroup_stats: Vec<(u64, Counters)>,
     pub server_stats: Vec<(ServerKey, Counters)>,
     pub counters: [u64; probe_counter::COUNT as usize],
-    /// Runs the kernel skipped because a BPF program was already running on that CPU.
-    pub recursion_misses: u64,
-    /// Map entries that could not be read (an entry deleted mid-iteration is not an error).
-    pub read_errors: u64,
+    /// Runs the kernel skipped because a BPF program was already running on that CPU;
+    /// `None` where the kernel does not count them (before 5.12).
+    pub recursion_misses: Option<u64>,
 }
 
 /// The kernel's connection rows keyed by socket address, and its seeds ([`Probe::tracked`]).
@@ -166,6 +166,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/zk
 impl Probe {
     /// Loads the programs sized by `caps`, fills the target maps and attaches `choice`.
     pub fn load(choice: HookChoice, caps: Capacities, targets: &Targets) -> anyhow::Result<Self> {
+        let memlock = caps::raise_memlock();
         let root = tracefs::events_root();
         let state_layout = root
             .as_ref()
@@ -255,7 +256,7 @@ impl Probe {
             .map_max_entries(map_names::CGROUP_STATS, caps.cgroups)
             .map_max_entries(map_names::EVENTS, caps.ring_buffer_bytes)
             .load(OBJECT)
-            .map_err(|e| anyhow!("{}", explain_load_error(&e)))?;
+            .map_err(|e| anyhow!("{}", explain_load_error(&e, memlock)))?;
 
         let mut probe = Probe {
             ebpf,
@@ -490,47 +491,43 @@ impl Probe {
     /// Reads every map. Entries that vanish between listing and lookup were deleted by the
     /// kernel meanwhile (a socket closed) and are skipped, not counted as errors.
     pub fn read(&self) -> anyhow::Result<KernelState> {
-        let mut st = KernelState::default();
-        st.conns = self.dump::<u64, Conn>(map_names::CONNS, 1, &mut st)?;
-        st.seeds = self.dump::<Tuple, Conn>(map_names::SEEDS, 1, &mut st)?;
-        st.owners = self
-            .dump_keyed::<u32, Owner>(map_names::OWNERS, 1, &mut st)?
-            .into_iter()
-            .filter_map(|(k, v)| Some((k, *v.first()?)))
-            .collect();
-        st.proc_stats = self
-            .dump_keyed::<OwnerKey, Counters>(map_names::PROC_STATS, 1, &mut st)?
-            .into_iter()
-            .filter_map(|(k, v)| Some((k, *v.first()?)))
-            .collect();
-        st.cgroup_stats = self
-            .dump_keyed::<u64, Counters>(map_names::CGROUP_STATS, 1, &mut st)?
-            .into_iter()
-            .filter_map(|(k, v)| Some((k, *v.first()?)))
-            .collect();
-        st.server_stats = self
-            .dump_keyed::<ServerKey, Counters>(map_names::SERVER_STATS, 1, &mut st)?
-            .into_iter()
-            .filter_map(|(k, v)| Some((k, *v.first()?)))
-            .collect();
-        let counters: PerCpuArray<_, u64> = self.map(map_names::PROBE_COUNTERS)?;
-        for (i, slot) in st.counters.iter_mut().enumerate() {
-            let index = u32::try_from(i).unwrap_or(u32::MAX);
-            if let Ok(values) = counters.get(&index, 0) {
-                *slot = values.iter().sum();
-            }
+        fn single<K, V: Copy>(entries: batch::Entries<K, V>) -> impl Iterator<Item = (K, V)> {
+            entries
+                .into_iter()
+                .filter_map(|(k, v)| Some((k, *v.first()?)))
         }
-        st.recursion_misses = self.recursion_misses();
-        Ok(st)
+        let counters: PerCpuArray<_, u64> = self.map(map_names::PROBE_COUNTERS)?;
+        let mut sums = [0u64; probe_counter::COUNT as usize];
+        for (i, slot) in sums.iter_mut().enumerate() {
+            let index = u32::try_from(i).unwrap_or(u32::MAX);
+            let values = counters
+                .get(&index, 0)
+                .map_err(|e| map_error(map_names::PROBE_COUNTERS, &e))?;
+            *slot = values.iter().sum();
+        }
+        Ok(KernelState {
+            conns: self.dump::<u64, Conn>(map_names::CONNS, 1)?,
+            seeds: self.dump::<Tuple, Conn>(map_names::SEEDS, 1)?,
+            owners: single(self.dump_keyed::<u32, Owner>(map_names::OWNERS, 1)?).collect(),
+            proc_stats: single(self.dump_keyed::<OwnerKey, Counters>(map_names::PROC_STATS, 1)?)
+                .collect(),
+            cgroup_stats: single(self.dump_keyed::<u64, Counters>(map_names::CGROUP_STATS, 1)?)
+                .collect(),
+            server_stats: single(
+                self.dump_keyed::<ServerKey, Counters>(map_names::SERVER_STATS, 1)?,
+            )
+            .collect(),
+            counters: sums,
+            recursion_misses: self.recursion_misses(),
+        })
     }
 
-    /// Every entry of the hash map `name` (see [`batch`]); a map that cannot be read is
-    /// counted in `read_errors` and reads as empty.
+    /// Every entry of the hash map `name` (see [`batch`]). A map that cannot be read is an
+    /// error, never an empty reading: every count would silently read 0.
     fn dump_keyed<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod>(
         &self,
         name: &str,
         per_key: usize,
-        st: &mut KernelState,
     ) -> anyhow::Result<batch::Entries<K, V>> {
         let map = self
             .ebpf
@@ -540,14 +537,7 @@ impl Probe {
             aya::maps::Map::HashMap(d) | aya::maps::Map::PerCpuHashMap(d) => d,
             _ => bail!("map {name} has an unexpected type"),
         };
-        match batch::read::<K, V>(data.fd().as_fd(), per_key) {
-            Ok(entries) => Ok(entries),
-            Err(e) => {
-                tracing::debug!("reading map {name} failed: {e}");
-                st.read_errors += 1;
-                Ok(Vec::new())
-            }
-        }
+        batch::read::<K, V>(data.fd().as_fd(), per_key).map_err(|e| map_error(name, &e))
     }
 
     /// The values of the single-valued hash map `name`.
@@ -555,18 +545,18 @@ impl Probe {
         &self,
         name: &str,
         per_key: usize,
-        st: &mut KernelState,
     ) -> anyhow::Result<Vec<V>> {
         Ok(self
-            .dump_keyed::<K, V>(name, per_key, st)?
+            .dump_keyed::<K, V>(name, per_key)?
             .into_iter()
             .filter_map(|(_, v)| v.into_iter().next())
             .collect())
     }
 
-    /// Sum of the kernel's `recursion_misses` over our programs, from their fdinfo.
-    fn recursion_misses(&self) -> u64 {
-        let mut total = 0;
+    /// Sum of the kernel's `recursion_misses` over our programs, from their fdinfo; `None`
+    /// where the kernel does not count them (before 5.12): unknown, not 0.
+    fn recursion_misses(&self) -> Option<u64> {
+        let mut total = None;
         for name in program_names::ALL {
             let Some(prog) = self.ebpf.program(name) else {
                 continue;
@@ -576,44 +566,45 @@ impl Probe {
             let Ok(info) = std::fs::read_to_string(path) else {
                 continue;
             };
-            total += info
+            if let Some(n) = info
                 .lines()
                 .find_map(|l| l.strip_prefix("recursion_misses:"))
                 .and_then(|v| v.trim().parse::<u64>().ok())
-                .unwrap_or(0);
+            {
+                *total.get_or_insert(0) += n;
+            }
         }
         total
     }
 
     /// The kernel's connection rows with their keys (socket addresses), and its seeds, for
-    /// drift repair. Unlike [`Probe::read`], a map that cannot be read is an error: an
-    /// empty reading would look like every socket missing.
+    /// drift repair.
     pub fn tracked(&self) -> anyhow::Result<TrackedRows> {
-        let mut st = KernelState::default();
         let conns = self
-            .dump_keyed::<u64, Conn>(map_names::CONNS, 1, &mut st)?
+            .dump_keyed::<u64, Conn>(map_names::CONNS, 1)?
             .into_iter()
             .filter_map(|(k, v)| Some((k, *v.first()?)))
             .collect();
-        let seeds = self.dump::<Tuple, Conn>(map_names::SEEDS, 1, &mut st)?;
-        if st.read_errors > 0 {
-            bail!("the kernel's connection maps could not be read");
-        }
+        let seeds = self.dump::<Tuple, Conn>(map_names::SEEDS, 1)?;
         Ok(TrackedRows { conns, seeds })
     }
 
     /// Deletes the connection row of socket `skaddr` if it is still the one read as
     /// `expected` (same tuple and connect time: not a newer socket at the same address).
     /// False when it changed or was gone.
-    pub fn remove_conn(&mut self, skaddr: u64, expected: &Conn) -> bool {
-        let Ok(mut conns) = self.map_mut::<HashMap<_, u64, Conn>>(map_names::CONNS) else {
-            return false;
-        };
+    pub fn remove_conn(&mut self, skaddr: u64, expected: &Conn) -> anyhow::Result<bool> {
+        let mut conns = self.map_mut::<HashMap<_, u64, Conn>>(map_names::CONNS)?;
         match conns.get(&skaddr, 0) {
             Ok(now) if now.tuple == expected.tuple && now.opened_ns == expected.opened_ns => {
-                conns.remove(&skaddr).is_ok()
+                match conns.remove(&skaddr) {
+                    Ok(()) => Ok(true),
+                    Err(e) if is_not_found(&e) => Ok(false),
+                    Err(e) => Err(map_error(map_names::CONNS, &e)),
+                }
             }
-            _ => false,
+            Ok(_) => Ok(false),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(map_error(map_names::CONNS, &e)),
         }
     }
 
@@ -644,6 +635,7 @@ impl Probe {
         let mut control: Array<_, u32> = self.map_mut(map_names::CONTROL)?;
         control
             .set(control::SEEDS_PENDING, u32::from(pending), 0)
+            .map_err(|e| map_error(map_names::CONTROL, &e))
             .context("setting the seed flag")?;
         self.seeds_pending = pending;
         Ok(())
@@ -658,6 +650,7 @@ impl Probe {
         let mut control: Array<_, u32> = self.map_mut(map_names::CONTROL)?;
         control
             .set(control::SEEDING, u32::from(seeding), 0)
+            .map_err(|e| map_error(map_names::CONTROL, &e))
             .context("setting the seeding flag")
     }
 
@@ -669,11 +662,26 @@ impl Probe {
     }
 
     /// Removes a seed; false when it was already gone (the kernel adopted or closed it).
-    pub fn remove_seed(&mut self, tuple: &Tuple) -> bool {
-        match self.map_mut::<HashMap<_, Tuple, Conn>>(map_names::SEEDS) {
-            Ok(mut seeds) => seeds.remove(tuple).is_ok(),
-            Err(_) => false,
+    pub fn remove_seed(&mut self, tuple: &Tuple) -> anyhow::Result<bool> {
+        let mut seeds = self.map_mut::<HashMap<_, Tuple, Conn>>(map_names::SEEDS)?;
+        match seeds.remove(tuple) {
+            Ok(()) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(map_error(map_names::SEEDS, &e)),
         }
+    }
+
+    /// A real map look-up and update, as the collector makes them every second: what
+    /// [`caps::drop_after_attach`] probes the kernel with.
+    pub fn check_map_access(&mut self) -> anyhow::Result<()> {
+        let mut control: Array<_, u32> = self.map_mut(map_names::CONTROL)?;
+        let seeding = control
+            .get(&control::SEEDING, 0)
+            .map_err(|e| map_error(map_names::CONTROL, &e))?;
+        control
+            .set(control::SEEDING, seeding, 0)
+            .map_err(|e| map_error(map_names::CONTROL, &e))?;
+        self.dump::<Tuple, Conn>(map_names::SEEDS, 1).map(drop)
     }
 }
 
@@ -798,113 +806,52 @@ pub fn sock_layout(b: &btf::Btf) -> Result<SockLayout, btf::BtfError> {
     })
 }
 
-fn explain_load_error(e: &aya::EbpfError) -> String {
+fn explain_load_error(e: &aya::EbpfError, memlock: Option<u64>) -> String {
     let text = format!("{e:#}");
-    if text.contains("Operation not permitted") || text.contains("EPERM") {
-        "the kernel refused to create BPF maps or programs (EPERM): run zkconn as root or give \
-         it CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE"
-            .to_owned()
+    let refused = text.contains("Operation not permitted") || text.contains("EPERM");
+    match memlock {
+        // check_privileges passed: with a finite limit, the limit is what refused.
+        Some(limit) if refused => format!(
+            "the kernel refused to create zkconn's BPF maps: before Linux 5.11 they are \
+             charged to the locked-memory limit (RLIMIT_MEMLOCK), {} KiB here, which zkconn \
+             may not raise; start it with LimitMEMLOCK=infinity (systemd, as \
+             deploy/zkconn.service does), `ulimit -l unlimited`, or CAP_SYS_RESOURCE",
+            limit / 1024
+        ),
+        None if refused => "the kernel refused to create BPF maps or programs (EPERM): run \
+                            zkconn as root or give it CAP_BPF and CAP_PERFMON (CAP_SYS_ADMIN \
+                            before Linux 5.8)"
+            .to_owned(),
+        _ => format!("loading zkconn's eBPF object failed: {text}"),
+    }
+}
+
+/// A map read or update that failed, in one sentence that says what to do.
+fn map_error(name: &str, e: &dyn std::error::Error) -> anyhow::Error {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text = format!("{text}: {s}");
+        source = s.source();
+    }
+    if text.contains("Operation not permitted") {
+        anyhow!(
+            "the kernel refused zkconn access to its map {name} ({text}): this kernel wants \
+             CAP_BPF (CAP_SYS_ADMIN before Linux 5.8) for every map access while \
+             kernel.unprivileged_bpf_disabled is set; give zkconn that capability"
+        )
     } else {
-        format!("loading zkconn's eBPF object failed: {text}")
+        anyhow!("reading the kernel map {name} failed: {text}")
     }
 }
 
-/// Checks the capabilities zkconn needs before touching the kernel, so a missing privilege
-/// is one clear sentence rather than an errno from deep inside the loader.
-const CAP_DAC_READ_SEARCH: u32 = 2;
-const CAP_NET_ADMIN: u32 = 12;
-const CAP_SYS_PTRACE: u32 = 19;
-const CAP_SYS_ADMIN: u32 = 21;
-const CAP_PERFMON: u32 = 38;
-const CAP_BPF: u32 = 39;
-
-#[repr(C)]
-struct CapHeader {
-    version: u32,
-    pid: i32,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct CapData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
-}
-
-/// `_LINUX_CAPABILITY_VERSION_3`: two 32-bit words per set.
-const CAP_VERSION_3: u32 = 0x2008_0522;
-
-/// Once the programs are loaded, attached and seeded: drops every capability but
-/// CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH (if held), and CAP_NET_ADMIN when `keep_net_admin`
-/// (NAT look-ups in the connection tracking table need it), from the effective, permitted
-/// and inheritable sets, so nothing later can load programs, attach, or mount. Returns the
-/// effective set kept.
-pub fn drop_capabilities(keep_net_admin: bool) -> anyhow::Result<u64> {
-    let mut header = CapHeader {
-        version: CAP_VERSION_3,
-        pid: 0,
-    };
-    let mut data = [CapData::default(); 2];
-    // SAFETY: capget(2) with a v3 header and room for the two words v3 writes.
-    let rc = unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) };
-    if rc != 0 {
-        bail!(
-            "cannot read this process's capabilities: {}",
-            std::io::Error::last_os_error()
-        );
+/// Whether a map error is only "no such entry".
+fn is_not_found(e: &aya::maps::MapError) -> bool {
+    match e {
+        aya::maps::MapError::KeyNotFound => true,
+        aya::maps::MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
     }
-    let permitted = u64::from(data[0].permitted) | (u64::from(data[1].permitted) << 32);
-    // What zkconn still uses once attached: reading other users' `/proc/PID/*` to
-    // attribute processes it has not seen yet.
-    let net_admin = if keep_net_admin {
-        1 << CAP_NET_ADMIN
-    } else {
-        0
-    };
-    let keep = permitted & ((1 << CAP_SYS_PTRACE) | (1 << CAP_DAC_READ_SEARCH) | net_admin);
-    for (i, word) in data.iter_mut().enumerate() {
-        let bits = (keep >> (32 * i)) as u32;
-        *word = CapData {
-            effective: bits,
-            permitted: bits,
-            inheritable: 0,
-        };
-    }
-    // SAFETY: capset(2) on this thread with the v3 header and the two words read above.
-    let rc = unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) };
-    if rc != 0 {
-        bail!(
-            "cannot drop capabilities after attaching: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-    Ok(keep)
-}
-
-pub fn check_privileges() -> anyhow::Result<()> {
-    let status = std::fs::read_to_string("/proc/self/status")
-        .context("cannot read /proc/self/status to check privileges; is /proc mounted?")?;
-    let eff = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .unwrap_or(0);
-    let has = |cap: u32| eff & (1u64 << cap) != 0;
-    let bpf_ok = has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON));
-    if !bpf_ok {
-        bail!(
-            "zkconn needs root or the capabilities CAP_BPF and CAP_PERFMON to load its eBPF \
-             programs; run it with sudo (or `cargo xtask run`)"
-        );
-    }
-    if !has(CAP_SYS_PTRACE) {
-        tracing::warn!(
-            "without CAP_SYS_PTRACE other users' /proc/PID/fd cannot be read: connections that \
-             predate zkconn may miss their owner (counted as unreadable)"
-        );
-    }
-    Ok(())
 }
 
 #[cfg(test)]

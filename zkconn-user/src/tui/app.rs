@@ -190,6 +190,9 @@ pub struct App {
     pub quit: bool,
     /// The latest log line (alarm transitions), shown in the footer.
     pub last_log: Option<String>,
+    /// Why the last refresh failed (a kernel map that cannot be read): shown in the header
+    /// over the last good snapshot, until a refresh succeeds.
+    pub error: Option<String>,
     sparks: HashMap<OwnerId, VecDeque<u64>>,
 }
 

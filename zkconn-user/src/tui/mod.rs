@@ -97,9 +97,20 @@ pub async fn run(
             }
         });
         let mut app = app::App::default();
+        // A refresh that fails (a kernel map that cannot be read) is shown in the header
+        // over the last good screen; only the first one, with nothing to show, ends `top`.
         let refresh = |collector: &mut Collector, app: &mut app::App| -> anyhow::Result<()> {
-            let snap = collector.snapshot()?;
-            app.update(snap, collector.connections());
+            match collector.snapshot() {
+                Ok(snap) => {
+                    app.update(snap, collector.connections());
+                    app.error = None;
+                }
+                Err(e) if app.snapshot.is_some() => {
+                    tracing::error!("refresh failed: {e:#}");
+                    app.error = Some(format!("{e:#}"));
+                }
+                Err(e) => return Err(e),
+            }
             app.last_log = logs.last();
             Ok(())
         };
@@ -123,7 +134,11 @@ pub async fn run(
                     // A resize only needs the redraw at the top of the loop.
                 }
                 _ = refresh_tick.tick() => refresh(&mut collector, &mut app)?,
-                _ = sample_tick.tick(), if interval > Duration::from_secs(1) => collector.sample()?,
+                _ = sample_tick.tick(), if interval > Duration::from_secs(1) => {
+                    if let Err(e) = collector.sample() {
+                        app.error = Some(format!("{e:#}"));
+                    }
+                }
                 res = collector.next_events() => res?,
             }
         }

@@ -64,6 +64,9 @@ fn render_header(frame: &mut Frame<'_>, area: Rect, app: &App) {
     if app.paused {
         first.push(Span::styled(" · PAUSED", WARN));
     }
+    if let Some(e) = &app.error {
+        first.push(Span::styled(format!(" · STALE: {e}"), CRIT));
+    }
     if !app.filter.is_empty() {
         first.push(Span::raw(format!(" · filter \"{}\"", app.filter)));
     }

@@ -422,3 +422,17 @@ fn columns_drop_by_priority_as_the_terminal_narrows() {
         ]
     );
 }
+
+#[test]
+fn a_failed_refresh_is_said_in_the_header_over_the_last_screen() {
+    let mut app = app_with(typical());
+    app.error = Some("the kernel refused zkconn access to its map ZK_CONNS".into());
+    let screen = draw(&app, 200, 20);
+    let header = screen.lines().next().unwrap_or_default();
+    assert!(
+        header.contains("STALE: the kernel refused zkconn access to its map ZK_CONNS"),
+        "{header}"
+    );
+    // The last good counts stay on screen.
+    assert!(screen.contains("open "), "{screen}");
+}

@@ -173,9 +173,15 @@ fn host_run(zkconn: &Path, vmcheck: &Path, checks: &[Vec<String>]) -> anyhow::Re
     let release = output(Command::new("uname").arg("-r"))
         .map(|s| s.trim().to_owned())
         .unwrap_or_else(|| "?".to_owned());
-    let sysctl = fs::read_to_string("/proc/sys/kernel/unprivileged_bpf_disabled")
-        .map_or_else(|_| "?".to_owned(), |v| v.trim().to_owned());
-    let kernel = kernel_name(&format!("{release} unprivileged_bpf_disabled={sysctl}"));
+    let sysctl = |name: &str| {
+        fs::read_to_string(format!("/proc/sys/kernel/{name}"))
+            .map_or_else(|_| "?".to_owned(), |v| v.trim().to_owned())
+    };
+    let kernel = kernel_name(&format!(
+        "{release} unprivileged_bpf_disabled={} perf_event_paranoid={}",
+        sysctl("unprivileged_bpf_disabled"),
+        sysctl("perf_event_paranoid")
+    ));
     eprintln!("xtask: checking every hook on this host ({kernel})");
     let mut text = String::new();
     let mut failure = None;
@@ -264,11 +270,16 @@ fn invocations(unit: &UnitLimits) -> Vec<Vec<String>> {
         .collect()
 }
 
-/// `RELEASE unprivileged_bpf_disabled=N` as the matrix shows it.
+/// `RELEASE key=value...` (the sysctls that decide what zkconn may do) as the matrix shows
+/// it.
 fn kernel_name(line: &str) -> String {
-    match line.trim().split_once(" unprivileged_bpf_disabled=") {
-        Some((release, n)) => format!("{release} (unprivileged_bpf_disabled={n})"),
-        None => line.trim().to_owned(),
+    let mut words = line.split_whitespace();
+    let release = words.next().unwrap_or("?");
+    let sysctls: Vec<&str> = words.collect();
+    if sysctls.is_empty() {
+        release.to_owned()
+    } else {
+        format!("{release} ({})", sysctls.join(", "))
     }
 }
 
@@ -377,7 +388,7 @@ mount -t tracefs tracefs /sys/kernel/tracing
 mount -t bpf bpf /sys/fs/bpf
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 ip link set lo up
-echo "zkconn-vm: kernel $(uname -r) unprivileged_bpf_disabled=$(cat /proc/sys/kernel/unprivileged_bpf_disabled)"
+echo "zkconn-vm: kernel $(uname -r) unprivileged_bpf_disabled=$(cat /proc/sys/kernel/unprivileged_bpf_disabled) perf_event_paranoid=$(cat /proc/sys/kernel/perf_event_paranoid)"
 CHECKS
 echo "zkconn-vm: end $?"
 poweroff -f

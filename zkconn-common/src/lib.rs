@@ -63,6 +63,9 @@ pub mod program_names {
     pub const RESET_TP: &str = "zk_tcp_receive_reset";
     /// `inet_sock_set_state` BTF tracepoint (`tp_btf`).
     pub const STATE_BTF: &str = "zk_btf_inet_sock_set_state";
+    /// `tcp_receive_reset` BTF tracepoint (`tp_btf`), attached instead of [`RESET_TP`]
+    /// where the kernel has BTF: it needs no perf event.
+    pub const RESET_BTF: &str = "zk_btf_tcp_receive_reset";
     /// fentry on `tcp_connect` (the `fentry` hook's connect point).
     pub const CONNECT_FENTRY: &str = "zk_fentry_tcp_connect";
     /// fentry on `tcp_set_state` (the `fentry` hook's state changes).
@@ -72,10 +75,11 @@ pub mod program_names {
     /// kprobe on `tcp_set_state` (the `kprobe` hook's state changes).
     pub const SET_STATE_KPROBE: &str = "zk_kprobe_tcp_set_state";
     /// Every program, for per-program statistics (recursion misses, run time).
-    pub const ALL: [&str; 8] = [
+    pub const ALL: [&str; 9] = [
         STATE_TP,
         EXIT_TP,
         RESET_TP,
+        RESET_BTF,
         STATE_BTF,
         CONNECT_FENTRY,
         SET_STATE_FENTRY,
@@ -166,6 +170,15 @@ pub struct StateTpLayout {
     pub daddr_v6: u16,
     /// 1 once userspace filled the offsets; the program does nothing while 0.
     pub valid: u16,
+    /// Sizes in bytes (1, 2, 4 or 8) of the scalar fields, as the format file gives them:
+    /// kernels differ (`protocol` was a `__u8` before 5.6, a `__u16` since).
+    pub skaddr_size: u16,
+    /// `oldstate` and `newstate`.
+    pub state_size: u16,
+    /// `sport` and `dport`.
+    pub port_size: u16,
+    pub family_size: u16,
+    pub protocol_size: u16,
 }
 
 /// Where the fields a state hook needs sit in the running kernel's `struct sock`, from its

@@ -67,6 +67,11 @@ mod programs {
         saddr_v6: 0,
         daddr_v6: 0,
         valid: 0,
+        skaddr_size: 0,
+        state_size: 0,
+        port_size: 0,
+        family_size: 0,
+        protocol_size: 0,
     };
 
     #[unsafe(no_mangle)]
@@ -227,6 +232,15 @@ mod programs {
         0
     }
 
+    /// `tcp_receive_reset(struct sock *sk)` through BTF: no perf event needed to attach
+    /// (kernels that allow perf events only with CAP_SYS_ADMIN refuse the classic one).
+    #[btf_tracepoint(function = "tcp_receive_reset")]
+    pub fn zk_btf_tcp_receive_reset(ctx: BtfTracePointContext) -> i32 {
+        let sk: *const u8 = ctx.arg(0);
+        on_reset(sk as u64);
+        0
+    }
+
     #[tracepoint]
     pub fn zk_sched_process_exit(ctx: TracePointContext) -> u32 {
         let _ = try_sched_process_exit(&ctx);
@@ -246,23 +260,22 @@ mod programs {
         if l.valid == 0 {
             return Ok(());
         }
-        // SAFETY (all `read_at` below): offsets come from the tracepoint's own format file
-        // and `read_at` goes through bpf_probe_read, so a bad offset fails, never faults.
-        let protocol: u16 = unsafe { ctx.read_at(l.protocol.into())? };
-        if protocol != IPPROTO_TCP {
+        // Every scalar field at the size the format file gives (see `tp_field`).
+        let protocol = tp_field(ctx, l.protocol, l.protocol_size)?;
+        if protocol != u64::from(IPPROTO_TCP) {
             return Ok(());
         }
-        let dport: u16 = unsafe { ctx.read_at(l.dport.into())? };
+        let dport = tp_field(ctx, l.dport, l.port_size)? as u16;
         // The one lookup that every non-ZooKeeper socket pays.
         let flags = watched(dport);
         if flags == 0 {
             return Ok(());
         }
-        let old: i32 = unsafe { ctx.read_at(l.oldstate.into())? };
-        let new: i32 = unsafe { ctx.read_at(l.newstate.into())? };
-        let skaddr: u64 = unsafe { ctx.read_at(l.skaddr.into())? };
-        let mut change = Change::new(skaddr as *const u8, old as u8, new as u8, dport);
-        let family: u16 = unsafe { ctx.read_at(l.family.into())? };
+        let old = tp_field(ctx, l.oldstate, l.state_size)? as u8;
+        let new = tp_field(ctx, l.newstate, l.state_size)? as u8;
+        let skaddr = tp_field(ctx, l.skaddr, l.skaddr_size)?;
+        let mut change = Change::new(skaddr as *const u8, old, new, dport);
+        let family = tp_field(ctx, l.family, l.family_size)? as u16;
         // Straight into place (see `sock_tuple`).
         let record = ctx.as_ptr() as *const u8;
         let t = &mut change.tuple;
@@ -274,9 +287,26 @@ mod programs {
             read_into(record, l.saddr_v6.into(), &mut t.saddr)?;
             read_into(record, l.daddr_v6.into(), &mut t.daddr)?;
         }
-        t.sport = unsafe { ctx.read_at(l.sport.into())? };
+        t.sport = tp_field(ctx, l.sport, l.port_size)? as u16;
         on_transition(&change, flags);
         Ok(())
+    }
+
+    /// A scalar field of a classic tracepoint's record, zero-extended: read at the size its
+    /// format file gives, since that differs between kernels.
+    #[inline(always)]
+    fn tp_field(ctx: &TracePointContext, offset: u16, size: u16) -> Result<u64, i32> {
+        let offset = usize::from(offset);
+        // SAFETY: offset and size come from the tracepoint's own format file, and `read_at`
+        // goes through bpf_probe_read, so a bad offset fails, never faults.
+        unsafe {
+            Ok(match size {
+                1 => u64::from(ctx.read_at::<u8>(offset)?),
+                2 => u64::from(ctx.read_at::<u16>(offset)?),
+                4 => u64::from(ctx.read_at::<u32>(offset)?),
+                _ => ctx.read_at::<u64>(offset)?,
+            })
+        }
     }
 
     /// The same transition seen through the BTF tracepoint: the kernel passes the socket
@@ -480,6 +510,12 @@ mod programs {
         }
         // SAFETY: offset from the tracepoint's format file.
         let skaddr: u64 = unsafe { ctx.read_at(l.skaddr.into())? };
+        on_reset(skaddr);
+        Ok(())
+    }
+
+    /// A reset arrived on socket `skaddr`: a refusal if it lands within the window.
+    fn on_reset(skaddr: u64) {
         if let Some(conn) = CONNS.get_ptr_mut(skaddr) {
             // SAFETY: the reset is processed under the socket's lock, like its state changes.
             let conn = unsafe { &mut *conn };
@@ -489,7 +525,6 @@ mod programs {
                 conn.flags |= conn_flags::REFUSED;
             }
         }
-        Ok(())
     }
 
     /// ZooKeeper refuses a host over `maxClientCnxns` by accepting and closing at once, before

@@ -778,6 +778,7 @@ impl Collector {
                 nat: self.nat.health(self.translations.live.len() as u64),
                 unreadable: self.unreadable + self.seeds.unreadable,
                 capabilities: self.kept.clone(),
+                limitations: self.probe.limitations.clone(),
             },
             targets: self.targets.names(),
             max_client_cnxns: self.limits.info(),

@@ -151,6 +151,8 @@ pub struct ProbeHealth {
     pub unreadable: u64,
     /// The capabilities zkconn kept after attach, and why a BPF one was kept.
     pub capabilities: crate::probe::caps::Kept,
+    /// What this run cannot see on this kernel or with these privileges, one sentence each.
+    pub limitations: Vec<String>,
 }
 
 /// What drift repair did since start.

@@ -106,8 +106,13 @@ pub fn text(out: &mut impl Write, s: &Snapshot) -> io::Result<()> {
         s.probe.repaired.retired + s.probe.repaired.adopted
     )?;
     writeln!(out, "watching {}", s.targets.join(", "))?;
-    if let Some(why) = &s.probe.seeds.ownerless_why {
-        writeln!(out, "note: {why}")?;
+    for note in s
+        .probe
+        .limitations
+        .iter()
+        .chain(&s.probe.seeds.ownerless_why)
+    {
+        writeln!(out, "note: {note}")?;
     }
     writeln!(out)?;
     let r = &s.rows;

@@ -158,6 +158,8 @@ pub struct Probe {
     pub exit_events: bool,
     /// What the kernel's seed flag says (see [`Probe::set_seeds_pending`]).
     seeds_pending: bool,
+    /// What this run cannot see on this kernel, one sentence each (`probe.limitations`).
+    pub limitations: Vec<String>,
 }
 
 /// The compiled kernel programs, embedded at build time by `build.rs`.
@@ -268,6 +270,7 @@ impl Probe {
             },
             exit_events: exit_layout.valid == 1,
             seeds_pending: false,
+            limitations: Vec::new(),
         };
         probe.load_targets(targets)?;
         // From the first connect the hook sees until seeding is done, connects record their
@@ -279,15 +282,46 @@ impl Probe {
             state_layout: state_layout.as_ref().map(|_| ()).map_err(Clone::clone),
         };
         probe.hook = probe.attach_hook(choice, &needs)?;
-        if probe.exit_events {
-            probe.attach_tracepoint(program_names::EXIT_TP, "sched", "sched_process_exit")?;
+        // The two rare events are worth having, not worth failing for: without them zkconn
+        // finds exits from /proc, and refusals by their byte counts alone.
+        if probe.exit_events
+            && let Err(e) =
+                probe.attach_tracepoint(program_names::EXIT_TP, "sched", "sched_process_exit")
+        {
+            probe.exit_events = false;
+            probe.limitations.push(format!(
+                "process exits are found from /proc each second, not from the kernel \
+                 (sched:sched_process_exit: {e:#})"
+            ));
         }
-        if reset_layout.valid == 1 {
-            probe.attach_tracepoint(program_names::RESET_TP, "tcp", "tcp_receive_reset")?;
-        } else if bytes_offset.is_none() {
-            tracing::warn!(
-                "this kernel has neither BTF nor tcp:tcp_receive_reset: refusals are not recognised"
-            );
+        // Through BTF where there is BTF: a BTF tracepoint needs no perf event.
+        let reset = match &kernel_btf {
+            Ok(_) => probe.attach_btf_tracepoint(program_names::RESET_BTF, "tcp_receive_reset"),
+            Err(e) => Err(anyhow!("no BTF: {e}")),
+        };
+        let reset = reset.or_else(|btf_error| {
+            probe.unload_program(program_names::RESET_BTF);
+            if reset_layout.valid == 1 {
+                probe.attach_tracepoint(program_names::RESET_TP, "tcp", "tcp_receive_reset")
+            } else {
+                Err(btf_error.context("this kernel has no tcp:tcp_receive_reset"))
+            }
+        });
+        if let Err(e) = reset {
+            probe.limitations.push(if bytes_offset.is_some() {
+                format!(
+                    "a refusal by reset alone (no FIN first) is not recognised: \
+                     tcp_receive_reset could not be attached ({e:#})"
+                )
+            } else {
+                format!(
+                    "refusals are not recognised: this kernel has no BTF and \
+                     tcp_receive_reset could not be attached ({e:#})"
+                )
+            });
+        }
+        for l in &probe.limitations {
+            tracing::warn!("{l}");
         }
         Ok(probe)
     }
@@ -360,21 +394,36 @@ impl Probe {
     /// Detaches and unloads whatever part of `hook` got loaded.
     fn unload(&mut self, hook: Hook) {
         for name in hook.programs() {
-            let Some(prog) = self.ebpf.program_mut(name) else {
-                continue;
-            };
-            let result = match prog {
-                aya::programs::Program::BtfTracePoint(p) => p.unload(),
-                aya::programs::Program::TracePoint(p) => p.unload(),
-                aya::programs::Program::FEntry(p) => p.unload(),
-                aya::programs::Program::KProbe(p) => p.unload(),
-                _ => Ok(()),
-            };
-            if let Err(e) = result {
-                // Not loaded at all is the usual case here.
-                tracing::debug!("unloading {name}: {e}");
-            }
+            self.unload_program(name);
         }
+    }
+
+    /// Detaches and unloads program `name` if it got loaded.
+    fn unload_program(&mut self, name: &str) {
+        let Some(prog) = self.ebpf.program_mut(name) else {
+            return;
+        };
+        let result = match prog {
+            aya::programs::Program::BtfTracePoint(p) => p.unload(),
+            aya::programs::Program::TracePoint(p) => p.unload(),
+            aya::programs::Program::FEntry(p) => p.unload(),
+            aya::programs::Program::KProbe(p) => p.unload(),
+            _ => Ok(()),
+        };
+        if let Err(e) = result {
+            // Not loaded at all is the usual case here.
+            tracing::debug!("unloading {name}: {e}");
+        }
+    }
+
+    fn attach_btf_tracepoint(&mut self, program: &str, name: &str) -> anyhow::Result<()> {
+        let btf = aya_btf()?;
+        let prog: &mut BtfTracePoint = self.program_mut(program)?;
+        prog.load(name, &btf)
+            .with_context(|| format!("the kernel refused to load the BTF tracepoint {name}"))?;
+        prog.attach()
+            .with_context(|| format!("the kernel refused to attach the BTF tracepoint {name}"))?;
+        Ok(())
     }
 
     fn attach_fentry(
@@ -402,6 +451,7 @@ impl Probe {
         prog.load()
             .with_context(|| format!("the kernel refused to load the kprobe on {function}"))?;
         prog.attach(function, 0)
+            .map_err(|e| perf_refused(anyhow::Error::new(e)))
             .with_context(|| format!("the kernel refused a kprobe on {function}"))?;
         Ok(())
     }
@@ -432,6 +482,7 @@ impl Probe {
             anyhow!("the kernel's verifier refused {program} ({e}); report this with `uname -r`")
         })?;
         prog.attach(category, name)
+            .map_err(|e| perf_refused(anyhow::Error::new(e)))
             .with_context(|| format!("attaching to the tracepoint {category}:{name} failed"))?;
         Ok(())
     }
@@ -720,10 +771,38 @@ fn aya_noexist() -> u32 {
 /// Offsets of `sock:inet_sock_set_state`'s fields, from its tracefs format file.
 fn state_tp_layout(root: &std::path::Path) -> anyhow::Result<StateTpLayout> {
     let state = tracefs::tracepoint_fields(root, "sock", "inet_sock_set_state")?;
-    let field = |name: &str| {
-        state.get(name).map(|f| f.offset).ok_or_else(|| {
-            anyhow!("this kernel's sock:inet_sock_set_state has no field {name:?}; zkconn needs kernel 4.16 or newer")
+    layout_of_state_tp(&state)
+}
+
+/// The offsets and sizes of `sock:inet_sock_set_state`'s fields, from its format file.
+fn layout_of_state_tp(state: &StdHashMap<String, tracefs::Field>) -> anyhow::Result<StateTpLayout> {
+    let get = |name: &str| {
+        state.get(name).ok_or_else(|| {
+            anyhow!(
+                "this kernel's sock:inet_sock_set_state has no field {name:?}; zkconn needs \
+                 kernel 4.16 or newer"
+            )
         })
+    };
+    let field = |name: &str| get(name).map(|f| f.offset);
+    // A scalar zkconn reads whole: 1, 2, 4 or 8 bytes, the same for each field of a pair.
+    let size = |names: &[&str]| -> anyhow::Result<u16> {
+        let sizes = names
+            .iter()
+            .map(|n| get(n).map(|f| f.size))
+            .collect::<anyhow::Result<Vec<u16>>>()?;
+        match sizes.as_slice() {
+            [first, rest @ ..]
+                if [1, 2, 4, 8].contains(first) && rest.iter().all(|s| s == first) =>
+            {
+                Ok(*first)
+            }
+            _ => bail!(
+                "this kernel's sock:inet_sock_set_state gives {} the sizes {sizes:?}, which \
+                 zkconn cannot read; use --hook btf",
+                names.join(" and ")
+            ),
+        }
     };
     Ok(StateTpLayout {
         skaddr: field("skaddr")?,
@@ -738,6 +817,11 @@ fn state_tp_layout(root: &std::path::Path) -> anyhow::Result<StateTpLayout> {
         saddr_v6: field("saddr_v6")?,
         daddr_v6: field("daddr_v6")?,
         valid: 1,
+        skaddr_size: size(&["skaddr"])?,
+        state_size: size(&["oldstate", "newstate"])?,
+        port_size: size(&["sport", "dport"])?,
+        family_size: size(&["family"])?,
+        protocol_size: size(&["protocol"])?,
     })
 }
 
@@ -807,7 +891,12 @@ pub fn sock_layout(b: &btf::Btf) -> Result<SockLayout, btf::BtfError> {
 }
 
 fn explain_load_error(e: &aya::EbpfError, memlock: Option<u64>) -> String {
-    let text = format!("{e:#}");
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text = format!("{text}: {s}");
+        source = s.source();
+    }
     let refused = text.contains("Operation not permitted") || text.contains("EPERM");
     match memlock {
         // check_privileges passed: with a finite limit, the limit is what refused.
@@ -823,6 +912,26 @@ fn explain_load_error(e: &aya::EbpfError, memlock: Option<u64>) -> String {
                             before Linux 5.8)"
             .to_owned(),
         _ => format!("loading zkconn's eBPF object failed: {text}"),
+    }
+}
+
+/// A perf event the kernel refused (classic tracepoints and kprobes attach through one):
+/// says why when `kernel.perf_event_paranoid` is the reason.
+fn perf_refused(e: anyhow::Error) -> anyhow::Error {
+    if !format!("{e:#}").contains("Permission denied") {
+        return e;
+    }
+    let paranoid = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
+        .map(|v| v.trim().to_owned())
+        .unwrap_or_default();
+    if paranoid.parse::<i32>().is_ok_and(|p| p >= 3) {
+        e.context(format!(
+            "kernel.perf_event_paranoid is {paranoid} here, a level (Debian's default) that \
+             allows perf events only to CAP_SYS_ADMIN: use --hook btf or fentry, which need \
+             none, or give zkconn CAP_SYS_ADMIN"
+        ))
+    } else {
+        e
     }
 }
 
@@ -878,6 +987,53 @@ mod tests {
             .count();
         assert_eq!(forced, Hook::AUTO_ORDER.len());
         assert_eq!(seen, ["btf", "fentry", "tracepoint", "kprobe"]);
+    }
+
+    /// `sock:inet_sock_set_state` as 5.4 and 6.1 format it: `protocol` became a `__u16`
+    /// in 5.6, and the addresses moved by one byte.
+    fn state_format(protocol: &str) -> String {
+        let (protocol_type, protocol_size, after) = match protocol {
+            "u8" => ("__u8", 1, 31),
+            _ => ("__u16", 2, 32),
+        };
+        format!(
+            "name: inet_sock_set_state\nID: 1\nformat:\n\
+             \tfield:const void * skaddr;\toffset:8;\tsize:8;\tsigned:0;\n\
+             \tfield:int oldstate;\toffset:16;\tsize:4;\tsigned:1;\n\
+             \tfield:int newstate;\toffset:20;\tsize:4;\tsigned:1;\n\
+             \tfield:__u16 sport;\toffset:24;\tsize:2;\tsigned:0;\n\
+             \tfield:__u16 dport;\toffset:26;\tsize:2;\tsigned:0;\n\
+             \tfield:__u16 family;\toffset:28;\tsize:2;\tsigned:0;\n\
+             \tfield:{protocol_type} protocol;\toffset:30;\tsize:{protocol_size};\tsigned:0;\n\
+             \tfield:__u8 saddr[4];\toffset:{after};\tsize:4;\tsigned:0;\n\
+             \tfield:__u8 daddr[4];\toffset:{};\tsize:4;\tsigned:0;\n\
+             \tfield:__u8 saddr_v6[16];\toffset:{};\tsize:16;\tsigned:0;\n\
+             \tfield:__u8 daddr_v6[16];\toffset:{};\tsize:16;\tsigned:0;\n",
+            after + 4,
+            after + 8,
+            after + 24
+        )
+    }
+
+    #[test]
+    fn state_tracepoint_fields_are_read_at_the_size_the_kernel_gives() {
+        let old = layout_of_state_tp(&tracefs::parse_format(&state_format("u8"))).unwrap();
+        assert_eq!((old.protocol, old.protocol_size, old.saddr), (30, 1, 31));
+        let new = layout_of_state_tp(&tracefs::parse_format(&state_format("u16"))).unwrap();
+        assert_eq!((new.protocol, new.protocol_size, new.saddr), (30, 2, 32));
+        for l in [old, new] {
+            assert_eq!(
+                (l.skaddr_size, l.state_size, l.port_size, l.family_size),
+                (8, 4, 2, 2)
+            );
+        }
+        // A size zkconn cannot read whole is refused, not read wrong.
+        let odd = state_format("u16").replace(
+            "size:2;\tsigned:0;\n\tfield:__u16 dport",
+            "size:3;\tsigned:0;\n\tfield:__u16 dport",
+        );
+        let e = layout_of_state_tp(&tracefs::parse_format(&odd)).unwrap_err();
+        assert!(e.to_string().contains("sport and dport"), "{e}");
     }
 
     #[test]

@@ -115,7 +115,7 @@ impl ZkServer {
             format!(
                 "tickTime=2000\ndataDir={}\nclientPort={port}\nclientPortAddress={host}\n\
                  maxClientCnxns={max_client_cnxns}\nadmin.enableServer=false\n\
-                 4lw.commands.whitelist=srvr,mntr\n",
+                 4lw.commands.whitelist=srvr,mntr,cons\n",
                 dir.path().join("data").display()
             ),
         )?;

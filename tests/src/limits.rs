@@ -142,19 +142,31 @@ const MAP_READS: [u32; 3] = [1, 4, 24];
 /// as a kernel before 5.19 does once the capability it wants is gone. Loading, attaching
 /// and map updates are left alone. x86-64 only.
 pub fn refuse_map_reads(cmd: &mut Command) -> anyhow::Result<()> {
+    refuse_bpf(cmd, Some(MAP_READS), libc::EPERM)
+}
+
+/// Makes `bpf()` fail with ENOSYS for `cmd`'s child, as on a kernel built without
+/// CONFIG_BPF_SYSCALL. x86-64 only.
+pub fn without_bpf(cmd: &mut Command) -> anyhow::Result<()> {
+    refuse_bpf(cmd, None, libc::ENOSYS)
+}
+
+/// A seccomp filter failing `bpf()` with `errno`: the commands `only` lists, or every one.
+fn refuse_bpf(cmd: &mut Command, only: Option<[u32; 3]>, errno: i32) -> anyhow::Result<()> {
     if !cfg!(target_arch = "x86_64") {
-        bail!("the map-read filter is written for x86-64");
+        bail!("the bpf() filter is written for x86-64");
     }
     // SAFETY: prctl(2) calls on the child's own state between fork and exec; the filter
     // program is built inside the closure and outlives the call that copies it.
     unsafe {
-        std::os::unix::process::CommandExt::pre_exec(cmd, || {
+        std::os::unix::process::CommandExt::pre_exec(cmd, move || {
             const LD_ABS_W: u16 = 0x20;
             const JEQ_K: u16 = 0x15;
+            const JA: u16 = 0x05;
             const RET_K: u16 = 0x06;
             const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
             const RET_ALLOW: u32 = 0x7fff_0000;
-            const RET_EPERM: u32 = 0x0005_0000 | libc::EPERM as u32;
+            let ret_errno = 0x0005_0000 | (errno as u32 & 0xffff);
             let insn = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
             // seccomp_data: nr at 0, arch at 4, args[0] at 16 (its low half, little-endian).
             let program = [
@@ -163,11 +175,14 @@ pub fn refuse_map_reads(cmd: &mut Command) -> anyhow::Result<()> {
                 insn(LD_ABS_W, 0, 0, 0),
                 insn(JEQ_K, 0, 4, libc::SYS_bpf as u32),
                 insn(LD_ABS_W, 0, 0, 16),
-                insn(JEQ_K, 3, 0, MAP_READS[0]),
-                insn(JEQ_K, 2, 0, MAP_READS[1]),
-                insn(JEQ_K, 1, 0, MAP_READS[2]),
+                match only {
+                    Some(cmds) => insn(JEQ_K, 3, 0, cmds[0]),
+                    None => insn(JA, 0, 0, 3),
+                },
+                insn(JEQ_K, 2, 0, only.map_or(0, |c| c[1])),
+                insn(JEQ_K, 1, 0, only.map_or(0, |c| c[2])),
                 insn(RET_K, 0, 0, RET_ALLOW),
-                insn(RET_K, 0, 0, RET_EPERM),
+                insn(RET_K, 0, 0, ret_errno),
             ];
             let prog = libc::sock_fprog {
                 len: program.len() as u16,

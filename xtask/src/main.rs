@@ -459,6 +459,7 @@ const ALL_TESTS: &[&str] = &[
     "ownership",
     "repair",
     "privileges",
+    "poll",
     "hooks",
 ];
 

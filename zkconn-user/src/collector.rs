@@ -33,7 +33,8 @@ use crate::{
         OverflowDetail, OwnerFacts, ProbeHealth, Rows, SeedHealth, Snapshot, Translations,
     },
     nat::Nat,
-    probe::{Capacities, Probe, caps::Kept},
+    poll::Poller,
+    probe::{Capacities, Hook, HookChoice, Probe, caps::Kept},
     procfs::{CgroupPaths, ProcInfo, Procfs},
     reconcile::Reconciler,
     seed::{self, SeedReport},
@@ -42,9 +43,19 @@ use crate::{
     users::Users,
 };
 
+/// Where the rows come from.
+enum Source {
+    /// The kernel programs: their maps, and their events as they come.
+    Kernel {
+        probe: Probe,
+        events: AsyncFd<RingBuf<MapData>>,
+    },
+    /// Samples of the socket tables (`--hook poll`), with why `auto` chose it.
+    Poll(Poller, Option<String>),
+}
+
 pub struct Collector {
-    probe: Probe,
-    events: AsyncFd<RingBuf<MapData>>,
+    source: Source,
     procfs: Procfs,
     cgroups: CgroupPaths,
     targets: Targets,
@@ -205,34 +216,45 @@ impl Collector {
         limits: Limits,
         judgement: Judgement,
     ) -> anyhow::Result<Self> {
-        crate::probe::caps::check_privileges()?;
-        let caps = Capacities {
-            conns: args.max_connections,
-            owners: args.max_processes,
-            cgroups: args.max_cgroups,
-            ring_buffer_bytes: args.ring_buffer_kib * 1024,
-        };
-        let mut probe = Probe::load(args.hook, caps, &targets)?;
-        // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged, for as long
-        // as the `AsyncFd` owns the ring buffer.
-        let events = unsafe {
-            AsyncFd::register_with_interest(probe.take_events()?, tokio::io::Interest::READABLE)
-        }
-        .map_err(|e| {
-            anyhow::anyhow!("cannot register the event ring buffer with the runtime: {e}")
-        })?;
         let procfs = Procfs::default();
         let cgroups = CgroupPaths::discover();
         // Opened here, while zkconn may still enter other namespaces (see `sockdiag`).
         let mut tables = Tables::default();
-        let mut seeds = seed::seed(&mut probe, &mut tables, &procfs, &cgroups, &targets)
-            .context("seeding the connections that existed before start failed")?;
-        probe.set_seeding(false)?;
-        tracing::info!(
-            "attached ({}); watching {targets}; seeded {} connections",
-            probe.hook(),
-            seeds.seeded
-        );
+        let (source, mut seeds) = match args.hook {
+            HookChoice::Poll => (Source::Poll(Poller::default(), None), SeedReport::default()),
+            choice => {
+                crate::probe::caps::check_privileges()?;
+                let caps = Capacities {
+                    conns: args.max_connections,
+                    owners: args.max_processes,
+                    cgroups: args.max_cgroups,
+                    ring_buffer_bytes: args.ring_buffer_kib * 1024,
+                };
+                match Probe::load(choice, caps, &targets) {
+                    Ok(probe) => {
+                        Self::start_kernel(probe, &mut tables, &procfs, &cgroups, &targets)?
+                    }
+                    // The kernel refuses every BPF hook (too old, lockdown, a policy): `auto`
+                    // samples the socket tables instead, and says why. A limit or privilege
+                    // the operator can fix is reported instead.
+                    Err(e)
+                        if choice == HookChoice::Auto
+                            && e.downcast_ref::<crate::probe::FixableLoadError>().is_none() =>
+                    {
+                        let why = format!(
+                            "no BPF hook can be used on this kernel ({e:#}), so zkconn samples \
+                             the socket tables (hook poll)"
+                        );
+                        tracing::warn!("{why}");
+                        (
+                            Source::Poll(Poller::default(), Some(why)),
+                            SeedReport::default(),
+                        )
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        };
         let infos = std::mem::take(&mut seeds.infos);
         let nat = Nat::open(args.nat == NatChoice::Auto);
         match nat.health(0).reason {
@@ -244,8 +266,7 @@ impl Collector {
             Some(_) => {}
         }
         let mut this = Self {
-            probe,
-            events,
+            source,
             procfs,
             cgroups,
             targets,
@@ -281,10 +302,24 @@ impl Collector {
         }
         // The baseline every trend starts from: what existed at start.
         this.sample()?;
+        if let Source::Poll(poller, _) = &this.source {
+            // The first sample found what predates zkconn.
+            this.seeds.seeded = poller.seeded.values().sum();
+            this.seeds.per_owner = poller.seeded.clone();
+            this.seeds.ownerless = poller.ownerless;
+            tracing::info!(
+                "sampling ({}); watching {}; {} connections found",
+                Hook::Poll,
+                this.targets,
+                this.seeds.seeded
+            );
+        }
         let keep_net_admin = this.nat.available();
-        this.kept = crate::probe::caps::drop_after_attach(keep_net_admin, || {
-            this.probe.check_map_access()
-        })?;
+        this.kept =
+            crate::probe::caps::drop_after_attach(keep_net_admin, || match &mut this.source {
+                Source::Kernel { probe, .. } => probe.check_map_access(),
+                Source::Poll(..) => Ok(()),
+            })?;
         tracing::info!(
             "attached and seeded: capabilities dropped to {}",
             this.kept.kept.join(" ")
@@ -292,15 +327,53 @@ impl Collector {
         Ok(this)
     }
 
+    /// The kernel side of `start`: the event ring buffer and the seeds.
+    fn start_kernel(
+        mut probe: Probe,
+        tables: &mut Tables,
+        procfs: &Procfs,
+        cgroups: &CgroupPaths,
+        targets: &Targets,
+    ) -> anyhow::Result<(Source, SeedReport)> {
+        // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged, for as long
+        // as the `AsyncFd` owns the ring buffer.
+        let events = unsafe {
+            AsyncFd::register_with_interest(probe.take_events()?, tokio::io::Interest::READABLE)
+        }
+        .map_err(|e| {
+            anyhow::anyhow!("cannot register the event ring buffer with the runtime: {e}")
+        })?;
+        let seeds = seed::seed(&mut probe, tables, procfs, cgroups, targets)
+            .context("seeding the connections that existed before start failed")?;
+        probe.set_seeding(false)?;
+        tracing::info!(
+            "attached ({}); watching {targets}; seeded {} connections",
+            probe.hook(),
+            seeds.seeded
+        );
+        Ok((Source::Kernel { probe, events }, seeds))
+    }
+
+    /// The hook in use.
+    fn hook(&self) -> Hook {
+        match &self.source {
+            Source::Kernel { probe, .. } => probe.hook(),
+            Source::Poll(..) => Hook::Poll,
+        }
+    }
+
     /// Seconds since start, the time base of the history.
     fn now(&self) -> f64 {
         self.started.elapsed().as_secs_f64()
     }
 
-    /// Waits until the kernel has written events, then handles all of them.
+    /// Waits until the kernel has written events, then handles all of them. The poll hook
+    /// has no events: it waits forever.
     pub async fn next_events(&mut self) -> anyhow::Result<()> {
-        let mut guard = self
-            .events
+        let Source::Kernel { events, .. } = &mut self.source else {
+            return std::future::pending().await;
+        };
+        let mut guard = events
             .readable_mut()
             .await
             .context("waiting on the event ring buffer failed")?;
@@ -314,7 +387,10 @@ impl Collector {
     pub fn drain_events(&mut self) {
         let mut batch = Vec::new();
         {
-            let ring = self.events.get_mut();
+            let Source::Kernel { events, .. } = &mut self.source else {
+                return;
+            };
+            let ring = events.get_mut();
             while let Some(item) = ring.next() {
                 if item.len() >= size_of::<OwnerEvent>() {
                     // SAFETY: the kernel wrote a whole `OwnerEvent` (checked length); it is
@@ -509,8 +585,11 @@ impl Collector {
         if !self.reconciler.due() {
             return;
         }
+        let Source::Kernel { probe, .. } = &mut self.source else {
+            return;
+        };
         let round = self.reconciler.run(
-            &mut self.probe,
+            probe,
             &mut self.tables,
             &self.procfs,
             &self.cgroups,
@@ -538,11 +617,23 @@ impl Collector {
     fn rows(&mut self) -> anyhow::Result<(Rows, KernelState)> {
         self.drain_events();
         self.reconcile_if_due();
-        let mut state = self.probe.read()?;
-        // Every seed adopted or gone: later connections skip the kernel's seed table.
-        if self.probe.seeds_pending() && state.seeds.is_empty() {
-            self.probe.set_seeds_pending(false)?;
-        }
+        let (mut state, exit_events) = match &mut self.source {
+            Source::Kernel { probe, .. } => {
+                let state = probe.read()?;
+                // Every seed adopted or gone: later connections skip the kernel's seed table.
+                if probe.seeds_pending() && state.seeds.is_empty() {
+                    probe.set_seeds_pending(false)?;
+                }
+                (state, probe.exit_events)
+            }
+            Source::Poll(poller, _) => {
+                let before = poller.unreadable;
+                let state =
+                    poller.read(&mut self.tables, &self.procfs, &self.cgroups, &self.targets);
+                self.unreadable += poller.unreadable - before;
+                (state, false)
+            }
+        };
         let now_ns = seed::now_boot_ns();
         // Owners seen only through maps (their event was lost): attribute them now.
         let mut first_conn: FxHashMap<OwnerKey, &zkconn_common::Conn> = FxHashMap::default();
@@ -584,7 +675,7 @@ impl Collector {
         for (key, facts) in &mut self.facts {
             facts.alive = if *key == OwnerKey::UNKNOWN {
                 referenced.contains(key)
-            } else if self.probe.exit_events {
+            } else if exit_events {
                 state
                     .owners
                     .get(&key.tgid)
@@ -758,8 +849,11 @@ impl Collector {
             time: now_rfc3339(),
             observed_secs: now,
             probe: ProbeHealth {
-                hook: Some(self.probe.hook()),
-                refusal_detection: Some(self.probe.refusal),
+                hook: Some(self.hook()),
+                refusal_detection: match &self.source {
+                    Source::Kernel { probe, .. } => Some(probe.refusal),
+                    Source::Poll(..) => None,
+                },
                 lost: lost_detail.events + lost_detail.recursion_misses.unwrap_or(0),
                 overflow: overflow_detail.connections
                     + overflow_detail.processes
@@ -778,7 +872,14 @@ impl Collector {
                 nat: self.nat.health(self.translations.live.len() as u64),
                 unreadable: self.unreadable + self.seeds.unreadable,
                 capabilities: self.kept.clone(),
-                limitations: self.probe.limitations.clone(),
+                limitations: match &self.source {
+                    Source::Kernel { probe, .. } => probe.limitations.clone(),
+                    Source::Poll(_, why) => why
+                        .iter()
+                        .cloned()
+                        .chain([crate::poll::LIMITATION.to_owned()])
+                        .collect(),
+                },
             },
             targets: self.targets.names(),
             max_client_cnxns: self.limits.info(),

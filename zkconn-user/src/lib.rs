@@ -1,7 +1,8 @@
 //! zkconn: who holds this host's ZooKeeper connections. The library behind the `zkconn`
 //! binary; its parsers are also what the fuzz targets (`fuzz/`) exercise.
 //!
-//! Data flows one way: `probe` (kernel programs and maps) → `collector` (events, seeding,
+//! Data flows one way: `probe` (kernel programs and maps; `poll` where none can load) →
+//! `collector` (events, seeding,
 //! attribution) → `model` (rows) → `history` (trends, suspects, alarms) → views: `output`
 //! (tables and JSON), `check` (Nagios), `tui` (`top`), `daemon` with `metrics`.
 
@@ -17,6 +18,7 @@ pub mod metrics;
 pub mod model;
 pub mod nat;
 pub mod output;
+pub mod poll;
 pub mod probe;
 pub mod procfs;
 pub mod reconcile;

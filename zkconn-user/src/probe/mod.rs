@@ -46,6 +46,10 @@ pub enum HookChoice {
     Tracepoint,
     /// kprobes on `tcp_connect` and `tcp_set_state` (CONFIG_KPROBES, BTF for the offsets).
     Kprobe,
+    /// No BPF: the kernel's socket tables sampled over sock_diag each second (any kernel;
+    /// connections shorter than a second and refusals are not seen). `auto` falls back to it
+    /// when the kernel refuses every BPF hook.
+    Poll,
 }
 
 /// The hook in use, as named in every output.
@@ -56,6 +60,7 @@ pub enum Hook {
     Fentry,
     Tracepoint,
     Kprobe,
+    Poll,
 }
 
 impl Hook {
@@ -70,6 +75,7 @@ impl Hook {
             Hook::Fentry => "fentry on tcp_connect and tcp_set_state",
             Hook::Tracepoint => "the classic tracepoint sock:inet_sock_set_state",
             Hook::Kprobe => "kprobes on tcp_connect and tcp_set_state",
+            Hook::Poll => "samples of the kernel's socket tables over sock_diag",
         }
     }
 
@@ -87,6 +93,7 @@ impl Hook {
                 program_names::CONNECT_KPROBE,
                 program_names::SET_STATE_KPROBE,
             ],
+            Hook::Poll => &[],
         }
     }
 }
@@ -98,6 +105,7 @@ impl fmt::Display for Hook {
             Hook::Fentry => "fentry",
             Hook::Tracepoint => "tracepoint",
             Hook::Kprobe => "kprobe",
+            Hook::Poll => "poll",
         })
     }
 }
@@ -258,7 +266,7 @@ impl Probe {
             .map_max_entries(map_names::CGROUP_STATS, caps.cgroups)
             .map_max_entries(map_names::EVENTS, caps.ring_buffer_bytes)
             .load(OBJECT)
-            .map_err(|e| anyhow!("{}", explain_load_error(&e, memlock)))?;
+            .map_err(|e| explain_load_error(&e, memlock))?;
 
         let mut probe = Probe {
             ebpf,
@@ -336,6 +344,7 @@ impl Probe {
             HookChoice::Fentry => vec![Hook::Fentry],
             HookChoice::Tracepoint => vec![Hook::Tracepoint],
             HookChoice::Kprobe => vec![Hook::Kprobe],
+            HookChoice::Poll => bail!("--hook poll loads no BPF program"),
         };
         let mut refused = Vec::new();
         for hook in wanted {
@@ -388,6 +397,7 @@ impl Probe {
                 self.attach_kprobe(program_names::CONNECT_KPROBE, "tcp_connect")?;
                 self.attach_kprobe(program_names::SET_STATE_KPROBE, "tcp_set_state")
             }
+            Hook::Poll => bail!("--hook poll loads no BPF program"),
         }
     }
 
@@ -759,6 +769,7 @@ impl Needs {
         match hook {
             Hook::Btf | Hook::Fentry | Hook::Kprobe => sock(),
             Hook::Tracepoint => self.state_layout.clone().map_err(|e| anyhow!("{e}")),
+            Hook::Poll => bail!("--hook poll loads no BPF program"),
         }
     }
 }
@@ -890,7 +901,13 @@ pub fn sock_layout(b: &btf::Btf) -> Result<SockLayout, btf::BtfError> {
     })
 }
 
-fn explain_load_error(e: &aya::EbpfError, memlock: Option<u64>) -> String {
+/// A load failure with a fix on the operator's side (a limit, a privilege): `auto` reports
+/// it rather than falling back to the poll hook.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct FixableLoadError(pub String);
+
+fn explain_load_error(e: &aya::EbpfError, memlock: Option<u64>) -> anyhow::Error {
     let mut text = e.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
@@ -900,18 +917,21 @@ fn explain_load_error(e: &aya::EbpfError, memlock: Option<u64>) -> String {
     let refused = text.contains("Operation not permitted") || text.contains("EPERM");
     match memlock {
         // check_privileges passed: with a finite limit, the limit is what refused.
-        Some(limit) if refused => format!(
+        Some(limit) if refused => FixableLoadError(format!(
             "the kernel refused to create zkconn's BPF maps: before Linux 5.11 they are \
              charged to the locked-memory limit (RLIMIT_MEMLOCK), {} KiB here, which zkconn \
              may not raise; start it with LimitMEMLOCK=infinity (systemd, as \
              deploy/zkconn.service does), `ulimit -l unlimited`, or CAP_SYS_RESOURCE",
             limit / 1024
-        ),
-        None if refused => "the kernel refused to create BPF maps or programs (EPERM): run \
-                            zkconn as root or give it CAP_BPF and CAP_PERFMON (CAP_SYS_ADMIN \
-                            before Linux 5.8)"
-            .to_owned(),
-        _ => format!("loading zkconn's eBPF object failed: {text}"),
+        ))
+        .into(),
+        None if refused => FixableLoadError(
+            "the kernel refused to create BPF maps or programs (EPERM): run zkconn as root or \
+             give it CAP_BPF and CAP_PERFMON (CAP_SYS_ADMIN before Linux 5.8)"
+                .to_owned(),
+        )
+        .into(),
+        _ => anyhow!("loading zkconn's eBPF object failed: {text}"),
     }
 }
 
@@ -983,7 +1003,7 @@ mod tests {
         // Every forced choice is in the order `auto` tries.
         let forced = HookChoice::value_variants()
             .iter()
-            .filter(|c| **c != HookChoice::Auto)
+            .filter(|c| !matches!(c, HookChoice::Auto | HookChoice::Poll))
             .count();
         assert_eq!(forced, Hook::AUTO_ORDER.len());
         assert_eq!(seen, ["btf", "fentry", "tracepoint", "kprobe"]);

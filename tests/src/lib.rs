@@ -219,6 +219,17 @@ impl ZkServer {
             .ok_or_else(|| anyhow!("no zk_connection_rejected in mntr: {mntr}"))
     }
 
+    /// The server's own count of live connections (`zk_num_alive_connections` in `mntr`),
+    /// asked from `src`, less the asking connection itself.
+    pub fn alive_connections(&self, src: IpAddr) -> anyhow::Result<u64> {
+        let mntr = self.four_letter_from(src, "mntr")?;
+        mntr.lines()
+            .find_map(|l| l.strip_prefix("zk_num_alive_connections\t"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(|n| n.saturating_sub(1))
+            .ok_or_else(|| anyhow!("no zk_num_alive_connections in mntr: {mntr}"))
+    }
+
     /// `srvr`, waiting as long as the server takes to answer: a client that gave up first
     /// would leave a FIN-WAIT-2 socket behind that tests waiting for quiet sockets trip on.
     /// `srvr` from an address of its own (never 127.0.0.1, which the tests' clients use:
@@ -341,8 +352,28 @@ impl Client {
         main_class: &str,
         props: &[&str],
     ) -> anyhow::Result<Self> {
+        Self::java_named_in(server, count, main_class, props, None)
+    }
+
+    /// The same, started inside the cgroup directory `cgroup` (v1 or v2): a shell joins it,
+    /// then execs the JVM, so every connection is made from there and the pid is the JVM's.
+    pub fn java_named_in(
+        server: &ZkServer,
+        count: u32,
+        main_class: &str,
+        props: &[&str],
+        cgroup: Option<&Path>,
+    ) -> anyhow::Result<Self> {
         let classes = compiled_java_client(main_class)?;
-        let mut cmd = Command::new("java");
+        let mut cmd = match cgroup {
+            Some(dir) => {
+                let mut c = Command::new("sh");
+                c.args(["-c", r#"echo $$ > "$0/cgroup.procs" && exec java "$@""#])
+                    .arg(dir);
+                c
+            }
+            None => Command::new("java"),
+        };
         cmd.args(props)
             .args(["-Xmx64m", "-XX:+UseSerialGC", "-Xss512k", "-cp"])
             .arg(classpath(&classes))

@@ -1,7 +1,8 @@
 //! Attribution against a real ZooKeeper with real processes: a JVM that is an HBase
 //! RegionServer to every tool, YARN containers found through a v1 cgroup, a v2 cgroup, the
-//! environment and the working directory, a systemd unit, site rules, and a leaker that
-//! exits before anyone looks. Root only; run with `cargo xtask test`.
+//! environment and the working directory, a systemd unit, site rules, a leaker that
+//! exits before anyone looks, and cgroup rows by v1 path where every process sits in the v2
+//! root. Root only; run with `cargo xtask test`.
 
 use std::{path::PathBuf, time::Duration};
 
@@ -369,5 +370,119 @@ fn processes_gone_with_their_cgroups_before_zkconn_looks_keep_their_containers()
         "{:#}",
         snap["probe"]
     );
+    Ok(())
+}
+
+/// A cgroup v1 host as RHEL 8 or CentOS 7 run by default, on this hybrid machine: the test's
+/// processes sit in the v2 root, where the kernel's cgroup id names nobody, and two YARN
+/// containers exist only under the v1 `cpu` hierarchy. The cgroup rows go by those v1 paths,
+/// with exact counts: a real ZooKeeper client (a JVM named as a Spark executor) and a Python
+/// one in the first; in the second, one that closed a connection and one that exited.
+#[test]
+fn cgroup_rows_go_by_v1_path_where_every_process_is_in_the_v2_root() -> Result<()> {
+    let own = std::fs::read_to_string("/proc/self/cgroup")?;
+    assert!(
+        own.lines().any(|l| l == "0::/"),
+        "this test needs to run in the cgroup v2 root: {own}"
+    );
+    let zk = ZkServer::start(fresh_ipv4(), 0, &[])?;
+    let ts = fresh_cluster_ts();
+    let app = format!("application_{ts}_0005");
+    let (c_a, c_b) = (
+        format!("container_e17_{ts}_0005_01_000005"),
+        format!("container_e17_{ts}_0005_01_000006"),
+    );
+    let parent = format!("/zkconn-test-{}-v1rows", std::process::id());
+    let cg_a = Cgroup::v1("cpu", &format!("{parent}/{c_a}"))?;
+    let cg_b = Cgroup::v1("cpu", &format!("{parent}/{c_b}"))?;
+    let z = Zkconn::start(&["--zk", &zk.addr.to_string()])?;
+
+    let executor = Client::java_named_in(
+        &zk,
+        3,
+        "org.apache.spark.executor.YarnCoarseGrainedExecutorBackend",
+        &[],
+        Some(&cg_a.path),
+    )?;
+    let py_a = Client::raw(zk.addr, 2, 1, Some(&cg_a.path))?;
+    let mut closer = Client::raw(zk.addr, 4, 1, Some(&cg_b.path))?;
+    closer.close(1)?;
+    let mut gone = RawClient {
+        cgroups: vec![cg_b.path.clone()],
+        exit_after: Some(Duration::from_millis(200)),
+        ..RawClient::new(zk.addr, 2)
+    }
+    .spawn()?;
+    gone.wait_exit(Duration::from_secs(5))?;
+    // In no cgroup of its own in either hierarchy: the root row of the host's hierarchy.
+    let plain = Client::raw(zk.addr, 1, 1, None)?;
+    wait_settled(zk.addr)?;
+    let snap = z.finish()?;
+    // Asked once zkconn is done: the question is a connection too.
+    let server_open = zk.alive_connections(fresh_ipv4())?;
+
+    // (cgroup, open, opened, closed, failed, pids)
+    let mut pids_a = vec![executor.pid(), py_a.pid()];
+    pids_a.sort_unstable();
+    let mut pids_b = vec![closer.pid(), gone.pid()];
+    pids_b.sort_unstable();
+    for (cg, container, counts, pids) in [
+        (&cg_a, &c_a, [5, 5, 0, 0], pids_a),
+        (&cg_b, &c_b, [3, 6, 3, 0], pids_b),
+    ] {
+        let row = row_where(&snap, "cgroups", "path", &cg.rel)?;
+        assert_eq!(row["hierarchy"], "v1:cpu", "{row:#}");
+        assert_eq!(row["id"], 0, "{row:#}");
+        assert_eq!(row["kind"], "yarn", "{row:#}");
+        assert_eq!(row["label"], container.as_str(), "{row:#}");
+        let got = [
+            field(row, "open")?,
+            field(row, "opened")?,
+            field(row, "closed")?,
+            field(row, "failed")?,
+        ];
+        assert_eq!(got, counts, "{row:#}");
+        assert_eq!(row["pids"], serde_json::json!(pids), "{row:#}");
+        for pid in pids {
+            let p = process(&snap, pid)?;
+            assert_eq!(p["cgroup_hierarchy"], "v1:cpu", "{p:#}");
+            assert_eq!(p["cgroup_v1"], cg.rel.as_str(), "{p:#}");
+            assert_eq!(p["cgroup"], "/", "{p:#}");
+            assert_eq!(p["yarn_container"], container.as_str(), "{p:#}");
+            assert_eq!(p["yarn_application"], app.as_str(), "{p:#}");
+        }
+    }
+    assert_eq!(process(&snap, executor.pid())?["service"], "Spark executor");
+    assert_eq!(process(&snap, gone.pid())?["alive"], false);
+
+    // The plain process is alone in the root row of the host's hierarchy, whichever it is
+    // (other tests put processes in v2 groups while this one starts).
+    let host = snap["cgroups_hierarchy"].as_str().unwrap_or_default();
+    assert!(["v1:cpu", "v2"].contains(&host), "{host}");
+    let rows = snap["cgroups"].as_array().cloned().unwrap_or_default();
+    assert_eq!(rows.len(), 3, "{rows:#?}");
+    let root = rows
+        .iter()
+        .find(|r| r["pids"] == serde_json::json!([plain.pid()]))
+        .ok_or_else(|| anyhow::anyhow!("no row of the plain process: {rows:#?}"))?;
+    assert_eq!(root["hierarchy"], host, "{root:#}");
+    assert_eq!(root["path"], "/", "{root:#}");
+    assert_eq!(
+        [
+            field(root, "open")?,
+            field(root, "opened")?,
+            field(root, "closed")?
+        ],
+        [1, 1, 0],
+        "{root:#}"
+    );
+    assert_eq!(process(&snap, plain.pid())?["cgroup_hierarchy"], host);
+
+    // Every open connection in exactly one row: the rows add up to what the server holds.
+    let total: u64 = rows.iter().map(|r| r["open"].as_u64().unwrap_or(0)).sum();
+    assert_eq!(total, 9);
+    assert_eq!(server_open, 9, "the server's own count");
+    assert_eq!(integration_tests::server_open(&snap, zk.addr).0, 9);
+    drop((executor, py_a, closer, gone, plain));
     Ok(())
 }

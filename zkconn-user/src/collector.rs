@@ -25,7 +25,11 @@ use crate::{
 };
 
 use crate::{
-    attribution::{self, Clues, Rules, cgroup::CgroupLine},
+    attribution::{
+        self, Clues, Rules,
+        cgroup::CgroupLine,
+        hierarchy::{self, Hierarchy},
+    },
     cli::{NatChoice, ProbeArgs},
     limits::Limits,
     model::{
@@ -58,6 +62,8 @@ pub struct Collector {
     source: Source,
     procfs: Procfs,
     cgroups: CgroupPaths,
+    /// The hierarchy cgroup rows are keyed by, chosen at start.
+    hierarchy: Hierarchy,
     targets: Targets,
     rules: Rules,
     limits: Limits,
@@ -166,6 +172,8 @@ fn unknown_owner() -> OwnerFacts {
         user: None,
         cgroup_id: 0,
         cgroup_path: None,
+        cgroup_v1: None,
+        grouping: Default::default(),
         cmdline: None,
         who: attribution::Attribution {
             service: label.clone(),
@@ -218,6 +226,8 @@ impl Collector {
     ) -> anyhow::Result<Self> {
         let procfs = Procfs::default();
         let cgroups = CgroupPaths::discover();
+        let hierarchy = host_hierarchy(&procfs, &cgroups);
+        tracing::info!("cgroup rows by {hierarchy}");
         // Opened here, while zkconn may still enter other namespaces (see `sockdiag`).
         let mut tables = Tables::default();
         let (source, mut seeds) = match args.hook {
@@ -269,6 +279,7 @@ impl Collector {
             source,
             procfs,
             cgroups,
+            hierarchy,
             targets,
             attribution: AttributionHealth {
                 rules: rules.len() as u64,
@@ -489,8 +500,9 @@ impl Collector {
                 path: p.clone(),
             })
             .collect();
-        // The cpu controller's cgroup: where YARN puts containers on hybrid (v1) hosts.
-        if let Some(cpu) = kernel.cgroup_cpu.filter(|c| Some(c) != path.as_ref()) {
+        // The cpu controller's cgroup: where YARN puts containers on hybrid (v1) hosts, and
+        // the row such a process counts in there (the same path twice classifies once).
+        if let Some(cpu) = kernel.cgroup_cpu {
             lines.push(CgroupLine {
                 hierarchy: 1,
                 controllers: "cpu".to_owned(),
@@ -514,6 +526,8 @@ impl Collector {
             comm: kernel.comm,
             uid: Some(kernel.uid),
             cgroup_id: kernel.cgroup_id,
+            cgroup_v1: hierarchy::v1_cgroup(&lines),
+            grouping: hierarchy::group_of(self.hierarchy, &lines),
             cgroup_path: path,
             cmdline: None,
             who,
@@ -539,6 +553,8 @@ impl Collector {
             user: self.users.name(info.uid),
             uid: Some(info.uid),
             cgroup_id,
+            cgroup_v1: hierarchy::v1_cgroup(&info.cgroups),
+            grouping: hierarchy::group_of(self.hierarchy, &info.cgroups),
             cgroup_path: info.cgroup_v2().map(str::to_owned),
             who,
             alive: true,
@@ -888,6 +904,7 @@ impl Collector {
                 crit_percent: self.thresholds.crit * 100.0,
             },
             trend_window_secs: self.history.window_at(now),
+            cgroups_hierarchy: self.hierarchy,
             rows,
         })
     }
@@ -900,6 +917,18 @@ pub async fn ticker(period: std::time::Duration) -> tokio::time::Interval {
     t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     t.tick().await;
     t
+}
+
+/// The hierarchy of this host (see [`hierarchy::detect`]), from every process's
+/// `/proc/PID/cgroup` at start; a process that cannot be read is left out.
+fn host_hierarchy(procfs: &Procfs, cgroups: &CgroupPaths) -> Hierarchy {
+    let lines: Vec<Vec<CgroupLine>> = procfs
+        .pids()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|pid| procfs.cgroups(pid).ok())
+        .collect();
+    hierarchy::detect(cgroups.mounted(), lines.iter().map(Vec::as_slice))
 }
 
 fn hostname() -> String {

@@ -12,7 +12,10 @@ use zkconn_common::{Conn, Counters, OwnerKey, ServerKey, conn_flags, tcp_state};
 
 use crate::{
     alarm::Alarm,
-    attribution::{self, Attribution, Kind},
+    attribution::{
+        self, Attribution, Kind,
+        hierarchy::{Grouping, Hierarchy, V1Cgroup},
+    },
     limits::{self, LimitInfo, Limits},
     probe::{Hook, RefusalDetection},
     targets::ip_from_bytes,
@@ -39,6 +42,10 @@ pub struct Snapshot {
     /// The window growth, rates and suspects are computed over: `--window`, or less when
     /// zkconn has not observed that long yet.
     pub trend_window_secs: f64,
+    /// The hierarchy this host's cgroup rows are keyed by, chosen at start: `v2`, or a v1
+    /// hierarchy (`v1:cpu`, else `v1:name=systemd`) when no process sits below the cgroup2
+    /// root. A single row can still differ ([`CgroupRow::hierarchy`]).
+    pub cgroups_hierarchy: Hierarchy,
     #[serde(flatten)]
     pub rows: Rows,
 }
@@ -301,6 +308,11 @@ pub struct ProcessRow {
     pub user: Option<String>,
     pub cgroup: Option<String>,
     pub cgroup_id: u64,
+    /// Its cgroup in the v1 `cpu` hierarchy (else systemd's), when the host has v1
+    /// hierarchies.
+    pub cgroup_v1: Option<String>,
+    /// The hierarchy of the cgroup row it counts in.
+    pub cgroup_hierarchy: Hierarchy,
     pub alive: bool,
     #[serde(flatten)]
     pub states: StateCounts,
@@ -354,6 +366,7 @@ impl Snapshot {
                 crit_percent: 95.0,
             },
             trend_window_secs: 2.0,
+            cgroups_hierarchy: Hierarchy::V2,
             rows,
         }
     }
@@ -401,6 +414,8 @@ impl ProcessRow {
             user: None,
             cgroup: None,
             cgroup_id: 0,
+            cgroup_v1: None,
+            cgroup_hierarchy: Hierarchy::V2,
             alive: true,
             states: StateCounts::default(),
             opened: 0,
@@ -466,7 +481,12 @@ fn round1(x: f64) -> f64 {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct CgroupRow {
+    /// `v2`: keyed by the kernel's cgroup id; `v1:cpu` or `v1:name=systemd`: keyed by the
+    /// path in that hierarchy (see [`crate::attribution::hierarchy`]).
+    pub hierarchy: Hierarchy,
+    /// The path in `hierarchy`.
     pub path: Option<String>,
+    /// The cgroup v2 id; 0 in a v1 row.
     pub id: u64,
     /// From the path alone: `yarn`, `kubernetes`, `docker`, `systemd`, else `process`.
     pub kind: Kind,
@@ -555,6 +575,10 @@ pub struct OwnerFacts {
     /// The cgroup v2 path when the process was first seen (YARN removes a container's
     /// cgroup when it ends).
     pub cgroup_path: Option<String>,
+    /// Its v1 cgroup (`cpu`, else `name=systemd`) when first seen.
+    pub cgroup_v1: Option<V1Cgroup>,
+    /// Which cgroup row it counts in.
+    pub grouping: Grouping,
     /// The redacted command line, when `/proc` could be read while the process lived.
     pub cmdline: Option<String>,
     pub who: Attribution,
@@ -720,6 +744,13 @@ pub fn build(inputs: &Inputs<'_>) -> Rows {
     let mut by_cgroup: FxHashMap<u64, (StateCounts, BTreeSet<u32>)> = FxHashMap::default();
     // Server rows count per source address as the server sees it (after NAT).
     let mut translated_from: BTreeMap<(Server, [u8; 16]), BTreeSet<[u8; 16]>> = BTreeMap::new();
+    // Owners counted in v1 cgroup rows: their connections stay out of the v2 rows.
+    let by_v1: FxHashSet<OwnerKey> = inputs
+        .facts
+        .iter()
+        .filter(|(_, f)| matches!(f.grouping, Grouping::V1(_)))
+        .map(|(k, _)| *k)
+        .collect();
     for c in &live {
         let server = (c.tuple.daddr, c.tuple.dport);
         let seen = inputs.nat.source_of(c);
@@ -736,9 +767,11 @@ pub fn build(inputs: &Inputs<'_>) -> Rows {
         if matches!(c.state, tcp_state::SYN_SENT | tcp_state::ESTABLISHED) {
             *per_server.entry(server).or_default() += 1;
         }
-        let (cg_states, pids) = by_cgroup.entry(c.cgroup_id).or_default();
-        cg_states.add(c.state);
-        pids.insert(c.owner.tgid);
+        if by_v1.is_empty() || !by_v1.contains(&c.owner) {
+            let (cg_states, pids) = by_cgroup.entry(c.cgroup_id).or_default();
+            cg_states.add(c.state);
+            pids.insert(c.owner.tgid);
+        }
     }
     let name = |(addr, port): Server| endpoint(addr, port);
     let mut servers: BTreeMap<(String, String), StateCounts> = BTreeMap::new();
@@ -755,6 +788,7 @@ pub fn build(inputs: &Inputs<'_>) -> Rows {
     owners.extend(inputs.seeded.keys().copied());
 
     let mut cgroup_pids: HashMap<u64, BTreeSet<u32>> = HashMap::new();
+    let mut v1_of: FxHashMap<OwnerKey, V1Cgroup> = FxHashMap::default();
     let mut processes: Vec<ProcessRow> = owners
         .into_iter()
         .map(|key| {
@@ -762,7 +796,15 @@ pub fn build(inputs: &Inputs<'_>) -> Rows {
             let (states, per_server, age) = by_owner.remove(&key).unwrap_or_default();
             let facts = inputs.facts.get(&key).cloned().unwrap_or_default();
             let cgroup_id = facts.cgroup_id;
-            cgroup_pids.entry(cgroup_id).or_default().insert(key.tgid);
+            let cgroup_hierarchy = facts.grouping.hierarchy();
+            match facts.grouping {
+                Grouping::V2 => {
+                    cgroup_pids.entry(cgroup_id).or_default().insert(key.tgid);
+                }
+                Grouping::V1(cg) => {
+                    v1_of.insert(key, cg);
+                }
+            }
             let who = if facts.who.service.is_empty() {
                 // Never seen by userspace (its event was lost): the comm is all there is.
                 let label = if facts.comm.is_empty() {
@@ -790,6 +832,8 @@ pub fn build(inputs: &Inputs<'_>) -> Rows {
                     .cgroup_path
                     .or_else(|| (inputs.cgroup_path)(cgroup_id)),
                 cgroup_id,
+                cgroup_v1: facts.cgroup_v1.map(|c| c.path),
+                cgroup_hierarchy,
                 alive: facts.alive,
                 states,
                 opened: counters.opened,
@@ -817,18 +861,27 @@ pub fn build(inputs: &Inputs<'_>) -> Rows {
             .then(a.pid.cmp(&b.pid))
     });
 
+    let (v1_rows, moved) = v1_cgroup_rows(&processes, &v1_of);
     let cg_stats: HashMap<u64, Counters> = inputs.cgroup_stats.iter().copied().collect();
     let mut ids: BTreeSet<u64> = cg_stats.keys().copied().collect();
     ids.extend(by_cgroup.keys().copied());
     let mut cgroups: Vec<CgroupRow> = ids
         .into_iter()
         .map(|id| {
-            let counters = cg_stats.get(&id).copied().unwrap_or_default();
+            // The kernel counts per v2 id: what processes counted in v1 rows did there is
+            // theirs, not this row's.
+            let mut counters = cg_stats.get(&id).copied().unwrap_or_default();
+            if let Some(m) = moved.get(&id) {
+                counters.opened = counters.opened.saturating_sub(m.opened);
+                counters.closed = counters.closed.saturating_sub(m.closed);
+                counters.failed = counters.failed.saturating_sub(m.failed);
+            }
             let (states, mut pids) = by_cgroup.remove(&id).unwrap_or_default();
             pids.extend(cgroup_pids.remove(&id).unwrap_or_default());
             let path = (inputs.cgroup_path)(id);
             let (kind, label) = attribution::classify_cgroup(path.as_deref());
             CgroupRow {
+                hierarchy: Hierarchy::V2,
                 path,
                 id,
                 kind,
@@ -840,8 +893,22 @@ pub fn build(inputs: &Inputs<'_>) -> Rows {
                 pids: pids.into_iter().collect(),
             }
         })
+        // A v2 row left with nothing once v1 rows took their processes' share.
+        .filter(|r| {
+            !(r.pids.is_empty()
+                && r.states == StateCounts::default()
+                && r.opened + r.closed + r.failed == 0)
+        })
+        .chain(v1_rows)
         .collect();
-    cgroups.sort_by(|a, b| b.states.open.cmp(&a.states.open).then(a.id.cmp(&b.id)));
+    cgroups.sort_by(|a, b| {
+        b.states
+            .open
+            .cmp(&a.states.open)
+            .then(a.hierarchy.cmp(&b.hierarchy))
+            .then(a.id.cmp(&b.id))
+            .then(a.path.cmp(&b.path))
+    });
 
     let mut server_totals: HashMap<(String, String), Counters> = HashMap::new();
     for (key, c) in inputs.server_stats {
@@ -910,6 +977,58 @@ pub fn build(inputs: &Inputs<'_>) -> Rows {
         services,
         suspects: Vec::new(),
     }
+}
+
+/// Rows of the processes counted by a v1 cgroup: states from their live connections,
+/// `opened`/`closed`/`failed` from their own counters. Also returns those counters summed
+/// per v2 id, which the v2 rows leave out.
+fn v1_cgroup_rows(
+    processes: &[ProcessRow],
+    v1_of: &FxHashMap<OwnerKey, V1Cgroup>,
+) -> (Vec<CgroupRow>, FxHashMap<u64, Counters>) {
+    let mut rows: BTreeMap<&V1Cgroup, (CgroupRow, BTreeSet<u32>)> = BTreeMap::new();
+    let mut moved: FxHashMap<u64, Counters> = FxHashMap::default();
+    if v1_of.is_empty() {
+        return (Vec::new(), moved);
+    }
+    for p in processes {
+        let Some(cg) = v1_of.get(&p.key) else {
+            continue;
+        };
+        let (row, pids) = rows.entry(cg).or_insert_with(|| {
+            let (kind, label) = attribution::classify_cgroup(Some(&cg.path));
+            let row = CgroupRow {
+                hierarchy: cg.hierarchy,
+                path: Some(cg.path.clone()),
+                id: 0,
+                kind,
+                label,
+                states: StateCounts::default(),
+                opened: 0,
+                closed: 0,
+                failed: 0,
+                pids: Vec::new(),
+            };
+            (row, BTreeSet::new())
+        });
+        row.states.merge(&p.states);
+        row.opened += p.opened;
+        row.closed += p.closed;
+        row.failed += p.failed;
+        pids.insert(p.pid);
+        let m = moved.entry(p.cgroup_id).or_default();
+        m.opened += p.opened;
+        m.closed += p.closed;
+        m.failed += p.failed;
+    }
+    let rows = rows
+        .into_values()
+        .map(|(mut row, pids)| {
+            row.pids = pids.into_iter().collect();
+            row
+        })
+        .collect();
+    (rows, moved)
 }
 
 /// Largest `open` first, then most `opened`, then by name.
@@ -1399,6 +1518,266 @@ mod tests {
         assert_eq!(cgroups[0].states.open, 3);
         assert_eq!(cgroups[0].path.as_deref(), Some("/cg5"));
         assert_eq!(cgroups[1].pids, vec![11]);
+    }
+
+    fn in_v1(path: &str, v2_id: u64) -> OwnerFacts {
+        let cg = V1Cgroup {
+            hierarchy: Hierarchy::V1Cpu,
+            path: path.into(),
+        };
+        OwnerFacts {
+            cgroup_id: v2_id,
+            cgroup_v1: Some(cg.clone()),
+            grouping: Grouping::V1(cg),
+            ..OwnerFacts::default()
+        }
+    }
+
+    fn in_v2(v2_id: u64) -> OwnerFacts {
+        OwnerFacts {
+            cgroup_id: v2_id,
+            ..OwnerFacts::default()
+        }
+    }
+
+    fn counted(opened: u64, closed: u64, failed: u64) -> Counters {
+        Counters {
+            opened,
+            closed,
+            failed,
+            ..Counters::default()
+        }
+    }
+
+    type CgroupSummary = (
+        Hierarchy,
+        Option<String>,
+        u64,
+        Kind,
+        u64,
+        u64,
+        [u64; 3],
+        Vec<u32>,
+    );
+
+    /// (hierarchy, path, id, kind, open, close_wait, [opened, closed, failed], pids).
+    fn cgroup_rows(
+        facts: &[(u32, OwnerFacts)],
+        conns: &[Conn],
+        proc_stats: &[(u32, Counters)],
+        cgroup_stats: &[(u64, Counters)],
+    ) -> Vec<CgroupSummary> {
+        let facts: HashMap<OwnerKey, OwnerFacts> = facts
+            .iter()
+            .map(|(pid, f)| (key(*pid), f.clone()))
+            .collect();
+        let proc_stats: Vec<(OwnerKey, Counters)> =
+            proc_stats.iter().map(|(pid, c)| (key(*pid), *c)).collect();
+        let seeded = HashMap::new();
+        let path = |id: u64| {
+            Some(if id == 1 {
+                "/".into()
+            } else {
+                format!("/cg{id}")
+            })
+        };
+        let rows = build(&Inputs {
+            conns,
+            seeds: &[],
+            proc_stats: &proc_stats,
+            cgroup_stats,
+            server_stats: &[],
+            limits: &Limits::default(),
+            facts: &facts,
+            seeded: &seeded,
+            cgroup_path: &path,
+            nat: &Translations::default(),
+            now_ns: 0,
+        });
+        let open: u64 = rows.processes.iter().map(|p| p.states.open).sum();
+        assert_eq!(
+            rows.cgroups.iter().map(|c| c.states.open).sum::<u64>(),
+            open,
+            "every open connection in exactly one cgroup row"
+        );
+        rows.cgroups
+            .into_iter()
+            .map(|c| {
+                (
+                    c.hierarchy,
+                    c.path,
+                    c.id,
+                    c.kind,
+                    c.states.open,
+                    c.states.close_wait,
+                    [c.opened, c.closed, c.failed],
+                    c.pids,
+                )
+            })
+            .collect()
+    }
+
+    const C1: &str = "/hadoop-yarn/container_e17_1410901177871_0001_01_000005";
+    const C2: &str = "/hadoop-yarn/container_e17_1410901177871_0001_01_000006";
+
+    /// A hybrid host with every process in the v2 root (id 1): two YARN containers by their
+    /// v1 cpu path, a plain process left in the v2 root, one process in a v2 group.
+    #[test]
+    fn v1_rows_are_keyed_by_path_and_counted_from_their_processes() {
+        use tcp_state::{CLOSE_WAIT, ESTABLISHED, SYN_SENT};
+        let facts = [
+            (1, in_v1(C1, 1)),
+            (2, in_v1(C1, 1)),
+            (3, in_v1(C2, 1)),
+            (4, in_v2(1)),
+            (5, in_v2(7)),
+        ];
+        let mut conns = Vec::new();
+        let mut port = 0;
+        for (pid, cgroup, state, n) in [
+            (1, 1, ESTABLISHED, 3),
+            (1, 1, CLOSE_WAIT, 1),
+            (2, 1, SYN_SENT, 1),
+            (3, 1, ESTABLISHED, 2),
+            (4, 1, ESTABLISHED, 1),
+            (5, 7, ESTABLISHED, 2),
+        ] {
+            for _ in 0..n {
+                port += 1;
+                conns.push(conn(pid, cgroup, port, "127.0.0.2:2181", state));
+            }
+        }
+        let proc_stats = [
+            (1, counted(6, 2, 0)),
+            (2, counted(2, 0, 1)),
+            (3, counted(2, 0, 0)),
+            (4, counted(3, 2, 0)),
+            (5, counted(2, 0, 0)),
+        ];
+        // The kernel counts per v2 id: the root's row holds every process in it.
+        let cgroup_stats = [(1, counted(13, 4, 1)), (7, counted(2, 0, 0))];
+        let yarn = Kind::Yarn;
+        assert_eq!(
+            cgroup_rows(&facts, &conns, &proc_stats, &cgroup_stats),
+            vec![
+                (
+                    Hierarchy::V1Cpu,
+                    Some(C1.into()),
+                    0,
+                    yarn,
+                    4,
+                    1,
+                    [8, 2, 1],
+                    vec![1, 2]
+                ),
+                (
+                    Hierarchy::V2,
+                    Some("/cg7".into()),
+                    7,
+                    Kind::Process,
+                    2,
+                    0,
+                    [2, 0, 0],
+                    vec![5]
+                ),
+                (
+                    Hierarchy::V1Cpu,
+                    Some(C2.into()),
+                    0,
+                    yarn,
+                    2,
+                    0,
+                    [2, 0, 0],
+                    vec![3]
+                ),
+                (
+                    Hierarchy::V2,
+                    Some("/".into()),
+                    1,
+                    Kind::Process,
+                    1,
+                    0,
+                    [3, 2, 0],
+                    vec![4]
+                ),
+            ]
+        );
+    }
+
+    /// RHEL 8: every process by its v1 path; the kernel's v2 root row, whose counts all
+    /// belong to v1 rows, is not shown.
+    #[test]
+    fn a_v1_only_host_has_no_v2_row() {
+        use tcp_state::ESTABLISHED;
+        let facts = [(1, in_v1(C1, 1)), (2, in_v1("/", 1))];
+        let conns = [
+            conn(1, 1, 1, "127.0.0.2:2181", ESTABLISHED),
+            conn(2, 1, 2, "127.0.0.2:2181", ESTABLISHED),
+        ];
+        // An exited process's counters still count in its v1 row.
+        let facts_and_gone = [facts[0].clone(), facts[1].clone(), (3, in_v1(C1, 1))];
+        let proc_stats = [
+            (1, counted(1, 0, 0)),
+            (2, counted(1, 0, 0)),
+            (3, counted(2, 2, 0)),
+        ];
+        let rows = cgroup_rows(
+            &facts_and_gone,
+            &conns,
+            &proc_stats,
+            &[(1, counted(4, 2, 0))],
+        );
+        assert_eq!(
+            rows,
+            vec![
+                (
+                    Hierarchy::V1Cpu,
+                    Some("/".into()),
+                    0,
+                    Kind::Process,
+                    1,
+                    0,
+                    [1, 0, 0],
+                    vec![2]
+                ),
+                (
+                    Hierarchy::V1Cpu,
+                    Some(C1.into()),
+                    0,
+                    Kind::Yarn,
+                    1,
+                    0,
+                    [3, 2, 0],
+                    vec![1, 3]
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn process_rows_say_where_they_are_counted() {
+        let mut facts = HashMap::new();
+        facts.insert(key(1), in_v1(C1, 1));
+        let mut v2 = in_v2(1);
+        v2.cgroup_v1 = Some(V1Cgroup {
+            hierarchy: Hierarchy::V1Cpu,
+            path: "/".into(),
+        });
+        facts.insert(key(2), v2);
+        let conns = [
+            conn(1, 1, 1, "127.0.0.2:2181", tcp_state::ESTABLISHED),
+            conn(2, 1, 2, "127.0.0.2:2181", tcp_state::ESTABLISHED),
+        ];
+        let rows = run_with(&conns, &[], &facts);
+        let by_pid = |pid| rows.processes.iter().find(|p| p.pid == pid).unwrap();
+        assert_eq!(by_pid(1).cgroup_hierarchy, Hierarchy::V1Cpu);
+        assert_eq!(by_pid(1).cgroup_v1.as_deref(), Some(C1));
+        assert_eq!(by_pid(2).cgroup_hierarchy, Hierarchy::V2);
+        assert_eq!(by_pid(2).cgroup_v1.as_deref(), Some("/"));
+        let v1 = rows.cgroups.iter().find(|c| c.id == 0).unwrap();
+        let json = serde_json::to_value(v1).unwrap();
+        assert_eq!(json["hierarchy"], "v1:cpu");
+        assert_eq!(json["path"], C1);
     }
 
     #[test]

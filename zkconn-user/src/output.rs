@@ -214,6 +214,42 @@ pub fn text(out: &mut impl Write, s: &Snapshot) -> io::Result<()> {
             &rows,
         )?;
     }
+    if !r.cgroups.is_empty() {
+        writeln!(out)?;
+        let rows: Vec<Vec<String>> = r
+            .cgroups
+            .iter()
+            .map(|c| {
+                vec![
+                    c.label.clone(),
+                    // Which hierarchy keyed the row: v2 ids, or v1 paths (docs/attribution.md).
+                    c.hierarchy.to_string(),
+                    c.kind.to_string(),
+                    n(c.pids.len() as u64),
+                    n(c.states.open),
+                    n(c.states.close_wait),
+                    n(c.opened),
+                    n(c.closed),
+                    n(c.failed),
+                ]
+            })
+            .collect();
+        table(
+            out,
+            &[
+                "CGROUP",
+                "HIERARCHY",
+                "KIND",
+                "PROCESSES",
+                "OPEN",
+                "CLOSE_WAIT",
+                "OPENED",
+                "CLOSED",
+                "FAILED",
+            ],
+            &rows,
+        )?;
+    }
     if !r.applications.is_empty() {
         writeln!(out)?;
         let rows: Vec<Vec<String>> = r
@@ -240,4 +276,76 @@ pub fn text(out: &mut impl Write, s: &Snapshot) -> io::Result<()> {
         table(out, &header(&["SERVICE", "KIND", "PROCESSES"]), &rows)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use rstest::rstest;
+
+    use super::*;
+    use crate::{
+        attribution::{Kind, hierarchy::Hierarchy},
+        model::{CgroupRow, Rows, StateCounts},
+    };
+
+    #[rstest]
+    #[case(
+        Hierarchy::V1Cpu,
+        "/hadoop-yarn/container_e17_1410901177871_0001_01_000005",
+        0
+    )]
+    #[case(Hierarchy::V2, "/system.slice/x.service", 42)]
+    fn the_cgroup_table_says_which_hierarchy_keyed_each_row(
+        #[case] hierarchy: Hierarchy,
+        #[case] path: &str,
+        #[case] id: u64,
+    ) {
+        let (kind, label) = crate::attribution::classify_cgroup(Some(path));
+        let row = CgroupRow {
+            hierarchy,
+            path: Some(path.into()),
+            id,
+            kind,
+            label: label.clone(),
+            states: StateCounts {
+                open: 4,
+                established: 4,
+                ..StateCounts::default()
+            },
+            opened: 6,
+            closed: 2,
+            failed: 0,
+            pids: vec![7, 8],
+        };
+        let snap = Snapshot::for_test(Rows {
+            cgroups: vec![row],
+            ..Rows::default()
+        });
+        let mut out = Vec::new();
+        text(&mut out, &snap).unwrap();
+        let out = String::from_utf8(out).unwrap();
+        let header = out
+            .lines()
+            .find(|l| l.starts_with("CGROUP"))
+            .unwrap_or_else(|| panic!("{out}"));
+        let cells: Vec<&str> = header.split_whitespace().collect();
+        assert_eq!(cells[..3], ["CGROUP", "HIERARCHY", "KIND"]);
+        let line = out.lines().find(|l| l.starts_with(&label)).unwrap();
+        let cells: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(
+            cells,
+            [
+                label.as_str(),
+                hierarchy.as_str(),
+                kind.as_str(),
+                "2",
+                "4",
+                "0",
+                "6",
+                "2",
+                "0"
+            ]
+        );
+        assert!(kind != Kind::Process);
+    }
 }

@@ -151,6 +151,13 @@ impl Procfs {
         })
     }
 
+    /// The lines of `/proc/PID/cgroup`.
+    pub fn cgroups(&self, pid: u32) -> io::Result<Vec<CgroupLine>> {
+        Ok(parse_proc_cgroup(&fs::read_to_string(
+            self.pid_path(pid, "cgroup"),
+        )?))
+    }
+
     /// Start time of `pid` on the boot clock in ns, or `None` when it does not exist.
     pub fn start_ns(&self, pid: u32) -> Option<u64> {
         let stat = fs::read_to_string(self.pid_path(pid, "stat")).ok()?;
@@ -461,6 +468,11 @@ impl CgroupPaths {
         };
         this.rescan();
         this
+    }
+
+    /// Whether a cgroup2 hierarchy is mounted.
+    pub fn mounted(&self) -> bool {
+        self.mount.is_some()
     }
 
     /// The path of cgroup `id`, rescanning once when it is new.

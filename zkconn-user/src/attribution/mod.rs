@@ -9,6 +9,7 @@
 //! environment only as the one variable YARN sets.
 
 pub mod cgroup;
+pub mod hierarchy;
 pub mod rules;
 pub mod service;
 pub mod yarn;

@@ -5,7 +5,10 @@ use std::collections::{HashMap, HashSet, VecDeque};
 
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
-use crate::model::{ConnectionRow, Snapshot, SuspectKind};
+use crate::{
+    attribution::hierarchy::Hierarchy,
+    model::{ConnectionRow, Snapshot, SuspectKind},
+};
 
 /// Points kept per owner for its sparkline (one per refresh).
 pub const SPARK_POINTS: usize = 40;
@@ -114,7 +117,10 @@ impl Column {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum OwnerId {
     Process(u32, u64),
+    /// A cgroup v2 row, by id.
     Cgroup(u64),
+    /// A cgroup v1 row, by hierarchy and path.
+    CgroupV1(Hierarchy, String),
     Application(String),
     Service(String),
 }
@@ -289,6 +295,26 @@ impl App {
         lines
     }
 
+    /// What the owners table groups by; for cgroups, by which hierarchy (`cgroup v1:cpu`):
+    /// the rows' own, else the host's.
+    pub fn group_title(&self) -> String {
+        let Some(snap) = self
+            .snapshot
+            .as_ref()
+            .filter(|_| self.group == Group::Cgroup)
+        else {
+            return self.group.name().to_owned();
+        };
+        let mut used: Vec<Hierarchy> = snap.rows.cgroups.iter().map(|c| c.hierarchy).collect();
+        used.sort_unstable();
+        used.dedup();
+        if used.is_empty() {
+            used.push(snap.cgroups_hierarchy);
+        }
+        let names: Vec<&str> = used.iter().map(|h| h.as_str()).collect();
+        format!("cgroup {}", names.join("+"))
+    }
+
     /// The line of the drilled-into owner, if it is still there.
     pub fn drilled(&self) -> Option<OwnerLine> {
         let id = self.drill.as_ref()?;
@@ -305,7 +331,8 @@ impl App {
             .iter()
             .filter(|c| match &line.id {
                 OwnerId::Process(pid, birth) => c.owner.tgid == *pid && c.owner.birth_ns == *birth,
-                OwnerId::Cgroup(id) => c.cgroup_id == *id,
+                // Processes counted by a v1 cgroup connect from this id too.
+                OwnerId::Cgroup(id) => c.cgroup_id == *id && line.pids.contains(&c.owner.tgid),
                 _ => line.pids.contains(&c.owner.tgid),
             })
             .collect()
@@ -432,7 +459,7 @@ fn compare(a: &OwnerLine, b: &OwnerLine, column: Column) -> std::cmp::Ordering {
 }
 
 /// The owners of `group` in `snap`, unsorted.
-pub fn lines_of(snap: &Snapshot, group: Group) -> Vec<OwnerLine> {
+pub fn lines_of<'a>(snap: &'a Snapshot, group: Group) -> Vec<OwnerLine> {
     let r = &snap.rows;
     let suspect = |kind: SuspectKind, matches: &dyn Fn(&crate::model::Suspect) -> bool| {
         r.suspects.iter().any(|s| s.subject == kind && matches(s))
@@ -463,16 +490,30 @@ pub fn lines_of(snap: &Snapshot, group: Group) -> Vec<OwnerLine> {
             })
             .collect(),
         Group::Cgroup => {
-            // Processes by cgroup, once, rather than a scan of all processes per cgroup.
-            let mut by_cgroup: HashMap<u64, Vec<&crate::model::ProcessRow>> = HashMap::new();
+            // Processes by cgroup row, once, rather than a scan of all processes per cgroup.
+            type Key<'a> = (Hierarchy, u64, Option<&'a str>);
+            let key_of = |p: &'a crate::model::ProcessRow| -> Key<'a> {
+                match p.cgroup_hierarchy {
+                    Hierarchy::V2 => (Hierarchy::V2, p.cgroup_id, None),
+                    h => (h, 0, p.cgroup_v1.as_deref()),
+                }
+            };
+            let mut by_cgroup: HashMap<Key<'_>, Vec<&crate::model::ProcessRow>> = HashMap::new();
             for p in &r.processes {
-                by_cgroup.entry(p.cgroup_id).or_default().push(p);
+                by_cgroup.entry(key_of(p)).or_default().push(p);
             }
             r.cgroups
                 .iter()
                 .map(|c| {
+                    let (key, id) = match c.hierarchy {
+                        Hierarchy::V2 => ((Hierarchy::V2, c.id, None), OwnerId::Cgroup(c.id)),
+                        h => (
+                            (h, 0, c.path.as_deref()),
+                            OwnerId::CgroupV1(h, c.path.clone().unwrap_or_default()),
+                        ),
+                    };
                     let members: Vec<_> = by_cgroup
-                        .get(&c.id)
+                        .get(&key)
                         .into_iter()
                         .flatten()
                         .copied()
@@ -489,7 +530,7 @@ pub fn lines_of(snap: &Snapshot, group: Group) -> Vec<OwnerLine> {
                         }
                     }
                     OwnerLine {
-                        id: OwnerId::Cgroup(c.id),
+                        id,
                         label: c.label.clone(),
                         kind: c.kind.to_string(),
                         pids: c.pids.clone(),

@@ -333,7 +333,7 @@ fn render_owners(frame: &mut Frame<'_>, area: Rect, app: &App) {
         .collect();
     let title = format!(
         " Owners by {} ({}) · sorted by {} · ! leak suspect ",
-        app.group.name(),
+        app.group_title(),
         lines.len(),
         sort.title(),
     );
@@ -441,7 +441,9 @@ fn facts_of(app: &App, line: &OwnerLine) -> Vec<Line<'static>> {
             s.application.as_ref() == Some(a) && s.container.is_none()
         }
         super::app::OwnerId::Service(v) => s.service.as_ref() == Some(v),
-        super::app::OwnerId::Cgroup(_) => s.pid.is_some_and(|p| line.pids.contains(&p)),
+        super::app::OwnerId::Cgroup(_) | super::app::OwnerId::CgroupV1(..) => {
+            s.pid.is_some_and(|p| line.pids.contains(&p))
+        }
     }) {
         out.push(Line::from(vec![
             Span::styled(format!("{:>16}: ", "suspect"), CRIT),
@@ -468,6 +470,7 @@ fn facts_of(app: &App, line: &OwnerLine) -> Vec<Line<'static>> {
             ("main class", opt(&w.main_class)),
             ("rule", opt(&w.rule)),
             ("cgroup", opt(&p.cgroup)),
+            ("cgroup v1", opt(&p.cgroup_v1)),
             ("command", opt(&p.cmdline)),
         ] {
             if let Some(v) = v {

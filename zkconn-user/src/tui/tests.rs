@@ -436,3 +436,84 @@ fn a_failed_refresh_is_said_in_the_header_over_the_last_screen() {
     // The last good counts stay on screen.
     assert!(screen.contains("open "), "{screen}");
 }
+
+/// `typical()` on a cgroup v1 host: the container by its v1 cpu path, the rest in the root.
+fn on_a_v1_host() -> Snapshot {
+    use crate::{attribution::hierarchy::Hierarchy, model::CgroupRow};
+    let mut snap = typical();
+    snap.cgroups_hierarchy = Hierarchy::V1Cpu;
+    let container = format!("/hadoop-yarn/{C1}");
+    for p in &mut snap.rows.processes {
+        p.cgroup_hierarchy = Hierarchy::V1Cpu;
+        p.cgroup_v1 = Some(if p.pid == 5200 {
+            container.clone()
+        } else {
+            "/".into()
+        });
+    }
+    let row = |path: &str, kind, label: &str, open, pids: Vec<u32>| CgroupRow {
+        hierarchy: Hierarchy::V1Cpu,
+        path: Some(path.into()),
+        id: 0,
+        kind,
+        label: label.into(),
+        states: model::StateCounts {
+            open,
+            established: open,
+            ..model::StateCounts::default()
+        },
+        opened: open,
+        closed: 0,
+        failed: 0,
+        pids,
+    };
+    snap.rows.cgroups = vec![
+        row("/", Kind::Process, "/", 15, vec![2900, 3300, 4100]),
+        row(&container, Kind::Yarn, C1, 9, vec![5200]),
+    ];
+    snap
+}
+
+#[test]
+fn the_cgroup_view_says_it_groups_by_v1_paths() {
+    let mut app = app_with(on_a_v1_host());
+    assert_eq!(app.group_title(), "process");
+    app.on_key(key(KeyCode::Char('g')));
+    assert_eq!(app.group_title(), "cgroup v1:cpu");
+    let lines = app.lines();
+    let got: Vec<_> = lines
+        .iter()
+        .map(|l| (l.label.as_str(), l.kind.as_str(), l.open, l.pids.clone()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("/", "process", 15, vec![2900, 3300, 4100]),
+            (C1, "yarn", 9, vec![5200]),
+        ]
+    );
+    // Members are found by path: the leaking executor's growth and suspicion carry over.
+    assert_eq!((lines[1].growth, lines[1].suspect), (1.5, true));
+    assert_eq!(
+        lines[1].id,
+        OwnerId::CgroupV1(
+            crate::attribution::hierarchy::Hierarchy::V1Cpu,
+            format!("/hadoop-yarn/{C1}")
+        )
+    );
+    let screen = draw(&app, 140, 24);
+    assert!(screen.contains("Owners by cgroup v1:cpu (2)"), "{screen}");
+    // The drill-down of the container shows its process's connections.
+    app.on_key(key(KeyCode::Down));
+    app.on_key(key(KeyCode::Enter));
+    assert_eq!(app.drilled_connections().len(), 3);
+}
+
+#[test]
+fn the_cgroup_view_of_an_empty_host_names_the_hosts_hierarchy() {
+    let mut snap = Snapshot::for_test(Rows::default());
+    snap.cgroups_hierarchy = crate::attribution::hierarchy::Hierarchy::V1Cpu;
+    let mut app = app_with(snap);
+    app.on_key(key(KeyCode::Char('g')));
+    assert_eq!(app.group_title(), "cgroup v1:cpu");
+}

@@ -48,6 +48,8 @@ struct Mode {
     unit: bool,
     memlock: Option<&'static str>,
     all_hooks: bool,
+    /// `--fallback` for zkconn: helpers replaced even where the kernel has them.
+    fallback: Option<&'static str>,
 }
 
 const MODES: &[Mode] = &[
@@ -56,6 +58,7 @@ const MODES: &[Mode] = &[
         unit: false,
         memlock: None,
         all_hooks: true,
+        fallback: None,
     },
     // Exactly as deploy/zkconn.service runs it: its bounding set, no new privileges, its
     // LimitMEMLOCK.
@@ -64,6 +67,7 @@ const MODES: &[Mode] = &[
         unit: true,
         memlock: None,
         all_hooks: true,
+        fallback: None,
     },
     // The unit's capabilities with systemd's default memlock limit before v253 (64 KiB):
     // from 5.11 it does not matter; before, zkconn must refuse in one sentence that names
@@ -73,6 +77,15 @@ const MODES: &[Mode] = &[
         unit: true,
         memlock: Some("65536"),
         all_hooks: false,
+        fallback: None,
+    },
+    // The older kernels' helpers (before 5.5 and 5.8), forced on every kernel and hook.
+    Mode {
+        name: "fallbacks",
+        unit: false,
+        memlock: None,
+        all_hooks: true,
+        fallback: Some("monotonic-clock,probe-read"),
     },
 ];
 
@@ -262,6 +275,9 @@ fn invocations(unit: &UnitLimits) -> Vec<Vec<String>> {
                     "--memlock".to_owned(),
                     m.memlock.unwrap_or(&unit.memlock).to_owned(),
                 ]);
+            }
+            if let Some(f) = m.fallback {
+                args.extend(["--fallback".to_owned(), f.to_owned()]);
             }
             let hooks: &[&str] = if m.all_hooks { HOOKS } else { &["auto"] };
             args.extend(hooks.iter().map(|h| (*h).to_owned()));

@@ -195,6 +195,16 @@ pub struct ProbeArgs {
     /// kprobe in that order and takes the first this kernel accepts (docs/kernels.md).
     #[arg(long, value_enum, default_value_t = HookChoice::Auto)]
     pub hook: HookChoice,
+    /// Replace a kernel helper by its older equivalent even where the kernel has the newer
+    /// one (they are replaced anyway where it does not): `monotonic-clock` for kernels
+    /// before 5.8, `probe-read` for kernels before 5.5 (docs/kernels.md).
+    #[arg(
+        long = "fallback",
+        value_enum,
+        value_delimiter = ',',
+        value_name = "FALLBACK[,...]"
+    )]
+    pub fallback: Vec<crate::probe::compat::Fallback>,
     /// Capacity of the kernel's connection table; ZooKeeper sockets beyond it are counted
     /// as overflow.
     #[arg(long, value_name = "N", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1..=16_777_216))]

@@ -240,7 +240,7 @@ impl Collector {
                     cgroups: args.max_cgroups,
                     ring_buffer_bytes: args.ring_buffer_kib * 1024,
                 };
-                match Probe::load(choice, caps, &targets) {
+                match Probe::load(choice, caps, &targets, &args.fallback) {
                     Ok(probe) => {
                         Self::start_kernel(probe, &mut tables, &procfs, &cgroups, &targets)?
                     }
@@ -888,6 +888,10 @@ impl Collector {
                 nat: self.nat.health(self.translations.live.len() as u64),
                 unreadable: self.unreadable + self.seeds.unreadable,
                 capabilities: self.kept.clone(),
+                fallbacks: match &self.source {
+                    Source::Kernel { probe, .. } => probe.fallbacks.clone(),
+                    Source::Poll(..) => Vec::new(),
+                },
                 limitations: match &self.source {
                     Source::Kernel { probe, .. } => probe.limitations.clone(),
                     Source::Poll(_, why) => why

@@ -158,6 +158,8 @@ pub struct ProbeHealth {
     pub unreadable: u64,
     /// The capabilities zkconn kept after attach, and why a BPF one was kept.
     pub capabilities: crate::probe::caps::Kept,
+    /// Kernel helpers replaced by older ones: forced, or missing from this kernel.
+    pub fallbacks: Vec<crate::probe::compat::InUse>,
     /// What this run cannot see on this kernel or with these privileges, one sentence each.
     pub limitations: Vec<String>,
 }

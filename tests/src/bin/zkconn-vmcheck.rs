@@ -4,8 +4,8 @@
 //! known traffic pattern, and prints one `zkconn-vm:` line per hook: whether the hook attached,
 //! which hook zkconn reported, and whether every count was exact (else what differed).
 //!
-//! Usage: `ZKCONN_BIN=PATH zkconn-vmcheck [--mode NAME --caps CAP,... --memlock BYTES|infinity]
-//! HOOK...`; `hold ADDR N` is its own client process. With `--caps`, zkconn runs as a
+//! Usage: `ZKCONN_BIN=PATH zkconn-vmcheck [--mode NAME --caps CAP,... --memlock BYTES|infinity
+//! --fallback F,...] HOOK...`; `hold ADDR N` is its own client process. With `--caps`, zkconn runs as a
 //! systemd unit would run it: root with only those capabilities in its bounding set, no new
 //! privileges, and that locked-memory limit (soft and hard). Root only. Every process it
 //! starts is stopped before it moves to the next hook.
@@ -69,6 +69,8 @@ fn main() -> ExitCode {
 struct Limits {
     mode: String,
     unit: UnitLimits,
+    /// zkconn's `--fallback`, if any.
+    fallback: Option<String>,
 }
 
 impl Limits {
@@ -76,6 +78,7 @@ impl Limits {
         let mut limits = Limits {
             mode: "root".to_owned(),
             unit: UnitLimits::default(),
+            fallback: None,
         };
         let mut rest = args;
         while let [flag, value, tail @ ..] = rest {
@@ -83,6 +86,7 @@ impl Limits {
                 "--mode" => limits.mode.clone_from(value),
                 "--caps" => limits.unit.caps = Some(UnitLimits::caps_from(value)?),
                 "--memlock" => limits.unit.memlock = Some(UnitLimits::memlock_from(value)?),
+                "--fallback" => limits.fallback = Some(value.clone()),
                 _ => break,
             }
             rest = tail;
@@ -276,6 +280,9 @@ fn check_hook(hook: &str, limits: &Limits) -> Result<Outcome> {
 
     let mut cmd = Command::new(zkconn_bin());
     limits.unit.apply(&mut cmd);
+    if let Some(f) = &limits.fallback {
+        cmd.args(["--fallback", f]);
+    }
     let mut zkconn = cmd
         .args([
             "snapshot",
@@ -397,6 +404,15 @@ fn check_hook(hook: &str, limits: &Limits) -> Result<Outcome> {
     );
     expect("lost".into(), &snap["probe"]["lost"], 0.into());
     expect("overflow".into(), &snap["probe"]["overflow"], 0.into());
+    // A forced fallback must be in use, and said so.
+    for f in limits.fallback.iter().flat_map(|f| f.split(',')) {
+        let used = snap["probe"]["fallbacks"]
+            .as_array()
+            .is_some_and(|all| all.iter().any(|u| u["fallback"] == f));
+        if !used {
+            mismatches.push(format!("fallback {f} is not in probe.fallbacks"));
+        }
+    }
     let kept = snap["probe"]["capabilities"]["kept"]
         .as_array()
         .map(|caps| {

@@ -10,6 +10,7 @@
 pub mod batch;
 pub mod btf;
 pub mod caps;
+pub mod compat;
 pub mod tracefs;
 
 use std::{
@@ -168,6 +169,8 @@ pub struct Probe {
     seeds_pending: bool,
     /// What this run cannot see on this kernel, one sentence each (`probe.limitations`).
     pub limitations: Vec<String>,
+    /// Kernel helpers replaced by older ones (see [`compat`]).
+    pub fallbacks: Vec<compat::InUse>,
 }
 
 /// The compiled kernel programs, embedded at build time by `build.rs`.
@@ -175,8 +178,29 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/zk
 
 impl Probe {
     /// Loads the programs sized by `caps`, fills the target maps and attaches `choice`.
-    pub fn load(choice: HookChoice, caps: Capacities, targets: &Targets) -> anyhow::Result<Self> {
+    pub fn load(
+        choice: HookChoice,
+        caps: Capacities,
+        targets: &Targets,
+        forced: &[compat::Fallback],
+    ) -> anyhow::Result<Self> {
         let memlock = caps::raise_memlock();
+        let fallbacks = compat::choose(forced);
+        let replaced: Vec<compat::Fallback> = fallbacks.iter().map(|f| f.fallback).collect();
+        let (object, rewritten) = compat::rewrite(OBJECT, &replaced)?;
+        for f in &fallbacks {
+            tracing::info!(
+                "fallback {} ({}); {rewritten} helper calls rewritten",
+                f.fallback,
+                f.reason
+            );
+        }
+        if replaced.contains(&compat::Fallback::MonotonicClock) {
+            crate::seed::use_monotonic_clock();
+        }
+        // SAFETY: `object` owns at least OBJECT.len() initialised bytes, 8-byte aligned.
+        let object_bytes =
+            unsafe { std::slice::from_raw_parts(object.as_ptr().cast::<u8>(), OBJECT.len()) };
         let root = tracefs::events_root();
         let state_layout = root
             .as_ref()
@@ -265,7 +289,7 @@ impl Probe {
             .map_max_entries(map_names::PROC_STATS, caps.owners)
             .map_max_entries(map_names::CGROUP_STATS, caps.cgroups)
             .map_max_entries(map_names::EVENTS, caps.ring_buffer_bytes)
-            .load(OBJECT)
+            .load(object_bytes)
             .map_err(|e| explain_load_error(&e, memlock))?;
 
         let mut probe = Probe {
@@ -279,6 +303,7 @@ impl Probe {
             exit_events: exit_layout.valid == 1,
             seeds_pending: false,
             limitations: Vec::new(),
+            fallbacks,
         };
         probe.load_targets(targets)?;
         // From the first connect the hook sees until seeding is done, connects record their

@@ -116,3 +116,31 @@ fn auto_falls_back_to_poll_on_a_kernel_without_bpf_and_says_why() -> Result<()> 
     );
     Ok(())
 }
+
+/// In a user namespace zkconn holds every capability, but only there: the host's kernel
+/// refuses its maps. That is a policy, not a limit to raise: `auto` samples the socket
+/// tables instead and says why.
+#[test]
+fn auto_falls_back_to_poll_where_a_policy_forbids_bpf() -> Result<()> {
+    let zk = ZkServer::start(fresh_ipv4(), 0, &[])?;
+    let held = Client::raw(zk.addr, 2, 1, None)?;
+    let mut cmd = Command::new("unshare");
+    cmd.arg("-Ur").arg(zkconn_bin());
+    let z = Zkconn::start_with(cmd, &["--zk", &zk.addr.to_string()])?;
+    thread::sleep(SEEN);
+    let snap = z.finish()?;
+    says_what_poll_cannot_see(&snap);
+    let why = snap["probe"]["limitations"][0].as_str().unwrap_or_default();
+    assert!(
+        why.contains("a user namespace, a seccomp filter or a security policy forbids BPF"),
+        "{why}"
+    );
+    assert_eq!(field(server_row(&snap, zk.addr)?, "open")?, 2);
+    // Root's /proc/PID/fd is another user's to a user namespace's root: the holder cannot be
+    // read, and the connections count under the unknown owner, with the reason.
+    assert!(process(&snap, held.pid()).is_err());
+    assert_eq!(field(process(&snap, 0)?, "open")?, 2);
+    assert_eq!(snap["probe"]["seeds"]["ownerless"], 2);
+    assert!(snap["probe"]["seeds"]["ownerless_why"].is_string());
+    Ok(())
+}

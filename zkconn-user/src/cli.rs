@@ -18,7 +18,12 @@ use crate::probe::HookChoice;
                   HBase daemon and role, YARN container and application, Kubernetes pod, \
                   Docker container, systemd unit, service. It computes headroom against \
                   maxClientCnxns, time to limit and leak suspects. `zkconn` in a terminal opens \
-                  the live view. Needs root (or CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE)."
+                  the live view. Needs root, or CAP_BPF and CAP_PERFMON (CAP_SYS_ADMIN \
+                  before Linux 5.8) plus CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH; after \
+                  attach it keeps CAP_BPF only where the kernel wants it for map access \
+                  (before 5.19), and before 5.11 it needs LimitMEMLOCK=infinity (see \
+                  docs/fleet.md). Where no BPF hook can load, `--hook auto` samples the \
+                  socket tables instead (`poll`)."
 )]
 pub struct Cli {
     /// More log output on stderr (-v info, -vv debug).
@@ -192,7 +197,9 @@ pub struct TargetArgs {
 #[derive(Debug, Args, Clone)]
 pub struct ProbeArgs {
     /// Kernel hook for connects and state changes: `auto` tries btf, fentry, tracepoint,
-    /// kprobe in that order and takes the first this kernel accepts (docs/kernels.md).
+    /// kprobe in that order and takes the first this kernel accepts, and falls back to poll
+    /// (the socket tables sampled each second, no BPF) when the kernel refuses them all
+    /// (docs/kernels.md).
     #[arg(long, value_enum, default_value_t = HookChoice::Auto)]
     pub hook: HookChoice,
     /// Replace a kernel helper by its older equivalent even where the kernel has the newer

@@ -34,7 +34,8 @@ use crate::{
     limits::Limits,
     model::{
         self, AlarmThresholds, AttributionHealth, ConnectionRow, Holder, Inputs, LostDetail,
-        OverflowDetail, OwnerFacts, ProbeHealth, Rows, SeedHealth, Snapshot, Translations,
+        OverflowDetail, OwnerFacts, ProbeHealth, RepairHealth, Rows, SeedHealth, Snapshot,
+        Translations,
     },
     nat::Nat,
     poll::Poller,
@@ -195,15 +196,14 @@ fn ownerless_why(ownerless: u64, kept: &Kept) -> Option<String> {
         .collect();
     Some(if missing.is_empty() {
         format!(
-            "{ownerless} connections that predate zkconn are held by no process whose \
-             /proc/PID/fd could be read (their holder exited, or /proc entries were \
-             unreadable); they count per server under \"unknown owner\""
+            "{ownerless} connections were held by no process whose /proc/PID/fd could be \
+             read (their holder exited, or /proc entries were unreadable); they count per \
+             server under \"unknown owner\""
         )
     } else {
         format!(
-            "{ownerless} connections that predate zkconn have no known owner: without {} \
-             zkconn cannot read other users' /proc/PID/fd; they count per server under \
-             \"unknown owner\"",
+            "{ownerless} connections have no known owner: without {} zkconn cannot read \
+             other users' /proc/PID/fd; they count per server under \"unknown owner\"",
             missing.join(" and ")
         )
     })
@@ -363,6 +363,28 @@ impl Collector {
             seeds.seeded
         );
         Ok((Source::Kernel { probe, events }, seeds))
+    }
+
+    /// What this run cannot see, one sentence each (`probe.limitations`).
+    fn limitations(&self) -> Vec<String> {
+        let mut out = match &self.source {
+            Source::Kernel { probe, .. } => probe.limitations.clone(),
+            Source::Poll(_, why) => why
+                .iter()
+                .cloned()
+                .chain([crate::poll::LIMITATION.to_owned()])
+                .collect(),
+        };
+        let hidden = self.tables.hidden();
+        if hidden > 0 {
+            out.push(format!(
+                "the network namespace of {hidden} processes could not be read (another user's \
+                 /proc/PID/ns/net needs CAP_SYS_PTRACE; a sandbox may hide its init): \
+                 connections in a namespace only they are in are not seen by seeding, drift \
+                 repair or the poll hook (the kernel hooks count their new connections)"
+            ));
+        }
+        out
     }
 
     /// The hook in use.
@@ -859,6 +881,11 @@ impl Collector {
             processes: c[probe_counter::OVERFLOW_OWNERS as usize],
             counters: c[probe_counter::OVERFLOW_STATS as usize],
         };
+        // Poll finds owners at every sample, not only at start.
+        let ownerless = match &self.source {
+            Source::Kernel { .. } => self.seeds.ownerless,
+            Source::Poll(poller, _) => poller.ownerless,
+        };
         Ok(Snapshot {
             schema: model::SCHEMA,
             host: hostname(),
@@ -880,10 +907,14 @@ impl Collector {
                     seeded: self.seeds.seeded,
                     adopted: c[probe_counter::SEEDS_ADOPTED as usize],
                     conflicts: self.seeds.conflicts,
-                    ownerless: self.seeds.ownerless,
-                    ownerless_why: ownerless_why(self.seeds.ownerless, &self.kept),
+                    ownerless,
+                    ownerless_why: ownerless_why(ownerless, &self.kept),
                 },
-                repaired: self.reconciler.health(),
+                repaired: match &self.source {
+                    Source::Kernel { .. } => self.reconciler.health(),
+                    // Every sample is a full reading: there is nothing to repair.
+                    Source::Poll(..) => RepairHealth::default(),
+                },
                 attribution: self.attribution.clone(),
                 nat: self.nat.health(self.translations.live.len() as u64),
                 unreadable: self.unreadable + self.seeds.unreadable,
@@ -892,14 +923,7 @@ impl Collector {
                     Source::Kernel { probe, .. } => probe.fallbacks.clone(),
                     Source::Poll(..) => Vec::new(),
                 },
-                limitations: match &self.source {
-                    Source::Kernel { probe, .. } => probe.limitations.clone(),
-                    Source::Poll(_, why) => why
-                        .iter()
-                        .cloned()
-                        .chain([crate::poll::LIMITATION.to_owned()])
-                        .collect(),
-                },
+                limitations: self.limitations(),
             },
             targets: self.targets.names(),
             max_client_cnxns: self.limits.info(),

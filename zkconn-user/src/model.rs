@@ -153,8 +153,9 @@ pub struct ProbeHealth {
     pub attribution: AttributionHealth,
     /// NAT look-ups in the host's connection tracking table (see [`crate::nat`]).
     pub nat: crate::nat::NatHealth,
-    /// `/proc` entries that existed but could not be read, map entries unreadable, socket
-    /// tables that could not be read and reconciliation rounds that failed.
+    /// `/proc` entries that existed but could not be read, socket tables that could not be
+    /// read and reconciliation rounds that failed (a kernel map that cannot be read is an
+    /// error, never counted here).
     pub unreadable: u64,
     /// The capabilities zkconn kept after attach, and why a BPF one was kept.
     pub capabilities: crate::probe::caps::Kept,
@@ -881,7 +882,12 @@ pub fn build(inputs: &Inputs<'_>) -> Rows {
             let (states, mut pids) = by_cgroup.remove(&id).unwrap_or_default();
             pids.extend(cgroup_pids.remove(&id).unwrap_or_default());
             let path = (inputs.cgroup_path)(id);
-            let (kind, label) = attribution::classify_cgroup(path.as_deref());
+            // No cgroup has id 0: it holds the connections of unknown owners.
+            let (kind, label) = if id == 0 {
+                (attribution::Kind::Process, "(unknown owner)".to_owned())
+            } else {
+                attribution::classify_cgroup(path.as_deref())
+            };
             CgroupRow {
                 hierarchy: Hierarchy::V2,
                 path,

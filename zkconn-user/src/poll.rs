@@ -25,7 +25,8 @@ use crate::{
 /// What the poll hook cannot see, as every output states it.
 pub const LIMITATION: &str = "hook poll samples the kernel's socket tables each second \
      instead of hooking the kernel: connections that open and close between two samples are \
-     not seen, and refusals are not recognised";
+     not seen, refusals are not recognised, and a socket held by several processes counts \
+     for the oldest holder, not necessarily the one that connected";
 
 /// A socket is the same connection while its inode and 4-tuple are (an inode number can be
 /// reused once its socket is gone).

@@ -259,6 +259,12 @@ pub struct Scan {
 }
 
 impl Tables {
+    /// Processes whose network namespace could not be read at the last scan (reading
+    /// another user's `/proc/PID/ns/net` needs CAP_SYS_PTRACE; a sandbox hides its init).
+    pub fn hidden(&self) -> usize {
+        self.hidden.len()
+    }
+
     /// Reads every namespace that has a thread in it (`/proc/*/task/*/ns/net`: a thread may
     /// have entered another namespace than its process's, and a process whose main thread
     /// exited is reachable only through its other threads), each once. Readers of namespaces

@@ -200,16 +200,35 @@ pub fn check_privileges() -> anyhow::Result<()> {
         bail!(
             "zkconn needs root, or the capabilities CAP_BPF and CAP_PERFMON (CAP_SYS_ADMIN \
              before Linux 5.8), to load its eBPF programs; run it with sudo (or `cargo xtask \
-             run`)"
+             run`), or without BPF with --hook poll (connections shorter than a second and \
+             refusals are then not seen)"
         );
     }
-    if !has(CAP_SYS_PTRACE) || !has(CAP_DAC_READ_SEARCH) {
+    let missing: Vec<&str> = [
+        (CAP_SYS_PTRACE, "CAP_SYS_PTRACE"),
+        (CAP_DAC_READ_SEARCH, "CAP_DAC_READ_SEARCH"),
+    ]
+    .into_iter()
+    .filter(|(cap, _)| !has(*cap))
+    .map(|(_, name)| name)
+    .collect();
+    if !missing.is_empty() {
         tracing::warn!(
-            "without CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH other users' /proc/PID/fd cannot \
-             be read: connections that predate zkconn count under an unknown owner"
+            "without {} other users' /proc/PID/fd and network namespaces cannot be read: \
+             connections that predate zkconn count under an unknown owner, or not at all in \
+             namespaces zkconn cannot find",
+            missing.join(" and ")
         );
     }
     Ok(())
+}
+
+/// `(major, minor)` of the running kernel, for diagnoses only (what zkconn does is decided
+/// by probing the kernel, never by its version).
+pub fn kernel_release() -> Option<(u32, u32)> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+    let mut parts = release.trim().split(['.', '-']);
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
 }
 
 /// The locked-memory limit, soft and hard, in bytes (`None`: unlimited).

@@ -940,9 +940,11 @@ fn explain_load_error(e: &aya::EbpfError, memlock: Option<u64>) -> anyhow::Error
         source = s.source();
     }
     let refused = text.contains("Operation not permitted") || text.contains("EPERM");
+    // Only kernels before 5.11 charge BPF memory to the memlock limit.
+    let charged = caps::kernel_release().is_some_and(|v| v < (5, 11));
     match memlock {
         // check_privileges passed: with a finite limit, the limit is what refused.
-        Some(limit) if refused => FixableLoadError(format!(
+        Some(limit) if refused && charged => FixableLoadError(format!(
             "the kernel refused to create zkconn's BPF maps: before Linux 5.11 they are \
              charged to the locked-memory limit (RLIMIT_MEMLOCK), {} KiB here, which zkconn \
              may not raise; start it with LimitMEMLOCK=infinity (systemd, as \
@@ -950,12 +952,13 @@ fn explain_load_error(e: &aya::EbpfError, memlock: Option<u64>) -> anyhow::Error
             limit / 1024
         ))
         .into(),
-        None if refused => FixableLoadError(
-            "the kernel refused to create BPF maps or programs (EPERM): run zkconn as root or \
-             give it CAP_BPF and CAP_PERFMON (CAP_SYS_ADMIN before Linux 5.8)"
-                .to_owned(),
-        )
-        .into(),
+        // The capabilities are there (checked before): a user namespace, a seccomp filter
+        // or an LSM policy forbids BPF. Not fixable by a flag: `auto` samples instead.
+        _ if refused => anyhow!(
+            "the kernel refused zkconn's BPF maps or programs although it holds CAP_BPF and \
+             CAP_PERFMON: a user namespace, a seccomp filter or a security policy forbids BPF \
+             here ({text})"
+        ),
         _ => anyhow!("loading zkconn's eBPF object failed: {text}"),
     }
 }

@@ -190,8 +190,11 @@ fn host_run(zkconn: &Path, vmcheck: &Path, checks: &[Vec<String>]) -> anyhow::Re
         fs::read_to_string(format!("/proc/sys/kernel/{name}"))
             .map_or_else(|_| "?".to_owned(), |v| v.trim().to_owned())
     };
+    let group_dead =
+        fs::read_to_string("/sys/kernel/tracing/events/sched/sched_process_exit/format")
+            .map_or(0, |f| f.matches("group_dead").count());
     let kernel = kernel_name(&format!(
-        "{release} unprivileged_bpf_disabled={} perf_event_paranoid={}",
+        "{release} unprivileged_bpf_disabled={} perf_event_paranoid={} exit_group_dead={group_dead}",
         sysctl("unprivileged_bpf_disabled"),
         sysctl("perf_event_paranoid")
     ));
@@ -404,7 +407,7 @@ mount -t tracefs tracefs /sys/kernel/tracing
 mount -t bpf bpf /sys/fs/bpf
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 ip link set lo up
-echo "zkconn-vm: kernel $(uname -r) unprivileged_bpf_disabled=$(cat /proc/sys/kernel/unprivileged_bpf_disabled) perf_event_paranoid=$(cat /proc/sys/kernel/perf_event_paranoid)"
+echo "zkconn-vm: kernel $(uname -r) unprivileged_bpf_disabled=$(cat /proc/sys/kernel/unprivileged_bpf_disabled) perf_event_paranoid=$(cat /proc/sys/kernel/perf_event_paranoid) exit_group_dead=$(grep -c group_dead /sys/kernel/tracing/events/sched/sched_process_exit/format)"
 CHECKS
 echo "zkconn-vm: end $?"
 poweroff -f

@@ -317,6 +317,13 @@ impl Probe {
         probe.hook = probe.attach_hook(choice, &needs)?;
         // The two rare events are worth having, not worth failing for: without them zkconn
         // finds exits from /proc, and refusals by their byte counts alone.
+        if !probe.exit_events {
+            probe.limitations.push(
+                "process exits are found from /proc each second, not from the kernel (this \
+                 kernel's sched:sched_process_exit has no group_dead field)"
+                    .to_owned(),
+            );
+        }
         if probe.exit_events
             && let Err(e) =
                 probe.attach_tracepoint(program_names::EXIT_TP, "sched", "sched_process_exit")

@@ -113,6 +113,9 @@ struct HookResult {
     reported: String,
     /// The capabilities zkconn kept after attach.
     kept: String,
+    /// Why the hook was checked a second time (the kernel skipped program runs in the
+    /// first, and a count differed).
+    retried: Option<String>,
     exact: bool,
     detail: String,
 }
@@ -607,8 +610,8 @@ fn parse_results(text: &str) -> Vec<HookResult> {
                 let start = l.find(&format!("{name}="))? + name.len() + 1;
                 let rest = &l[start..];
                 Some(match rest.strip_prefix('"') {
-                    // A quoted value ends at the last quote of the line.
-                    Some(q) => q[..q.rfind('"').unwrap_or(q.len())].replace("\\\"", "\""),
+                    // A quoted value (Rust's Debug quoting) ends at its first unescaped quote.
+                    Some(q) => unquote(q),
                     None => rest.split_whitespace().next().unwrap_or("").to_owned(),
                 })
             };
@@ -619,6 +622,7 @@ fn parse_results(text: &str) -> Vec<HookResult> {
                 attached: field("attached").as_deref() == Some("yes"),
                 reported: field("reported").unwrap_or_default(),
                 kept: field("kept").unwrap_or_default(),
+                retried: field("retried"),
                 exact: field("exact").as_deref() == Some("yes"),
                 detail: field("differences")
                     .or_else(|| field("reason"))
@@ -627,6 +631,25 @@ fn parse_results(text: &str) -> Vec<HookResult> {
             }
         })
         .collect()
+}
+
+/// The text of a Debug-quoted value, from just after its opening quote to its closing one.
+fn unquote(q: &str) -> String {
+    let mut out = String::new();
+    let mut chars = q.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => break,
+            '\\' => match chars.next() {
+                Some('n') => out.push('\n'),
+                Some('t') => out.push('\t'),
+                Some(other) => out.push(other),
+                None => break,
+            },
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// A refusal without zkconn's framing around the kernel's reason.
@@ -649,7 +672,10 @@ fn cell(h: &HookResult) -> String {
     } else if !h.attached {
         format!("refused: {}", short_reason(&h.detail))
     } else if h.exact {
-        "exact".to_owned()
+        match &h.retried {
+            Some(r) => format!("exact on a second run ({})", r.replace('|', "/")),
+            None => "exact".to_owned(),
+        }
     } else {
         format!("**not exact**: {}", h.detail.replace('|', "/"))
     }
@@ -784,6 +810,20 @@ mod tests {
             (r[4].mode.as_str(), r[4].kept.as_str()),
             ("unit", "CAP_BPF")
         );
+    }
+
+    #[test]
+    fn a_second_run_after_skipped_kernel_runs_is_said() {
+        let text = "zkconn-vm: mode=root hook=btf attached=yes reported=btf kept=none \
+            retried=\"first run: C (killed) closed is 2, not 3; the kernel skipped 1 program runs\" \
+            exact=no differences=\"B open is \\\"3\\\"\"\n";
+        let r = parse_results(text);
+        assert_eq!(
+            r[0].retried.as_deref(),
+            Some("first run: C (killed) closed is 2, not 3; the kernel skipped 1 program runs")
+        );
+        assert_eq!(r[0].detail, "B open is \"3\"");
+        assert!(problem(&r[0]).is_some());
     }
 
     #[test]

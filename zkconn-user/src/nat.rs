@@ -298,10 +298,12 @@ fn open_socket() -> std::io::Result<Socket> {
     let mut socket = Socket::new(NETLINK_NETFILTER)?;
     socket.bind_auto()?;
     socket.connect(&SocketAddr::new(0, 0))?;
-    let timeout = libc::timeval {
+    let mut timeout = libc::timeval {
         tv_sec: 0,
-        tv_usec: libc::suseconds_t::try_from(ANSWER_TIMEOUT.as_micros()).unwrap_or(200_000),
+        tv_usec: 0,
     };
+    // Under 1 s: fits the field whatever its width on this libc.
+    timeout.tv_usec = ANSWER_TIMEOUT.subsec_micros().try_into().unwrap_or(200_000);
     // SAFETY: setsockopt on the socket's own fd with a valid timeval of the size passed.
     let rc = unsafe {
         libc::setsockopt(

@@ -6,6 +6,7 @@ use aya_build::{Package, Toolchain};
 fn main() -> anyhow::Result<()> {
     let manifest_dir =
         std::env::var("CARGO_MANIFEST_DIR").context("cargo did not set CARGO_MANIFEST_DIR")?;
+    commit(&manifest_dir);
     let root_dir = std::path::Path::new(&manifest_dir)
         .parent()
         .ok_or_else(|| anyhow!("{manifest_dir} has no parent directory"))?
@@ -25,4 +26,24 @@ fn main() -> anyhow::Result<()> {
         "building the eBPF programs failed; run `cargo xtask setup` to install nightly, \
          rust-src and bpf-linker",
     )
+}
+
+/// `ZKCONN_COMMIT` for `zkconn --version`: `git describe` of the tree being built, or
+/// "unknown commit" outside a git checkout (a source tarball).
+fn commit(manifest_dir: &str) {
+    let describe = std::process::Command::new("git")
+        .args(["describe", "--always", "--dirty", "--tags"])
+        .current_dir(manifest_dir)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty());
+    let text = describe.map_or_else(|| "unknown commit".to_owned(), |d| format!("commit {d}"));
+    println!("cargo:rustc-env=ZKCONN_COMMIT={text}");
+    // A new commit moves HEAD's branch and rewrites the index.
+    for path in ["../.git/HEAD", "../.git/index"] {
+        println!("cargo:rerun-if-changed={path}");
+    }
 }

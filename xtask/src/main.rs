@@ -1,4 +1,4 @@
-//! Developer and operator tasks: `cargo xtask setup|build|run|test|demo|bench|fuzz|vm-test`.
+//! Developer and operator tasks: `cargo xtask setup|build|run|test|demo|bench|fuzz|vm-test|dist`.
 //!
 //! `setup` makes a fresh Debian machine ready (nightly with rust-src, a bpf-linker built
 //! against the nightly's own LLVM, the Debian packages the tests use); it is idempotent and
@@ -58,6 +58,10 @@ enum Task {
         /// Only these kernel series (default: every one in the matrix).
         kernels: Vec<String>,
     },
+    /// Set up (plus the Rust musl target), then write target/dist/: a statically linked
+    /// zkconn in a tarball with its docs, unit, rules, dashboard, completions and man page,
+    /// and SHA256SUMS.
+    Dist,
     /// Set up, then run every test: unit tests, the root integration tests against a real
     /// ZooKeeper, and the kernel matrix (`vm-test`, without rewriting docs/kernels.md). With
     /// extra arguments (a test-name filter, --nocapture) the kernel matrix is skipped.
@@ -134,6 +138,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             install_debian(vm::DEBIAN_PACKAGES)?;
             build(&root)?;
             vm::run(&root, &kernels, vm::Doc::Write)
+        }
+        Task::Dist => {
+            setup()?;
+            dist::run(&root)
         }
         Task::Test { unit_only, args } => {
             setup()?;
@@ -521,6 +529,7 @@ fn integration_tests(
 }
 
 mod apt;
+mod dist;
 mod vm;
 
 #[cfg(test)]

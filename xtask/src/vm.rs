@@ -18,7 +18,7 @@ use std::{
 
 use anyhow::{Context as _, anyhow, bail};
 
-use crate::{as_root, build_tests_bin, check, output};
+use crate::{as_root, check, output};
 
 /// What the guests are made of: qemu to boot them, busybox for their init, cpio to pack it.
 pub const DEBIAN_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "cpio"];
@@ -142,10 +142,12 @@ pub fn run(root: &Path, only: &[String], doc: Doc) -> anyhow::Result<()> {
                 .join(", ")
         );
     }
-    let vmcheck = build_tests_bin(root, "zkconn-vmcheck", "the kernel check")?;
+    // The statically linked binaries `cargo xtask dist` ships: the guests get no shared
+    // library at all, which proves they need none.
+    let zkconn = crate::dist::static_binary(root, "zkconn", "zkconn")?;
+    let vmcheck = crate::dist::static_binary(root, "integration-tests", "zkconn-vmcheck")?;
     let work = root.join("target/vm");
     fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
-    let zkconn = root.join("target/release/zkconn");
 
     let checks = invocations(&unit_limits(root)?);
     let mut runs = vec![host_run(&zkconn, &vmcheck, &checks)?];
@@ -193,9 +195,16 @@ fn host_run(zkconn: &Path, vmcheck: &Path, checks: &[Vec<String>]) -> anyhow::Re
         fs::read_to_string(format!("/proc/sys/kernel/{name}"))
             .map_or_else(|_| "?".to_owned(), |v| v.trim().to_owned())
     };
-    let group_dead =
-        fs::read_to_string("/sys/kernel/tracing/events/sched/sched_process_exit/format")
-            .map_or(0, |f| f.matches("group_dead").count());
+    let group_dead = fs::read_to_string(
+        "/sys/kernel/tracing/events/sched/sched_process_exit/format",
+    )
+    .map_or("no", |f| {
+        if f.contains("group_dead") {
+            "yes"
+        } else {
+            "no"
+        }
+    });
     let kernel = kernel_name(&format!(
         "{release} unprivileged_bpf_disabled={} perf_event_paranoid={} exit_group_dead={group_dead}",
         sysctl("unprivileged_bpf_disabled"),
@@ -410,14 +419,14 @@ mount -t tracefs tracefs /sys/kernel/tracing
 mount -t bpf bpf /sys/fs/bpf
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 ip link set lo up
-echo "zkconn-vm: kernel $(uname -r) unprivileged_bpf_disabled=$(cat /proc/sys/kernel/unprivileged_bpf_disabled) perf_event_paranoid=$(cat /proc/sys/kernel/perf_event_paranoid) exit_group_dead=$(grep -c group_dead /sys/kernel/tracing/events/sched/sched_process_exit/format)"
+echo "zkconn-vm: kernel $(uname -r) unprivileged_bpf_disabled=$(cat /proc/sys/kernel/unprivileged_bpf_disabled) perf_event_paranoid=$(cat /proc/sys/kernel/perf_event_paranoid) exit_group_dead=$(grep -q group_dead /sys/kernel/tracing/events/sched/sched_process_exit/format && echo yes || echo no)"
 CHECKS
 echo "zkconn-vm: end $?"
 poweroff -f
 "#;
 
-/// An initramfs (newc cpio) of busybox, zkconn (without debug info), the check and the
-/// libraries `ldd` lists for them.
+/// An initramfs (newc cpio) of busybox, zkconn (without debug info) and the check, all
+/// three statically linked: no shared library is in it.
 fn build_initramfs(
     work: &Path,
     zkconn: &Path,
@@ -442,15 +451,6 @@ fn build_initramfs(
         "objcopy --strip-debug zkconn",
     )?;
     fs::copy(vmcheck, tree.join("zkconn-vmcheck"))?;
-    for binary in [zkconn, vmcheck] {
-        for lib in shared_libraries(binary)? {
-            let to = tree.join(lib.strip_prefix("/").unwrap_or(&lib));
-            if let Some(parent) = to.parent() {
-                fs::create_dir_all(parent)?;
-            }
-            fs::copy(&lib, &to).with_context(|| format!("cannot copy {}", lib.display()))?;
-        }
-    }
     fs::write(tree.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\n")?;
     let init = tree.join("init");
     let lines: Vec<String> = checks
@@ -478,22 +478,6 @@ fn build_initramfs(
         bail!("cpio failed ({status})");
     }
     Ok(archive)
-}
-
-/// The shared libraries `binary` loads, with the dynamic loader.
-fn shared_libraries(binary: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let text = output(Command::new("ldd").arg(binary))
-        .ok_or_else(|| anyhow!("ldd {} failed", binary.display()))?;
-    Ok(text
-        .lines()
-        .filter_map(|l| {
-            let path = match l.split_once("=>") {
-                Some((_, rest)) => rest.split_whitespace().next()?,
-                None => l.split_whitespace().next()?,
-            };
-            path.starts_with('/').then(|| PathBuf::from(path))
-        })
-        .collect())
 }
 
 fn guest_run(

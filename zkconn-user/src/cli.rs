@@ -6,10 +6,13 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::probe::HookChoice;
 
+/// The version and the commit it was built from (`git describe`, see build.rs).
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("ZKCONN_COMMIT"), ")");
+
 #[derive(Debug, Parser)]
 #[command(
     name = "zkconn",
-    version,
+    version = VERSION,
     about = "Who holds this host's ZooKeeper connections: exact per-process and per-cgroup \
              counts from eBPF",
     long_about = "zkconn counts every TCP connection from this host to ZooKeeper in the kernel \
@@ -57,6 +60,22 @@ pub enum Command {
     ///
     /// SIGTERM or SIGINT detaches and exits 0; SIGHUP reloads --rules and --zoo-cfg.
     Daemon(DaemonArgs),
+    /// Print a shell completion script (bash, zsh or fish) to standard output.
+    Completions {
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+    /// Print the manual page (roff) to standard output.
+    #[command(hide = true)]
+    Man,
+}
+
+/// The shells `zkconn completions` writes for.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Debug, Args)]

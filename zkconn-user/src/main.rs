@@ -10,7 +10,7 @@ use clap::Parser as _;
 use tokio::signal::unix::{SignalKind, signal};
 use zkconn::{
     Setup, check,
-    cli::{CheckArgs, Cli, Command, SnapshotArgs},
+    cli::{CheckArgs, Cli, Command, Shell, SnapshotArgs},
     collector::{self, Collector},
     daemon, output, tui,
 };
@@ -114,6 +114,25 @@ fn run(cli: Cli, logs: tui::LogBuffer) -> anyhow::Result<()> {
         Some(Command::Daemon(args)) => {
             let setup = Setup::new(&args.watch)?;
             runtime()?.block_on(daemon::run(args, setup))
+        }
+        Some(Command::Completions { shell }) => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let shell = match shell {
+                Shell::Bash => clap_complete::Shell::Bash,
+                Shell::Zsh => clap_complete::Shell::Zsh,
+                Shell::Fish => clap_complete::Shell::Fish,
+            };
+            let mut out = std::io::stdout().lock();
+            clap_complete::generate(shell, &mut cmd, "zkconn", &mut out);
+            out.flush()?;
+            Ok(())
+        }
+        Some(Command::Man) => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            let mut out = std::io::stdout().lock();
+            clap_mangen::Man::new(cmd).render(&mut out)?;
+            out.flush()?;
+            Ok(())
         }
         Some(Command::Check(_)) | None => unreachable!("handled in main"),
     }

@@ -303,7 +303,7 @@ fn open_socket() -> std::io::Result<Socket> {
         tv_usec: 0,
     };
     // Under 1 s: fits the field whatever its width on this libc.
-    timeout.tv_usec = ANSWER_TIMEOUT.subsec_micros().try_into().unwrap_or(200_000);
+    timeout.tv_usec = ANSWER_TIMEOUT.subsec_micros().into();
     // SAFETY: setsockopt on the socket's own fd with a valid timeval of the size passed.
     let rc = unsafe {
         libc::setsockopt(

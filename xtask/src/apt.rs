@@ -194,6 +194,11 @@ pub fn only_suite(dir: &Path, suite: &str) -> anyhow::Result<Vec<String>> {
     Ok(opts)
 }
 
+/// The URI of the Debian archive this machine's own release comes from.
+pub fn archive() -> anyhow::Result<String> {
+    archive_uri(&codename()?)
+}
+
 /// The URI of the Debian archive the machine takes `release` from, from its own apt sources
 /// (one-line `deb URI release ...` or deb822 `URIs:`/`Suites:` stanzas).
 fn archive_uri(release: &str) -> anyhow::Result<String> {

@@ -127,6 +127,8 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
     let man = output(Command::new(&bin).arg("man")).ok_or_else(|| anyhow!("zkconn man failed"))?;
     fs::write(stage.join("man/zkconn.1"), man)?;
 
+    let deb = deb(&dist, &stage, &version)?;
+
     let tarball = format!("{name}.tar.gz");
     check(
         Command::new("tar").current_dir(&dist).args([
@@ -138,8 +140,17 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
         ]),
         "tar",
     )?;
-    let sums = output(Command::new("sha256sum").current_dir(&dist).arg(&tarball))
-        .ok_or_else(|| anyhow!("sha256sum failed"))?;
+    let deb_name = deb
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| anyhow!("the package has no file name"))?
+        .to_owned();
+    let sums = output(
+        Command::new("sha256sum")
+            .current_dir(&dist)
+            .args([&tarball, &deb_name]),
+    )
+    .ok_or_else(|| anyhow!("sha256sum failed"))?;
     fs::write(dist.join("SHA256SUMS"), sums)?;
     let size = |p: &Path| fs::metadata(p).map(|m| m.len()).unwrap_or(0);
     println!(
@@ -148,5 +159,273 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
         size(&stage.join("zkconn")) as f64 / 1e6,
         size(&dist.join(&tarball)) as f64 / 1e6
     );
+    println!("{}: {:.1} MB", deb.display(), size(&deb) as f64 / 1e6);
+    Ok(())
+}
+
+/// The site's flags, kept across upgrades (a dpkg conffile).
+const DEFAULTS: &str = "\
+# Flags for `zkconn daemon` (see `man zkconn`). Point it at the ensemble with --zoo-cfg of the
+# client configuration or --zk zk1:2181,zk2:2181,zk3:2181. Upgrades never overwrite this file.
+ZKCONN_ARGS=\"--listen 127.0.0.1:9661 --zoo-cfg /etc/zookeeper/conf/zoo.cfg\"
+";
+
+/// `zkconn_<version>_amd64.deb` from the staged tarball tree, with Debian's own dpkg-deb:
+/// `/usr/bin/zkconn`, the unit (not enabled) reading its flags from `/etc/default/zkconn`,
+/// completions, the man page and the docs.
+fn deb(dist: &Path, stage: &Path, version: &str) -> anyhow::Result<PathBuf> {
+    let root = dist.join("deb-root");
+    if root.exists() {
+        fs::remove_dir_all(&root).with_context(|| format!("cannot clear {}", root.display()))?;
+    }
+    let put = |from: &Path, to: &str, mode: u32| -> anyhow::Result<()> {
+        let dest = root.join(to);
+        if let Some(parent) = dest.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        fs::copy(from, &dest).with_context(|| format!("cannot copy {}", from.display()))?;
+        fs::set_permissions(&dest, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+        Ok(())
+    };
+    put(&stage.join("zkconn"), "usr/bin/zkconn", 0o755)?;
+    put(
+        &stage.join("completions/zkconn.bash"),
+        "usr/share/bash-completion/completions/zkconn",
+        0o644,
+    )?;
+    put(
+        &stage.join("completions/_zkconn"),
+        "usr/share/zsh/vendor-completions/_zkconn",
+        0o644,
+    )?;
+    put(
+        &stage.join("completions/zkconn.fish"),
+        "usr/share/fish/vendor_completions.d/zkconn.fish",
+        0o644,
+    )?;
+    for (file, to) in [
+        ("README.md", "usr/share/doc/zkconn/README.md"),
+        ("LICENSE", "usr/share/doc/zkconn/copyright"),
+        (
+            "deploy/prometheus/zkconn.rules.yml",
+            "usr/share/doc/zkconn/prometheus/zkconn.rules.yml",
+        ),
+        (
+            "deploy/grafana/zkconn-fleet.json",
+            "usr/share/doc/zkconn/grafana/zkconn-fleet.json",
+        ),
+    ] {
+        put(&stage.join(file), to, 0o644)?;
+    }
+    let man = root.join("usr/share/man/man1");
+    fs::create_dir_all(&man)?;
+    fs::copy(stage.join("man/zkconn.1"), man.join("zkconn.1"))?;
+    check(
+        Command::new("gzip").args(["-9n"]).arg(man.join("zkconn.1")),
+        "gzip the man page",
+    )?;
+    // The unit as shipped, with the binary where the package puts it and the flags from
+    // /etc/default/zkconn.
+    let unit = fs::read_to_string(stage.join("deploy/zkconn.service"))?;
+    let exec = unit
+        .lines()
+        .find(|l| l.starts_with("ExecStart="))
+        .ok_or_else(|| anyhow!("deploy/zkconn.service has no ExecStart="))?;
+    let unit = unit.replace(
+        exec,
+        "EnvironmentFile=-/etc/default/zkconn\nExecStart=/usr/bin/zkconn daemon $ZKCONN_ARGS",
+    );
+    let unit_path = root.join("lib/systemd/system/zkconn.service");
+    fs::create_dir_all(unit_path.parent().ok_or_else(|| anyhow!("no parent"))?)?;
+    fs::write(&unit_path, unit)?;
+    fs::create_dir_all(root.join("etc/default"))?;
+    fs::write(root.join("etc/default/zkconn"), DEFAULTS)?;
+
+    let control = root.join("DEBIAN");
+    fs::create_dir_all(&control)?;
+    let installed_kib = dir_size(&root)? / 1024;
+    fs::write(
+        control.join("control"),
+        format!(
+            "Package: zkconn\nVersion: {version}\nArchitecture: amd64\nMaintainer: zkconn \
+             <zkconn@localhost>\nInstalled-Size: {installed_kib}\nSection: admin\nPriority: \
+             optional\nDescription: who holds this \
+             host's ZooKeeper connections\n zkconn counts every TCP connection from this host \
+             to ZooKeeper in the kernel (eBPF), per\n process and per cgroup, names every \
+             owner (HBase role, YARN container, pod,\n unit) and computes headroom against \
+             maxClientCnxns. Statically linked; the\n systemd unit is installed but not \
+             enabled.\n"
+        ),
+    )?;
+    fs::write(control.join("conffiles"), "/etc/default/zkconn\n")?;
+    let deb = dist.join(format!("zkconn_{version}_amd64.deb"));
+    check(
+        Command::new("dpkg-deb")
+            .args(["--root-owner-group", "-Zxz", "--build"])
+            .arg(&root)
+            .arg(&deb),
+        "dpkg-deb --build",
+    )?;
+    Ok(deb)
+}
+
+fn dir_size(dir: &Path) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        total += if meta.is_dir() {
+            dir_size(&entry.path())?
+        } else {
+            meta.len()
+        };
+    }
+    Ok(total)
+}
+
+/// What checking the .deb needs from Debian.
+pub const DEBIAN_PACKAGES: &[&str] = &["debootstrap"];
+
+/// Mounts made for the check, undone in reverse order however it ends.
+struct Mounts(Vec<PathBuf>);
+
+impl Drop for Mounts {
+    fn drop(&mut self) {
+        for path in self.0.iter().rev() {
+            let _ = Command::new("umount").arg("-R").arg(path).status();
+        }
+    }
+}
+
+/// The .deb in a Debian 11 root made with debootstrap (kept under `target/deb-test/`): it
+/// installs, leaves the unit installed but not enabled, runs `zkconn snapshot --json` there
+/// (the static binary on an older glibc), and removes and purges cleanly.
+pub fn check_deb(root: &Path) -> anyhow::Result<()> {
+    run(root)?;
+    let dist = root.join("target/dist");
+    let deb = fs::read_dir(&dist)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .ok_or_else(|| anyhow!("cargo xtask dist left no .deb in {}", dist.display()))?;
+    let chroot = root.join("target/deb-test/bullseye");
+    if !chroot.join("usr/bin/dpkg").exists() {
+        let partial = root.join("target/deb-test/bullseye.partial");
+        if partial.exists() {
+            fs::remove_dir_all(&partial)?;
+        }
+        let archive = crate::apt::archive()?;
+        eprintln!(
+            "xtask: making a Debian 11 root with debootstrap (once; kept in target/deb-test/)"
+        );
+        check(
+            Command::new("debootstrap")
+                .args(["--variant=minbase", "bullseye"])
+                .arg(&partial)
+                .arg(&archive),
+            "debootstrap bullseye",
+        )?;
+        fs::rename(&partial, &chroot)?;
+    }
+    let mut mounts = Mounts(Vec::new());
+    for (what, kind) in [("proc", "proc"), ("sys", "rbind"), ("dev", "rbind")] {
+        let at = chroot.join(what);
+        let mut cmd = Command::new("mount");
+        if kind == "proc" {
+            cmd.args(["-t", "proc", "proc"]);
+        } else {
+            cmd.arg("--rbind").arg(format!("/{what}"));
+        }
+        check(
+            cmd.arg(&at),
+            &format!("mounting {what} in the Debian 11 root"),
+        )?;
+        mounts.0.push(at.clone());
+        if kind == "rbind" {
+            let _ = Command::new("mount")
+                .args(["--make-rslave"])
+                .arg(&at)
+                .status();
+        }
+    }
+    fs::copy(&deb, chroot.join("tmp/zkconn.deb"))?;
+    let inside = |args: &[&str]| {
+        let mut cmd = Command::new("chroot");
+        cmd.arg(&chroot).args(args);
+        cmd
+    };
+    check(
+        &mut inside(&["dpkg", "-i", "/tmp/zkconn.deb"]),
+        "dpkg -i in Debian 11",
+    )?;
+    for file in [
+        "usr/bin/zkconn",
+        "lib/systemd/system/zkconn.service",
+        "etc/default/zkconn",
+        "usr/share/man/man1/zkconn.1.gz",
+        "usr/share/bash-completion/completions/zkconn",
+    ] {
+        if !chroot.join(file).exists() {
+            bail!("the .deb did not install /{file}");
+        }
+    }
+    if chroot
+        .join("etc/systemd/system/multi-user.target.wants/zkconn.service")
+        .exists()
+    {
+        bail!("the .deb enabled zkconn.service; it must only install it");
+    }
+    // The unit as packaged passes systemd's own verification (pointed at a binary that
+    // exists on this host).
+    let unit = fs::read_to_string(chroot.join("lib/systemd/system/zkconn.service"))?;
+    let scratch = root.join("target/deb-test/zkconn.service");
+    let bin = root.join("target").join(MUSL).join("release/zkconn");
+    fs::write(
+        &scratch,
+        unit.replace("/usr/bin/zkconn", &bin.display().to_string()),
+    )?;
+    let verify = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&scratch)
+        .output()
+        .context("cannot run systemd-analyze")?;
+    let complaints: Vec<String> = String::from_utf8_lossy(&verify.stderr)
+        .lines()
+        .filter(|l| l.contains("zkconn.service"))
+        .map(str::to_owned)
+        .collect();
+    if !complaints.is_empty() {
+        bail!(
+            "the packaged unit fails systemd-analyze verify: {}",
+            complaints.join("; ")
+        );
+    }
+    let out = inside(&["/usr/bin/zkconn", "snapshot", "--json", "--port", "1"])
+        .output()
+        .context("cannot run zkconn in the Debian 11 root")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() || !text.contains("\"schema\": \"zkconn.snapshot/v1\"") {
+        bail!(
+            "zkconn snapshot in Debian 11 failed ({}): {}{}",
+            out.status,
+            text,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    check(
+        &mut inside(&["dpkg", "-r", "zkconn"]),
+        "dpkg -r in Debian 11",
+    )?;
+    if chroot.join("usr/bin/zkconn").exists() || !chroot.join("etc/default/zkconn").exists() {
+        bail!("dpkg -r must remove the binary and keep the site's /etc/default/zkconn");
+    }
+    check(
+        &mut inside(&["dpkg", "-P", "zkconn"]),
+        "dpkg -P in Debian 11",
+    )?;
+    if chroot.join("etc/default/zkconn").exists() {
+        bail!("dpkg -P left /etc/default/zkconn");
+    }
+    drop(mounts);
+    eprintln!("xtask: the .deb installs, runs and is removed cleanly in Debian 11");
     Ok(())
 }

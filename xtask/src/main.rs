@@ -60,8 +60,13 @@ enum Task {
     },
     /// Set up (plus the Rust musl target), then write target/dist/: a statically linked
     /// zkconn in a tarball with its docs, unit, rules, dashboard, completions and man page,
-    /// and SHA256SUMS.
-    Dist,
+    /// a .deb, and SHA256SUMS.
+    Dist {
+        /// Also install, run and remove the .deb in a Debian 11 root (debootstrap), as
+        /// `cargo xtask test` does.
+        #[arg(long)]
+        check: bool,
+    },
     /// Set up, then run every test: unit tests, the root integration tests against a real
     /// ZooKeeper, and the kernel matrix (`vm-test`, without rewriting docs/kernels.md). With
     /// extra arguments (a test-name filter, --nocapture) the kernel matrix is skipped.
@@ -139,9 +144,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             build(&root)?;
             vm::run(&root, &kernels, vm::Doc::Write)
         }
-        Task::Dist => {
+        Task::Dist { check: false } => {
             setup()?;
             dist::run(&root)
+        }
+        Task::Dist { check: true } => {
+            setup()?;
+            install_debian(dist::DEBIAN_PACKAGES)?;
+            dist::check_deb(&root)
         }
         Task::Test { unit_only, args } => {
             setup()?;
@@ -446,9 +456,15 @@ fn test(root: &Path, unit_only: bool, args: &[OsString]) -> anyhow::Result<()> {
     }
     // Hooks this kernel refuses (fentry and kprobes here) are tested on kernels that have
     // them.
-    println!("== every hook on Debian's 6.1 and 6.12 kernels under qemu (cargo xtask vm-test)");
+    println!(
+        "== every hook on Debian's 5.10, 6.1 and 6.12 kernels under qemu, with the static \
+         binary (cargo xtask vm-test)"
+    );
     install_debian(vm::DEBIAN_PACKAGES)?;
-    vm::run(root, &[], vm::Doc::Leave)
+    vm::run(root, &[], vm::Doc::Leave)?;
+    println!("== the .deb of cargo xtask dist in a Debian 11 root");
+    install_debian(dist::DEBIAN_PACKAGES)?;
+    dist::check_deb(root)
 }
 
 const ALL_TESTS: &[&str] = &[

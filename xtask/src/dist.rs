@@ -128,6 +128,7 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
     fs::write(stage.join("man/zkconn.1"), man)?;
 
     let deb = deb(&dist, &stage, &version)?;
+    let rpm = rpm(&dist, &stage, &version)?;
 
     let tarball = format!("{name}.tar.gz");
     check(
@@ -140,16 +141,17 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
         ]),
         "tar",
     )?;
-    let deb_name = deb
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| anyhow!("the package has no file name"))?
-        .to_owned();
-    let sums = output(
-        Command::new("sha256sum")
-            .current_dir(&dist)
-            .args([&tarball, &deb_name]),
-    )
+    let name_of = |p: &Path| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow!("{} has no file name", p.display()))
+    };
+    let sums = output(Command::new("sha256sum").current_dir(&dist).args([
+        tarball.clone(),
+        name_of(&deb)?,
+        name_of(&rpm)?,
+    ]))
     .ok_or_else(|| anyhow!("sha256sum failed"))?;
     fs::write(dist.join("SHA256SUMS"), sums)?;
     let size = |p: &Path| fs::metadata(p).map(|m| m.len()).unwrap_or(0);
@@ -159,7 +161,13 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
         size(&stage.join("zkconn")) as f64 / 1e6,
         size(&dist.join(&tarball)) as f64 / 1e6
     );
-    println!("{}: {:.1} MB", deb.display(), size(&deb) as f64 / 1e6);
+    for package in [&deb, &rpm] {
+        println!(
+            "{}: {:.1} MB",
+            package.display(),
+            size(package) as f64 / 1e6
+        );
+    }
     Ok(())
 }
 
@@ -170,13 +178,34 @@ const DEFAULTS: &str = "\
 ZKCONN_ARGS=\"--listen 127.0.0.1:9661 --zoo-cfg /etc/zookeeper/conf/zoo.cfg\"
 ";
 
-/// `zkconn_<version>_amd64.deb` from the staged tarball tree, with Debian's own dpkg-deb:
-/// `/usr/bin/zkconn`, the unit (not enabled) reading its flags from `/etc/default/zkconn`,
-/// completions, the man page and the docs.
-fn deb(dist: &Path, stage: &Path, version: &str) -> anyhow::Result<PathBuf> {
-    let root = dist.join("deb-root");
+/// Where a distribution family puts what the packages install.
+struct Layout {
+    /// The directory of systemd units shipped by packages.
+    units: &'static str,
+    /// The file the unit reads the site's flags from (kept across upgrades).
+    flags: &'static str,
+    /// Where zsh finds completion functions of packages.
+    zsh: &'static str,
+}
+
+const DEBIAN: Layout = Layout {
+    units: "lib/systemd/system",
+    flags: "etc/default/zkconn",
+    zsh: "usr/share/zsh/vendor-completions",
+};
+
+const RPM: Layout = Layout {
+    units: "usr/lib/systemd/system",
+    flags: "etc/sysconfig/zkconn",
+    zsh: "usr/share/zsh/site-functions",
+};
+
+/// The file tree a package installs, under `root`, from the staged tarball tree: the
+/// binary, the unit (reading the site's flags from `layout.flags`), completions, the man
+/// page and the docs.
+fn package_tree(root: &Path, stage: &Path, layout: &Layout) -> anyhow::Result<()> {
     if root.exists() {
-        fs::remove_dir_all(&root).with_context(|| format!("cannot clear {}", root.display()))?;
+        fs::remove_dir_all(root).with_context(|| format!("cannot clear {}", root.display()))?;
     }
     let put = |from: &Path, to: &str, mode: u32| -> anyhow::Result<()> {
         let dest = root.join(to);
@@ -195,7 +224,7 @@ fn deb(dist: &Path, stage: &Path, version: &str) -> anyhow::Result<PathBuf> {
     )?;
     put(
         &stage.join("completions/_zkconn"),
-        "usr/share/zsh/vendor-completions/_zkconn",
+        &format!("{}/_zkconn", layout.zsh),
         0o644,
     )?;
     put(
@@ -224,8 +253,8 @@ fn deb(dist: &Path, stage: &Path, version: &str) -> anyhow::Result<PathBuf> {
         Command::new("gzip").args(["-9n"]).arg(man.join("zkconn.1")),
         "gzip the man page",
     )?;
-    // The unit as shipped, with the binary where the package puts it and the flags from
-    // /etc/default/zkconn.
+    // The unit as shipped, with the binary where the package puts it and the site's flags
+    // from their own file.
     let unit = fs::read_to_string(stage.join("deploy/zkconn.service"))?;
     let exec = unit
         .lines()
@@ -233,14 +262,29 @@ fn deb(dist: &Path, stage: &Path, version: &str) -> anyhow::Result<PathBuf> {
         .ok_or_else(|| anyhow!("deploy/zkconn.service has no ExecStart="))?;
     let unit = unit.replace(
         exec,
-        "EnvironmentFile=-/etc/default/zkconn\nExecStart=/usr/bin/zkconn daemon $ZKCONN_ARGS",
+        &format!(
+            "EnvironmentFile=-/{}\nExecStart=/usr/bin/zkconn daemon $ZKCONN_ARGS",
+            layout.flags
+        ),
     );
-    let unit_path = root.join("lib/systemd/system/zkconn.service");
+    let unit_path = root.join(layout.units).join("zkconn.service");
     fs::create_dir_all(unit_path.parent().ok_or_else(|| anyhow!("no parent"))?)?;
     fs::write(&unit_path, unit)?;
-    fs::create_dir_all(root.join("etc/default"))?;
-    fs::write(root.join("etc/default/zkconn"), DEFAULTS)?;
+    let flags = root.join(layout.flags);
+    fs::create_dir_all(flags.parent().ok_or_else(|| anyhow!("no parent"))?)?;
+    fs::write(flags, DEFAULTS)?;
+    Ok(())
+}
 
+const DESCRIPTION: &str = "zkconn counts every TCP connection from this host to ZooKeeper in \
+     the kernel (eBPF), per process and per cgroup, names every owner (HBase role, YARN \
+     container, pod, unit) and computes headroom against maxClientCnxns. Statically linked; \
+     the systemd unit is installed but not enabled.";
+
+/// `zkconn_<version>_amd64.deb`, with Debian's own dpkg-deb.
+fn deb(dist: &Path, stage: &Path, version: &str) -> anyhow::Result<PathBuf> {
+    let root = dist.join("deb-root");
+    package_tree(&root, stage, &DEBIAN)?;
     let control = root.join("DEBIAN");
     fs::create_dir_all(&control)?;
     let installed_kib = dir_size(&root)? / 1024;
@@ -249,15 +293,10 @@ fn deb(dist: &Path, stage: &Path, version: &str) -> anyhow::Result<PathBuf> {
         format!(
             "Package: zkconn\nVersion: {version}\nArchitecture: amd64\nMaintainer: zkconn \
              <zkconn@localhost>\nInstalled-Size: {installed_kib}\nSection: admin\nPriority: \
-             optional\nDescription: who holds this \
-             host's ZooKeeper connections\n zkconn counts every TCP connection from this host \
-             to ZooKeeper in the kernel (eBPF), per\n process and per cgroup, names every \
-             owner (HBase role, YARN container, pod,\n unit) and computes headroom against \
-             maxClientCnxns. Statically linked; the\n systemd unit is installed but not \
-             enabled.\n"
+             optional\nDescription: who holds this host's ZooKeeper connections\n {DESCRIPTION}\n"
         ),
     )?;
-    fs::write(control.join("conffiles"), "/etc/default/zkconn\n")?;
+    fs::write(control.join("conffiles"), format!("/{}\n", DEBIAN.flags))?;
     let deb = dist.join(format!("zkconn_{version}_amd64.deb"));
     check(
         Command::new("dpkg-deb")
@@ -267,6 +306,73 @@ fn deb(dist: &Path, stage: &Path, version: &str) -> anyhow::Result<PathBuf> {
         "dpkg-deb --build",
     )?;
     Ok(deb)
+}
+
+/// `zkconn-<version>-1.x86_64.rpm`, with rpmbuild (Debian's `rpm`): the same files in the
+/// places RPM distributions use, the flags file `%config(noreplace)`, no scriptlets.
+fn rpm(dist: &Path, stage: &Path, version: &str) -> anyhow::Result<PathBuf> {
+    let tree = dist.join("rpm-root");
+    package_tree(&tree, stage, &RPM)?;
+    let top = dist.join("rpmbuild");
+    if top.exists() {
+        fs::remove_dir_all(&top)?;
+    }
+    fs::create_dir_all(&top)?;
+    let mut files = Vec::new();
+    list_files(&tree, &tree, &mut files)?;
+    files.sort();
+    let listed: Vec<String> = files
+        .iter()
+        .map(|f| {
+            if f == RPM.flags {
+                format!("%config(noreplace) /{f}")
+            } else if f.starts_with("usr/share/doc/") {
+                format!("%doc /{f}")
+            } else {
+                format!("/{f}")
+            }
+        })
+        .collect();
+    let spec = top.join("zkconn.spec");
+    fs::write(
+        &spec,
+        format!(
+            "Name: zkconn\nVersion: {version}\nRelease: 1\nSummary: who holds this host's \
+             ZooKeeper connections\nLicense: Apache-2.0\nBuildArch: x86_64\nAutoReqProv: no\n\
+             \n%description\n{DESCRIPTION}\n\n%install\ncp -a {}/. %{{buildroot}}/\n\n\
+             %files\n{}\n",
+            tree.display(),
+            listed.join("\n")
+        ),
+    )?;
+    check(
+        Command::new("rpmbuild")
+            .arg("-bb")
+            .arg("--define")
+            .arg(format!("_topdir {}", top.display()))
+            .args(["--define", "_build_id_links none"])
+            .args(["--define", "__strip /bin/true"])
+            .arg(&spec),
+        "rpmbuild",
+    )?;
+    let built = top.join(format!("RPMS/x86_64/zkconn-{version}-1.x86_64.rpm"));
+    let rpm = dist.join(format!("zkconn-{version}-1.x86_64.rpm"));
+    fs::copy(&built, &rpm).with_context(|| format!("rpmbuild left no {}", built.display()))?;
+    Ok(rpm)
+}
+
+/// Paths of the files under `dir`, relative to `base`.
+fn list_files(base: &Path, dir: &Path, out: &mut Vec<String>) -> anyhow::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            list_files(base, &path, out)?;
+        } else {
+            let rel = path.strip_prefix(base)?;
+            out.push(rel.to_string_lossy().into_owned());
+        }
+    }
+    Ok(())
 }
 
 fn dir_size(dir: &Path) -> anyhow::Result<u64> {
@@ -283,8 +389,8 @@ fn dir_size(dir: &Path) -> anyhow::Result<u64> {
     Ok(total)
 }
 
-/// What checking the .deb needs from Debian.
-pub const DEBIAN_PACKAGES: &[&str] = &["debootstrap"];
+/// What building the .rpm and checking the packages need from Debian.
+pub const DEBIAN_PACKAGES: &[&str] = &["debootstrap", "rpm"];
 
 /// Mounts made for the check, undone in reverse order however it ends.
 struct Mounts(Vec<PathBuf>);
@@ -297,11 +403,93 @@ impl Drop for Mounts {
     }
 }
 
+/// Builds the artifacts and checks both packages.
+pub fn check_packages(root: &Path) -> anyhow::Result<()> {
+    run(root)?;
+    check_deb(root)?;
+    check_rpm(root)
+}
+
+/// The .rpm: its file list is the tree it was built from, it has no scriptlets, and rpm
+/// installs it into a scratch root and erases it cleanly.
+fn check_rpm(root: &Path) -> anyhow::Result<()> {
+    let dist = root.join("target/dist");
+    let rpm = fs::read_dir(&dist)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|e| e == "rpm"))
+        .ok_or_else(|| anyhow!("cargo xtask dist left no .rpm in {}", dist.display()))?;
+    let listed = output(Command::new("rpm").arg("-qpl").arg(&rpm))
+        .ok_or_else(|| anyhow!("rpm -qpl {} failed", rpm.display()))?;
+    let mut expected = Vec::new();
+    list_files(
+        &dist.join("rpm-root"),
+        &dist.join("rpm-root"),
+        &mut expected,
+    )?;
+    let mut listed: Vec<&str> = listed.lines().map(|l| l.trim_start_matches('/')).collect();
+    listed.sort_unstable();
+    expected.sort();
+    if listed != expected {
+        bail!("the .rpm lists {listed:?}, not the files it was built from ({expected:?})");
+    }
+    let scripts =
+        output(Command::new("rpm").args(["-qp", "--scripts"]).arg(&rpm)).unwrap_or_default();
+    if !scripts.trim().is_empty() {
+        bail!("the .rpm has scriptlets: {scripts}");
+    }
+    let scratch = root.join("target/deb-test/rpm-root");
+    if scratch.exists() {
+        fs::remove_dir_all(&scratch)?;
+    }
+    fs::create_dir_all(&scratch)?;
+    check(
+        Command::new("rpm")
+            .arg("--root")
+            .arg(&scratch)
+            .arg("--initdb"),
+        "rpm --initdb",
+    )?;
+    check(
+        Command::new("rpm")
+            .arg("--root")
+            .arg(&scratch)
+            .args(["-i", "--nodeps"])
+            .arg(&rpm),
+        "rpm -i into a scratch root",
+    )?;
+    for file in [
+        "usr/bin/zkconn",
+        "usr/lib/systemd/system/zkconn.service",
+        "etc/sysconfig/zkconn",
+    ] {
+        if !scratch.join(file).exists() {
+            bail!("the .rpm did not install /{file}");
+        }
+    }
+    let out = Command::new(scratch.join("usr/bin/zkconn"))
+        .arg("--version")
+        .output()?;
+    if !out.status.success() {
+        bail!("the .rpm's zkconn does not run");
+    }
+    check(
+        Command::new("rpm")
+            .arg("--root")
+            .arg(&scratch)
+            .args(["-e", "zkconn"]),
+        "rpm -e in the scratch root",
+    )?;
+    if scratch.join("usr/bin/zkconn").exists() || scratch.join("etc/sysconfig/zkconn").exists() {
+        bail!("rpm -e left zkconn's files behind");
+    }
+    eprintln!("xtask: the .rpm lists its files, has no scriptlets, installs and erases cleanly");
+    Ok(())
+}
+
 /// The .deb in a Debian 11 root made with debootstrap (kept under `target/deb-test/`): it
 /// installs, leaves the unit installed but not enabled, runs `zkconn snapshot --json` there
 /// (the static binary on an older glibc), and removes and purges cleanly.
-pub fn check_deb(root: &Path) -> anyhow::Result<()> {
-    run(root)?;
+fn check_deb(root: &Path) -> anyhow::Result<()> {
     let dist = root.join("target/dist");
     let deb = fs::read_dir(&dist)?
         .filter_map(|e| e.ok().map(|e| e.path()))

@@ -60,10 +60,10 @@ enum Task {
     },
     /// Set up (plus the Rust musl target), then write target/dist/: a statically linked
     /// zkconn in a tarball with its docs, unit, rules, dashboard, completions and man page,
-    /// a .deb, and SHA256SUMS.
+    /// a .deb, an .rpm, and SHA256SUMS.
     Dist {
-        /// Also install, run and remove the .deb in a Debian 11 root (debootstrap), as
-        /// `cargo xtask test` does.
+        /// Also install, run and remove the .deb in a Debian 11 root (debootstrap) and the
+        /// .rpm in a scratch root, as `cargo xtask test` does.
         #[arg(long)]
         check: bool,
     },
@@ -144,14 +144,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             build(&root)?;
             vm::run(&root, &kernels, vm::Doc::Write)
         }
-        Task::Dist { check: false } => {
-            setup()?;
-            dist::run(&root)
-        }
-        Task::Dist { check: true } => {
+        Task::Dist { check } => {
             setup()?;
             install_debian(dist::DEBIAN_PACKAGES)?;
-            dist::check_deb(&root)
+            if check {
+                dist::check_packages(&root)
+            } else {
+                dist::run(&root)
+            }
         }
         Task::Test { unit_only, args } => {
             setup()?;
@@ -462,9 +462,9 @@ fn test(root: &Path, unit_only: bool, args: &[OsString]) -> anyhow::Result<()> {
     );
     install_debian(vm::DEBIAN_PACKAGES)?;
     vm::run(root, &[], vm::Doc::Leave)?;
-    println!("== the .deb of cargo xtask dist in a Debian 11 root");
+    println!("== the packages of cargo xtask dist: the .deb in a Debian 11 root, the .rpm");
     install_debian(dist::DEBIAN_PACKAGES)?;
-    dist::check_deb(root)
+    dist::check_packages(root)
 }
 
 const ALL_TESTS: &[&str] = &[

@@ -42,8 +42,14 @@ fn commit(manifest_dir: &str) {
         .filter(|s| !s.is_empty());
     let text = describe.map_or_else(|| "unknown commit".to_owned(), |d| format!("commit {d}"));
     println!("cargo:rustc-env=ZKCONN_COMMIT={text}");
-    // A new commit moves HEAD's branch and rewrites the index.
-    for path in ["../.git/HEAD", "../.git/index"] {
+    // A new commit moves HEAD's branch and rewrites the index; an edit makes the tree
+    // dirty, which `git describe --dirty` must see.
+    for path in [
+        "../.git/HEAD",
+        "../.git/index",
+        "src",
+        "../zkconn-common/src",
+    ] {
         println!("cargo:rerun-if-changed={path}");
     }
 }

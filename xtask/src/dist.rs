@@ -124,8 +124,22 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
             .ok_or_else(|| anyhow!("zkconn completions {shell} failed"))?;
         fs::write(stage.join("completions").join(file), script)?;
     }
-    let man = output(Command::new(&bin).arg("man")).ok_or_else(|| anyhow!("zkconn man failed"))?;
-    fs::write(stage.join("man/zkconn.1"), man)?;
+    check(
+        Command::new(&bin)
+            .args(["man", "--dir"])
+            .arg(stage.join("man")),
+        "zkconn man --dir",
+    )?;
+    // The README links these.
+    fs::create_dir_all(stage.join("docs"))?;
+    for entry in fs::read_dir(root.join("docs"))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "md")
+            && let Some(name) = path.file_name()
+        {
+            fs::copy(&path, stage.join("docs").join(name))?;
+        }
+    }
 
     let deb = deb(&dist, &stage, &version)?;
     let rpm = rpm(&dist, &stage, &version)?;
@@ -232,27 +246,40 @@ fn package_tree(root: &Path, stage: &Path, layout: &Layout) -> anyhow::Result<()
         "usr/share/fish/vendor_completions.d/zkconn.fish",
         0o644,
     )?;
+    // The rules and the dashboard are data, not documentation: `--excludedocs` keeps them.
     for (file, to) in [
         ("README.md", "usr/share/doc/zkconn/README.md"),
         ("LICENSE", "usr/share/doc/zkconn/copyright"),
         (
             "deploy/prometheus/zkconn.rules.yml",
-            "usr/share/doc/zkconn/prometheus/zkconn.rules.yml",
+            "usr/share/zkconn/prometheus/zkconn.rules.yml",
         ),
         (
             "deploy/grafana/zkconn-fleet.json",
-            "usr/share/doc/zkconn/grafana/zkconn-fleet.json",
+            "usr/share/zkconn/grafana/zkconn-fleet.json",
         ),
     ] {
         put(&stage.join(file), to, 0o644)?;
     }
+    for entry in fs::read_dir(stage.join("docs"))? {
+        let path = entry?.path();
+        if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
+            put(&path, &format!("usr/share/doc/zkconn/docs/{name}"), 0o644)?;
+        }
+    }
     let man = root.join("usr/share/man/man1");
     fs::create_dir_all(&man)?;
-    fs::copy(stage.join("man/zkconn.1"), man.join("zkconn.1"))?;
-    check(
-        Command::new("gzip").args(["-9n"]).arg(man.join("zkconn.1")),
-        "gzip the man page",
-    )?;
+    for entry in fs::read_dir(stage.join("man"))? {
+        let path = entry?.path();
+        let Some(name) = path.file_name() else {
+            continue;
+        };
+        fs::copy(&path, man.join(name))?;
+        check(
+            Command::new("gzip").args(["-9n"]).arg(man.join(name)),
+            "gzip a man page",
+        )?;
+    }
     // The unit as shipped, with the binary where the package puts it and the site's flags
     // from their own file.
     let unit = fs::read_to_string(stage.join("deploy/zkconn.service"))?;
@@ -260,13 +287,27 @@ fn package_tree(root: &Path, stage: &Path, layout: &Layout) -> anyhow::Result<()
         .lines()
         .find(|l| l.starts_with("ExecStart="))
         .ok_or_else(|| anyhow!("deploy/zkconn.service has no ExecStart="))?;
-    let unit = unit.replace(
-        exec,
-        &format!(
-            "EnvironmentFile=-/{}\nExecStart=/usr/bin/zkconn daemon $ZKCONN_ARGS",
-            layout.flags
-        ),
-    );
+    let unit = unit
+        .replace(
+            exec,
+            &format!(
+                "EnvironmentFile=-/{}\nExecStart=/usr/bin/zkconn daemon $ZKCONN_ARGS",
+                layout.flags
+            ),
+        )
+        .replace(
+            "# Edit the targets for the site: --zoo-cfg, or --zk with the ensemble's connect \
+             string.",
+            &format!(
+                "# The site's flags (--zoo-cfg, or --zk with the ensemble's connect string) are \
+                 in /{}.",
+                layout.flags
+            ),
+        )
+        .replace(
+            "Capabilities: docs/fleet.md.",
+            "Capabilities: /usr/share/doc/zkconn/docs/fleet.md.",
+        );
     let unit_path = root.join(layout.units).join("zkconn.service");
     fs::create_dir_all(unit_path.parent().ok_or_else(|| anyhow!("no parent"))?)?;
     fs::write(&unit_path, unit)?;
@@ -281,6 +322,62 @@ const DESCRIPTION: &str = "zkconn counts every TCP connection from this host to 
      container, pod, unit) and computes headroom against maxClientCnxns. Statically linked; \
      the systemd unit is installed but not enabled.";
 
+/// Maintainer scripts: never start or enable zkconn, stop it on removal, restart a running
+/// one on upgrade, and forget the operator's `enable` on purge. Only where systemd runs.
+const DEB_POSTINST: &str = "#!/bin/sh
+set -e
+if [ \"$1\" = configure ] && [ -d /run/systemd/system ]; then
+    systemctl daemon-reload || true
+    # An upgrade restarts a running zkconn on the new binary; a first install starts nothing.
+    if [ -n \"$2\" ]; then systemctl try-restart zkconn.service || true; fi
+fi
+";
+const DEB_PRERM: &str = "#!/bin/sh
+set -e
+if [ \"$1\" = remove ] && [ -d /run/systemd/system ]; then
+    systemctl stop zkconn.service || true
+fi
+";
+const DEB_POSTRM: &str = "#!/bin/sh
+set -e
+if [ \"$1\" = purge ]; then
+    rm -f /etc/systemd/system/multi-user.target.wants/zkconn.service
+fi
+if [ -d /run/systemd/system ]; then systemctl daemon-reload || true; fi
+";
+const RPM_SCRIPTS: &str = "%post
+if [ -d /run/systemd/system ]; then systemctl daemon-reload || true; fi
+
+%preun
+if [ $1 -eq 0 ]; then
+    if [ -d /run/systemd/system ]; then
+        systemctl --no-reload disable --now zkconn.service || true
+    fi
+    rm -f /etc/systemd/system/multi-user.target.wants/zkconn.service
+fi
+
+%postun
+if [ -d /run/systemd/system ]; then
+    systemctl daemon-reload || true
+    if [ $1 -ge 1 ]; then systemctl try-restart zkconn.service || true; fi
+fi
+";
+
+/// `text` in lines of at most `width` characters, broken at spaces.
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    for word in text.split_whitespace() {
+        match lines.last_mut() {
+            Some(line) if line.len() + 1 + word.len() <= width => {
+                line.push(' ');
+                line.push_str(word);
+            }
+            _ => lines.push(word.to_owned()),
+        }
+    }
+    lines
+}
+
 /// `zkconn_<version>_amd64.deb`, with Debian's own dpkg-deb.
 fn deb(dist: &Path, stage: &Path, version: &str) -> anyhow::Result<PathBuf> {
     let root = dist.join("deb-root");
@@ -293,10 +390,31 @@ fn deb(dist: &Path, stage: &Path, version: &str) -> anyhow::Result<PathBuf> {
         format!(
             "Package: zkconn\nVersion: {version}\nArchitecture: amd64\nMaintainer: zkconn \
              <zkconn@localhost>\nInstalled-Size: {installed_kib}\nSection: admin\nPriority: \
-             optional\nDescription: who holds this host's ZooKeeper connections\n {DESCRIPTION}\n"
+             optional\nDescription: who holds this host's ZooKeeper connections\n{}\n",
+            wrap(DESCRIPTION, 72)
+                .iter()
+                .map(|l| format!(" {l}"))
+                .collect::<Vec<_>>()
+                .join("\n")
         ),
     )?;
     fs::write(control.join("conffiles"), format!("/{}\n", DEBIAN.flags))?;
+    let mut files = Vec::new();
+    list_files(&root, &root, &mut files)?;
+    files.retain(|f| !f.starts_with("DEBIAN/"));
+    files.sort();
+    let sums = output(Command::new("md5sum").current_dir(&root).args(&files))
+        .ok_or_else(|| anyhow!("md5sum failed"))?;
+    fs::write(control.join("md5sums"), sums)?;
+    for (script, text) in [
+        ("postinst", DEB_POSTINST),
+        ("prerm", DEB_PRERM),
+        ("postrm", DEB_POSTRM),
+    ] {
+        let path = control.join(script);
+        fs::write(&path, text)?;
+        fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    }
     let deb = dist.join(format!("zkconn_{version}_amd64.deb"));
     check(
         Command::new("dpkg-deb")
@@ -307,6 +425,15 @@ fn deb(dist: &Path, stage: &Path, version: &str) -> anyhow::Result<PathBuf> {
     )?;
     Ok(deb)
 }
+
+/// The directories that are zkconn's own in the .rpm, so erasing removes them.
+const RPM_DIRS: [&str; 5] = [
+    "usr/share/doc/zkconn",
+    "usr/share/doc/zkconn/docs",
+    "usr/share/zkconn",
+    "usr/share/zkconn/prometheus",
+    "usr/share/zkconn/grafana",
+];
 
 /// `zkconn-<version>-1.x86_64.rpm`, with rpmbuild (Debian's `rpm`): the same files in the
 /// places RPM distributions use, the flags file `%config(noreplace)`, no scriptlets.
@@ -321,11 +448,13 @@ fn rpm(dist: &Path, stage: &Path, version: &str) -> anyhow::Result<PathBuf> {
     let mut files = Vec::new();
     list_files(&tree, &tree, &mut files)?;
     files.sort();
-    let listed: Vec<String> = files
+    let mut listed: Vec<String> = files
         .iter()
         .map(|f| {
             if f == RPM.flags {
                 format!("%config(noreplace) /{f}")
+            } else if f == "usr/share/doc/zkconn/copyright" {
+                format!("%license /{f}")
             } else if f.starts_with("usr/share/doc/") {
                 format!("%doc /{f}")
             } else {
@@ -333,14 +462,18 @@ fn rpm(dist: &Path, stage: &Path, version: &str) -> anyhow::Result<PathBuf> {
             }
         })
         .collect();
+    for dir in RPM_DIRS {
+        listed.push(format!("%dir /{dir}"));
+    }
     let spec = top.join("zkconn.spec");
     fs::write(
         &spec,
         format!(
             "Name: zkconn\nVersion: {version}\nRelease: 1\nSummary: who holds this host's \
              ZooKeeper connections\nLicense: Apache-2.0\nBuildArch: x86_64\nAutoReqProv: no\n\
-             \n%description\n{DESCRIPTION}\n\n%install\ncp -a {}/. %{{buildroot}}/\n\n\
+             \n%description\n{}\n\n%install\ncp -a {}/. %{{buildroot}}/\n\n{RPM_SCRIPTS}\n\
              %files\n{}\n",
+            wrap(DESCRIPTION, 72).join("\n"),
             tree.display(),
             listed.join("\n")
         ),
@@ -420,7 +553,7 @@ fn check_rpm(root: &Path) -> anyhow::Result<()> {
         .ok_or_else(|| anyhow!("cargo xtask dist left no .rpm in {}", dist.display()))?;
     let listed = output(Command::new("rpm").arg("-qpl").arg(&rpm))
         .ok_or_else(|| anyhow!("rpm -qpl {} failed", rpm.display()))?;
-    let mut expected = Vec::new();
+    let mut expected: Vec<String> = RPM_DIRS.iter().map(|d| (*d).to_owned()).collect();
     list_files(
         &dist.join("rpm-root"),
         &dist.join("rpm-root"),
@@ -434,8 +567,21 @@ fn check_rpm(root: &Path) -> anyhow::Result<()> {
     }
     let scripts =
         output(Command::new("rpm").args(["-qp", "--scripts"]).arg(&rpm)).unwrap_or_default();
-    if !scripts.trim().is_empty() {
-        bail!("the .rpm has scriptlets: {scripts}");
+    for (when, does) in [
+        ("preuninstall", "disable --now zkconn.service"),
+        (
+            "preuninstall",
+            "rm -f /etc/systemd/system/multi-user.target.wants/zkconn.service",
+        ),
+        ("postuninstall", "try-restart zkconn.service"),
+        ("postinstall", "daemon-reload"),
+    ] {
+        if !scripts.contains(&format!("{when} scriptlet")) || !scripts.contains(does) {
+            bail!("the .rpm's {when} scriptlet lacks `{does}`: {scripts}");
+        }
+    }
+    if scripts.contains("enable ") || scripts.contains("systemctl start") {
+        bail!("the .rpm's scriptlets enable or start zkconn: {scripts}");
     }
     let scratch = root.join("target/deb-test/rpm-root");
     if scratch.exists() {
@@ -453,7 +599,8 @@ fn check_rpm(root: &Path) -> anyhow::Result<()> {
         Command::new("rpm")
             .arg("--root")
             .arg(&scratch)
-            .args(["-i", "--nodeps"])
+            // The scratch root has no shell for the scriptlets; they are checked above.
+            .args(["-i", "--nodeps", "--noscripts"])
             .arg(&rpm),
         "rpm -i into a scratch root",
     )?;
@@ -476,13 +623,23 @@ fn check_rpm(root: &Path) -> anyhow::Result<()> {
         Command::new("rpm")
             .arg("--root")
             .arg(&scratch)
-            .args(["-e", "zkconn"]),
+            .args(["-e", "--noscripts", "zkconn"]),
         "rpm -e in the scratch root",
     )?;
-    if scratch.join("usr/bin/zkconn").exists() || scratch.join("etc/sysconfig/zkconn").exists() {
-        bail!("rpm -e left zkconn's files behind");
+    for left in [
+        "usr/bin/zkconn",
+        "etc/sysconfig/zkconn",
+        "usr/share/doc/zkconn",
+        "usr/share/zkconn",
+    ] {
+        if scratch.join(left).exists() {
+            bail!("rpm -e left /{left} behind");
+        }
     }
-    eprintln!("xtask: the .rpm lists its files, has no scriptlets, installs and erases cleanly");
+    eprintln!(
+        "xtask: the .rpm lists its files and directories, its scriptlets stop, disable and \
+         restart but never enable, and it installs and erases cleanly"
+    );
     Ok(())
 }
 
@@ -550,7 +707,10 @@ fn check_deb(root: &Path) -> anyhow::Result<()> {
         "lib/systemd/system/zkconn.service",
         "etc/default/zkconn",
         "usr/share/man/man1/zkconn.1.gz",
+        "usr/share/man/man1/zkconn-daemon.1.gz",
         "usr/share/bash-completion/completions/zkconn",
+        "usr/share/doc/zkconn/docs/fleet.md",
+        "usr/share/zkconn/prometheus/zkconn.rules.yml",
     ] {
         if !chroot.join(file).exists() {
             bail!("the .deb did not install /{file}");
@@ -606,12 +766,22 @@ fn check_deb(root: &Path) -> anyhow::Result<()> {
     if chroot.join("usr/bin/zkconn").exists() || !chroot.join("etc/default/zkconn").exists() {
         bail!("dpkg -r must remove the binary and keep the site's /etc/default/zkconn");
     }
+    // What `systemctl enable zkconn` leaves (there is no systemd in this root): purging
+    // must take it away, or a later install would come up enabled.
+    let wants = chroot.join("etc/systemd/system/multi-user.target.wants");
+    fs::create_dir_all(&wants)?;
+    let link = wants.join("zkconn.service");
+    let _ = fs::remove_file(&link);
+    std::os::unix::fs::symlink("/lib/systemd/system/zkconn.service", &link)?;
     check(
         &mut inside(&["dpkg", "-P", "zkconn"]),
         "dpkg -P in Debian 11",
     )?;
     if chroot.join("etc/default/zkconn").exists() {
         bail!("dpkg -P left /etc/default/zkconn");
+    }
+    if fs::symlink_metadata(&link).is_ok() {
+        bail!("dpkg -P left zkconn enabled (multi-user.target.wants/zkconn.service)");
     }
     drop(mounts);
     eprintln!("xtask: the .deb installs, runs and is removed cleanly in Debian 11");

@@ -65,9 +65,14 @@ pub enum Command {
         #[arg(value_enum)]
         shell: Shell,
     },
-    /// Print the manual page (roff) to standard output.
+    /// Print the manual page (roff) to standard output, or write a page per command into
+    /// --dir.
     #[command(hide = true)]
-    Man,
+    Man {
+        /// Write zkconn.1 and zkconn-COMMAND.1 for every command here.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 /// The shells `zkconn completions` writes for.

@@ -127,12 +127,27 @@ fn run(cli: Cli, logs: tui::LogBuffer) -> anyhow::Result<()> {
             out.flush()?;
             Ok(())
         }
-        Some(Command::Man) => {
+        Some(Command::Man { dir: None }) => {
             let cmd = <Cli as clap::CommandFactory>::command();
             let mut out = std::io::stdout().lock();
             clap_mangen::Man::new(cmd).render(&mut out)?;
             out.flush()?;
             Ok(())
+        }
+        Some(Command::Man { dir: Some(dir) }) => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            let page = |path: std::path::PathBuf, man: clap_mangen::Man| -> anyhow::Result<()> {
+                let mut text = Vec::new();
+                man.render(&mut text)?;
+                std::fs::write(&path, text)
+                    .with_context(|| format!("cannot write {}", path.display()))
+            };
+            for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+                let name = format!("zkconn-{}", sub.get_name());
+                let sub = sub.clone().display_name(name.clone());
+                page(dir.join(format!("{name}.1")), clap_mangen::Man::new(sub))?;
+            }
+            page(dir.join("zkconn.1"), clap_mangen::Man::new(cmd))
         }
         Some(Command::Check(_)) | None => unreachable!("handled in main"),
     }

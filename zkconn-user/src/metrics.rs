@@ -1,5 +1,7 @@
 //! The Prometheus exposition of a snapshot (docs/metrics.md), through the
-//! `prometheus-client` library: names, types and escaping are the library's.
+//! `prometheus-client` library: names and types are the library's. Label values are
+//! escaped here ([`label_value`]): the library writes them as given, and owner labels come
+//! from process names and command lines that any local user chooses.
 //!
 //! Owns: which metrics exist and their labels, and keeping label cardinality bounded: per
 //! owner only the `top` largest (by open connections, then opened) keep their own series,
@@ -40,6 +42,23 @@ struct ActionLabels {
 }
 
 type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// `text` as an OpenMetrics label value: backslash, double quote and line feed escaped as
+/// the format requires, any other control character (a terminal escape in a process name)
+/// replaced by U+FFFD. A value can then neither end its label nor start a line of its own.
+fn label_value(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c if c.is_control() => out.push('\u{fffd}'),
+            c => out.push(c),
+        }
+    }
+    out
+}
 
 /// Per-owner sums.
 #[derive(Clone, Copy, Default)]
@@ -164,10 +183,10 @@ fn owners(registry: &mut Registry, snap: &Snapshot, top: usize) {
     let mut sums: BTreeMap<OwnerLabels, OwnerSums> = BTreeMap::new();
     for p in &snap.rows.processes {
         let l = OwnerLabels {
-            owner: p.who.label.clone(),
+            owner: label_value(&p.who.label),
             kind: p.who.kind.to_string(),
-            service: p.who.service.clone(),
-            yarn_application: p.who.yarn_application.clone().unwrap_or_default(),
+            service: label_value(&p.who.service),
+            yarn_application: label_value(p.who.yarn_application.as_deref().unwrap_or_default()),
         };
         let s = sums.entry(l).or_default();
         s.open += p.states.open;
@@ -371,6 +390,29 @@ mod tests {
             processes,
             ..Rows::default()
         })
+    }
+
+    #[test]
+    fn a_hostile_process_name_cannot_forge_a_series_or_break_a_label() {
+        let mut s = snap(1);
+        let hostile = "ev\x1b[2Jil\nzkconn_fake{x=\"1\"} 99\n\\.py";
+        s.rows.processes[0].who.label = hostile.to_owned();
+        s.rows.processes[0].who.service = hostile.to_owned();
+        let text = render(&s, 20).unwrap();
+        assert!(
+            !text.lines().any(|l| l.starts_with("zkconn_fake")),
+            "a forged series: {text}"
+        );
+        assert!(!text.contains('\x1b'), "a terminal escape: {text}");
+        let line = lines_of(&text, "zkconn_owner_open_connections")
+            .into_iter()
+            .find(|l| l.contains("ev"))
+            .unwrap();
+        assert!(
+            line.contains("owner=\"ev\u{fffd}[2Jil\\nzkconn_fake{x=\\\"1\\\"} 99\\n\\\\.py\""),
+            "{line}"
+        );
+        assert_eq!(label_value("plain"), "plain");
     }
 
     fn lines_of<'a>(text: &'a str, name: &str) -> Vec<&'a str> {

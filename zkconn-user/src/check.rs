@@ -51,6 +51,8 @@ pub fn verdict(snap: &Snapshot) -> (Alarm, String) {
             snap.probe.lost, snap.probe.overflow
         );
     }
+    // One line, as monitoring systems read it, whatever a process named itself.
+    let text = crate::output::printable(&text);
     let line = format!("ZKCONN {} - {text} | {}", status.as_str(), perfdata(snap));
     (status, line)
 }
@@ -193,6 +195,31 @@ mod tests {
             "{line}"
         );
         assert!(line.contains("'rejected 10.0.0.2:2181 from 10.0.0.9'=3c"));
+    }
+
+    #[test]
+    fn a_hostile_process_name_cannot_split_the_status_line() {
+        let mut crit = server(5, 5, Alarm::Critical);
+        crit.server = "10.0.0.2:2181".into();
+        let mut s = snap(vec![crit]);
+        s.rows.processes = vec![ProcessRow {
+            who: crate::attribution::Attribution {
+                label: "ev\x1b[2Jil\nZKCONN OK - all fine | x=1".into(),
+                ..Default::default()
+            },
+            servers: vec![ServerOpen {
+                server: "10.0.0.2:2181".into(),
+                open: 5,
+            }],
+            ..ProcessRow::for_test(9)
+        }];
+        let (_, line) = verdict(&s);
+        assert_eq!(line.lines().count(), 1, "{line}");
+        assert!(!line.contains('\x1b'), "{line}");
+        assert!(
+            line.contains("top holder: ev\u{fffd}[2Jil\\nZKCONN OK - all fine | x=1 pid 9"),
+            "{line}"
+        );
     }
 
     #[test]

@@ -12,7 +12,32 @@ pub fn json(out: &mut impl Write, snapshot: &Snapshot) -> io::Result<()> {
     writeln!(out)
 }
 
+/// `text` safe to print on a terminal and on one line: a line feed or tab shows as `\n` or
+/// `\t`, any other control character (a terminal escape in a process name, which any local
+/// user chooses) as U+FFFD.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push('\u{fffd}'),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 fn table(out: &mut impl Write, header: &[&str], rows: &[Vec<String>]) -> io::Result<()> {
+    // Cells carry process names and command lines: never a raw control character.
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| row.iter().map(|c| printable(c).into_owned()).collect())
+        .collect();
+    let rows = rows.as_slice();
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -280,6 +305,22 @@ pub fn text(out: &mut impl Write, s: &Snapshot) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn control_characters_never_reach_the_terminal() {
+        assert_eq!(printable("plain"), "plain");
+        assert_eq!(printable("a\nb\tc\x1b[2J"), "a\\nb\\tc\u{fffd}[2J");
+        let mut out = Vec::new();
+        table(
+            &mut out,
+            &["OWNER", "OPEN"],
+            &[vec!["ev\x1b[2Jil\nfake row".to_owned(), "1".to_owned()]],
+        )
+        .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert!(!text.contains('\x1b'), "{text}");
+    }
+
     use rstest::rstest;
 
     use super::*;

@@ -12,12 +12,12 @@
 
 use std::collections::{HashMap, HashSet};
 
-use zkconn_common::{COMM_LEN, Conn, Counters, Owner, OwnerKey, ServerKey, Tuple, conn_flags};
+use zkconn_common::{Conn, Counters, Owner, OwnerKey, ServerKey, Tuple, conn_flags};
 
 use crate::{
     probe::KernelState,
     procfs::{CgroupPaths, Procfs},
-    seed::{now_boot_ns, tuple_of},
+    seed::{now_boot_ns, owner_record, tuple_of},
     sockdiag::{Tables, is_live_state},
     targets::Targets,
 };
@@ -245,21 +245,9 @@ impl Poller {
                 return None;
             }
         };
-        let cgroup_id = info.cgroup_v2().and_then(|p| cgroups.id_of(p)).unwrap_or(0);
-        let mut comm = [0u8; COMM_LEN];
-        for (dst, src) in comm.iter_mut().zip(info.comm.bytes().take(COMM_LEN - 1)) {
-            *dst = src;
-        }
-        self.owners.insert(
-            pid,
-            Owner {
-                birth_ns: info.start_ns,
-                cgroup_id,
-                uid: info.uid,
-                gid: 0,
-                comm,
-            },
-        );
+        let record = owner_record(&info, cgroups);
+        let cgroup_id = record.cgroup_id;
+        self.owners.insert(pid, record);
         Some((
             OwnerKey {
                 tgid: pid,

@@ -111,6 +111,22 @@ pub fn holders(
     (out, report.unreadable)
 }
 
+/// What the kernel records of a process at its first connect ([`Owner`]), from what `/proc`
+/// said of it: for processes found by seeding, drift repair or the poll hook.
+pub fn owner_record(info: &ProcInfo, cgroups: &CgroupPaths) -> Owner {
+    let mut comm = [0u8; COMM_LEN];
+    for (dst, src) in comm.iter_mut().zip(info.comm.bytes().take(COMM_LEN - 1)) {
+        *dst = src;
+    }
+    Owner {
+        birth_ns: info.start_ns,
+        cgroup_id: info.cgroup_v2().and_then(|p| cgroups.id_of(p)).unwrap_or(0),
+        uid: info.uid,
+        gid: 0,
+        comm,
+    }
+}
+
 /// Set when the kernel programs read CLOCK_MONOTONIC (`--fallback monotonic-clock`, or a
 /// kernel before 5.8): userspace then reads the same clock.
 static MONOTONIC: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -298,23 +314,9 @@ pub fn insert_seeds(
                 Some(o) => Some(*o),
                 None => match procfs.process(pid) {
                     Ok(info) => {
-                        let cgroup_id =
-                            info.cgroup_v2().and_then(|p| cgroups.id_of(p)).unwrap_or(0);
-                        let mut comm = [0u8; COMM_LEN];
-                        for (dst, src) in comm.iter_mut().zip(info.comm.bytes().take(COMM_LEN - 1))
-                        {
-                            *dst = src;
-                        }
-                        let key = probe.insert_owner(
-                            pid,
-                            Owner {
-                                birth_ns: info.start_ns,
-                                cgroup_id,
-                                uid: info.uid,
-                                gid: 0,
-                                comm,
-                            },
-                        )?;
+                        let record = owner_record(&info, cgroups);
+                        let cgroup_id = record.cgroup_id;
+                        let key = probe.insert_owner(pid, record)?;
                         let uid = info.uid;
                         owners.insert(pid, (key, cgroup_id, uid));
                         report.infos.insert(key, info);

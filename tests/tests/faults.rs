@@ -71,3 +71,63 @@ fn a_zookeeper_restart_under_500_clients_is_counted_and_ends_exact() -> Result<(
     assert_eq!(snap["probe"]["overflow"], 0);
     Ok(())
 }
+
+/// Events a full buffer cannot take are counted, never dropped silently, through either
+/// buffer: zkconn is stopped (as on a host too loaded to schedule it) with the smallest
+/// buffers while 100 one-connection processes come and go, each one a new-process event.
+/// The counts stay exact (they live in maps, not events) and every event either arrived or
+/// is in `lost`.
+#[test]
+fn events_a_full_buffer_cannot_take_are_counted_as_lost() -> Result<()> {
+    for fallback in [None, Some("perf-buffer")] {
+        let listener = std::net::TcpListener::bind((fresh_ipv4(), 2181))?;
+        let addr = listener.local_addr()?;
+        // Each connection is read to its end and closed, so every client's socket ends.
+        thread::spawn(move || {
+            while let Ok((mut s, _)) = listener.accept() {
+                thread::spawn(move || std::io::copy(&mut s, &mut std::io::sink()));
+            }
+        });
+        let target = addr.to_string();
+        let mut args = vec!["--zk", target.as_str(), "--ring-buffer-kib", "4"];
+        if let Some(f) = fallback {
+            args.extend(["--fallback", f]);
+        }
+        let mut z = Zkconn::start(&args)?;
+        z.signal(libc::SIGSTOP);
+        for _ in 0..100 {
+            let mut client = integration_tests::RawClient {
+                exit_after: Some(Duration::ZERO),
+                ..integration_tests::RawClient::new(addr, 1)
+            }
+            .spawn()?;
+            client.wait_exit(Duration::from_secs(5))?;
+        }
+        z.signal(libc::SIGCONT);
+        wait_settled(addr)?;
+        let snap = z.finish()?;
+        let probe = &snap["probe"];
+        let path = fallback.unwrap_or("ring-buffer");
+        assert_eq!(probe["events"], path, "{probe:#}");
+        let server = server_row(&snap, addr)?;
+        assert_eq!(
+            [field(server, "opened")?, field(server, "closed")?],
+            [100, 100],
+            "{path}: {server:#}"
+        );
+        let lost = probe["lost_detail"]["events"].as_u64().unwrap_or(0);
+        let received = probe["events_received"].as_u64().unwrap_or(0);
+        eprintln!("{path}: {received} events received, {lost} lost");
+        // 100 new processes, and as many exits where the kernel reports them.
+        assert!(
+            lost > 0,
+            "{path}: nothing lost with a 4 KiB buffer: {probe:#}"
+        );
+        assert!(
+            (100..=200).contains(&(received + lost)),
+            "{path}: {received} received + {lost} lost: {probe:#}"
+        );
+        assert!(probe["lost"].as_u64() >= Some(lost), "{probe:#}");
+    }
+    Ok(())
+}

@@ -48,7 +48,7 @@ struct Mode {
     unit: bool,
     memlock: Option<&'static str>,
     all_hooks: bool,
-    /// `--fallback` for zkconn: helpers replaced even where the kernel has them.
+    /// `--fallback` for zkconn: features replaced even where the kernel has them.
     fallback: Option<&'static str>,
 }
 
@@ -79,13 +79,14 @@ const MODES: &[Mode] = &[
         all_hooks: false,
         fallback: None,
     },
-    // The older kernels' helpers (before 5.5 and 5.8), forced on every kernel and hook.
+    // What kernels before 5.5 and 5.8 get (older helpers, a perf event array for the ring
+    // buffer), forced on every kernel and hook.
     Mode {
         name: "fallbacks",
         unit: false,
         memlock: None,
         all_hooks: true,
-        fallback: Some("monotonic-clock,probe-read"),
+        fallback: Some("monotonic-clock,probe-read,perf-buffer"),
     },
 ];
 
@@ -333,6 +334,12 @@ fn problem(h: &HookResult) -> Option<String> {
         Some(m) if m.memlock.is_some() => None,
         // Some hook always fits; `auto` must find it.
         _ if h.hook == "auto" => Some(format!("{what}: no hook attached: {}", h.detail)),
+        // A kernel may lack a hook or forbid it, but its verifier refusing zkconn's own
+        // programs (too much stack on an older kernel, say) is zkconn's bug, whatever
+        // another hook does.
+        _ if h.detail.contains("verifier") => {
+            Some(format!("{what}: the verifier refused it: {}", h.detail))
+        }
         _ => None,
     }
 }
@@ -774,9 +781,16 @@ mod tests {
             zkconn-vm: mode=unit hook=auto attached=no reason=\"EPERM\"\n\
             zkconn-vm: mode=unit-memlock-64k hook=auto attached=no reason=\"raise LimitMEMLOCK\"\n\
             zkconn-vm: mode=unit-memlock-64k hook=auto attached=no reason=\"EPERM\"\n\
-            zkconn-vm: mode=unit hook=btf attached=yes reported=btf kept=CAP_BPF exact=yes\n";
+            zkconn-vm: mode=unit hook=btf attached=yes reported=btf kept=CAP_BPF exact=yes\n\
+            zkconn-vm: mode=root hook=tracepoint attached=no reason=\"the kernel's verifier \
+            refused zk_inet_sock_set_state (combined stack size of 4 calls is 544)\"\n";
         let r = parse_results(text);
         let problems: Vec<Option<String>> = r.iter().map(problem).collect();
+        assert!(
+            problems[5]
+                .as_deref()
+                .is_some_and(|p| p.contains("the verifier refused it"))
+        );
         assert!(problems[0].is_none());
         assert!(
             problems[1]

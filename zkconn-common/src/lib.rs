@@ -31,8 +31,12 @@ pub mod map_names {
     pub const ENDPOINTS: &str = "ZK_ENDPOINTS";
     /// Per-CPU probe health counters, indexed by [`super::probe_counter`].
     pub const PROBE_COUNTERS: &str = "ZK_PROBE_COUNTERS";
-    /// Ring buffer of [`super::Event`]s.
+    /// [`super::Event`]s and [`super::OwnerEvent`]s: a ring buffer, or a perf event array
+    /// (see [`super::event_output`]).
     pub const EVENTS: &str = "ZK_EVENTS";
+    /// One per-CPU [`super::OwnerEvent`] where an event is built before a perf event array
+    /// copies it out.
+    pub const EVENT_SCRATCH: &str = "ZK_EVENT_SCRATCH";
     /// [`super::ServerKey`] → [`super::Counters`]: per ZooKeeper server and local IP.
     pub const SERVER_STATS: &str = "ZK_SERVER_STATS";
 }
@@ -51,6 +55,17 @@ pub mod global_names {
     pub const SOCK_LAYOUT: &str = "SOCK_LAYOUT";
     /// [`super::TaskLayout`]: where a task's cgroup names are.
     pub const TASK_LAYOUT: &str = "TASK_LAYOUT";
+    /// A u32 [`super::event_output`] value: how events reach userspace.
+    pub const EVENT_OUTPUT: &str = "EVENT_OUTPUT";
+}
+
+/// How the kernel programs hand events to userspace (the `EVENT_OUTPUT` global).
+pub mod event_output {
+    /// The BPF ring buffer (`ZK_EVENTS` is a ring buffer; 5.8+).
+    pub const RING_BUFFER: u32 = 0;
+    /// A perf event array, one buffer per CPU (`ZK_EVENTS` is loaded as a perf event array;
+    /// every kernel zkconn loads on). Events are written into `ZK_EVENT_SCRATCH` first.
+    pub const PERF_BUFFER: u32 = 1;
 }
 
 /// Names of the programs in the eBPF object.
@@ -138,7 +153,7 @@ pub mod conn_flags {
 
 /// Indexes of the [`map_names::PROBE_COUNTERS`] per-CPU array.
 pub mod probe_counter {
-    /// An event could not be written to the ring buffer (it was full).
+    /// An event could not be written to the ring buffer or perf buffer (it was full).
     pub const LOST_EVENTS: u32 = 0;
     /// A ZooKeeper socket was not tracked because `CONNS` was full.
     pub const OVERFLOW_CONNS: u32 = 1;

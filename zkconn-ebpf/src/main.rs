@@ -23,15 +23,15 @@
 
 #[cfg(target_arch = "bpf")]
 mod programs {
-    use core::ptr::read_volatile;
+    use core::{ffi::c_void, ptr::read_volatile};
 
     use aya_ebpf::{
         EbpfContext as _,
         bindings::{BPF_ANY, BPF_NOEXIST},
         helpers::{
-            bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-            bpf_get_current_task, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
-            bpf_probe_read_kernel, bpf_probe_read_kernel_buf, generated,
+            bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task,
+            bpf_get_current_uid_gid, bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
+            bpf_probe_read_kernel_buf, generated,
         },
         macros::{btf_tracepoint, fentry, kprobe, map, tracepoint},
         maps::{Array, HashMap, PerCpuArray, RingBuf, ring_buf::RingBufEntry},
@@ -40,9 +40,13 @@ mod programs {
     use zkconn_common::{
         CGROUP_DEPTH, CGROUP_NAME_LEN, CgroupNames, Conn, Counters, Endpoint, Event, ExitTpLayout,
         Owner, OwnerEvent, OwnerKey, RefusalConfig, ResetTpLayout, ServerKey, SockLayout,
-        StateTpLayout, TaskLayout, Tuple, conn_flags, control, event_kind, port_flags,
-        probe_counter, tcp_state,
+        StateTpLayout, TaskLayout, Tuple, conn_flags, control, event_kind, event_output,
+        port_flags, probe_counter, tcp_state,
     };
+
+    /// The running program's context, passed down to where an event is written: a perf
+    /// event array needs it (`bpf_perf_event_output`), the ring buffer does not.
+    type Ctx = *mut c_void;
 
     const AF_INET: u16 = 2;
     // Ring buffer flags and queries (include/uapi/linux/bpf.h).
@@ -50,6 +54,8 @@ mod programs {
     const BPF_RB_FORCE_WAKEUP: u32 = 2;
     const BPF_RB_AVAIL_DATA: u32 = 0;
     const BPF_RB_RING_SIZE: u32 = 1;
+    /// `bpf_perf_event_output` index: this CPU's buffer.
+    const BPF_F_CURRENT_CPU: u64 = 0xffff_ffff;
     const IPPROTO_TCP: u16 = 6;
 
     // Layouts come from tracefs at load time (userspace sets them before loading).
@@ -158,8 +164,19 @@ mod programs {
     #[map(name = "ZK_PROBE_COUNTERS")]
     static PROBE_COUNTERS: PerCpuArray<u64> =
         PerCpuArray::with_max_entries(probe_counter::COUNT, 0);
+    /// A ring buffer, or, where the kernel has none (before 5.8) or `--fallback perf-buffer`
+    /// asks, rewritten by userspace into a perf event array before loading (`EVENT_OUTPUT`
+    /// says which). Only the matching branch of `Slot` survives verification: the other
+    /// reads a frozen global the verifier knows, so its helpers are never checked.
     #[map(name = "ZK_EVENTS")]
     static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+    /// Where an event is built for a perf event array, which copies it out.
+    #[map(name = "ZK_EVENT_SCRATCH")]
+    static EVENT_SCRATCH: PerCpuArray<OwnerEvent> = PerCpuArray::with_max_entries(1, 0);
+
+    /// An `event_output` value; userspace sets it with the map type it loads.
+    #[unsafe(no_mangle)]
+    static EVENT_OUTPUT: u32 = event_output::RING_BUFFER;
 
     /// What a state-change hook knows about the socket, whatever the hook.
     struct Change {
@@ -205,21 +222,21 @@ mod programs {
     /// in the connecting task.
     #[fentry(function = "tcp_connect")]
     pub fn zk_fentry_tcp_connect(ctx: FEntryContext) -> i32 {
-        let _ = try_tcp_connect(ctx.arg(0));
+        let _ = try_tcp_connect(ctx.as_ptr(), ctx.arg(0));
         0
     }
 
     /// `void tcp_set_state(struct sock *sk, int state)`: every later transition.
     #[fentry(function = "tcp_set_state")]
     pub fn zk_fentry_tcp_set_state(ctx: FEntryContext) -> i32 {
-        let _ = try_tcp_set_state(ctx.arg(0), ctx.arg(1));
+        let _ = try_tcp_set_state(ctx.as_ptr(), ctx.arg(0), ctx.arg(1));
         0
     }
 
     #[kprobe]
     pub fn zk_kprobe_tcp_connect(ctx: ProbeContext) -> u32 {
         if let Some(sk) = ctx.arg(0) {
-            let _ = try_tcp_connect(sk);
+            let _ = try_tcp_connect(ctx.as_ptr(), sk);
         }
         0
     }
@@ -227,7 +244,7 @@ mod programs {
     #[kprobe]
     pub fn zk_kprobe_tcp_set_state(ctx: ProbeContext) -> u32 {
         if let (Some(sk), Some(state)) = (ctx.arg(0), ctx.arg(1)) {
-            let _ = try_tcp_set_state(sk, state);
+            let _ = try_tcp_set_state(ctx.as_ptr(), sk, state);
         }
         0
     }
@@ -288,7 +305,7 @@ mod programs {
             read_into(record, l.daddr_v6.into(), &mut t.daddr)?;
         }
         t.sport = tp_field(ctx, l.sport, l.port_size)? as u16;
-        on_transition(&change, flags);
+        on_transition(ctx.as_ptr(), &change, flags);
         Ok(())
     }
 
@@ -333,13 +350,13 @@ mod programs {
         let new: i32 = ctx.arg(2);
         let mut change = Change::new(sk, old as u8, new as u8, dport);
         sock_tuple(sk, &mut change.tuple)?;
-        on_transition(&change, flags);
+        on_transition(ctx.as_ptr(), &change, flags);
         Ok(())
     }
 
     /// `tcp_connect(sk)`, from the fentry or kprobe hook: a TCP socket (the function is
     /// TCP's own) in SYN_SENT with its source port chosen, in the connecting task.
-    fn try_tcp_connect(sk: *const u8) -> Result<(), i32> {
+    fn try_tcp_connect(ctx: Ctx, sk: *const u8) -> Result<(), i32> {
         let Some(dport) = sock_dport(sk) else {
             return Ok(());
         };
@@ -350,7 +367,7 @@ mod programs {
         let mut change = Change::new(sk, tcp_state::CLOSE, tcp_state::SYN_SENT, dport);
         sock_tuple(sk, &mut change.tuple)?;
         if is_target(&change.tuple, flags) {
-            on_connect(&change, &owner_of(boot_ns()));
+            on_connect(&change, &owner_of(ctx, boot_ns()));
         }
         Ok(())
     }
@@ -358,7 +375,7 @@ mod programs {
     /// `tcp_set_state(sk, new)`, from the fentry or kprobe hook: the old state is still in
     /// the socket. The connect itself is `tcp_connect`'s, so CLOSE → SYN_SENT is skipped
     /// here (it runs before the source port is chosen).
-    fn try_tcp_set_state(sk: *const u8, new: i32) -> Result<(), i32> {
+    fn try_tcp_set_state(ctx: Ctx, sk: *const u8, new: i32) -> Result<(), i32> {
         let Some(dport) = sock_dport(sk) else {
             return Ok(());
         };
@@ -372,7 +389,7 @@ mod programs {
         }
         let mut change = Change::new(sk, old, new as u8, dport);
         sock_tuple(sk, &mut change.tuple)?;
-        on_state_change(&change);
+        on_state_change(ctx, &change);
         Ok(())
     }
 
@@ -461,13 +478,13 @@ mod programs {
     }
 
     /// A transition of a socket towards a watched port, seen by a state tracepoint.
-    fn on_transition(change: &Change, flags: u8) {
+    fn on_transition(ctx: Ctx, change: &Change, flags: u8) {
         if change.old == tcp_state::CLOSE && change.new == tcp_state::SYN_SENT {
             if is_target(&change.tuple, flags) {
-                on_connect(change, &owner_of(boot_ns()));
+                on_connect(change, &owner_of(ctx, boot_ns()));
             }
         } else {
-            on_state_change(change);
+            on_state_change(ctx, change);
         }
     }
 
@@ -495,7 +512,7 @@ mod programs {
         // SAFETY: offset from the tracepoint's format file.
         let group_dead: u8 = unsafe { ctx.read_at(l.group_dead.into())? };
         if group_dead != 0 {
-            on_group_exit();
+            on_group_exit(ctx.as_ptr());
         }
         Ok(())
     }
@@ -624,7 +641,7 @@ mod programs {
     /// one. Not inlined, and reading "current" itself: its frame (the new owner and its
     /// event) then does not add to the connect's on the 512-byte BPF stack.
     #[inline(never)]
-    fn owner_of(now: u64) -> OwnerKey {
+    fn owner_of(ctx: Ctx, now: u64) -> OwnerKey {
         let pid_tgid = bpf_get_current_pid_tgid();
         let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
         let uid_gid = bpf_get_current_uid_gid();
@@ -638,12 +655,20 @@ mod programs {
                 birth_ns: owner.birth_ns,
             };
         }
-        let owner = Owner {
+        let mut owner = Owner {
             birth_ns: now,
             cgroup_id,
             uid: uid_gid as u32,
             gid: (uid_gid >> 32) as u32,
-            comm: bpf_get_current_comm().unwrap_or_default(),
+            comm: [0; 16],
+        };
+        // Straight into place: a copy through a temporary would cost this frame 16 bytes
+        // more, and the deepest call chain (tracepoint, owner_of, emit_owner_new, memset)
+        // fills the 512-byte stack of kernels before 6.13 to the byte. On failure the helper
+        // zeroes the buffer.
+        // SAFETY: the destination is the 16-byte `comm` array of a live stack value.
+        unsafe {
+            generated::bpf_get_current_comm(owner.comm.as_mut_ptr().cast(), owner.comm.len() as u32)
         };
         let key = OwnerKey {
             tgid,
@@ -651,7 +676,7 @@ mod programs {
             birth_ns: now,
         };
         if OWNERS.insert(tgid, owner, BPF_NOEXIST.into()).is_ok() {
-            emit_owner_new(tid, &key, &owner, now);
+            emit_owner_new(ctx, tid, &key, &owner, now);
             return key;
         }
         // Another thread of the process won the race, or the map is full.
@@ -677,7 +702,7 @@ mod programs {
 
     /// Any other transition. Never reads "current": the owner is the one stored at connect.
     #[inline(never)]
-    fn on_state_change(change: &Change) {
+    fn on_state_change(ctx: Ctx, change: &Change) {
         if let Some(conn) = CONNS.get_ptr_mut(change.skaddr) {
             // SAFETY: the entry belongs to this socket and a socket's state changes are
             // serialised by its lock, so nothing else writes it concurrently.
@@ -696,7 +721,7 @@ mod programs {
             if change.tuple.sport != 0 && seeds_pending() {
                 let _ = SEEDS.remove(change.tuple);
             }
-            apply(conn, change);
+            apply(ctx, conn, change);
             if change.new == tcp_state::CLOSE {
                 let _ = CONNS.remove(change.skaddr);
             }
@@ -723,14 +748,14 @@ mod programs {
             }
         };
         // SAFETY: the entry now belongs to this socket, serialised by its lock as above.
-        apply(unsafe { &mut *conn }, change);
+        apply(ctx, unsafe { &mut *conn }, change);
         if change.new == tcp_state::CLOSE {
             let _ = CONNS.remove(change.skaddr);
         }
     }
 
     /// The accounting of one transition of a tracked connection.
-    fn apply(conn: &mut Conn, change: &Change) {
+    fn apply(ctx: Ctx, conn: &mut Conn, change: &Change) {
         conn.state = change.new;
         conn.changed_ns = boot_ns();
         match change.new {
@@ -754,7 +779,7 @@ mod programs {
                 let server = server_key(&conn.tuple);
                 bump_with(&SERVER_STATS, &server, field, refused);
                 if refused {
-                    emit_refused(conn, &server);
+                    emit_refused(ctx, conn, &server);
                 }
             }
             _ => {}
@@ -765,7 +790,7 @@ mod programs {
     /// Its sockets close after this (exit_files runs later) and still count for it, because
     /// each connection keeps its owner key.
     #[inline(never)]
-    fn on_group_exit() {
+    fn on_group_exit(ctx: Ctx) {
         let pid_tgid = bpf_get_current_pid_tgid();
         let tgid = (pid_tgid >> 32) as u32;
         // SAFETY: the value is copied out at once.
@@ -779,6 +804,7 @@ mod programs {
             birth_ns: owner.birth_ns,
         };
         emit(
+            ctx,
             event_kind::OWNER_EXIT,
             pid_tgid as u32,
             &key,
@@ -857,15 +883,93 @@ mod programs {
         };
     }
 
-    /// A process event (new or exited), written in place in the ring buffer: an `Event`
-    /// built on the stack would cost its size in the caller's frame, and all frames share
-    /// 512 bytes on kernels before 6.13.
-    fn emit(kind: u32, tid: u32, owner: &OwnerKey, info: &Owner, ts_ns: u64) {
-        let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
-            count(probe_counter::LOST_EVENTS);
+    /// Where an event is written in place: a slot reserved in the ring buffer, or this
+    /// CPU's scratch entry that a perf event array then copies out. Which one is fixed at
+    /// load (`EVENT_OUTPUT`).
+    enum Slot<T: 'static> {
+        Ring(RingBufEntry<T>),
+        Perf(*mut T),
+    }
+
+    impl<T: 'static> Slot<T> {
+        /// A slot for one `T` (at most an `OwnerEvent`), or `None` (counted as lost) when the
+        /// ring buffer is full.
+        #[inline(always)]
+        fn reserve() -> Option<Self> {
+            // SAFETY: see `try_inet_sock_set_state`.
+            let slot = if unsafe { read_volatile(&EVENT_OUTPUT) } == event_output::PERF_BUFFER {
+                EVENT_SCRATCH
+                    .get_ptr_mut(0)
+                    .map(|p| Slot::Perf(p.cast::<T>()))
+            } else {
+                EVENTS.reserve::<T>(0).map(Slot::Ring)
+            };
+            if slot.is_none() {
+                count(probe_counter::LOST_EVENTS);
+            }
+            slot
+        }
+
+        #[inline(always)]
+        fn as_mut_ptr(&mut self) -> *mut T {
+            match self {
+                Slot::Ring(entry) => entry.as_mut_ptr(),
+                Slot::Perf(p) => *p,
+            }
+        }
+
+        /// Hands the event to userspace. `wake`: at once (a new process); otherwise the ring
+        /// buffer wakes userspace only when a quarter of it waits (a perf event array wakes
+        /// it for every event).
+        #[inline(always)]
+        fn submit(self, ctx: Ctx, wake: bool) {
+            match self {
+                Slot::Ring(entry) => {
+                    // Only a new process needs userspace at once. Exits and refusals wait
+                    // for the next read of the ring buffer, at the latest the next
+                    // once-a-second sample, so a refusal storm costs no wake-up per
+                    // refusal; each event carries its own time. But a storm fills the
+                    // buffer within that second (256 KiB holds about 1,900 events): once a
+                    // quarter of it waits, userspace is woken to drain it, so events are
+                    // not dropped.
+                    let flags = if wake
+                        || EVENTS.query(BPF_RB_AVAIL_DATA.into())
+                            > EVENTS.query(BPF_RB_RING_SIZE.into()) / 4
+                    {
+                        BPF_RB_FORCE_WAKEUP
+                    } else {
+                        BPF_RB_NO_WAKEUP
+                    };
+                    entry.submit(flags.into());
+                }
+                Slot::Perf(p) => {
+                    // SAFETY: `p` is this CPU's scratch entry, at least size_of::<T>() bytes;
+                    // the map pointer is `EVENTS`'s definition, which the loader relocates.
+                    let r = unsafe {
+                        generated::bpf_perf_event_output(
+                            ctx,
+                            (&raw const EVENTS).cast_mut().cast::<c_void>(),
+                            BPF_F_CURRENT_CPU,
+                            p.cast::<c_void>(),
+                            size_of::<T>() as u64,
+                        )
+                    };
+                    if r < 0 {
+                        count(probe_counter::LOST_EVENTS);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A process event (new or exited), written in place: an `Event` built on the stack
+    /// would cost its size in the caller's frame, and all frames share 512 bytes on kernels
+    /// before 6.13.
+    fn emit(ctx: Ctx, kind: u32, tid: u32, owner: &OwnerKey, info: &Owner, ts_ns: u64) {
+        let Some(mut slot) = Slot::<Event>::reserve() else {
             return;
         };
-        let e = entry.as_mut_ptr();
+        let e = slot.as_mut_ptr();
         // SAFETY: `e` is the reserved, exclusively owned slot of one `Event`; every field is
         // written before submit, through raw pointers so no reference to uninit memory exists.
         unsafe {
@@ -878,19 +982,18 @@ mod programs {
             (&raw mut (*e).sport).write(0);
             (&raw mut (*e)._pad).write([0; 6]);
         }
-        submit(entry);
+        slot.submit(ctx, false);
     }
 
     /// A new owner, with the names of its cgroups, in place like `emit`. Userspace is woken
     /// at once (new processes are rare): it reads `/proc` while the process lives, and the
     /// names carry its container even when the process and its cgroup are gone by then.
     #[inline(never)]
-    fn emit_owner_new(tid: u32, owner: &OwnerKey, info: &Owner, ts_ns: u64) {
-        let Some(mut entry) = EVENTS.reserve::<OwnerEvent>(0) else {
-            count(probe_counter::LOST_EVENTS);
+    fn emit_owner_new(ctx: Ctx, tid: u32, owner: &OwnerKey, info: &Owner, ts_ns: u64) {
+        let Some(mut slot) = Slot::<OwnerEvent>::reserve() else {
             return;
         };
-        let e = entry.as_mut_ptr();
+        let e = slot.as_mut_ptr();
         // SAFETY: `e` is the reserved, exclusively owned slot of one `OwnerEvent`; every
         // field userspace reads is written before submit (each name's first byte at least).
         unsafe {
@@ -931,11 +1034,11 @@ mod programs {
                 }
             }
         }
-        entry.submit(BPF_RB_FORCE_WAKEUP.into());
+        slot.submit(ctx, true);
     }
 
     /// The directory names of `cgroup` and its ancestors below the root, innermost first,
-    /// into `out` (a ring-buffer slot).
+    /// into `out` (an event slot).
     #[inline(always)]
     fn cgroup_names(cgroup: *const u8, l: &TaskLayout, out: *mut CgroupNames) {
         let Ok(mut kn) = read_ptr(cgroup, l.cgroup_kn) else {
@@ -978,12 +1081,11 @@ mod programs {
     }
 
     /// A refusal by `server`, in place like `emit`.
-    fn emit_refused(conn: &Conn, server: &ServerKey) {
-        let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
-            count(probe_counter::LOST_EVENTS);
+    fn emit_refused(ctx: Ctx, conn: &Conn, server: &ServerKey) {
+        let Some(mut slot) = Slot::<Event>::reserve() else {
             return;
         };
-        let e = entry.as_mut_ptr();
+        let e = slot.as_mut_ptr();
         // SAFETY: as in `emit`.
         unsafe {
             (&raw mut (*e).kind).write(event_kind::REFUSED);
@@ -997,23 +1099,7 @@ mod programs {
             (&raw mut (*e).sport).write(conn.tuple.sport);
             (&raw mut (*e)._pad).write([0; 6]);
         }
-        submit(entry);
-    }
-
-    fn submit(entry: RingBufEntry<Event>) {
-        // Only a new process needs userspace at once (`emit_owner_new` wakes it). Exits and
-        // refusals wait for the next read of the ring buffer, at the latest the next
-        // once-a-second sample, so a refusal storm costs no wake-up per refusal; each event
-        // carries its own time. But a storm fills the buffer within that second (256 KiB
-        // holds about 1,900 events): once a quarter of it waits, userspace is woken to
-        // drain it, so events are not dropped.
-        let flags =
-            if EVENTS.query(BPF_RB_AVAIL_DATA.into()) > EVENTS.query(BPF_RB_RING_SIZE.into()) / 4 {
-                BPF_RB_FORCE_WAKEUP
-            } else {
-                BPF_RB_NO_WAKEUP
-            };
-        entry.submit(flags.into());
+        slot.submit(ctx, false);
     }
 
     static ZERO_COUNTERS: Counters = Counters {

@@ -226,9 +226,10 @@ pub struct ProbeArgs {
     /// (docs/kernels.md).
     #[arg(long, value_enum, default_value_t = HookChoice::Auto)]
     pub hook: HookChoice,
-    /// Replace a kernel helper by its older equivalent even where the kernel has the newer
-    /// one (they are replaced anyway where it does not): `monotonic-clock` for kernels
-    /// before 5.8, `probe-read` for kernels before 5.5 (docs/kernels.md).
+    /// Replace a kernel feature by its older equivalent even where the kernel has the newer
+    /// one (they are replaced anyway where it does not): `monotonic-clock` and `perf-buffer`
+    /// (a perf event array for the ring buffer) for kernels before 5.8, `probe-read` for
+    /// kernels before 5.5 (docs/kernels.md).
     #[arg(
         long = "fallback",
         value_enum,
@@ -246,7 +247,8 @@ pub struct ProbeArgs {
     /// Capacity of the kernel's per-cgroup counter table.
     #[arg(long, value_name = "N", default_value_t = 4_096, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
     pub max_cgroups: u32,
-    /// Size of the kernel→user event ring buffer in KiB (a power of two, at least 4).
+    /// Size of the kernel→user event ring buffer in KiB (a power of two, at least 4); with
+    /// the perf-buffer fallback, shared among the CPUs' buffers (8 to 64 pages each).
     #[arg(long, value_name = "KIB", default_value_t = 256, value_parser = parse_ring_kib)]
     pub ring_buffer_kib: u32,
     /// NAT: `auto` asks the host's connection tracking table which source address a server

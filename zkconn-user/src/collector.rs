@@ -10,9 +10,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use aya::maps::{MapData, RingBuf};
 use rustc_hash::{FxHashMap, FxHashSet};
-use tokio::io::unix::AsyncFd;
 use zkconn_common::{
     COMM_LEN, CgroupNames, Conn, Event, OwnerEvent, OwnerKey, Tuple, event_kind, probe_counter,
     tcp_state,
@@ -53,7 +51,7 @@ enum Source {
     /// The kernel programs: their maps, and their events as they come.
     Kernel {
         probe: Probe,
-        events: AsyncFd<RingBuf<MapData>>,
+        events: crate::probe::events::Events,
     },
     /// Samples of the socket tables (`--hook poll`), with why `auto` chose it.
     Poll(Poller, Option<String>),
@@ -77,6 +75,8 @@ pub struct Collector {
     started: Instant,
     /// `/proc` reads that failed for a reason other than the process being gone.
     unreadable: u64,
+    /// Kernel events read since start.
+    events_received: u64,
     attribution: AttributionHealth,
     history: History,
     thresholds: Thresholds,
@@ -292,6 +292,7 @@ impl Collector {
             seeds,
             started: Instant::now(),
             unreadable: 0,
+            events_received: 0,
             history: History::new(judgement.limits_window.as_secs_f64()),
             thresholds: judgement.thresholds,
             alarms: AlarmLog::default(),
@@ -346,14 +347,7 @@ impl Collector {
         cgroups: &CgroupPaths,
         targets: &Targets,
     ) -> anyhow::Result<(Source, SeedReport)> {
-        // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged, for as long
-        // as the `AsyncFd` owns the ring buffer.
-        let events = unsafe {
-            AsyncFd::register_with_interest(probe.take_events()?, tokio::io::Interest::READABLE)
-        }
-        .map_err(|e| {
-            anyhow::anyhow!("cannot register the event ring buffer with the runtime: {e}")
-        })?;
+        let events = probe.take_events()?;
         let seeds = seed::seed(&mut probe, tables, procfs, cgroups, targets)
             .context("seeding the connections that existed before start failed")?;
         probe.set_seeding(false)?;
@@ -406,12 +400,7 @@ impl Collector {
         let Source::Kernel { events, .. } = &mut self.source else {
             return std::future::pending().await;
         };
-        let mut guard = events
-            .readable_mut()
-            .await
-            .context("waiting on the event ring buffer failed")?;
-        guard.clear_ready();
-        drop(guard);
+        events.readable().await?;
         self.drain_events();
         Ok(())
     }
@@ -423,8 +412,9 @@ impl Collector {
             let Source::Kernel { events, .. } = &mut self.source else {
                 return;
             };
-            let ring = events.get_mut();
-            while let Some(item) = ring.next() {
+            let received = &mut self.events_received;
+            events.drain(|item| {
+                *received += 1;
                 if item.len() >= size_of::<OwnerEvent>() {
                     // SAFETY: the kernel wrote a whole `OwnerEvent` (checked length); it is
                     // plain-old-data, and read_unaligned makes no alignment assumption.
@@ -441,7 +431,7 @@ impl Collector {
                         cgroups: None,
                     });
                 }
-            }
+            });
         }
         for incoming in batch {
             self.on_event(incoming);
@@ -872,8 +862,15 @@ impl Collector {
         let (rows, state) = self.judged_rows()?;
         let now = self.now();
         let c = state.counters;
+        // The kernel counts an event it could not write; a perf buffer also reports the
+        // events it dropped, which are the same events where the helper returns the error
+        // (4.18 does not): the larger of the two, never their sum.
+        let perf_lost = match &self.source {
+            Source::Kernel { events, .. } => events.lost(),
+            Source::Poll(..) => 0,
+        };
         let lost_detail = LostDetail {
-            events: c[probe_counter::LOST_EVENTS as usize],
+            events: c[probe_counter::LOST_EVENTS as usize].max(perf_lost),
             recursion_misses: state.recursion_misses,
         };
         let overflow_detail = OverflowDetail {
@@ -897,6 +894,11 @@ impl Collector {
                     Source::Kernel { probe, .. } => Some(probe.refusal),
                     Source::Poll(..) => None,
                 },
+                events: match &self.source {
+                    Source::Kernel { events, .. } => Some(events.kind()),
+                    Source::Poll(..) => None,
+                },
+                events_received: self.events_received,
                 lost: lost_detail.events + lost_detail.recursion_misses.unwrap_or(0),
                 overflow: overflow_detail.connections
                     + overflow_detail.processes

@@ -141,6 +141,11 @@ pub struct ProbeHealth {
     pub hook: Option<Hook>,
     /// How refusals are recognised: `no_bytes_received` (with BTF) or `reset_only`.
     pub refusal_detection: Option<RefusalDetection>,
+    /// How kernel events reach userspace: `ring-buffer`, or `perf-buffer` (a perf event
+    /// array, before 5.8 or with `--fallback perf-buffer`); null for the poll hook.
+    pub events: Option<&'static str>,
+    /// Kernel events read since start (new processes, exits, refusals).
+    pub events_received: u64,
     /// Events the kernel could not deliver plus program runs the kernel skipped.
     pub lost: u64,
     /// Sockets, processes or counter rows not tracked because a map was full.

@@ -420,6 +420,31 @@ fn check_hook(hook: &str, limits: &Limits) -> Result<Outcome> {
         0.into(),
     );
     expect("overflow".into(), &snap["probe"]["overflow"], 0.into());
+    let wanted_events = if limits
+        .fallback
+        .iter()
+        .flat_map(|f| f.split(','))
+        .any(|f| f == "perf-buffer")
+    {
+        "perf-buffer"
+    } else {
+        "ring-buffer"
+    };
+    expect(
+        "events path".into(),
+        &snap["probe"]["events"],
+        wanted_events.into(),
+    );
+    // Counts come from maps; events carry the names of new processes and the refusals.
+    // Each of B, C, E, F, G and H is a new process that connects (one event each), and F is
+    // refused twice: at least 8 events must have arrived, through whichever buffer is in use.
+    let received = snap["probe"]["events_received"].as_u64().unwrap_or(0);
+    if received < 8 {
+        mismatches.push(format!(
+            "{received} kernel events arrived through the {}, not at least 8",
+            snap["probe"]["events"]
+        ));
+    }
     // A forced fallback must be in use, and said so.
     for f in limits.fallback.iter().flat_map(|f| f.split(',')) {
         let used = snap["probe"]["fallbacks"]

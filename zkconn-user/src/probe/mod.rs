@@ -11,6 +11,7 @@ pub mod batch;
 pub mod btf;
 pub mod caps;
 pub mod compat;
+pub mod events;
 pub mod tracefs;
 
 use std::{
@@ -22,13 +23,13 @@ use std::{
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray},
     programs::{BtfTracePoint, FEntry, KProbe, TracePoint},
 };
 use zkconn_common::{
     Conn, Counters, Endpoint, ExitTpLayout, Owner, OwnerKey, RefusalConfig, ResetTpLayout,
-    ServerKey, SockLayout, StateTpLayout, TaskLayout, Tuple, control, global_names, map_names,
-    probe_counter, program_names,
+    ServerKey, SockLayout, StateTpLayout, TaskLayout, Tuple, control, event_output, global_names,
+    map_names, probe_counter, program_names,
 };
 
 use crate::targets::{Targets, ip_to_bytes};
@@ -165,6 +166,8 @@ pub struct Probe {
     /// False when the kernel's `sched_process_exit` has no `group_dead` (before 6.x):
     /// exits are then found from `/proc`.
     pub exit_events: bool,
+    /// The events map's reader, until the collector takes it.
+    events: Option<events::Events>,
     /// What the kernel's seed flag says (see [`Probe::set_seeds_pending`]).
     seeds_pending: bool,
     /// What this run cannot see on this kernel, one sentence each (`probe.limitations`).
@@ -267,30 +270,39 @@ impl Probe {
                 );
             })
             .unwrap_or_default();
-        let ebpf = EbpfLoader::new()
-            .override_global(
-                global_names::STATE_TP_LAYOUT,
-                &state_layout.clone().unwrap_or_default(),
-                true,
-            )
-            .override_global(
-                global_names::SOCK_LAYOUT,
-                &sock_layout.clone().unwrap_or_default(),
-                true,
-            )
+        let perf_buffer = replaced.contains(&compat::Fallback::PerfBuffer);
+        let event_output = if perf_buffer {
+            event_output::PERF_BUFFER
+        } else {
+            event_output::RING_BUFFER
+        };
+        let state_tp_layout = state_layout.clone().unwrap_or_default();
+        let sock_layout_value = sock_layout.clone().unwrap_or_default();
+        let mut loader = EbpfLoader::new();
+        loader
+            .override_global(global_names::STATE_TP_LAYOUT, &state_tp_layout, true)
+            .override_global(global_names::SOCK_LAYOUT, &sock_layout_value, true)
             .override_global(global_names::EXIT_TP_LAYOUT, &exit_layout, true)
             .override_global(global_names::RESET_TP_LAYOUT, &reset_layout, true)
             .override_global(global_names::REFUSAL, &refusal, true)
             .override_global(global_names::TASK_LAYOUT, &task_layout, true)
+            .override_global(global_names::EVENT_OUTPUT, &event_output, true)
             .map_max_entries(map_names::SERVER_STATS, caps.cgroups)
             .map_max_entries(map_names::CONNS, caps.conns)
             .map_max_entries(map_names::SEEDS, caps.conns)
             .map_max_entries(map_names::OWNERS, caps.owners)
             .map_max_entries(map_names::PROC_STATS, caps.owners)
-            .map_max_entries(map_names::CGROUP_STATS, caps.cgroups)
-            .map_max_entries(map_names::EVENTS, caps.ring_buffer_bytes)
+            .map_max_entries(map_names::CGROUP_STATS, caps.cgroups);
+        if !perf_buffer {
+            // A perf event array is sized to the CPUs by the loader; its buffers by `events`.
+            loader.map_max_entries(map_names::EVENTS, caps.ring_buffer_bytes);
+        }
+        let mut ebpf = loader
             .load(object_bytes)
             .map_err(|e| explain_load_error(&e, memlock))?;
+        // Opened now, with every privilege still held (a perf buffer is a perf event), and
+        // before any hook runs: a kernel that refuses it refuses the load.
+        let events = open_events(&mut ebpf, perf_buffer.then_some(caps.ring_buffer_bytes))?;
 
         let mut probe = Probe {
             ebpf,
@@ -301,6 +313,7 @@ impl Probe {
                 RefusalDetection::ResetOnly
             },
             exit_events: exit_layout.valid == 1,
+            events: Some(events),
             seeds_pending: false,
             limitations: Vec::new(),
             fallbacks,
@@ -572,13 +585,11 @@ impl Probe {
         T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
     }
 
-    /// Takes the ring buffer out of the object, for the event reader.
-    pub fn take_events(&mut self) -> anyhow::Result<RingBuf<MapData>> {
-        let map = self
-            .ebpf
-            .take_map(map_names::EVENTS)
-            .ok_or_else(|| anyhow!("the eBPF object has no ring buffer; rebuild zkconn"))?;
-        RingBuf::try_from(map).context("the events map is not a ring buffer")
+    /// The reader of the kernel's events, registered with the runtime (once).
+    pub fn take_events(&mut self) -> anyhow::Result<events::Events> {
+        self.events
+            .take()
+            .ok_or_else(|| anyhow!("the event reader was already taken"))
     }
 
     /// Reads every map. Entries that vanish between listing and lookup were deleted by the
@@ -973,20 +984,52 @@ fn explain_load_error(e: &aya::EbpfError, memlock: Option<u64>) -> anyhow::Error
 /// A perf event the kernel refused (classic tracepoints and kprobes attach through one):
 /// says why when `kernel.perf_event_paranoid` is the reason.
 fn perf_refused(e: anyhow::Error) -> anyhow::Error {
+    match paranoid_3(&e) {
+        Some(paranoid) => e.context(format!(
+            "kernel.perf_event_paranoid is {paranoid} here, a level (Debian's default) that \
+             allows perf events only to CAP_SYS_ADMIN: use --hook btf or fentry, which need \
+             none, or give zkconn CAP_SYS_ADMIN"
+        )),
+        None => e,
+    }
+}
+
+/// The same for the perf buffers of `--fallback perf-buffer`, which every hook needs.
+fn perf_buffer_refused(e: anyhow::Error) -> anyhow::Error {
+    match paranoid_3(&e) {
+        Some(paranoid) => e.context(format!(
+            "kernel.perf_event_paranoid is {paranoid} here, a level (Debian's default) that \
+             allows perf events only to CAP_SYS_ADMIN, and without a BPF ring buffer (5.8+, or \
+             with --fallback perf-buffer) events need perf buffers: give zkconn CAP_SYS_ADMIN"
+        )),
+        None => e,
+    }
+}
+
+/// The `kernel.perf_event_paranoid` value when `e` is a refusal it explains (3 or more:
+/// Debian's patch allows perf events to CAP_SYS_ADMIN only).
+fn paranoid_3(e: &anyhow::Error) -> Option<String> {
     if !format!("{e:#}").contains("Permission denied") {
-        return e;
+        return None;
     }
     let paranoid = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
         .map(|v| v.trim().to_owned())
         .unwrap_or_default();
-    if paranoid.parse::<i32>().is_ok_and(|p| p >= 3) {
-        e.context(format!(
-            "kernel.perf_event_paranoid is {paranoid} here, a level (Debian's default) that \
-             allows perf events only to CAP_SYS_ADMIN: use --hook btf or fentry, which need \
-             none, or give zkconn CAP_SYS_ADMIN"
-        ))
-    } else {
-        e
+    paranoid
+        .parse::<i32>()
+        .is_ok_and(|p| p >= 3)
+        .then_some(paranoid)
+}
+
+/// The events map taken out of `ebpf` as its reader: a ring buffer, or with
+/// `perf_buffer_bytes` a perf event array sharing that many bytes among the CPUs.
+fn open_events(ebpf: &mut Ebpf, perf_buffer_bytes: Option<u32>) -> anyhow::Result<events::Events> {
+    let map = ebpf
+        .take_map(map_names::EVENTS)
+        .ok_or_else(|| anyhow!("the eBPF object has no events map; rebuild zkconn"))?;
+    match perf_buffer_bytes {
+        None => events::Events::ring(map),
+        Some(bytes) => events::Events::perf(map, bytes).map_err(perf_buffer_refused),
     }
 }
 

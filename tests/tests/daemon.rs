@@ -3,7 +3,8 @@
 //! `cargo xtask test`.
 
 use std::{
-    net::SocketAddr,
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
     process::Command,
     thread,
     time::{Duration, Instant},
@@ -11,7 +12,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use integration_tests::{
-    Daemon, Prometheus, RawClient, Sample, ZkServer, expected_hook, field, fresh_ipv4,
+    Daemon, Prometheus, RawClient, Sample, ZkServer, expected_hook, field, fresh_ipv4, http_get,
     http_request, parse_metrics, process, server_row, wait_settled,
 };
 use serde_json::Value;
@@ -327,5 +328,67 @@ fn sigterm_exits_0_within_a_second_and_sighup_reloads() -> Result<()> {
     let took = start.elapsed();
     assert_eq!(status.code(), Some(0));
     assert!(took < Duration::from_secs(1), "took {took:?}");
+    Ok(())
+}
+
+/// Any local user can connect to the daemon (and anyone on the network with a non-loopback
+/// `--listen`). 500 hostile connections from the scraper's own address: idle ones, slow ones
+/// sending a header byte a second, and kept-alive ones after one request, with more idle ones
+/// arriving between scrapes. Every scrape of `/metrics` and `/healthz` still gets its answer.
+#[test]
+fn scrapes_get_through_500_hostile_connections() -> Result<()> {
+    let d = Daemon::start(&["--port", "2999"])?;
+    let mut hostile = Vec::new();
+    for _ in 0..200 {
+        hostile.push(TcpStream::connect(d.addr)?);
+    }
+    let mut slow = Vec::new();
+    for _ in 0..150 {
+        let mut s = TcpStream::connect(d.addr)?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")?;
+        slow.push(s);
+    }
+    for _ in 0..150 {
+        let mut s = TcpStream::connect(d.addr)?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")?;
+        // The answer (or the close of a displaced connection): either way it stays open
+        // on this side.
+        let _ = s.read(&mut [0u8; 4096]);
+        hostile.push(s);
+    }
+    let drip = thread::spawn(move || {
+        for _ in 0..20 {
+            for s in &mut slow {
+                let _ = s.write_all(b"X");
+            }
+            thread::sleep(Duration::from_secs(1));
+        }
+    });
+    let mut answered = Vec::new();
+    for i in 0..20 {
+        for _ in 0..10 {
+            hostile.push(TcpStream::connect(d.addr)?);
+        }
+        let path = if i % 2 == 0 { "/metrics" } else { "/healthz" };
+        let start = Instant::now();
+        let got = http_get(d.addr, path);
+        answered.push(match got {
+            Ok((200, body)) if start.elapsed() < Duration::from_secs(2) && !body.is_empty() => None,
+            Ok((status, _)) => Some(format!("{path}: {status} after {:?}", start.elapsed())),
+            Err(e) => Some(format!("{path}: {e:#}")),
+        });
+        thread::sleep(Duration::from_millis(200));
+    }
+    drip.join().expect("the slow writer");
+    let failed: Vec<String> = answered.into_iter().flatten().collect();
+    assert!(
+        failed.is_empty(),
+        "{} of 20 scrapes failed: {failed:?}",
+        failed.len()
+    );
+    let log = d.log().join("\n");
+    assert!(log.contains("idle connections closed so far"), "{log}");
+    drop(hostile);
     Ok(())
 }

@@ -50,7 +50,7 @@ use crate::{
 enum Source {
     /// The kernel programs: their maps, and their events as they come.
     Kernel {
-        probe: Probe,
+        probe: Box<Probe>,
         events: crate::probe::events::Events,
     },
     /// Samples of the socket tables (`--hook poll`), with why `auto` chose it.
@@ -356,7 +356,13 @@ impl Collector {
             probe.hook(),
             seeds.seeded
         );
-        Ok((Source::Kernel { probe, events }, seeds))
+        Ok((
+            Source::Kernel {
+                probe: Box::new(probe),
+                events,
+            },
+            seeds,
+        ))
     }
 
     /// What this run cannot see, one sentence each (`probe.limitations`).

@@ -6,14 +6,19 @@
 //! refresh each `--interval`, signals), publishing each refresh as ready-made bodies, and
 //! the HTTP server. Handlers never touch the kernel: they hand out the last published
 //! bodies, so a request costs a copy. Requests are bounded: 5 s to send the headers, 30 s
-//! per connection, at most 64 connections, no request bodies.
+//! per connection, no request bodies, and at most 256 connections, where a newcomer makes
+//! room by closing an idle one (see [`crate::gate`]): a flood of idle or slow connections
+//! cannot keep a scrape out.
 
 use std::{
     convert::Infallible,
     io::Write as _,
     net::SocketAddr,
     path::PathBuf,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -30,13 +35,14 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
     net::TcpListener,
     signal::unix::{SignalKind, signal},
-    sync::{Semaphore, watch},
+    sync::watch,
 };
 
 use crate::{
     Setup,
     cli::DaemonArgs,
     collector::{self, Collector},
+    gate::Gate,
     metrics, output,
 };
 
@@ -50,7 +56,7 @@ struct Published {
     error: Option<String>,
 }
 
-const MAX_CONNECTIONS: usize = 64;
+const MAX_CONNECTIONS: usize = 256;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -195,30 +201,88 @@ async fn serve(
     published: watch::Receiver<Arc<Published>>,
     interval: Duration,
 ) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let gate = Gate::new(MAX_CONNECTIONS);
+    // When the last warning about displaced connections was logged, and the count then.
+    let mut said: (Option<Instant>, u64) = (None, 0);
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((stream, peer)) = listener.accept().await else {
             // Out of descriptors, say: do not spin on it.
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
-        // Over the limit: the connection is closed at once.
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
+        // `None`: every place is taken by a request being answered; this one closes.
+        let admitted = gate.admit(peer.ip(), Instant::now());
+        let displaced = gate.displaced();
+        if displaced > said.1
+            && said
+                .0
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+        {
+            tracing::warn!(
+                "HTTP: {} idle connections closed so far to make room for new ones ({} at \
+                 most; a flood of idle or slow connections?)",
+                displaced,
+                gate.capacity()
+            );
+            said = (Some(Instant::now()), displaced);
+        }
+        let Some(mut admitted) = admitted else {
             continue;
         };
         let published = published.clone();
         tokio::spawn(async move {
+            let busy = admitted.busy.clone();
             let service = service_fn(move |req| {
+                // Busy until hyper has written the whole answer and drops its body.
+                busy.store(true, Ordering::Relaxed);
                 let current = published.borrow().clone();
-                async move { Ok::<_, Infallible>(respond(&req, &current, interval)) }
+                let answer = respond(&req, &current, interval).map(|b| Answer {
+                    body: b,
+                    busy: busy.clone(),
+                });
+                async move { Ok::<_, Infallible>(answer) }
             });
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
-            drop(permit);
+            tokio::select! {
+                _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn) => {}
+                _ = &mut admitted.displaced => {}
+            }
         });
+    }
+}
+
+/// A response body that marks its connection idle again once hyper has sent it.
+struct Answer {
+    body: Full<Bytes>,
+    busy: Arc<AtomicBool>,
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        self.busy.store(false, Ordering::Relaxed);
+    }
+}
+
+impl hyper::body::Body for Answer {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 

@@ -12,6 +12,7 @@ pub mod check;
 pub mod cli;
 pub mod collector;
 pub mod daemon;
+pub mod gate;
 pub mod history;
 pub mod limits;
 pub mod metrics;

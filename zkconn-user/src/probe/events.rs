@@ -126,7 +126,7 @@ impl Events {
             } => {
                 for fd in buffers.iter_mut() {
                     fd.get_mut().for_each(|event| match event {
-                        PerfEvent::Sample { head, tail } if tail.is_empty() => f(head),
+                        PerfEvent::Sample { head, tail: [] } => f(head),
                         PerfEvent::Sample { head, tail } => {
                             joined.clear();
                             joined.extend_from_slice(head);

@@ -337,7 +337,7 @@ fn problem(h: &HookResult) -> Option<String> {
         // A kernel may lack a hook or forbid it, but its verifier refusing zkconn's own
         // programs (too much stack on an older kernel, say) is zkconn's bug, whatever
         // another hook does.
-        _ if h.detail.contains("verifier") => {
+        _ if h.detail.contains("the kernel's verifier refused") => {
             Some(format!("{what}: the verifier refused it: {}", h.detail))
         }
         _ => None,

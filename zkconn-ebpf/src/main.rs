@@ -34,7 +34,7 @@ mod programs {
             bpf_probe_read_kernel_buf, generated,
         },
         macros::{btf_tracepoint, fentry, kprobe, map, tracepoint},
-        maps::{Array, HashMap, PerCpuArray, RingBuf, ring_buf::RingBufEntry},
+        maps::{Array, HashMap, PerCpuArray, RingBuf},
         programs::{BtfTracePointContext, FEntryContext, ProbeContext, TracePointContext},
     };
     use zkconn_common::{
@@ -170,9 +170,17 @@ mod programs {
     /// reads a frozen global the verifier knows, so its helpers are never checked.
     #[map(name = "ZK_EVENTS")]
     static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
-    /// Where an event is built for a perf event array, which copies it out.
+    /// Where an event is built for a perf event array, which copies it out: one entry per
+    /// nesting level, since a program run can interrupt another on the same CPU between its
+    /// writing the entry and the copy (a softirq's refusal inside a process's exit, say).
     #[map(name = "ZK_EVENT_SCRATCH")]
-    static EVENT_SCRATCH: PerCpuArray<OwnerEvent> = PerCpuArray::with_max_entries(1, 0);
+    static EVENT_SCRATCH: PerCpuArray<OwnerEvent> =
+        PerCpuArray::with_max_entries(SCRATCH_LEVELS, 0);
+    /// How many of this CPU's scratch entries are being written (see `Slot::reserve`).
+    #[map(name = "ZK_EVENT_NEST")]
+    static EVENT_NEST: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+    /// Nesting levels: process context, softirq, hardirq, NMI.
+    const SCRATCH_LEVELS: u32 = 4;
 
     /// An `event_output` value; userspace sets it with the map type it loads.
     #[unsafe(no_mangle)]
@@ -885,24 +893,65 @@ mod programs {
 
     /// Where an event is written in place: a slot reserved in the ring buffer, or this
     /// CPU's scratch entry that a perf event array then copies out. Which one is fixed at
-    /// load (`EVENT_OUTPUT`).
-    enum Slot<T: 'static> {
-        Ring(RingBufEntry<T>),
-        Perf(*mut T),
+    /// load (`EVENT_OUTPUT`, see `perf_output`).
+    ///
+    /// A struct, not an enum of the two: both fields are always written, so LLVM never
+    /// stores an undefined variant field from a register a helper call clobbered (which the
+    /// verifier refuses).
+    struct Slot<T> {
+        p: *mut T,
+        /// This CPU's nesting count, to give the scratch entry back (null for the ring).
+        nest: *mut u32,
     }
 
-    impl<T: 'static> Slot<T> {
+    /// Whether events go through the perf event array: a read of a frozen global, which the
+    /// verifier knows, so only one branch of every test on it is ever verified.
+    #[inline(always)]
+    fn perf_output() -> bool {
+        // SAFETY: see `try_inet_sock_set_state`.
+        unsafe { read_volatile(&EVENT_OUTPUT) == event_output::PERF_BUFFER }
+    }
+
+    impl<T> Slot<T> {
         /// A slot for one `T` (at most an `OwnerEvent`), or `None` (counted as lost) when the
-        /// ring buffer is full.
+        /// buffer is full.
         #[inline(always)]
         fn reserve() -> Option<Self> {
-            // SAFETY: see `try_inet_sock_set_state`.
-            let slot = if unsafe { read_volatile(&EVENT_OUTPUT) } == event_output::PERF_BUFFER {
-                EVENT_SCRATCH
-                    .get_ptr_mut(0)
-                    .map(|p| Slot::Perf(p.cast::<T>()))
+            let slot = if perf_output() {
+                // A run that interrupts this one on the same CPU takes the next entry and
+                // gives it back before this one resumes, so a count is enough.
+                EVENT_NEST.get_ptr_mut(0).and_then(|nest| {
+                    // SAFETY: this CPU's own counter; nested runs restore it (above).
+                    let level = unsafe { *nest };
+                    if level >= SCRATCH_LEVELS {
+                        return None;
+                    }
+                    let p = EVENT_SCRATCH.get_ptr_mut(level)?;
+                    // SAFETY: as above.
+                    unsafe { *nest = level + 1 };
+                    Some(Slot {
+                        p: p.cast::<T>(),
+                        nest,
+                    })
+                })
             } else {
-                EVENTS.reserve::<T>(0).map(Slot::Ring)
+                // SAFETY: the map pointer is `EVENTS`'s definition, which the loader
+                // relocates; the size is a constant.
+                let p = unsafe {
+                    generated::bpf_ringbuf_reserve(
+                        (&raw const EVENTS).cast_mut().cast::<c_void>(),
+                        size_of::<T>() as u64,
+                        0,
+                    )
+                };
+                if p.is_null() {
+                    None
+                } else {
+                    Some(Slot {
+                        p: p.cast::<T>(),
+                        nest: core::ptr::null_mut(),
+                    })
+                }
             };
             if slot.is_none() {
                 count(probe_counter::LOST_EVENTS);
@@ -910,53 +959,47 @@ mod programs {
             slot
         }
 
-        #[inline(always)]
-        fn as_mut_ptr(&mut self) -> *mut T {
-            match self {
-                Slot::Ring(entry) => entry.as_mut_ptr(),
-                Slot::Perf(p) => *p,
-            }
-        }
-
         /// Hands the event to userspace. `wake`: at once (a new process); otherwise the ring
         /// buffer wakes userspace only when a quarter of it waits (a perf event array wakes
         /// it for every event).
         #[inline(always)]
         fn submit(self, ctx: Ctx, wake: bool) {
-            match self {
-                Slot::Ring(entry) => {
-                    // Only a new process needs userspace at once. Exits and refusals wait
-                    // for the next read of the ring buffer, at the latest the next
-                    // once-a-second sample, so a refusal storm costs no wake-up per
-                    // refusal; each event carries its own time. But a storm fills the
-                    // buffer within that second (256 KiB holds about 1,900 events): once a
-                    // quarter of it waits, userspace is woken to drain it, so events are
-                    // not dropped.
+            let events = (&raw const EVENTS).cast_mut().cast::<c_void>();
+            if perf_output() {
+                // SAFETY: `p` is this CPU's scratch entry, at least size_of::<T>() bytes.
+                let r = unsafe {
+                    generated::bpf_perf_event_output(
+                        ctx,
+                        events,
+                        BPF_F_CURRENT_CPU,
+                        self.p.cast::<c_void>(),
+                        size_of::<T>() as u64,
+                    )
+                };
+                if r < 0 {
+                    count(probe_counter::LOST_EVENTS);
+                }
+                // SAFETY: this CPU's counter, raised by `reserve` for this entry.
+                unsafe { *self.nest = (*self.nest).saturating_sub(1) };
+            } else {
+                // Only a new process needs userspace at once. Exits and refusals wait for
+                // the next read of the ring buffer, at the latest the next once-a-second
+                // sample, so a refusal storm costs no wake-up per refusal; each event
+                // carries its own time. But a storm fills the buffer within that second
+                // (256 KiB holds about 1,900 events): once a quarter of it waits, userspace
+                // is woken to drain it, so events are not dropped.
+                // SAFETY: queries of `EVENTS`, and the submit of the slot `reserve` took
+                // from it.
+                unsafe {
                     let flags = if wake
-                        || EVENTS.query(BPF_RB_AVAIL_DATA.into())
-                            > EVENTS.query(BPF_RB_RING_SIZE.into()) / 4
+                        || generated::bpf_ringbuf_query(events, BPF_RB_AVAIL_DATA.into())
+                            > generated::bpf_ringbuf_query(events, BPF_RB_RING_SIZE.into()) / 4
                     {
                         BPF_RB_FORCE_WAKEUP
                     } else {
                         BPF_RB_NO_WAKEUP
                     };
-                    entry.submit(flags.into());
-                }
-                Slot::Perf(p) => {
-                    // SAFETY: `p` is this CPU's scratch entry, at least size_of::<T>() bytes;
-                    // the map pointer is `EVENTS`'s definition, which the loader relocates.
-                    let r = unsafe {
-                        generated::bpf_perf_event_output(
-                            ctx,
-                            (&raw const EVENTS).cast_mut().cast::<c_void>(),
-                            BPF_F_CURRENT_CPU,
-                            p.cast::<c_void>(),
-                            size_of::<T>() as u64,
-                        )
-                    };
-                    if r < 0 {
-                        count(probe_counter::LOST_EVENTS);
-                    }
+                    generated::bpf_ringbuf_submit(self.p.cast::<c_void>(), flags.into());
                 }
             }
         }
@@ -966,10 +1009,10 @@ mod programs {
     /// would cost its size in the caller's frame, and all frames share 512 bytes on kernels
     /// before 6.13.
     fn emit(ctx: Ctx, kind: u32, tid: u32, owner: &OwnerKey, info: &Owner, ts_ns: u64) {
-        let Some(mut slot) = Slot::<Event>::reserve() else {
+        let Some(slot) = Slot::<Event>::reserve() else {
             return;
         };
-        let e = slot.as_mut_ptr();
+        let e = slot.p;
         // SAFETY: `e` is the reserved, exclusively owned slot of one `Event`; every field is
         // written before submit, through raw pointers so no reference to uninit memory exists.
         unsafe {
@@ -990,10 +1033,10 @@ mod programs {
     /// names carry its container even when the process and its cgroup are gone by then.
     #[inline(never)]
     fn emit_owner_new(ctx: Ctx, tid: u32, owner: &OwnerKey, info: &Owner, ts_ns: u64) {
-        let Some(mut slot) = Slot::<OwnerEvent>::reserve() else {
+        let Some(slot) = Slot::<OwnerEvent>::reserve() else {
             return;
         };
-        let e = slot.as_mut_ptr();
+        let e = slot.p;
         // SAFETY: `e` is the reserved, exclusively owned slot of one `OwnerEvent`; every
         // field userspace reads is written before submit (each name's first byte at least).
         unsafe {
@@ -1003,12 +1046,21 @@ mod programs {
             (&raw mut (*ev).owner).write(*owner);
             (&raw mut (*ev).info).write(*info);
             (&raw mut (*ev).ts_ns).write(ts_ns);
-            (&raw mut (*ev).server).write(ServerKey::default());
-            (&raw mut (*ev).sport).write(0);
-            (&raw mut (*ev)._pad).write([0; 6]);
+            // Volatile, so LLVM does not merge these into a call to memset: its frame
+            // would make the deepest call chain (tracepoint, owner_of, this) one frame
+            // deeper than the 512-byte stack of kernels before 6.13 allows.
+            let server = (&raw mut (*ev).server).cast::<u64>();
+            for i in 0..size_of::<ServerKey>() / 8 {
+                server.add(i).write_volatile(0);
+            }
+            (&raw mut (*ev).sport).write_volatile(0);
+            let pad = (&raw mut (*ev)._pad).cast::<u16>();
+            for i in 0..3 {
+                pad.add(i).write_volatile(0);
+            }
             for names in [&raw mut (*e).v2, &raw mut (*e).cpu] {
-                (&raw mut (*names).truncated).write(0);
-                (&raw mut (*names)._pad).write(0);
+                (&raw mut (*names).truncated).write_volatile(0);
+                (&raw mut (*names)._pad).write_volatile(0);
                 for level in 0..CGROUP_DEPTH {
                     (&raw mut (*names).names[level][0]).write(0);
                 }
@@ -1082,10 +1134,10 @@ mod programs {
 
     /// A refusal by `server`, in place like `emit`.
     fn emit_refused(ctx: Ctx, conn: &Conn, server: &ServerKey) {
-        let Some(mut slot) = Slot::<Event>::reserve() else {
+        let Some(slot) = Slot::<Event>::reserve() else {
             return;
         };
-        let e = slot.as_mut_ptr();
+        let e = slot.p;
         // SAFETY: as in `emit`.
         unsafe {
             (&raw mut (*e).kind).write(event_kind::REFUSED);

@@ -231,6 +231,10 @@ impl Collector {
         // Opened here, while zkconn may still enter other namespaces (see `sockdiag`).
         let mut tables = Tables::default();
         let (source, mut seeds) = match args.hook {
+            HookChoice::Poll if !args.fallback.is_empty() => anyhow::bail!(
+                "--fallback changes the kernel programs, and --hook poll loads none: drop one \
+                 of them"
+            ),
             HookChoice::Poll => (Source::Poll(Poller::default(), None), SeedReport::default()),
             choice => {
                 crate::probe::caps::check_privileges()?;

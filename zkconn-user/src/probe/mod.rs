@@ -219,13 +219,22 @@ impl Probe {
             let fields = tracefs::tracepoint_fields(root, category, name).ok()?;
             fields.get(field).map(|f| f.offset)
         };
-        let exit_layout = fields("sched", "sched_process_exit", "group_dead").map_or(
-            ExitTpLayout::default(),
-            |group_dead| ExitTpLayout {
-                group_dead,
+        // Why exits cannot come from the kernel: no such field, or a format file zkconn
+        // could not read (tracefs wants CAP_DAC_READ_SEARCH of a process not root).
+        let exit_format = root
+            .as_ref()
+            .map_err(|e| format!("{e:#}"))
+            .and_then(|root| {
+                tracefs::tracepoint_fields(root, "sched", "sched_process_exit")
+                    .map_err(|e| format!("{e:#}"))
+            });
+        let exit_layout = match exit_format.as_ref().map(|f| f.get("group_dead")) {
+            Ok(Some(group_dead)) => ExitTpLayout {
+                group_dead: group_dead.offset,
                 valid: 1,
             },
-        );
+            _ => ExitTpLayout::default(),
+        };
         let reset_layout = fields("tcp", "tcp_receive_reset", "skaddr").map_or(
             ResetTpLayout::default(),
             |skaddr| ResetTpLayout { skaddr, valid: 1 },
@@ -331,11 +340,15 @@ impl Probe {
         // The two rare events are worth having, not worth failing for: without them zkconn
         // finds exits from /proc, and refusals by their byte counts alone.
         if !probe.exit_events {
-            probe.limitations.push(
-                "process exits are found from /proc each second, not from the kernel (this \
-                 kernel's sched:sched_process_exit has no group_dead field)"
+            probe.limitations.push(match &exit_format {
+                Ok(_) => "process exits are found from /proc each second, not from the kernel \
+                          (this kernel's sched:sched_process_exit has no group_dead field)"
                     .to_owned(),
-            );
+                Err(e) => format!(
+                    "process exits are found from /proc each second, not from the kernel \
+                     (the format of sched:sched_process_exit could not be read: {e})"
+                ),
+            });
         }
         if probe.exit_events
             && let Err(e) =
@@ -1029,7 +1042,10 @@ fn open_events(ebpf: &mut Ebpf, perf_buffer_bytes: Option<u32>) -> anyhow::Resul
         .ok_or_else(|| anyhow!("the eBPF object has no events map; rebuild zkconn"))?;
     match perf_buffer_bytes {
         None => events::Events::ring(map),
-        Some(bytes) => events::Events::perf(map, bytes).map_err(perf_buffer_refused),
+        // A privilege or a limit: reported, not taken for a kernel without BPF (`auto` would
+        // sample instead, seeing no refusal and no short connection).
+        Some(bytes) => events::Events::perf(map, bytes)
+            .map_err(|e| FixableLoadError(format!("{:#}", perf_buffer_refused(e))).into()),
     }
 }
 

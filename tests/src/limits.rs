@@ -142,19 +142,31 @@ const MAP_READS: [u32; 3] = [1, 4, 24];
 /// as a kernel before 5.19 does once the capability it wants is gone. Loading, attaching
 /// and map updates are left alone. x86-64 only.
 pub fn refuse_map_reads(cmd: &mut Command) -> anyhow::Result<()> {
-    refuse_bpf(cmd, Some(MAP_READS), libc::EPERM)
+    refuse_syscall(cmd, libc::SYS_bpf, Some(MAP_READS), libc::EPERM)
 }
 
 /// Makes `bpf()` fail with ENOSYS for `cmd`'s child, as on a kernel built without
 /// CONFIG_BPF_SYSCALL. x86-64 only.
 pub fn without_bpf(cmd: &mut Command) -> anyhow::Result<()> {
-    refuse_bpf(cmd, None, libc::ENOSYS)
+    refuse_syscall(cmd, libc::SYS_bpf, None, libc::ENOSYS)
 }
 
-/// A seccomp filter failing `bpf()` with `errno`: the commands `only` lists, or every one.
-fn refuse_bpf(cmd: &mut Command, only: Option<[u32; 3]>, errno: i32) -> anyhow::Result<()> {
+/// Makes `perf_event_open()` fail with EACCES for `cmd`'s child, as a policy forbidding
+/// perf events does. x86-64 only.
+pub fn refuse_perf_events(cmd: &mut Command) -> anyhow::Result<()> {
+    refuse_syscall(cmd, libc::SYS_perf_event_open, None, libc::EACCES)
+}
+
+/// A seccomp filter failing syscall `nr` with `errno`: the calls whose first argument
+/// `only` lists, or every one.
+fn refuse_syscall(
+    cmd: &mut Command,
+    nr: libc::c_long,
+    only: Option<[u32; 3]>,
+    errno: i32,
+) -> anyhow::Result<()> {
     if !cfg!(target_arch = "x86_64") {
-        bail!("the bpf() filter is written for x86-64");
+        bail!("the seccomp filter is written for x86-64");
     }
     // SAFETY: prctl(2) calls on the child's own state between fork and exec; the filter
     // program is built inside the closure and outlives the call that copies it.
@@ -173,7 +185,7 @@ fn refuse_bpf(cmd: &mut Command, only: Option<[u32; 3]>, errno: i32) -> anyhow::
                 insn(LD_ABS_W, 0, 0, 4),
                 insn(JEQ_K, 0, 6, AUDIT_ARCH_X86_64),
                 insn(LD_ABS_W, 0, 0, 0),
-                insn(JEQ_K, 0, 4, libc::SYS_bpf as u32),
+                insn(JEQ_K, 0, 4, nr as u32),
                 insn(LD_ABS_W, 0, 0, 16),
                 match only {
                     Some(cmds) => insn(JEQ_K, 3, 0, cmds[0]),

@@ -8,8 +8,9 @@ use std::{process::Command, thread, time::Duration};
 
 use anyhow::Result;
 use integration_tests::{
-    Client, ZkServer, Zkconn, field, fresh_ipv4, kill_and_reap, limits::without_bpf, process,
-    server_row, ss_count, wait_settled, zkconn_bin,
+    Client, ZkServer, Zkconn, field, fresh_ipv4, kill_and_reap,
+    limits::{refuse_perf_events, without_bpf},
+    process, server_row, ss_count, wait_settled, zkconn_bin,
 };
 use serde_json::Value;
 
@@ -142,5 +143,29 @@ fn auto_falls_back_to_poll_where_a_policy_forbids_bpf() -> Result<()> {
     assert_eq!(field(process(&snap, 0)?, "open")?, 2);
     assert_eq!(snap["probe"]["seeds"]["ownerless"], 2);
     assert!(snap["probe"]["seeds"]["ownerless_why"].is_string());
+    Ok(())
+}
+
+/// Perf buffers (kernels before 5.8, or `--fallback perf-buffer`) are perf events, which a
+/// policy or a missing CAP_PERFMON can refuse. That is for the operator to fix, not a kernel
+/// without BPF: zkconn stops with the reason (exit 1) even under `--hook auto`, rather than
+/// sampling without refusals or short connections.
+#[test]
+fn a_refused_perf_buffer_is_reported_not_sampled_around() -> Result<()> {
+    let mut cmd = Command::new(zkconn_bin());
+    refuse_perf_events(&mut cmd)?;
+    let out = cmd
+        .args(["snapshot", "--duration", "0", "--hook", "auto"])
+        .args(["--port", "2999", "--fallback", "perf-buffer"])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot open the perf buffer of CPU")
+            && stderr.contains("CAP_PERFMON")
+            && !stderr.contains("samples the socket tables"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     Ok(())
 }

@@ -33,10 +33,14 @@ pub fn install(packages: &[&str], private: &Path) -> anyhow::Result<()> {
         as_root("apt-get").arg("update").arg("-qq"),
         "apt-get update",
     )?;
-    let removals = simulate(&[], &missing)?;
-    if removals.is_empty() {
-        return apt_install(&[], &missing);
-    }
+    // From the release itself, unless that would remove a package, or cannot work at all
+    // (a package already taken from backports pins its siblings to the same version).
+    let from_release = simulate(&[], &missing);
+    let why_not = match &from_release {
+        Ok(removals) if removals.is_empty() => return apt_install(&[], &missing),
+        Ok(removals) => format!("it would remove {}", removals.join(" ")),
+        Err(e) => format!("{e:#}"),
+    };
     let codename = codename()?;
     let backports = format!("{codename}-backports");
     let opts = private_sources(private, &backports)?;
@@ -46,20 +50,21 @@ pub fn install(packages: &[&str], private: &Path) -> anyhow::Result<()> {
     )?;
     let mut with_suite = opts.clone();
     with_suite.extend(["-t".to_owned(), backports.clone()]);
-    let removals_bpo = simulate(&with_suite, &missing)?;
+    let removals_bpo = simulate(&with_suite, &missing)
+        .with_context(|| format!("from {codename}: {why_not}; from {backports} neither"))?;
     if removals_bpo.is_empty() {
         eprintln!(
-            "xtask: taking {} from {backports}: from {codename} it would remove {}",
-            missing.join(" "),
-            removals.join(" ")
+            "xtask: taking {} from {backports}: from {codename} {why_not}",
+            missing.join(" ")
         );
         return apt_install(&with_suite, &missing);
     }
     bail!(
-        "installing {} would remove {}, which this machine already has (also from {backports}); \
-         zkconn's setup never removes packages: install {} by hand in a way that keeps them",
+        "installing {} from {codename}: {why_not}; from {backports} it would remove {}, which \
+         this machine already has; zkconn's setup never removes packages: install {} by hand in \
+         a way that keeps them",
         missing.join(" "),
-        removals.join(" "),
+        removals_bpo.join(" "),
         missing.join(" ")
     )
 }
@@ -116,7 +121,7 @@ fn removals(simulation: &str) -> Vec<String> {
 }
 
 /// The release's code name (`VERSION_CODENAME` of /etc/os-release).
-fn codename() -> anyhow::Result<String> {
+pub fn codename() -> anyhow::Result<String> {
     let text = std::fs::read_to_string("/etc/os-release").context("cannot read /etc/os-release")?;
     text.lines()
         .find_map(|l| l.strip_prefix("VERSION_CODENAME="))
@@ -159,10 +164,11 @@ fn private_sources(dir: &Path, suite: &str) -> anyhow::Result<Vec<String>> {
 }
 
 /// apt options that see only `suite` (e.g. `bullseye`, an older release whose kernel the
-/// matrix boots) of the Debian archive this machine uses, with lists and caches of their
-/// own under `dir`; their lists are brought up to date. Nothing of the machine's apt state
-/// is touched: the packages are only downloaded, never installed.
-pub fn only_suite(dir: &Path, suite: &str) -> anyhow::Result<Vec<String>> {
+/// matrix boots) of the Debian archive this machine uses, for `arch` (e.g. `arm64`) or the
+/// machine's own architecture, with lists and caches of their own under `dir`; their lists
+/// are brought up to date. Nothing of the machine's apt state is touched: the packages are
+/// only downloaded, never installed.
+pub fn only_suite(dir: &Path, suite: &str, arch: Option<&str>) -> anyhow::Result<Vec<String>> {
     let archive = archive_uri(&codename()?)?;
     let parts = dir.join("sources.list.d");
     let lists = dir.join("lists");
@@ -175,15 +181,20 @@ pub fn only_suite(dir: &Path, suite: &str) -> anyhow::Result<Vec<String>> {
         std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
     }
     let list = dir.join("sources.list");
-    std::fs::write(&list, format!("deb {archive} {suite} main\n"))
+    let only_arch = arch.map_or(String::new(), |a| format!("[arch={a}] "));
+    std::fs::write(&list, format!("deb {only_arch}{archive} {suite} main\n"))
         .with_context(|| format!("cannot write {}", list.display()))?;
     let opt = |k: &str, v: &PathBuf| format!("-oDir::{k}={}", v.display());
-    let opts = vec![
+    let mut opts = vec![
         opt("Etc::SourceList", &list),
         opt("Etc::SourceParts", &parts),
         opt("State::Lists", &lists),
         opt("Cache", &cache),
     ];
+    if let Some(a) = arch {
+        opts.push(format!("-oAPT::Architecture={a}"));
+        opts.push(format!("-oAPT::Architectures={a}"));
+    }
     check(
         as_root("apt-get").args(&opts).arg("update").arg("-qq"),
         &format!(

@@ -16,41 +16,88 @@ use anyhow::{Context as _, anyhow, bail};
 
 use crate::{check, output};
 
-/// The target of the static binary.
-pub const MUSL: &str = "x86_64-unknown-linux-musl";
+/// A machine the static binary is built for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// Rust's target triple (musl: statically linked).
+    pub triple: &'static str,
+    /// Debian's name of the architecture.
+    pub deb: &'static str,
+    /// RPM's name of it.
+    pub rpm: &'static str,
+    /// binutils' objcopy for its ELF files (Debian's `binutils-aarch64-linux-gnu` for arm64).
+    pub objcopy: &'static str,
+}
 
-/// Adds the musl target to the toolchain (rustup) when missing.
-pub fn setup_musl() -> anyhow::Result<()> {
+pub const X86_64: Target = Target {
+    triple: "x86_64-unknown-linux-musl",
+    deb: "amd64",
+    rpm: "x86_64",
+    objcopy: "objcopy",
+};
+
+/// Cross-built here, linked by the Rust toolchain's own lld: zkconn has no C code, so no
+/// C cross compiler is needed. The eBPF object differs only where the kernel's calling
+/// convention shows (`pt_regs` in kprobes), which aya-build takes from the target.
+pub const AARCH64: Target = Target {
+    triple: "aarch64-unknown-linux-musl",
+    deb: "arm64",
+    rpm: "aarch64",
+    objcopy: "aarch64-linux-gnu-objcopy",
+};
+
+pub const TARGETS: [Target; 2] = [X86_64, AARCH64];
+
+/// The target of the static binary for this machine.
+pub const MUSL: &str = X86_64.triple;
+
+/// Adds `target` to the toolchain (rustup) when missing.
+pub fn setup_target(target: Target) -> anyhow::Result<()> {
+    let triple = target.triple;
     let installed =
         output(Command::new("rustup").args(["target", "list", "--installed"])).unwrap_or_default();
-    if installed.lines().any(|l| l.trim() == MUSL) {
+    if installed.lines().any(|l| l.trim() == triple) {
         return Ok(());
     }
-    eprintln!("xtask: adding the Rust target {MUSL}");
+    eprintln!("xtask: adding the Rust target {triple}");
     check(
-        Command::new("rustup").args(["target", "add", MUSL]),
-        &format!("rustup target add {MUSL}"),
+        Command::new("rustup").args(["target", "add", triple]),
+        &format!("rustup target add {triple}"),
     )
 }
 
-/// Builds `package`'s `bin` statically for musl and returns its path; refuses a binary
+/// Builds `package`'s `bin` statically for `target` and returns its path; refuses a binary
 /// that names a dynamic loader or a shared library.
-pub fn static_binary(root: &Path, package: &str, bin: &str) -> anyhow::Result<PathBuf> {
-    setup_musl()?;
+pub fn static_binary(
+    root: &Path,
+    package: &str,
+    bin: &str,
+    target: Target,
+) -> anyhow::Result<PathBuf> {
+    setup_target(target)?;
+    let triple = target.triple;
+    let mut cargo = Command::new("cargo");
+    if target != X86_64 {
+        let var = format!(
+            "CARGO_TARGET_{}_LINKER",
+            triple.to_uppercase().replace('-', "_")
+        );
+        cargo.env(var, "rust-lld");
+    }
     check(
-        Command::new("cargo").current_dir(root).args([
+        cargo.current_dir(root).args([
             "build",
             "--release",
             "--target",
-            MUSL,
+            triple,
             "--package",
             package,
             "--bin",
             bin,
         ]),
-        &format!("building {bin} for {MUSL}"),
+        &format!("building {bin} for {triple}"),
     )?;
-    let path = root.join("target").join(MUSL).join("release").join(bin);
+    let path = root.join("target").join(triple).join("release").join(bin);
     let needs = dynamic_needs(&path)?;
     if !needs.is_empty() {
         bail!(
@@ -85,13 +132,89 @@ pub fn dynamic_needs(path: &Path) -> anyhow::Result<Vec<String>> {
 }
 
 pub fn run(root: &Path) -> anyhow::Result<()> {
-    let bin = static_binary(root, "zkconn", "zkconn")?;
-    let version = output(Command::new(&bin).arg("--version"))
-        .and_then(|v| v.split_whitespace().nth(1).map(str::to_owned))
-        .ok_or_else(|| anyhow!("{} --version printed nothing", bin.display()))?;
     let dist = root.join("target/dist");
-    let name = format!("zkconn-{version}-{MUSL}");
-    let stage = dist.join(&name);
+    let mut made = Vec::new();
+    let mut version = None;
+    let mut first_stage: Option<PathBuf> = None;
+    for target in TARGETS {
+        let bin = static_binary(root, "zkconn", "zkconn", target)?;
+        // Only this machine's binary runs here; the others share its version.
+        let version = match &version {
+            Some(v) => String::clone(v),
+            None => {
+                let v = output(Command::new(&bin).arg("--version"))
+                    .and_then(|v| v.split_whitespace().nth(1).map(str::to_owned))
+                    .ok_or_else(|| anyhow!("{} --version printed nothing", bin.display()))?;
+                version = Some(v.clone());
+                v
+            }
+        };
+        let stage = stage(root, &dist, &bin, &version, target, first_stage.as_deref())?;
+        let deb = deb(&dist, &stage, &version, target)?;
+        let rpm = rpm(&dist, &stage, &version, target)?;
+        let name = stage
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| anyhow!("{} has no name", stage.display()))?
+            .to_owned();
+        let tarball = dist.join(format!("{name}.tar.gz"));
+        check(
+            Command::new("tar").current_dir(&dist).args([
+                "--owner=0",
+                "--group=0",
+                "-czf",
+                &format!("{name}.tar.gz"),
+                &name,
+            ]),
+            "tar",
+        )?;
+        let size = |p: &Path| fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        println!(
+            "{}: zkconn {version}, static ({}), {:.1} MB stripped; tarball {:.1} MB",
+            tarball.display(),
+            target.triple,
+            size(&stage.join("zkconn")) as f64 / 1e6,
+            size(&tarball) as f64 / 1e6
+        );
+        for package in [&deb, &rpm] {
+            println!(
+                "{}: {:.1} MB",
+                package.display(),
+                size(package) as f64 / 1e6
+            );
+        }
+        made.extend([tarball, deb, rpm]);
+        if first_stage.is_none() {
+            first_stage = Some(stage);
+        }
+    }
+    let names = made
+        .iter()
+        .map(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .map(str::to_owned)
+                .ok_or_else(|| anyhow!("{} has no file name", p.display()))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let sums = output(Command::new("sha256sum").current_dir(&dist).args(&names))
+        .ok_or_else(|| anyhow!("sha256sum failed"))?;
+    fs::write(dist.join("SHA256SUMS"), sums)?;
+    Ok(())
+}
+
+/// `target/dist/zkconn-<version>-<triple>/`: the stripped binary and everything shipped
+/// beside it. Completions and man pages come from running this machine's binary; another
+/// target's stage copies them from `native` (the same text).
+fn stage(
+    root: &Path,
+    dist: &Path,
+    bin: &Path,
+    version: &str,
+    target: Target,
+    native: Option<&Path>,
+) -> anyhow::Result<PathBuf> {
+    let stage = dist.join(format!("zkconn-{version}-{}", target.triple));
     if stage.exists() {
         fs::remove_dir_all(&stage).with_context(|| format!("cannot clear {}", stage.display()))?;
     }
@@ -99,11 +222,11 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
         fs::create_dir_all(stage.join(dir))?;
     }
     check(
-        Command::new("objcopy")
+        Command::new(target.objcopy)
             .arg("--strip-all")
-            .arg(&bin)
+            .arg(bin)
             .arg(stage.join("zkconn")),
-        "objcopy --strip-all zkconn",
+        &format!("{} --strip-all zkconn", target.objcopy),
     )?;
     for file in [
         "README.md",
@@ -115,21 +238,35 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
         fs::copy(root.join(file), stage.join(file))
             .with_context(|| format!("cannot copy {file}"))?;
     }
-    for (shell, file) in [
-        ("bash", "zkconn.bash"),
-        ("zsh", "_zkconn"),
-        ("fish", "zkconn.fish"),
-    ] {
-        let script = output(Command::new(&bin).args(["completions", shell]))
-            .ok_or_else(|| anyhow!("zkconn completions {shell} failed"))?;
-        fs::write(stage.join("completions").join(file), script)?;
+    match native {
+        Some(native) => {
+            for dir in ["completions", "man"] {
+                for entry in fs::read_dir(native.join(dir))? {
+                    let path = entry?.path();
+                    if let Some(name) = path.file_name() {
+                        fs::copy(&path, stage.join(dir).join(name))?;
+                    }
+                }
+            }
+        }
+        None => {
+            for (shell, file) in [
+                ("bash", "zkconn.bash"),
+                ("zsh", "_zkconn"),
+                ("fish", "zkconn.fish"),
+            ] {
+                let script = output(Command::new(bin).args(["completions", shell]))
+                    .ok_or_else(|| anyhow!("zkconn completions {shell} failed"))?;
+                fs::write(stage.join("completions").join(file), script)?;
+            }
+            check(
+                Command::new(bin)
+                    .args(["man", "--dir"])
+                    .arg(stage.join("man")),
+                "zkconn man --dir",
+            )?;
+        }
     }
-    check(
-        Command::new(&bin)
-            .args(["man", "--dir"])
-            .arg(stage.join("man")),
-        "zkconn man --dir",
-    )?;
     // The README links these.
     fs::create_dir_all(stage.join("docs"))?;
     for entry in fs::read_dir(root.join("docs"))? {
@@ -140,49 +277,7 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
             fs::copy(&path, stage.join("docs").join(name))?;
         }
     }
-
-    let deb = deb(&dist, &stage, &version)?;
-    let rpm = rpm(&dist, &stage, &version)?;
-
-    let tarball = format!("{name}.tar.gz");
-    check(
-        Command::new("tar").current_dir(&dist).args([
-            "--owner=0",
-            "--group=0",
-            "-czf",
-            &tarball,
-            &name,
-        ]),
-        "tar",
-    )?;
-    let name_of = |p: &Path| {
-        p.file_name()
-            .and_then(|n| n.to_str())
-            .map(str::to_owned)
-            .ok_or_else(|| anyhow!("{} has no file name", p.display()))
-    };
-    let sums = output(Command::new("sha256sum").current_dir(&dist).args([
-        tarball.clone(),
-        name_of(&deb)?,
-        name_of(&rpm)?,
-    ]))
-    .ok_or_else(|| anyhow!("sha256sum failed"))?;
-    fs::write(dist.join("SHA256SUMS"), sums)?;
-    let size = |p: &Path| fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-    println!(
-        "{}: zkconn {version}, static ({MUSL}), {:.1} MB stripped; tarball {:.1} MB",
-        dist.join(&tarball).display(),
-        size(&stage.join("zkconn")) as f64 / 1e6,
-        size(&dist.join(&tarball)) as f64 / 1e6
-    );
-    for package in [&deb, &rpm] {
-        println!(
-            "{}: {:.1} MB",
-            package.display(),
-            size(package) as f64 / 1e6
-        );
-    }
-    Ok(())
+    Ok(stage)
 }
 
 /// The site's flags, kept across upgrades (a dpkg conffile).
@@ -378,9 +473,10 @@ fn wrap(text: &str, width: usize) -> Vec<String> {
     lines
 }
 
-/// `zkconn_<version>_amd64.deb`, with Debian's own dpkg-deb.
-fn deb(dist: &Path, stage: &Path, version: &str) -> anyhow::Result<PathBuf> {
-    let root = dist.join("deb-root");
+/// `zkconn_<version>_<arch>.deb`, with Debian's own dpkg-deb.
+fn deb(dist: &Path, stage: &Path, version: &str, target: Target) -> anyhow::Result<PathBuf> {
+    let arch = target.deb;
+    let root = dist.join(format!("deb-root-{arch}"));
     package_tree(&root, stage, &DEBIAN)?;
     let control = root.join("DEBIAN");
     fs::create_dir_all(&control)?;
@@ -388,7 +484,7 @@ fn deb(dist: &Path, stage: &Path, version: &str) -> anyhow::Result<PathBuf> {
     fs::write(
         control.join("control"),
         format!(
-            "Package: zkconn\nVersion: {version}\nArchitecture: amd64\nMaintainer: zkconn \
+            "Package: zkconn\nVersion: {version}\nArchitecture: {arch}\nMaintainer: zkconn \
              <zkconn@localhost>\nInstalled-Size: {installed_kib}\nSection: admin\nPriority: \
              optional\nDescription: who holds this host's ZooKeeper connections\n{}\n",
             wrap(DESCRIPTION, 72)
@@ -415,7 +511,7 @@ fn deb(dist: &Path, stage: &Path, version: &str) -> anyhow::Result<PathBuf> {
         fs::write(&path, text)?;
         fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     }
-    let deb = dist.join(format!("zkconn_{version}_amd64.deb"));
+    let deb = dist.join(format!("zkconn_{version}_{arch}.deb"));
     check(
         Command::new("dpkg-deb")
             .args(["--root-owner-group", "-Zxz", "--build"])
@@ -435,10 +531,11 @@ const RPM_DIRS: [&str; 5] = [
     "usr/share/zkconn/grafana",
 ];
 
-/// `zkconn-<version>-1.x86_64.rpm`, with rpmbuild (Debian's `rpm`): the same files in the
+/// `zkconn-<version>-1.<arch>.rpm`, with rpmbuild (Debian's `rpm`): the same files in the
 /// places RPM distributions use, the flags file `%config(noreplace)`, no scriptlets.
-fn rpm(dist: &Path, stage: &Path, version: &str) -> anyhow::Result<PathBuf> {
-    let tree = dist.join("rpm-root");
+fn rpm(dist: &Path, stage: &Path, version: &str, target: Target) -> anyhow::Result<PathBuf> {
+    let arch = target.rpm;
+    let tree = dist.join(format!("rpm-root-{arch}"));
     package_tree(&tree, stage, &RPM)?;
     let top = dist.join("rpmbuild");
     if top.exists() {
@@ -470,7 +567,7 @@ fn rpm(dist: &Path, stage: &Path, version: &str) -> anyhow::Result<PathBuf> {
         &spec,
         format!(
             "Name: zkconn\nVersion: {version}\nRelease: 1\nSummary: who holds this host's \
-             ZooKeeper connections\nLicense: Apache-2.0\nBuildArch: x86_64\nAutoReqProv: no\n\
+             ZooKeeper connections\nLicense: Apache-2.0\nAutoReqProv: no\n\
              \n%description\n{}\n\n%install\ncp -a {}/. %{{buildroot}}/\n\n{RPM_SCRIPTS}\n\
              %files\n{}\n",
             wrap(DESCRIPTION, 72).join("\n"),
@@ -485,11 +582,14 @@ fn rpm(dist: &Path, stage: &Path, version: &str) -> anyhow::Result<PathBuf> {
             .arg(format!("_topdir {}", top.display()))
             .args(["--define", "_build_id_links none"])
             .args(["--define", "__strip /bin/true"])
+            // Packaging only: nothing is compiled, so any architecture builds here (a
+            // `BuildArch:` foreign to this machine would be refused).
+            .args(["--target", arch])
             .arg(&spec),
         "rpmbuild",
     )?;
-    let built = top.join(format!("RPMS/x86_64/zkconn-{version}-1.x86_64.rpm"));
-    let rpm = dist.join(format!("zkconn-{version}-1.x86_64.rpm"));
+    let built = top.join(format!("RPMS/{arch}/zkconn-{version}-1.{arch}.rpm"));
+    let rpm = dist.join(format!("zkconn-{version}-1.{arch}.rpm"));
     fs::copy(&built, &rpm).with_context(|| format!("rpmbuild left no {}", built.display()))?;
     Ok(rpm)
 }
@@ -523,7 +623,7 @@ fn dir_size(dir: &Path) -> anyhow::Result<u64> {
 }
 
 /// What building the .rpm and checking the packages need from Debian.
-pub const DEBIAN_PACKAGES: &[&str] = &["debootstrap", "rpm"];
+pub const DEBIAN_PACKAGES: &[&str] = &["debootstrap", "rpm", "binutils-aarch64-linux-gnu"];
 
 /// Mounts made for the check, undone in reverse order however it ends.
 struct Mounts(Vec<PathBuf>);
@@ -540,23 +640,100 @@ impl Drop for Mounts {
 pub fn check_packages(root: &Path) -> anyhow::Result<()> {
     run(root)?;
     check_deb(root)?;
-    check_rpm(root)
+    check_rpm(root)?;
+    check_arm64(root)
+}
+
+/// The arm64 packages cannot run here (their guest run is the kernel matrix's): each says
+/// it is arm64, lists what the amd64 one lists, and holds a static AArch64 zkconn.
+fn check_arm64(root: &Path) -> anyhow::Result<()> {
+    let dist = root.join("target/dist");
+    let deb = artifact(&dist, "_arm64.deb")?;
+    let arch = output(
+        Command::new("dpkg-deb")
+            .arg("-f")
+            .arg(&deb)
+            .arg("Architecture"),
+    )
+    .ok_or_else(|| anyhow!("dpkg-deb -f {} failed", deb.display()))?;
+    if arch.trim() != "arm64" {
+        bail!("{} says Architecture {arch}", deb.display());
+    }
+    let contents = |deb: &Path| -> anyhow::Result<Vec<String>> {
+        let text = output(Command::new("dpkg-deb").arg("--contents").arg(deb))
+            .ok_or_else(|| anyhow!("dpkg-deb --contents {} failed", deb.display()))?;
+        Ok(text
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(5).map(str::to_owned))
+            .collect())
+    };
+    let amd64 = artifact(&dist, "_amd64.deb")?;
+    if contents(&deb)? != contents(&amd64)? {
+        bail!("the arm64 .deb does not hold the files the amd64 one holds");
+    }
+    let scratch = dist.join("arm64-check");
+    if scratch.exists() {
+        fs::remove_dir_all(&scratch)?;
+    }
+    check(
+        Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&scratch),
+        "dpkg-deb -x (arm64)",
+    )?;
+    let bin = scratch.join("usr/bin/zkconn");
+    let header = output(Command::new("readelf").arg("-h").arg(&bin))
+        .ok_or_else(|| anyhow!("readelf -h {} failed", bin.display()))?;
+    if !header.contains("AArch64") {
+        bail!("the arm64 .deb's zkconn is not an AArch64 program");
+    }
+    let needs = dynamic_needs(&bin)?;
+    if !needs.is_empty() {
+        bail!(
+            "the arm64 zkconn is not static: it needs {}",
+            needs.join(", ")
+        );
+    }
+    let rpm = artifact(&dist, ".aarch64.rpm")?;
+    let rpm_arch = output(
+        Command::new("rpm")
+            .args(["-qp", "--qf", "%{ARCH}"])
+            .arg(&rpm),
+    )
+    .ok_or_else(|| anyhow!("rpm -qp {} failed", rpm.display()))?;
+    if rpm_arch.trim() != "aarch64" {
+        bail!("{} says ARCH {rpm_arch}", rpm.display());
+    }
+    let files = |rpm: &Path| output(Command::new("rpm").arg("-qpl").arg(rpm));
+    if files(&rpm) != files(&artifact(&dist, ".x86_64.rpm")?) {
+        bail!("the aarch64 .rpm does not list the files the x86_64 one lists");
+    }
+    fs::remove_dir_all(&scratch)?;
+    eprintln!("xtask: the arm64 .deb and aarch64 .rpm hold a static AArch64 zkconn");
+    Ok(())
+}
+
+/// The one file in `dist` whose name ends with `suffix`.
+fn artifact(dist: &Path, suffix: &str) -> anyhow::Result<PathBuf> {
+    fs::read_dir(dist)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.ends_with(suffix))
+        })
+        .ok_or_else(|| anyhow!("cargo xtask dist left no *{suffix} in {}", dist.display()))
 }
 
 /// The .rpm: its file list is the tree it was built from, it has no scriptlets, and rpm
 /// installs it into a scratch root and erases it cleanly.
 fn check_rpm(root: &Path) -> anyhow::Result<()> {
     let dist = root.join("target/dist");
-    let rpm = fs::read_dir(&dist)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.extension().is_some_and(|e| e == "rpm"))
-        .ok_or_else(|| anyhow!("cargo xtask dist left no .rpm in {}", dist.display()))?;
+    let rpm = artifact(&dist, ".x86_64.rpm")?;
     let listed = output(Command::new("rpm").arg("-qpl").arg(&rpm))
         .ok_or_else(|| anyhow!("rpm -qpl {} failed", rpm.display()))?;
     let mut expected: Vec<String> = RPM_DIRS.iter().map(|d| (*d).to_owned()).collect();
     list_files(
-        &dist.join("rpm-root"),
-        &dist.join("rpm-root"),
+        &dist.join("rpm-root-x86_64"),
+        &dist.join("rpm-root-x86_64"),
         &mut expected,
     )?;
     let mut listed: Vec<&str> = listed.lines().map(|l| l.trim_start_matches('/')).collect();
@@ -648,10 +825,7 @@ fn check_rpm(root: &Path) -> anyhow::Result<()> {
 /// (the static binary on an older glibc), and removes and purges cleanly.
 fn check_deb(root: &Path) -> anyhow::Result<()> {
     let dist = root.join("target/dist");
-    let deb = fs::read_dir(&dist)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.extension().is_some_and(|e| e == "deb"))
-        .ok_or_else(|| anyhow!("cargo xtask dist left no .deb in {}", dist.display()))?;
+    let deb = artifact(&dist, "_amd64.deb")?;
     let chroot = root.join("target/deb-test/bullseye");
     if !chroot.join("usr/bin/dpkg").exists() {
         let partial = root.join("target/deb-test/bullseye.partial");

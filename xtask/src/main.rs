@@ -51,11 +51,12 @@ enum Task {
         /// Only these targets (default: all of them).
         targets: Vec<String>,
     },
-    /// Set up (plus qemu, busybox and cpio), build, then check every hook's counting on this
-    /// host and inside Debian's 6.1 and 6.12 kernels booted under qemu (software emulation);
-    /// prints the matrix and writes it into docs/kernels.md.
+    /// Set up (plus qemu, busybox, cpio and arm64 binutils), build, then check every hook's
+    /// counting on this host and inside Debian's 5.10, 6.1 and 6.12 kernels and the arm64 6.1
+    /// kernel (the arm64 build) booted under qemu (software emulation); prints the matrix and
+    /// writes it into docs/kernels.md.
     VmTest {
-        /// Only these kernel series (default: every one in the matrix).
+        /// Only these kernels: 5.10, 6.1, 6.12, 6.1-arm64 (default: every one).
         kernels: Vec<String>,
     },
     /// Set up (plus the Rust musl target), then write target/dist/: a statically linked
@@ -457,8 +458,8 @@ fn test(root: &Path, unit_only: bool, args: &[OsString]) -> anyhow::Result<()> {
     // Hooks this kernel refuses (fentry and kprobes here) are tested on kernels that have
     // them.
     println!(
-        "== every hook on Debian's 5.10, 6.1 and 6.12 kernels under qemu, with the static \
-         binary (cargo xtask vm-test)"
+        "== every hook on Debian's 5.10, 6.1 and 6.12 kernels and the arm64 6.1 kernel under \
+         qemu, with the static binaries (cargo xtask vm-test)"
     );
     install_debian(vm::DEBIAN_PACKAGES)?;
     vm::run(root, &[], vm::Doc::Leave)?;

@@ -18,10 +18,21 @@ use std::{
 
 use anyhow::{Context as _, anyhow, bail};
 
-use crate::{as_root, check, output};
+use crate::{
+    as_root, check,
+    dist::{AARCH64, Target, X86_64},
+    output,
+};
 
-/// What the guests are made of: qemu to boot them, busybox for their init, cpio to pack it.
-pub const DEBIAN_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "cpio"];
+/// What the guests are made of: qemu to boot them (x86-64 and arm64), busybox for their init,
+/// cpio to pack it, objcopy for arm64 programs.
+pub const DEBIAN_PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "qemu-system-arm",
+    "busybox-static",
+    "cpio",
+    "binutils-aarch64-linux-gnu",
+];
 
 /// Whether a run rewrites the matrix in docs/kernels.md (`vm-test`) or only checks it
 /// (`test`, so a test run leaves the tree as it was).
@@ -31,14 +42,53 @@ pub enum Doc {
     Leave,
 }
 
-/// The kernel series of the matrix, the Debian package that follows each one, and the
-/// Debian suite it comes from (`None`: this machine's own release).
-const KERNELS: &[(&str, &str, Option<&str>)] = &[
+/// One kernel of the matrix.
+struct Kernel {
+    /// What `vm-test KERNEL` calls it.
+    name: &'static str,
+    /// Its version series (the package must bring `linux-image-SERIES.*`).
+    series: &'static str,
+    /// The Debian package that follows the series.
+    package: &'static str,
+    /// The Debian suite it comes from (`None`: this machine's own release).
+    suite: Option<&'static str>,
+    /// The machine it runs on, and zkconn is built for.
+    target: Target,
+}
+
+const KERNELS: &[Kernel] = &[
     // Debian 11's kernel: BPF memory charged to RLIMIT_MEMLOCK (before 5.11), every bpf()
     // command refused without CAP_BPF while unprivileged BPF is disabled (before 5.19).
-    ("5.10", "linux-image-cloud-amd64", Some("bullseye")),
-    ("6.1", "linux-image-cloud-amd64", None),
-    ("6.12", "linux-image-6.12-cloud-amd64", None),
+    Kernel {
+        name: "5.10",
+        series: "5.10",
+        package: "linux-image-cloud-amd64",
+        suite: Some("bullseye"),
+        target: X86_64,
+    },
+    Kernel {
+        name: "6.1",
+        series: "6.1",
+        package: "linux-image-cloud-amd64",
+        suite: None,
+        target: X86_64,
+    },
+    Kernel {
+        name: "6.12",
+        series: "6.12",
+        package: "linux-image-6.12-cloud-amd64",
+        suite: None,
+        target: X86_64,
+    },
+    // Graviton and Ampere Hadoop nodes: the arm64 build on Debian 12's arm64 kernel, with
+    // its own eBPF object (kprobes read arm64's pt_regs).
+    Kernel {
+        name: "6.1-arm64",
+        series: "6.1",
+        package: "linux-image-cloud-arm64",
+        suite: None,
+        target: AARCH64,
+    },
 ];
 
 /// How the check starts zkconn: the `--mode` it names, whether it takes the unit's
@@ -132,35 +182,59 @@ struct KernelRun {
 pub fn run(root: &Path, only: &[String], doc: Doc) -> anyhow::Result<()> {
     if let Some(unknown) = only
         .iter()
-        .find(|k| !KERNELS.iter().any(|(series, _, _)| series == k))
+        .find(|k| !KERNELS.iter().any(|kernel| kernel.name == k.as_str()))
     {
         bail!(
-            "no kernel series {unknown} in the matrix; it has {}",
+            "no kernel {unknown} in the matrix; it has {}",
             KERNELS
                 .iter()
-                .map(|(s, _, _)| *s)
+                .map(|k| k.name)
                 .collect::<Vec<_>>()
                 .join(", ")
         );
     }
-    // The statically linked binaries `cargo xtask dist` ships: the guests get no shared
-    // library at all, which proves they need none.
-    let zkconn = crate::dist::static_binary(root, "zkconn", "zkconn")?;
-    let vmcheck = crate::dist::static_binary(root, "integration-tests", "zkconn-vmcheck")?;
     let work = root.join("target/vm");
     fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
-
     let checks = invocations(&unit_limits(root)?);
-    let mut runs = vec![host_run(&zkconn, &vmcheck, &checks)?];
-    print_run(&runs[0]);
-    let initramfs = build_initramfs(&work, &zkconn, &vmcheck, &checks)?;
-    for (series, package, suite) in KERNELS
+    // The statically linked binaries `cargo xtask dist` ships: the guests get no shared
+    // library at all, which proves they need none. One initramfs per machine.
+    let mut initramfs: Vec<(Target, PathBuf)> = Vec::new();
+    let mut runs = Vec::new();
+    for target in crate::dist::TARGETS {
+        let wanted: Vec<&Kernel> = KERNELS
+            .iter()
+            .filter(|k| k.target == target)
+            .filter(|k| only.is_empty() || only.iter().any(|o| o == k.name))
+            .collect();
+        if wanted.is_empty() && target != X86_64 {
+            continue;
+        }
+        let zkconn = crate::dist::static_binary(root, "zkconn", "zkconn", target)?;
+        let vmcheck =
+            crate::dist::static_binary(root, "integration-tests", "zkconn-vmcheck", target)?;
+        if target == X86_64 {
+            runs.push(host_run(&zkconn, &vmcheck, &checks)?);
+            print_run(&runs[0]);
+        }
+        if wanted.is_empty() {
+            continue;
+        }
+        let busybox = busybox_for(&work, target)?;
+        initramfs.push((
+            target,
+            build_initramfs(&work, target, &busybox, &zkconn, &vmcheck, &checks)?,
+        ));
+    }
+    for kernel in KERNELS
         .iter()
-        .filter(|(s, _, _)| only.is_empty() || only.iter().any(|o| o == s))
+        .filter(|k| only.is_empty() || only.iter().any(|o| o == k.name))
     {
-        let vmlinuz = fetch_kernel(&work, series, package, *suite)?;
+        let Some((_, image)) = initramfs.iter().find(|(t, _)| *t == kernel.target) else {
+            continue;
+        };
+        let vmlinuz = fetch_kernel(&work, kernel)?;
         eprintln!("xtask: booting {} under qemu", vmlinuz.display());
-        let run = guest_run(&work, series, &vmlinuz, &initramfs)?;
+        let run = guest_run(&work, kernel, &vmlinuz, image)?;
         print_run(&run);
         runs.push(run);
     }
@@ -347,16 +421,9 @@ fn problem(h: &HookResult) -> Option<String> {
 /// The newest package of `series` that `package` depends on (in `suite` of Debian's
 /// archive, or this machine's own release), downloaded and unpacked once; returns its
 /// vmlinuz.
-fn fetch_kernel(
-    work: &Path,
-    series: &str,
-    package: &str,
-    suite: Option<&str>,
-) -> anyhow::Result<PathBuf> {
-    let opts = match suite {
-        Some(suite) => crate::apt::only_suite(&work.join("apt").join(suite), suite)?,
-        None => Vec::new(),
-    };
+fn fetch_kernel(work: &Path, kernel: &Kernel) -> anyhow::Result<PathBuf> {
+    let (series, package) = (kernel.series, kernel.package);
+    let opts = apt_options(work, kernel.suite, kernel.target)?;
     let depends =
         output(
             Command::new("apt-cache")
@@ -380,30 +447,7 @@ fn fetch_kernel(
     let dir = work.join("kernels").join(&image);
     let boot = dir.join("boot");
     if !boot.is_dir() {
-        let debs = work.join("debs");
-        fs::create_dir_all(&debs)?;
-        eprintln!("xtask: downloading {image}");
-        check(
-            Command::new("apt-get")
-                .current_dir(&debs)
-                // Root downloads into a directory the _apt user cannot write: say so.
-                .args(&opts)
-                .args(["download", "-qq", "-o", "APT::Sandbox::User=root", &image]),
-            &format!("apt-get download {image}"),
-        )?;
-        let deb = fs::read_dir(&debs)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .find(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(&format!("{image}_")) && n.ends_with(".deb"))
-            })
-            .ok_or_else(|| anyhow!("apt-get download left no {image} package"))?;
-        fs::create_dir_all(&dir)?;
-        check(
-            Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&dir),
-            &format!("unpacking {}", deb.display()),
-        )?;
+        fetch_deb(work, &opts, &image, &dir)?;
     }
     fs::read_dir(&boot)
         .with_context(|| format!("cannot list {}", boot.display()))?
@@ -432,30 +476,105 @@ echo "zkconn-vm: end $?"
 poweroff -f
 "#;
 
+/// `package` (of the options' suite and architecture) downloaded and unpacked into `dir`.
+fn fetch_deb(work: &Path, opts: &[String], package: &str, dir: &Path) -> anyhow::Result<()> {
+    let debs = work.join("debs");
+    fs::create_dir_all(&debs)?;
+    eprintln!("xtask: downloading {package}");
+    check(
+        Command::new("apt-get")
+            .current_dir(&debs)
+            // Root downloads into a directory the _apt user cannot write: say so.
+            .args(opts)
+            .args(["download", "-qq", "-o", "APT::Sandbox::User=root", package]),
+        &format!("apt-get download {package}"),
+    )?;
+    let name = package.split(':').next().unwrap_or(package);
+    let arch = opts
+        .iter()
+        .find_map(|o| o.strip_prefix("-oAPT::Architecture="))
+        .map(str::to_owned);
+    let deb = fs::read_dir(&debs)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                n.starts_with(&format!("{name}_"))
+                    && n.ends_with(".deb")
+                    && arch
+                        .as_ref()
+                        .is_none_or(|a| n.ends_with(&format!("_{a}.deb")))
+            })
+        })
+        .ok_or_else(|| anyhow!("apt-get download left no {package} package"))?;
+    fs::create_dir_all(dir)?;
+    check(
+        Command::new("dpkg-deb").arg("-x").arg(&deb).arg(dir),
+        &format!("unpacking {}", deb.display()),
+    )
+}
+
+/// apt options for `suite` (`None`: this machine's release) and `target`'s architecture:
+/// the machine's own apt for its own release and architecture, otherwise lists of their own
+/// under `target/vm/apt/`.
+fn apt_options(work: &Path, suite: Option<&str>, target: Target) -> anyhow::Result<Vec<String>> {
+    if suite.is_none() && target == X86_64 {
+        return Ok(Vec::new());
+    }
+    let suite = match suite {
+        Some(s) => s.to_owned(),
+        None => crate::apt::codename()?,
+    };
+    let arch = (target != X86_64).then_some(target.deb);
+    let dir = work
+        .join("apt")
+        .join(arch.map_or(suite.clone(), |a| format!("{suite}-{a}")));
+    crate::apt::only_suite(&dir, &suite, arch)
+}
+
+/// A statically linked busybox for `target`: this machine's (Debian's busybox-static), or
+/// the package of the target's architecture.
+fn busybox_for(work: &Path, target: Target) -> anyhow::Result<PathBuf> {
+    if target == X86_64 {
+        return Ok(PathBuf::from("/bin/busybox"));
+    }
+    let dir = work.join(format!("busybox-{}", target.deb));
+    let bin = dir.join("bin/busybox");
+    if !bin.exists() {
+        let opts = apt_options(work, None, target)?;
+        fetch_deb(work, &opts, "busybox-static", &dir)?;
+    }
+    Ok(bin)
+}
+
 /// An initramfs (newc cpio) of busybox, zkconn (without debug info) and the check, all
 /// three statically linked: no shared library is in it.
 fn build_initramfs(
     work: &Path,
+    target: Target,
+    busybox: &Path,
     zkconn: &Path,
     vmcheck: &Path,
     checks: &[Vec<String>],
 ) -> anyhow::Result<PathBuf> {
-    let tree = work.join("initramfs");
+    let tree = work.join(format!("initramfs-{}", target.deb));
     if tree.exists() {
         fs::remove_dir_all(&tree).with_context(|| format!("cannot clear {}", tree.display()))?;
     }
     for dir in ["bin", "etc", "proc", "sys", "dev", "tmp"] {
         fs::create_dir_all(tree.join(dir))?;
     }
-    let busybox = Path::new("/bin/busybox");
-    fs::copy(busybox, tree.join("bin/busybox"))
-        .context("cannot copy /bin/busybox (Debian's busybox-static)")?;
+    fs::copy(busybox, tree.join("bin/busybox")).with_context(|| {
+        format!(
+            "cannot copy {} (Debian's busybox-static)",
+            busybox.display()
+        )
+    })?;
     check(
-        Command::new("objcopy")
+        Command::new(target.objcopy)
             .arg("--strip-debug")
             .arg(zkconn)
             .arg(tree.join("zkconn")),
-        "objcopy --strip-debug zkconn",
+        &format!("{} --strip-debug zkconn", target.objcopy),
     )?;
     fs::copy(vmcheck, tree.join("zkconn-vmcheck"))?;
     fs::write(tree.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\n")?;
@@ -466,7 +585,7 @@ fn build_initramfs(
         .collect();
     fs::write(&init, INIT.replace("CHECKS", &lines.join("\n")))?;
     fs::set_permissions(&init, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-    let archive = work.join("initramfs.cpio");
+    let archive = work.join(format!("initramfs-{}.cpio", target.deb));
     let file = fs::File::create(&archive)?;
     let list = Command::new("find")
         .current_dir(&tree)
@@ -489,13 +608,14 @@ fn build_initramfs(
 
 fn guest_run(
     work: &Path,
-    series: &str,
+    kernel: &Kernel,
     vmlinuz: &Path,
     initramfs: &Path,
 ) -> anyhow::Result<KernelRun> {
+    let series = kernel.name;
     let mut tries = 1;
     loop {
-        match boot(work, series, vmlinuz, initramfs)? {
+        match boot(work, kernel, vmlinuz, initramfs)? {
             Some(run) => return Ok(run),
             None if tries < BOOT_TRIES => {
                 eprintln!(
@@ -514,10 +634,11 @@ fn guest_run(
 /// One boot; `None` when the guest stalled before its init printed anything.
 fn boot(
     work: &Path,
-    series: &str,
+    kernel: &Kernel,
     vmlinuz: &Path,
     initramfs: &Path,
 ) -> anyhow::Result<Option<KernelRun>> {
+    let series = kernel.name;
     let log_path = work.join(format!("guest-{series}.log"));
     let log = fs::File::create(&log_path)?;
     let started = Instant::now();
@@ -525,18 +646,30 @@ fn boot(
         fs::read(&log_path)
             .is_ok_and(|b| String::from_utf8_lossy(&b).contains("zkconn-vm: kernel "))
     };
-    let mut qemu = Command::new("qemu-system-x86_64")
+    let (qemu_bin, machine, console, package): (&str, &[&str], &str, &str) =
+        if kernel.target == X86_64 {
+            ("qemu-system-x86_64", &[], "ttyS0", "qemu-system-x86")
+        } else {
+            (
+                "qemu-system-aarch64",
+                &["-M", "virt", "-cpu", "max"],
+                "ttyAMA0",
+                "qemu-system-arm",
+            )
+        };
+    let mut qemu = Command::new(qemu_bin)
+        .args(machine)
         .args(["-accel", "tcg", "-m", "1G", "-smp", "2"])
         .args(["-nographic", "-no-reboot", "-kernel"])
         .arg(vmlinuz)
         .arg("-initrd")
         .arg(initramfs)
-        .args(["-append", "console=ttyS0 panic=-1 quiet"])
+        .args(["-append", &format!("console={console} panic=-1 quiet")])
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
         .spawn()
-        .context("cannot start qemu-system-x86_64 (Debian's qemu-system-x86)")?;
+        .with_context(|| format!("cannot start {qemu_bin} (Debian's {package})"))?;
     let mut timed_out = false;
     let mut init_ran = false;
     loop {
@@ -559,6 +692,7 @@ fn boot(
     }
     let mut text = String::new();
     fs::File::open(&log_path)?.read_to_string(&mut text)?;
+    let arch = kernel.target.deb;
     let kernel = text
         .lines()
         .find_map(|l| l.split("zkconn-vm: kernel ").nth(1))
@@ -585,7 +719,7 @@ fn boot(
     );
     Ok(Some(KernelRun {
         kernel,
-        place: "qemu (TCG), 2 vCPUs, Debian cloud-amd64 package".to_owned(),
+        place: format!("qemu (TCG), 2 vCPUs, Debian cloud-{arch} package"),
         hooks: parse_results(&text),
         failure,
     }))

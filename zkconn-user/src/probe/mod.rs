@@ -503,8 +503,19 @@ impl Probe {
         let prog: &mut FEntry = self.program_mut(program)?;
         prog.load(function, btf)
             .with_context(|| format!("the kernel refused to load fentry on {function}"))?;
-        prog.attach()
-            .with_context(|| format!("the kernel refused to attach fentry on {function}"))?;
+        prog.attach().map_err(|e| {
+            let e = anyhow::Error::from(e)
+                .context(format!("the kernel refused to attach fentry on {function}"));
+            // ENOTSUPP (524): no BPF trampoline on this architecture (arm64 before 6.4).
+            if format!("{e:#}").contains("os error 524") {
+                e.context(
+                    "this kernel cannot attach fentry programs on this architecture (arm64 has \
+                     BPF trampolines from Linux 6.4); --hook btf counts the same way",
+                )
+            } else {
+                e
+            }
+        })?;
         Ok(())
     }
 

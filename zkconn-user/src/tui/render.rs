@@ -44,6 +44,19 @@ pub fn render(frame: &mut Frame<'_>, app: &App) {
     if app.help {
         render_help(frame, frame.area());
     }
+    printable_cells(frame.buffer_mut());
+}
+
+/// Names, command lines and paths come from other processes, and a span writes its text into
+/// the buffer as given (only `set_string` drops control characters): any cell holding one
+/// (an escape that would clear the operator's screen or retitle the window, a bell, a carriage
+/// return) shows U+FFFD instead. One pass over the finished frame, so no widget can miss it.
+fn printable_cells(buffer: &mut ratatui::buffer::Buffer) {
+    for cell in &mut buffer.content {
+        if cell.symbol().chars().any(char::is_control) {
+            cell.set_symbol("\u{fffd}");
+        }
+    }
 }
 
 fn render_header(frame: &mut Frame<'_>, area: Rect, app: &App) {

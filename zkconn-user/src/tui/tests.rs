@@ -517,3 +517,32 @@ fn the_cgroup_view_of_an_empty_host_names_the_hosts_hierarchy() {
     app.on_key(key(KeyCode::Char('g')));
     assert_eq!(app.group_title(), "cgroup v1:cpu");
 }
+
+/// A process name and command line holding terminal escapes (clear the screen, retitle the
+/// window, ring the bell) and a carriage return: the live view and its drill-down show
+/// U+FFFD where they were, never the raw bytes.
+#[test]
+fn hostile_names_never_reach_the_terminal_raw() {
+    let hostile = "evil\x1b[2J\x1b]0;pwned\x07\rname";
+    let mut snap = typical();
+    snap.rows.processes[0].who.label = hostile.into();
+    snap.rows.processes[0].who.service = hostile.into();
+    snap.rows.processes[0].cmdline = Some(format!("python3 -c '{hostile}'"));
+    let mut app = app_with(snap);
+    for view in 0..2 {
+        let mut terminal = Terminal::new(TestBackend::new(140, 24)).unwrap();
+        terminal.draw(|f| render::render(f, &app)).unwrap();
+        let buffer = terminal.backend().buffer();
+        let raw: Vec<&str> = buffer
+            .content
+            .iter()
+            .map(ratatui::buffer::Cell::symbol)
+            .filter(|s| s.chars().any(char::is_control))
+            .collect();
+        assert!(raw.is_empty(), "view {view}: {raw:?}");
+        let text = terminal.backend().to_string();
+        assert!(text.contains("evil\u{fffd}"), "view {view}:\n{text}");
+        // Into the drill-down of the hostile process.
+        app.on_key(key(KeyCode::Enter));
+    }
+}

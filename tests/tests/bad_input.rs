@@ -104,3 +104,72 @@ fn every_documented_mistake_is_refused_with_its_sentence() -> Result<()> {
     assert!(left.is_empty(), "left in the kernel: {left:?}");
     Ok(())
 }
+
+/// Limits that need more input than a table row holds: more server addresses than the
+/// kernel's endpoint table, a zoo.cfg over 1 MiB, more than 1,000 rules, a FIFO. Each is
+/// refused with its sentence before anything is loaded, and nothing hangs.
+#[test]
+fn oversized_inputs_are_refused_before_anything_is_loaded() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let servers: Vec<String> = (0..5000)
+        .map(|i| format!("10.{}.{}.1:2181", i / 250, i % 250))
+        .collect();
+    let big_cfg = dir.path().join("zoo.cfg");
+    std::fs::write(&big_cfg, "#".repeat(2 << 20))?;
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        "[[rule]]\nname = \"r\"\ncmdline = \"x\"\nservice = \"S\"\n".repeat(1001),
+    )?;
+    let fifo = dir.path().join("fifo");
+    let c = std::ffi::CString::new(fifo.to_str().context("path")?)?;
+    // SAFETY: a valid NUL-terminated path.
+    if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
+        bail!("mkfifo: {}", std::io::Error::last_os_error());
+    }
+    let before = bpf_ids()?;
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec!["--zk".into(), servers.join(",")],
+            "name 5000 server addresses, and the kernel's table holds 4096",
+        ),
+        (
+            vec!["--zoo-cfg".into(), big_cfg.display().to_string()],
+            "larger than 1024 KiB",
+        ),
+        (
+            vec![
+                "--port".into(),
+                "2181".into(),
+                "--rules".into(),
+                rules.display().to_string(),
+            ],
+            "1001 rules, and zkconn takes at most 1000",
+        ),
+        (
+            vec![
+                "--port".into(),
+                "2181".into(),
+                "--rules".into(),
+                fifo.display().to_string(),
+            ],
+            "not a regular file",
+        ),
+    ];
+    for (args, says) in cases {
+        // A hang (reading a FIFO) would end as timeout's 124, not zkconn's 1.
+        let out = Command::new("timeout")
+            .arg("30")
+            .arg(zkconn_bin())
+            .arg("snapshot")
+            .args(&args)
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(says), "{stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    }
+    let left = wait_gone_from_kernel(&before)?;
+    assert!(left.is_empty(), "left in the kernel: {left:?}");
+    Ok(())
+}

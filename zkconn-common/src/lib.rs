@@ -264,6 +264,9 @@ pub struct TaskLayout {
 
 /// Longest cgroup directory name kept (a Docker scope, `docker-<64 hex>.scope`, is 77).
 pub const CGROUP_NAME_LEN: usize = 128;
+/// Server addresses the kernel's endpoint table holds (`--zk`, `--zoo-cfg`); `--port`
+/// watches a port towards any address without using it.
+pub const MAX_ENDPOINTS: u32 = 4_096;
 /// Levels of a cgroup path kept, innermost first (a Kubernetes container's v2 path has 4).
 pub const CGROUP_DEPTH: usize = 5;
 

@@ -39,9 +39,9 @@ mod programs {
     };
     use zkconn_common::{
         CGROUP_DEPTH, CGROUP_NAME_LEN, CgroupNames, Conn, Counters, Endpoint, Event, ExitTpLayout,
-        Owner, OwnerEvent, OwnerKey, RefusalConfig, ResetTpLayout, ServerKey, SockLayout,
-        StateTpLayout, TaskLayout, Tuple, conn_flags, control, event_kind, event_output,
-        port_flags, probe_counter, tcp_state,
+        MAX_ENDPOINTS, Owner, OwnerEvent, OwnerKey, RefusalConfig, ResetTpLayout, ServerKey,
+        SockLayout, StateTpLayout, TaskLayout, Tuple, conn_flags, control, event_kind,
+        event_output, port_flags, probe_counter, tcp_state,
     };
 
     /// The running program's context, passed down to where an event is written: a perf
@@ -160,7 +160,7 @@ mod programs {
     #[map(name = "ZK_CONTROL")]
     static CONTROL: Array<u32> = Array::with_max_entries(control::COUNT, 0);
     #[map(name = "ZK_ENDPOINTS")]
-    static ENDPOINTS: HashMap<Endpoint, u8> = HashMap::with_max_entries(4_096, 0);
+    static ENDPOINTS: HashMap<Endpoint, u8> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
     #[map(name = "ZK_PROBE_COUNTERS")]
     static PROBE_COUNTERS: PerCpuArray<u64> =
         PerCpuArray::with_max_entries(probe_counter::COUNT, 0);

@@ -238,14 +238,17 @@ pub struct ProbeArgs {
     )]
     pub fallback: Vec<crate::probe::compat::Fallback>,
     /// Capacity of the kernel's connection table; ZooKeeper sockets beyond it are counted
-    /// as overflow.
-    #[arg(long, value_name = "N", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
+    /// as overflow. Preallocated: about 400 bytes of kernel memory each (25 MiB by default),
+    /// at most 1048576.
+    #[arg(long, value_name = "N", default_value_t = 65_536, value_parser = parse_max_connections)]
     pub max_connections: u32,
     /// Capacity of the kernel's process table (processes that hold or held connections).
-    #[arg(long, value_name = "N", default_value_t = 16_384, value_parser = clap::value_parser!(u32).range(1..=4_194_304))]
+    /// Preallocated: about 232 bytes each, at most 1048576.
+    #[arg(long, value_name = "N", default_value_t = 16_384, value_parser = parse_max_processes)]
     pub max_processes: u32,
-    /// Capacity of the kernel's per-cgroup counter table.
-    #[arg(long, value_name = "N", default_value_t = 4_096, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
+    /// Capacity of the kernel's per-cgroup and per-server counter tables. Preallocated: about
+    /// 256 bytes each, at most 262144.
+    #[arg(long, value_name = "N", default_value_t = 4_096, value_parser = parse_max_cgroups)]
     pub max_cgroups: u32,
     /// Size of the kernel→user event ring buffer in KiB (a power of two, at least 4); with
     /// the perf-buffer fallback, shared among the CPUs' buffers (8 to 64 pages each).
@@ -303,6 +306,47 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err(format!("{text:?} is out of range (0 to one year)"));
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// Kernel memory per entry of each capacity flag, as `bpftool map show` reports the
+/// preallocated hash maps behind it on 6.18 (`ZK_CONNS` 184 + `ZK_SEEDS` 216 bytes per
+/// connection; `ZK_OWNERS` 112 + `ZK_PROC_STATS` 120 per process; `ZK_CGROUP_STATS` 112 +
+/// `ZK_SERVER_STATS` 144 per cgroup).
+const BYTES_PER_CONNECTION: u64 = 400;
+const BYTES_PER_PROCESS: u64 = 232;
+const BYTES_PER_CGROUP: u64 = 256;
+
+fn parse_max_connections(text: &str) -> Result<u32, String> {
+    capacity(text, 1 << 20, BYTES_PER_CONNECTION)
+}
+
+fn parse_max_processes(text: &str) -> Result<u32, String> {
+    capacity(text, 1 << 20, BYTES_PER_PROCESS)
+}
+
+fn parse_max_cgroups(text: &str) -> Result<u32, String> {
+    capacity(text, 1 << 18, BYTES_PER_CGROUP)
+}
+
+/// A table capacity: at least 1, at most `max`, with what a refused one would cost.
+fn capacity(text: &str, max: u32, bytes_each: u64) -> Result<u32, String> {
+    let n: u64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a whole number of entries"))?;
+    let mib = |n: u64| (n * bytes_each).div_ceil(1 << 20);
+    if n == 0 {
+        return Err("the table needs at least 1 entry".to_owned());
+    }
+    if n > u64::from(max) {
+        return Err(format!(
+            "{n} entries would preallocate about {} MiB of kernel memory ({bytes_each} bytes \
+             each) before anything is counted; at most {max} (about {} MiB)",
+            mib(n),
+            mib(u64::from(max))
+        ));
+    }
+    Ok(n as u32)
 }
 
 fn parse_ring_kib(text: &str) -> Result<u32, String> {

@@ -237,6 +237,15 @@ impl Collector {
             ),
             HookChoice::Poll => (Source::Poll(Poller::default(), None), SeedReport::default()),
             choice => {
+                let endpoints = targets.endpoints.len();
+                if endpoints > zkconn_common::MAX_ENDPOINTS as usize {
+                    anyhow::bail!(
+                        "--zk and --zoo-cfg name {endpoints} server addresses, and the kernel's \
+                         table holds {}: watch their port towards any address with --port \
+                         instead",
+                        zkconn_common::MAX_ENDPOINTS
+                    );
+                }
                 crate::probe::caps::check_privileges()?;
                 let caps = Capacities {
                     conns: args.max_connections,

@@ -154,10 +154,11 @@ pub struct ZooCfg {
 
 impl ZooCfg {
     pub fn read(path: &Path) -> Result<Self, TargetError> {
-        let text = std::fs::read_to_string(path).map_err(|e| TargetError::ZooCfgRead {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        let text =
+            crate::setup::read_config(path, 1 << 20).map_err(|e| TargetError::ZooCfgRead {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
         Self::parse(&path.display().to_string(), &text)
     }
 

@@ -110,10 +110,13 @@ fn line_of(text: &str, span: &Range<usize>) -> usize {
         .map_or(1, |t| t.matches('\n').count() + 1)
 }
 
+/// The most rules a file may hold.
+pub const MAX_RULES: usize = 1_000;
+
 impl Rules {
     /// Reads and validates a rules file.
     pub fn read(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
+        let text = crate::setup::read_config(path, 4 << 20)
             .map_err(|e| anyhow::anyhow!("cannot read the rules file {}: {e}", path.display()))?;
         Self::parse(&text).map_err(|e| {
             anyhow::anyhow!(
@@ -128,6 +131,18 @@ impl Rules {
             line: e.span().map_or(1, |s| line_of(text, &s)),
             message: e.message().trim_end().to_owned(),
         })?;
+        // Every new process is matched against every rule, and each rule compiles up to
+        // three regular expressions at start: a bound keeps both quick.
+        if raw.rule.len() > MAX_RULES {
+            return Err(RulesError {
+                line: 1,
+                message: format!(
+                    "{} rules, and zkconn takes at most {MAX_RULES} (every new process is \
+                     matched against each; merge rules with alternations in one regex)",
+                    raw.rule.len()
+                ),
+            });
+        }
         let rules = raw
             .rule
             .into_iter()
@@ -297,5 +312,17 @@ service = "never"
     #[test]
     fn empty_file_is_no_rules() {
         assert_eq!(Rules::parse("# nothing yet\n").unwrap().len(), 0);
+    }
+
+    #[test]
+    fn more_rules_than_the_bound_are_refused_before_compiling() {
+        let rule = "[[rule]]\nname = \"r\"\ncmdline = \"x\"\nservice = \"S\"\n";
+        assert!(Rules::parse(&rule.repeat(MAX_RULES)).is_ok());
+        let e = Rules::parse(&rule.repeat(MAX_RULES + 1)).unwrap_err();
+        assert!(
+            e.message
+                .starts_with("1001 rules, and zkconn takes at most 1000"),
+            "{e:?}"
+        );
     }
 }

@@ -78,11 +78,11 @@ pub fn static_binary(
     let triple = target.triple;
     let mut cargo = Command::new("cargo");
     if target != X86_64 {
-        let var = format!(
-            "CARGO_TARGET_{}_LINKER",
-            triple.to_uppercase().replace('-', "_")
-        );
-        cargo.env(var, "rust-lld");
+        let prefix = format!("CARGO_TARGET_{}", triple.to_uppercase().replace('-', "_"));
+        cargo.env(format!("{prefix}_LINKER"), "rust-lld");
+        // lld adds no build id unless asked (the x86-64 build gets one from its C driver):
+        // crash dumps need it to find the matching symbols.
+        cargo.env(format!("{prefix}_RUSTFLAGS"), "-C link-arg=--build-id=sha1");
     }
     check(
         cargo.current_dir(root).args([
@@ -133,6 +133,12 @@ pub fn dynamic_needs(path: &Path) -> anyhow::Result<Vec<String>> {
 
 pub fn run(root: &Path) -> anyhow::Result<()> {
     let dist = root.join("target/dist");
+    // Only this build's artifacts: an older version's package left beside them would be
+    // shipped and checked by mistake.
+    if dist.exists() {
+        fs::remove_dir_all(&dist).with_context(|| format!("cannot clear {}", dist.display()))?;
+    }
+    fs::create_dir_all(&dist)?;
     let mut made = Vec::new();
     let mut version = None;
     let mut first_stage: Option<PathBuf> = None;
@@ -702,8 +708,11 @@ fn check_arm64(root: &Path) -> anyhow::Result<()> {
     if rpm_arch.trim() != "aarch64" {
         bail!("{} says ARCH {rpm_arch}", rpm.display());
     }
-    let files = |rpm: &Path| output(Command::new("rpm").arg("-qpl").arg(rpm));
-    if files(&rpm) != files(&artifact(&dist, ".x86_64.rpm")?) {
+    let files = |rpm: &Path| {
+        output(Command::new("rpm").arg("-qpl").arg(rpm))
+            .ok_or_else(|| anyhow!("rpm -qpl {} failed", rpm.display()))
+    };
+    if files(&rpm)? != files(&artifact(&dist, ".x86_64.rpm")?)? {
         bail!("the aarch64 .rpm does not list the files the x86_64 one lists");
     }
     fs::remove_dir_all(&scratch)?;

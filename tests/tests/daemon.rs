@@ -392,3 +392,70 @@ fn scrapes_get_through_500_hostile_connections() -> Result<()> {
     drop(hostile);
     Ok(())
 }
+
+/// `--ndjson` on a full disk: the file cannot take another snapshot, yet `/metrics` and
+/// `/v1/snapshot` stay current (a new connection shows up in them) while `/healthz` says
+/// what fails.
+#[test]
+fn a_full_disk_under_ndjson_freezes_nothing_else() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mount = dir.path().join("small");
+    std::fs::create_dir(&mount)?;
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16k", "zkconn-test"])
+        .arg(&mount)
+        .status()?;
+    anyhow::ensure!(status.success(), "mount tmpfs: {status}");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(mount.clone());
+    let listener = std::net::TcpListener::bind((fresh_ipv4(), 2181))?;
+    let addr = listener.local_addr()?;
+    let ndjson = mount.join("zkconn.ndjson");
+    let d = Daemon::start(&[
+        "--zk",
+        &addr.to_string(),
+        "--ndjson",
+        ndjson.to_str().context("path")?,
+    ])?;
+    // Each snapshot is a few KiB: the 16 KiB file system fills within seconds.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let reason = loop {
+        let (status, body) = d.get("/healthz")?;
+        if status == 503 {
+            break body;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "/healthz stayed {status}: {body}"
+        );
+        thread::sleep(Duration::from_millis(300));
+    };
+    assert!(
+        reason.contains("--ndjson cannot append to") && reason.contains("No space left"),
+        "{reason}"
+    );
+    // Still current: a connection made now appears in both outputs.
+    let _held = TcpStream::connect(addr)?;
+    let snap = d.snapshot_when(|s| {
+        s["servers"]
+            .as_array()
+            .is_some_and(|rows| rows.iter().any(|r| r["open"] == 1))
+    })?;
+    assert_eq!(snap["servers"][0]["open"], 1);
+    let (status, metrics) = d.get("/metrics")?;
+    assert_eq!(status, 200);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("zkconn_server_open_connections{") && l.ends_with(" 1")),
+        "{metrics}"
+    );
+    let log = d.log().join("\n");
+    assert_eq!(log.matches("--ndjson cannot append").count(), 1, "{log}");
+    Ok(())
+}

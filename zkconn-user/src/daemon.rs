@@ -54,6 +54,9 @@ struct Published {
     hook: String,
     /// The last refresh that failed, if the latest did.
     error: Option<String>,
+    /// Why `--ndjson` could not take the latest snapshot (a full disk, say): the other
+    /// outputs stay current all the same.
+    sink_error: Option<String>,
 }
 
 const MAX_CONNECTIONS: usize = 256;
@@ -108,6 +111,7 @@ pub async fn run(args: DaemonArgs, setup: Setup) -> anyhow::Result<()> {
                             at: last.at,
                             hook: last.hook.clone(),
                             error: Some(format!("{e:#}")),
+                            sink_error: last.sink_error.clone(),
                         }
                     }
                 };
@@ -148,9 +152,7 @@ fn publish(
     let snap = collector.snapshot()?;
     let mut json = Vec::new();
     output::json(&mut json, &snap)?;
-    if let Some(out) = ndjson {
-        out.append(&snap)?;
-    }
+    let sink_error = ndjson.and_then(|out| out.append(&snap));
     let metrics = metrics::render(&snap, owners).context("cannot encode the metrics")?;
     Ok(Published {
         json: Bytes::from(json),
@@ -158,6 +160,7 @@ fn publish(
         at: Instant::now(),
         hook: snap.probe.hook.map_or("-".to_owned(), |h| h.to_string()),
         error: None,
+        sink_error,
     })
 }
 
@@ -165,6 +168,8 @@ fn publish(
 pub struct Ndjson {
     out: Box<dyn std::io::Write + Send>,
     what: String,
+    /// Whether the last append failed (logged when it starts and when it ends).
+    failing: bool,
 }
 
 impl Ndjson {
@@ -173,6 +178,7 @@ impl Ndjson {
             return Ok(Self {
                 out: Box::new(std::io::stdout()),
                 what: "stdout".into(),
+                failing: false,
             });
         }
         let file = std::fs::OpenOptions::new()
@@ -185,14 +191,37 @@ impl Ndjson {
         Ok(Self {
             out: Box::new(std::io::BufWriter::new(file)),
             what: path.display().to_string(),
+            failing: false,
         })
     }
 
-    fn append(&mut self, snap: &crate::model::Snapshot) -> anyhow::Result<()> {
-        let line = serde_json::to_string(snap)?;
-        writeln!(self.out, "{line}")
-            .and_then(|()| self.out.flush())
-            .with_context(|| format!("cannot append to {}", self.what))
+    /// Appends `snap` as one line; returns why it could not. A failure is logged when it
+    /// starts and when it ends, not at every refresh.
+    fn append(&mut self, snap: &crate::model::Snapshot) -> Option<String> {
+        let result = serde_json::to_string(snap)
+            .map_err(std::io::Error::from)
+            .and_then(|line| writeln!(self.out, "{line}"))
+            .and_then(|()| self.out.flush());
+        match result {
+            Ok(()) => {
+                if self.failing {
+                    tracing::info!("--ndjson {}: appending again", self.what);
+                    self.failing = false;
+                }
+                None
+            }
+            Err(e) => {
+                let why = format!("cannot append to {}: {e}", self.what);
+                if !self.failing {
+                    tracing::error!(
+                        "--ndjson {why}; /metrics and /v1/snapshot stay current, /healthz says \
+                         so until it works again"
+                    );
+                    self.failing = true;
+                }
+                Some(why)
+            }
+        }
     }
 }
 
@@ -332,6 +361,12 @@ fn health(p: &Published, interval: Duration) -> (StatusCode, String) {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("unhealthy: the last refresh failed: {e}"),
+        );
+    }
+    if let Some(e) = &p.sink_error {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy: --ndjson {e} (/metrics and /v1/snapshot are current)"),
         );
     }
     if age > allowed {

@@ -347,8 +347,9 @@ fn check_hook(hook: &str, limits: &Limits) -> Result<Outcome> {
     // A closing socket shows in /proc as TIME_WAIT (its timewait entry is hashed) a moment
     // before the socket itself reaches TCP_CLOSE (`tcp_time_wait` → `tcp_done`), which is
     // where zkconn counts the close; under software emulation that moment can outlast the
-    // check's own reaction. Let it pass before the final snapshot.
-    thread::sleep(Duration::from_millis(500));
+    // check's own reaction (an arm64 guest, emulated on two busy host cores, once took over
+    // half a second). Let it pass before the final snapshot.
+    thread::sleep(Duration::from_secs(2));
 
     kill(&mut zkconn, libc::SIGINT);
     let status = zkconn.wait()?;

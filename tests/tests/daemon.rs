@@ -459,3 +459,30 @@ fn a_full_disk_under_ndjson_freezes_nothing_else() -> Result<()> {
     assert_eq!(log.matches("--ndjson cannot append").count(), 1, "{log}");
     Ok(())
 }
+
+/// A `--listen` other hosts can reach is said at the default verbosity: what the endpoints
+/// expose, and that zkconn has no TLS or authentication.
+#[test]
+fn listening_beyond_loopback_is_said_out_loud() -> Result<()> {
+    let port = std::net::TcpListener::bind("0.0.0.0:0")?
+        .local_addr()?
+        .port();
+    let out = Command::new("timeout")
+        .args(["-s", "INT", "3"])
+        .arg(integration_tests::zkconn_bin())
+        .args([
+            "daemon",
+            "--listen",
+            &format!("0.0.0.0:{port}"),
+            "--port",
+            "2999",
+        ])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("is reachable from other hosts")
+            && stderr.contains("no TLS or authentication"),
+        "{stderr}"
+    );
+    Ok(())
+}

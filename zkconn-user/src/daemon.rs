@@ -91,6 +91,15 @@ pub async fn run(args: DaemonArgs, setup: Setup) -> anyhow::Result<()> {
         args.listen,
         describe_listen(args.listen)
     );
+    if !args.listen.ip().is_loopback() {
+        tracing::warn!(
+            "--listen {} is reachable from other hosts: /v1/snapshot and /metrics show pids, \
+             users, cgroups and (redacted) command lines to anyone who can connect, with no TLS \
+             or authentication in zkconn; firewall the port to the Prometheus servers, or \
+             listen on loopback behind a proxy that authenticates",
+            args.listen
+        );
+    }
 
     let mut refresh = collector::ticker(interval).await;
     let mut sample = collector::ticker(Duration::from_secs(1)).await;

@@ -337,11 +337,42 @@ pub fn fallback(exe: Option<&str>, argv: &[String], comm: &str, jvm: Option<&Jvm
         .filter(|n| !n.is_empty())
         .unwrap_or(comm);
     if is_interpreter(name)
-        && let Some(script) = argv.iter().skip(1).find(|a| !a.starts_with('-'))
+        && let Some(what) = interpreted(&argv[1.min(argv.len())..])
     {
-        return format!("{name} {}", basename(script));
+        return format!("{name} {what}");
     }
     name.to_owned()
+}
+
+/// What an interpreter runs, for a label: its script's file name, `-m MODULE`, or for code
+/// given on the command line (`-c`, `-e`) only the option, never the code (free text that
+/// may hold anything, a secret included, and would become a metrics label).
+fn interpreted(args: &[String]) -> Option<String> {
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "-c" | "-e" | "-E" | "--eval" | "-p" | "--print" => return Some(arg.clone()),
+            "-m" => {
+                let module = it.next()?;
+                let identifier = !module.is_empty()
+                    && module
+                        .chars()
+                        .all(|c| c.is_alphanumeric() || c == '_' || c == '.');
+                return Some(if identifier {
+                    format!("-m {module}")
+                } else {
+                    "-m".to_owned()
+                });
+            }
+            // Python's options that take the next argument.
+            "-W" | "-X" | "--check-hash-based-pycs" => {
+                it.next();
+            }
+            a if a.starts_with('-') => {}
+            script => return Some(basename(script).to_owned()),
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -526,6 +557,24 @@ mod tests {
         "java -jar tool.jar"
     )]
     #[case(Some("/usr/bin/bash"), "bash", "bash")]
+    // Code on the command line never becomes a label, only the option does.
+    #[case(
+        Some("/usr/bin/python3.11"),
+        "python3 -u -c import_kazoo;api_token='hunter21'",
+        "python3.11 -c"
+    )]
+    #[case(Some("/usr/bin/perl"), "perl -e print($ENV{PASS})", "perl -e")]
+    #[case(
+        Some("/usr/bin/python3.11"),
+        "python3 -m kazoo.tool --x",
+        "python3.11 -m kazoo.tool"
+    )]
+    #[case(Some("/usr/bin/python3.11"), "python3 -m a/b;c", "python3.11 -m")]
+    #[case(
+        Some("/usr/bin/python3.11"),
+        "python3 -W ignore /opt/feed.py",
+        "python3.11 feed.py"
+    )]
     fn fallbacks(#[case] exe: Option<&str>, #[case] cmd: &str, #[case] expected: &str) {
         let args = argv(cmd);
         let jvm = parse_java(&args);

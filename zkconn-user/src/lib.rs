@@ -22,6 +22,7 @@ pub mod output;
 pub mod poll;
 pub mod probe;
 pub mod procfs;
+pub mod properties;
 pub mod reconcile;
 pub mod seed;
 pub mod setup;

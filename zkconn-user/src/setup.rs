@@ -63,6 +63,9 @@ pub fn resolve_targets(args: &TargetArgs) -> anyhow::Result<(Targets, Option<u32
     }
     if let Some(path) = &args.zoo_cfg {
         let cfg = ZooCfg::read(path).context("--zoo-cfg")?;
+        for warning in &cfg.warnings {
+            tracing::warn!("--zoo-cfg: {warning}");
+        }
         max_client_cnxns = cfg.max_client_cnxns;
         let (e, p) = cfg.targets();
         if e.is_empty() && p.is_empty() {
@@ -89,6 +92,12 @@ pub fn load_rules(args: &AttributionArgs) -> anyhow::Result<Rules> {
 /// device or directory is refused rather than read (it could block or never end), and so is
 /// a file over `max` bytes. The error says which, in words for the operator.
 pub fn read_config(path: &Path, max: u64) -> std::io::Result<String> {
+    String::from_utf8(read_config_bytes(path, max)?)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"))
+}
+
+/// [`read_config`] as bytes (zoo.cfg is Latin-1, as Java reads it).
+pub fn read_config_bytes(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
     use std::{io, os::unix::fs::OpenOptionsExt as _};
     // Non-blocking: opening a FIFO nobody writes to returns at once instead of waiting.
     let file = std::fs::OpenOptions::new()
@@ -114,13 +123,13 @@ pub fn read_config(path: &Path, max: u64) -> std::io::Result<String> {
     if meta.len() > max {
         return Err(too_big());
     }
-    let mut text = String::new();
+    let mut bytes = Vec::new();
     // A file growing while it is read stops at the limit too.
-    file.take(max + 1).read_to_string(&mut text)?;
-    if text.len() as u64 > max {
+    file.take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
         return Err(too_big());
     }
-    Ok(text)
+    Ok(bytes)
 }
 
 #[cfg(test)]

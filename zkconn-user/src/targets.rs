@@ -145,43 +145,87 @@ pub struct ZooCfg {
     pub client_port: Option<u16>,
     pub secure_client_port: Option<u16>,
     pub client_port_address: Option<String>,
-    /// `maxClientCnxns`; ZooKeeper's default is 60, 0 means unlimited.
+    /// `maxClientCnxns`; ZooKeeper's default is 60, 0 (or less) means unlimited.
     pub max_client_cnxns: Option<u32>,
+    /// What the file does that ZooKeeper accepts but an operator should hear about (a
+    /// byte order mark hiding the first key), one sentence each.
+    pub warnings: Vec<String>,
+    /// `dynamicConfigFile`, until [`ZooCfg::read`] has followed it.
+    pub dynamic_config_file: Option<String>,
     /// Client endpoints of `server.N` lines (`host` with the client port after `;`, or the
     /// file's `clientPort`).
     pub servers: Vec<HostPort>,
 }
 
+/// A zoo.cfg's bytes (1 MiB at most, a regular file).
+fn read_cfg(path: &Path) -> Result<Vec<u8>, TargetError> {
+    crate::setup::read_config_bytes(path, 1 << 20).map_err(|e| TargetError::ZooCfgRead {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
+}
+
 impl ZooCfg {
     pub fn read(path: &Path) -> Result<Self, TargetError> {
-        let text =
-            crate::setup::read_config(path, 1 << 20).map_err(|e| TargetError::ZooCfgRead {
-                path: path.display().to_string(),
-                reason: e.to_string(),
-            })?;
-        Self::parse(&path.display().to_string(), &text)
+        let bytes = read_cfg(path)?;
+        let mut cfg = Self::parse_bytes(&path.display().to_string(), &bytes)?;
+        if let Some(dynamic) = cfg.dynamic_config_file.take() {
+            // ZooKeeper 3.5+ keeps the ensemble in this file; a relative name is taken from
+            // the directory of zoo.cfg when it is not found as given.
+            let mut file = std::path::PathBuf::from(&dynamic);
+            if file.is_relative()
+                && !file.exists()
+                && let Some(dir) = path.parent()
+            {
+                file = dir.join(&dynamic);
+            }
+            let bytes = read_cfg(&file)?;
+            let more = Self::parse_bytes(&file.display().to_string(), &bytes)?;
+            if !more.servers.is_empty() {
+                cfg.servers = more.servers;
+            }
+            cfg.client_port = cfg.client_port.or(more.client_port);
+            cfg.warnings.extend(more.warnings);
+        }
+        Ok(cfg)
     }
 
     pub fn parse(path: &str, text: &str) -> Result<Self, TargetError> {
+        Self::parse_bytes(path, text.as_bytes())
+    }
+
+    /// zoo.cfg read as ZooKeeper reads it: Java properties (see [`crate::properties`]),
+    /// keys and values trimmed, a later key replacing an earlier one.
+    pub fn parse_bytes(path: &str, bytes: &[u8]) -> Result<Self, TargetError> {
+        let props =
+            crate::properties::parse(bytes).map_err(|(line, reason)| TargetError::ZooCfg {
+                path: path.to_owned(),
+                line,
+                reason,
+            })?;
         let mut cfg = ZooCfg::default();
+        if let Some(first) = props.first()
+            && let Some(key) = first.key.strip_prefix("\u{ef}\u{bb}\u{bf}")
+        {
+            cfg.warnings.push(format!(
+                "{path} starts with a UTF-8 byte order mark: ZooKeeper reads its first key \
+                 ({key}) with the mark's three bytes in front and ignores it, and so does \
+                 zkconn; remove the mark"
+            ));
+        }
         // server.N client ports may be omitted and then come from clientPort, which can
-        // appear later in the file: resolve after the whole file is read.
-        let mut servers: Vec<(String, Option<u16>)> = Vec::new();
-        for (index, raw) in text.lines().enumerate() {
-            let line = index + 1;
+        // appear later in the file: resolve after the whole file is read. A repeated
+        // server.N replaces the earlier one, as in ZooKeeper.
+        let mut servers: std::collections::BTreeMap<u64, (String, Option<u16>)> =
+            std::collections::BTreeMap::new();
+        for prop in props {
+            let line = prop.line;
             let err = |reason: String| TargetError::ZooCfg {
                 path: path.to_owned(),
                 line,
                 reason,
             };
-            let content = raw.trim();
-            if content.is_empty() || content.starts_with('#') {
-                continue;
-            }
-            let (key, value) = content
-                .split_once('=')
-                .ok_or_else(|| err(format!("expected key=value, found {content:?}")))?;
-            let (key, value) = (key.trim(), value.trim());
+            let (key, value) = (prop.key.as_str(), prop.value.as_str());
             match key {
                 "clientPort" => cfg.client_port = Some(parse_port(value).map_err(err)?),
                 "secureClientPort" => {
@@ -192,22 +236,25 @@ impl ZooCfg {
                     cfg.client_port_address = Some(value.trim_matches(['[', ']']).to_owned());
                 }
                 "maxClientCnxns" => {
-                    cfg.max_client_cnxns = Some(value.parse().map_err(|_| {
+                    // A Java int; ZooKeeper limits only when it is above 0.
+                    let n: i32 = value.parse().map_err(|_| {
                         err(format!("maxClientCnxns {value:?} is not a whole number"))
-                    })?)
+                    })?;
+                    cfg.max_client_cnxns = Some(u32::try_from(n.max(0)).unwrap_or(0));
                 }
+                "dynamicConfigFile" => cfg.dynamic_config_file = Some(value.to_owned()),
                 _ if key.starts_with("server.") => {
-                    key["server.".len()..].parse::<u64>().map_err(|_| {
+                    let id = key["server.".len()..].parse::<u64>().map_err(|_| {
                         err(format!(
                             "{key:?}: the server id after 'server.' is not a number"
                         ))
                     })?;
-                    servers.push(parse_server_line(value).map_err(err)?);
+                    servers.insert(id, parse_server_line(value).map_err(err)?);
                 }
                 _ => {}
             }
         }
-        for (host, port) in servers {
+        for (host, port) in servers.into_values() {
             if let Some(port) = port.or(cfg.client_port) {
                 cfg.servers.push(HostPort { host, port });
             }
@@ -486,6 +533,58 @@ mod tests {
         assert!(endpoints.contains(&hp("zk2", 2281)));
     }
 
+    /// What ZooKeeper accepts, zkconn reads the same way: Java properties syntax, a
+    /// negative limit meaning unlimited, a repeated key replacing the earlier one, Latin-1.
+    #[test]
+    fn zoo_cfg_is_read_as_zookeeper_reads_it() {
+        let cfg = ZooCfg::parse_bytes(
+            "z",
+            b"! comment\nclientPort : 2181\nmaxClientCnxns -1\nserver.1=zk1:2888:3888\n\
+              server.1=zk9:2888:\\\n   3888;2281\ndataDir=/caf\xe9\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.client_port, Some(2181));
+        assert_eq!(cfg.max_client_cnxns, Some(0));
+        assert_eq!(cfg.servers, vec![hp("zk9", 2281)]);
+        assert!(cfg.warnings.is_empty());
+
+        let bom =
+            ZooCfg::parse_bytes("z", b"\xef\xbb\xbfclientPort=2181\nmaxClientCnxns=5\n").unwrap();
+        assert_eq!(bom.client_port, None);
+        assert_eq!(bom.max_client_cnxns, Some(5));
+        assert!(
+            bom.warnings[0].contains("byte order mark") && bom.warnings[0].contains("clientPort"),
+            "{:?}",
+            bom.warnings
+        );
+    }
+
+    #[test]
+    fn a_dynamic_config_file_brings_the_ensemble() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("zoo.cfg"),
+            "clientPort=2181\ndynamicConfigFile=zoo.cfg.dynamic.100000000\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("zoo.cfg.dynamic.100000000"),
+            "server.1=10.0.0.1:2888:3888:participant;0.0.0.0:2181\n\
+             server.2=10.0.0.2:2888:3888:participant;2182\n",
+        )
+        .unwrap();
+        let cfg = ZooCfg::read(&dir.path().join("zoo.cfg")).unwrap();
+        assert_eq!(
+            cfg.servers,
+            vec![hp("10.0.0.1", 2181), hp("10.0.0.2", 2182)]
+        );
+        std::fs::remove_file(dir.path().join("zoo.cfg.dynamic.100000000")).unwrap();
+        let e = ZooCfg::read(&dir.path().join("zoo.cfg"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("zoo.cfg.dynamic.100000000"), "{e}");
+    }
+
     #[test]
     fn zoo_cfg_standalone() {
         let cfg = ZooCfg::parse("z", "clientPort=2181\nclientPortAddress=127.0.0.5\n").unwrap();
@@ -497,11 +596,11 @@ mod tests {
     #[rstest]
     #[case("clientPort=abc", 1, "\"abc\" is not a port (1-65535)")]
     #[case(
-        "\n\nmaxClientCnxns=-1",
+        "\n\nmaxClientCnxns=ten",
         3,
-        "maxClientCnxns \"-1\" is not a whole number"
+        "maxClientCnxns \"ten\" is not a whole number"
     )]
-    #[case("justtext", 1, "expected key=value, found \"justtext\"")]
+    #[case("# c\nclientPort=\\u12", 2, "malformed \\u escape \\u12")]
     #[case(
         "server.x=zk1:2888:3888",
         1,

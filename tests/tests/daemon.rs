@@ -486,3 +486,34 @@ fn listening_beyond_loopback_is_said_out_loud() -> Result<()> {
     );
     Ok(())
 }
+
+/// A full kernel table makes the counts incomplete: `/healthz` says so (503, naming the flag
+/// to raise) instead of "ok" while connections go uncounted.
+#[test]
+fn a_full_connection_table_is_unhealthy_with_the_reason() -> Result<()> {
+    let listener = std::net::TcpListener::bind((fresh_ipv4(), 2181))?;
+    let addr = listener.local_addr()?;
+    let d = Daemon::start(&["--zk", &addr.to_string(), "--max-connections", "2"])?;
+    let (status, body) = d.get("/healthz")?;
+    assert_eq!(status, 200, "{body}");
+    let _held: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(addr))
+        .collect::<std::io::Result<_>>()?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = d.get("/healthz")?;
+        if status == 503 {
+            assert!(
+                body.contains("1 connections") && body.contains("--max-connections"),
+                "{body}"
+            );
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "/healthz stayed {status}: {body}"
+        );
+        thread::sleep(Duration::from_millis(300));
+    }
+    Ok(())
+}

@@ -57,6 +57,41 @@ struct Published {
     /// Why `--ndjson` could not take the latest snapshot (a full disk, say): the other
     /// outputs stay current all the same.
     sink_error: Option<String>,
+    /// Why the counts are incomplete, while a kernel table was full recently.
+    overflow: Option<String>,
+}
+
+/// How long a full kernel table keeps `/healthz` at 503 after it last refused a row.
+const OVERFLOW_UNHEALTHY: Duration = Duration::from_secs(600);
+
+/// When the kernel last refused a row because a table was full.
+#[derive(Default)]
+struct OverflowWatch {
+    seen: u64,
+    grew_at: Option<Instant>,
+}
+
+impl OverflowWatch {
+    /// The reason to report, if a table refused a row within [`OVERFLOW_UNHEALTHY`].
+    fn note(&mut self, p: &crate::model::ProbeHealth) -> Option<String> {
+        if p.overflow > self.seen {
+            self.seen = p.overflow;
+            self.grew_at = Some(Instant::now());
+        }
+        let recent = self.grew_at?.elapsed() < OVERFLOW_UNHEALTHY;
+        let d = &p.overflow_detail;
+        recent.then(|| {
+            format!(
+                "counts are incomplete: the kernel's tables were full within the last {} min \
+                 ({} connections, {} processes, {} counter rows not tracked since start); \
+                 raise --max-connections, --max-processes or --max-cgroups",
+                OVERFLOW_UNHEALTHY.as_secs() / 60,
+                d.connections,
+                d.processes,
+                d.counters
+            )
+        })
+    }
 }
 
 const MAX_CONNECTIONS: usize = 256;
@@ -82,7 +117,8 @@ pub async fn run(args: DaemonArgs, setup: Setup) -> anyhow::Result<()> {
     let mut sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
 
     let owners = usize::from(args.metrics_owners);
-    let first = publish(&mut collector, owners, ndjson.as_mut())?;
+    let mut overflow = OverflowWatch::default();
+    let first = publish(&mut collector, owners, ndjson.as_mut(), &mut overflow)?;
     let (tx, rx) = watch::channel(Arc::new(first));
     let interval = args.interval;
     let server = tokio::spawn(serve(listener, rx, interval));
@@ -109,7 +145,7 @@ pub async fn run(args: DaemonArgs, setup: Setup) -> anyhow::Result<()> {
             _ = sigterm.recv() => break,
             _ = sighup.recv() => reload(&args, &mut collector),
             _ = refresh.tick() => {
-                let next = match publish(&mut collector, owners, ndjson.as_mut()) {
+                let next = match publish(&mut collector, owners, ndjson.as_mut(), &mut overflow) {
                     Ok(p) => p,
                     Err(e) => {
                         tracing::error!("refresh failed: {e:#}");
@@ -121,6 +157,7 @@ pub async fn run(args: DaemonArgs, setup: Setup) -> anyhow::Result<()> {
                             hook: last.hook.clone(),
                             error: Some(format!("{e:#}")),
                             sink_error: last.sink_error.clone(),
+                            overflow: last.overflow.clone(),
                         }
                     }
                 };
@@ -157,8 +194,10 @@ fn publish(
     collector: &mut Collector,
     owners: usize,
     ndjson: Option<&mut Ndjson>,
+    overflow: &mut OverflowWatch,
 ) -> anyhow::Result<Published> {
     let snap = collector.snapshot()?;
+    let overflow = overflow.note(&snap.probe);
     let mut json = Vec::new();
     output::json(&mut json, &snap)?;
     let sink_error = ndjson.and_then(|out| out.append(&snap));
@@ -170,6 +209,7 @@ fn publish(
         hook: snap.probe.hook.map_or("-".to_owned(), |h| h.to_string()),
         error: None,
         sink_error,
+        overflow,
     })
 }
 
@@ -371,6 +411,9 @@ fn health(p: &Published, interval: Duration) -> (StatusCode, String) {
             StatusCode::SERVICE_UNAVAILABLE,
             format!("unhealthy: the last refresh failed: {e}"),
         );
+    }
+    if let Some(why) = &p.overflow {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("unhealthy: {why}"));
     }
     if let Some(e) = &p.sink_error {
         return (

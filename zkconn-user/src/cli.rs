@@ -93,6 +93,10 @@ pub struct DaemonArgs {
     /// stdout).
     #[arg(long, value_name = "PATH|-")]
     pub ndjson: Option<PathBuf>,
+    /// Rotate the --ndjson file once it would pass this size: it becomes PATH.1 (replacing
+    /// the one before), so both take at most twice this.
+    #[arg(long, value_name = "MIB", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
+    pub ndjson_max_mib: u32,
     /// How often the published snapshot and metrics are refreshed.
     #[arg(long, value_name = "SECONDS", default_value = "5s", value_parser = parse_interval)]
     pub interval: Duration,

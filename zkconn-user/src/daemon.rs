@@ -14,7 +14,7 @@ use std::{
     convert::Infallible,
     io::Write as _,
     net::SocketAddr,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -108,7 +108,7 @@ pub async fn run(args: DaemonArgs, setup: Setup) -> anyhow::Result<()> {
         )
     })?;
     let mut ndjson = match &args.ndjson {
-        Some(path) => Some(Ndjson::open(path)?),
+        Some(path) => Some(Ndjson::open(path, u64::from(args.ndjson_max_mib) << 20)?),
         None => None,
     };
     let mut collector = setup.start(&args.watch.probe)?;
@@ -213,43 +213,81 @@ fn publish(
     })
 }
 
-/// `--ndjson PATH|-`: one snapshot per line, appended.
+/// `--ndjson PATH|-`: one snapshot per line, appended. A file is rotated once it would
+/// grow past `--ndjson-max-mib` (PATH becomes PATH.1, replacing the one before), so it
+/// never takes more than twice that.
 pub struct Ndjson {
     out: Box<dyn std::io::Write + Send>,
     what: String,
+    /// The file, when it is one (not stdout), with its size and the rotation size.
+    file: Option<(PathBuf, u64, u64)>,
     /// Whether the last append failed (logged when it starts and when it ends).
     failing: bool,
 }
 
 impl Ndjson {
-    fn open(path: &PathBuf) -> anyhow::Result<Self> {
+    pub fn open(path: &Path, max_bytes: u64) -> anyhow::Result<Self> {
         if path.as_os_str() == "-" {
             return Ok(Self {
                 out: Box::new(std::io::stdout()),
                 what: "stdout".into(),
+                file: None,
                 failing: false,
             });
         }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .with_context(|| {
-                format!("--ndjson {}: cannot open it for appending", path.display())
-            })?;
+        let (out, size) = Self::append_to(path).with_context(|| {
+            format!("--ndjson {}: cannot open it for appending", path.display())
+        })?;
         Ok(Self {
-            out: Box::new(std::io::BufWriter::new(file)),
+            out,
             what: path.display().to_string(),
+            file: Some((path.to_owned(), size, max_bytes)),
             failing: false,
         })
     }
 
+    fn append_to(path: &Path) -> std::io::Result<(Box<dyn std::io::Write + Send>, u64)> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        let size = file.metadata()?.len();
+        Ok((Box::new(std::io::BufWriter::new(file)), size))
+    }
+
+    /// Before writing `len` more bytes: PATH to PATH.1 and a new PATH when it would pass
+    /// the rotation size.
+    fn rotate_for(&mut self, len: u64) -> std::io::Result<()> {
+        let Some((path, size, max)) = &mut self.file else {
+            return Ok(());
+        };
+        if *size == 0 || *size + len <= *max {
+            return Ok(());
+        }
+        self.out.flush()?;
+        let mut old = path.clone().into_os_string();
+        old.push(".1");
+        std::fs::rename(&*path, &old)?;
+        let (out, new_size) = Self::append_to(path)?;
+        self.out = out;
+        *size = new_size;
+        Ok(())
+    }
+
     /// Appends `snap` as one line; returns why it could not. A failure is logged when it
     /// starts and when it ends, not at every refresh.
-    fn append(&mut self, snap: &crate::model::Snapshot) -> Option<String> {
+    pub fn append(&mut self, snap: &crate::model::Snapshot) -> Option<String> {
         let result = serde_json::to_string(snap)
             .map_err(std::io::Error::from)
-            .and_then(|line| writeln!(self.out, "{line}"))
+            .and_then(|line| {
+                let len = line.len() as u64 + 1;
+                self.rotate_for(len)?;
+                writeln!(self.out, "{line}")?;
+                if let Some((_, size, _)) = &mut self.file {
+                    *size += len;
+                }
+                Ok(())
+            })
             .and_then(|()| self.out.flush());
         match result {
             Ok(()) => {
@@ -465,5 +503,39 @@ pub fn describe_listen(addr: SocketAddr) -> &'static str {
         "loopback only"
     } else {
         "reachable from other hosts"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Ndjson;
+
+    /// The file is rotated before it passes its size: PATH.1 holds the lines before, PATH
+    /// the ones after, every line whole, and the two never hold more than twice the size.
+    #[test]
+    fn ndjson_rotates_by_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("zkconn.ndjson");
+        let snap = crate::model::Snapshot::for_test(crate::model::Rows::default());
+        let line = serde_json::to_string(&snap).unwrap().len() as u64 + 1;
+        let mut out = Ndjson::open(&path, line * 3).unwrap();
+        for _ in 0..8 {
+            assert_eq!(out.append(&snap), None);
+        }
+        let lines = |p: &std::path::Path| {
+            let text = std::fs::read_to_string(p).unwrap();
+            assert!(
+                text.lines()
+                    .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok())
+            );
+            text.lines().count()
+        };
+        let rotated = dir.path().join("zkconn.ndjson.1");
+        // 8 lines, 3 per file: the current file holds 2, the rotated one 3 (the first 3
+        // were replaced by the next rotation).
+        assert_eq!((lines(&path), lines(&rotated)), (2, 3));
+        let total =
+            std::fs::metadata(&path).unwrap().len() + std::fs::metadata(&rotated).unwrap().len();
+        assert!(total <= 2 * line * 3);
     }
 }

@@ -3,10 +3,10 @@
 
 use std::{net::SocketAddr, thread, time::Duration};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use integration_tests::{
-    Cgroup, Client, ZkServer, Zkconn, expected_hook, field, free_port, fresh_ipv4, process,
-    server_open, ss_count, wait_settled,
+    Cgroup, Client, RawClient, ZkServer, Zkconn, expected_hook, field, free_port, fresh_ipv4,
+    process, row_where, server_open, ss_count, wait_settled,
 };
 
 fn zk_flag(server: SocketAddr) -> String {
@@ -251,5 +251,67 @@ fn a_capacity_smaller_than_the_load_is_counted_as_overflow() -> Result<()> {
     assert_eq!(server_open(&snap, zk.addr), (4, 0));
     assert_eq!(snap["probe"]["overflow"], 3);
     assert_eq!(snap["probe"]["overflow_detail"]["connections"], 3);
+    Ok(())
+}
+
+/// A busy node's short-lived processes must not fill the kernel's process table: 24 processes
+/// that connect once and exit, in batches, with a table of 8 and a retention of 1 s. Each
+/// leaves the process rows (and the kernel's table) once retired, so nothing overflows, and
+/// its counts stay in its service row: 24 opened, 24 closed.
+#[test]
+fn exited_processes_are_retired_into_their_roll_ups() -> Result<()> {
+    let listener = std::net::TcpListener::bind((fresh_ipv4(), 2181))?;
+    let addr = listener.local_addr()?;
+    std::thread::spawn(move || {
+        while let Ok((mut s, _)) = listener.accept() {
+            std::thread::spawn(move || std::io::copy(&mut s, &mut std::io::sink()));
+        }
+    });
+    let dir = tempfile::tempdir()?;
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        "[[rule]]\nname = \"retention\"\ncmdline = \"--tag retention-test\"\n\
+         service = \"Retention test\"\n",
+    )?;
+    let z = Zkconn::start(&[
+        "--zk",
+        &addr.to_string(),
+        "--max-processes",
+        "8",
+        "--retain-exited",
+        "1s",
+        "--rules",
+        rules.to_str().context("path")?,
+    ])?;
+    let mut pids = Vec::new();
+    for _batch in 0..6 {
+        for _ in 0..4 {
+            let mut c = RawClient {
+                exit_after: Some(Duration::ZERO),
+                tag: Some("retention-test".into()),
+                ..RawClient::new(addr, 1)
+            }
+            .spawn()?;
+            c.wait_exit(Duration::from_secs(5))?;
+            pids.push(c.pid());
+        }
+        // Gone, idle, and past the retention at the next samples.
+        std::thread::sleep(Duration::from_millis(3000));
+    }
+    wait_settled(addr)?;
+    let snap = z.finish()?;
+    let probe = &snap["probe"];
+    assert_eq!(probe["overflow"], 0, "{probe:#}");
+    assert_eq!(probe["retention"]["processes"], 24, "{probe:#}");
+    for pid in &pids {
+        assert!(process(&snap, *pid).is_err(), "pid {pid} still has a row");
+    }
+    // A process gone before its /proc could be read is named by its comm: its service
+    // row differs, its counts are the same. Every connection is in some service row.
+    row_where(&snap, "services", "service", "Retention test")?;
+    let services = snap["services"].as_array().context("services")?;
+    let sum = |f: &str| services.iter().filter_map(|s| s[f].as_u64()).sum::<u64>();
+    assert_eq!([sum("opened"), sum("closed")], [24, 24], "{services:#?}");
     Ok(())
 }

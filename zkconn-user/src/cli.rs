@@ -269,6 +269,11 @@ pub struct ProbeArgs {
     /// connections adopted, each after two consecutive rounds. 0 turns it off.
     #[arg(long, value_name = "SECONDS", default_value = "10s", value_parser = parse_reconcile_interval)]
     pub reconcile_interval: Duration,
+    /// How long a process that exited and holds no connection stays a row of its own. Then
+    /// it leaves the process rows and the kernel's tables (which would otherwise fill on a
+    /// busy node); its counts stay in its container, application and service rows.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
+    pub retain_exited: Duration,
 }
 
 /// `--nat`.

@@ -94,6 +94,8 @@ pub struct Collector {
     /// One socket-table reader per network namespace (seeding, drift repair, holders).
     tables: Tables,
     reconciler: Reconciler,
+    /// See [`Retention`].
+    retention: Retention,
 }
 
 /// Bound on remembered NAT sources ((server, own address) pairs).
@@ -316,6 +318,7 @@ impl Collector {
             refused_for_nat: Vec::new(),
             tables,
             reconciler: Reconciler::new(args.reconcile_interval),
+            retention: Retention::new(args.retain_exited.as_secs_f64()),
             kept: Kept::default(),
         };
         // Seeded processes are attributed from what seeding read, while they lived.
@@ -733,6 +736,35 @@ impl Collector {
                     .is_some_and(|s| s <= key.birth_ns)
             };
         }
+        // Exited, holding nothing, shown long enough: out of the rows and the kernel's
+        // tables, into the roll-ups' retired counts.
+        let holding: FxHashSet<OwnerKey> = first_conn.keys().copied().collect();
+        let now = self.now();
+        let due = self.retention.due(&self.facts, &holding, now);
+        let due_counters: FxHashMap<OwnerKey, zkconn_common::Counters> = if due.is_empty() {
+            FxHashMap::default()
+        } else {
+            let wanted: FxHashSet<OwnerKey> = due.iter().copied().collect();
+            let found = state
+                .proc_stats
+                .iter()
+                .filter(|(k, _)| wanted.contains(k))
+                .copied()
+                .collect();
+            state.proc_stats.retain(|(k, _)| !wanted.contains(k));
+            found
+        };
+        for key in due {
+            let counters = due_counters.get(&key).copied().unwrap_or_default();
+            match &mut self.source {
+                Source::Kernel { probe, .. } => probe.forget_owner(&key)?,
+                Source::Poll(poller, _) => poller.forget_owner(&key),
+            }
+            self.seeds.per_owner.remove(&key);
+            if let Some(facts) = self.facts.remove(&key) {
+                self.retention.fold(facts.who, &counters);
+            }
+        }
         // Bounded: an owner that is gone and that no kernel row names is forgotten.
         self.facts
             .retain(|key, facts| facts.alive || referenced.contains(key));
@@ -758,6 +790,7 @@ impl Collector {
             seeded: &self.seeds.per_owner,
             cgroup_path: &path,
             nat: &self.translations,
+            retired: &self.retention.retired(),
             now_ns,
         });
         let mut rows = rows;
@@ -918,6 +951,10 @@ impl Collector {
                     Source::Poll(..) => None,
                 },
                 events_received: self.events_received,
+                retention: model::RetentionHealth {
+                    after_secs: self.retention.after,
+                    processes: self.retention.processes,
+                },
                 lost: lost_detail.events + lost_detail.recursion_misses.unwrap_or(0),
                 overflow: overflow_detail.connections
                     + overflow_detail.processes
@@ -995,6 +1032,87 @@ fn now_rfc3339() -> String {
                 .ok()
         })
         .unwrap_or_default()
+}
+
+/// Exited processes leave the process rows and the kernel's tables once they hold no
+/// connection and were shown for `after` seconds; their counts stay in the roll-ups, one
+/// [`model::Retired`] per attribution. Bounded: past [`RETIRED_KINDS`] attributions, the
+/// container and application are dropped from the key (the service rows stay exact).
+pub struct Retention {
+    after: f64,
+    /// When each owner was first seen gone and idle.
+    gone_since: HashMap<OwnerKey, f64>,
+    retired: BTreeMap<(String, Option<String>, Option<String>), model::Retired>,
+    /// Processes retired since start.
+    pub processes: u64,
+}
+
+/// Distinct attributions kept with their container and application.
+pub const RETIRED_KINDS: usize = 16_384;
+
+impl Retention {
+    pub fn new(after: f64) -> Self {
+        Self {
+            after,
+            gone_since: HashMap::new(),
+            retired: BTreeMap::new(),
+            processes: 0,
+        }
+    }
+
+    /// The owners to retire now: not alive, holding no connection, for `after` seconds.
+    fn due(
+        &mut self,
+        facts: &HashMap<OwnerKey, OwnerFacts>,
+        holding: &FxHashSet<OwnerKey>,
+        now: f64,
+    ) -> Vec<OwnerKey> {
+        self.gone_since
+            .retain(|key, _| facts.get(key).is_some_and(|f| !f.alive) && !holding.contains(key));
+        let mut due = Vec::new();
+        for (key, f) in facts {
+            if f.alive || holding.contains(key) {
+                continue;
+            }
+            let since = *self.gone_since.entry(*key).or_insert(now);
+            if now - since >= self.after {
+                due.push(*key);
+            }
+        }
+        for key in &due {
+            self.gone_since.remove(key);
+        }
+        due
+    }
+
+    fn fold(&mut self, who: crate::attribution::Attribution, c: &zkconn_common::Counters) {
+        let mut key = (
+            who.service.clone(),
+            who.yarn_container.clone(),
+            who.yarn_application.clone(),
+        );
+        let mut who = who;
+        if !self.retired.contains_key(&key) && self.retired.len() >= RETIRED_KINDS {
+            key.1 = None;
+            key.2 = None;
+            who.yarn_container = None;
+            who.yarn_application = None;
+        }
+        let r = self.retired.entry(key).or_insert_with(|| model::Retired {
+            who,
+            ..model::Retired::default()
+        });
+        r.opened += c.opened;
+        r.closed += c.closed;
+        r.failed += c.failed;
+        r.rejected += c.rejected;
+        r.processes += 1;
+        self.processes += 1;
+    }
+
+    fn retired(&self) -> Vec<model::Retired> {
+        self.retired.values().cloned().collect()
+    }
 }
 
 #[cfg(test)]

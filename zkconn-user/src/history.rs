@@ -311,7 +311,7 @@ mod tests {
     fn rows(processes: Vec<ProcessRow>) -> Rows {
         let open: u64 = processes.iter().map(|p| p.states.open).sum();
         let rejected: u64 = processes.iter().map(|p| p.rejected).sum();
-        let (containers, applications, services) = model::roll_up(&processes);
+        let (containers, applications, services) = model::roll_up(&processes, &[]);
         Rows {
             servers: vec![ServerRow {
                 rejected,

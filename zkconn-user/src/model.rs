@@ -136,6 +136,16 @@ pub struct Suspect {
     pub close_wait_held: u64,
 }
 
+/// `probe.retention`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RetentionHealth {
+    /// Seconds an exited process holding nothing stays a row of its own.
+    pub after_secs: f64,
+    /// Processes retired since start: counted in their roll-ups, no longer in `processes`
+    /// nor in the kernel's process table.
+    pub processes: u64,
+}
+
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ProbeHealth {
     pub hook: Option<Hook>,
@@ -155,6 +165,8 @@ pub struct ProbeHealth {
     pub seeds: SeedHealth,
     /// Drift repair against the kernel's socket table (`--reconcile-interval`).
     pub repaired: RepairHealth,
+    /// Exited processes out of the process rows (see `--retain-exited`).
+    pub retention: RetentionHealth,
     pub attribution: AttributionHealth,
     /// NAT look-ups in the host's connection tracking table (see [`crate::nat`]).
     pub nat: crate::nat::NatHealth,
@@ -541,6 +553,27 @@ impl Totals {
         self.rejected += p.rejected;
         self.age.merge(&p.age);
     }
+
+    fn add_retired(&mut self, r: &Retired) {
+        self.opened += r.opened;
+        self.closed += r.closed;
+        self.failed += r.failed;
+        self.rejected += r.rejected;
+    }
+}
+
+/// Processes that exited, hold nothing and were shown for the retention time: gone from the
+/// process rows and the kernel's tables, their counts kept for the container, application
+/// and service rows. One per attribution, however many processes it sums.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Retired {
+    pub who: Attribution,
+    pub opened: u64,
+    pub closed: u64,
+    pub failed: u64,
+    pub rejected: u64,
+    /// Processes summed here.
+    pub processes: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -730,6 +763,8 @@ pub struct Inputs<'a> {
     pub seeded: &'a HashMap<OwnerKey, u64>,
     pub cgroup_path: &'a dyn Fn(u64) -> Option<String>,
     pub nat: &'a Translations,
+    /// Exited processes no longer shown, still counted in the roll-ups.
+    pub retired: &'a [Retired],
     /// Boot-clock now, to age connections.
     pub now_ns: u64,
 }
@@ -980,7 +1015,7 @@ pub fn build(inputs: &Inputs<'_>) -> Rows {
             }
         })
         .collect();
-    let (containers, applications, services) = roll_up(&processes);
+    let (containers, applications, services) = roll_up(&processes, inputs.retired);
     Rows {
         servers,
         processes,
@@ -1058,6 +1093,7 @@ fn by_weight<T>(rows: &mut [T], key: impl Fn(&T) -> (Totals, &str)) {
 /// Containers, applications and services, summed from process rows.
 pub fn roll_up(
     processes: &[ProcessRow],
+    retired: &[Retired],
 ) -> (Vec<ContainerRow>, Vec<ApplicationRow>, Vec<ServiceRow>) {
     let mut containers: BTreeMap<&str, ContainerRow> = BTreeMap::new();
     let mut applications: BTreeMap<&str, (ApplicationRow, BTreeSet<String>)> = BTreeMap::new();
@@ -1106,6 +1142,50 @@ pub fn roll_up(
         row.totals.add(p);
         kinds.insert(p.who.kind);
         pids.insert(p.pid);
+    }
+    // Their counts only: no pid, no open connection.
+    for r in retired {
+        if let (Some(container), Some(app)) = (&r.who.yarn_container, &r.who.yarn_application) {
+            let row = containers.entry(container).or_insert_with(|| ContainerRow {
+                container: container.clone(),
+                application: app.clone(),
+                totals: Totals::default(),
+                services: Vec::new(),
+                pids: Vec::new(),
+            });
+            row.totals.add_retired(r);
+            if !row.services.contains(&r.who.service) {
+                row.services.push(r.who.service.clone());
+            }
+            let (row, ids) = applications.entry(app).or_insert_with(|| {
+                (
+                    ApplicationRow {
+                        application: app.clone(),
+                        containers: Vec::new(),
+                        totals: Totals::default(),
+                        processes: 0,
+                    },
+                    BTreeSet::new(),
+                )
+            });
+            row.totals.add_retired(r);
+            row.processes += r.processes;
+            ids.insert(container.clone());
+        }
+        let (row, kinds, _) = services.entry(&r.who.service).or_insert_with(|| {
+            (
+                ServiceRow {
+                    service: r.who.service.clone(),
+                    kinds: Vec::new(),
+                    totals: Totals::default(),
+                    pids: Vec::new(),
+                },
+                BTreeSet::new(),
+                BTreeSet::new(),
+            )
+        });
+        row.totals.add_retired(r);
+        kinds.insert(r.who.kind);
     }
     let mut containers: Vec<ContainerRow> = containers
         .into_values()
@@ -1204,6 +1284,7 @@ mod tests {
             seeded: &seeded,
             cgroup_path: &path,
             nat: &Translations::default(),
+            retired: &[],
             now_ns: 0,
         })
     }
@@ -1371,6 +1452,7 @@ mod tests {
             seeded: &seeded,
             cgroup_path: &path,
             nat: &Translations::default(),
+            retired: &[],
             now_ns: 0,
         });
         let r = &rows.servers[0];
@@ -1444,6 +1526,7 @@ mod tests {
             seeded: &seeded,
             cgroup_path: &path,
             nat: &nat,
+            retired: &[],
             now_ns: 0,
         });
         assert_eq!(rows.servers.len(), 1, "{:#?}", rows.servers);
@@ -1605,6 +1688,7 @@ mod tests {
             seeded: &seeded,
             cgroup_path: &path,
             nat: &Translations::default(),
+            retired: &[],
             now_ns: 0,
         });
         let open: u64 = rows.processes.iter().map(|p| p.states.open).sum();

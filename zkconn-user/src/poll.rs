@@ -51,6 +51,11 @@ pub struct Poller {
 }
 
 impl Poller {
+    /// Forgets the counters of an exited owner (see the collector's retention).
+    pub fn forget_owner(&mut self, key: &OwnerKey) {
+        self.proc_stats.remove(key);
+    }
+
     /// One sample: the socket tables now, compared with the last sample.
     pub fn read(
         &mut self,

@@ -789,6 +789,30 @@ impl Probe {
             .context("the seed map is full; raise --max-connections")
     }
 
+    /// Forgets the counters of an owner that exited and holds nothing (see the collector's
+    /// retention): its row in `PROC_STATS` goes, so the table does not fill with the dead.
+    pub fn forget_owner(&mut self, key: &OwnerKey) -> anyhow::Result<()> {
+        let mut stats = self.map_mut::<HashMap<_, OwnerKey, Counters>>(map_names::PROC_STATS)?;
+        match stats.remove(key) {
+            Ok(()) => {}
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(map_error(map_names::PROC_STATS, &e)),
+        }
+        // Where the kernel reports no exits (no group_dead), it never forgets the process
+        // itself either: its identity goes too, unless the pid is already someone else's.
+        let mut owners = self.map_mut::<HashMap<_, u32, Owner>>(map_names::OWNERS)?;
+        match owners.get(&key.tgid, 0) {
+            Ok(o) if o.birth_ns == key.birth_ns => match owners.remove(&key.tgid) {
+                Ok(()) => Ok(()),
+                Err(e) if is_not_found(&e) => Ok(()),
+                Err(e) => Err(map_error(map_names::OWNERS, &e)),
+            },
+            Ok(_) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(map_error(map_names::OWNERS, &e)),
+        }
+    }
+
     /// Removes a seed; false when it was already gone (the kernel adopted or closed it).
     pub fn remove_seed(&mut self, tuple: &Tuple) -> anyhow::Result<bool> {
         let mut seeds = self.map_mut::<HashMap<_, Tuple, Conn>>(map_names::SEEDS)?;

@@ -91,7 +91,7 @@ fn typical() -> Snapshot {
     zkfc.user = Some("hdfs".into());
     zkfc.states.close_wait = 1;
     let processes = vec![rs, leak, nm, zkfc];
-    let (containers, applications, services) = model::roll_up(&processes);
+    let (containers, applications, services) = model::roll_up(&processes, &[]);
     let mut s1 = server("10.0.0.1:2181", 23, 60);
     s1.rates.growth_per_min = 1.5;
     s1.time_to_limit_secs = Some(1480.0);

@@ -67,7 +67,14 @@ fn a_zookeeper_restart_under_500_clients_is_counted_and_ends_exact() -> Result<(
         ),
         (500, opened, 500)
     );
-    assert_eq!(snap["probe"]["lost"], 0);
+    // No event dropped. Program runs the kernel skipped (a softirq's run nested in another
+    // on the same CPU, which a loaded host sees in a 500-connection storm) are counted in
+    // `lost` too and allowed: one that mattered would show in the exact counts above.
+    assert_eq!(
+        snap["probe"]["lost_detail"]["events"], 0,
+        "{:#}",
+        snap["probe"]
+    );
     assert_eq!(snap["probe"]["overflow"], 0);
     Ok(())
 }

@@ -285,16 +285,27 @@ fn exited_processes_are_retired_into_their_roll_ups() -> Result<()> {
         rules.to_str().context("path")?,
     ])?;
     let mut pids = Vec::new();
-    for _batch in 0..6 {
+    // The first batch runs in a cgroup removed after it, as YARN removes a container's.
+    let rel = format!("/zkconn-retention-{}", std::process::id());
+    let mut cgroup = Cgroup::v2(&rel)?;
+    for batch in 0..6 {
         for _ in 0..4 {
             let mut c = RawClient {
                 exit_after: Some(Duration::ZERO),
                 tag: Some("retention-test".into()),
+                cgroups: if batch == 0 {
+                    vec![cgroup.path.clone()]
+                } else {
+                    Vec::new()
+                },
                 ..RawClient::new(addr, 1)
             }
             .spawn()?;
             c.wait_exit(Duration::from_secs(5))?;
             pids.push(c.pid());
+        }
+        if batch == 0 {
+            cgroup.remove()?;
         }
         // Gone, idle, and past the retention at the next samples.
         std::thread::sleep(Duration::from_millis(3000));
@@ -304,6 +315,13 @@ fn exited_processes_are_retired_into_their_roll_ups() -> Result<()> {
     let probe = &snap["probe"];
     assert_eq!(probe["overflow"], 0, "{probe:#}");
     assert_eq!(probe["retention"]["processes"], 24, "{probe:#}");
+    // The removed cgroup's row went too, from the document and the kernel's table.
+    assert_eq!(probe["retention"]["cgroups"], 1, "{probe:#}");
+    let cgroups = snap["cgroups"].as_array().context("cgroups")?;
+    assert!(
+        !cgroups.iter().any(|c| c["path"] == rel.as_str()),
+        "{cgroups:#?}"
+    );
     for pid in &pids {
         assert!(process(&snap, *pid).is_err(), "pid {pid} still has a row");
     }

@@ -768,6 +768,34 @@ impl Collector {
         // Bounded: an owner that is gone and that no kernel row names is forgotten.
         self.facts
             .retain(|key, facts| facts.alive || referenced.contains(key));
+        // Cgroups removed (a finished YARN container) and holding nothing: after the same
+        // time, out of the cgroup rows and the kernel's per-cgroup table.
+        let held_cgroups: FxHashSet<u64> = state
+            .conns
+            .iter()
+            .chain(&state.seeds)
+            .map(|c| c.cgroup_id)
+            .collect();
+        let mounted = self.cgroups.mounted();
+        let gone: Vec<u64> = state
+            .cgroup_stats
+            .iter()
+            .map(|(id, _)| *id)
+            // Without a cgroup2 mount nothing can be seen to exist: nothing is retired.
+            .filter(|id| mounted && *id != 0 && !held_cgroups.contains(id))
+            .filter(|id| self.cgroups.path(*id).and_then(|p| self.cgroups.id_of(&p)) != Some(*id))
+            .collect();
+        let due_cgroups = self.retention.due_cgroups(&gone, now);
+        if !due_cgroups.is_empty() {
+            for id in &due_cgroups {
+                match &mut self.source {
+                    Source::Kernel { probe, .. } => probe.forget_cgroup(*id)?,
+                    Source::Poll(poller, _) => poller.forget_cgroup(*id),
+                }
+            }
+            let due: FxHashSet<u64> = due_cgroups.into_iter().collect();
+            state.cgroup_stats.retain(|(id, _)| !due.contains(id));
+        }
 
         let translated = self
             .nat
@@ -954,6 +982,7 @@ impl Collector {
                 retention: model::RetentionHealth {
                     after_secs: self.retention.after,
                     processes: self.retention.processes,
+                    cgroups: self.retention.cgroups,
                 },
                 lost: lost_detail.events + lost_detail.recursion_misses.unwrap_or(0),
                 overflow: overflow_detail.connections
@@ -1045,6 +1074,10 @@ pub struct Retention {
     retired: BTreeMap<(String, Option<String>, Option<String>), model::Retired>,
     /// Processes retired since start.
     pub processes: u64,
+    /// When each cgroup was first seen removed and idle.
+    cgroups_gone_since: HashMap<u64, f64>,
+    /// Cgroups retired since start.
+    pub cgroups: u64,
 }
 
 /// Distinct attributions kept with their container and application.
@@ -1057,7 +1090,28 @@ impl Retention {
             gone_since: HashMap::new(),
             retired: BTreeMap::new(),
             processes: 0,
+            cgroups_gone_since: HashMap::new(),
+            cgroups: 0,
         }
+    }
+
+    /// Of the cgroups removed and idle now (`gone`), those so for `after` seconds.
+    fn due_cgroups(&mut self, gone: &[u64], now: f64) -> Vec<u64> {
+        let gone_now: FxHashSet<u64> = gone.iter().copied().collect();
+        self.cgroups_gone_since
+            .retain(|id, _| gone_now.contains(id));
+        let mut due = Vec::new();
+        for id in gone {
+            let since = *self.cgroups_gone_since.entry(*id).or_insert(now);
+            if now - since >= self.after {
+                due.push(*id);
+            }
+        }
+        for id in &due {
+            self.cgroups_gone_since.remove(id);
+        }
+        self.cgroups += due.len() as u64;
+        due
     }
 
     /// The owners to retire now: not alive, holding no connection, for `after` seconds.

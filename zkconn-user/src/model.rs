@@ -144,6 +144,9 @@ pub struct RetentionHealth {
     /// Processes retired since start: counted in their roll-ups, no longer in `processes`
     /// nor in the kernel's process table.
     pub processes: u64,
+    /// Cgroups retired since start: removed, holding nothing, no longer in `cgroups` nor in
+    /// the kernel's per-cgroup table.
+    pub cgroups: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]

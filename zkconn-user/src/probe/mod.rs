@@ -789,6 +789,17 @@ impl Probe {
             .context("the seed map is full; raise --max-connections")
     }
 
+    /// Forgets the counters of a cgroup that is gone and holds nothing (see the collector's
+    /// retention).
+    pub fn forget_cgroup(&mut self, id: u64) -> anyhow::Result<()> {
+        let mut stats = self.map_mut::<HashMap<_, u64, Counters>>(map_names::CGROUP_STATS)?;
+        match stats.remove(&id) {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(map_error(map_names::CGROUP_STATS, &e)),
+        }
+    }
+
     /// Forgets the counters of an owner that exited and holds nothing (see the collector's
     /// retention): its row in `PROC_STATS` goes, so the table does not fill with the dead.
     pub fn forget_owner(&mut self, key: &OwnerKey) -> anyhow::Result<()> {

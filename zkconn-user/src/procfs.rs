@@ -369,9 +369,11 @@ pub fn redact_argv(raw: &[u8]) -> Vec<String> {
                 continue;
             }
         }
-        // `--password secret`, `PASSWORD: secret`, `Authorization: Bearer x` (the value
-        // in the next argument)
-        if (arg.starts_with('-') || arg.ends_with(':'))
+        // `--password secret`, `PASSWORD: secret`, `Authorization: Bearer x`, ZooKeeper's
+        // `addauth digest user:password` (the value in the next argument)
+        if arg.eq_ignore_ascii_case("digest") {
+            redact_next = true;
+        } else if (arg.starts_with('-') || arg.ends_with(':'))
             && !arg.contains('=')
             && is_secret_key(arg.trim_end_matches(':'))
         {
@@ -407,7 +409,7 @@ fn join_capped(argv: &[String], max: usize) -> String {
 /// `passphrase`, `keytab.pass`, `db-pass` by `pass`; `keyStore`, `api.key`,
 /// `account.key` by `key`. Over-redaction (`key.serializer`) is the price of never showing
 /// a secret. docs/attribution.md lists the policy, each row a test.
-const SECRET_WORDS: [&str; 7] = [
+const SECRET_WORDS: [&str; 9] = [
     "pass",
     "pwd",
     "secret",
@@ -415,6 +417,8 @@ const SECRET_WORDS: [&str; 7] = [
     "key",
     "credential",
     "authorization",
+    "digest",
+    "signature",
 ];
 
 /// HTTP authorization schemes that precede the credential itself.
@@ -429,7 +433,7 @@ fn is_secret_key(key: &str) -> bool {
 /// strings (`user=u&password=x`, `api_token='x'`).
 static ASSIGNED: std::sync::LazyLock<Option<regex::Regex>> = std::sync::LazyLock::new(|| {
     regex::Regex::new(
-        r#"(?i)([a-z0-9_.\-]*(?:pass|pwd|secret|token|key|credential|authorization)[a-z0-9_.\-]*\s*=\s*)(["']?)[^"'&\s,;)}]*"#,
+        r#"(?i)([a-z0-9_.\-]*(?:pass|pwd|secret|token|key|credential|authorization|digest|signature)[a-z0-9_.\-]*\s*=\s*)(["']?)[^"'&\s,;)}]*"#,
     )
     .ok()
 });
@@ -437,7 +441,25 @@ static ASSIGNED: std::sync::LazyLock<Option<regex::Regex>> = std::sync::LazyLock
 /// `"secret_name": value` (JSON, YAML-ish fragments in quotes).
 static QUOTED_KEY: std::sync::LazyLock<Option<regex::Regex>> = std::sync::LazyLock::new(|| {
     regex::Regex::new(
-        r#"(?i)(["'][a-z0-9_.\-]*(?:pass|pwd|secret|token|key|credential|authorization)[a-z0-9_.\-]*["']\s*:\s*)(["']?)[^"',}\s]*"#,
+        r#"(?i)(["'][a-z0-9_.\-]*(?:pass|pwd|secret|token|key|credential|authorization|digest|signature)[a-z0-9_.\-]*["']\s*:\s*)(["']?)[^"',}\s]*"#,
+    )
+    .ok()
+});
+
+/// `secret_name: value` within one argument (YAML-ish; a space after the colon, so a class
+/// path's `keystore.jar:/next.jar` is left alone).
+static COLON_VALUE: std::sync::LazyLock<Option<regex::Regex>> = std::sync::LazyLock::new(|| {
+    regex::Regex::new(
+        r"(?i)((?:^|\s)[a-z0-9_.\-]*(?:pass|pwd|secret|token|key|credential|digest|signature)[a-z0-9_.\-]*:\s+)[^\s,;}]+",
+    )
+    .ok()
+});
+
+/// Values shaped like well-known credentials, whatever names them: JSON web tokens, GitHub,
+/// AWS access key ids, Slack tokens.
+static TOKEN_SHAPED: std::sync::LazyLock<Option<regex::Regex>> = std::sync::LazyLock::new(|| {
+    regex::Regex::new(
+        r"\b(?:eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9._-]+|gh[pousr]_[A-Za-z0-9]{8,}|github_pat_[A-Za-z0-9_]{8,}|AKIA[0-9A-Z]{12,}|xox[abprs]-[A-Za-z0-9-]{8,})",
     )
     .ok()
 });
@@ -461,11 +483,21 @@ fn redact_arg(arg: &str) -> String {
     {
         return format!("{key}=<redacted>");
     }
+    // `--passwd:value`
+    if arg.starts_with('-')
+        && let Some((key, _)) = arg.split_once(':')
+        && is_secret_key(key)
+        && !key.contains('/')
+    {
+        return format!("{key}:<redacted>");
+    }
     let mut arg = redact_url_credentials(arg);
     for (pattern, with) in [
         (&*ASSIGNED, "${1}${2}<redacted>"),
         (&*QUOTED_KEY, "${1}${2}<redacted>"),
         (&*AUTH_HEADER, "${1}<redacted>"),
+        (&*COLON_VALUE, "${1}<redacted>"),
+        (&*TOKEN_SHAPED, "<redacted>"),
     ] {
         // The patterns are constants the tests compile; were one ever refused, nothing of
         // the argument is shown rather than a secret.
@@ -657,6 +689,10 @@ mod tests {
     )]
     #[case(b"app\0-Dzk.auth.token=abc\0".as_slice(), "app -Dzk.auth.token=<redacted>")]
     #[case(b"plain\0args\0".as_slice(), "plain args")]
+    #[case(
+        b"java\0-cp\0/a/keystore.jar:/b/c.jar\0Main\0".as_slice(),
+        "java -cp /a/keystore.jar:/b/c.jar Main"
+    )]
     #[case(
         b"java\0-Djdbc=jdbc:mysql://db/x?user=u&password=hunter7\0".as_slice(),
         "java -Djdbc=jdbc:mysql://db/x?user=u&password=<redacted>"

@@ -368,6 +368,26 @@ fn interpreted(args: &[String]) -> Option<String> {
             "-W" | "-X" | "--check-hash-based-pycs" => {
                 it.next();
             }
+            // Combined short flags (`-uc`, `-Bc`, bash's `-xc`, perl's `-ne`): code given
+            // inline is never shown, a module is.
+            a if a.starts_with('-') && !a.starts_with("--") => {
+                let flags = &a[1..];
+                if flags.contains(['c', 'e', 'p']) {
+                    return Some(format!("-{}", flags.chars().last().unwrap_or('c')));
+                }
+                if flags.ends_with('m') {
+                    let module = it.next()?;
+                    let identifier = !module.is_empty()
+                        && module
+                            .chars()
+                            .all(|c| c.is_alphanumeric() || c == '_' || c == '.');
+                    return Some(if identifier {
+                        format!("-m {module}")
+                    } else {
+                        "-m".to_owned()
+                    });
+                }
+            }
             a if a.starts_with('-') => {}
             script => return Some(basename(script).to_owned()),
         }
@@ -564,6 +584,22 @@ mod tests {
         "python3.11 -c"
     )]
     #[case(Some("/usr/bin/perl"), "perl -e print($ENV{PASS})", "perl -e")]
+    #[case(
+        Some("/usr/bin/python3.11"),
+        "python3 -uc k='S3CRET';go()",
+        "python3.11 -c"
+    )]
+    #[case(
+        Some("/usr/bin/python3.11"),
+        "python3 -X dev -Bc go()",
+        "python3.11 -c"
+    )]
+    #[case(Some("/usr/bin/bash"), "bash -xc /opt/x;TOKEN=y", "bash -c")]
+    #[case(
+        Some("/usr/bin/python3.11"),
+        "python3 -um kazoo.tool",
+        "python3.11 -m kazoo.tool"
+    )]
     #[case(
         Some("/usr/bin/python3.11"),
         "python3 -m kazoo.tool --x",

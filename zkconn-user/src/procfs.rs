@@ -371,11 +371,10 @@ pub fn redact_argv(raw: &[u8]) -> Vec<String> {
         }
         // `--password secret`, `PASSWORD: secret`, `Authorization: Bearer x`, ZooKeeper's
         // `addauth digest user:password` (the value in the next argument)
-        if arg.eq_ignore_ascii_case("digest") {
-            redact_next = true;
-        } else if (arg.starts_with('-') || arg.ends_with(':'))
-            && !arg.contains('=')
-            && is_secret_key(arg.trim_end_matches(':'))
+        if arg.eq_ignore_ascii_case("digest")
+            || ((arg.starts_with('-') || arg.ends_with(':'))
+                && !arg.contains('=')
+                && is_secret_key(arg.trim_end_matches(':')))
         {
             redact_next = true;
         }

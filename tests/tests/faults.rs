@@ -146,3 +146,22 @@ fn events_a_full_buffer_cannot_take_are_counted_as_lost() -> Result<()> {
     }
     Ok(())
 }
+
+/// More connections exist at start than the tables hold: zkconn starts anyway, counts what
+/// fits, and says how many did not fit as overflow, never failing or hiding it.
+#[test]
+fn more_connections_at_start_than_the_tables_hold_are_overflow_not_a_failure() -> Result<()> {
+    let listener = std::net::TcpListener::bind((fresh_ipv4(), 2181))?;
+    let addr = listener.local_addr()?;
+    let _held: Vec<std::net::TcpStream> = (0..5)
+        .map(|_| std::net::TcpStream::connect(addr))
+        .collect::<std::io::Result<_>>()?;
+    let z = Zkconn::start(&["--zk", &addr.to_string(), "--max-connections", "2"])?;
+    let snap = z.finish()?;
+    let probe = &snap["probe"];
+    assert_eq!(probe["seeds"]["seeded"], 2, "{probe:#}");
+    assert_eq!(probe["overflow_detail"]["connections"], 3, "{probe:#}");
+    assert_eq!(field(server_row(&snap, addr)?, "open")?, 2);
+    drop(listener);
+    Ok(())
+}

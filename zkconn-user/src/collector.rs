@@ -953,9 +953,11 @@ impl Collector {
             events: c[probe_counter::LOST_EVENTS as usize].max(perf_lost),
             recursion_misses: state.recursion_misses,
         };
+        // The kernel's counts, plus what did not fit while seeding.
         let overflow_detail = OverflowDetail {
-            connections: c[probe_counter::OVERFLOW_CONNS as usize],
-            processes: c[probe_counter::OVERFLOW_OWNERS as usize],
+            connections: c[probe_counter::OVERFLOW_CONNS as usize]
+                + self.seeds.overflow_connections,
+            processes: c[probe_counter::OVERFLOW_OWNERS as usize] + self.seeds.overflow_processes,
             counters: c[probe_counter::OVERFLOW_STATS as usize],
         };
         // Poll finds owners at every sample, not only at start.

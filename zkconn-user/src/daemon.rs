@@ -83,8 +83,9 @@ impl OverflowWatch {
         recent.then(|| {
             format!(
                 "counts are incomplete: the kernel's tables were full within the last {} min \
-                 ({} connections, {} processes, {} counter rows not tracked since start); \
-                 raise --max-connections, --max-processes or --max-cgroups",
+                 ({} connections not tracked: raise --max-connections; {} processes and {} \
+                 per-process or per-cgroup counter rows not kept: raise --max-processes or \
+                 --max-cgroups)",
                 OVERFLOW_UNHEALTHY.as_secs() / 60,
                 d.connections,
                 d.processes,
@@ -235,6 +236,16 @@ impl Ndjson {
                 failing: false,
             });
         }
+        // A symlink is followed once: rotation renames the file it names, not the link.
+        let path = &std::fs::canonicalize(path)
+            .or_else(|_| {
+                // A link to a file not made yet.
+                std::fs::read_link(path).map(|to| match path.parent() {
+                    Some(dir) if to.is_relative() => dir.join(to),
+                    _ => to,
+                })
+            })
+            .unwrap_or_else(|_| path.to_owned());
         let (out, size) = Self::append_to(path).with_context(|| {
             format!("--ndjson {}: cannot open it for appending", path.display())
         })?;
@@ -267,7 +278,9 @@ impl Ndjson {
         self.out.flush()?;
         let mut old = path.clone().into_os_string();
         old.push(".1");
-        std::fs::rename(&*path, &old)?;
+        std::fs::rename(&*path, &old).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("rotating it to {}: {e}", old.display()))
+        })?;
         let (out, new_size) = Self::append_to(path)?;
         self.out = out;
         *size = new_size;
@@ -282,6 +295,11 @@ impl Ndjson {
             .and_then(|line| {
                 let len = line.len() as u64 + 1;
                 self.rotate_for(len)?;
+                // After a failed append the file may end in part of a line: end it, so the
+                // next snapshot is a line of its own (the torn one stays unparseable).
+                if self.failing {
+                    writeln!(self.out)?;
+                }
                 writeln!(self.out, "{line}")?;
                 if let Some((_, size, _)) = &mut self.file {
                     *size += len;
@@ -537,5 +555,23 @@ mod tests {
         let total =
             std::fs::metadata(&path).unwrap().len() + std::fs::metadata(&rotated).unwrap().len();
         assert!(total <= 2 * line * 3);
+    }
+
+    /// A symlinked path: the file it names is rotated, the link stays a link to it.
+    #[test]
+    fn a_symlinked_ndjson_rotates_the_file_it_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("real.ndjson");
+        let link = dir.path().join("link.ndjson");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let snap = crate::model::Snapshot::for_test(crate::model::Rows::default());
+        let line = serde_json::to_string(&snap).unwrap().len() as u64 + 1;
+        let mut out = Ndjson::open(&link, line * 2).unwrap();
+        for _ in 0..5 {
+            assert_eq!(out.append(&snap), None);
+        }
+        assert!(link.symlink_metadata().unwrap().file_type().is_symlink());
+        assert!(dir.path().join("real.ndjson.1").exists());
+        assert!(!dir.path().join("link.ndjson.1").exists());
     }
 }

@@ -38,6 +38,12 @@ pub struct SeedReport {
     pub unreadable: u64,
     /// Seeded connections per process.
     pub per_owner: HashMap<OwnerKey, u64>,
+    /// Connections that existed at start but did not fit the kernel's seed table
+    /// (`--max-connections`): not counted, and said so as overflow.
+    pub overflow_connections: u64,
+    /// Their processes that did not fit the kernel's process table (`--max-processes`):
+    /// counted under the unknown owner, and said so as overflow.
+    pub overflow_processes: u64,
     /// What `/proc` said of each seeded process while it was being read, for attribution.
     pub infos: HashMap<OwnerKey, ProcInfo>,
 }
@@ -316,11 +322,18 @@ pub fn insert_seeds(
                     Ok(info) => {
                         let record = owner_record(&info, cgroups);
                         let cgroup_id = record.cgroup_id;
-                        let key = probe.insert_owner(pid, record)?;
-                        let uid = info.uid;
-                        owners.insert(pid, (key, cgroup_id, uid));
-                        report.infos.insert(key, info);
-                        Some((key, cgroup_id, uid))
+                        match probe.insert_owner(pid, record)? {
+                            Some(key) => {
+                                let uid = info.uid;
+                                owners.insert(pid, (key, cgroup_id, uid));
+                                report.infos.insert(key, info);
+                                Some((key, cgroup_id, uid))
+                            }
+                            None => {
+                                report.overflow_processes += 1;
+                                None
+                            }
+                        }
                     }
                     Err(e) => {
                         count_unreadable(report, &e);
@@ -341,7 +354,7 @@ pub fn insert_seeds(
             } else {
                 conn_flags::ESTABLISHED
             };
-        probe.insert_seed(Conn {
+        let fits = probe.insert_seed(Conn {
             tuple,
             owner,
             cgroup_id,
@@ -355,6 +368,10 @@ pub fn insert_seeds(
             flags,
             _pad: [0; 6],
         })?;
+        if !fits {
+            report.overflow_connections += 1;
+            continue;
+        }
         inserted.insert(tuple, (owner, socket.inode));
     }
     Ok(inserted)

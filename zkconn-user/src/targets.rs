@@ -145,6 +145,9 @@ pub struct ZooCfg {
     pub client_port: Option<u16>,
     pub secure_client_port: Option<u16>,
     pub client_port_address: Option<String>,
+    /// `secureClientPortAddress`: where a standalone server binds its secure port (else
+    /// `clientPortAddress`).
+    pub secure_client_port_address: Option<String>,
     /// `maxClientCnxns`; ZooKeeper's default is 60, 0 (or less) means unlimited.
     pub max_client_cnxns: Option<u32>,
     /// What the file does that ZooKeeper accepts but an operator should hear about (a
@@ -235,6 +238,11 @@ impl ZooCfg {
                     parse_host_port(value).map_err(err)?;
                     cfg.client_port_address = Some(value.trim_matches(['[', ']']).to_owned());
                 }
+                "secureClientPortAddress" => {
+                    parse_host_port(value).map_err(err)?;
+                    cfg.secure_client_port_address =
+                        Some(value.trim_matches(['[', ']']).to_owned());
+                }
                 "maxClientCnxns" => {
                     // A Java int; ZooKeeper limits only when it is above 0.
                     let n: i32 = value.parse().map_err(|_| {
@@ -265,10 +273,6 @@ impl ZooCfg {
     /// The targets this file describes: every server's client endpoint; for a standalone
     /// server, its `clientPortAddress` or else its client ports on any address.
     pub fn targets(&self) -> (Vec<HostPort>, Vec<u16>) {
-        let ports: Vec<u16> = [self.client_port, self.secure_client_port]
-            .into_iter()
-            .flatten()
-            .collect();
         if !self.servers.is_empty() {
             let mut endpoints = self.servers.clone();
             if let Some(secure) = self.secure_client_port {
@@ -281,19 +285,27 @@ impl ZooCfg {
             }
             return (endpoints, Vec::new());
         }
-        match &self.client_port_address {
-            Some(address) => (
-                ports
-                    .iter()
-                    .map(|&port| HostPort {
-                        host: address.clone(),
-                        port,
-                    })
-                    .collect(),
-                Vec::new(),
-            ),
-            None => (Vec::new(), ports),
+        // Each port on its own address, or on any address when none is given.
+        let mut endpoints = Vec::new();
+        let mut any = Vec::new();
+        let secure_address = self
+            .secure_client_port_address
+            .as_ref()
+            .or(self.client_port_address.as_ref());
+        for (port, address) in [
+            (self.client_port, self.client_port_address.as_ref()),
+            (self.secure_client_port, secure_address),
+        ] {
+            match (port, address) {
+                (Some(port), Some(address)) => endpoints.push(HostPort {
+                    host: address.clone(),
+                    port,
+                }),
+                (Some(port), None) => any.push(port),
+                (None, _) => {}
+            }
         }
+        (endpoints, any)
     }
 }
 
@@ -591,6 +603,22 @@ mod tests {
         assert_eq!(cfg.targets(), (vec![hp("127.0.0.5", 2181)], vec![]));
         let cfg = ZooCfg::parse("z", "clientPort=2181\nsecureClientPort=2281\n").unwrap();
         assert_eq!(cfg.targets(), (vec![], vec![2181, 2281]));
+        let cfg = ZooCfg::parse(
+            "z",
+            "clientPortAddress=127.0.0.2\nclientPort=2181\nsecureClientPort=2281\n\
+             secureClientPortAddress=127.0.0.5\n",
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.targets(),
+            (vec![hp("127.0.0.2", 2181), hp("127.0.0.5", 2281)], vec![])
+        );
+        let cfg = ZooCfg::parse(
+            "z",
+            "clientPort=2181\nsecureClientPort=2281\nsecureClientPortAddress=127.0.0.5\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.targets(), (vec![hp("127.0.0.5", 2281)], vec![2181]));
     }
 
     #[rstest]

@@ -737,21 +737,23 @@ impl Probe {
     }
 
     /// Registers a process found by seeding. Returns the identity the kernel uses for it: an
-    /// existing one when the process already connected since zkconn started.
-    pub fn insert_owner(&mut self, tgid: u32, owner: Owner) -> anyhow::Result<OwnerKey> {
+    /// existing one when the process already connected since zkconn started; `None` when the
+    /// table is full (the caller counts it as overflow).
+    pub fn insert_owner(&mut self, tgid: u32, owner: Owner) -> anyhow::Result<Option<OwnerKey>> {
         let mut owners: HashMap<_, u32, Owner> = self.map_mut(map_names::OWNERS)?;
         let birth_ns = match owners.insert(tgid, owner, u64::from(aya_noexist())) {
             Ok(()) => owner.birth_ns,
-            Err(_) => owners
-                .get(&tgid, 0)
-                .map(|o| o.birth_ns)
-                .context("the owners map is full; raise --max-processes")?,
+            Err(insert) => match owners.get(&tgid, 0) {
+                Ok(o) => o.birth_ns,
+                Err(_) if is_full(&insert) => return Ok(None),
+                Err(_) => return Err(map_error(map_names::OWNERS, &insert)),
+            },
         };
-        Ok(OwnerKey {
+        Ok(Some(OwnerKey {
             tgid,
             _pad: 0,
             birth_ns,
-        })
+        }))
     }
 
     /// Tells the kernel whether seeded connections may still wait in `SEEDS`: set before
@@ -782,11 +784,15 @@ impl Probe {
             .context("setting the seeding flag")
     }
 
-    pub fn insert_seed(&mut self, conn: Conn) -> anyhow::Result<()> {
+    /// Hands a seed to the kernel; false when the table is full (the caller counts it as
+    /// overflow).
+    pub fn insert_seed(&mut self, conn: Conn) -> anyhow::Result<bool> {
         let mut seeds: HashMap<_, Tuple, Conn> = self.map_mut(map_names::SEEDS)?;
-        seeds
-            .insert(conn.tuple, conn, 0)
-            .context("the seed map is full; raise --max-connections")
+        match seeds.insert(conn.tuple, conn, 0) {
+            Ok(()) => Ok(true),
+            Err(e) if is_full(&e) => Ok(false),
+            Err(e) => Err(map_error(map_names::SEEDS, &e)),
+        }
     }
 
     /// Forgets the counters of a cgroup that is gone and holds nothing (see the collector's
@@ -1115,6 +1121,11 @@ fn map_error(name: &str, e: &dyn std::error::Error) -> anyhow::Error {
 }
 
 /// Whether a map error is only "no such entry".
+/// A hash map with no room for another key (E2BIG).
+fn is_full(e: &aya::maps::MapError) -> bool {
+    matches!(e, aya::maps::MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::E2BIG))
+}
+
 fn is_not_found(e: &aya::maps::MapError) -> bool {
     match e {
         aya::maps::MapError::KeyNotFound => true,

@@ -557,6 +557,17 @@ impl Totals {
         self.age.merge(&p.age);
     }
 
+    /// Another roll-up's counts (rates are not summed: they are the history's).
+    fn absorb(&mut self, t: &Totals) {
+        self.open += t.open;
+        self.close_wait += t.close_wait;
+        self.opened += t.opened;
+        self.closed += t.closed;
+        self.failed += t.failed;
+        self.rejected += t.rejected;
+        self.age.merge(&t.age);
+    }
+
     fn add_retired(&mut self, r: &Retired) {
         self.opened += r.opened;
         self.closed += r.closed;
@@ -1098,11 +1109,40 @@ pub fn roll_up(
     processes: &[ProcessRow],
     retired: &[Retired],
 ) -> (Vec<ContainerRow>, Vec<ApplicationRow>, Vec<ServiceRow>) {
+    // Each process, live or retired, as what it adds: a retired one has no pid and counts
+    // for the processes it sums.
+    struct Part<'a> {
+        who: &'a Attribution,
+        totals: Totals,
+        pid: Option<u32>,
+        processes: u64,
+    }
+    let live = processes.iter().map(|p| {
+        let mut totals = Totals::default();
+        totals.add(p);
+        Part {
+            who: &p.who,
+            totals,
+            pid: Some(p.pid),
+            processes: 1,
+        }
+    });
+    let gone = retired.iter().map(|r| {
+        let mut totals = Totals::default();
+        totals.add_retired(r);
+        Part {
+            who: &r.who,
+            totals,
+            pid: None,
+            processes: r.processes,
+        }
+    });
     let mut containers: BTreeMap<&str, ContainerRow> = BTreeMap::new();
     let mut applications: BTreeMap<&str, (ApplicationRow, BTreeSet<String>)> = BTreeMap::new();
     let mut services: BTreeMap<&str, (ServiceRow, BTreeSet<Kind>, BTreeSet<u32>)> = BTreeMap::new();
-    for p in processes {
-        if let (Some(container), Some(app)) = (&p.who.yarn_container, &p.who.yarn_application) {
+    for part in live.chain(gone) {
+        let who = part.who;
+        if let (Some(container), Some(app)) = (&who.yarn_container, &who.yarn_application) {
             let row = containers.entry(container).or_insert_with(|| ContainerRow {
                 container: container.clone(),
                 application: app.clone(),
@@ -1110,11 +1150,11 @@ pub fn roll_up(
                 services: Vec::new(),
                 pids: Vec::new(),
             });
-            row.totals.add(p);
-            if !row.services.contains(&p.who.service) {
-                row.services.push(p.who.service.clone());
+            row.totals.absorb(&part.totals);
+            if !row.services.contains(&who.service) {
+                row.services.push(who.service.clone());
             }
-            row.pids.push(p.pid);
+            row.pids.extend(part.pid);
             let (row, ids) = applications.entry(app).or_insert_with(|| {
                 (
                     ApplicationRow {
@@ -1126,14 +1166,14 @@ pub fn roll_up(
                     BTreeSet::new(),
                 )
             });
-            row.totals.add(p);
-            row.processes += 1;
+            row.totals.absorb(&part.totals);
+            row.processes += part.processes;
             ids.insert(container.clone());
         }
-        let (row, kinds, pids) = services.entry(&p.who.service).or_insert_with(|| {
+        let (row, kinds, pids) = services.entry(&who.service).or_insert_with(|| {
             (
                 ServiceRow {
-                    service: p.who.service.clone(),
+                    service: who.service.clone(),
                     kinds: Vec::new(),
                     totals: Totals::default(),
                     pids: Vec::new(),
@@ -1142,53 +1182,9 @@ pub fn roll_up(
                 BTreeSet::new(),
             )
         });
-        row.totals.add(p);
-        kinds.insert(p.who.kind);
-        pids.insert(p.pid);
-    }
-    // Their counts only: no pid, no open connection.
-    for r in retired {
-        if let (Some(container), Some(app)) = (&r.who.yarn_container, &r.who.yarn_application) {
-            let row = containers.entry(container).or_insert_with(|| ContainerRow {
-                container: container.clone(),
-                application: app.clone(),
-                totals: Totals::default(),
-                services: Vec::new(),
-                pids: Vec::new(),
-            });
-            row.totals.add_retired(r);
-            if !row.services.contains(&r.who.service) {
-                row.services.push(r.who.service.clone());
-            }
-            let (row, ids) = applications.entry(app).or_insert_with(|| {
-                (
-                    ApplicationRow {
-                        application: app.clone(),
-                        containers: Vec::new(),
-                        totals: Totals::default(),
-                        processes: 0,
-                    },
-                    BTreeSet::new(),
-                )
-            });
-            row.totals.add_retired(r);
-            row.processes += r.processes;
-            ids.insert(container.clone());
-        }
-        let (row, kinds, _) = services.entry(&r.who.service).or_insert_with(|| {
-            (
-                ServiceRow {
-                    service: r.who.service.clone(),
-                    kinds: Vec::new(),
-                    totals: Totals::default(),
-                    pids: Vec::new(),
-                },
-                BTreeSet::new(),
-                BTreeSet::new(),
-            )
-        });
-        row.totals.add_retired(r);
-        kinds.insert(r.who.kind);
+        row.totals.absorb(&part.totals);
+        kinds.insert(who.kind);
+        pids.extend(part.pid);
     }
     let mut containers: Vec<ContainerRow> = containers
         .into_values()

@@ -344,6 +344,19 @@ pub fn fallback(exe: Option<&str>, argv: &[String], comm: &str, jvm: Option<&Jvm
     name.to_owned()
 }
 
+/// `-m MODULE` when the module is a dotted identifier, else only `-m` (no free text).
+fn module_label(module: &str) -> String {
+    let identifier = !module.is_empty()
+        && module
+            .chars()
+            .all(|c| c.is_alphanumeric() || c == '_' || c == '.');
+    if identifier {
+        format!("-m {module}")
+    } else {
+        "-m".to_owned()
+    }
+}
+
 /// What an interpreter runs, for a label: its script's file name, `-m MODULE`, or for code
 /// given on the command line (`-c`, `-e`) only the option, never the code (free text that
 /// may hold anything, a secret included, and would become a metrics label).
@@ -352,18 +365,7 @@ fn interpreted(args: &[String]) -> Option<String> {
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "-c" | "-e" | "-E" | "--eval" | "-p" | "--print" => return Some(arg.clone()),
-            "-m" => {
-                let module = it.next()?;
-                let identifier = !module.is_empty()
-                    && module
-                        .chars()
-                        .all(|c| c.is_alphanumeric() || c == '_' || c == '.');
-                return Some(if identifier {
-                    format!("-m {module}")
-                } else {
-                    "-m".to_owned()
-                });
-            }
+            "-m" => return Some(module_label(it.next()?)),
             // Python's options that take the next argument.
             "-W" | "-X" | "--check-hash-based-pycs" => {
                 it.next();
@@ -376,16 +378,7 @@ fn interpreted(args: &[String]) -> Option<String> {
                     return Some(format!("-{}", flags.chars().last().unwrap_or('c')));
                 }
                 if flags.ends_with('m') {
-                    let module = it.next()?;
-                    let identifier = !module.is_empty()
-                        && module
-                            .chars()
-                            .all(|c| c.is_alphanumeric() || c == '_' || c == '.');
-                    return Some(if identifier {
-                        format!("-m {module}")
-                    } else {
-                        "-m".to_owned()
-                    });
+                    return Some(module_label(it.next()?));
                 }
             }
             a if a.starts_with('-') => {}

@@ -1163,7 +1163,11 @@ impl Daemon {
     /// Starts the daemon on a fresh loopback address and waits until it serves.
     pub fn start(args: &[&str]) -> anyhow::Result<Self> {
         let ip = fresh_ipv4();
-        let addr = SocketAddr::new(ip, free_port(ip)?);
+        Self::start_at(SocketAddr::new(ip, free_port(ip)?), args)
+    }
+
+    /// As [`Daemon::start`], listening on `addr`.
+    pub fn start_at(addr: SocketAddr, args: &[&str]) -> anyhow::Result<Self> {
         let listen = addr.to_string();
         let mut cmd_args = vec!["--listen", listen.as_str(), "--interval", "1s"];
         cmd_args.extend_from_slice(args);
@@ -1238,6 +1242,12 @@ pub struct Prometheus {
 
 impl Prometheus {
     pub fn start(targets: &[SocketAddr]) -> anyhow::Result<Self> {
+        Self::start_with(targets, "")
+    }
+
+    /// As [`Prometheus::start`], with `scrape` (YAML lines indented for the job, e.g. a
+    /// `scheme`, `tls_config` or `basic_auth`) added to the job's scrape configuration.
+    pub fn start_with(targets: &[SocketAddr], scrape: &str) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let ip = fresh_ipv4();
         let addr = SocketAddr::new(ip, free_port(ip)?);
@@ -1246,7 +1256,7 @@ impl Prometheus {
             dir.path().join("prometheus.yml"),
             format!(
                 "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  \
-                 - job_name: zkconn\n    static_configs:\n      - targets: [{}]\n",
+                 - job_name: zkconn\n    static_configs:\n      - targets: [{}]\n{scrape}",
                 list.join(", ")
             ),
         )?;

@@ -257,7 +257,8 @@ fn a_capacity_smaller_than_the_load_is_counted_as_overflow() -> Result<()> {
 /// A busy node's short-lived processes must not fill the kernel's process table: 24 processes
 /// that connect once and exit, in batches, with a table of 8 and a retention of 1 s. Each
 /// leaves the process rows (and the kernel's table) once retired, so nothing overflows, and
-/// its counts stay in its service row: 24 opened, 24 closed.
+/// its counts stay in its service row: 24 opened, 24 closed. The first batch ran in a YARN
+/// container that finished: its row goes too, its counts stay in its application's.
 #[test]
 fn exited_processes_are_retired_into_their_roll_ups() -> Result<()> {
     let listener = std::net::TcpListener::bind((fresh_ipv4(), 2181))?;
@@ -285,9 +286,25 @@ fn exited_processes_are_retired_into_their_roll_ups() -> Result<()> {
         rules.to_str().context("path")?,
     ])?;
     let mut pids = Vec::new();
-    // The first batch runs in a cgroup removed after it, as YARN removes a container's.
-    let rel = format!("/zkconn-retention-{}", std::process::id());
+    // The first batch runs in a YARN container's cgroup, removed after it as YARN removes a
+    // finished container's; a second container of the same application lives on.
+    let app = "application_1700000000000_0042";
+    let (done, live) = (
+        "container_e01_1700000000000_0042_01_000001",
+        "container_e01_1700000000000_0042_01_000002",
+    );
+    let base = format!("/zkconn-retention-{}/hadoop-yarn", std::process::id());
+    // The parents first, so removing the finished container's group leaves them.
+    let _parents = Cgroup::v2(&base)?;
+    let rel = format!("{base}/{done}");
     let mut cgroup = Cgroup::v2(&rel)?;
+    let live_cgroup = Cgroup::v2(&format!("{base}/{live}"))?;
+    let _live = RawClient {
+        tag: Some("retention-test".into()),
+        cgroups: vec![live_cgroup.path.clone()],
+        ..RawClient::new(addr, 1)
+    }
+    .spawn()?;
     for batch in 0..6 {
         for _ in 0..4 {
             let mut c = RawClient {
@@ -330,6 +347,30 @@ fn exited_processes_are_retired_into_their_roll_ups() -> Result<()> {
     row_where(&snap, "services", "service", "Retention test")?;
     let services = snap["services"].as_array().context("services")?;
     let sum = |f: &str| services.iter().filter_map(|s| s[f].as_u64()).sum::<u64>();
-    assert_eq!([sum("opened"), sum("closed")], [24, 24], "{services:#?}");
+    // 24 retired and the one that lives on.
+    assert_eq!([sum("opened"), sum("closed")], [25, 24], "{services:#?}");
+    // The finished container left the container rows, its counts kept in its application
+    // with the live container's; the application stays while a container of it lives.
+    assert_eq!(probe["retention"]["containers"], 1, "{probe:#}");
+    assert_eq!(probe["retention"]["applications"], 0, "{probe:#}");
+    let containers = snap["containers"].as_array().context("containers")?;
+    assert!(
+        !containers.iter().any(|c| c["container"] == done),
+        "{containers:#?}"
+    );
+    let row = row_where(&snap, "containers", "container", live)?;
+    assert_eq!((field(row, "open")?, field(row, "opened")?), (1, 1));
+    let row = row_where(&snap, "applications", "application", app)?;
+    assert_eq!(
+        (
+            field(row, "open")?,
+            field(row, "opened")?,
+            field(row, "closed")?
+        ),
+        (1, 5, 4),
+        "{row:#}"
+    );
+    assert_eq!(row["containers"], serde_json::json!([live]), "{row:#}");
+    assert_eq!(row["processes"], 5, "{row:#}");
     Ok(())
 }

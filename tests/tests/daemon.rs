@@ -461,7 +461,7 @@ fn a_full_disk_under_ndjson_freezes_nothing_else() -> Result<()> {
 }
 
 /// A `--listen` other hosts can reach is said at the default verbosity: what the endpoints
-/// expose, and that zkconn has no TLS or authentication.
+/// expose, that nothing protects them, and how to protect them.
 #[test]
 fn listening_beyond_loopback_is_said_out_loud() -> Result<()> {
     let port = std::net::TcpListener::bind("0.0.0.0:0")?
@@ -481,7 +481,8 @@ fn listening_beyond_loopback_is_said_out_loud() -> Result<()> {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("is reachable from other hosts")
-            && stderr.contains("no TLS or authentication"),
+            && stderr.contains("(plain HTTP, no authentication)")
+            && stderr.contains("--web-config-file"),
         "{stderr}"
     );
     Ok(())
@@ -515,5 +516,281 @@ fn a_full_connection_table_is_unhealthy_with_the_reason() -> Result<()> {
         );
         thread::sleep(Duration::from_millis(300));
     }
+    Ok(())
+}
+
+/// `curl` against the daemon over TLS with `args`: the status and the headers and body, or
+/// `None` when no HTTP answer came (a refused handshake, a closed connection).
+fn curl(url: &str, args: &[&str]) -> Result<Option<(u16, String)>> {
+    let out = Command::new("curl")
+        .args(["-sS", "-i", "--max-time", "10"])
+        .args(args)
+        .arg(url)
+        .output()
+        .context("cannot run curl")?;
+    if !out.status.success() {
+        return Ok(None);
+    }
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no status line")?;
+    Ok(Some((status, text)))
+}
+
+fn openssl(dir: &std::path::Path, args: &[&str]) -> Result<()> {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// `NAME.pem` and `NAME.key`, an EC P-256 key and a certificate with subjectAltName `san`,
+/// signed by the CA in `dir`.
+fn make_leaf(dir: &std::path::Path, name: &str, san: &str) -> Result<()> {
+    let (key, csr, pem, ext) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.pem"),
+        format!("{name}.ext"),
+    );
+    let subject = format!("/CN={name}");
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            &subject,
+        ],
+    )?;
+    std::fs::write(dir.join(&ext), format!("subjectAltName={san}\n"))?;
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            &pem,
+            "-extfile",
+            &ext,
+        ],
+    )
+}
+
+/// A test CA, a server certificate for `ip` and client certificates, made with openssl.
+fn make_pki(dir: &std::path::Path, ip: std::net::IpAddr, clients: &[&str]) -> Result<()> {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=zkconn test CA",
+        ],
+    )?;
+    make_leaf(dir, "server", &format!("IP:{ip}"))?;
+    for c in clients {
+        make_leaf(dir, c, &format!("DNS:{c}"))?;
+    }
+    Ok(())
+}
+
+/// The web configuration file node_exporter takes, on the daemon: TLS with basic
+/// authentication (hash made by Apache's htpasswd, as the toolkit documents), checked with
+/// curl and by a real Prometheus scraping over TLS with credentials; then, rewritten while
+/// the daemon runs, client certificates with an allowed name; then a broken file, which
+/// refuses everything until mended.
+#[test]
+fn the_web_config_file_of_node_exporter_protects_the_daemon() -> Result<()> {
+    let zk = ZkServer::start(fresh_ipv4(), 0, &[])?;
+    let _holder = RawClient::new(zk.addr, 3).spawn()?;
+    let dir = tempfile::tempdir()?;
+    let ip = fresh_ipv4();
+    make_pki(dir.path(), ip, &["prometheus.example", "intruder.example"])?;
+    // A second certificate for the server, to renew with.
+    make_leaf(dir.path(), "renewed", &format!("IP:{ip}"))?;
+    let htpasswd = Command::new("htpasswd")
+        .args(["-nbBC", "10", "prom", "s3cret"])
+        .output()
+        .context("cannot run htpasswd (cargo xtask setup installs apache2-utils)")?;
+    let line = String::from_utf8(htpasswd.stdout)?;
+    let hash = line
+        .trim()
+        .strip_prefix("prom:")
+        .context("htpasswd output")?;
+    let web = dir.path().join("web.yml");
+    // Relative names: the toolkit reads them from the file's directory.
+    let basic = format!(
+        "tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n\
+         basic_auth_users:\n  prom: '{hash}'\nauth_excluded_paths: [/healthz]\n\
+         http_server_config:\n  headers:\n    X-Content-Type-Options: nosniff\n"
+    );
+    std::fs::write(&web, &basic)?;
+    let listen = SocketAddr::new(ip, integration_tests::free_port(ip)?);
+    let d = Daemon::start_at(
+        listen,
+        &[
+            "--zk",
+            &zk.addr.to_string(),
+            "--web-config-file",
+            web.to_str().context("path")?,
+        ],
+    )?;
+    let url = |path: &str| format!("https://{listen}{path}");
+    let ca = dir.path().join("ca.pem");
+    let ca = ca.to_str().context("path")?;
+
+    let (status, text) = curl(&url("/metrics"), &["--cacert", ca])?.context("no answer")?;
+    assert_eq!(status, 401, "{text}");
+    assert!(
+        text.to_lowercase().contains("www-authenticate: basic"),
+        "{text}"
+    );
+    for wrong in ["prom:hunter2", "nobody:s3cret", "prom:"] {
+        let got = curl(&url("/metrics"), &["--cacert", ca, "-u", wrong])?.map(|a| a.0);
+        assert_eq!(got, Some(401), "{wrong}");
+    }
+    let (status, text) =
+        curl(&url("/metrics"), &["--cacert", ca, "-u", "prom:s3cret"])?.context("no answer")?;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("zkconn_server_open_connections"), "{text}");
+    assert!(
+        text.to_lowercase()
+            .contains("x-content-type-options: nosniff"),
+        "{text}"
+    );
+    // Excluded from authentication, as auth_excluded_paths says.
+    assert_eq!(
+        curl(&url("/healthz"), &["--cacert", ca])?.map(|a| a.0),
+        Some(200)
+    );
+    // Plain HTTP on the TLS port gets no page.
+    assert!(!http_get(listen, "/metrics").is_ok_and(|(s, _)| s == 200));
+
+    // Prometheus scrapes it as it scrapes node_exporter behind the same file.
+    let scrape = format!(
+        "    scheme: https\n    tls_config:\n      ca_file: {ca}\n    basic_auth:\n      \
+         username: prom\n      password: s3cret\n"
+    );
+    let prom = Prometheus::start_with(&[listen], &scrape)?;
+    let expr = format!(
+        "zkconn_server_open_connections{{job=\"zkconn\",server=\"{}\",local_ip=\"127.0.0.1\"}}",
+        zk.addr
+    );
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut last = None;
+    while Instant::now() < deadline && last != Some(3.0) {
+        last = prom.query(&expr)?;
+        thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(last, Some(3.0), "{expr}");
+    drop(prom);
+
+    // Client certificates instead, with one allowed name: read again on change.
+    std::fs::write(
+        &web,
+        "tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n  \
+         client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.pem\n  \
+         client_allowed_sans: [prometheus.example]\n",
+    )?;
+    let cert = |name: &str| {
+        let p = |ext: &str| {
+            dir.path()
+                .join(format!("{name}.{ext}"))
+                .display()
+                .to_string()
+        };
+        (p("pem"), p("key"))
+    };
+    let (good_cert, good_key) = cert("prometheus.example");
+    let (bad_cert, bad_key) = cert("intruder.example");
+    let with_cert = |c: &str, k: &str| -> Result<Option<u16>> {
+        Ok(curl(&url("/metrics"), &["--cacert", ca, "--cert", c, "--key", k])?.map(|a| a.0))
+    };
+    assert_eq!(with_cert(&good_cert, &good_key)?, Some(200));
+    assert_eq!(
+        curl(&url("/metrics"), &["--cacert", ca])?.map(|a| a.0),
+        None
+    );
+    // Signed by the same CA, but not a name the file allows.
+    assert_eq!(with_cert(&bad_cert, &bad_key)?, None);
+
+    // A broken file locks everything until it is mended.
+    std::fs::write(&web, "tls_server_config:\n  cert_file: server.pem\n")?;
+    assert_eq!(with_cert(&good_cert, &good_key)?, None);
+    // So does an empty one (a file being rewritten), which would otherwise mean plain HTTP
+    // without authentication.
+    std::fs::write(&web, "")?;
+    assert_eq!(with_cert(&good_cert, &good_key)?, None);
+    assert!(!http_get(listen, "/metrics").is_ok_and(|(s, _)| s == 200));
+    std::fs::write(&web, &basic)?;
+    let basic_ok = || -> Result<Option<u16>> {
+        Ok(curl(&url("/metrics"), &["--cacert", ca, "-u", "prom:s3cret"])?.map(|a| a.0))
+    };
+    assert_eq!(basic_ok()?, Some(200));
+    // Renewal writes the certificate, then the key: between the two the pair does not fit
+    // and every connection is refused; the key alone mends it, web.yml untouched.
+    std::fs::copy(
+        dir.path().join("renewed.pem"),
+        dir.path().join("server.pem"),
+    )?;
+    assert_eq!(basic_ok()?, None);
+    std::fs::copy(
+        dir.path().join("renewed.key"),
+        dir.path().join("server.key"),
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut got = None;
+    while Instant::now() < deadline && got != Some(200) {
+        thread::sleep(Duration::from_millis(300));
+        got = basic_ok()?;
+    }
+    assert_eq!(got, Some(200));
+    let log = d.log().join("\n");
+    assert!(
+        log.contains("refusing every connection until it is mended")
+            && log.contains("cert_file without key_file")
+            && log.contains("no longer configures TLS and the authentication")
+            && log.contains("the key does not fit the certificate")
+            && log.contains("read again (TLS, basic authentication)"),
+        "{log}"
+    );
     Ok(())
 }

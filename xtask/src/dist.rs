@@ -27,6 +27,9 @@ pub struct Target {
     pub rpm: &'static str,
     /// binutils' objcopy for its ELF files (Debian's `binutils-aarch64-linux-gnu` for arm64).
     pub objcopy: &'static str,
+    /// The C compiler and archiver for the target's C and assembly (ring's, for TLS).
+    pub cc: &'static str,
+    pub ar: &'static str,
 }
 
 pub const X86_64: Target = Target {
@@ -34,16 +37,21 @@ pub const X86_64: Target = Target {
     deb: "amd64",
     rpm: "x86_64",
     objcopy: "objcopy",
+    cc: "gcc",
+    ar: "ar",
 };
 
-/// Cross-built here, linked by the Rust toolchain's own lld: zkconn has no C code, so no
-/// C cross compiler is needed. The eBPF object differs only where the kernel's calling
-/// convention shows (`pt_regs` in kprobes), which aya-build takes from the target.
+/// Cross-built here, linked by the Rust toolchain's own lld; Debian's cross gcc compiles
+/// ring's C and assembly (TLS), with glibc's arm64 headers for its `<stdint.h>` (ring calls
+/// no libc). The eBPF object differs only where the kernel's calling convention shows
+/// (`pt_regs` in kprobes), which aya-build takes from the target.
 pub const AARCH64: Target = Target {
     triple: "aarch64-unknown-linux-musl",
     deb: "arm64",
     rpm: "aarch64",
     objcopy: "aarch64-linux-gnu-objcopy",
+    cc: "aarch64-linux-gnu-gcc",
+    ar: "aarch64-linux-gnu-ar",
 };
 
 pub const TARGETS: [Target; 2] = [X86_64, AARCH64];
@@ -77,6 +85,12 @@ pub fn static_binary(
     setup_target(target)?;
     let triple = target.triple;
     let mut cargo = Command::new("cargo");
+    // ring (TLS for --web-config-file) compiles C and assembly for the target: Debian's gcc
+    // for x86-64 (its objects link with musl; ring needs no libc headers beyond the
+    // compiler's), the cross gcc for arm64.
+    let env_triple = triple.replace('-', "_");
+    cargo.env(format!("CC_{env_triple}"), target.cc);
+    cargo.env(format!("AR_{env_triple}"), target.ar);
     if target != X86_64 {
         let prefix = format!("CARGO_TARGET_{}", triple.to_uppercase().replace('-', "_"));
         cargo.env(format!("{prefix}_LINKER"), "rust-lld");
@@ -629,7 +643,13 @@ fn dir_size(dir: &Path) -> anyhow::Result<u64> {
 }
 
 /// What building the .rpm and checking the packages need from Debian.
-pub const DEBIAN_PACKAGES: &[&str] = &["debootstrap", "rpm", "binutils-aarch64-linux-gnu"];
+pub const DEBIAN_PACKAGES: &[&str] = &[
+    "debootstrap",
+    "rpm",
+    "binutils-aarch64-linux-gnu",
+    "gcc-aarch64-linux-gnu",
+    "libc6-dev-arm64-cross",
+];
 
 /// Mounts made for the check, undone in reverse order however it ends.
 struct Mounts(Vec<PathBuf>);

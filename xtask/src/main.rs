@@ -39,8 +39,12 @@ enum Task {
     /// until refused. Everything started is stopped on exit.
     Demo,
     /// Set up (plus Debian's libbpf-tools for tcplife), build, and run the benchmarks as
-    /// root; they print tables and write docs/benchmarks.md.
-    Bench,
+    /// root; they print tables and write docs/benchmarks.md (the 30-minute soak included).
+    Bench {
+        /// Only the soak (30 minutes): its section of docs/benchmarks.md is replaced.
+        #[arg(long)]
+        soak_only: bool,
+    },
     /// Set up (plus cargo-fuzz), then run every fuzz target for --seconds each, starting
     /// from the committed seeds in fuzz/seeds/. A crash fails the task and leaves its input
     /// in fuzz/artifacts/.
@@ -83,7 +87,7 @@ enum Task {
 
 /// Debian packages: ZooKeeper server and client jars, a JDK for the test clients, `ss`/`ip`,
 /// tmux for the end-to-end test of `zkconn top`, Prometheus (and promtool) and bpftool for
-/// the daemon's tests.
+/// the daemon's tests, openssl, curl and htpasswd for its TLS and basic-authentication test.
 const DEBIAN_PACKAGES: &[&str] = &[
     "zookeeper",
     "openjdk-17-jdk-headless",
@@ -93,6 +97,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "bpftool",
     // NAT in the tests (a masquerading host).
     "nftables",
+    "openssl",
+    "curl",
+    "apache2-utils",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -128,12 +135,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             build(&root)?;
             run_tests_bin(&root, "zkconn-demo", &[], "the demo")
         }
-        Task::Bench => {
+        Task::Bench { soak_only } => {
             setup()?;
             install_debian(&["libbpf-tools"])?;
             build(&root)?;
             let out = root.join("docs/benchmarks.md");
-            run_tests_bin(&root, "zkconn-bench", &[out.as_os_str()], "the benchmarks")
+            if soak_only {
+                run_tests_bin(
+                    &root,
+                    "zkconn-bench",
+                    &["soak-into".as_ref(), out.as_os_str(), "30".as_ref()],
+                    "the soak",
+                )
+            } else {
+                run_tests_bin(&root, "zkconn-bench", &[out.as_os_str()], "the benchmarks")
+            }
         }
         Task::Fuzz { seconds, targets } => {
             setup()?;

@@ -25,13 +25,16 @@ use crate::{
 };
 
 /// What the guests are made of: qemu to boot them (x86-64 and arm64), busybox for their init,
-/// cpio to pack it, objcopy for arm64 programs.
+/// cpio to pack it, and the static builds' toolchain (objcopy for arm64 programs, the C
+/// compiler for TLS's assembly and C, see [`crate::dist::static_binary`]).
 pub const DEBIAN_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "qemu-system-arm",
     "busybox-static",
     "cpio",
     "binutils-aarch64-linux-gnu",
+    "gcc-aarch64-linux-gnu",
+    "libc6-dev-arm64-cross",
 ];
 
 /// Whether a run rewrites the matrix in docs/kernels.md (`vm-test`) or only checks it

@@ -104,6 +104,11 @@ pub struct DaemonArgs {
     /// are summed under owner="other".
     #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub metrics_owners: u16,
+    /// TLS and basic authentication for the HTTP server, from a file in the Prometheus
+    /// exporter toolkit's format (the one node_exporter's --web.config.file takes). It is
+    /// read again when it or a certificate file it names changes.
+    #[arg(long, value_name = "PATH")]
+    pub web_config_file: Option<PathBuf>,
     #[command(flatten)]
     pub watch: WatchArgs,
 }
@@ -271,7 +276,8 @@ pub struct ProbeArgs {
     pub reconcile_interval: Duration,
     /// How long a process that exited and holds no connection stays a row of its own. Then
     /// it leaves the process rows and the kernel's tables (which would otherwise fill on a
-    /// busy node); its counts stay in its container, application and service rows.
+    /// busy node); its counts stay in its container, application and service rows. A finished
+    /// YARN container (then application) leaves its rows the same time after its last process.
     #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
     pub retain_exited: Duration,
 }

@@ -8,7 +8,8 @@
 //! bodies, so a request costs a copy. Requests are bounded: 5 s to send the headers, 30 s
 //! per connection, no request bodies, and at most 256 connections, where a newcomer makes
 //! room by closing an idle one (see [`crate::gate`]): a flood of idle or slow connections
-//! cannot keep a scrape out.
+//! cannot keep a scrape out. With `--web-config-file`, TLS and basic authentication (see
+//! [`crate::web`]); the TLS handshake shares the 5 s of the headers.
 
 use std::{
     convert::Infallible,
@@ -33,6 +34,7 @@ use hyper::{
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
+    io::{AsyncRead, AsyncWrite},
     net::TcpListener,
     signal::unix::{SignalKind, signal},
     sync::watch,
@@ -44,6 +46,7 @@ use crate::{
     collector::{self, Collector},
     gate::Gate,
     metrics, output,
+    web::{FileStamp, Protection, Verdict, Verdicts, WebConfig},
 };
 
 /// What the last refresh published.
@@ -108,6 +111,13 @@ pub async fn run(args: DaemonArgs, setup: Setup) -> anyhow::Result<()> {
             args.listen
         )
     })?;
+    let web = match &args.web_config_file {
+        Some(path) => Some(
+            WebConfig::load(path)
+                .with_context(|| format!("--web-config-file {}", path.display()))?,
+        ),
+        None => None,
+    };
     let mut ndjson = match &args.ndjson {
         Some(path) => Some(Ndjson::open(path, u64::from(args.ndjson_max_mib) << 20)?),
         None => None,
@@ -122,21 +132,35 @@ pub async fn run(args: DaemonArgs, setup: Setup) -> anyhow::Result<()> {
     let first = publish(&mut collector, owners, ndjson.as_mut(), &mut overflow)?;
     let (tx, rx) = watch::channel(Arc::new(first));
     let interval = args.interval;
-    let server = tokio::spawn(serve(listener, rx, interval));
-    tracing::info!(
-        "ready: serving http://{}/metrics, /v1/snapshot and /healthz ({})",
-        args.listen,
-        describe_listen(args.listen)
+    let scheme = if web.as_ref().is_some_and(|w| w.tls.is_some()) {
+        "https"
+    } else {
+        "http"
+    };
+    let protected = web.as_ref().is_some_and(WebConfig::protects);
+    let auth = web.as_ref().map_or_else(
+        || "plain HTTP, no authentication".to_owned(),
+        |w| w.protection().to_string(),
     );
-    if !args.listen.ip().is_loopback() {
+    if !args.listen.ip().is_loopback() && !protected {
         tracing::warn!(
             "--listen {} is reachable from other hosts: /v1/snapshot and /metrics show pids, \
-             users, cgroups and (redacted) command lines to anyone who can connect, with no TLS \
-             or authentication in zkconn; firewall the port to the Prometheus servers, or \
-             listen on loopback behind a proxy that authenticates",
+             users, cgroups and (redacted) command lines to anyone who can connect ({auth}); give --web-config-file with TLS and basic_auth_users (or client \
+             certificates), or firewall the port to the Prometheus servers",
             args.listen
         );
     }
+    let server = tokio::spawn(serve(
+        listener,
+        rx,
+        interval,
+        args.web_config_file.clone().zip(web),
+    ));
+    tracing::info!(
+        "ready: serving {scheme}://{}/metrics, /v1/snapshot and /healthz ({}, {auth})",
+        args.listen,
+        describe_listen(args.listen)
+    );
 
     let mut refresh = collector::ticker(interval).await;
     let mut sample = collector::ticker(Duration::from_secs(1)).await;
@@ -334,8 +358,16 @@ async fn serve(
     listener: TcpListener,
     published: watch::Receiver<Arc<Published>>,
     interval: Duration,
+    web: Option<(PathBuf, WebConfig)>,
 ) {
     let gate = Gate::new(MAX_CONNECTIONS);
+    let verdicts = Arc::new(Verdicts::default());
+    let mut web = web.map(|(path, w)| WebState {
+        started: w.protection(),
+        path,
+        current: Ok(Arc::new(w)),
+        said: None,
+    });
     // When the last warning about displaced connections was logged, and the count then.
     let mut said: (Option<Instant>, u64) = (None, 0);
     loop {
@@ -343,6 +375,14 @@ async fn serve(
             // Out of descriptors, say: do not spin on it.
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
+        };
+        if let Some(state) = &mut web {
+            state.refresh();
+        }
+        let config = match &web {
+            None => None,
+            Some(WebState { current: Ok(w), .. }) => Some(w.clone()),
+            Some(_) => continue,
         };
         // `None`: every place is taken by a request being answered; this one closes.
         let admitted = gate.admit(peer.ip(), Instant::now());
@@ -364,28 +404,169 @@ async fn serve(
             continue;
         };
         let published = published.clone();
+        let verdicts = verdicts.clone();
         tokio::spawn(async move {
             let busy = admitted.busy.clone();
-            let service = service_fn(move |req| {
-                // Busy until hyper has written the whole answer and drops its body.
-                busy.store(true, Ordering::Relaxed);
-                let current = published.borrow().clone();
-                let answer = respond(&req, &current, interval).map(|b| Answer {
-                    body: b,
-                    busy: busy.clone(),
-                });
-                async move { Ok::<_, Infallible>(answer) }
-            });
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service);
+            let work = async move {
+                let tls = config.as_ref().and_then(|c| c.tls.clone());
+                match tls {
+                    None => {
+                        connection(stream, peer, published, interval, config, verdicts, busy).await
+                    }
+                    Some(acceptor) => {
+                        let Ok(Ok(stream)) =
+                            tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await
+                        else {
+                            return;
+                        };
+                        let allowed = config.as_ref().is_none_or(|c| {
+                            c.client_allowed(stream.get_ref().1.peer_certificates())
+                        });
+                        if allowed {
+                            connection(stream, peer, published, interval, config, verdicts, busy)
+                                .await;
+                        }
+                    }
+                }
+            };
             tokio::select! {
-                _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn) => {}
+                _ = tokio::time::timeout(CONNECTION_TIMEOUT, work) => {}
                 _ = &mut admitted.displaced => {}
             }
         });
     }
+}
+
+/// The web configuration in force, and how to notice it changed.
+struct WebState {
+    path: PathBuf,
+    /// What the daemon started with: a file read later may not drop any of it.
+    started: Protection,
+    /// `Err` while the file does not load (every connection is closed: a typo must not
+    /// reopen what the file locked), with when it was last tried and what the file was then.
+    current: Result<Arc<WebConfig>, (Instant, FileStamp)>,
+    /// The last error logged, so a broken file is logged once per distinct reason.
+    said: Option<String>,
+}
+
+impl WebState {
+    /// Reads the file again when it or a file it names changed; while it is broken, when it
+    /// changed and at most a second after the last try whatever changed (a renewed key may
+    /// be what mends it).
+    fn refresh(&mut self) {
+        let due = match &self.current {
+            Ok(w) => w.changed(),
+            Err((tried, was)) => {
+                tried.elapsed() >= Duration::from_secs(1) || FileStamp::of(&self.path) != *was
+            }
+        };
+        if !due {
+            return;
+        }
+        let loaded = WebConfig::load(&self.path).and_then(|w| {
+            let lost = self.started.dropped_by(w.protection());
+            if lost.is_empty() {
+                Ok(w)
+            } else {
+                Err(anyhow::anyhow!(
+                    "it no longer configures {} the daemon started with (a file being \
+                     rewritten, or protection removed: to turn it off, restart zkconn)",
+                    lost.join(" and ")
+                ))
+            }
+        });
+        match loaded {
+            Ok(w) => {
+                tracing::warn!(
+                    "--web-config-file {}: read again ({})",
+                    self.path.display(),
+                    w.protection()
+                );
+                self.current = Ok(Arc::new(w));
+                self.said = None;
+            }
+            Err(e) => {
+                let why = format!("{e:#}");
+                if self.said.as_deref() != Some(why.as_str()) {
+                    tracing::error!(
+                        "--web-config-file {}: {why}; refusing every connection until it is \
+                         mended",
+                        self.path.display()
+                    );
+                    self.said = Some(why);
+                }
+                self.current = Err((Instant::now(), FileStamp::of(&self.path)));
+            }
+        }
+    }
+}
+
+/// One HTTP/1.1 connection, plain or inside TLS.
+async fn connection<IO>(
+    io: IO,
+    peer: SocketAddr,
+    published: watch::Receiver<Arc<Published>>,
+    interval: Duration,
+    web: Option<Arc<WebConfig>>,
+    verdicts: Arc<Verdicts>,
+    busy: Arc<AtomicBool>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req: Request<Incoming>| {
+        let published = published.clone();
+        let web = web.clone();
+        let verdicts = verdicts.clone();
+        let busy = busy.clone();
+        async move {
+            // A request waiting for its credentials to be checked is not yet busy: a flood of
+            // guesses stays displaceable.
+            let verdict = match &web {
+                Some(w) if w.authenticates() && !w.excluded(req.uri().path()) => {
+                    let given = req
+                        .headers()
+                        .get(header::AUTHORIZATION)
+                        .map(|v| v.as_bytes());
+                    verdicts.check(w, peer.ip(), given).await
+                }
+                _ => Verdict::Allowed,
+            };
+            // Busy until hyper has written the whole answer and drops its body.
+            busy.store(true, Ordering::Relaxed);
+            let mut answer = match verdict {
+                Verdict::Allowed => {
+                    let current = published.borrow().clone();
+                    respond(&req, &current, interval)
+                }
+                Verdict::Denied => {
+                    let mut r = text(StatusCode::UNAUTHORIZED, "unauthorized\n");
+                    r.headers_mut().insert(
+                        header::WWW_AUTHENTICATE,
+                        header::HeaderValue::from_static("Basic"),
+                    );
+                    r
+                }
+                Verdict::Busy => {
+                    let mut r = text(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "credentials from this address are being checked; try again\n",
+                    );
+                    r.headers_mut()
+                        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+                    r
+                }
+            };
+            for (name, value) in web.iter().flat_map(|w| &w.headers) {
+                answer.headers_mut().insert(name.clone(), value.clone());
+            }
+            Ok::<_, Infallible>(answer.map(|b| Answer { body: b, busy }))
+        }
+    });
+    let _ = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(TokioIo::new(io), service)
+        .await;
 }
 
 /// A response body that marks its connection idle again once hyper has sent it.

@@ -31,5 +31,6 @@ pub mod targets;
 pub mod trend;
 pub mod tui;
 pub mod users;
+pub mod web;
 
 pub use setup::Setup;

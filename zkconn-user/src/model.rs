@@ -147,6 +147,12 @@ pub struct RetentionHealth {
     /// Cgroups retired since start: removed, holding nothing, no longer in `cgroups` nor in
     /// the kernel's per-cgroup table.
     pub cgroups: u64,
+    /// YARN containers retired since start: finished, out of `containers`, their counts
+    /// kept in their application's row.
+    pub containers: u64,
+    /// YARN applications retired since start: finished, out of `applications`, their
+    /// counts kept in their services' rows.
+    pub applications: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -1142,19 +1148,7 @@ pub fn roll_up(
     let mut services: BTreeMap<&str, (ServiceRow, BTreeSet<Kind>, BTreeSet<u32>)> = BTreeMap::new();
     for part in live.chain(gone) {
         let who = part.who;
-        if let (Some(container), Some(app)) = (&who.yarn_container, &who.yarn_application) {
-            let row = containers.entry(container).or_insert_with(|| ContainerRow {
-                container: container.clone(),
-                application: app.clone(),
-                totals: Totals::default(),
-                services: Vec::new(),
-                pids: Vec::new(),
-            });
-            row.totals.absorb(&part.totals);
-            if !row.services.contains(&who.service) {
-                row.services.push(who.service.clone());
-            }
-            row.pids.extend(part.pid);
+        if let Some(app) = &who.yarn_application {
             let (row, ids) = applications.entry(app).or_insert_with(|| {
                 (
                     ApplicationRow {
@@ -1168,7 +1162,22 @@ pub fn roll_up(
             });
             row.totals.absorb(&part.totals);
             row.processes += part.processes;
-            ids.insert(container.clone());
+            // Retired containers are summed into their application without a row.
+            if let Some(container) = &who.yarn_container {
+                ids.insert(container.clone());
+                let row = containers.entry(container).or_insert_with(|| ContainerRow {
+                    container: container.clone(),
+                    application: app.clone(),
+                    totals: Totals::default(),
+                    services: Vec::new(),
+                    pids: Vec::new(),
+                });
+                row.totals.absorb(&part.totals);
+                if !row.services.contains(&who.service) {
+                    row.services.push(who.service.clone());
+                }
+                row.pids.extend(part.pid);
+            }
         }
         let (row, kinds, pids) = services.entry(&who.service).or_insert_with(|| {
             (

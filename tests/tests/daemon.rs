@@ -794,3 +794,85 @@ fn the_web_config_file_of_node_exporter_protects_the_daemon() -> Result<()> {
     );
     Ok(())
 }
+
+/// Run by systemd (the unit is `Type=notify`): READY=1 once it serves, RELOADING=1 and
+/// READY=1 around SIGHUP, STOPPING=1 on SIGTERM, over `$NOTIFY_SOCKET`; log lines for the
+/// journal (a `<priority>` prefix, no timestamp) when stderr is the stream
+/// `$JOURNAL_STREAM` names; and `--ndjson` reopened on SIGHUP after logrotate moved it.
+#[test]
+fn systemd_hears_readiness_reloads_and_stops() -> Result<()> {
+    use std::os::unix::{fs::MetadataExt as _, net::UnixDatagram};
+    let dir = tempfile::tempdir()?;
+    let socket = dir.path().join("notify");
+    let rx = UnixDatagram::bind(&socket)?;
+    rx.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let recv = || -> Result<String> {
+        let mut buf = [0u8; 512];
+        let n = rx.recv(&mut buf).context("no notification within 30 s")?;
+        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+    };
+    let log = dir.path().join("stderr");
+    let stderr = std::fs::File::create(&log)?;
+    let meta = stderr.metadata()?;
+    let ndjson = dir.path().join("snapshots.ndjson");
+    let ip = fresh_ipv4();
+    let addr = SocketAddr::new(ip, integration_tests::free_port(ip)?);
+    let mut child = Command::new(integration_tests::zkconn_bin())
+        .args(["daemon", "--listen", &addr.to_string(), "--port", "2999"])
+        .args(["--interval", "1s", "--ndjson"])
+        .arg(&ndjson)
+        .env("NOTIFY_SOCKET", &socket)
+        .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr)
+        .spawn()?;
+    let pid = i32::try_from(child.id())?;
+    let ready = recv()?;
+    assert!(
+        ready.starts_with("READY=1\nSTATUS=serving http://"),
+        "{ready}"
+    );
+    // Ready means serving, with a snapshot published.
+    assert_eq!(http_get(addr, "/healthz")?.0, 200);
+    let lines = |p: &std::path::Path| std::fs::read_to_string(p).map_or(0, |t| t.lines().count());
+    assert!(lines(&ndjson) >= 1);
+    // logrotate without copytruncate: rename, then SIGHUP.
+    let rotated = dir.path().join("snapshots.ndjson.1");
+    std::fs::rename(&ndjson, &rotated)?;
+    // SAFETY: kill(2) on the child this test started.
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    assert_eq!(recv()?, "RELOADING=1");
+    assert_eq!(recv()?, "READY=1");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lines(&ndjson) < 2 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(200));
+    }
+    assert!(lines(&ndjson) >= 2, "the new file was not written");
+    let moved = std::fs::metadata(&rotated)?.len();
+    thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        std::fs::metadata(&rotated)?.len(),
+        moved,
+        "still writing the moved file"
+    );
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert_eq!(recv()?, "STOPPING=1");
+    assert!(child.wait()?.success());
+    let text = std::fs::read_to_string(&log)?;
+    let written: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+    assert!(!written.is_empty());
+    for line in &written {
+        let prefixed = line.len() > 3
+            && line.starts_with('<')
+            && line.as_bytes()[1].is_ascii_digit()
+            && line.as_bytes()[2] == b'>';
+        // No timestamp of its own: the journal adds one.
+        assert!(prefixed && !line.contains("Z "), "{line}");
+    }
+    assert!(
+        text.contains("<4>zkconn::daemon: SIGHUP: --ndjson") && text.contains("reopened"),
+        "{text}"
+    );
+    Ok(())
+}

@@ -161,6 +161,10 @@ pub async fn run(args: DaemonArgs, setup: Setup) -> anyhow::Result<()> {
         args.listen,
         describe_listen(args.listen)
     );
+    crate::systemd::tell(&format!(
+        "READY=1\nSTATUS=serving {scheme}://{}/metrics",
+        args.listen
+    ));
 
     let mut refresh = collector::ticker(interval).await;
     let mut sample = collector::ticker(Duration::from_secs(1)).await;
@@ -168,7 +172,7 @@ pub async fn run(args: DaemonArgs, setup: Setup) -> anyhow::Result<()> {
         tokio::select! {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
-            _ = sighup.recv() => reload(&args, &mut collector),
+            _ = sighup.recv() => reload(&args, &mut collector, ndjson.as_mut()),
             _ = refresh.tick() => {
                 let next = match publish(&mut collector, owners, ndjson.as_mut(), &mut overflow) {
                     Ok(p) => p,
@@ -197,22 +201,29 @@ pub async fn run(args: DaemonArgs, setup: Setup) -> anyhow::Result<()> {
         }
     }
     server.abort();
+    crate::systemd::tell("STOPPING=1");
     tracing::info!("stopping: detaching the probes");
     drop(collector);
     Ok(())
 }
 
-/// SIGHUP: rules and zoo.cfg again. A mistake keeps the running configuration.
-fn reload(args: &DaemonArgs, collector: &mut Collector) {
+/// SIGHUP: rules and zoo.cfg again, and the `--ndjson` file reopened (after logrotate
+/// moved it away). A mistake keeps the running configuration.
+fn reload(args: &DaemonArgs, collector: &mut Collector, ndjson: Option<&mut Ndjson>) {
+    crate::systemd::tell("RELOADING=1");
     match Setup::new(&args.watch) {
         Ok(setup) => {
             let changed = collector.reconfigure(setup.limits, setup.rules, &setup.targets);
-            tracing::info!("SIGHUP: reloaded rules and limits{changed}");
+            tracing::warn!("SIGHUP: reloaded rules and limits{changed}");
         }
         Err(e) => {
             tracing::error!("SIGHUP: reload refused, keeping the running configuration: {e:#}")
         }
     }
+    if let Some(out) = ndjson {
+        out.reopen();
+    }
+    crate::systemd::tell("READY=1");
 }
 
 fn publish(
@@ -288,6 +299,26 @@ impl Ndjson {
             .open(path)?;
         let size = file.metadata()?.len();
         Ok((Box::new(std::io::BufWriter::new(file)), size))
+    }
+
+    /// Opens PATH again (SIGHUP: logrotate renamed it and expects a new file). A failure is
+    /// logged; the next append tries again.
+    pub fn reopen(&mut self) {
+        let Some((path, size, _)) = &mut self.file else {
+            return;
+        };
+        match Self::append_to(path) {
+            Ok((out, new_size)) => {
+                let _ = self.out.flush();
+                self.out = out;
+                *size = new_size;
+                tracing::warn!("SIGHUP: --ndjson {} reopened", path.display());
+            }
+            Err(e) => tracing::error!(
+                "SIGHUP: --ndjson {}: cannot reopen it ({e}); appending to the file open before",
+                path.display()
+            ),
+        }
     }
 
     /// Before writing `len` more bytes: PATH to PATH.1 and a new PATH when it would pass

@@ -27,6 +27,7 @@ pub mod reconcile;
 pub mod seed;
 pub mod setup;
 pub mod sockdiag;
+pub mod systemd;
 pub mod targets;
 pub mod trend;
 pub mod tui;

@@ -63,6 +63,13 @@ fn main() -> ExitCode {
             .with_ansi(false)
             .with_writer(move || buffer.clone())
             .init();
+    } else if zkconn::systemd::stderr_is_journal() {
+        // The journal stamps each line and reads its priority from a `<N>` prefix.
+        subscriber
+            .with_ansi(false)
+            .event_format(zkconn::systemd::JournalFormat)
+            .with_writer(std::io::stderr)
+            .init();
     } else {
         subscriber
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -1169,7 +1169,10 @@ impl Daemon {
     /// As [`Daemon::start`], listening on `addr`.
     pub fn start_at(addr: SocketAddr, args: &[&str]) -> anyhow::Result<Self> {
         let listen = addr.to_string();
-        let mut cmd_args = vec!["--listen", listen.as_str(), "--interval", "1s"];
+        let mut cmd_args = vec!["--listen", listen.as_str()];
+        if !args.contains(&"--interval") {
+            cmd_args.extend(["--interval", "1s"]);
+        }
         cmd_args.extend_from_slice(args);
         let (child, _stdout, err) = spawn_zkconn(&["daemon", "-v"], &cmd_args)?;
         let mut d = Self {

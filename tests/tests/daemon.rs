@@ -634,9 +634,10 @@ fn make_pki(dir: &std::path::Path, ip: std::net::IpAddr, clients: &[&str]) -> Re
 
 /// The web configuration file node_exporter takes, on the daemon: TLS with basic
 /// authentication (hash made by Apache's htpasswd, as the toolkit documents), checked with
-/// curl and by a real Prometheus scraping over TLS with credentials; then, rewritten while
-/// the daemon runs, client certificates with an allowed name; then a broken file, which
-/// refuses everything until mended.
+/// curl and by a real Prometheus scraping over TLS with credentials; rewritten while the
+/// daemon runs, to another kind of protection, a broken file or an empty one, refusing
+/// everything until mended; a certificate renewed; then client certificates with an allowed
+/// name.
 #[test]
 fn the_web_config_file_of_node_exporter_protects_the_daemon() -> Result<()> {
     let zk = ZkServer::start(fresh_ipv4(), 0, &[])?;
@@ -723,13 +724,9 @@ fn the_web_config_file_of_node_exporter_protects_the_daemon() -> Result<()> {
     assert_eq!(last, Some(3.0), "{expr}");
     drop(prom);
 
-    // Client certificates instead, with one allowed name: read again on change.
-    std::fs::write(
-        &web,
-        "tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n  \
-         client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.pem\n  \
-         client_allowed_sans: [prometheus.example]\n",
-    )?;
+    let basic_ok = || -> Result<Option<u16>> {
+        Ok(curl(&url("/metrics"), &["--cacert", ca, "-u", "prom:s3cret"])?.map(|a| a.0))
+    };
     let cert = |name: &str| {
         let p = |ext: &str| {
             dir.path()
@@ -741,29 +738,29 @@ fn the_web_config_file_of_node_exporter_protects_the_daemon() -> Result<()> {
     };
     let (good_cert, good_key) = cert("prometheus.example");
     let (bad_cert, bad_key) = cert("intruder.example");
-    let with_cert = |c: &str, k: &str| -> Result<Option<u16>> {
-        Ok(curl(&url("/metrics"), &["--cacert", ca, "--cert", c, "--key", k])?.map(|a| a.0))
+    let with_cert = |at: SocketAddr, c: &str, k: &str| -> Result<Option<u16>> {
+        let url = format!("https://{at}/metrics");
+        Ok(curl(&url, &["--cacert", ca, "--cert", c, "--key", k])?.map(|a| a.0))
     };
-    assert_eq!(with_cert(&good_cert, &good_key)?, Some(200));
-    assert_eq!(
-        curl(&url("/metrics"), &["--cacert", ca])?.map(|a| a.0),
-        None
-    );
-    // Signed by the same CA, but not a name the file allows.
-    assert_eq!(with_cert(&bad_cert, &bad_key)?, None);
+
+    // Client certificates instead of the password while running: one kind of protection
+    // replacing another is what a half-written file looks like, so it is refused.
+    let certs_only = "tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n  \
+         client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.pem\n  \
+         client_allowed_sans: [prometheus.example]\n";
+    std::fs::write(&web, certs_only)?;
+    assert_eq!(with_cert(listen, &good_cert, &good_key)?, None);
+    assert_eq!(basic_ok()?, None);
 
     // A broken file locks everything until it is mended.
     std::fs::write(&web, "tls_server_config:\n  cert_file: server.pem\n")?;
-    assert_eq!(with_cert(&good_cert, &good_key)?, None);
+    assert_eq!(basic_ok()?, None);
     // So does an empty one (a file being rewritten), which would otherwise mean plain HTTP
     // without authentication.
     std::fs::write(&web, "")?;
-    assert_eq!(with_cert(&good_cert, &good_key)?, None);
+    assert_eq!(basic_ok()?, None);
     assert!(!http_get(listen, "/metrics").is_ok_and(|(s, _)| s == 200));
     std::fs::write(&web, &basic)?;
-    let basic_ok = || -> Result<Option<u16>> {
-        Ok(curl(&url("/metrics"), &["--cacert", ca, "-u", "prom:s3cret"])?.map(|a| a.0))
-    };
     assert_eq!(basic_ok()?, Some(200));
     // Renewal writes the certificate, then the key: between the two the pair does not fit
     // and every connection is refused; the key alone mends it, web.yml untouched.
@@ -787,11 +784,32 @@ fn the_web_config_file_of_node_exporter_protects_the_daemon() -> Result<()> {
     assert!(
         log.contains("refusing every connection until it is mended")
             && log.contains("cert_file without key_file")
-            && log.contains("no longer configures TLS and the authentication")
+            && log.contains("it no longer has basic authentication the daemon started with")
+            && log.contains("no longer has TLS and basic authentication")
             && log.contains("the key does not fit the certificate")
             && log.contains("read again (TLS, basic authentication)"),
         "{log}"
     );
+    drop(d);
+
+    // A daemon started with client certificates and one allowed name.
+    let web2 = dir.path().join("certs.yml");
+    std::fs::write(&web2, certs_only)?;
+    let listen2 = SocketAddr::new(ip, integration_tests::free_port(ip)?);
+    let _d2 = Daemon::start_at(
+        listen2,
+        &[
+            "--zk",
+            &zk.addr.to_string(),
+            "--web-config-file",
+            web2.to_str().context("path")?,
+        ],
+    )?;
+    assert_eq!(with_cert(listen2, &good_cert, &good_key)?, Some(200));
+    let none = curl(&format!("https://{listen2}/metrics"), &["--cacert", ca])?;
+    assert_eq!(none.map(|a| a.0), None);
+    // Signed by the same CA, but not a name the file allows.
+    assert_eq!(with_cert(listen2, &bad_cert, &bad_key)?, None);
     Ok(())
 }
 
@@ -873,6 +891,31 @@ fn systemd_hears_readiness_reloads_and_stops() -> Result<()> {
     assert!(
         text.contains("<4>zkconn::daemon: SIGHUP: --ndjson") && text.contains("reopened"),
         "{text}"
+    );
+    Ok(())
+}
+
+/// `--interval` paces NDJSON lines, not what a request sees: with a minute's interval,
+/// connections made after start are in `/v1/snapshot` and `/metrics` within about a second,
+/// exactly.
+#[test]
+fn documents_are_at_most_a_second_old_whatever_the_interval() -> Result<()> {
+    let zk = ZkServer::start(fresh_ipv4(), 0, &[])?;
+    let d = Daemon::start(&["--zk", &zk.addr.to_string(), "--interval", "60s"])?;
+    let (_, first) = d.get("/v1/snapshot")?;
+    let _client = RawClient::new(zk.addr, 3).spawn()?;
+    wait_settled(zk.addr)?;
+    thread::sleep(Duration::from_millis(1200));
+    let (status, body) = d.get("/v1/snapshot")?;
+    assert_eq!(status, 200);
+    let snap: Value = serde_json::from_str(&body)?;
+    assert_ne!(body, first);
+    assert_eq!(server_row(&snap, zk.addr)?["open"], 3, "{snap:#}");
+    let (_, metrics) = d.get("/metrics")?;
+    let samples = parse_metrics(&metrics)?;
+    assert_eq!(
+        server_sample(&samples, "zkconn_server_open_connections", zk.addr),
+        Some(3.0)
     );
     Ok(())
 }

@@ -97,7 +97,8 @@ pub struct DaemonArgs {
     /// the one before), so both take at most twice this.
     #[arg(long, value_name = "MIB", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
     pub ndjson_max_mib: u32,
-    /// How often the published snapshot and metrics are refreshed.
+    /// How often a snapshot is appended to --ndjson (and the documents refreshed when nobody
+    /// asks). A request for /v1/snapshot or /metrics finds them at most a second old.
     #[arg(long, value_name = "SECONDS", default_value = "5s", value_parser = parse_interval)]
     pub interval: Duration,
     /// Owners (by open connections) that get series of their own in /metrics; the rest

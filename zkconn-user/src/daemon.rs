@@ -131,6 +131,7 @@ pub async fn run(args: DaemonArgs, setup: Setup) -> anyhow::Result<()> {
     let mut overflow = OverflowWatch::default();
     let first = publish(&mut collector, owners, ndjson.as_mut(), &mut overflow)?;
     let (tx, rx) = watch::channel(Arc::new(first));
+    let (want_tx, mut want_rx) = tokio::sync::mpsc::channel::<()>(1);
     let interval = args.interval;
     let scheme = if web.as_ref().is_some_and(|w| w.tls.is_some()) {
         "https"
@@ -152,7 +153,7 @@ pub async fn run(args: DaemonArgs, setup: Setup) -> anyhow::Result<()> {
     }
     let server = tokio::spawn(serve(
         listener,
-        rx,
+        (rx, want_tx),
         interval,
         args.web_config_file.clone().zip(web),
     ));
@@ -174,23 +175,14 @@ pub async fn run(args: DaemonArgs, setup: Setup) -> anyhow::Result<()> {
             _ = sigterm.recv() => break,
             _ = sighup.recv() => reload(&args, &mut collector, ndjson.as_mut()),
             _ = refresh.tick() => {
-                let next = match publish(&mut collector, owners, ndjson.as_mut(), &mut overflow) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        tracing::error!("refresh failed: {e:#}");
-                        let last = tx.borrow().clone();
-                        Published {
-                            json: last.json.clone(),
-                            metrics: last.metrics.clone(),
-                            at: last.at,
-                            hook: last.hook.clone(),
-                            error: Some(format!("{e:#}")),
-                            sink_error: last.sink_error.clone(),
-                            overflow: last.overflow.clone(),
-                        }
-                    }
-                };
-                tx.send_replace(Arc::new(next));
+                refresh_now(&mut collector, owners, ndjson.as_mut(), &mut overflow, &tx);
+            }
+            // A request found the published documents older than a second: a fresh one
+            // (without an NDJSON line, which keeps its --interval).
+            Some(()) = want_rx.recv() => {
+                if tx.borrow().at.elapsed() >= FRESH {
+                    refresh_now(&mut collector, owners, None, &mut overflow, &tx);
+                }
             }
             _ = sample.tick(), if interval > Duration::from_secs(1) => {
                 if let Err(e) = collector.sample() {
@@ -224,6 +216,38 @@ fn reload(args: &DaemonArgs, collector: &mut Collector, ndjson: Option<&mut Ndjs
         out.reopen();
     }
     crate::systemd::tell("READY=1");
+}
+
+/// How old the published documents may be when a request reads them: older, and the
+/// request waits (up to [`FRESH_WAIT`]) for a refresh it asks for.
+const FRESH: Duration = Duration::from_secs(1);
+const FRESH_WAIT: Duration = Duration::from_secs(2);
+
+/// Publishes a refresh; a failed one keeps the last documents, marked with the error.
+fn refresh_now(
+    collector: &mut Collector,
+    owners: usize,
+    ndjson: Option<&mut Ndjson>,
+    overflow: &mut OverflowWatch,
+    tx: &watch::Sender<Arc<Published>>,
+) {
+    let next = match publish(collector, owners, ndjson, overflow) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!("refresh failed: {e:#}");
+            let last = tx.borrow().clone();
+            Published {
+                json: last.json.clone(),
+                metrics: last.metrics.clone(),
+                at: last.at,
+                hook: last.hook.clone(),
+                error: Some(format!("{e:#}")),
+                sink_error: last.sink_error.clone(),
+                overflow: last.overflow.clone(),
+            }
+        }
+    };
+    tx.send_replace(Arc::new(next));
 }
 
 fn publish(
@@ -385,9 +409,15 @@ impl Ndjson {
     }
 }
 
+/// The published documents, and how to ask for fresher ones.
+type Documents = (
+    watch::Receiver<Arc<Published>>,
+    tokio::sync::mpsc::Sender<()>,
+);
+
 async fn serve(
     listener: TcpListener,
-    published: watch::Receiver<Arc<Published>>,
+    published: Documents,
     interval: Duration,
     web: Option<(PathBuf, WebConfig)>,
 ) {
@@ -398,7 +428,12 @@ async fn serve(
         path,
         current: Ok(Arc::new(w)),
         said: None,
+        logged: None,
+        quiet: 0,
     });
+    // Bumped at each change of the web configuration: open connections close, so a
+    // revoked password or a broken file takes effect on kept-alive connections too.
+    let (generation, _) = watch::channel(0u64);
     // When the last warning about displaced connections was logged, and the count then.
     let mut said: (Option<Instant>, u64) = (None, 0);
     loop {
@@ -407,8 +442,10 @@ async fn serve(
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
-        if let Some(state) = &mut web {
-            state.refresh();
+        if let Some(state) = &mut web
+            && state.refresh()
+        {
+            generation.send_modify(|g| *g += 1);
         }
         let config = match &web {
             None => None,
@@ -436,6 +473,7 @@ async fn serve(
         };
         let published = published.clone();
         let verdicts = verdicts.clone();
+        let mut changed = generation.subscribe();
         tokio::spawn(async move {
             let busy = admitted.busy.clone();
             let work = async move {
@@ -463,6 +501,7 @@ async fn serve(
             tokio::select! {
                 _ = tokio::time::timeout(CONNECTION_TIMEOUT, work) => {}
                 _ = &mut admitted.displaced => {}
+                _ = changed.changed() => {}
             }
         });
     }
@@ -478,13 +517,18 @@ struct WebState {
     current: Result<Arc<WebConfig>, (Instant, FileStamp)>,
     /// The last error logged, so a broken file is logged once per distinct reason.
     said: Option<String>,
+    /// Log lines left (a burst of 10, one more each second) and when that was counted, and
+    /// how many changes went unlogged since: a file flapping between good and bad does not
+    /// flood the log.
+    logged: Option<(f64, Instant)>,
+    quiet: u64,
 }
 
 impl WebState {
     /// Reads the file again when it or a file it names changed; while it is broken, when it
     /// changed and at most a second after the last try whatever changed (a renewed key may
-    /// be what mends it).
-    fn refresh(&mut self) {
+    /// be what mends it). Returns whether what is in force changed.
+    fn refresh(&mut self) -> bool {
         let due = match &self.current {
             Ok(w) => w.changed(),
             Err((tried, was)) => {
@@ -492,43 +536,103 @@ impl WebState {
             }
         };
         if !due {
-            return;
+            // A change that went unlogged while the file flapped: say what is in force.
+            let in_force = self.current.as_ref().ok().map(|w| w.protection());
+            if self.quiet > 0
+                && let Some(protection) = in_force
+                && self.may_log()
+            {
+                let note = self.unlogged();
+                tracing::warn!(
+                    "--web-config-file {}: in force ({protection}){note}",
+                    self.path.display()
+                );
+            }
+            return false;
         }
         let loaded = WebConfig::load(&self.path).and_then(|w| {
-            let lost = self.started.dropped_by(w.protection());
+            let lost = self.started.dropped_by(&w.protection());
             if lost.is_empty() {
                 Ok(w)
             } else {
                 Err(anyhow::anyhow!(
-                    "it no longer configures {} the daemon started with (a file being \
-                     rewritten, or protection removed: to turn it off, restart zkconn)",
+                    "it no longer has {} the daemon started with (a file being rewritten, or \
+                     protection removed: to change what protects it, restart zkconn)",
                     lost.join(" and ")
                 ))
             }
         });
+        let was_broken = self.current.is_err();
         match loaded {
             Ok(w) => {
-                tracing::warn!(
-                    "--web-config-file {}: read again ({})",
-                    self.path.display(),
-                    w.protection()
-                );
+                if self.may_log() {
+                    let note = self.unlogged();
+                    tracing::warn!(
+                        "--web-config-file {}: read again ({}){note}",
+                        self.path.display(),
+                        w.protection(),
+                    );
+                }
                 self.current = Ok(Arc::new(w));
                 self.said = None;
+                true
             }
             Err(e) => {
                 let why = format!("{e:#}");
-                if self.said.as_deref() != Some(why.as_str()) {
+                // Not logged now: retried each second while broken, so logged soon.
+                if self.said.as_deref() != Some(why.as_str()) && self.may_log() {
+                    let note = self.unlogged();
                     tracing::error!(
                         "--web-config-file {}: {why}; refusing every connection until it is \
-                         mended",
-                        self.path.display()
+                         mended{note}",
+                        self.path.display(),
                     );
                     self.said = Some(why);
                 }
                 self.current = Err((Instant::now(), FileStamp::of(&self.path)));
+                !was_broken
             }
         }
+    }
+
+    /// Whether a change may be logged now; if not, it is counted for the next line.
+    fn may_log(&mut self) -> bool {
+        const BURST: f64 = 10.0;
+        let (left, at) = self.logged.unwrap_or((BURST, Instant::now()));
+        let left = (left + at.elapsed().as_secs_f64()).min(BURST);
+        let ok = left >= 1.0;
+        self.logged = Some((if ok { left - 1.0 } else { left }, Instant::now()));
+        if !ok {
+            self.quiet += 1;
+        }
+        ok
+    }
+
+    /// ", after N changes not logged", once.
+    fn unlogged(&mut self) -> String {
+        let n = std::mem::take(&mut self.quiet);
+        if n == 0 {
+            String::new()
+        } else {
+            format!(" (after {n} changes not logged: the file changes often)")
+        }
+    }
+}
+
+/// The published documents, refreshed first when a request for them finds them older than
+/// [`FRESH`] (the refresh loop's `--interval` only paces NDJSON lines and idle work).
+async fn fresh(req: &Request<Incoming>, (published, want): Documents) -> Arc<Published> {
+    let mut rx = published;
+    let current = rx.borrow_and_update().clone();
+    let documents = matches!(req.uri().path(), "/v1/snapshot" | "/metrics");
+    if !documents || current.at.elapsed() < FRESH {
+        return current;
+    }
+    // Full: a refresh is already asked for.
+    let _ = want.try_send(());
+    match tokio::time::timeout(FRESH_WAIT, rx.changed()).await {
+        Ok(Ok(())) => rx.borrow_and_update().clone(),
+        _ => current,
     }
 }
 
@@ -536,7 +640,7 @@ impl WebState {
 async fn connection<IO>(
     io: IO,
     peer: SocketAddr,
-    published: watch::Receiver<Arc<Published>>,
+    published: Documents,
     interval: Duration,
     web: Option<Arc<WebConfig>>,
     verdicts: Arc<Verdicts>,
@@ -566,7 +670,7 @@ async fn connection<IO>(
             busy.store(true, Ordering::Relaxed);
             let mut answer = match verdict {
                 Verdict::Allowed => {
-                    let current = published.borrow().clone();
+                    let current = fresh(&req, published).await;
                     respond(&req, &current, interval)
                 }
                 Verdict::Denied => {

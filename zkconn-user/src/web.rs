@@ -16,8 +16,8 @@
 //! HTTP/1.1 only (`http2` is accepted and has no effect).
 //!
 //! Must not: block the server. A bcrypt check (tens of milliseconds by design) runs on a
-//! blocking thread, one at a time and one per client address, and a right answer is
-//! remembered: a scrape pays it once.
+//! blocking thread, queued per user name, two at most at once, and a right answer is
+//! remembered: a scrape pays it once (see [`Verdicts`]).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -116,24 +116,46 @@ const HEADERS: &[(&str, Option<&[&str]>)] = &[
 /// certificates).
 const MAX_FILE: u64 = 1 << 20;
 
-/// What a configuration protects with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What a configuration protects with. A file read while the daemon runs may change users,
+/// passwords, certificates and names, never weaken this (see [`Protection::dropped_by`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Protection {
     pub tls: bool,
     pub basic: bool,
     pub client_certs: bool,
+    /// `client_allowed_sans` is set.
+    pub allowed_names: bool,
+    /// `auth_excluded_paths`.
+    pub excluded: std::collections::BTreeSet<String>,
 }
 
 impl Protection {
-    /// What `self` has that `new` lacks, named; empty when `new` keeps TLS (if `self` had
-    /// it) and some authentication (if `self` had some: one kind may replace the other).
-    pub fn dropped_by(self, new: Protection) -> Vec<&'static str> {
+    /// What `self` has that `new` lacks, named; empty when `new` keeps every kind of
+    /// protection `self` has and excludes no path `self` does not. Kinds are fixed at start:
+    /// a file half rewritten may hold one kind and not yet another, and is refused.
+    pub fn dropped_by(&self, new: &Protection) -> Vec<String> {
         let mut lost = Vec::new();
-        if self.tls && !new.tls {
-            lost.push("TLS");
+        for (had, has, what) in [
+            (self.tls, new.tls, "TLS"),
+            (self.basic, new.basic, "basic authentication"),
+            (
+                self.client_certs,
+                new.client_certs,
+                "required client certificates",
+            ),
+            (self.allowed_names, new.allowed_names, "client_allowed_sans"),
+        ] {
+            if had && !has {
+                lost.push(what.to_owned());
+            }
         }
-        if (self.basic || self.client_certs) && !(new.basic || new.client_certs) {
-            lost.push("the authentication");
+        let opened: Vec<&str> = new
+            .excluded
+            .difference(&self.excluded)
+            .map(String::as_str)
+            .collect();
+        if (self.basic || new.basic) && !opened.is_empty() {
+            lost.push(format!("authentication on {}", opened.join(", ")));
         }
         lost
     }
@@ -295,6 +317,8 @@ impl WebConfig {
             tls: self.tls.is_some(),
             basic: !self.users.is_empty(),
             client_certs: self.client_certs_required,
+            allowed_names: !self.allowed_sans.is_empty(),
+            excluded: self.excluded.iter().cloned().collect(),
         }
     }
 
@@ -669,15 +693,20 @@ fn lower(h: &'static str) -> &'static str {
 
 /// Answers to the right credentials already checked, so a scrape pays bcrypt once: keyed by
 /// a SHA-256 of (user, hash, password), never the password itself. Wrong ones are not
-/// remembered (a flood of guesses cannot push the right one out). A client address waits
-/// for one check at a time: its other requests meanwhile are answered 429 at once, so a
-/// flood from one address queues once, not once per connection, ahead of a scrape.
+/// remembered (a flood of guesses cannot push the right one out).
+///
+/// Checks queue per user name (every unknown name shares one queue), at most two run at a
+/// time, and a check runs to its end even when its request is gone, remembering a right
+/// answer: a flood of guesses under names that are not users never delays a user's check,
+/// and a scrape that gave up finds its answer remembered next time. A client address waits
+/// for one check per user name at a time; its other requests under that name meanwhile are
+/// answered 429 at once.
 pub struct Verdicts {
     right: Mutex<HashMap<[u8; 32], ()>>,
-    pending: Mutex<std::collections::HashSet<std::net::IpAddr>>,
-    /// One bcrypt at a time: a flood of guesses queues here, not on every core. The permit
-    /// goes with the check to its thread, so a dropped request cannot start a second one.
-    one: Arc<Semaphore>,
+    pending: Mutex<std::collections::HashSet<(std::net::IpAddr, String)>>,
+    queues: Mutex<HashMap<Option<String>, Arc<Semaphore>>>,
+    /// bcrypt checks running at once (each takes a core for tens of milliseconds).
+    cores: Arc<Semaphore>,
 }
 
 /// The answer to a request's credentials.
@@ -685,7 +714,7 @@ pub struct Verdicts {
 pub enum Verdict {
     Allowed,
     Denied,
-    /// Its address already waits for a check.
+    /// Its address already waits for a check under that name.
     Busy,
 }
 
@@ -697,7 +726,8 @@ impl Default for Verdicts {
         Self {
             right: Mutex::new(HashMap::new()),
             pending: Mutex::new(std::collections::HashSet::new()),
-            one: Arc::new(Semaphore::new(1)),
+            queues: Mutex::new(HashMap::new()),
+            cores: Arc::new(Semaphore::new(2)),
         }
     }
 }
@@ -706,23 +736,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Takes the address out of the pending set when the check ends or is dropped.
-struct Pending<'a>(
-    &'a Mutex<std::collections::HashSet<std::net::IpAddr>>,
-    std::net::IpAddr,
-);
-
-impl Drop for Pending<'_> {
-    fn drop(&mut self) {
-        lock(self.0).remove(&self.1);
-    }
-}
-
 impl Verdicts {
     /// Whether `authorization` (the header's value), sent from `from`, names a user of
     /// `config` with the right password.
     pub async fn check(
-        &self,
+        self: &Arc<Self>,
         config: &Arc<WebConfig>,
         from: std::net::IpAddr,
         authorization: Option<&[u8]>,
@@ -748,42 +766,58 @@ impl Verdicts {
         if lock(&self.right).contains_key(&key) {
             return Verdict::Allowed;
         }
-        if !lock(&self.pending).insert(from) {
+        let pending = (from, user.clone());
+        if !lock(&self.pending).insert(pending.clone()) {
             return Verdict::Busy;
         }
-        let _pending = Pending(&self.pending, from);
-        let Ok(permit) = self.one.clone().acquire_owned().await else {
-            return Verdict::Denied;
-        };
+        let queue = lock(&self.queues)
+            .entry(hash.is_some().then_some(user))
+            .or_insert_with(|| Arc::new(Semaphore::new(1)))
+            .clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let this = self.clone();
         let config = config.clone();
-        let right = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            match &hash {
-                Some(h) => bcrypt::verify(&password, h).unwrap_or(false),
-                None => {
-                    // The same work for a name that is not a user.
-                    let decoy = config.decoy.get_or_init(|| {
-                        bcrypt::hash(b"zkconn: no user has this password", config.cost)
-                            .unwrap_or_default()
-                    });
-                    let _ = bcrypt::verify(&password, decoy);
-                    false
+        // Detached: it ends, and remembers, whether or not the request still waits.
+        tokio::spawn(async move {
+            let right = match (
+                queue.acquire_owned().await,
+                this.cores.clone().acquire_owned().await,
+            ) {
+                (Ok(in_line), Ok(core)) => tokio::task::spawn_blocking(move || {
+                    let _held = (in_line, core);
+                    match &hash {
+                        Some(h) => bcrypt::verify(&password, h).unwrap_or(false),
+                        None => {
+                            // The same work for a name that is not a user.
+                            let decoy = config.decoy.get_or_init(|| {
+                                bcrypt::hash(b"zkconn: no user has this password", config.cost)
+                                    .unwrap_or_default()
+                            });
+                            let _ = bcrypt::verify(&password, decoy);
+                            false
+                        }
+                    }
+                })
+                .await
+                .unwrap_or(false),
+                _ => false,
+            };
+            if right {
+                let mut known = lock(&this.right);
+                if known.len() >= RIGHT_KEPT
+                    && let Some(old) = known.keys().next().copied()
+                {
+                    known.remove(&old);
                 }
+                known.insert(key, ());
             }
-        })
-        .await
-        .unwrap_or(false);
-        if !right {
-            return Verdict::Denied;
+            lock(&this.pending).remove(&pending);
+            let _ = tx.send(right);
+        });
+        match rx.await {
+            Ok(true) => Verdict::Allowed,
+            _ => Verdict::Denied,
         }
-        let mut known = lock(&self.right);
-        if known.len() >= RIGHT_KEPT
-            && let Some(old) = known.keys().next().copied()
-        {
-            known.remove(&old);
-        }
-        known.insert(key, ());
-        Verdict::Allowed
     }
 }
 
@@ -938,22 +972,30 @@ mod tests {
     }
 
     #[rstest]
-    #[case((true, true, false), (true, false, true), &[])]
-    #[case((true, true, false), (false, true, false), &["TLS"])]
-    #[case((true, true, false), (true, false, false), &["the authentication"])]
-    #[case((false, false, false), (false, false, false), &[])]
-    #[case((true, false, true), (false, false, false), &["TLS", "the authentication"])]
-    fn a_reload_may_not_drop_protection(
-        #[case] was: (bool, bool, bool),
-        #[case] now: (bool, bool, bool),
+    #[case((true, true, false, false), (true, true, false, false), &[], &[])]
+    // One kind may not replace another while running: a half-written file looks so.
+    #[case((true, true, false, false), (true, false, true, false), &[], &["basic authentication"])]
+    #[case((true, true, false, false), (false, true, false, false), &[], &["TLS"])]
+    #[case((true, false, true, true), (true, false, true, false), &[], &["client_allowed_sans"])]
+    #[case((false, false, false, false), (true, true, false, false), &[], &[])]
+    #[case((true, true, false, false), (true, true, false, false), &["/metrics"], &["authentication on /metrics"])]
+    fn a_reload_may_not_weaken_protection(
+        #[case] was: (bool, bool, bool, bool),
+        #[case] now: (bool, bool, bool, bool),
+        #[case] now_excluded: &[&str],
         #[case] lost: &[&str],
     ) {
-        let p = |(tls, basic, client_certs)| Protection {
+        let p = |(tls, basic, client_certs, allowed_names), excluded: &[&str]| Protection {
             tls,
             basic,
             client_certs,
+            allowed_names,
+            excluded: excluded.iter().map(|e| e.to_string()).collect(),
         };
-        assert_eq!(p(was).dropped_by(p(now)), lost);
+        assert_eq!(
+            p(was, &["/healthz"]).dropped_by(&p(now, &[&["/healthz"], now_excluded].concat())),
+            lost
+        );
     }
 
     /// A user given twice is refused, whichever hash comes last.
@@ -976,7 +1018,7 @@ mod tests {
     async fn credentials_are_checked_once_per_address() {
         let h = bcrypt::hash("s3cret", 4).unwrap();
         let c = Arc::new(load(&format!("basic_auth_users:\n  prom: '{h}'\n")).unwrap());
-        let v = Verdicts::default();
+        let v = Arc::new(Verdicts::default());
         let ip: std::net::IpAddr = [127, 0, 0, 1].into();
         let basic = |cred: &str| {
             format!(
@@ -995,9 +1037,11 @@ mod tests {
         assert_eq!(ask("prom:s3cret").await, Verdict::Allowed);
         assert_eq!(lock(&v.right).len(), 1);
         // Remembered: allowed even while the address waits for another check.
-        lock(&v.pending).insert(ip);
+        lock(&v.pending).insert((ip, "prom".into()));
         assert_eq!(ask("prom:s3cret").await, Verdict::Allowed);
         assert_eq!(ask("prom:other").await, Verdict::Busy);
+        // Another name from the same address is not held up.
+        assert_eq!(ask("nobody:other").await, Verdict::Denied);
         assert_eq!(v.check(&c, ip, None).await, Verdict::Denied);
     }
 }

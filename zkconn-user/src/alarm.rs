@@ -79,13 +79,24 @@ impl Thresholds {
 
 /// `80`, `95.5` (percent of the limit, 0 to 100).
 pub fn parse_percent(text: &str) -> Result<f64, String> {
-    let t = text.trim().trim_end_matches('%');
+    let trimmed = text.trim();
+    let t = trimmed.trim_end_matches('%');
     let v: f64 = t
         .parse()
         .map_err(|_| format!("{text:?} is not a percentage; write a number from 0 to 100"))?;
     if !v.is_finite() || !(0.0..=100.0).contains(&v) {
         return Err(format!(
             "{text:?} is out of range; write a number from 0 to 100"
+        ));
+    }
+    // 0.8 is 0.8 % here, which is almost never what is meant: a fraction written out of
+    // habit from other tools. Said, unless the % sign says it is meant.
+    if v > 0.0 && v < 1.0 && t.len() == trimmed.len() {
+        return Err(format!(
+            "{text:?} is ambiguous: thresholds are percent of the limit; write {} for {} %, or \
+             {text}% if you mean it",
+            v * 100.0,
+            v * 100.0
         ));
     }
     Ok(v)
@@ -199,5 +210,14 @@ mod tests {
         assert!(parse_percent("-1").is_err());
         assert!(parse_percent("lots").is_err());
         assert!(Thresholds::from_percent(90.0, 80.0).is_err());
+        // A fraction written out of habit is refused, unless the % sign says it is meant.
+        let e = parse_percent("0.8").unwrap_err();
+        assert!(
+            e.contains("is ambiguous") && e.contains("write 80 for 80 %"),
+            "{e}"
+        );
+        assert_eq!(parse_percent("0.8%"), Ok(0.8));
+        assert_eq!(parse_percent("0"), Ok(0.0));
+        assert_eq!(parse_percent("1"), Ok(1.0));
     }
 }

@@ -104,7 +104,9 @@ fn describe(snap: &Snapshot, w: &ServerRow) -> String {
     text
 }
 
-/// `'open SERVER from IP'=N;WARN;CRIT;0;LIMIT 'rejected SERVER from IP'=Nc ... lost=Nc`.
+/// `'open SERVER from IP'=N;WARN;CRIT;0;LIMIT 'rejected SERVER from IP'=N ... lost=N
+/// overflow=N unreadable=N`. Counts are of this run (they restart with each check), so they
+/// carry no `c`, which would say they grow across runs.
 fn perfdata(snap: &Snapshot) -> String {
     let mut out = Vec::new();
     let t = &snap.alarm_thresholds;
@@ -122,10 +124,11 @@ fn perfdata(snap: &Snapshot) -> String {
         } else {
             out.push(format!("'open {name}'={};;;0;", s.states.open));
         }
-        out.push(format!("'rejected {name}'={}c", s.rejected));
+        out.push(format!("'rejected {name}'={}", s.rejected));
     }
-    out.push(format!("lost={}c", snap.probe.lost));
-    out.push(format!("overflow={}c", snap.probe.overflow));
+    out.push(format!("lost={}", snap.probe.lost));
+    out.push(format!("overflow={}", snap.probe.overflow));
+    out.push(format!("unreadable={}", snap.probe.unreadable));
     out.join(" ")
 }
 
@@ -161,7 +164,7 @@ mod tests {
             line,
             "ZKCONN OK - 10.0.0.1:2181 from 10.0.0.9: 12 of 60 open (20%) | \
              'open 10.0.0.1:2181 from 10.0.0.9'=12;48;57;0;60 \
-             'rejected 10.0.0.1:2181 from 10.0.0.9'=0c lost=0c overflow=0c"
+             'rejected 10.0.0.1:2181 from 10.0.0.9'=0 lost=0 overflow=0 unreadable=0"
         );
         assert_eq!(exit_code(status), 0);
     }
@@ -194,7 +197,7 @@ mod tests {
             ),
             "{line}"
         );
-        assert!(line.contains("'rejected 10.0.0.2:2181 from 10.0.0.9'=3c"));
+        assert!(line.contains("'rejected 10.0.0.2:2181 from 10.0.0.9'=3 "));
     }
 
     #[test]
@@ -232,7 +235,7 @@ mod tests {
             line.contains("counts incomplete: 4 lost, 0 overflow"),
             "{line}"
         );
-        assert!(line.contains("lost=4c"));
+        assert!(line.contains("lost=4 "));
     }
 
     #[test]
@@ -242,7 +245,8 @@ mod tests {
             (status, line.as_str()),
             (
                 Alarm::Ok,
-                "ZKCONN OK - no ZooKeeper connections from this host to *:2181 | lost=0c overflow=0c"
+                "ZKCONN OK - no ZooKeeper connections from this host to *:2181 | lost=0 overflow=0 \
+                 unreadable=0"
             )
         );
         let (_, line) = verdict(&snap(vec![server(3, 0, Alarm::Ok)]));

@@ -119,6 +119,10 @@ pub struct CheckArgs {
     /// How long to observe (refusals during it make the check CRITICAL).
     #[arg(long, value_name = "SECONDS", default_value = "2s", value_parser = parse_duration)]
     pub duration: Duration,
+    /// Give up with UNKNOWN when no verdict came within this time (a kernel that takes
+    /// long to load the programs, say), as monitoring plugins do. Longer than --duration.
+    #[arg(short = 't', long, value_name = "SECONDS", default_value = "10s", value_parser = parse_duration)]
+    pub timeout: Duration,
     #[command(flatten)]
     pub watch: WatchArgs,
 }
@@ -176,12 +180,13 @@ pub struct LimitArgs {
     /// The limit of one server, overriding the others: `zk1:2181=120`. Repeatable.
     #[arg(long = "limit", value_name = "SERVER=N")]
     pub limit: Vec<String>,
-    /// Usage of the limit, in percent, from which a server's alarm is WARNING.
-    #[arg(long, value_name = "PCT", default_value = "80", value_parser = crate::alarm::parse_percent)]
+    /// Usage of the limit, in percent, from which a server's alarm is WARNING (80 or 80%; a
+    /// value below 1 needs the % sign).
+    #[arg(short = 'w', long, value_name = "PCT", default_value = "80", value_parser = crate::alarm::parse_percent)]
     pub warn: f64,
     /// Usage of the limit, in percent, from which a server's alarm is CRITICAL (also
     /// CRITICAL: the server refused this host within the last minute).
-    #[arg(long, value_name = "PCT", default_value = "95", value_parser = crate::alarm::parse_percent)]
+    #[arg(short = 'c', long, value_name = "PCT", default_value = "95", value_parser = crate::alarm::parse_percent)]
     pub crit: f64,
     /// Window for growth rates, time to limit and leak suspects (docs/suspects.md).
     #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_window)]

@@ -162,6 +162,21 @@ fn run(cli: Cli, logs: tui::LogBuffer) -> anyhow::Result<()> {
 
 /// Runs `check`; returns the plugin exit code.
 fn run_check(args: CheckArgs) -> anyhow::Result<u8> {
+    if args.timeout <= args.duration {
+        anyhow::bail!(
+            "-t {:?} leaves no time after --duration {:?}; give a longer -t",
+            args.timeout,
+            args.duration
+        );
+    }
+    // A watchdog, not a future: loading the programs blocks. Exiting closes every BPF
+    // link, so nothing stays attached.
+    let timeout = args.timeout;
+    std::thread::spawn(move || {
+        std::thread::sleep(timeout);
+        println!("ZKCONN UNKNOWN - no verdict within -t {timeout:?}; raise -t");
+        std::process::exit(i32::from(check::UNKNOWN));
+    });
     let setup = Setup::new(&args.watch)?;
     let snap = runtime()?.block_on(async {
         let mut collector = setup.start(&args.watch.probe)?;

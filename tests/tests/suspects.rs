@@ -219,7 +219,7 @@ fn check_exit_codes() -> Result<()> {
         "{line}"
     );
     assert!(
-        line.contains(&format!("'rejected {target} from 127.0.0.1'=1c")),
+        line.contains(&format!("'rejected {target} from 127.0.0.1'=1 ")),
         "{line}"
     );
     drop((holder, more, late));

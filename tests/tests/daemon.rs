@@ -665,15 +665,12 @@ fn the_web_config_file_of_node_exporter_protects_the_daemon() -> Result<()> {
     );
     std::fs::write(&web, &basic)?;
     let listen = SocketAddr::new(ip, integration_tests::free_port(ip)?);
-    let d = Daemon::start_at(
-        listen,
-        &[
-            "--zk",
-            &zk.addr.to_string(),
-            "--web-config-file",
-            web.to_str().context("path")?,
-        ],
-    )?;
+    let start = |at: SocketAddr, file: &std::path::Path| -> Result<Daemon> {
+        let zk = zk.addr.to_string();
+        let file = file.to_str().context("path")?;
+        Daemon::start_at(at, &["--zk", &zk, "--web-config-file", file])
+    };
+    let d = start(listen, &web)?;
     let url = |path: &str| format!("https://{listen}{path}");
     let ca = dir.path().join("ca.pem");
     let ca = ca.to_str().context("path")?;
@@ -796,15 +793,7 @@ fn the_web_config_file_of_node_exporter_protects_the_daemon() -> Result<()> {
     let web2 = dir.path().join("certs.yml");
     std::fs::write(&web2, certs_only)?;
     let listen2 = SocketAddr::new(ip, integration_tests::free_port(ip)?);
-    let _d2 = Daemon::start_at(
-        listen2,
-        &[
-            "--zk",
-            &zk.addr.to_string(),
-            "--web-config-file",
-            web2.to_str().context("path")?,
-        ],
-    )?;
+    let _d2 = start(listen2, &web2)?;
     assert_eq!(with_cert(listen2, &good_cert, &good_key)?, Some(200));
     let none = curl(&format!("https://{listen2}/metrics"), &["--cacert", ca])?;
     assert_eq!(none.map(|a| a.0), None);

@@ -676,19 +676,12 @@ fn headers(given: BTreeMap<String, String>) -> anyhow::Result<Vec<(HeaderName, H
         let v = HeaderValue::from_str(&value).map_err(|_| {
             anyhow!("http_server_config.headers: {canonical} holds characters a header cannot")
         })?;
-        out.push((HeaderName::from_static(lower(canonical)), v));
+        // Canonical names from the table above: always valid (`from_bytes` lowercases).
+        let name = HeaderName::from_bytes(canonical.as_bytes())
+            .map_err(|_| anyhow!("http_server_config.headers: {canonical} is not a header name"))?;
+        out.push((name, v));
     }
     Ok(out)
-}
-
-fn lower(h: &'static str) -> &'static str {
-    match h {
-        "Content-Security-Policy" => "content-security-policy",
-        "X-Frame-Options" => "x-frame-options",
-        "X-Content-Type-Options" => "x-content-type-options",
-        "X-XSS-Protection" => "x-xss-protection",
-        _ => "strict-transport-security",
-    }
 }
 
 /// Answers to the right credentials already checked, so a scrape pays bcrypt once: keyed by
@@ -702,7 +695,7 @@ fn lower(h: &'static str) -> &'static str {
 /// for one check per user name at a time; its other requests under that name meanwhile are
 /// answered 429 at once.
 pub struct Verdicts {
-    right: Mutex<HashMap<[u8; 32], ()>>,
+    right: Mutex<std::collections::HashSet<[u8; 32]>>,
     pending: Mutex<std::collections::HashSet<(std::net::IpAddr, String)>>,
     queues: Mutex<HashMap<Option<String>, Arc<Semaphore>>>,
     /// bcrypt checks running at once (each takes a core for tens of milliseconds).
@@ -724,7 +717,7 @@ const RIGHT_KEPT: usize = 256;
 impl Default for Verdicts {
     fn default() -> Self {
         Self {
-            right: Mutex::new(HashMap::new()),
+            right: Mutex::new(std::collections::HashSet::new()),
             pending: Mutex::new(std::collections::HashSet::new()),
             queues: Mutex::new(HashMap::new()),
             cores: Arc::new(Semaphore::new(2)),
@@ -763,7 +756,7 @@ impl Verdicts {
             k.copy_from_slice(ctx.finish().as_ref());
             k
         };
-        if lock(&self.right).contains_key(&key) {
+        if lock(&self.right).contains(&key) {
             return Verdict::Allowed;
         }
         let pending = (from, user.clone());
@@ -805,11 +798,11 @@ impl Verdicts {
             if right {
                 let mut known = lock(&this.right);
                 if known.len() >= RIGHT_KEPT
-                    && let Some(old) = known.keys().next().copied()
+                    && let Some(old) = known.iter().next().copied()
                 {
                     known.remove(&old);
                 }
-                known.insert(key, ());
+                known.insert(key);
             }
             lock(&this.pending).remove(&pending);
             let _ = tx.send(right);

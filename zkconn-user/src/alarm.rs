@@ -65,9 +65,9 @@ impl Thresholds {
 
     /// Critical when the server refused within [`REFUSING_SECS`] or usage reached `crit`;
     /// warning from `warn`. An unlimited server only alarms when it refuses.
-    pub fn evaluate(&self, row: &ServerRow) -> Alarm {
-        let usage = row.usage.unwrap_or(0.0);
-        if row.refusing || usage >= self.crit {
+    pub fn evaluate(&self, usage: Option<f64>, refusing: bool) -> Alarm {
+        let usage = usage.unwrap_or(0.0);
+        if refusing || usage >= self.crit {
             Alarm::Critical
         } else if usage >= self.warn {
             Alarm::Warning
@@ -166,7 +166,7 @@ mod tests {
     fn row(open: u64, limit: u32, refusing: bool) -> ServerRow {
         let mut r = ServerRow::for_test("127.0.0.2:2181", "127.0.0.1", open, limit);
         r.refusing = refusing;
-        r.alarm = Thresholds::default().evaluate(&r);
+        r.alarm = Thresholds::default().evaluate(r.usage, r.refusing);
         r
     }
 

@@ -2,8 +2,8 @@
 //! only: `/v1/snapshot` (the `snapshot --json` document), `/metrics` (Prometheus) and
 //! `/healthz`. Optionally appends one snapshot per interval to an NDJSON file.
 //!
-//! Owns: the refresh loop (one `tokio::select!`: kernel events, a sample each second, a
-//! refresh each `--interval`, signals), publishing each refresh as ready-made bodies, and
+//! Owns: a sink of the driver's loop (a refresh each `--interval`, requests for fresher
+//! documents and SIGHUP as its input), publishing each refresh as ready-made bodies, and
 //! the HTTP server. Handlers never touch the kernel: they hand out the last published
 //! bodies, so a request costs a copy. Requests are bounded: 5 s to send the headers, 30 s
 //! per connection, no request bodies, and at most 256 connections, where a newcomer makes
@@ -36,14 +36,14 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::TcpListener,
-    signal::unix::{SignalKind, signal},
-    sync::watch,
+    signal::unix::{Signal, SignalKind, signal},
+    sync::{mpsc, watch},
 };
 
 use crate::{
     Setup,
     cli::DaemonArgs,
-    collector::{self, Collector},
+    driver::{self, Flow, Sink, Stop, Watch},
     gate::Gate,
     metrics, output,
     web::{FileStamp, Protection, Verdict, Verdicts, WebConfig},
@@ -122,16 +122,15 @@ pub async fn run(args: DaemonArgs, setup: Setup) -> anyhow::Result<()> {
         Some(path) => Some(Ndjson::open(path, u64::from(args.ndjson_max_mib) << 20)?),
         None => None,
     };
-    let mut collector = setup.start(&args.watch.probe)?;
-    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let mut sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    let mut watch = setup.start(&args.watch.probe)?;
+    let mut stop = Stop::install()?;
+    let sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
 
     let owners = usize::from(args.metrics_owners);
     let mut overflow = OverflowWatch::default();
-    let first = publish(&mut collector, owners, ndjson.as_mut(), &mut overflow)?;
+    let first = publish(&mut watch, owners, ndjson.as_mut(), &mut overflow)?;
     let (tx, rx) = watch::channel(Arc::new(first));
-    let (want_tx, mut want_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let (want_tx, want_rx) = mpsc::channel::<()>(1);
     let interval = args.interval;
     let scheme = if web.as_ref().is_some_and(|w| w.tls.is_some()) {
         "https"
@@ -167,45 +166,97 @@ pub async fn run(args: DaemonArgs, setup: Setup) -> anyhow::Result<()> {
         args.listen
     ));
 
-    let mut refresh = collector::ticker(interval).await;
-    let mut sample = collector::ticker(Duration::from_secs(1)).await;
-    loop {
-        tokio::select! {
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
-            _ = sighup.recv() => reload(&args, &mut collector, ndjson.as_mut()),
-            _ = refresh.tick() => {
-                refresh_now(&mut collector, owners, ndjson.as_mut(), &mut overflow, &tx);
-            }
-            // A request found the published documents older than a second: a fresh one
-            // (without an NDJSON line, which keeps its --interval).
-            Some(()) = want_rx.recv() => {
-                if tx.borrow().at.elapsed() >= FRESH {
-                    refresh_now(&mut collector, owners, None, &mut overflow, &tx);
-                }
-            }
-            _ = sample.tick(), if interval > Duration::from_secs(1) => {
-                if let Err(e) = collector.sample() {
-                    tracing::error!("sampling failed: {e:#}");
-                }
-            }
-            res = collector.next_events() => res?,
-        }
-    }
+    let mut daemon = Daemon {
+        args: &args,
+        ndjson,
+        owners,
+        overflow,
+        tx,
+        want: want_rx,
+        sighup,
+    };
+    driver::run(&mut watch, &mut stop, &mut daemon).await?;
     server.abort();
     crate::systemd::tell("STOPPING=1");
     tracing::info!("stopping: detaching the probes");
-    drop(collector);
+    drop(watch);
     Ok(())
+}
+
+/// The daemon as a sink of the driver's loop.
+struct Daemon<'a> {
+    args: &'a DaemonArgs,
+    ndjson: Option<Ndjson>,
+    owners: usize,
+    overflow: OverflowWatch,
+    tx: watch::Sender<Arc<Published>>,
+    /// Requests that found the published documents older than [`FRESH`].
+    want: mpsc::Receiver<()>,
+    sighup: Signal,
+}
+
+enum DaemonInput {
+    Reload,
+    Fresh,
+}
+
+impl Sink for Daemon<'_> {
+    type Input = DaemonInput;
+
+    fn every(&self) -> Option<Duration> {
+        Some(self.args.interval)
+    }
+
+    async fn input(&mut self) -> DaemonInput {
+        tokio::select! {
+            _ = self.sighup.recv() => DaemonInput::Reload,
+            Some(()) = self.want.recv() => DaemonInput::Fresh,
+            // The server is gone (it ends only with the process): SIGHUP alone.
+            else => {
+                self.sighup.recv().await;
+                DaemonInput::Reload
+            }
+        }
+    }
+
+    fn on_input(&mut self, input: DaemonInput, watch: &mut Watch) -> anyhow::Result<Flow> {
+        match input {
+            DaemonInput::Reload => reload(self.args, watch, self.ndjson.as_mut()),
+            // A request found the published documents older than a second: a fresh one
+            // (without an NDJSON line, which keeps its --interval).
+            DaemonInput::Fresh => {
+                if self.tx.borrow().at.elapsed() >= FRESH {
+                    refresh_now(watch, self.owners, None, &mut self.overflow, &self.tx);
+                }
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn refresh(&mut self, watch: &mut Watch) -> anyhow::Result<Flow> {
+        refresh_now(
+            watch,
+            self.owners,
+            self.ndjson.as_mut(),
+            &mut self.overflow,
+            &self.tx,
+        );
+        Ok(Flow::Continue)
+    }
+
+    fn sample_failed(&mut self, e: anyhow::Error) -> anyhow::Result<()> {
+        tracing::error!("sampling failed: {e:#}");
+        Ok(())
+    }
 }
 
 /// SIGHUP: rules and zoo.cfg again, and the `--ndjson` file reopened (after logrotate
 /// moved it away). A mistake keeps the running configuration.
-fn reload(args: &DaemonArgs, collector: &mut Collector, ndjson: Option<&mut Ndjson>) {
+fn reload(args: &DaemonArgs, watch: &mut Watch, ndjson: Option<&mut Ndjson>) {
     crate::systemd::tell("RELOADING=1");
     match Setup::new(&args.watch) {
         Ok(setup) => {
-            let changed = collector.reconfigure(setup.limits, setup.rules, &setup.targets);
+            let changed = watch.reconfigure(setup);
             tracing::warn!("SIGHUP: reloaded rules and limits{changed}");
         }
         Err(e) => {
@@ -225,13 +276,13 @@ const FRESH_WAIT: Duration = Duration::from_secs(2);
 
 /// Publishes a refresh; a failed one keeps the last documents, marked with the error.
 fn refresh_now(
-    collector: &mut Collector,
+    watch: &mut Watch,
     owners: usize,
     ndjson: Option<&mut Ndjson>,
     overflow: &mut OverflowWatch,
     tx: &watch::Sender<Arc<Published>>,
 ) {
-    let next = match publish(collector, owners, ndjson, overflow) {
+    let next = match publish(watch, owners, ndjson, overflow) {
         Ok(p) => p,
         Err(e) => {
             tracing::error!("refresh failed: {e:#}");
@@ -251,12 +302,12 @@ fn refresh_now(
 }
 
 fn publish(
-    collector: &mut Collector,
+    watch: &mut Watch,
     owners: usize,
     ndjson: Option<&mut Ndjson>,
     overflow: &mut OverflowWatch,
 ) -> anyhow::Result<Published> {
-    let snap = collector.snapshot()?;
+    let snap = watch.snapshot()?;
     let overflow = overflow.note(&snap.probe);
     let mut json = Vec::new();
     output::json(&mut json, &snap)?;

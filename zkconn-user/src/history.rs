@@ -1,17 +1,17 @@
-//! What the collector remembers over time: one [`Series`] per process, YARN container,
+//! What the engine remembers over time: one [`Series`] per process, YARN container,
 //! application, service and server, and who refused whom. From it, rows get their rates,
 //! servers their time to limit and alarm, and the document its suspects.
 //!
 //! Owns: sampling rows into series, bounding what is kept (a subject no row names is
 //! forgotten; each series is bounded), and ranking suspects. Must not: read the kernel or
-//! `/proc` (the collector passes rows in).
+//! `/proc`, nor change rows (the engine passes them in; [`Judged`] is what it found).
 
 use std::collections::{HashMap, VecDeque};
 
 use zkconn_common::OwnerKey;
 
 use crate::{
-    alarm::{self, Thresholds},
+    alarm::{self, Alarm, Thresholds},
     model::{ProcessRow, Rates, Rows, Suspect, SuspectKind, Totals},
     trend::{Evidence, SUSPECT_MIN_SCORE, Sample, Series, Trend},
 };
@@ -151,26 +151,36 @@ impl History {
             .unwrap_or_default()
     }
 
-    /// Fills rates, times to limit and alarms into `rows` and ranks the suspects, as of
-    /// `now` (the time of the latest [`record`](Self::record)).
-    pub fn annotate(&self, rows: &mut Rows, now: f64, thresholds: &Thresholds) {
+    /// Judges `rows` against their history as of `now` (the time of the latest
+    /// [`record`](Self::record)): rates, times to limit, alarms and the ranked suspects,
+    /// which [`Judged::apply`] writes into the rows. Reads the rows, never changes them.
+    pub fn judge(&self, rows: &Rows, now: f64, thresholds: &Thresholds) -> Judged {
         let window = self.window_at(now);
         let refusing_window = self.window_at(now).min(alarm::REFUSING_SECS);
-        for s in &mut rows.servers {
-            let subject = Subject::Server(s.server.clone(), s.local_ip.clone());
-            let t = self.trend(&subject, now, window);
-            s.rates = Rates::of(&t);
-            s.time_to_limit_secs = t.time_to_limit(s.headroom);
-            s.refusing = self.trend(&subject, now, refusing_window).rejected > 0;
-            s.alarm = thresholds.evaluate(s);
-        }
+        let servers = rows
+            .servers
+            .iter()
+            .map(|s| {
+                let subject = Subject::Server(s.server.clone(), s.local_ip.clone());
+                let t = self.trend(&subject, now, window);
+                let refusing = self.trend(&subject, now, refusing_window).rejected > 0;
+                ServerJudgement {
+                    rates: Rates::of(&t),
+                    time_to_limit_secs: t.time_to_limit(s.headroom),
+                    refusing,
+                    alarm: thresholds.evaluate(s.usage, refusing),
+                }
+            })
+            .collect();
 
         let mut suspects = Vec::new();
         // Per roll-up: the summed scores of its members that are suspects themselves.
         let mut listed_members: HashMap<Subject, f64> = HashMap::new();
-        for p in &mut rows.processes {
+        let mut processes = Vec::with_capacity(rows.processes.len());
+        for p in &rows.processes {
             let t = self.trend(&Subject::Process(p.key), now, window);
-            p.rates = Rates::of(&t);
+            let rates = Rates::of(&t);
+            processes.push(rates);
             let evidence = Evidence {
                 trend: t,
                 close_wait_held: p.age.close_wait_held,
@@ -191,16 +201,16 @@ impl History {
                     reason: evidence.reason(),
                     score,
                     open: p.states.open,
-                    growth_per_min: p.rates.growth_per_min,
+                    growth_per_min: rates.growth_per_min,
                     rejected: t.rejected,
                     close_wait_held: p.age.close_wait_held,
                 });
             }
         }
 
-        let mut roll_up = |subject: Subject, totals: &mut Totals, suspect: Suspect| {
+        let mut roll_up = |subject: Subject, totals: &Totals, suspect: Suspect| -> Rates {
             let t = self.trend(&subject, now, window);
-            totals.rates = Rates::of(&t);
+            let rates = Rates::of(&t);
             let evidence = Evidence {
                 trend: t,
                 close_wait_held: totals.age.close_wait_held,
@@ -213,12 +223,13 @@ impl History {
                     reason: evidence.reason(),
                     score,
                     open: totals.open,
-                    growth_per_min: totals.rates.growth_per_min,
+                    growth_per_min: rates.growth_per_min,
                     rejected: t.rejected,
                     close_wait_held: totals.age.close_wait_held,
                     ..suspect
                 });
             }
+            rates
         };
         let blank = |subject: SuspectKind, label: &str| Suspect {
             subject,
@@ -234,32 +245,40 @@ impl History {
             rejected: 0,
             close_wait_held: 0,
         };
-        for c in &mut rows.containers {
-            let s = Suspect {
-                container: Some(c.container.clone()),
-                application: Some(c.application.clone()),
-                ..blank(SuspectKind::Container, &c.container)
-            };
-            roll_up(Subject::Container(c.container.clone()), &mut c.totals, s);
-        }
-        for a in &mut rows.applications {
-            let s = Suspect {
-                application: Some(a.application.clone()),
-                ..blank(SuspectKind::Application, &a.application)
-            };
-            roll_up(
-                Subject::Application(a.application.clone()),
-                &mut a.totals,
-                s,
-            );
-        }
-        for v in &mut rows.services {
-            let s = Suspect {
-                service: Some(v.service.clone()),
-                ..blank(SuspectKind::Service, &v.service)
-            };
-            roll_up(Subject::Service(v.service.clone()), &mut v.totals, s);
-        }
+        let containers = rows
+            .containers
+            .iter()
+            .map(|c| {
+                let s = Suspect {
+                    container: Some(c.container.clone()),
+                    application: Some(c.application.clone()),
+                    ..blank(SuspectKind::Container, &c.container)
+                };
+                roll_up(Subject::Container(c.container.clone()), &c.totals, s)
+            })
+            .collect();
+        let applications = rows
+            .applications
+            .iter()
+            .map(|a| {
+                let s = Suspect {
+                    application: Some(a.application.clone()),
+                    ..blank(SuspectKind::Application, &a.application)
+                };
+                roll_up(Subject::Application(a.application.clone()), &a.totals, s)
+            })
+            .collect();
+        let services = rows
+            .services
+            .iter()
+            .map(|v| {
+                let s = Suspect {
+                    service: Some(v.service.clone()),
+                    ..blank(SuspectKind::Service, &v.service)
+                };
+                roll_up(Subject::Service(v.service.clone()), &v.totals, s)
+            })
+            .collect();
         suspects.sort_by(|a, b| {
             b.score
                 .total_cmp(&a.score)
@@ -268,7 +287,14 @@ impl History {
                 .then(a.subject.cmp(&b.subject))
                 .then(a.label.cmp(&b.label))
         });
-        rows.suspects = suspects;
+        Judged {
+            servers,
+            processes,
+            containers,
+            applications,
+            services,
+            suspects,
+        }
     }
 
     /// Refusal events of `owner` since `since`, per server, most first.
@@ -296,6 +322,50 @@ fn roll_ups_of(p: &ProcessRow) -> Vec<Subject> {
         v.push(Subject::Application(a.clone()));
     }
     v
+}
+
+/// What [`History::judge`] found, row for row of the rows it judged.
+#[derive(Debug)]
+pub struct Judged {
+    servers: Vec<ServerJudgement>,
+    processes: Vec<Rates>,
+    containers: Vec<Rates>,
+    applications: Vec<Rates>,
+    services: Vec<Rates>,
+    suspects: Vec<Suspect>,
+}
+
+#[derive(Debug)]
+struct ServerJudgement {
+    rates: Rates,
+    time_to_limit_secs: Option<f64>,
+    refusing: bool,
+    alarm: Alarm,
+}
+
+impl Judged {
+    /// Writes the judgement into the rows it was made of.
+    pub fn apply(self, rows: &mut Rows) {
+        for (s, j) in rows.servers.iter_mut().zip(self.servers) {
+            s.rates = j.rates;
+            s.time_to_limit_secs = j.time_to_limit_secs;
+            s.refusing = j.refusing;
+            s.alarm = j.alarm;
+        }
+        for (p, rates) in rows.processes.iter_mut().zip(self.processes) {
+            p.rates = rates;
+        }
+        for (c, rates) in rows.containers.iter_mut().zip(self.containers) {
+            c.totals.rates = rates;
+        }
+        for (a, rates) in rows.applications.iter_mut().zip(self.applications) {
+            a.totals.rates = rates;
+        }
+        for (v, rates) in rows.services.iter_mut().zip(self.services) {
+            v.totals.rates = rates;
+        }
+        rows.suspects = self.suspects;
+    }
 }
 
 #[cfg(test)]
@@ -371,7 +441,7 @@ mod tests {
                 h.refused(r.processes[2].key, "127.0.0.2:2181".into(), f64::from(t));
             }
             h.record(&r, f64::from(t));
-            h.annotate(&mut r, f64::from(t), &thresholds);
+            h.judge(&r, f64::from(t), &thresholds).apply(&mut r);
             last = r;
         }
         let s: Vec<_> = last
@@ -404,7 +474,8 @@ mod tests {
         for t in 0..=60 {
             r = rows(vec![process(1, 30, 0, 0, 0)]);
             h.record(&r, f64::from(t));
-            h.annotate(&mut r, f64::from(t), &Thresholds::default());
+            h.judge(&r, f64::from(t), &Thresholds::default())
+                .apply(&mut r);
         }
         assert!(r.suspects.is_empty());
         assert_eq!(r.servers[0].time_to_limit_secs, None);
@@ -427,7 +498,8 @@ mod tests {
                 .collect();
             r = rows(procs);
             h.record(&r, f64::from(t));
-            h.annotate(&mut r, f64::from(t), &Thresholds::default());
+            h.judge(&r, f64::from(t), &Thresholds::default())
+                .apply(&mut r);
         }
         let s: Vec<_> = r
             .suspects
@@ -458,7 +530,8 @@ mod tests {
             };
             r = rows(open.map(|o| process(7, o, o, 0, 0)).into_iter().collect());
             h.record(&r, f64::from(t));
-            h.annotate(&mut r, f64::from(t), &Thresholds::default());
+            h.judge(&r, f64::from(t), &Thresholds::default())
+                .apply(&mut r);
         }
         assert_eq!(r.processes[0].rates.growth_per_min, 16.5, "+11 in 40 s");
         // Forgotten once no row names it.

@@ -2,16 +2,18 @@
 //! binary; its parsers are also what the fuzz targets (`fuzz/`) exercise.
 //!
 //! Data flows one way: `probe` (kernel programs and maps; `poll` where none can load) →
-//! `collector` (events, seeding,
-//! attribution) → `model` (rows) → `history` (trends, suspects, alarms) → views: `output`
-//! (tables and JSON), `check` (Nagios), `tui` (`top`), `daemon` with `metrics`.
+//! `source` (all I/O: events, seeding, `/proc`, cgroups, NAT; a plain `Reading`) →
+//! `engine` (pure: attribution, `model` rows, `history` judgement, assembly into a
+//! `Snapshot`) → sinks run by the one `driver` loop: `output` (tables and JSON), `check`
+//! (Nagios), `tui` (`top`), `daemon` with `metrics`.
 
 pub mod alarm;
 pub mod attribution;
 pub mod check;
 pub mod cli;
-pub mod collector;
 pub mod daemon;
+pub mod driver;
+pub mod engine;
 pub mod gate;
 pub mod history;
 pub mod limits;
@@ -27,6 +29,7 @@ pub mod reconcile;
 pub mod seed;
 pub mod setup;
 pub mod sockdiag;
+pub mod source;
 pub mod systemd;
 pub mod targets;
 pub mod trend;

@@ -7,12 +7,13 @@ use std::{io::Write as _, process::ExitCode};
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use tokio::signal::unix::{SignalKind, signal};
 use zkconn::{
     Setup, check,
     cli::{CheckArgs, Cli, Command, Shell, SnapshotArgs},
-    collector::{self, Collector},
-    daemon, output, tui,
+    daemon,
+    driver::{self, Watch},
+    model::Snapshot,
+    output, tui,
 };
 
 fn main() -> ExitCode {
@@ -114,8 +115,8 @@ fn run(cli: Cli, logs: tui::LogBuffer) -> anyhow::Result<()> {
             let setup = Setup::new(&args.watch)?;
             tui::require_terminal()?;
             runtime()?.block_on(async {
-                let collector = setup.start(&args.watch.probe)?;
-                tui::run(collector, args.interval, logs).await
+                let watch = setup.start(&args.watch.probe)?;
+                tui::run(watch, args.interval, logs).await
             })
         }
         Some(Command::Daemon(args)) => {
@@ -179,9 +180,8 @@ fn run_check(args: CheckArgs) -> anyhow::Result<u8> {
     });
     let setup = Setup::new(&args.watch)?;
     let snap = runtime()?.block_on(async {
-        let mut collector = setup.start(&args.watch.probe)?;
-        observe(&mut collector, args.duration).await?;
-        collector.snapshot()
+        let mut watch = setup.start(&args.watch.probe)?;
+        observe(&mut watch, args.duration).await
     })?;
     let (status, line) = check::verdict(&snap);
     println!("{line}");
@@ -195,32 +195,20 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-/// Observes for `duration` (or until SIGINT/SIGTERM), sampling the history each second.
-async fn observe(collector: &mut Collector, duration: std::time::Duration) -> anyhow::Result<()> {
+/// Observes for `duration` (or until SIGINT/SIGTERM), sampling the history each second,
+/// then takes the snapshot.
+async fn observe(watch: &mut Watch, duration: std::time::Duration) -> anyhow::Result<Snapshot> {
     // Handlers first: a SIGINT right after "ready" must end the observation, not the process.
-    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut stop = driver::Stop::install()?;
     // With -v, scripts and tests wait for this line to know the hooks are live.
     tracing::info!("ready: observing for {duration:?}");
-    let deadline = tokio::time::sleep(duration);
-    tokio::pin!(deadline);
-    let mut tick = collector::ticker(std::time::Duration::from_secs(1)).await;
-    loop {
-        tokio::select! {
-            () = &mut deadline => break,
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
-            _ = tick.tick() => collector.sample()?,
-            res = collector.next_events() => res?,
-        }
-    }
-    Ok(())
+    driver::run(watch, &mut stop, &mut driver::Observe::for_(duration)).await?;
+    watch.snapshot()
 }
 
 async fn snapshot(args: SnapshotArgs, setup: Setup) -> anyhow::Result<()> {
-    let mut collector = setup.start(&args.watch.probe)?;
-    observe(&mut collector, args.duration).await?;
-    let snap = collector.snapshot()?;
+    let mut watch = setup.start(&args.watch.probe)?;
+    let snap = observe(&mut watch, args.duration).await?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     if args.json {

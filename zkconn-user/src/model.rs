@@ -191,6 +191,55 @@ pub struct ProbeHealth {
     pub limitations: Vec<String>,
 }
 
+/// What the source reports of itself: [`ProbeHealth`] but for what the engine keeps
+/// (retention and attribution).
+#[derive(Clone, Debug, Default)]
+pub struct SourceHealth {
+    pub hook: Option<Hook>,
+    pub refusal_detection: Option<RefusalDetection>,
+    pub events: Option<&'static str>,
+    pub events_received: u64,
+    pub lost_detail: LostDetail,
+    pub overflow_detail: OverflowDetail,
+    pub seeds: SeedHealth,
+    pub repaired: RepairHealth,
+    pub nat: crate::nat::NatHealth,
+    pub unreadable: u64,
+    pub capabilities: crate::probe::caps::Kept,
+    pub fallbacks: Vec<crate::probe::compat::InUse>,
+    pub limitations: Vec<String>,
+}
+
+impl ProbeHealth {
+    pub fn new(
+        s: SourceHealth,
+        retention: RetentionHealth,
+        attribution: AttributionHealth,
+    ) -> Self {
+        Self {
+            hook: s.hook,
+            refusal_detection: s.refusal_detection,
+            events: s.events,
+            events_received: s.events_received,
+            lost: s.lost_detail.events + s.lost_detail.recursion_misses.unwrap_or(0),
+            overflow: s.overflow_detail.connections
+                + s.overflow_detail.processes
+                + s.overflow_detail.counters,
+            lost_detail: s.lost_detail,
+            overflow_detail: s.overflow_detail,
+            seeds: s.seeds,
+            repaired: s.repaired,
+            retention,
+            attribution,
+            nat: s.nat,
+            unreadable: s.unreadable,
+            capabilities: s.capabilities,
+            fallbacks: s.fallbacks,
+            limitations: s.limitations,
+        }
+    }
+}
+
 /// What drift repair did since start.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct RepairHealth {
@@ -771,7 +820,7 @@ impl Translations {
     }
 }
 
-/// Everything `build` needs; assembled by the collector.
+/// Everything `build` needs; assembled by the engine.
 pub struct Inputs<'a> {
     pub conns: &'a [Conn],
     pub seeds: &'a [Conn],
@@ -781,7 +830,10 @@ pub struct Inputs<'a> {
     pub limits: &'a Limits,
     pub facts: &'a HashMap<OwnerKey, OwnerFacts>,
     pub seeded: &'a HashMap<OwnerKey, u64>,
-    pub cgroup_path: &'a dyn Fn(u64) -> Option<String>,
+    /// Cgroup paths by id, where known.
+    pub cgroup_paths: &'a FxHashMap<u64, String>,
+    /// Who holds the open connections of owners that exited.
+    pub held_by: &'a HashMap<OwnerKey, Vec<Holder>>,
     pub nat: &'a Translations,
     /// Exited processes no longer shown, still counted in the roll-ups.
     pub retired: &'a [Retired],
@@ -893,7 +945,7 @@ pub fn build(inputs: &Inputs<'_>) -> Rows {
                 user: facts.user,
                 cgroup: facts
                     .cgroup_path
-                    .or_else(|| (inputs.cgroup_path)(cgroup_id)),
+                    .or_else(|| inputs.cgroup_paths.get(&cgroup_id).cloned()),
                 cgroup_id,
                 cgroup_v1: facts.cgroup_v1.map(|c| c.path),
                 cgroup_hierarchy,
@@ -914,7 +966,7 @@ pub fn build(inputs: &Inputs<'_>) -> Rows {
                     .into_iter()
                     .map(|(server, open)| ServerOpen { server, open })
                     .collect(),
-                held_by: Vec::new(),
+                held_by: inputs.held_by.get(&key).cloned().unwrap_or_default(),
             }
         })
         .collect();
@@ -941,7 +993,7 @@ pub fn build(inputs: &Inputs<'_>) -> Rows {
             }
             let (states, mut pids) = by_cgroup.remove(&id).unwrap_or_default();
             pids.extend(cgroup_pids.remove(&id).unwrap_or_default());
-            let path = (inputs.cgroup_path)(id);
+            let path = inputs.cgroup_paths.get(&id).cloned();
             // No cgroup has id 0: it holds the connections of unknown owners.
             let (kind, label) = if id == 0 {
                 (attribution::Kind::Process, "(unknown owner)".to_owned())
@@ -1280,7 +1332,12 @@ mod tests {
         facts: &HashMap<OwnerKey, OwnerFacts>,
     ) -> Rows {
         let seeded = HashMap::new();
-        let path = |id: u64| Some(format!("/cg{id}"));
+        let ids = conns
+            .iter()
+            .chain(seeds)
+            .map(|c| c.cgroup_id)
+            .chain(facts.values().map(|f| f.cgroup_id));
+        let paths = ids.map(|id| (id, format!("/cg{id}"))).collect();
         build(&Inputs {
             conns,
             seeds,
@@ -1290,7 +1347,8 @@ mod tests {
             limits: &Limits::default(),
             facts,
             seeded: &seeded,
-            cgroup_path: &path,
+            cgroup_paths: &paths,
+            held_by: &HashMap::new(),
             nat: &Translations::default(),
             retired: &[],
             now_ns: 0,
@@ -1448,7 +1506,6 @@ mod tests {
         let limits = Limits::new(Some(5), None, &["127.0.0.3:2181=0".into()]).unwrap();
         let facts = HashMap::new();
         let seeded = HashMap::new();
-        let path = |_: u64| None;
         let rows = build(&Inputs {
             conns: &conns,
             seeds: &[],
@@ -1458,7 +1515,8 @@ mod tests {
             limits: &limits,
             facts: &facts,
             seeded: &seeded,
-            cgroup_path: &path,
+            cgroup_paths: &FxHashMap::default(),
+            held_by: &HashMap::new(),
             nat: &Translations::default(),
             retired: &[],
             now_ns: 0,
@@ -1522,7 +1580,6 @@ mod tests {
         )];
         let limits = Limits::new(Some(3), None, &[]).unwrap();
         let (facts, seeded) = (HashMap::new(), HashMap::new());
-        let path = |_: u64| None;
         let rows = build(&Inputs {
             conns: &conns,
             seeds: &[],
@@ -1532,7 +1589,8 @@ mod tests {
             limits: &limits,
             facts: &facts,
             seeded: &seeded,
-            cgroup_path: &path,
+            cgroup_paths: &FxHashMap::default(),
+            held_by: &HashMap::new(),
             nat: &nat,
             retired: &[],
             now_ns: 0,
@@ -1678,13 +1736,23 @@ mod tests {
         let proc_stats: Vec<(OwnerKey, Counters)> =
             proc_stats.iter().map(|(pid, c)| (key(*pid), *c)).collect();
         let seeded = HashMap::new();
-        let path = |id: u64| {
-            Some(if id == 1 {
-                "/".into()
-            } else {
-                format!("/cg{id}")
+        let ids = conns
+            .iter()
+            .map(|c| c.cgroup_id)
+            .chain(facts.values().map(|f| f.cgroup_id))
+            .chain(cgroup_stats.iter().map(|(id, _)| *id));
+        let paths = ids
+            .map(|id| {
+                (
+                    id,
+                    if id == 1 {
+                        "/".into()
+                    } else {
+                        format!("/cg{id}")
+                    },
+                )
             })
-        };
+            .collect();
         let rows = build(&Inputs {
             conns,
             seeds: &[],
@@ -1694,7 +1762,8 @@ mod tests {
             limits: &Limits::default(),
             facts: &facts,
             seeded: &seeded,
-            cgroup_path: &path,
+            cgroup_paths: &paths,
+            held_by: &HashMap::new(),
             nat: &Translations::default(),
             retired: &[],
             now_ns: 0,

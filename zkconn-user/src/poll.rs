@@ -51,12 +51,12 @@ pub struct Poller {
 }
 
 impl Poller {
-    /// Forgets the counters of a removed cgroup (see the collector's retention).
+    /// Forgets the counters of a removed cgroup (see the engine's retention).
     pub fn forget_cgroup(&mut self, id: u64) {
         self.cgroup_stats.remove(&id);
     }
 
-    /// Forgets the counters of an exited owner (see the collector's retention).
+    /// Forgets the counters of an exited owner (see the engine's retention).
     pub fn forget_owner(&mut self, key: &OwnerKey) {
         self.proc_stats.remove(key);
     }

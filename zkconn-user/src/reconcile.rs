@@ -188,7 +188,7 @@ pub struct Repaired {
     pub last: Option<Instant>,
 }
 
-/// One round's outcome, for the collector's counters and log.
+/// One round's outcome, for the source's counters and log.
 #[derive(Debug, Default)]
 pub struct Round {
     /// Why the round decided nothing (a map or a namespace's table unreadable).

@@ -1,4 +1,4 @@
-//! Turning the command line into what the collector needs: targets resolved, limits,
+//! Turning the command line into what the source and engine need: targets resolved, limits,
 //! rules and thresholds validated, all before anything touches the kernel.
 
 use std::{io::Read as _, path::Path};
@@ -9,12 +9,19 @@ use crate::{
     alarm::Thresholds,
     attribution::Rules,
     cli::{AttributionArgs, ProbeArgs, TargetArgs, WatchArgs},
-    collector::{Collector, Judgement},
+    driver::Watch,
     limits::Limits,
     targets::{self, Targets, ZooCfg},
 };
 
-/// Everything a mode needs to start the collector, validated before anything touches the
+/// How trends and limits are judged.
+#[derive(Clone, Copy, Debug)]
+pub struct Judgement {
+    pub limits_window: std::time::Duration,
+    pub thresholds: Thresholds,
+}
+
+/// Everything a mode needs to start watching, validated before anything touches the
 /// kernel.
 pub struct Setup {
     pub targets: Targets,
@@ -44,8 +51,9 @@ impl Setup {
         })
     }
 
-    pub fn start(self, probe: &ProbeArgs) -> anyhow::Result<Collector> {
-        Collector::start(self.targets, probe, self.rules, self.limits, self.judgement)
+    /// Attaches, seeds and takes the first reading (see [`Watch::start`]).
+    pub fn start(self, probe: &ProbeArgs) -> anyhow::Result<Watch> {
+        Watch::start(self, probe)
     }
 }
 

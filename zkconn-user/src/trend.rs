@@ -14,7 +14,7 @@ pub const SLICES: usize = 8;
 /// halves, the window stays covered).
 const MAX_POINTS: usize = 256;
 
-/// One owner's counts at time `t` (seconds since the collector started). `opened`,
+/// One owner's counts at time `t` (seconds since the source started). `opened`,
 /// `closed` and `rejected` are cumulative.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Sample {

@@ -1,7 +1,7 @@
 //! User names from uids, through the C library (so LDAP and SSSD users resolve as they do
 //! for `ps`), cached: a name service is asked at most once per uid.
 //!
-//! Must not: be called per connection; the collector asks once per new process.
+//! Must not: be called per connection; the source asks once per new process.
 
 use std::{collections::HashMap, ffi::CStr};
 

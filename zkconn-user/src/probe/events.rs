@@ -3,7 +3,7 @@
 //! reader hands out each event's bytes in the order its buffer holds them.
 //!
 //! Owns: the event buffers, waiting on them in the runtime, dropped-event reports.
-//! Must not: interpret events (the collector does).
+//! Must not: interpret events (the source does).
 
 use std::{future::poll_fn, task::Poll};
 

@@ -166,7 +166,7 @@ pub struct Probe {
     /// False when the kernel's `sched_process_exit` has no `group_dead` (before 6.x):
     /// exits are then found from `/proc`.
     pub exit_events: bool,
-    /// The events map's reader, until the collector takes it.
+    /// The events map's reader, until the source takes it.
     events: Option<events::Events>,
     /// What the kernel's seed flag says (see [`Probe::set_seeds_pending`]).
     seeds_pending: bool,
@@ -329,7 +329,7 @@ impl Probe {
         };
         probe.load_targets(targets)?;
         // From the first connect the hook sees until seeding is done, connects record their
-        // socket's inode (see `seed::Tracked`); the collector clears it.
+        // socket's inode (see `seed::Tracked`); the source clears it.
         probe.set_seeding(true)?;
         let needs = Needs {
             kernel_btf: kernel_btf.as_ref().map(|_| ()).map_err(ToString::to_string),
@@ -795,7 +795,7 @@ impl Probe {
         }
     }
 
-    /// Forgets the counters of a cgroup that is gone and holds nothing (see the collector's
+    /// Forgets the counters of a cgroup that is gone and holds nothing (see the engine's
     /// retention).
     pub fn forget_cgroup(&mut self, id: u64) -> anyhow::Result<()> {
         let mut stats = self.map_mut::<HashMap<_, u64, Counters>>(map_names::CGROUP_STATS)?;
@@ -806,7 +806,7 @@ impl Probe {
         }
     }
 
-    /// Forgets the counters of an owner that exited and holds nothing (see the collector's
+    /// Forgets the counters of an owner that exited and holds nothing (see the engine's
     /// retention): its row in `PROC_STATS` goes, so the table does not fill with the dead.
     pub fn forget_owner(&mut self, key: &OwnerKey) -> anyhow::Result<()> {
         let mut stats = self.map_mut::<HashMap<_, OwnerKey, Counters>>(map_names::PROC_STATS)?;
@@ -840,7 +840,7 @@ impl Probe {
         }
     }
 
-    /// A real map look-up and update, as the collector makes them every second: what
+    /// A real map look-up and update, as the source makes them every second: what
     /// [`caps::drop_after_attach`] probes the kernel with.
     pub fn check_map_access(&mut self) -> anyhow::Result<()> {
         let mut control: Array<_, u32> = self.map_mut(map_names::CONTROL)?;

@@ -1,5 +1,5 @@
-//! `zkconn top`: the live view. One `tokio::select!` loop: kernel events, a sample each
-//! second, a refresh each `--interval`, keys and signals; state is updated, then drawn.
+//! `zkconn top`: the live view, a sink of the driver's loop: a refresh each `--interval`,
+//! keys as its input; state is updated, then drawn.
 //!
 //! Owns: the terminal (raw mode and the alternate screen, restored on quit, error, panic,
 //! SIGINT and SIGTERM) and where logs go while it is drawn (a buffer whose latest line
@@ -18,10 +18,12 @@ use std::{
 };
 
 use anyhow::Context as _;
-use ratatui::crossterm::event::{self, Event};
-use tokio::signal::unix::{SignalKind, signal};
+use ratatui::{
+    DefaultTerminal,
+    crossterm::event::{self, Event},
+};
 
-use crate::collector::{self, Collector};
+use crate::driver::{self, Flow, Sink, Stop, Watch};
 
 /// Log lines kept while the screen is drawn.
 const LOG_LINES: usize = 100;
@@ -76,75 +78,105 @@ pub fn require_terminal() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs the live view until `q`, Ctrl-C, SIGINT or SIGTERM.
-pub async fn run(
-    mut collector: Collector,
+/// The live view as a sink of the driver's loop.
+struct Top {
+    terminal: DefaultTerminal,
+    app: app::App,
+    keys: tokio::sync::mpsc::Receiver<Event>,
     interval: Duration,
     logs: LogBuffer,
-) -> anyhow::Result<()> {
-    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    // Installs a panic hook that restores the terminal before the panic is printed.
-    let mut terminal = ratatui::try_init().context("cannot set up the terminal")?;
-    let result = async {
-        let (keys_tx, mut keys) = tokio::sync::mpsc::channel::<Event>(64);
-        // crossterm's reader blocks; it lives on its own thread and ends with the process.
-        std::thread::spawn(move || {
-            while let Ok(ev) = event::read() {
-                if keys_tx.blocking_send(ev).is_err() {
-                    break;
-                }
+}
+
+impl Top {
+    /// A refresh that fails (a kernel map that cannot be read) is shown in the header over
+    /// the last good screen; only the first one, with nothing to show, ends `top`.
+    fn show(&mut self, watch: &mut Watch) -> anyhow::Result<()> {
+        match watch.snapshot() {
+            Ok(snap) => {
+                self.app.update(snap, watch.connections());
+                self.app.error = None;
             }
-        });
-        let mut app = app::App::default();
-        // A refresh that fails (a kernel map that cannot be read) is shown in the header
-        // over the last good screen; only the first one, with nothing to show, ends `top`.
-        let refresh = |collector: &mut Collector, app: &mut app::App| -> anyhow::Result<()> {
-            match collector.snapshot() {
-                Ok(snap) => {
-                    app.update(snap, collector.connections());
-                    app.error = None;
-                }
-                Err(e) if app.snapshot.is_some() => {
-                    tracing::error!("refresh failed: {e:#}");
-                    app.error = Some(format!("{e:#}"));
-                }
-                Err(e) => return Err(e),
+            Err(e) if self.app.snapshot.is_some() => {
+                tracing::error!("refresh failed: {e:#}");
+                self.app.error = Some(format!("{e:#}"));
             }
-            app.last_log = logs.last();
-            Ok(())
-        };
-        refresh(&mut collector, &mut app)?;
-        let mut refresh_tick = collector::ticker(interval).await;
-        let mut sample_tick = collector::ticker(Duration::from_secs(1)).await;
-        loop {
-            terminal
-                .draw(|frame| render::render(frame, &app))
-                .context("cannot draw on the terminal")?;
-            tokio::select! {
-                _ = sigint.recv() => break,
-                _ = sigterm.recv() => break,
-                Some(ev) = keys.recv() => {
-                    if let Event::Key(key) = ev {
-                        app.on_key(key);
-                        if app.quit {
-                            break;
-                        }
-                    }
-                    // A resize only needs the redraw at the top of the loop.
-                }
-                _ = refresh_tick.tick() => refresh(&mut collector, &mut app)?,
-                _ = sample_tick.tick(), if interval > Duration::from_secs(1) => {
-                    if let Err(e) = collector.sample() {
-                        app.error = Some(format!("{e:#}"));
-                    }
-                }
-                res = collector.next_events() => res?,
+            Err(e) => return Err(e),
+        }
+        self.app.last_log = self.logs.last();
+        Ok(())
+    }
+}
+
+impl Sink for Top {
+    type Input = Event;
+
+    fn every(&self) -> Option<Duration> {
+        Some(self.interval)
+    }
+
+    async fn input(&mut self) -> Event {
+        match self.keys.recv().await {
+            Some(ev) => ev,
+            // The reader thread ended (stdin closed): no more keys.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn on_input(&mut self, ev: Event, _watch: &mut Watch) -> anyhow::Result<Flow> {
+        if let Event::Key(key) = ev {
+            self.app.on_key(key);
+            if self.app.quit {
+                return Ok(Flow::Stop);
             }
         }
-        anyhow::Ok(())
+        // A resize only needs the redraw before the next wait.
+        Ok(Flow::Continue)
     }
-    .await;
+
+    fn refresh(&mut self, watch: &mut Watch) -> anyhow::Result<Flow> {
+        self.show(watch)?;
+        Ok(Flow::Continue)
+    }
+
+    fn sample_failed(&mut self, e: anyhow::Error) -> anyhow::Result<()> {
+        self.app.error = Some(format!("{e:#}"));
+        Ok(())
+    }
+
+    fn settle(&mut self) -> anyhow::Result<()> {
+        let app = &self.app;
+        self.terminal
+            .draw(|frame| render::render(frame, app))
+            .context("cannot draw on the terminal")?;
+        Ok(())
+    }
+}
+
+/// Runs the live view until `q`, Ctrl-C, SIGINT or SIGTERM.
+pub async fn run(mut watch: Watch, interval: Duration, logs: LogBuffer) -> anyhow::Result<()> {
+    let mut stop = Stop::install()?;
+    // Installs a panic hook that restores the terminal before the panic is printed.
+    let terminal = ratatui::try_init().context("cannot set up the terminal")?;
+    let (keys_tx, keys) = tokio::sync::mpsc::channel::<Event>(64);
+    // crossterm's reader blocks; it lives on its own thread and ends with the process.
+    std::thread::spawn(move || {
+        while let Ok(ev) = event::read() {
+            if keys_tx.blocking_send(ev).is_err() {
+                break;
+            }
+        }
+    });
+    let mut top = Top {
+        terminal,
+        app: app::App::default(),
+        keys,
+        interval,
+        logs: logs.clone(),
+    };
+    let result = match top.show(&mut watch) {
+        Ok(()) => driver::run(&mut watch, &mut stop, &mut top).await,
+        Err(e) => Err(e),
+    };
     ratatui::try_restore().context("cannot restore the terminal")?;
     // What was logged while the screen was drawn (alarm transitions) stays readable.
     for line in logs.drain() {

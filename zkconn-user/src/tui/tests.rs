@@ -47,7 +47,7 @@ fn server(name: &str, open: u64, limit: u32) -> ServerRow {
     let mut s = ServerRow::for_test(name, "10.0.0.9", open, limit);
     s.opened = open + 10;
     s.closed = 10;
-    s.alarm = Thresholds::default().evaluate(&s);
+    s.alarm = Thresholds::default().evaluate(s.usage, s.refusing);
     s
 }
 

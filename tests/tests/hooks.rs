@@ -10,9 +10,7 @@ use std::process::{Command, Stdio};
 use anyhow::{Context as _, Result};
 use integration_tests::{bpf_ids, wait_gone_from_kernel, zkconn_bin};
 use serde_json::Value;
-
-/// `auto`'s order, as docs/kernels.md and `zkconn --help` give it.
-const AUTO_ORDER: [&str; 4] = ["btf", "fentry", "tracepoint", "kprobe"];
+use zkconn_common::hooks::{Hook, UNAVAILABLE};
 
 fn snapshot(hook: Option<&str>) -> Result<std::process::Output> {
     let mut cmd = Command::new(zkconn_bin());
@@ -29,7 +27,8 @@ fn snapshot(hook: Option<&str>) -> Result<std::process::Output> {
 fn every_hook_attaches_and_says_so_or_is_refused_by_name() -> Result<()> {
     let before = bpf_ids()?;
     let mut attached = Vec::new();
-    for hook in AUTO_ORDER {
+    // `auto`'s order, as docs/kernels.md and `zkconn --help` give it.
+    for hook in Hook::AUTO_ORDER.map(Hook::name) {
         let out = snapshot(Some(hook))?;
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!err.contains("panicked"), "--hook {hook}: {err}");
@@ -46,14 +45,11 @@ fn every_hook_attaches_and_says_so_or_is_refused_by_name() -> Result<()> {
             .with_context(|| format!("--hook {hook} printed no zkconn: sentence: {err}"))?;
         let prefix = format!("zkconn: --hook {hook} (");
         assert!(
-            sentence.starts_with(&prefix)
-                && sentence.contains(") is not available on this kernel: "),
+            sentence.starts_with(&prefix) && sentence.contains(&format!("){UNAVAILABLE}")),
             "--hook {hook}: {sentence}"
         );
         // The kernel's reason follows, not an empty one.
-        let reason = sentence
-            .split_once("is not available on this kernel: ")
-            .map_or("", |(_, r)| r);
+        let reason = sentence.split_once(UNAVAILABLE).map_or("", |(_, r)| r);
         assert!(reason.len() > 10, "--hook {hook}: no reason in {sentence}");
     }
     assert!(!attached.is_empty(), "no hook attaches on this kernel");

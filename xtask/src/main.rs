@@ -13,6 +13,7 @@ use std::{
 
 use anyhow::{Context as _, anyhow, bail};
 use clap::{Parser, Subcommand};
+use zkconn_common::hooks::Hook;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "zkconn's build, run and test tasks")]
@@ -464,7 +465,9 @@ fn test(root: &Path, unit_only: bool, args: &[OsString]) -> anyhow::Result<()> {
     // (each starts its own ZooKeeper JVM; this is a 2-core machine). zkconn's own choice of
     // hook (`auto`) carries the whole suite; the tests of counting run again once with every
     // other hook this kernel has.
-    integration_tests(root, None, ALL_TESTS, args)?;
+    let all = all_tests(root)?;
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+    integration_tests(root, None, &all, args)?;
     for hook in other_hooks(root) {
         integration_tests(root, Some(hook), COUNTING_TESTS, args)?;
     }
@@ -484,25 +487,29 @@ fn test(root: &Path, unit_only: bool, args: &[OsString]) -> anyhow::Result<()> {
     dist::check_packages(root)
 }
 
-const ALL_TESTS: &[&str] = &[
-    "accounting",
-    "exactness",
-    "attribution",
-    "limits",
-    "suspects",
-    "top",
-    "daemon",
-    "deploy",
-    "bad_input",
-    "netns",
-    "nat",
-    "faults",
-    "ownership",
-    "repair",
-    "privileges",
-    "poll",
-    "hooks",
-];
+/// Every integration test: each file of `tests/tests/`, so a new one cannot be left out.
+fn all_tests(root: &Path) -> anyhow::Result<Vec<String>> {
+    let dir = root.join("tests/tests");
+    let mut tests = Vec::new();
+    for entry in
+        std::fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))?
+    {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "rs")
+            && let Some(stem) = path.file_stem().and_then(|s| s.to_str())
+        {
+            tests.push(stem.to_owned());
+        }
+    }
+    tests.sort();
+    for t in COUNTING_TESTS {
+        anyhow::ensure!(
+            tests.iter().any(|x| x == t),
+            "COUNTING_TESTS names {t}, which tests/tests/ does not have"
+        );
+    }
+    Ok(tests)
+}
 
 /// The tests whose results depend on the hook.
 const COUNTING_TESTS: &[&str] = &[
@@ -514,15 +521,13 @@ const COUNTING_TESTS: &[&str] = &[
     "repair",
 ];
 
-/// Every hook, in the order `auto` tries them (zkconn-user/src/probe/mod.rs).
-const AUTO_ORDER: [&str; 4] = ["btf", "fentry", "tracepoint", "kprobe"];
-
 /// Hooks besides the one `auto` picks (the first that attaches) that attach on this kernel,
 /// found by starting the built zkconn once with each forced.
 fn other_hooks(root: &Path) -> Vec<&'static str> {
     let zkconn = root.join("target/release/zkconn");
-    let attaching: Vec<&str> = AUTO_ORDER
+    let attaching: Vec<&str> = Hook::AUTO_ORDER
         .into_iter()
+        .map(Hook::name)
         .filter(|hook| {
             as_root(&zkconn)
                 .args(["snapshot", "--json", "--port", "1", "--hook", hook])
@@ -563,6 +568,8 @@ fn integration_tests(
 
 mod apt;
 mod dist;
+#[cfg(test)]
+mod imports;
 mod vm;
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ use std::{
 };
 
 use anyhow::{Context as _, anyhow, bail};
+use zkconn_common::hooks::{Hook, UNAVAILABLE};
 
 use crate::{
     as_root, check,
@@ -144,7 +145,13 @@ const MODES: &[Mode] = &[
 ];
 
 /// Every hook, in the order the check runs them; `auto` first shows what zkconn picks.
-const HOOKS: &[&str] = &["auto", "btf", "fentry", "tracepoint", "kprobe"];
+const HOOKS: &[&str] = &[
+    "auto",
+    Hook::AUTO_ORDER[0].name(),
+    Hook::AUTO_ORDER[1].name(),
+    Hook::AUTO_ORDER[2].name(),
+    Hook::AUTO_ORDER[3].name(),
+];
 
 /// A guest that has not powered off by then has hung.
 const GUEST_TIMEOUT: Duration = Duration::from_secs(900);
@@ -783,9 +790,7 @@ fn unquote(q: &str) -> String {
 
 /// A refusal without zkconn's framing around the kernel's reason.
 fn short_reason(detail: &str) -> String {
-    let reason = detail
-        .split_once("is not available on this kernel: ")
-        .map_or(detail, |(_, r)| r);
+    let reason = detail.split_once(UNAVAILABLE).map_or(detail, |(_, r)| r);
     reason
         .trim_end_matches("; --hook auto picks one that is")
         .replace(

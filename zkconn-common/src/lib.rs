@@ -2,11 +2,15 @@
 //!
 //! Everything here crosses the kernel/user boundary through BPF maps, globals or the
 //! ring buffer, so every type is `#[repr(C)]`, `Copy`, carries its padding explicitly and
-//! has no `bool`. This crate must not grow logic: it is the contract, nothing else.
+//! has no `bool`. This crate must not grow logic: it is the contract, nothing else. Beside
+//! it, [`hooks`] names the hooks for userspace, xtask and the tests, which depend on this
+//! crate without building the eBPF object.
 //!
 //! Addresses are always 16 bytes: IPv4 is stored IPv4-mapped (`::ffff:a.b.c.d`), so one key
 //! type serves both families and a v4-mapped connect on an IPv6 socket matches its v4 target.
 #![no_std]
+
+pub mod hooks;
 
 /// Length of a task's `comm` in the kernel (`TASK_COMM_LEN`).
 pub const COMM_LEN: usize = 16;

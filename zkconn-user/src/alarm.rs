@@ -7,31 +7,10 @@
 
 use std::collections::HashMap;
 
-use serde::Serialize;
-
-use crate::model::ServerRow;
+use crate::{model::ServerRow, verdict::Alarm};
 
 /// A server counts as refusing for this long after its last refusal.
 pub const REFUSING_SECS: f64 = 60.0;
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Alarm {
-    #[default]
-    Ok,
-    Warning,
-    Critical,
-}
-
-impl Alarm {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Ok => "OK",
-            Self::Warning => "WARNING",
-            Self::Critical => "CRITICAL",
-        }
-    }
-}
 
 /// Usage thresholds, as fractions of the limit.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -6,8 +6,8 @@
 use std::fmt::Write as _;
 
 use crate::{
-    alarm::Alarm,
     model::{ServerRow, Snapshot},
+    verdict::Alarm,
 };
 
 /// Plugin exit codes.

@@ -122,7 +122,7 @@ pub async fn run(args: DaemonArgs, setup: Setup) -> anyhow::Result<()> {
         Some(path) => Some(Ndjson::open(path, u64::from(args.ndjson_max_mib) << 20)?),
         None => None,
     };
-    let mut watch = setup.start(&args.watch.probe)?;
+    let mut watch = Watch::start(setup, &args.watch.probe)?;
     let mut stop = Stop::install()?;
     let sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
 

@@ -11,9 +11,10 @@ use std::collections::{HashMap, VecDeque};
 use zkconn_common::OwnerKey;
 
 use crate::{
-    alarm::{self, Alarm, Thresholds},
-    model::{ProcessRow, Rates, Rows, Suspect, SuspectKind, Totals},
+    alarm::{self, Thresholds},
+    model::{ProcessRow, Rows, Suspect, Totals},
     trend::{Evidence, SUSPECT_MIN_SCORE, Sample, Series, Trend},
+    verdict::{Alarm, Rates, SuspectKind},
 };
 
 /// A roll-up is listed beside its processes only when it scores this much more than its
@@ -165,7 +166,7 @@ impl History {
                 let t = self.trend(&subject, now, window);
                 let refusing = self.trend(&subject, now, refusing_window).rejected > 0;
                 ServerJudgement {
-                    rates: Rates::of(&t),
+                    rates: t.rates(),
                     time_to_limit_secs: t.time_to_limit(s.headroom),
                     refusing,
                     alarm: thresholds.evaluate(s.usage, refusing),
@@ -179,7 +180,7 @@ impl History {
         let mut processes = Vec::with_capacity(rows.processes.len());
         for p in &rows.processes {
             let t = self.trend(&Subject::Process(p.key), now, window);
-            let rates = Rates::of(&t);
+            let rates = t.rates();
             processes.push(rates);
             let evidence = Evidence {
                 trend: t,
@@ -210,7 +211,7 @@ impl History {
 
         let mut roll_up = |subject: Subject, totals: &Totals, suspect: Suspect| -> Rates {
             let t = self.trend(&subject, now, window);
-            let rates = Rates::of(&t);
+            let rates = t.rates();
             let evidence = Evidence {
                 trend: t,
                 close_wait_held: totals.age.close_wait_held,
@@ -372,9 +373,9 @@ impl Judged {
 mod tests {
     use super::*;
     use crate::{
-        alarm::Alarm,
         attribution::Attribution,
         model::{self, ProcessRow, ServerRow},
+        verdict::Alarm,
     };
 
     /// Rows of `processes` (with roll-ups) and one server summing them, limit 60.

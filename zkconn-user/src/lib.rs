@@ -11,6 +11,8 @@ pub mod alarm;
 pub mod attribution;
 pub mod check;
 pub mod cli;
+pub mod clock;
+pub mod config_file;
 pub mod daemon;
 pub mod driver;
 pub mod engine;
@@ -35,6 +37,7 @@ pub mod targets;
 pub mod trend;
 pub mod tui;
 pub mod users;
+pub mod verdict;
 pub mod web;
 
 pub use setup::Setup;

@@ -115,7 +115,7 @@ fn run(cli: Cli, logs: tui::LogBuffer) -> anyhow::Result<()> {
             let setup = Setup::new(&args.watch)?;
             tui::require_terminal()?;
             runtime()?.block_on(async {
-                let watch = setup.start(&args.watch.probe)?;
+                let watch = Watch::start(setup, &args.watch.probe)?;
                 tui::run(watch, args.interval, logs).await
             })
         }
@@ -180,7 +180,7 @@ fn run_check(args: CheckArgs) -> anyhow::Result<u8> {
     });
     let setup = Setup::new(&args.watch)?;
     let snap = runtime()?.block_on(async {
-        let mut watch = setup.start(&args.watch.probe)?;
+        let mut watch = Watch::start(setup, &args.watch.probe)?;
         observe(&mut watch, args.duration).await
     })?;
     let (status, line) = check::verdict(&snap);
@@ -207,7 +207,7 @@ async fn observe(watch: &mut Watch, duration: std::time::Duration) -> anyhow::Re
 }
 
 async fn snapshot(args: SnapshotArgs, setup: Setup) -> anyhow::Result<()> {
-    let mut watch = setup.start(&args.watch.probe)?;
+    let mut watch = Watch::start(setup, &args.watch.probe)?;
     let snap = observe(&mut watch, args.duration).await?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();

@@ -366,8 +366,8 @@ fn gauge(v: u64) -> i64 {
 mod tests {
     use super::*;
     use crate::{
-        alarm::Alarm,
         model::{ProcessRow, Rows, ServerRow},
+        verdict::Alarm,
     };
 
     fn snap(processes: usize) -> Snapshot {

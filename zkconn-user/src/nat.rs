@@ -26,10 +26,12 @@ use netlink_packet_netfilter::{
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 use rustc_hash::{FxHashMap, FxHashSet};
-use serde::Serialize;
 use zkconn_common::Tuple as ConnTuple;
 
-use crate::targets::{ip_from_bytes, ip_to_bytes};
+use crate::{
+    model::NatHealth,
+    targets::{ip_from_bytes, ip_to_bytes},
+};
 
 /// At most this many questions per sample; the rest wait for the next one (a burst of new
 /// connections must not stall a sample).
@@ -37,21 +39,6 @@ pub const LOOKUPS_PER_SAMPLE: usize = 4096;
 
 /// How long one answer may take before the question counts as failed.
 const ANSWER_TIMEOUT: Duration = Duration::from_millis(200);
-
-/// What the outputs say about NAT.
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
-pub struct NatHealth {
-    /// Whether the host's connection tracking table could be asked.
-    pub available: bool,
-    /// Why not, when it could not (`--nat off`, no permission, no conntrack).
-    pub reason: Option<String>,
-    /// Open connections whose server sees another source address than their own.
-    pub translated: u64,
-    /// Questions asked since start.
-    pub lookups: u64,
-    /// Questions that failed (other than "no entry": a connection the host does not track).
-    pub errors: u64,
-}
 
 /// One answer: the source address the server sees, when it is not the connection's own.
 type Answer = Option<[u8; 16]>;

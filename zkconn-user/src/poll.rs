@@ -15,9 +15,10 @@ use std::collections::{HashMap, HashSet};
 use zkconn_common::{Conn, Counters, Owner, OwnerKey, ServerKey, Tuple, conn_flags};
 
 use crate::{
+    clock::now_boot_ns,
     probe::KernelState,
     procfs::{CgroupPaths, Procfs},
-    seed::{now_boot_ns, owner_record, tuple_of},
+    seed::{owner_record, tuple_of},
     sockdiag::{Tables, is_live_state},
     targets::Targets,
 };

@@ -133,31 +133,6 @@ pub fn owner_record(info: &ProcInfo, cgroups: &CgroupPaths) -> Owner {
     }
 }
 
-/// Set when the kernel programs read CLOCK_MONOTONIC (`--fallback monotonic-clock`, or a
-/// kernel before 5.8): userspace then reads the same clock.
-static MONOTONIC: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-pub fn use_monotonic_clock() {
-    MONOTONIC.store(true, std::sync::atomic::Ordering::Relaxed);
-}
-
-/// Now on the clock the kernel programs stamp times with: the boot clock, or the monotonic
-/// one where the kernel has no `bpf_ktime_get_boot_ns`.
-pub fn now_boot_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    let clock = if MONOTONIC.load(std::sync::atomic::Ordering::Relaxed) {
-        libc::CLOCK_MONOTONIC
-    } else {
-        libc::CLOCK_BOOTTIME
-    };
-    // SAFETY: `ts` is a valid, writable timespec.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
-    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
-}
-
 /// The connections the kernel tracks from their own connect, to tell them from the ones that
 /// predate it.
 ///
@@ -310,7 +285,7 @@ pub fn insert_seeds(
     }
 
     let mut owners: HashMap<u32, (OwnerKey, u64, u32)> = HashMap::new();
-    let now = now_boot_ns();
+    let now = crate::clock::now_boot_ns();
     for socket in sockets {
         let tuple = tuple_of(socket);
         let holder = holders.get(&socket.inode).map(|&(_, pid)| pid);

@@ -26,10 +26,13 @@ use crate::{
     },
     cli::{NatChoice, ProbeArgs},
     engine::{self, Learnt, Orders, Reading, Refusal},
-    model::{self, LostDetail, OverflowDetail, RepairHealth, SeedHealth, SourceHealth},
+    model::{
+        self, FallbackInUse, Kept, LostDetail, OverflowDetail, RepairHealth, SeedHealth,
+        SourceHealth,
+    },
     nat::Nat,
     poll::Poller,
-    probe::{Capacities, Hook, HookChoice, KernelState, Probe, caps::Kept},
+    probe::{Capacities, Hook, HookChoice, KernelState, Probe},
     procfs::{CgroupPaths, Procfs},
     reconcile::Reconciler,
     seed::{self, SeedReport},
@@ -410,7 +413,7 @@ impl Source {
             event_kind::REFUSED => {
                 let server = model::endpoint(event.server.daddr, event.server.dport);
                 // When it happened, not when it was read (refusals do not wake userspace).
-                let late = seed::now_boot_ns().saturating_sub(event.ts_ns) as f64 / 1e9;
+                let late = crate::clock::now_boot_ns().saturating_sub(event.ts_ns) as f64 / 1e9;
                 let at = (self.now() - late).max(0.0);
                 self.refused.push(Refusal {
                     owner: event.owner,
@@ -596,7 +599,7 @@ impl Source {
                 (state, false)
             }
         };
-        let now_ns = seed::now_boot_ns();
+        let now_ns = crate::clock::now_boot_ns();
         let referenced = self.learn_referenced(&state);
         let alive = self.liveness(&state, exit_events, &referenced);
         let cgroups_removed = self.cgroups_removed(&state);
@@ -841,7 +844,14 @@ impl Source {
             unreadable: self.unreadable + self.seeds.unreadable,
             capabilities: self.kept.clone(),
             fallbacks: match &self.feed {
-                Feed::Kernel { probe, .. } => probe.fallbacks.clone(),
+                Feed::Kernel { probe, .. } => probe
+                    .fallbacks
+                    .iter()
+                    .map(|f| FallbackInUse {
+                        fallback: f.fallback.name(),
+                        reason: f.reason,
+                    })
+                    .collect(),
                 Feed::Poll(..) => Vec::new(),
             },
             limitations: self.limitations(),

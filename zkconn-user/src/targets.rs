@@ -162,7 +162,7 @@ pub struct ZooCfg {
 
 /// A zoo.cfg's bytes (1 MiB at most, a regular file).
 fn read_cfg(path: &Path) -> Result<Vec<u8>, TargetError> {
-    crate::setup::read_config_bytes(path, 1 << 20).map_err(|e| TargetError::ZooCfgRead {
+    crate::config_file::read_config_bytes(path, 1 << 20).map_err(|e| TargetError::ZooCfgRead {
         path: path.display().to_string(),
         reason: e.to_string(),
     })

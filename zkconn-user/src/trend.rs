@@ -8,6 +8,8 @@
 
 use std::collections::VecDeque;
 
+use crate::verdict::Rates;
+
 /// The window is cut into this many slices to tell sustained growth from a burst.
 pub const SLICES: usize = 8;
 /// Points kept per series; beyond it every other inner point is dropped (resolution
@@ -125,6 +127,15 @@ pub struct Trend {
 }
 
 impl Trend {
+    /// Its rates, as rows show them.
+    pub fn rates(&self) -> Rates {
+        Rates {
+            growth_per_min: self.growth_per_min(),
+            opened_per_min: self.opened_per_min(),
+            closed_per_min: self.closed_per_min(),
+        }
+    }
+
     fn per_min(&self, n: f64) -> f64 {
         if self.window_secs < 1.0 {
             0.0
@@ -190,14 +201,12 @@ pub fn sustained_growth(net: i64, slices: &[i64]) -> f64 {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Evidence {
     pub trend: Trend,
-    /// CLOSE_WAIT sockets held longer than [`CLOSE_WAIT_GRACE_SECS`].
+    /// CLOSE_WAIT sockets held longer than [`crate::verdict::CLOSE_WAIT_GRACE_SECS`].
     pub close_wait_held: u64,
     /// Refusals in the window by server (from the kernel's refusal events), most first.
     pub refused_by: Vec<(String, u64)>,
 }
 
-/// A CLOSE_WAIT socket older than this is held by an application that missed the close.
-pub const CLOSE_WAIT_GRACE_SECS: f64 = 2.0;
 /// Owners scoring at least this are listed as suspects.
 pub const SUSPECT_MIN_SCORE: f64 = 2.0;
 /// Points for having been refused in the window, however often: enough to be listed, less

@@ -243,7 +243,7 @@ fn stamp(path: &Path) -> Option<Stamp> {
 
 /// Reads a file named by the web configuration: a regular file, at most [`MAX_FILE`].
 fn read_named(path: &Path, key: &str) -> anyhow::Result<Vec<u8>> {
-    crate::setup::read_config_bytes(path, MAX_FILE)
+    crate::config_file::read_config_bytes(path, MAX_FILE)
         .with_context(|| format!("{key} {}", path.display()))
 }
 
@@ -253,7 +253,7 @@ impl WebConfig {
         // Each file's stamp is taken before it is read: a write that lands in between is
         // seen as a change at the next connection, never missed.
         let mut watched = vec![(path.to_owned(), stamp(path))];
-        let text = crate::setup::read_config_bytes(path, MAX_FILE)?;
+        let text = crate::config_file::read_config_bytes(path, MAX_FILE)?;
         let file: File = if text.iter().all(u8::is_ascii_whitespace) {
             File::default()
         } else {

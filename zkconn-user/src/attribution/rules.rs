@@ -116,7 +116,7 @@ pub const MAX_RULES: usize = 1_000;
 impl Rules {
     /// Reads and validates a rules file.
     pub fn read(path: &Path) -> anyhow::Result<Self> {
-        let text = crate::setup::read_config(path, 4 << 20)
+        let text = crate::config_file::read_config(path, 4 << 20)
             .map_err(|e| anyhow::anyhow!("cannot read the rules file {}: {e}", path.display()))?;
         Self::parse(&text).map_err(|e| {
             anyhow::anyhow!(

@@ -4,7 +4,10 @@
 use zkconn_common::{Counters, ServerKey, tcp_state};
 
 use super::*;
-use crate::{alarm::Alarm, model::SuspectKind, targets::ip_to_bytes};
+use crate::{
+    targets::ip_to_bytes,
+    verdict::{Alarm, SuspectKind},
+};
 
 const SERVER: &str = "10.0.0.9:2181";
 const YARN_CGROUP: &str = "/hadoop-yarn/container_e17_1410901177871_0001_01_000005";

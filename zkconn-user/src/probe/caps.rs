@@ -10,6 +10,8 @@ use std::io;
 
 use anyhow::{Context as _, bail};
 
+use crate::model::Kept;
+
 pub const CAP_DAC_READ_SEARCH: u32 = 2;
 pub const CAP_NET_ADMIN: u32 = 12;
 pub const CAP_SYS_PTRACE: u32 = 19;
@@ -96,17 +98,6 @@ fn set(effective: u64, permitted: u64) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
-}
-
-/// What zkconn kept after attach, and why.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Kept {
-    /// The capabilities kept (effective = permitted), by name.
-    pub kept: Vec<String>,
-    /// Why a BPF capability was kept: this kernel refuses map access without it.
-    pub why: Option<String>,
-    #[serde(skip)]
-    pub mask: u64,
 }
 
 /// Once the programs are loaded, attached and seeded: drops every capability but

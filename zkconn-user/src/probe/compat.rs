@@ -65,13 +65,20 @@ impl Fallback {
     ];
 }
 
-impl std::fmt::Display for Fallback {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+impl Fallback {
+    /// Its `--fallback` name.
+    pub fn name(self) -> &'static str {
+        match self {
             Fallback::MonotonicClock => "monotonic-clock",
             Fallback::ProbeRead => "probe-read",
             Fallback::PerfBuffer => "perf-buffer",
-        })
+        }
+    }
+}
+
+impl std::fmt::Display for Fallback {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 

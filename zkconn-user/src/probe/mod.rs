@@ -16,7 +16,6 @@ pub mod tracefs;
 
 use std::{
     collections::HashMap as StdHashMap,
-    fmt,
     os::fd::{AsFd as _, AsRawFd as _},
 };
 
@@ -54,61 +53,24 @@ pub enum HookChoice {
     Poll,
 }
 
-/// The hook in use, as named in every output.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Hook {
-    Btf,
-    Fentry,
-    Tracepoint,
-    Kprobe,
-    Poll,
-}
+use zkconn_common::hooks::UNAVAILABLE;
+pub use zkconn_common::hooks::{Hook, RefusalDetection};
 
-impl Hook {
-    /// The order `auto` tries: stable tracepoints before functions the compiler could
-    /// inline away, and within each the one that fills no trace record first.
-    pub const AUTO_ORDER: [Hook; 4] = [Hook::Btf, Hook::Fentry, Hook::Tracepoint, Hook::Kprobe];
-
-    /// What it attaches to, for messages.
-    pub fn describe(self) -> &'static str {
-        match self {
-            Hook::Btf => "the BTF tracepoint on inet_sock_set_state",
-            Hook::Fentry => "fentry on tcp_connect and tcp_set_state",
-            Hook::Tracepoint => "the classic tracepoint sock:inet_sock_set_state",
-            Hook::Kprobe => "kprobes on tcp_connect and tcp_set_state",
-            Hook::Poll => "samples of the kernel's socket tables over sock_diag",
-        }
-    }
-
-    /// Its programs, in attach order (the connect point before the state changes, so no
-    /// connection is seen leaving CLOSE without its connect).
-    fn programs(self) -> &'static [&'static str] {
-        match self {
-            Hook::Btf => &[program_names::STATE_BTF],
-            Hook::Fentry => &[
-                program_names::CONNECT_FENTRY,
-                program_names::SET_STATE_FENTRY,
-            ],
-            Hook::Tracepoint => &[program_names::STATE_TP],
-            Hook::Kprobe => &[
-                program_names::CONNECT_KPROBE,
-                program_names::SET_STATE_KPROBE,
-            ],
-            Hook::Poll => &[],
-        }
-    }
-}
-
-impl fmt::Display for Hook {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Hook::Btf => "btf",
-            Hook::Fentry => "fentry",
-            Hook::Tracepoint => "tracepoint",
-            Hook::Kprobe => "kprobe",
-            Hook::Poll => "poll",
-        })
+/// Its programs, in attach order (the connect point before the state changes, so no
+/// connection is seen leaving CLOSE without its connect).
+fn programs(hook: Hook) -> &'static [&'static str] {
+    match hook {
+        Hook::Btf => &[program_names::STATE_BTF],
+        Hook::Fentry => &[
+            program_names::CONNECT_FENTRY,
+            program_names::SET_STATE_FENTRY,
+        ],
+        Hook::Tracepoint => &[program_names::STATE_TP],
+        Hook::Kprobe => &[
+            program_names::CONNECT_KPROBE,
+            program_names::SET_STATE_KPROBE,
+        ],
+        Hook::Poll => &[],
     }
 }
 
@@ -142,17 +104,6 @@ pub struct KernelState {
 pub struct TrackedRows {
     pub conns: Vec<(u64, Conn)>,
     pub seeds: Vec<Conn>,
-}
-
-/// How the kernel recognises a server's refusal (see `is_refusal` in zkconn-ebpf).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RefusalDetection {
-    /// Peer close with no byte received (`tcp_sock.bytes_received` via BTF), within the
-    /// window, or later when the client had sent its request (`tcp_sock.bytes_sent`).
-    NoBytesReceived,
-    /// No BTF: a reset within the window (ZooKeeper's NIO listener resets; Netty does not).
-    ResetOnly,
 }
 
 /// A peer close this soon after ESTABLISHED, with nothing received, is a refusal even when
@@ -199,7 +150,7 @@ impl Probe {
             );
         }
         if replaced.contains(&compat::Fallback::MonotonicClock) {
-            crate::seed::use_monotonic_clock();
+            crate::clock::use_monotonic_clock();
         }
         // SAFETY: `object` owns at least OBJECT.len() initialised bytes, 8-byte aligned.
         let object_bytes =
@@ -417,8 +368,7 @@ impl Probe {
                     self.unload(hook);
                     if choice != HookChoice::Auto {
                         return Err(anyhow!(
-                            "--hook {hook} ({}) is not available on this kernel: {e:#}; \
-                             --hook auto picks one that is",
+                            "--hook {hook} ({}){UNAVAILABLE}{e:#}; --hook auto picks one that is",
                             hook.describe()
                         ));
                     }
@@ -461,7 +411,7 @@ impl Probe {
 
     /// Detaches and unloads whatever part of `hook` got loaded.
     fn unload(&mut self, hook: Hook) {
-        for name in hook.programs() {
+        for name in programs(hook) {
             self.unload_program(name);
         }
     }
@@ -1148,7 +1098,7 @@ mod tests {
             let choice = HookChoice::from_str(&name, false).expect("a --hook value");
             assert_ne!(choice, HookChoice::Auto);
             assert!(!seen.contains(&name), "{name} twice");
-            assert!(!hook.programs().is_empty());
+            assert!(!programs(hook).is_empty());
             seen.push(name);
         }
         // Every forced choice is in the order `auto` tries.

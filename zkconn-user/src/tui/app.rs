@@ -7,7 +7,8 @@ use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
 use crate::{
     attribution::hierarchy::Hierarchy,
-    model::{ConnectionRow, Snapshot, SuspectKind},
+    model::{ConnectionRow, Snapshot},
+    verdict::SuspectKind,
 };
 
 /// Points kept per owner for its sparkline (one per refresh).

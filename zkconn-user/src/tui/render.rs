@@ -10,9 +10,9 @@ use ratatui::{
 
 use super::app::{App, Column, OwnerLine};
 use crate::{
-    alarm::Alarm,
     model::ServerRow,
     trend::{human_secs, human_time_to_limit},
+    verdict::Alarm,
 };
 
 const WARN: Style = Style::new().fg(Color::Yellow).add_modifier(Modifier::BOLD);

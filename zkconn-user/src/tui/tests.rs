@@ -13,12 +13,11 @@ use super::{
     render,
 };
 use crate::{
-    alarm::{Alarm, Thresholds},
+    alarm::Thresholds,
     attribution::{Attribution, Kind},
-    model::{
-        self, Age, ConnectionRow, ProcessRow, Rates, Rows, ServerOpen, ServerRow, Snapshot,
-        Suspect, SuspectKind,
-    },
+    model::{self, Age, ConnectionRow, ProcessRow, Rows, ServerOpen, ServerRow, Snapshot, Suspect},
+    verdict::Alarm,
+    verdict::{Rates, SuspectKind},
 };
 
 const C1: &str = "container_e17_1700000000000_0042_01_000002";

@@ -1,0 +1,540 @@
+//! The snapshot document (`zkconn.snapshot/v1`): its types here and in [`health`], the
+//! rows computed from kernel state in [`build`], the roll-ups in [`rollup`].
+//!
+//! Owns: the document and turning raw kernel state plus what userspace learnt about each
+//! owner into rows per server, process and cgroup. Pure: no I/O, so every rule is
+//! unit-tested here. Must not: read `/proc` or maps (the engine passes everything in), nor
+//! import the loader or the judges (their vocabulary is in [`crate::verdict`] and
+//! [`zkconn_common::hooks`]).
+
+mod build;
+pub mod health;
+mod rollup;
+#[cfg(test)]
+mod tests;
+
+use serde::Serialize;
+use zkconn_common::{Conn, OwnerKey, conn_flags, tcp_state};
+
+pub use self::{
+    build::{Inputs, Translations, build, connections, endpoint},
+    health::*,
+    rollup::roll_up,
+};
+use crate::{
+    attribution::{
+        Attribution, Kind,
+        hierarchy::{Grouping, Hierarchy, V1Cgroup},
+    },
+    limits::LimitInfo,
+    verdict::{Alarm, Rates, SuspectKind},
+};
+
+pub const SCHEMA: &str = "zkconn.snapshot/v1";
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Snapshot {
+    pub schema: &'static str,
+    pub host: String,
+    /// RFC 3339, UTC.
+    pub time: String,
+    /// How long the hooks observed before this snapshot, in seconds.
+    pub observed_secs: f64,
+    pub probe: ProbeHealth,
+    /// What is watched: `ip:port` endpoints and `*:port` ports.
+    pub targets: Vec<String>,
+    /// The `maxClientCnxns` assumed for servers without a `--limit` of their own.
+    pub max_client_cnxns: LimitInfo,
+    /// Usage thresholds of the server alarm, in percent.
+    pub alarm_thresholds: AlarmThresholds,
+    /// The window growth, rates and suspects are computed over: `--window`, or less when
+    /// zkconn has not observed that long yet.
+    pub trend_window_secs: f64,
+    /// The hierarchy this host's cgroup rows are keyed by, chosen at start: `v2`, or a v1
+    /// hierarchy (`v1:cpu`, else `v1:name=systemd`) when no process sits below the cgroup2
+    /// root. A single row can still differ ([`CgroupRow::hierarchy`]).
+    pub cgroups_hierarchy: Hierarchy,
+    #[serde(flatten)]
+    pub rows: Rows,
+}
+
+/// Every table of the document.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Rows {
+    pub servers: Vec<ServerRow>,
+    pub processes: Vec<ProcessRow>,
+    pub cgroups: Vec<CgroupRow>,
+    /// One row per YARN container that held or opened a connection.
+    pub containers: Vec<ContainerRow>,
+    /// One row per YARN application, summed over its containers.
+    pub applications: Vec<ApplicationRow>,
+    /// One row per service label.
+    pub services: Vec<ServiceRow>,
+    /// Leak suspects and refused owners, highest score first (docs/suspects.md).
+    pub suspects: Vec<Suspect>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct AlarmThresholds {
+    pub warn_percent: f64,
+    pub crit_percent: f64,
+}
+
+/// An owner that grows, holds CLOSE_WAIT sockets or is being refused.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Suspect {
+    pub subject: SuspectKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub application: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    pub label: String,
+    /// One sentence per finding.
+    pub reason: String,
+    pub score: f64,
+    pub open: u64,
+    pub growth_per_min: f64,
+    /// Refusals in the trend window.
+    pub rejected: u64,
+    /// CLOSE_WAIT sockets held longer than 2 s.
+    pub close_wait_held: u64,
+}
+
+/// Current connections by state; `open` = connecting + established.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct StateCounts {
+    pub open: u64,
+    pub connecting: u64,
+    pub established: u64,
+    /// The server closed, the application has not: a leak signal.
+    pub close_wait: u64,
+    /// The application closed; the socket has not reached TCP_CLOSE yet.
+    pub closing: u64,
+}
+
+impl StateCounts {
+    fn add(&mut self, state: u8) {
+        match state {
+            tcp_state::SYN_SENT => {
+                self.connecting += 1;
+                self.open += 1;
+            }
+            tcp_state::ESTABLISHED => {
+                self.established += 1;
+                self.open += 1;
+            }
+            tcp_state::CLOSE_WAIT => self.close_wait += 1,
+            _ => self.closing += 1,
+        }
+    }
+
+    fn merge(&mut self, other: &Self) {
+        self.open += other.open;
+        self.connecting += other.connecting;
+        self.established += other.established;
+        self.close_wait += other.close_wait;
+        self.closing += other.closing;
+    }
+}
+
+/// One (ZooKeeper endpoint, local IP): the unit `maxClientCnxns` counts.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ServerRow {
+    pub server: String,
+    /// The client address as the server sees it (after NAT), which is what it counts.
+    pub local_ip: String,
+    /// Source addresses of this host's connections that NAT translates into `local_ip`
+    /// (a container's own address, masqueraded), sorted; empty without NAT.
+    pub translated_from: Vec<String>,
+    #[serde(flatten)]
+    pub states: StateCounts,
+    pub opened: u64,
+    pub closed: u64,
+    pub failed: u64,
+    /// Connections this server refused (also in `closed`).
+    pub rejected: u64,
+    /// `maxClientCnxns` for this server; 0 is unlimited.
+    pub limit: u32,
+    /// `open / limit`; `null` when unlimited.
+    pub usage: Option<f64>,
+    /// `limit - open`; `null` when unlimited.
+    pub headroom: Option<i64>,
+    #[serde(flatten)]
+    pub rates: Rates,
+    /// Seconds until `headroom` is used up at the sustained growth of the window; `null`
+    /// when not growing or unlimited, 0 at or over the limit while growing.
+    pub time_to_limit_secs: Option<f64>,
+    /// The server refused a connection of this host within the last minute.
+    pub refusing: bool,
+    pub alarm: Alarm,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ServerOpen {
+    pub server: String,
+    pub open: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ProcessRow {
+    #[serde(skip)]
+    pub key: OwnerKey,
+    pub pid: u32,
+    pub comm: String,
+    #[serde(flatten)]
+    pub who: Attribution,
+    pub cmdline: Option<String>,
+    pub uid: Option<u32>,
+    /// The user name of `uid`, when a name service knows it.
+    pub user: Option<String>,
+    pub cgroup: Option<String>,
+    pub cgroup_id: u64,
+    /// Its cgroup in the v1 `cpu` hierarchy (else systemd's), when the host has v1
+    /// hierarchies.
+    pub cgroup_v1: Option<String>,
+    /// The hierarchy of the cgroup row it counts in.
+    pub cgroup_hierarchy: Hierarchy,
+    pub alive: bool,
+    #[serde(flatten)]
+    pub states: StateCounts,
+    pub opened: u64,
+    pub closed: u64,
+    pub failed: u64,
+    /// Times a connection of this process entered CLOSE_WAIT.
+    pub close_wait_total: u64,
+    /// Of its connections, how many a server refused.
+    pub rejected: u64,
+    /// Connections that existed before zkconn started (age: at least since start).
+    pub seeded: u64,
+    #[serde(flatten)]
+    pub age: Age,
+    #[serde(flatten)]
+    pub rates: Rates,
+    pub servers: Vec<ServerOpen>,
+    /// Set only when this process (the connector) has exited while some of its
+    /// connections are still open: who holds them now (a forked child, or a process it
+    /// passed them to over a Unix socket), found through `/proc/PID/fd`.
+    pub held_by: Vec<Holder>,
+}
+
+/// A process that holds open connections it did not make.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Holder {
+    pub pid: u32,
+    pub comm: String,
+    /// How many of the connector's open connections it holds (shared descriptors count
+    /// for every holder).
+    pub connections: u64,
+}
+
+#[cfg(test)]
+use crate::limits::{self, Limits};
+
+#[cfg(test)]
+impl Snapshot {
+    /// A snapshot of `rows` on host `h` after 2 s, limit 60, thresholds 80/95.
+    pub fn for_test(rows: Rows) -> Self {
+        Self {
+            schema: SCHEMA,
+            host: "h".into(),
+            time: String::new(),
+            observed_secs: 2.0,
+            probe: ProbeHealth {
+                hook: Some(zkconn_common::hooks::Hook::Tracepoint),
+                ..ProbeHealth::default()
+            },
+            targets: vec!["*:2181".into()],
+            max_client_cnxns: Limits::default().info(),
+            alarm_thresholds: AlarmThresholds {
+                warn_percent: 80.0,
+                crit_percent: 95.0,
+            },
+            trend_window_secs: 2.0,
+            cgroups_hierarchy: Hierarchy::V2,
+            rows,
+        }
+    }
+}
+
+#[cfg(test)]
+impl ServerRow {
+    /// `server` seen from `local_ip` with `open` connections of `limit`.
+    pub fn for_test(server: &str, local_ip: &str, open: u64, limit: u32) -> Self {
+        Self {
+            server: server.into(),
+            local_ip: local_ip.into(),
+            states: StateCounts {
+                open,
+                ..StateCounts::default()
+            },
+            limit,
+            usage: limits::usage(open, limit),
+            headroom: limits::headroom(open, limit),
+            ..Self::default()
+        }
+    }
+}
+
+#[cfg(test)]
+impl ProcessRow {
+    /// A live process `pid` with no connections, labelled `p{pid}`.
+    pub fn for_test(pid: u32) -> Self {
+        let label = format!("p{pid}");
+        Self {
+            key: OwnerKey {
+                tgid: pid,
+                _pad: 0,
+                birth_ns: 1,
+            },
+            pid,
+            comm: label.clone(),
+            who: Attribution {
+                service: label.clone(),
+                label,
+                ..Attribution::default()
+            },
+            cmdline: None,
+            uid: None,
+            user: None,
+            cgroup: None,
+            cgroup_id: 0,
+            cgroup_v1: None,
+            cgroup_hierarchy: Hierarchy::V2,
+            alive: true,
+            states: StateCounts::default(),
+            opened: 0,
+            closed: 0,
+            failed: 0,
+            close_wait_total: 0,
+            rejected: 0,
+            seeded: 0,
+            age: Age::default(),
+            rates: Rates::default(),
+            servers: Vec::new(),
+            held_by: Vec::new(),
+        }
+    }
+}
+
+/// How long connections have been held.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Age {
+    /// Age of the oldest open connection in seconds; `null` with none open.
+    pub oldest_secs: Option<f64>,
+    /// The oldest existed before zkconn started: its age is at least `oldest_secs`.
+    pub oldest_seeded: bool,
+    /// CLOSE_WAIT sockets held longer than 2 s: the server closed, the application did not.
+    pub close_wait_held: u64,
+}
+
+impl Age {
+    fn add_conn(&mut self, c: &Conn, now_ns: u64) {
+        match c.state {
+            tcp_state::SYN_SENT | tcp_state::ESTABLISHED => {
+                let secs = round1(now_ns.saturating_sub(c.opened_ns) as f64 / 1e9);
+                let seeded = c.flags & conn_flags::SEEDED != 0;
+                if self.oldest_secs.is_none_or(|o| secs > o) {
+                    self.oldest_secs = Some(secs);
+                    self.oldest_seeded = seeded;
+                }
+            }
+            tcp_state::CLOSE_WAIT => {
+                let held = now_ns.saturating_sub(c.changed_ns) as f64 / 1e9;
+                if held >= crate::verdict::CLOSE_WAIT_GRACE_SECS {
+                    self.close_wait_held += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn merge(&mut self, other: &Self) {
+        if let Some(o) = other.oldest_secs
+            && self.oldest_secs.is_none_or(|s| o > s)
+        {
+            self.oldest_secs = Some(o);
+            self.oldest_seeded = other.oldest_seeded;
+        }
+        self.close_wait_held += other.close_wait_held;
+    }
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CgroupRow {
+    /// `v2`: keyed by the kernel's cgroup id; `v1:cpu` or `v1:name=systemd`: keyed by the
+    /// path in that hierarchy (see [`crate::attribution::hierarchy`]).
+    pub hierarchy: Hierarchy,
+    /// The path in `hierarchy`.
+    pub path: Option<String>,
+    /// The cgroup v2 id; 0 in a v1 row.
+    pub id: u64,
+    /// From the path alone: `yarn`, `kubernetes`, `docker`, `systemd`, else `process`.
+    pub kind: Kind,
+    /// The container id, pod, Docker container or unit; else the path.
+    pub label: String,
+    #[serde(flatten)]
+    pub states: StateCounts,
+    pub opened: u64,
+    pub closed: u64,
+    pub failed: u64,
+    pub pids: Vec<u32>,
+}
+
+/// Counters summed over the processes of a roll-up row.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Totals {
+    pub open: u64,
+    pub close_wait: u64,
+    pub opened: u64,
+    pub closed: u64,
+    pub failed: u64,
+    pub rejected: u64,
+    #[serde(flatten)]
+    pub age: Age,
+    #[serde(flatten)]
+    pub rates: Rates,
+}
+
+impl Totals {
+    /// One process's counters, as a roll-up of one.
+    pub fn of(p: &ProcessRow) -> Self {
+        let mut t = Self::default();
+        t.add(p);
+        t.rates = p.rates;
+        t
+    }
+
+    fn add(&mut self, p: &ProcessRow) {
+        self.open += p.states.open;
+        self.close_wait += p.states.close_wait;
+        self.opened += p.opened;
+        self.closed += p.closed;
+        self.failed += p.failed;
+        self.rejected += p.rejected;
+        self.age.merge(&p.age);
+    }
+
+    /// Another roll-up's counts (rates are not summed: they are the history's).
+    fn absorb(&mut self, t: &Totals) {
+        self.open += t.open;
+        self.close_wait += t.close_wait;
+        self.opened += t.opened;
+        self.closed += t.closed;
+        self.failed += t.failed;
+        self.rejected += t.rejected;
+        self.age.merge(&t.age);
+    }
+
+    fn add_retired(&mut self, r: &Retired) {
+        self.opened += r.opened;
+        self.closed += r.closed;
+        self.failed += r.failed;
+        self.rejected += r.rejected;
+    }
+}
+
+/// Processes that exited, hold nothing and were shown for the retention time: gone from the
+/// process rows and the kernel's tables, their counts kept for the container, application
+/// and service rows. One per attribution, however many processes it sums.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Retired {
+    pub who: Attribution,
+    pub opened: u64,
+    pub closed: u64,
+    pub failed: u64,
+    pub rejected: u64,
+    /// Processes summed here.
+    pub processes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ContainerRow {
+    pub container: String,
+    pub application: String,
+    #[serde(flatten)]
+    pub totals: Totals,
+    pub services: Vec<String>,
+    pub pids: Vec<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ApplicationRow {
+    pub application: String,
+    pub containers: Vec<String>,
+    #[serde(flatten)]
+    pub totals: Totals,
+    pub processes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ServiceRow {
+    pub service: String,
+    /// The kinds its processes run as (usually one).
+    pub kinds: Vec<Kind>,
+    #[serde(flatten)]
+    pub totals: Totals,
+    pub pids: Vec<u32>,
+}
+
+/// What userspace knows of one process, beyond the kernel's counters.
+#[derive(Clone, Debug, Default)]
+pub struct OwnerFacts {
+    /// The kernel's comm at first connect (or `/proc`'s, when it was read).
+    pub comm: String,
+    pub uid: Option<u32>,
+    pub user: Option<String>,
+    pub cgroup_id: u64,
+    /// The cgroup v2 path when the process was first seen (YARN removes a container's
+    /// cgroup when it ends).
+    pub cgroup_path: Option<String>,
+    /// Its v1 cgroup (`cpu`, else `name=systemd`) when first seen.
+    pub cgroup_v1: Option<V1Cgroup>,
+    /// Which cgroup row it counts in.
+    pub grouping: Grouping,
+    /// The redacted command line, when `/proc` could be read while the process lived.
+    pub cmdline: Option<String>,
+    pub who: Attribution,
+    pub alive: bool,
+}
+
+/// One live connection, for the drill-down of an owner.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConnectionRow {
+    pub owner: OwnerKey,
+    pub cgroup_id: u64,
+    pub server: String,
+    pub local_ip: String,
+    pub local_port: u16,
+    /// The source address the server sees, when NAT translates `local_ip`.
+    pub server_sees: Option<String>,
+    pub state: &'static str,
+    /// Seconds since connect (since seeding for a seeded one).
+    pub age_secs: f64,
+    /// Existed before zkconn started: its age is at least `age_secs`.
+    pub seeded: bool,
+}
+
+pub fn state_name(state: u8) -> &'static str {
+    match state {
+        tcp_state::ESTABLISHED => "ESTABLISHED",
+        tcp_state::SYN_SENT => "SYN_SENT",
+        tcp_state::SYN_RECV => "SYN_RECV",
+        tcp_state::FIN_WAIT1 => "FIN_WAIT1",
+        tcp_state::FIN_WAIT2 => "FIN_WAIT2",
+        tcp_state::TIME_WAIT => "TIME_WAIT",
+        tcp_state::CLOSE => "CLOSE",
+        tcp_state::CLOSE_WAIT => "CLOSE_WAIT",
+        tcp_state::LAST_ACK => "LAST_ACK",
+        tcp_state::LISTEN => "LISTEN",
+        tcp_state::CLOSING => "CLOSING",
+        _ => "UNKNOWN",
+    }
+}

@@ -1,0 +1,60 @@
+//! The vocabulary of judgement: what the judges (`alarm`, `history`) say of the rows the
+//! engine builds, as the document spells it.
+//!
+//! Owns: the types of alarms, rates and suspect kinds. Must not: judge anything, or depend
+//! on any other module of zkconn (the document model and the judges both import it).
+
+use serde::Serialize;
+
+/// A CLOSE_WAIT socket older than this is held by an application that missed the close.
+pub const CLOSE_WAIT_GRACE_SECS: f64 = 2.0;
+
+/// A server row's alarm.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Alarm {
+    #[default]
+    Ok,
+    Warning,
+    Critical,
+}
+
+impl Alarm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "OK",
+            Self::Warning => "WARNING",
+            Self::Critical => "CRITICAL",
+        }
+    }
+}
+
+/// Rates over the trend window.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Rates {
+    /// Net change of open connections per minute.
+    pub growth_per_min: f64,
+    pub opened_per_min: f64,
+    pub closed_per_min: f64,
+}
+
+/// What a suspect is: one process or a roll-up of several.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SuspectKind {
+    Process,
+    Container,
+    Application,
+    Service,
+}
+
+impl SuspectKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Process => "process",
+            Self::Container => "container",
+            Self::Application => "application",
+            Self::Service => "service",
+        }
+    }
+}

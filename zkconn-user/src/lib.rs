@@ -22,6 +22,7 @@ pub mod limits;
 pub mod metrics;
 pub mod model;
 pub mod nat;
+pub mod ndjson;
 pub mod output;
 pub mod poll;
 pub mod probe;

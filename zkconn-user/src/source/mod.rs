@@ -7,6 +7,8 @@
 //! Must not: judge or build rows (the engine does), nor decide on its own what to forget
 //! (it carries out the engine's [`Orders`]).
 
+mod health;
+
 use std::{
     collections::{HashMap, HashSet},
     io,
@@ -15,9 +17,7 @@ use std::{
 
 use anyhow::Context as _;
 use rustc_hash::{FxHashMap, FxHashSet};
-use zkconn_common::{
-    COMM_LEN, CgroupNames, Event, OwnerEvent, OwnerKey, Tuple, event_kind, probe_counter,
-};
+use zkconn_common::{COMM_LEN, CgroupNames, Event, OwnerEvent, OwnerKey, Tuple, event_kind};
 
 use crate::{
     attribution::{
@@ -26,10 +26,7 @@ use crate::{
     },
     cli::{NatChoice, ProbeArgs},
     engine::{self, Learnt, Orders, Reading, Refusal},
-    model::{
-        self, FallbackInUse, Kept, LostDetail, OverflowDetail, RepairHealth, SeedHealth,
-        SourceHealth,
-    },
+    model::{self, Kept},
     nat::Nat,
     poll::Poller,
     probe::{Capacities, Hook, HookChoice, KernelState, Probe},
@@ -143,30 +140,6 @@ struct KernelFacts {
 struct Incoming {
     event: Event,
     cgroups: Option<(Option<String>, Option<String>)>,
-}
-
-/// Why connections that predate zkconn have no owner, for `probe.seeds.ownerless_why`.
-fn ownerless_why(ownerless: u64, kept: &Kept) -> Option<String> {
-    if ownerless == 0 {
-        return None;
-    }
-    let missing: Vec<&str> = ["CAP_SYS_PTRACE", "CAP_DAC_READ_SEARCH"]
-        .into_iter()
-        .filter(|c| !kept.kept.iter().any(|k| k == c))
-        .collect();
-    Some(if missing.is_empty() {
-        format!(
-            "{ownerless} connections were held by no process whose /proc/PID/fd could be \
-             read (their holder exited, or /proc entries were unreadable); they count per \
-             server under \"unknown owner\""
-        )
-    } else {
-        format!(
-            "{ownerless} connections have no known owner: without {} zkconn cannot read \
-             other users' /proc/PID/fd; they count per server under \"unknown owner\"",
-            missing.join(" and ")
-        )
-    })
 }
 
 fn comm_str(comm: &[u8; COMM_LEN]) -> String {
@@ -310,28 +283,6 @@ impl Source {
             self.kept.kept.join(" ")
         );
         Ok(())
-    }
-
-    /// What this run cannot see, one sentence each (`probe.limitations`).
-    fn limitations(&self) -> Vec<String> {
-        let mut out = match &self.feed {
-            Feed::Kernel { probe, .. } => probe.limitations.clone(),
-            Feed::Poll(_, why) => why
-                .iter()
-                .cloned()
-                .chain([crate::poll::LIMITATION.to_owned()])
-                .collect(),
-        };
-        let hidden = self.tables.hidden();
-        if hidden > 0 {
-            out.push(format!(
-                "the network namespace of {hidden} processes could not be read (another user's \
-                 /proc/PID/ns/net needs CAP_SYS_PTRACE; a sandbox may hide its init): \
-                 connections in a namespace only they are in are not seen by seeding, drift \
-                 repair or the poll hook (the kernel hooks count their new connections)"
-            ));
-        }
-        out
     }
 
     /// The hook in use.
@@ -788,74 +739,6 @@ impl Source {
             cache.at = Some(Instant::now());
         }
         cache.holders.clone()
-    }
-
-    /// The source's own health, as of this reading.
-    fn health(&self, state: &KernelState, translated: u64) -> SourceHealth {
-        let c = state.counters;
-        // The kernel counts an event it could not write; a perf buffer also reports the
-        // events it dropped, which are the same events where the helper returns the error
-        // (4.18 does not): the larger of the two, never their sum.
-        let perf_lost = match &self.feed {
-            Feed::Kernel { events, .. } => events.lost(),
-            Feed::Poll(..) => 0,
-        };
-        // Poll finds owners at every sample, not only at start.
-        let ownerless = match &self.feed {
-            Feed::Kernel { .. } => self.seeds.ownerless,
-            Feed::Poll(poller, _) => poller.ownerless,
-        };
-        SourceHealth {
-            hook: Some(self.hook()),
-            refusal_detection: match &self.feed {
-                Feed::Kernel { probe, .. } => Some(probe.refusal),
-                Feed::Poll(..) => None,
-            },
-            events: match &self.feed {
-                Feed::Kernel { events, .. } => Some(events.kind()),
-                Feed::Poll(..) => None,
-            },
-            events_received: self.events_received,
-            lost_detail: LostDetail {
-                events: c[probe_counter::LOST_EVENTS as usize].max(perf_lost),
-                recursion_misses: state.recursion_misses,
-            },
-            // The kernel's counts, plus what did not fit while seeding.
-            overflow_detail: OverflowDetail {
-                connections: c[probe_counter::OVERFLOW_CONNS as usize]
-                    + self.seeds.overflow_connections,
-                processes: c[probe_counter::OVERFLOW_OWNERS as usize]
-                    + self.seeds.overflow_processes,
-                counters: c[probe_counter::OVERFLOW_STATS as usize],
-            },
-            seeds: SeedHealth {
-                seeded: self.seeds.seeded,
-                adopted: c[probe_counter::SEEDS_ADOPTED as usize],
-                conflicts: self.seeds.conflicts,
-                ownerless,
-                ownerless_why: ownerless_why(ownerless, &self.kept),
-            },
-            repaired: match &self.feed {
-                Feed::Kernel { .. } => self.reconciler.health(),
-                // Every sample is a full reading: there is nothing to repair.
-                Feed::Poll(..) => RepairHealth::default(),
-            },
-            nat: self.nat.health(translated),
-            unreadable: self.unreadable + self.seeds.unreadable,
-            capabilities: self.kept.clone(),
-            fallbacks: match &self.feed {
-                Feed::Kernel { probe, .. } => probe
-                    .fallbacks
-                    .iter()
-                    .map(|f| FallbackInUse {
-                        fallback: f.fallback.name(),
-                        reason: f.reason,
-                    })
-                    .collect(),
-                Feed::Poll(..) => Vec::new(),
-            },
-            limitations: self.limitations(),
-        }
     }
 }
 

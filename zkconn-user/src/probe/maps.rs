@@ -1,0 +1,362 @@
+//! Reading the kernel's state back and writing what userspace decides into its maps.
+//!
+//! Owns: every map access after load, batched where the kernel allows. Must not: choose or
+//! attach hooks.
+
+use std::{
+    collections::HashMap as StdHashMap,
+    os::fd::{AsFd as _, AsRawFd as _},
+};
+
+use anyhow::{Context as _, anyhow, bail};
+use aya::maps::{Array, HashMap, PerCpuArray};
+use zkconn_common::{
+    Conn, Counters, Endpoint, Owner, OwnerKey, ServerKey, Tuple, control, map_names, probe_counter,
+    program_names,
+};
+
+use super::{Probe, batch};
+use crate::targets::{Targets, ip_to_bytes};
+
+/// Everything the kernel holds, read in one pass.
+#[derive(Clone, Debug, Default)]
+pub struct KernelState {
+    pub conns: Vec<Conn>,
+    pub seeds: Vec<Conn>,
+    /// Live processes (tgid → what the kernel recorded).
+    pub owners: StdHashMap<u32, Owner>,
+    pub proc_stats: Vec<(OwnerKey, Counters)>,
+    pub cgroup_stats: Vec<(u64, Counters)>,
+    pub server_stats: Vec<(ServerKey, Counters)>,
+    pub counters: [u64; probe_counter::COUNT as usize],
+    /// Runs the kernel skipped because a BPF program was already running on that CPU;
+    /// `None` where the kernel does not count them (before 5.12).
+    pub recursion_misses: Option<u64>,
+}
+
+/// The kernel's connection rows keyed by socket address, and its seeds ([`Probe::tracked`]).
+#[derive(Clone, Debug, Default)]
+pub struct TrackedRows {
+    pub conns: Vec<(u64, Conn)>,
+    pub seeds: Vec<Conn>,
+}
+
+impl Probe {
+    pub(super) fn load_targets(&mut self, targets: &Targets) -> anyhow::Result<()> {
+        let mut ports: Array<_, u8> = self.map_mut(map_names::PORTS)?;
+        for (port, flags) in targets.port_flags() {
+            ports
+                .set(u32::from(port), flags, 0)
+                .context("filling the ports map")?;
+        }
+        let mut endpoints: HashMap<_, Endpoint, u8> = self.map_mut(map_names::ENDPOINTS)?;
+        for e in &targets.endpoints {
+            let key = Endpoint {
+                addr: ip_to_bytes(e.ip()),
+                port: e.port(),
+                _pad: [0; 6],
+            };
+            endpoints
+                .insert(key, 1, 0)
+                .context("filling the endpoints map")?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn map_mut<'a, T>(&'a mut self, name: &str) -> anyhow::Result<T>
+    where
+        T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or_else(|| anyhow!("the eBPF object has no map {name}; rebuild zkconn"))?;
+        T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
+    }
+
+    pub(super) fn map<'a, T>(&'a self, name: &str) -> anyhow::Result<T>
+    where
+        T: TryFrom<&'a aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        let map = self
+            .ebpf
+            .map(name)
+            .ok_or_else(|| anyhow!("the eBPF object has no map {name}; rebuild zkconn"))?;
+        T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
+    }
+
+    /// Reads every map. Entries that vanish between listing and lookup were deleted by the
+    /// kernel meanwhile (a socket closed) and are skipped, not counted as errors.
+    pub fn read(&self) -> anyhow::Result<KernelState> {
+        fn single<K, V: Copy>(entries: batch::Entries<K, V>) -> impl Iterator<Item = (K, V)> {
+            entries
+                .into_iter()
+                .filter_map(|(k, v)| Some((k, *v.first()?)))
+        }
+        let counters: PerCpuArray<_, u64> = self.map(map_names::PROBE_COUNTERS)?;
+        let mut sums = [0u64; probe_counter::COUNT as usize];
+        for (i, slot) in sums.iter_mut().enumerate() {
+            let index = u32::try_from(i).unwrap_or(u32::MAX);
+            let values = counters
+                .get(&index, 0)
+                .map_err(|e| map_error(map_names::PROBE_COUNTERS, &e))?;
+            *slot = values.iter().sum();
+        }
+        Ok(KernelState {
+            conns: self.dump::<u64, Conn>(map_names::CONNS, 1)?,
+            seeds: self.dump::<Tuple, Conn>(map_names::SEEDS, 1)?,
+            owners: single(self.dump_keyed::<u32, Owner>(map_names::OWNERS, 1)?).collect(),
+            proc_stats: single(self.dump_keyed::<OwnerKey, Counters>(map_names::PROC_STATS, 1)?)
+                .collect(),
+            cgroup_stats: single(self.dump_keyed::<u64, Counters>(map_names::CGROUP_STATS, 1)?)
+                .collect(),
+            server_stats: single(
+                self.dump_keyed::<ServerKey, Counters>(map_names::SERVER_STATS, 1)?,
+            )
+            .collect(),
+            counters: sums,
+            recursion_misses: self.recursion_misses(),
+        })
+    }
+
+    /// Every entry of the hash map `name` (see [`batch`]). A map that cannot be read is an
+    /// error, never an empty reading: every count would silently read 0.
+    pub(super) fn dump_keyed<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod>(
+        &self,
+        name: &str,
+        per_key: usize,
+    ) -> anyhow::Result<batch::Entries<K, V>> {
+        let map = self
+            .ebpf
+            .map(name)
+            .ok_or_else(|| anyhow!("the eBPF object has no map {name}; rebuild zkconn"))?;
+        let data = match map {
+            aya::maps::Map::HashMap(d) | aya::maps::Map::PerCpuHashMap(d) => d,
+            _ => bail!("map {name} has an unexpected type"),
+        };
+        batch::read::<K, V>(data.fd().as_fd(), per_key).map_err(|e| map_error(name, &e))
+    }
+
+    /// The values of the single-valued hash map `name`.
+    pub(super) fn dump<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod>(
+        &self,
+        name: &str,
+        per_key: usize,
+    ) -> anyhow::Result<Vec<V>> {
+        Ok(self
+            .dump_keyed::<K, V>(name, per_key)?
+            .into_iter()
+            .filter_map(|(_, v)| v.into_iter().next())
+            .collect())
+    }
+
+    /// Sum of the kernel's `recursion_misses` over our programs, from their fdinfo; `None`
+    /// where the kernel does not count them (before 5.12): unknown, not 0.
+    pub(super) fn recursion_misses(&self) -> Option<u64> {
+        let mut total = None;
+        for name in program_names::ALL {
+            let Some(prog) = self.ebpf.program(name) else {
+                continue;
+            };
+            let Ok(fd) = prog.fd() else { continue };
+            let path = format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd());
+            let Ok(info) = std::fs::read_to_string(path) else {
+                continue;
+            };
+            if let Some(n) = info
+                .lines()
+                .find_map(|l| l.strip_prefix("recursion_misses:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+            {
+                *total.get_or_insert(0) += n;
+            }
+        }
+        total
+    }
+
+    /// The kernel's connection rows with their keys (socket addresses), and its seeds, for
+    /// drift repair.
+    pub fn tracked(&self) -> anyhow::Result<TrackedRows> {
+        let conns = self
+            .dump_keyed::<u64, Conn>(map_names::CONNS, 1)?
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, *v.first()?)))
+            .collect();
+        let seeds = self.dump::<Tuple, Conn>(map_names::SEEDS, 1)?;
+        Ok(TrackedRows { conns, seeds })
+    }
+
+    /// Deletes the connection row of socket `skaddr` if it is still the one read as
+    /// `expected` (same tuple and connect time: not a newer socket at the same address).
+    /// False when it changed or was gone.
+    pub fn remove_conn(&mut self, skaddr: u64, expected: &Conn) -> anyhow::Result<bool> {
+        let mut conns = self.map_mut::<HashMap<_, u64, Conn>>(map_names::CONNS)?;
+        match conns.get(&skaddr, 0) {
+            Ok(now) if now.tuple == expected.tuple && now.opened_ns == expected.opened_ns => {
+                match conns.remove(&skaddr) {
+                    Ok(()) => Ok(true),
+                    Err(e) if is_not_found(&e) => Ok(false),
+                    Err(e) => Err(map_error(map_names::CONNS, &e)),
+                }
+            }
+            Ok(_) => Ok(false),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(map_error(map_names::CONNS, &e)),
+        }
+    }
+
+    /// Registers a process found by seeding. Returns the identity the kernel uses for it: an
+    /// existing one when the process already connected since zkconn started; `None` when the
+    /// table is full (the caller counts it as overflow).
+    pub fn insert_owner(&mut self, tgid: u32, owner: Owner) -> anyhow::Result<Option<OwnerKey>> {
+        let mut owners: HashMap<_, u32, Owner> = self.map_mut(map_names::OWNERS)?;
+        let birth_ns = match owners.insert(tgid, owner, u64::from(aya_noexist())) {
+            Ok(()) => owner.birth_ns,
+            Err(insert) => match owners.get(&tgid, 0) {
+                Ok(o) => o.birth_ns,
+                Err(_) if is_full(&insert) => return Ok(None),
+                Err(_) => return Err(map_error(map_names::OWNERS, &insert)),
+            },
+        };
+        Ok(Some(OwnerKey {
+            tgid,
+            _pad: 0,
+            birth_ns,
+        }))
+    }
+
+    /// Tells the kernel whether seeded connections may still wait in `SEEDS`: set before
+    /// the first seed goes in, cleared once a read finds the table empty.
+    pub fn set_seeds_pending(&mut self, pending: bool) -> anyhow::Result<()> {
+        if pending == self.seeds_pending {
+            return Ok(());
+        }
+        let mut control: Array<_, u32> = self.map_mut(map_names::CONTROL)?;
+        control
+            .set(control::SEEDS_PENDING, u32::from(pending), 0)
+            .map_err(|e| map_error(map_names::CONTROL, &e))
+            .context("setting the seed flag")?;
+        self.seeds_pending = pending;
+        Ok(())
+    }
+
+    pub fn seeds_pending(&self) -> bool {
+        self.seeds_pending
+    }
+
+    /// Tells the kernel that seeding is scanning (connects then record their inode).
+    pub fn set_seeding(&mut self, seeding: bool) -> anyhow::Result<()> {
+        let mut control: Array<_, u32> = self.map_mut(map_names::CONTROL)?;
+        control
+            .set(control::SEEDING, u32::from(seeding), 0)
+            .map_err(|e| map_error(map_names::CONTROL, &e))
+            .context("setting the seeding flag")
+    }
+
+    /// Hands a seed to the kernel; false when the table is full (the caller counts it as
+    /// overflow).
+    pub fn insert_seed(&mut self, conn: Conn) -> anyhow::Result<bool> {
+        let mut seeds: HashMap<_, Tuple, Conn> = self.map_mut(map_names::SEEDS)?;
+        match seeds.insert(conn.tuple, conn, 0) {
+            Ok(()) => Ok(true),
+            Err(e) if is_full(&e) => Ok(false),
+            Err(e) => Err(map_error(map_names::SEEDS, &e)),
+        }
+    }
+
+    /// Forgets the counters of a cgroup that is gone and holds nothing (see the engine's
+    /// retention).
+    pub fn forget_cgroup(&mut self, id: u64) -> anyhow::Result<()> {
+        let mut stats = self.map_mut::<HashMap<_, u64, Counters>>(map_names::CGROUP_STATS)?;
+        match stats.remove(&id) {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(map_error(map_names::CGROUP_STATS, &e)),
+        }
+    }
+
+    /// Forgets the counters of an owner that exited and holds nothing (see the engine's
+    /// retention): its row in `PROC_STATS` goes, so the table does not fill with the dead.
+    pub fn forget_owner(&mut self, key: &OwnerKey) -> anyhow::Result<()> {
+        let mut stats = self.map_mut::<HashMap<_, OwnerKey, Counters>>(map_names::PROC_STATS)?;
+        match stats.remove(key) {
+            Ok(()) => {}
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(map_error(map_names::PROC_STATS, &e)),
+        }
+        // Where the kernel reports no exits (no group_dead), it never forgets the process
+        // itself either: its identity goes too, unless the pid is already someone else's.
+        let mut owners = self.map_mut::<HashMap<_, u32, Owner>>(map_names::OWNERS)?;
+        match owners.get(&key.tgid, 0) {
+            Ok(o) if o.birth_ns == key.birth_ns => match owners.remove(&key.tgid) {
+                Ok(()) => Ok(()),
+                Err(e) if is_not_found(&e) => Ok(()),
+                Err(e) => Err(map_error(map_names::OWNERS, &e)),
+            },
+            Ok(_) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(map_error(map_names::OWNERS, &e)),
+        }
+    }
+
+    /// Removes a seed; false when it was already gone (the kernel adopted or closed it).
+    pub fn remove_seed(&mut self, tuple: &Tuple) -> anyhow::Result<bool> {
+        let mut seeds = self.map_mut::<HashMap<_, Tuple, Conn>>(map_names::SEEDS)?;
+        match seeds.remove(tuple) {
+            Ok(()) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(map_error(map_names::SEEDS, &e)),
+        }
+    }
+
+    /// A real map look-up and update, as the source makes them every second: what
+    /// [`caps::drop_after_attach`] probes the kernel with.
+    pub fn check_map_access(&mut self) -> anyhow::Result<()> {
+        let mut control: Array<_, u32> = self.map_mut(map_names::CONTROL)?;
+        let seeding = control
+            .get(&control::SEEDING, 0)
+            .map_err(|e| map_error(map_names::CONTROL, &e))?;
+        control
+            .set(control::SEEDING, seeding, 0)
+            .map_err(|e| map_error(map_names::CONTROL, &e))?;
+        self.dump::<Tuple, Conn>(map_names::SEEDS, 1).map(drop)
+    }
+}
+
+pub(super) fn aya_noexist() -> u32 {
+    // BPF_NOEXIST from the UAPI.
+    1
+}
+
+/// A map read or update that failed, in one sentence that says what to do.
+pub(super) fn map_error(name: &str, e: &dyn std::error::Error) -> anyhow::Error {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text = format!("{text}: {s}");
+        source = s.source();
+    }
+    if text.contains("Operation not permitted") {
+        anyhow!(
+            "the kernel refused zkconn access to its map {name} ({text}): this kernel wants \
+             CAP_BPF (CAP_SYS_ADMIN before Linux 5.8) for every map access while \
+             kernel.unprivileged_bpf_disabled is set; give zkconn that capability"
+        )
+    } else {
+        anyhow!("reading the kernel map {name} failed: {text}")
+    }
+}
+
+/// Whether a map error is only "no such entry".
+/// A hash map with no room for another key (E2BIG).
+pub(super) fn is_full(e: &aya::maps::MapError) -> bool {
+    matches!(e, aya::maps::MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::E2BIG))
+}
+
+pub(super) fn is_not_found(e: &aya::maps::MapError) -> bool {
+    match e {
+        aya::maps::MapError::KeyNotFound => true,
+        aya::maps::MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}

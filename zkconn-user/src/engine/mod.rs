@@ -48,6 +48,8 @@ pub struct Reading {
     /// RFC 3339, UTC.
     pub time: String,
     pub kernel: KernelState,
+    /// Owners with a live connection (or seed) in `kernel`.
+    pub holding: FxHashSet<OwnerKey>,
     /// Owners first seen (or seen again by the kernel) since the last reading.
     pub learnt: Vec<(OwnerKey, Learnt)>,
     /// Of the owners the source has reported and not been told to forget, those alive.
@@ -195,12 +197,7 @@ impl Engine {
                 .refused(refusal.owner, refusal.server, refusal.at);
         }
         let state = &mut r.kernel;
-        let holding: FxHashSet<OwnerKey> = state
-            .conns
-            .iter()
-            .chain(&state.seeds)
-            .map(|c| c.owner)
-            .collect();
+        let holding = std::mem::take(&mut r.holding);
         let mut referenced: FxHashSet<OwnerKey> =
             state.proc_stats.iter().map(|(k, _)| *k).collect();
         referenced.extend(holding.iter().copied());

@@ -100,15 +100,16 @@ fn container_process(cgroup: u64) -> Learnt {
 }
 
 fn reading(now: f64, conns: Vec<Conn>, proc_stats: Vec<(OwnerKey, Counters)>) -> Reading {
-    let alive = conns.iter().map(|c| c.owner).collect();
+    let holding: FxHashSet<OwnerKey> = conns.iter().map(|c| c.owner).collect();
     Reading {
         now,
+        alive: holding.clone(),
+        holding,
         kernel: KernelState {
             conns,
             proc_stats,
             ..Default::default()
         },
-        alive,
         ..Default::default()
     }
 }

@@ -551,10 +551,19 @@ impl Source {
             }
         };
         let now_ns = crate::clock::now_boot_ns();
-        let referenced = self.learn_referenced(&state);
+        // One pass over every connection (there may be 100,000): who holds one, and in
+        // which cgroups.
+        let mut first_conn: FxHashMap<OwnerKey, &zkconn_common::Conn> = FxHashMap::default();
+        let mut conn_cgroups: FxHashSet<u64> = FxHashSet::default();
+        for c in state.conns.iter().chain(&state.seeds) {
+            first_conn.entry(c.owner).or_insert(c);
+            conn_cgroups.insert(c.cgroup_id);
+        }
+        let referenced = self.learn_referenced(&state, &first_conn);
+        let holding: FxHashSet<OwnerKey> = first_conn.into_keys().collect();
         let alive = self.liveness(&state, exit_events, &referenced);
-        let cgroups_removed = self.cgroups_removed(&state);
-        let cgroup_paths = self.cgroup_paths(&state);
+        let cgroups_removed = self.cgroups_removed(&state, &conn_cgroups);
+        let cgroup_paths = self.cgroup_paths(&state, conn_cgroups);
         let nat_live = self
             .nat
             .translate(state.conns.iter().chain(&state.seeds).map(|c| &c.tuple));
@@ -568,6 +577,7 @@ impl Source {
             host: hostname(),
             time: now_rfc3339(),
             kernel: state,
+            holding,
             learnt: std::mem::take(&mut self.learnt),
             alive,
             refused: std::mem::take(&mut self.refused),
@@ -583,11 +593,11 @@ impl Source {
 
     /// Owners the kernel's rows name that were never learnt (their event was lost, or the
     /// poll hook found them): learnt now. Returns every owner the rows name.
-    fn learn_referenced(&mut self, state: &KernelState) -> FxHashSet<OwnerKey> {
-        let mut first_conn: FxHashMap<OwnerKey, &zkconn_common::Conn> = FxHashMap::default();
-        for c in state.conns.iter().chain(&state.seeds) {
-            first_conn.entry(c.owner).or_insert(c);
-        }
+    fn learn_referenced(
+        &mut self,
+        state: &KernelState,
+        first_conn: &FxHashMap<OwnerKey, &zkconn_common::Conn>,
+    ) -> FxHashSet<OwnerKey> {
         let mut referenced: FxHashSet<OwnerKey> =
             state.proc_stats.iter().map(|(k, _)| *k).collect();
         referenced.extend(first_conn.keys().copied());
@@ -654,16 +664,10 @@ impl Source {
 
     /// Ids of the kernel's per-cgroup table whose cgroup is removed and holds nothing.
     /// Without a cgroup2 mount nothing can be seen to exist: none.
-    fn cgroups_removed(&mut self, state: &KernelState) -> Vec<u64> {
+    fn cgroups_removed(&mut self, state: &KernelState, held: &FxHashSet<u64>) -> Vec<u64> {
         if !self.cgroups.mounted() {
             return Vec::new();
         }
-        let held: FxHashSet<u64> = state
-            .conns
-            .iter()
-            .chain(&state.seeds)
-            .map(|c| c.cgroup_id)
-            .collect();
         let candidates: Vec<u64> = state
             .cgroup_stats
             .iter()
@@ -678,15 +682,13 @@ impl Source {
 
     /// Paths of the cgroups the rows will name: of connections, counters and owners learnt
     /// without one.
-    fn cgroup_paths(&mut self, state: &KernelState) -> FxHashMap<u64, String> {
-        let ids: FxHashSet<u64> = state
-            .conns
-            .iter()
-            .chain(&state.seeds)
-            .map(|c| c.cgroup_id)
-            .chain(state.cgroup_stats.iter().map(|(id, _)| *id))
-            .chain(self.pathless.values().copied())
-            .collect();
+    fn cgroup_paths(
+        &mut self,
+        state: &KernelState,
+        mut ids: FxHashSet<u64>,
+    ) -> FxHashMap<u64, String> {
+        ids.extend(state.cgroup_stats.iter().map(|(id, _)| *id));
+        ids.extend(self.pathless.values().copied());
         ids.into_iter()
             .filter_map(|id| self.cgroups.path(id).map(|p| (id, p)))
             .collect()
@@ -699,6 +701,11 @@ impl Source {
         state: &KernelState,
         alive: &FxHashSet<OwnerKey>,
     ) -> HashMap<Tuple, Vec<(u32, String)>> {
+        // Every owner known alive: no connection can have outlived its connector.
+        if alive.len() == self.known.len() {
+            self.held_by = HeldBy::default();
+            return HashMap::new();
+        }
         let mut wanted: Vec<Tuple> = state
             .conns
             .iter()

@@ -174,9 +174,6 @@ struct HookResult {
     reported: String,
     /// The capabilities zkconn kept after attach.
     kept: String,
-    /// Why the hook was checked a second time (the kernel skipped program runs in the
-    /// first, and a count differed).
-    retried: Option<String>,
     exact: bool,
     detail: String,
 }
@@ -736,56 +733,59 @@ fn boot(
     }))
 }
 
-/// The `zkconn-vm: hook=...` lines of the check.
+/// One `zkconn-vm: {JSON}` line of the check (`tests/src/bin/zkconn-vmcheck.rs`).
+#[derive(serde::Deserialize)]
+struct HookLine {
+    mode: String,
+    hook: String,
+    #[serde(default)]
+    attached: bool,
+    #[serde(default)]
+    reported: String,
+    #[serde(default)]
+    kept: String,
+    #[serde(default)]
+    exact: bool,
+    #[serde(default)]
+    differences: Vec<String>,
+    reason: Option<String>,
+    /// The check itself failed.
+    error: Option<String>,
+}
+
+/// The hook lines of the check; a line that is not JSON (cut by the console) is a broken
+/// check of an unknown hook, never dropped.
 fn parse_results(text: &str) -> Vec<HookResult> {
     text.lines()
         .filter_map(|l| l.split("zkconn-vm: ").nth(1))
-        .filter(|l| l.contains("hook="))
-        .map(|l| {
-            let field = |name: &str| {
-                let start = l.find(&format!("{name}="))? + name.len() + 1;
-                let rest = &l[start..];
-                Some(match rest.strip_prefix('"') {
-                    // A quoted value (Rust's Debug quoting) ends at its first unescaped quote.
-                    Some(q) => unquote(q),
-                    None => rest.split_whitespace().next().unwrap_or("").to_owned(),
-                })
-            };
-            HookResult {
-                mode: field("mode").unwrap_or_else(|| "root".to_owned()),
-                hook: field("hook").unwrap_or_default(),
-                broken: field("error").is_some(),
-                attached: field("attached").as_deref() == Some("yes"),
-                reported: field("reported").unwrap_or_default(),
-                kept: field("kept").unwrap_or_default(),
-                retried: field("retried"),
-                exact: field("exact").as_deref() == Some("yes"),
-                detail: field("differences")
-                    .or_else(|| field("reason"))
-                    .or_else(|| field("error"))
-                    .unwrap_or_default(),
-            }
+        .filter(|l| l.starts_with('{'))
+        .map(|l| match serde_json::from_str::<HookLine>(l) {
+            Ok(h) => HookResult {
+                broken: h.error.is_some(),
+                detail: if h.differences.is_empty() {
+                    h.reason.or(h.error).unwrap_or_default()
+                } else {
+                    h.differences.join("; ")
+                },
+                mode: h.mode,
+                hook: h.hook,
+                attached: h.attached,
+                reported: h.reported,
+                kept: h.kept,
+                exact: h.exact,
+            },
+            Err(e) => HookResult {
+                mode: "?".to_owned(),
+                hook: "?".to_owned(),
+                broken: true,
+                attached: false,
+                reported: String::new(),
+                kept: String::new(),
+                exact: false,
+                detail: format!("unreadable line ({e}): {l}"),
+            },
         })
         .collect()
-}
-
-/// The text of a Debug-quoted value, from just after its opening quote to its closing one.
-fn unquote(q: &str) -> String {
-    let mut out = String::new();
-    let mut chars = q.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '"' => break,
-            '\\' => match chars.next() {
-                Some('n') => out.push('\n'),
-                Some('t') => out.push('\t'),
-                Some(other) => out.push(other),
-                None => break,
-            },
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 /// A refusal without zkconn's framing around the kernel's reason.
@@ -806,10 +806,7 @@ fn cell(h: &HookResult) -> String {
     } else if !h.attached {
         format!("refused: {}", short_reason(&h.detail))
     } else if h.exact {
-        match &h.retried {
-            Some(r) => format!("exact on a second run ({})", r.replace('|', "/")),
-            None => "exact".to_owned(),
-        }
+        "exact".to_owned()
     } else {
         format!("**not exact**: {}", h.detail.replace('|', "/"))
     }
@@ -887,17 +884,23 @@ mod tests {
     #[test]
     fn results_are_read_back_from_the_check_lines() {
         let text = "noise\nzkconn-vm: kernel 6.1.0-57-cloud-amd64\n\
-            zkconn-vm: hook=auto attached=yes reported=btf exact=yes\n\
-            [  3.1] zkconn-vm: hook=kprobe attached=no reason=\"zkconn: --hook kprobe (k) is not available on this kernel: no \\\"kprobe\\\"; --hook auto picks one that is\"\n\
-            zkconn-vm: hook=btf attached=yes reported=btf exact=no differences=\"B open is 2, not 3\"\n";
+            zkconn-vm: {\"mode\":\"root\",\"hook\":\"auto\",\"attached\":true,\"reported\":\"btf\",\"kept\":\"none\",\"exact\":true,\"differences\":[]}\n\
+            [  3.1] zkconn-vm: {\"mode\":\"root\",\"hook\":\"kprobe\",\"attached\":false,\"reason\":\"zkconn: --hook kprobe (k) is not available on this kernel: no \\\"kprobe\\\"; --hook auto picks one that is\"}\n\
+            zkconn-vm: {\"mode\":\"root\",\"hook\":\"btf\",\"attached\":true,\"reported\":\"btf\",\"kept\":\"none\",\"exact\":false,\"differences\":[\"B open is 2, not 3\",\"C closed is 1, not 2\"]}\n\
+            zkconn-vm: {\"mode\":\"root\",\"hook\":\"fen";
         let r = parse_results(text);
-        assert_eq!(r.len(), 3);
-        assert!(r.iter().all(|h| !h.broken));
+        assert_eq!(r.len(), 4);
+        assert!(r[..3].iter().all(|h| !h.broken));
         assert!(r[0].attached && r[0].exact && r[0].reported == "btf");
         assert!(!r[1].attached);
         assert_eq!(cell(&r[1]), "refused: no \"kprobe\"");
         assert!(r[2].attached && !r[2].exact);
-        assert_eq!(cell(&r[2]), "**not exact**: B open is 2, not 3");
+        assert_eq!(
+            cell(&r[2]),
+            "**not exact**: B open is 2, not 3; C closed is 1, not 2"
+        );
+        // A line the console cut is a failed check, not a missing one.
+        assert!(r[3].broken && cell(&r[3]).starts_with("**check failed**: unreadable line"));
     }
 
     #[test]
@@ -920,13 +923,31 @@ mod tests {
 
     #[test]
     fn refusals_spoil_the_matrix_only_where_something_must_attach() {
-        let text = "zkconn-vm: mode=root hook=kprobe attached=no reason=\"no kprobes\"\n\
-            zkconn-vm: mode=unit hook=auto attached=no reason=\"EPERM\"\n\
-            zkconn-vm: mode=unit-memlock-64k hook=auto attached=no reason=\"raise LimitMEMLOCK\"\n\
-            zkconn-vm: mode=unit-memlock-64k hook=auto attached=no reason=\"EPERM\"\n\
-            zkconn-vm: mode=unit hook=btf attached=yes reported=btf kept=CAP_BPF exact=yes\n\
-            zkconn-vm: mode=root hook=tracepoint attached=no reason=\"the kernel's verifier \
-            refused zk_inet_sock_set_state (combined stack size of 4 calls is 544)\"\n";
+        let line = |mode: &str, hook: &str, rest: &str| {
+            format!("zkconn-vm: {{\"mode\":\"{mode}\",\"hook\":\"{hook}\",{rest}}}\n")
+        };
+        let refused = |why: &str| format!("\"attached\":false,\"reason\":\"{why}\"");
+        let text = [
+            line("root", "kprobe", &refused("no kprobes")),
+            line("unit", "auto", &refused("EPERM")),
+            line("unit-memlock-64k", "auto", &refused("raise LimitMEMLOCK")),
+            line("unit-memlock-64k", "auto", &refused("EPERM")),
+            line(
+                "unit",
+                "btf",
+                "\"attached\":true,\"reported\":\"btf\",\"kept\":\"CAP_BPF\",\"exact\":true",
+            ),
+            line(
+                "root",
+                "tracepoint",
+                &refused(
+                    "the kernel's verifier refused zk_inet_sock_set_state (combined stack size \
+                     of 4 calls is 544)",
+                ),
+            ),
+        ]
+        .concat();
+        let text = text.as_str();
         let r = parse_results(text);
         let problems: Vec<Option<String>> = r.iter().map(problem).collect();
         assert!(
@@ -954,22 +975,10 @@ mod tests {
     }
 
     #[test]
-    fn a_second_run_after_skipped_kernel_runs_is_said() {
-        let text = "zkconn-vm: mode=root hook=btf attached=yes reported=btf kept=none \
-            retried=\"first run: C (killed) closed is 2, not 3; the kernel skipped 1 program runs\" \
-            exact=no differences=\"B open is \\\"3\\\"\"\n";
-        let r = parse_results(text);
-        assert_eq!(
-            r[0].retried.as_deref(),
-            Some("first run: C (killed) closed is 2, not 3; the kernel skipped 1 program runs")
-        );
-        assert_eq!(r[0].detail, "B open is \"3\"");
-        assert!(problem(&r[0]).is_some());
-    }
-
-    #[test]
     fn a_failed_check_is_neither_a_refusal_nor_a_pass() {
-        let r = parse_results("zkconn-vm: hook=btf attached=? error=\"the client said x\"\n");
+        let r = parse_results(
+            "zkconn-vm: {\"mode\":\"root\",\"hook\":\"btf\",\"error\":\"the client said x\"}\n",
+        );
         assert!(r[0].broken);
         assert_eq!(cell(&r[0]), "**check failed**: the client said x");
     }

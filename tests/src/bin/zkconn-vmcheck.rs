@@ -1,8 +1,9 @@
 //! The kernel matrix's check: `cargo xtask vm-test` runs it on this host and inside each
 //! kernel it boots under qemu. For every hook named on the command line it starts zkconn
 //! against plain TCP listeners (a ZooKeeper JVM is too slow under software emulation) with a
-//! known traffic pattern, and prints one `zkconn-vm:` line per hook: whether the hook attached,
-//! which hook zkconn reported, and whether every count was exact (else what differed).
+//! known traffic pattern, and prints one `zkconn-vm: {JSON}` line per hook: whether the hook
+//! attached, which hook zkconn reported, and whether every count was exact (else what
+//! differed). `cargo xtask vm-test` reads the JSON back (`xtask/src/vm.rs`, `HookLine`).
 //!
 //! Usage: `ZKCONN_BIN=PATH zkconn-vmcheck [--mode NAME --caps CAP,... --memlock BYTES|infinity
 //! --fallback F,...] HOOK...`; `hold ADDR N` is its own client process. With `--caps`, zkconn runs as a
@@ -54,13 +55,14 @@ fn main() -> ExitCode {
     }
     for hook in hooks {
         let line = match check_hook(hook, &limits) {
-            Ok(outcome) => outcome.line(hook),
-            Err(e) => format!(
-                "hook={hook} attached=? error={:?}",
-                format!("{e:#}").replace('\n', " ")
-            ),
+            Ok(outcome) => outcome.line(&limits.mode, hook),
+            Err(e) => serde_json::json!({
+                "mode": limits.mode,
+                "hook": hook,
+                "error": format!("{e:#}"),
+            }),
         };
-        println!("zkconn-vm: mode={} {line}", limits.mode);
+        println!("zkconn-vm: {line}");
     }
     ExitCode::SUCCESS
 }
@@ -107,25 +109,28 @@ enum Outcome {
 }
 
 impl Outcome {
-    fn line(&self, hook: &str) -> String {
+    /// The JSON object of one `zkconn-vm:` line (one line: JSON escapes newlines).
+    fn line(&self, mode: &str, hook: &str) -> serde_json::Value {
         match self {
-            Outcome::Refused(why) => format!("hook={hook} attached=no reason={why:?}"),
+            Outcome::Refused(why) => serde_json::json!({
+                "mode": mode,
+                "hook": hook,
+                "attached": false,
+                "reason": why,
+            }),
             Outcome::Ran {
                 reported,
                 kept,
                 mismatches,
-            } if mismatches.is_empty() => {
-                format!("hook={hook} attached=yes reported={reported} kept={kept} exact=yes")
-            }
-            Outcome::Ran {
-                reported,
-                kept,
-                mismatches,
-            } => format!(
-                "hook={hook} attached=yes reported={reported} kept={kept} exact=no \
-                 differences={:?}",
-                mismatches.join("; ")
-            ),
+            } => serde_json::json!({
+                "mode": mode,
+                "hook": hook,
+                "attached": true,
+                "reported": reported,
+                "kept": kept,
+                "exact": mismatches.is_empty(),
+                "differences": mismatches,
+            }),
         }
     }
 }

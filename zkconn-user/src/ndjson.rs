@@ -2,11 +2,15 @@
 //! by size and reopened on SIGHUP.
 //!
 //! Owns: the file, its size and rotation, and saying when appending fails and when it
-//! works again. Must not: build documents (it is handed snapshots).
+//! works again. Must not: build documents (it is handed snapshots). It logs as the daemon
+//! (`zkconn::daemon`), the target its journal lines have always had.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
+
+/// The log target of these lines: the daemon's.
+const LOG: &str = "zkconn::daemon";
 
 /// `--ndjson PATH|-`: one snapshot per line, appended. A file is rotated once it would
 /// grow past `--ndjson-max-mib` (PATH becomes PATH.1, replacing the one before), so it
@@ -71,9 +75,12 @@ impl Ndjson {
                 let _ = self.out.flush();
                 self.out = out;
                 *size = new_size;
-                tracing::warn!("SIGHUP: --ndjson {} reopened", path.display());
+                tracing::warn!(
+                    target: LOG,
+                    "SIGHUP: --ndjson {} reopened", path.display());
             }
             Err(e) => tracing::error!(
+                target: LOG,
                 "SIGHUP: --ndjson {}: cannot reopen it ({e}); appending to the file open before",
                 path.display()
             ),
@@ -124,7 +131,7 @@ impl Ndjson {
         match result {
             Ok(()) => {
                 if self.failing {
-                    tracing::info!("--ndjson {}: appending again", self.what);
+                    tracing::info!(target: LOG, "--ndjson {}: appending again", self.what);
                     self.failing = false;
                 }
                 None
@@ -133,6 +140,7 @@ impl Ndjson {
                 let why = format!("cannot append to {}: {e}", self.what);
                 if !self.failing {
                     tracing::error!(
+                        target: LOG,
                         "--ndjson {why}; /metrics and /v1/snapshot stay current, /healthz says \
                          so until it works again"
                     );

@@ -3,7 +3,7 @@
 //! each second, the mode's own cadence and the mode's own input. `snapshot`, `check`,
 //! `top` and `daemon` are [`Sink`]s of its snapshots.
 //!
-//! Owns: the order of things (read, tick, carry out the orders at the next read) and the
+//! Owns: the order of things (read, tick, carry out the engine's orders at once) and the
 //! loop. Must not: format anything, or know what a mode does with a snapshot.
 
 use std::{future::Future, time::Duration};
@@ -14,7 +14,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use crate::{
     Setup,
     cli::ProbeArgs,
-    engine::{self, Engine, Orders},
+    engine::{self, Engine},
     model::{ConnectionRow, Snapshot},
     source::Source,
 };
@@ -22,11 +22,10 @@ use crate::{
 /// How often the history is sampled, whatever a mode's cadence.
 pub const SAMPLE: Duration = Duration::from_secs(1);
 
-/// The source and the engine, and the orders between two readings.
+/// The source and the engine.
 pub struct Watch {
     source: Source,
     engine: Engine,
-    orders: Orders,
 }
 
 impl Watch {
@@ -45,21 +44,20 @@ impl Watch {
             hierarchy,
             targets: source.targets().names(),
         });
-        let mut this = Self {
-            source,
-            engine,
-            orders: Orders::default(),
-        };
+        let mut this = Self { source, engine };
         this.sample()?;
         this.source.drop_capabilities()?;
         Ok(this)
     }
 
-    /// Reads, and turns the reading into a snapshot; the history records it.
+    /// Reads, and turns the reading into a snapshot; the history records it. What the
+    /// engine retired leaves the kernel's tables before the snapshot is handed out: a
+    /// table sized for the rows shown (`--max-processes`) never also holds the rows just
+    /// retired.
     pub fn snapshot(&mut self) -> anyhow::Result<Snapshot> {
-        let reading = self.source.read(std::mem::take(&mut self.orders))?;
+        let reading = self.source.read()?;
         let (snapshot, orders) = self.engine.tick(reading);
-        self.orders = orders;
+        self.source.obey(orders)?;
         Ok(snapshot)
     }
 

@@ -4,8 +4,8 @@
 //! Owns: what zkconn remembers between readings (what each owner is, the history, the
 //! alarm log, retention, NAT sources learnt). Pure: no I/O and no clock; everything it needs
 //! is in the reading, and what it wants done to the kernel's tables it returns as
-//! [`Orders`], carried out by the source before its next reading. Unit-tested with
-//! `Reading` fixtures (`tests.rs`).
+//! [`Orders`], which the source carries out at once (see `driver::Watch::snapshot`).
+//! Unit-tested with `Reading` fixtures (`tests.rs`).
 
 mod retention;
 #[cfg(test)]

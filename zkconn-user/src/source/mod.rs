@@ -467,8 +467,8 @@ impl Source {
         }
     }
 
-    /// Carries out what the engine ordered after the last reading.
-    fn obey(&mut self, orders: Orders) -> anyhow::Result<()> {
+    /// Carries out what the engine ordered after a reading, before the next one.
+    pub fn obey(&mut self, orders: Orders) -> anyhow::Result<()> {
         for key in &orders.forget_owners {
             match &mut self.feed {
                 Feed::Kernel { probe, .. } => probe.forget_owner(key)?,
@@ -522,9 +522,8 @@ impl Source {
         }
     }
 
-    /// Carries out `orders`, then reads the kernel and everything around it.
-    pub fn read(&mut self, orders: Orders) -> anyhow::Result<Reading> {
-        self.obey(orders)?;
+    /// Reads the kernel and everything around it.
+    pub fn read(&mut self) -> anyhow::Result<Reading> {
         self.drain_events();
         self.reconcile_if_due();
         let (state, exit_events) = match &mut self.feed {

@@ -5,8 +5,8 @@ use std::{net::SocketAddr, thread, time::Duration};
 
 use anyhow::{Context as _, Result};
 use integration_tests::{
-    Cgroup, Client, RawClient, ZkServer, Zkconn, expected_hook, field, free_port, fresh_ipv4,
-    process, row_where, server_open, ss_count, wait_settled,
+    Cgroup, Client, Daemon, RawClient, ZkServer, Zkconn, expected_hook, field, free_port,
+    fresh_ipv4, process, row_where, server_open, ss_count, wait_settled,
 };
 
 fn zk_flag(server: SocketAddr) -> String {
@@ -372,5 +372,60 @@ fn exited_processes_are_retired_into_their_roll_ups() -> Result<()> {
     );
     assert_eq!(row["containers"], serde_json::json!([live]), "{row:#}");
     assert_eq!(row["processes"], 5, "{row:#}");
+    Ok(())
+}
+
+/// Entries of the kernel's per-process counter table of the zkconn with pid `pid`.
+fn proc_stats_entries(pid: u32) -> Result<usize> {
+    let mut ids = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))? {
+        let text = std::fs::read_to_string(entry?.path()).unwrap_or_default();
+        ids.extend(
+            text.lines()
+                .filter_map(|l| l.strip_prefix("map_id:"))
+                .filter_map(|id| id.trim().parse::<u64>().ok()),
+        );
+    }
+    let bpftool = |args: &[&str]| -> Result<serde_json::Value> {
+        let out = std::process::Command::new("bpftool").args(args).output()?;
+        Ok(serde_json::from_slice(&out.stdout)?)
+    };
+    for id in ids {
+        let id = id.to_string();
+        if bpftool(&["map", "show", "id", &id, "--json"])?["name"] == "ZK_PROC_STATS" {
+            let rows = bpftool(&["map", "dump", "id", &id, "--json"])?;
+            return rows.as_array().map(Vec::len).context("a dump is a list");
+        }
+    }
+    anyhow::bail!("zkconn {pid} holds no ZK_PROC_STATS map")
+}
+
+/// What a published document shows as retired is already out of the kernel's process
+/// table: the table (`--max-processes`) never also holds the processes the rows just let
+/// go, which under churn (15 exits a second) made it overflow.
+#[test]
+fn retired_processes_are_out_of_the_kernel_table_when_the_document_says_so() -> Result<()> {
+    let listener = std::net::TcpListener::bind((fresh_ipv4(), 2181))?;
+    let addr = listener.local_addr()?;
+    thread::spawn(move || {
+        while let Ok((mut s, _)) = listener.accept() {
+            thread::spawn(move || std::io::copy(&mut s, &mut std::io::sink()));
+        }
+    });
+    let d = Daemon::start(&["--zk", &addr.to_string(), "--retain-exited", "1s"])?;
+    for _ in 0..6 {
+        let mut c = RawClient {
+            exit_after: Some(Duration::ZERO),
+            ..RawClient::new(addr, 1)
+        }
+        .spawn()?;
+        c.wait_exit(Duration::from_secs(5))?;
+    }
+    let snap = d.snapshot_when(|s| s["probe"]["retention"]["processes"] == 6)?;
+    // At once: the next refresh is up to a second away.
+    let left = proc_stats_entries(d.pid())?;
+    assert_eq!(left, 0, "retired, yet still in the kernel's table");
+    assert_eq!(snap["processes"].as_array().map(Vec::len), Some(0));
+    assert_eq!(snap["probe"]["overflow"], 0);
     Ok(())
 }

@@ -61,6 +61,9 @@ pub struct Source {
     /// Of those, the ones learnt without a cgroup path, with their cgroup id: each reading
     /// tries to name it.
     pathless: FxHashMap<OwnerKey, u64>,
+    /// Kernel rows of retired owners and cgroups whose deletion failed, tried again at each
+    /// reading (bounded: each was ordered once).
+    unforgotten: (Vec<OwnerKey>, Vec<u64>),
     /// Learnt and refused since the last reading.
     learnt: Vec<(OwnerKey, Learnt)>,
     refused: Vec<Refusal>,
@@ -220,6 +223,7 @@ impl Source {
             users: Users::default(),
             known: FxHashSet::default(),
             pathless: FxHashMap::default(),
+            unforgotten: (Vec::new(), Vec::new()),
             learnt: Vec::new(),
             refused: Vec::new(),
             seeded: None,
@@ -467,25 +471,58 @@ impl Source {
         }
     }
 
-    /// Carries out what the engine ordered after a reading, before the next one.
+    /// Carries out what the engine ordered after a reading, before the next one. Every
+    /// order is tried; a kernel row that could not be deleted is kept and tried again at
+    /// each reading (the engine has let it go and will not ask again), and the first
+    /// failure is returned.
     pub fn obey(&mut self, orders: Orders) -> anyhow::Result<()> {
-        for key in &orders.forget_owners {
-            match &mut self.feed {
-                Feed::Kernel { probe, .. } => probe.forget_owner(key)?,
-                Feed::Poll(poller, _) => poller.forget_owner(key),
-            }
-        }
-        for id in &orders.forget_cgroups {
-            match &mut self.feed {
-                Feed::Kernel { probe, .. } => probe.forget_cgroup(*id)?,
-                Feed::Poll(poller, _) => poller.forget_cgroup(*id),
-            }
-        }
         for key in orders.forget_owners.iter().chain(&orders.dropped) {
             self.known.remove(key);
             self.pathless.remove(key);
         }
-        Ok(())
+        self.unforgotten.0.extend(orders.forget_owners);
+        self.unforgotten.1.extend(orders.forget_cgroups);
+        self.forget_pending()
+    }
+
+    /// Deletes the kernel rows the engine retired; keeps the ones that fail.
+    fn forget_pending(&mut self) -> anyhow::Result<()> {
+        let (owners, cgroups) = std::mem::take(&mut self.unforgotten);
+        let mut first: Option<anyhow::Error> = None;
+        for key in owners {
+            let done = match &mut self.feed {
+                Feed::Kernel { probe, .. } => probe.forget_owner(&key),
+                Feed::Poll(poller, _) => {
+                    poller.forget_owner(&key);
+                    Ok(())
+                }
+            };
+            if let Err(e) = done {
+                first.get_or_insert(e);
+                self.unforgotten.0.push(key);
+            }
+        }
+        for id in cgroups {
+            let done = match &mut self.feed {
+                Feed::Kernel { probe, .. } => probe.forget_cgroup(id),
+                Feed::Poll(poller, _) => {
+                    poller.forget_cgroup(id);
+                    Ok(())
+                }
+            };
+            if let Err(e) = done {
+                first.get_or_insert(e);
+                self.unforgotten.1.push(id);
+            }
+        }
+        match first {
+            None => Ok(()),
+            Some(e) => Err(e.context(format!(
+                "{} retired rows could not be deleted from the kernel's tables; they are \
+                 tried again at each reading",
+                self.unforgotten.0.len() + self.unforgotten.1.len()
+            ))),
+        }
     }
 
     /// Drift repair, when a round is due: before the kernel is read, so a repair shows in
@@ -524,6 +561,12 @@ impl Source {
 
     /// Reads the kernel and everything around it.
     pub fn read(&mut self) -> anyhow::Result<Reading> {
+        if !self.unforgotten.0.is_empty() || !self.unforgotten.1.is_empty() {
+            // Said once when it failed (the snapshot's error); a reading goes on regardless.
+            if let Err(e) = self.forget_pending() {
+                tracing::debug!("{e:#}");
+            }
+        }
         self.drain_events();
         self.reconcile_if_due();
         let (state, exit_events) = match &mut self.feed {

@@ -4,12 +4,14 @@
 //! ring buffer, so every type is `#[repr(C)]`, `Copy`, carries its padding explicitly and
 //! has no `bool`. This crate must not grow logic: it is the contract, nothing else. Beside
 //! it, [`hooks`] names the hooks for userspace, xtask and the tests, which depend on this
-//! crate without building the eBPF object.
+//! crate without building the eBPF object, and [`accounting`] holds the programs' decisions
+//! as pure functions, tested on the host.
 //!
 //! Addresses are always 16 bytes: IPv4 is stored IPv4-mapped (`::ffff:a.b.c.d`), so one key
 //! type serves both families and a v4-mapped connect on an IPv6 socket matches its v4 target.
 #![no_std]
 
+pub mod accounting;
 pub mod hooks;
 
 /// Length of a task's `comm` in the kernel (`TASK_COMM_LEN`).

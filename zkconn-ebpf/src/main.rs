@@ -40,8 +40,9 @@ mod programs {
     use zkconn_common::{
         CGROUP_DEPTH, CGROUP_NAME_LEN, CgroupNames, Conn, Counters, Endpoint, Event, ExitTpLayout,
         MAX_ENDPOINTS, Owner, OwnerEvent, OwnerKey, RefusalConfig, ResetTpLayout, ServerKey,
-        SockLayout, StateTpLayout, TaskLayout, Tuple, conn_flags, control, event_kind,
-        event_output, port_flags, probe_counter, tcp_state,
+        SockLayout, StateTpLayout, TaskLayout, Tuple,
+        accounting::{self, Close},
+        conn_flags, control, event_kind, event_output, port_flags, probe_counter, tcp_state,
     };
 
     /// The running program's context, passed down to where an event is written: a perf
@@ -552,47 +553,25 @@ mod programs {
         }
     }
 
-    /// ZooKeeper refuses a host over `maxClientCnxns` by accepting and closing at once, before
-    /// sending anything (NIO: FIN then RST; Netty: FIN). A server that accepts a connection
-    /// always answers a client's ConnectRequest before anything else. So a refusal is a peer
-    /// close with no byte received, either within the window after ESTABLISHED (a fast
-    /// refusal may arrive before the client sent anything) or later once the client had sent
-    /// its request (a server paused in GC, or a full accept queue, refuses late). A server
-    /// that stops or crashes between a client's request and its answer looks the same and is
-    /// counted as a refusal too. Without the byte counts (no BTF), only a reset within the
-    /// window counts. Seeded connections have no true ESTABLISHED time.
+    /// Whether this peer close of `conn` is the server refusing the host: the rule is
+    /// `zkconn_common::accounting::is_refusal` (tested there); this reads what it needs
+    /// (`tcp_sock.bytes_received` and `bytes_sent`, at the offsets userspace took from the
+    /// kernel's BTF) only when it asks.
     fn is_refusal(conn: &Conn, skaddr: u64, reset: bool) -> bool {
-        if conn.flags & conn_flags::ESTABLISHED == 0
-            || conn.flags & (conn_flags::SEEDED | conn_flags::REFUSED) != 0
-            || conn.established_ns == 0
-        {
-            return false;
-        }
         // SAFETY: see `try_inet_sock_set_state`.
         let cfg = unsafe { read_volatile(&REFUSAL) };
-        let in_window = boot_ns().saturating_sub(conn.established_ns) <= cfg.window_ns;
-        if cfg.has_bytes_received == 0 {
-            return reset && in_window;
-        }
-        // `bytes_received` advances with `rcv_nxt`, so a received FIN counts one: in
-        // CLOSE_WAIT (or entering it) nothing but the FIN means 1.
-        // https://elixir.bootlin.com/linux/v6.12/source/net/ipv4/tcp_input.c#L3591
-        let fin = u64::from(conn.state == tcp_state::CLOSE_WAIT || !reset);
-        // SAFETY (both reads): bpf_probe_read_kernel checks the address; a failed read is no
-        // refusal.
-        let received = skaddr.wrapping_add(u64::from(cfg.bytes_received_offset)) as *const u64;
-        match unsafe { bpf_probe_read_kernel(received) } {
-            Ok(bytes) if bytes <= fin => {}
-            _ => return false,
-        }
-        if in_window {
-            return true;
-        }
-        if cfg.has_bytes_sent == 0 {
-            return false;
-        }
-        let sent = skaddr.wrapping_add(u64::from(cfg.bytes_sent_offset)) as *const u64;
-        matches!(unsafe { bpf_probe_read_kernel(sent) }, Ok(bytes) if bytes > 0)
+        // SAFETY: bpf_probe_read_kernel checks the address; a failed read is no refusal.
+        let read = |offset: u32| unsafe {
+            bpf_probe_read_kernel(skaddr.wrapping_add(u64::from(offset)) as *const u64).ok()
+        };
+        accounting::is_refusal(
+            conn,
+            boot_ns,
+            reset,
+            &cfg,
+            || read(cfg.bytes_received_offset),
+            || read(cfg.bytes_sent_offset),
+        )
     }
 
     /// A ZooKeeper-bound connect (CLOSE → SYN_SENT, or `tcp_connect`): runs in the
@@ -774,13 +753,10 @@ mod programs {
                 bump_owner(&conn.owner, conn.cgroup_id, Field::CloseWait);
             }
             tcp_state::CLOSE => {
-                let established =
-                    conn.flags & conn_flags::ESTABLISHED != 0 || change.old != tcp_state::SYN_SENT;
                 let refused = conn.flags & conn_flags::REFUSED != 0;
-                let field = if established {
-                    Field::Closed
-                } else {
-                    Field::Failed
+                let field = match accounting::close_kind(conn.flags, change.old) {
+                    Close::Closed => Field::Closed,
+                    Close::Failed => Field::Failed,
                 };
                 bump_with(&PROC_STATS, &conn.owner, field, refused);
                 bump_with(&CGROUP_STATS, &conn.cgroup_id, field, refused);

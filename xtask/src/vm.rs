@@ -174,6 +174,9 @@ struct HookResult {
     reported: String,
     /// The capabilities zkconn kept after attach.
     kept: String,
+    /// Why the hook was checked a second time (the kernel skipped program runs in the
+    /// first, and a count differed).
+    retried: Option<String>,
     exact: bool,
     detail: String,
 }
@@ -748,6 +751,9 @@ struct HookLine {
     exact: bool,
     #[serde(default)]
     differences: Vec<String>,
+    /// Why this is a second run (the first one's counts differed after the kernel skipped
+    /// program runs).
+    retried: Option<String>,
     reason: Option<String>,
     /// The check itself failed.
     error: Option<String>,
@@ -772,6 +778,7 @@ fn parse_results(text: &str) -> Vec<HookResult> {
                 attached: h.attached,
                 reported: h.reported,
                 kept: h.kept,
+                retried: h.retried,
                 exact: h.exact,
             },
             Err(e) => HookResult {
@@ -781,6 +788,7 @@ fn parse_results(text: &str) -> Vec<HookResult> {
                 attached: false,
                 reported: String::new(),
                 kept: String::new(),
+                retried: None,
                 exact: false,
                 detail: format!("unreadable line ({e}): {l}"),
             },
@@ -806,7 +814,10 @@ fn cell(h: &HookResult) -> String {
     } else if !h.attached {
         format!("refused: {}", short_reason(&h.detail))
     } else if h.exact {
-        "exact".to_owned()
+        match &h.retried {
+            Some(r) => format!("exact on a second run ({})", r.replace('|', "/")),
+            None => "exact".to_owned(),
+        }
     } else {
         format!("**not exact**: {}", h.detail.replace('|', "/"))
     }
@@ -972,6 +983,21 @@ mod tests {
             (r[4].mode.as_str(), r[4].kept.as_str()),
             ("unit", "CAP_BPF")
         );
+    }
+
+    #[test]
+    fn a_second_run_after_skipped_kernel_runs_is_said() {
+        let text = "zkconn-vm: {\"mode\":\"fallbacks\",\"hook\":\"tracepoint\",\"attached\":true,\
+            \"reported\":\"tracepoint\",\"kept\":\"none\",\"exact\":true,\"differences\":[],\
+            \"skipped\":0,\"retried\":\"first run: C (killed) closed is 2, not 3; the kernel skipped 1 \
+            program runs\"}\n";
+        let r = parse_results(text);
+        assert_eq!(
+            cell(&r[0]),
+            "exact on a second run (first run: C (killed) closed is 2, not 3; the kernel \
+             skipped 1 program runs)"
+        );
+        assert!(problem(&r[0]).is_none());
     }
 
     #[test]

@@ -15,8 +15,7 @@
 use std::io;
 
 /// A replacement of one helper by an older one with the same arguments.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Fallback {
     /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) for `bpf_ktime_get_boot_ns` (5.8+): ages and
     /// times then exclude the time the host was suspended.
@@ -83,7 +82,7 @@ impl std::fmt::Display for Fallback {
 }
 
 /// A fallback in use, and why.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InUse {
     pub fallback: Fallback,
     /// `forced` (`--fallback`) or `kernel` (the helper is missing).

@@ -12,9 +12,9 @@ use zkconn_common::OwnerKey;
 
 use crate::{
     alarm::{self, Thresholds},
-    model::{ProcessRow, Rows, Suspect, Totals},
+    model::{Level, RowId, Rows, Suspect, Totals},
     trend::{Evidence, SUSPECT_MIN_SCORE, Sample, Series, Trend},
-    verdict::{Alarm, Rates, SuspectKind},
+    verdict::{Alarm, Rates},
 };
 
 /// A roll-up is listed beside its processes only when it scores this much more than its
@@ -24,12 +24,10 @@ const ROLL_UP_FACTOR: f64 = 1.5;
 /// Refusal events remembered per process (the counts themselves come from the maps).
 const REFUSALS_KEPT: usize = 1024;
 
+/// What a series is of: an owner row, or a (server, local IP).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum Subject {
-    Process(OwnerKey),
-    Container(String),
-    Application(String),
-    Service(String),
+    Owner(RowId),
     Server(String, String),
 }
 
@@ -73,7 +71,7 @@ impl History {
         let mut seen: HashMap<Subject, Sample> = HashMap::new();
         for p in &rows.processes {
             seen.insert(
-                Subject::Process(p.key),
+                Subject::Owner(p.id()),
                 Sample {
                     t,
                     open: p.states.open,
@@ -90,17 +88,17 @@ impl History {
             closed: t_.closed,
             rejected: t_.rejected,
         };
+        for c in &rows.cgroups {
+            seen.insert(Subject::Owner(c.row_id()), totals(&c.totals()));
+        }
         for c in &rows.containers {
-            seen.insert(Subject::Container(c.container.clone()), totals(&c.totals));
+            seen.insert(Subject::Owner(c.id()), totals(&c.totals));
         }
         for a in &rows.applications {
-            seen.insert(
-                Subject::Application(a.application.clone()),
-                totals(&a.totals),
-            );
+            seen.insert(Subject::Owner(a.id()), totals(&a.totals));
         }
         for s in &rows.services {
-            seen.insert(Subject::Service(s.service.clone()), totals(&s.totals));
+            seen.insert(Subject::Owner(s.id()), totals(&s.totals));
         }
         for s in &rows.servers {
             seen.insert(
@@ -139,7 +137,10 @@ impl History {
             while log.front().is_some_and(|(at, _)| *at < horizon) {
                 log.pop_front();
             }
-            !log.is_empty() && self.series.contains_key(&Subject::Process(*owner))
+            !log.is_empty()
+                && self
+                    .series
+                    .contains_key(&Subject::Owner(RowId::Process(*owner)))
         });
         self.first.get_or_insert(t);
         self.last = Some(t);
@@ -176,10 +177,10 @@ impl History {
 
         let mut suspects = Vec::new();
         // Per roll-up: the summed scores of its members that are suspects themselves.
-        let mut listed_members: HashMap<Subject, f64> = HashMap::new();
+        let mut listed_members: HashMap<RowId, f64> = HashMap::new();
         let mut processes = Vec::with_capacity(rows.processes.len());
         for p in &rows.processes {
-            let t = self.trend(&Subject::Process(p.key), now, window);
+            let t = self.trend(&Subject::Owner(p.id()), now, window);
             let rates = t.rates();
             processes.push(rates);
             let evidence = Evidence {
@@ -189,11 +190,11 @@ impl History {
             };
             let score = evidence.score();
             if score >= SUSPECT_MIN_SCORE {
-                for subject in roll_ups_of(p) {
-                    *listed_members.entry(subject).or_default() += score;
+                for row in RowId::roll_ups_of(p) {
+                    *listed_members.entry(row).or_default() += score;
                 }
                 suspects.push(Suspect {
-                    subject: SuspectKind::Process,
+                    subject: Level::Process,
                     pid: Some(p.pid),
                     container: None,
                     application: None,
@@ -209,8 +210,15 @@ impl History {
             }
         }
 
-        let mut roll_up = |subject: Subject, totals: &Totals, suspect: Suspect| -> Rates {
-            let t = self.trend(&subject, now, window);
+        // Cgroup rows get their rates here; they are not suspects of their own (their
+        // processes, containers and services are).
+        let cgroups = rows
+            .cgroups
+            .iter()
+            .map(|c| self.trend(&Subject::Owner(c.row_id()), now, window).rates())
+            .collect();
+        let mut roll_up = |row: RowId, totals: &Totals, suspect: Suspect| -> Rates {
+            let t = self.trend(&Subject::Owner(row.clone()), now, window);
             let rates = t.rates();
             let evidence = Evidence {
                 trend: t,
@@ -218,7 +226,7 @@ impl History {
                 refused_by: Vec::new(),
             };
             let score = evidence.score();
-            let listed = listed_members.get(&subject).copied().unwrap_or(0.0);
+            let listed = listed_members.get(&row).copied().unwrap_or(0.0);
             if score >= SUSPECT_MIN_SCORE && score > listed * ROLL_UP_FACTOR {
                 suspects.push(Suspect {
                     reason: evidence.reason(),
@@ -232,7 +240,7 @@ impl History {
             }
             rates
         };
-        let blank = |subject: SuspectKind, label: &str| Suspect {
+        let blank = |subject: Level, label: &str| Suspect {
             subject,
             pid: None,
             container: None,
@@ -253,9 +261,9 @@ impl History {
                 let s = Suspect {
                     container: Some(c.container.clone()),
                     application: Some(c.application.clone()),
-                    ..blank(SuspectKind::Container, &c.container)
+                    ..blank(Level::Container, &c.container)
                 };
-                roll_up(Subject::Container(c.container.clone()), &c.totals, s)
+                roll_up(c.id(), &c.totals, s)
             })
             .collect();
         let applications = rows
@@ -264,9 +272,9 @@ impl History {
             .map(|a| {
                 let s = Suspect {
                     application: Some(a.application.clone()),
-                    ..blank(SuspectKind::Application, &a.application)
+                    ..blank(Level::Application, &a.application)
                 };
-                roll_up(Subject::Application(a.application.clone()), &a.totals, s)
+                roll_up(a.id(), &a.totals, s)
             })
             .collect();
         let services = rows
@@ -275,9 +283,9 @@ impl History {
             .map(|v| {
                 let s = Suspect {
                     service: Some(v.service.clone()),
-                    ..blank(SuspectKind::Service, &v.service)
+                    ..blank(Level::Service, &v.service)
                 };
-                roll_up(Subject::Service(v.service.clone()), &v.totals, s)
+                roll_up(v.id(), &v.totals, s)
             })
             .collect();
         suspects.sort_by(|a, b| {
@@ -291,6 +299,7 @@ impl History {
         Judged {
             servers,
             processes,
+            cgroups,
             containers,
             applications,
             services,
@@ -313,23 +322,12 @@ impl History {
     }
 }
 
-/// The roll-up subjects a process belongs to.
-fn roll_ups_of(p: &ProcessRow) -> Vec<Subject> {
-    let mut v = vec![Subject::Service(p.who.service.clone())];
-    if let Some(c) = &p.who.yarn_container {
-        v.push(Subject::Container(c.clone()));
-    }
-    if let Some(a) = &p.who.yarn_application {
-        v.push(Subject::Application(a.clone()));
-    }
-    v
-}
-
 /// What [`History::judge`] found, row for row of the rows it judged.
 #[derive(Debug)]
 pub struct Judged {
     servers: Vec<ServerJudgement>,
     processes: Vec<Rates>,
+    cgroups: Vec<Rates>,
     containers: Vec<Rates>,
     applications: Vec<Rates>,
     services: Vec<Rates>,
@@ -355,6 +353,9 @@ impl Judged {
         }
         for (p, rates) in rows.processes.iter_mut().zip(self.processes) {
             p.rates = rates;
+        }
+        for (c, rates) in rows.cgroups.iter_mut().zip(self.cgroups) {
+            c.rates = rates;
         }
         for (c, rates) in rows.containers.iter_mut().zip(self.containers) {
             c.totals.rates = rates;
@@ -510,8 +511,8 @@ mod tests {
         assert_eq!(
             s,
             vec![
-                (SuspectKind::Application, "application_1700000000000_0042"),
-                (SuspectKind::Service, "MapReduce task"),
+                (Level::Application, "application_1700000000000_0042"),
+                (Level::Service, "MapReduce task"),
             ]
         );
         assert_eq!(r.applications[0].totals.rates.growth_per_min, 3.0);
@@ -538,5 +539,47 @@ mod tests {
         // Forgotten once no row names it.
         h.record(&rows(vec![]), 41.0);
         assert!(h.series.keys().all(|k| matches!(k, Subject::Server(..))));
+    }
+
+    /// A cgroup row's rates come from its own series, whichever processes hold its
+    /// connections at each sample.
+    #[test]
+    fn a_cgroup_grows_by_its_own_series_while_its_processes_come_and_go() {
+        use crate::model::CgroupRow;
+        let cgroup = |open: u64, opened: u64| CgroupRow {
+            hierarchy: crate::attribution::hierarchy::Hierarchy::V2,
+            path: Some("/kubepods/pod1".into()),
+            id: 42,
+            kind: crate::attribution::Kind::Kubernetes,
+            label: "pod1".into(),
+            states: model::StateCounts {
+                open,
+                established: open,
+                ..model::StateCounts::default()
+            },
+            opened,
+            closed: 0,
+            failed: 0,
+            rejected: 0,
+            age: model::Age::default(),
+            rates: Rates::default(),
+            users: Vec::new(),
+            pids: Vec::new(),
+        };
+        let mut h = History::new(600.0);
+        let mut r = rows(vec![]);
+        for t in 0..=60_u32 {
+            // A new process each second holds the pod's connections; one more each 6 s.
+            let open = u64::from(t / 6);
+            r = rows(vec![process(1000 + t, open, open, 0, 0)]);
+            r.cgroups = vec![cgroup(open, open)];
+            h.record(&r, f64::from(t));
+            h.judge(&r, f64::from(t), &Thresholds::default())
+                .apply(&mut r);
+        }
+        assert_eq!(r.cgroups[0].rates.growth_per_min, 10.0, "+10 in 60 s");
+        assert_eq!(r.cgroups[0].rates.opened_per_min, 10.0);
+        // Cgroups are not suspects of their own.
+        assert!(r.suspects.iter().all(|s| s.subject != Level::Cgroup));
     }
 }

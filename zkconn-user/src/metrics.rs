@@ -15,7 +15,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::model::Snapshot;
+use crate::model::{Snapshot, Totals};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServerLabels {
@@ -60,16 +60,20 @@ fn label_value(text: &str) -> String {
     out
 }
 
-/// Per-owner sums.
+/// Per-owner sums: the model's roll-up counters (its growth summed too) and the highest
+/// suspect score.
 #[derive(Clone, Copy, Default)]
 struct OwnerSums {
-    open: u64,
-    close_wait: u64,
-    opened: u64,
-    closed: u64,
-    rejected: u64,
-    growth_per_min: f64,
+    totals: Totals,
     score: f64,
+}
+
+impl OwnerSums {
+    fn add(&mut self, totals: &Totals, score: f64) {
+        self.totals.absorb(totals);
+        self.totals.rates.growth_per_min += totals.rates.growth_per_min;
+        self.score += score;
+    }
 }
 
 /// The text exposition (OpenMetrics) of `snap`, with at most `top` owners of their own.
@@ -188,25 +192,20 @@ fn owners(registry: &mut Registry, snap: &Snapshot, top: usize) {
             service: label_value(&p.who.service),
             yarn_application: label_value(p.who.yarn_application.as_deref().unwrap_or_default()),
         };
-        let s = sums.entry(l).or_default();
-        s.open += p.states.open;
-        s.close_wait += p.states.close_wait;
-        s.opened += p.opened;
-        s.closed += p.closed;
-        s.rejected += p.rejected;
-        s.growth_per_min += p.rates.growth_per_min;
-        s.score += snap
+        let id = p.id();
+        let score = snap
             .rows
             .suspects
             .iter()
-            .filter(|x| x.pid == Some(p.pid))
+            .filter(|x| x.is_of(&id))
             .map(|x| x.score)
             .sum::<f64>();
+        sums.entry(l).or_default().add(&Totals::of(p), score);
     }
     let mut ranked: Vec<(OwnerLabels, OwnerSums)> = sums.into_iter().collect();
     ranked.sort_by(|a, b| {
-        (b.1.open, b.1.opened)
-            .cmp(&(a.1.open, a.1.opened))
+        (b.1.totals.open, b.1.totals.opened)
+            .cmp(&(a.1.totals.open, a.1.totals.opened))
             .then(a.0.cmp(&b.0))
     });
     let mut other = OwnerSums::default();
@@ -215,13 +214,9 @@ fn owners(registry: &mut Registry, snap: &Snapshot, top: usize) {
         if i < top {
             shown.push((l, s));
         } else {
-            other.open += s.open;
-            other.close_wait += s.close_wait;
-            other.opened += s.opened;
-            other.closed += s.closed;
-            other.rejected += s.rejected;
-            other.growth_per_min += s.growth_per_min;
-            other.score = other.score.max(s.score);
+            let score = other.score.max(s.score);
+            other.add(&s.totals, 0.0);
+            other.score = score;
         }
     }
     if shown.len() == top && top > 0 {
@@ -243,13 +238,14 @@ fn owners(registry: &mut Registry, snap: &Snapshot, top: usize) {
     let closed = Family::<OwnerLabels, Counter>::default();
     let rejected = Family::<OwnerLabels, Counter>::default();
     for (l, s) in &shown {
-        open.get_or_create(l).set(gauge(s.open));
-        close_wait.get_or_create(l).set(gauge(s.close_wait));
-        growth.get_or_create(l).set(s.growth_per_min);
+        let t = &s.totals;
+        open.get_or_create(l).set(gauge(t.open));
+        close_wait.get_or_create(l).set(gauge(t.close_wait));
+        growth.get_or_create(l).set(t.rates.growth_per_min);
         score.get_or_create(l).set(s.score);
-        opened.get_or_create(l).inc_by(s.opened);
-        closed.get_or_create(l).inc_by(s.closed);
-        rejected.get_or_create(l).inc_by(s.rejected);
+        opened.get_or_create(l).inc_by(t.opened);
+        closed.get_or_create(l).inc_by(t.closed);
+        rejected.get_or_create(l).inc_by(t.rejected);
     }
     registry.register(
         "owner_open_connections",

@@ -356,6 +356,10 @@ mod tests {
             opened: 6,
             closed: 2,
             failed: 0,
+            rejected: 0,
+            age: crate::model::Age::default(),
+            rates: crate::verdict::Rates::default(),
+            users: Vec::new(),
             pids: vec![7, 8],
         };
         let snap = Snapshot::for_test(Rows {

@@ -1,7 +1,8 @@
 //! The vocabulary of judgement: what the judges (`alarm`, `history`) say of the rows the
 //! engine builds, as the document spells it.
 //!
-//! Owns: the types of alarms, rates and suspect kinds. Must not: judge anything, or depend
+//! Owns: the types of alarms and rates (what a suspect is of is the model's
+//! [`Level`](crate::model::Level)). Must not: judge anything, or depend
 //! on any other module of zkconn (the document model and the judges both import it).
 
 use serde::Serialize;
@@ -36,25 +37,4 @@ pub struct Rates {
     pub growth_per_min: f64,
     pub opened_per_min: f64,
     pub closed_per_min: f64,
-}
-
-/// What a suspect is: one process or a roll-up of several.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SuspectKind {
-    Process,
-    Container,
-    Application,
-    Service,
-}
-
-impl SuspectKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Process => "process",
-            Self::Container => "container",
-            Self::Application => "application",
-            Self::Service => "service",
-        }
-    }
 }

@@ -4,10 +4,7 @@
 use zkconn_common::{Counters, ServerKey, tcp_state};
 
 use super::*;
-use crate::{
-    targets::ip_to_bytes,
-    verdict::{Alarm, SuspectKind},
-};
+use crate::{model::Level, targets::ip_to_bytes, verdict::Alarm};
 
 const SERVER: &str = "10.0.0.9:2181";
 const YARN_CGROUP: &str = "/hadoop-yarn/container_e17_1410901177871_0001_01_000005";
@@ -283,7 +280,7 @@ fn a_refusal_makes_the_server_critical_and_names_the_refused() {
         .rows
         .suspects
         .iter()
-        .filter(|x| x.subject == SuspectKind::Process && x.pid == Some(7))
+        .filter(|x| x.subject == Level::Process && x.pid == Some(7))
         .collect();
     assert_eq!(refused.len(), 1, "{:?}", snap.rows.suspects);
     assert!(refused[0].reason.contains(SERVER), "{}", refused[0].reason);

@@ -147,7 +147,7 @@ pub fn build(inputs: &Inputs<'_>) -> Rows {
     let mut by_server: BTreeMap<(Server, [u8; 16]), StateCounts> = BTreeMap::new();
     let mut by_owner: FxHashMap<OwnerKey, (StateCounts, BTreeMap<Server, u64>, Age)> =
         FxHashMap::default();
-    let mut by_cgroup: FxHashMap<u64, (StateCounts, BTreeSet<u32>)> = FxHashMap::default();
+    let mut by_cgroup: FxHashMap<u64, (StateCounts, BTreeSet<u32>, Age)> = FxHashMap::default();
     // Server rows count per source address as the server sees it (after NAT).
     let mut translated_from: BTreeMap<(Server, [u8; 16]), BTreeSet<[u8; 16]>> = BTreeMap::new();
     // Owners counted in v1 cgroup rows: their connections stay out of the v2 rows.
@@ -174,8 +174,9 @@ pub fn build(inputs: &Inputs<'_>) -> Rows {
             *per_server.entry(server).or_default() += 1;
         }
         if by_v1.is_empty() || !by_v1.contains(&c.owner) {
-            let (cg_states, pids) = by_cgroup.entry(c.cgroup_id).or_default();
+            let (cg_states, pids, cg_age) = by_cgroup.entry(c.cgroup_id).or_default();
             cg_states.add(c.state);
+            cg_age.add_conn(c, inputs.now_ns);
             pids.insert(c.owner.tgid);
         }
     }
@@ -194,6 +195,7 @@ pub fn build(inputs: &Inputs<'_>) -> Rows {
     owners.extend(inputs.seeded.keys().copied());
 
     let mut cgroup_pids: HashMap<u64, BTreeSet<u32>> = HashMap::new();
+    let mut cgroup_users: HashMap<u64, BTreeSet<String>> = HashMap::new();
     let mut v1_of: FxHashMap<OwnerKey, V1Cgroup> = FxHashMap::default();
     let mut processes: Vec<ProcessRow> = owners
         .into_iter()
@@ -206,6 +208,12 @@ pub fn build(inputs: &Inputs<'_>) -> Rows {
             match facts.grouping {
                 Grouping::V2 => {
                     cgroup_pids.entry(cgroup_id).or_default().insert(key.tgid);
+                    if let Some(user) = &facts.user {
+                        cgroup_users
+                            .entry(cgroup_id)
+                            .or_default()
+                            .insert(user.clone());
+                    }
                 }
                 Grouping::V1(cg) => {
                     v1_of.insert(key, cg);
@@ -281,8 +289,9 @@ pub fn build(inputs: &Inputs<'_>) -> Rows {
                 counters.opened = counters.opened.saturating_sub(m.opened);
                 counters.closed = counters.closed.saturating_sub(m.closed);
                 counters.failed = counters.failed.saturating_sub(m.failed);
+                counters.rejected = counters.rejected.saturating_sub(m.rejected);
             }
-            let (states, mut pids) = by_cgroup.remove(&id).unwrap_or_default();
+            let (states, mut pids, age) = by_cgroup.remove(&id).unwrap_or_default();
             pids.extend(cgroup_pids.remove(&id).unwrap_or_default());
             let path = inputs.cgroup_paths.get(&id).cloned();
             // No cgroup has id 0: it holds the connections of unknown owners.
@@ -301,6 +310,14 @@ pub fn build(inputs: &Inputs<'_>) -> Rows {
                 opened: counters.opened,
                 closed: counters.closed,
                 failed: counters.failed,
+                rejected: counters.rejected,
+                age,
+                rates: Rates::default(),
+                users: cgroup_users
+                    .remove(&id)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect(),
                 pids: pids.into_iter().collect(),
             }
         })
@@ -308,7 +325,7 @@ pub fn build(inputs: &Inputs<'_>) -> Rows {
         .filter(|r| {
             !(r.pids.is_empty()
                 && r.states == StateCounts::default()
-                && r.opened + r.closed + r.failed == 0)
+                && r.opened + r.closed + r.failed + r.rejected == 0)
         })
         .chain(v1_rows)
         .collect();
@@ -418,6 +435,10 @@ fn v1_cgroup_rows(
                 opened: 0,
                 closed: 0,
                 failed: 0,
+                rejected: 0,
+                age: Age::default(),
+                rates: Rates::default(),
+                users: Vec::new(),
                 pids: Vec::new(),
             };
             (row, BTreeSet::new())
@@ -426,16 +447,21 @@ fn v1_cgroup_rows(
         row.opened += p.opened;
         row.closed += p.closed;
         row.failed += p.failed;
+        row.rejected += p.rejected;
+        row.age.merge(&p.age);
+        row.users.extend(p.user.clone());
         pids.insert(p.pid);
         let m = moved.entry(p.cgroup_id).or_default();
         m.opened += p.opened;
         m.closed += p.closed;
         m.failed += p.failed;
+        m.rejected += p.rejected;
     }
     let rows = rows
         .into_values()
         .map(|(mut row, pids)| {
             row.pids = pids.into_iter().collect();
+            super::rollup::sorted_set(&mut row.users);
             row
         })
         .collect();

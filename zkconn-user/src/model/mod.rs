@@ -9,6 +9,7 @@
 
 mod build;
 pub mod health;
+mod level;
 mod rollup;
 #[cfg(test)]
 mod tests;
@@ -19,6 +20,7 @@ use zkconn_common::{Conn, OwnerKey, conn_flags, tcp_state};
 pub use self::{
     build::{Inputs, Translations, build, connections, endpoint},
     health::*,
+    level::{CgroupKey, Level, RowId},
     rollup::roll_up,
 };
 use crate::{
@@ -27,7 +29,7 @@ use crate::{
         hierarchy::{Grouping, Hierarchy, V1Cgroup},
     },
     limits::LimitInfo,
-    verdict::{Alarm, Rates, SuspectKind},
+    verdict::{Alarm, Rates},
 };
 
 pub const SCHEMA: &str = "zkconn.snapshot/v1";
@@ -83,7 +85,7 @@ pub struct AlarmThresholds {
 /// An owner that grows, holds CLOSE_WAIT sockets or is being refused.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Suspect {
-    pub subject: SuspectKind,
+    pub subject: Level,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -367,7 +369,7 @@ fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct CgroupRow {
     /// `v2`: keyed by the kernel's cgroup id; `v1:cpu` or `v1:name=systemd`: keyed by the
     /// path in that hierarchy (see [`crate::attribution::hierarchy`]).
@@ -385,7 +387,30 @@ pub struct CgroupRow {
     pub opened: u64,
     pub closed: u64,
     pub failed: u64,
+    pub rejected: u64,
+    #[serde(flatten)]
+    pub age: Age,
+    #[serde(flatten)]
+    pub rates: Rates,
+    /// The users its processes run as.
+    pub users: Vec<String>,
     pub pids: Vec<u32>,
+}
+
+impl CgroupRow {
+    /// Its counters as a roll-up's, the shape every other owner row has.
+    pub fn totals(&self) -> Totals {
+        Totals {
+            open: self.states.open,
+            close_wait: self.states.close_wait,
+            opened: self.opened,
+            closed: self.closed,
+            failed: self.failed,
+            rejected: self.rejected,
+            age: self.age,
+            rates: self.rates,
+        }
+    }
 }
 
 /// Counters summed over the processes of a roll-up row.
@@ -423,7 +448,7 @@ impl Totals {
     }
 
     /// Another roll-up's counts (rates are not summed: they are the history's).
-    fn absorb(&mut self, t: &Totals) {
+    pub fn absorb(&mut self, t: &Totals) {
         self.open += t.open;
         self.close_wait += t.close_wait;
         self.opened += t.opened;
@@ -462,6 +487,8 @@ pub struct ContainerRow {
     #[serde(flatten)]
     pub totals: Totals,
     pub services: Vec<String>,
+    /// The users its processes run as.
+    pub users: Vec<String>,
     pub pids: Vec<u32>,
 }
 
@@ -472,6 +499,10 @@ pub struct ApplicationRow {
     #[serde(flatten)]
     pub totals: Totals,
     pub processes: u64,
+    /// The users its live processes run as.
+    pub users: Vec<String>,
+    /// Its live processes.
+    pub pids: Vec<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -481,6 +512,8 @@ pub struct ServiceRow {
     pub kinds: Vec<Kind>,
     #[serde(flatten)]
     pub totals: Totals,
+    /// The users its processes run as.
+    pub users: Vec<String>,
     pub pids: Vec<u32>,
 }
 

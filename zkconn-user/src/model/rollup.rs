@@ -18,6 +18,12 @@ fn by_weight<T>(rows: &mut [T], key: impl Fn(&T) -> (Totals, &str)) {
     });
 }
 
+/// Sorted, each once.
+pub(super) fn sorted_set<T: Ord>(v: &mut Vec<T>) {
+    v.sort_unstable();
+    v.dedup();
+}
+
 /// Containers, applications and services, summed from process rows.
 pub fn roll_up(
     processes: &[ProcessRow],
@@ -29,6 +35,7 @@ pub fn roll_up(
         who: &'a Attribution,
         totals: Totals,
         pid: Option<u32>,
+        user: Option<&'a str>,
         processes: u64,
     }
     let live = processes.iter().map(|p| {
@@ -38,6 +45,7 @@ pub fn roll_up(
             who: &p.who,
             totals,
             pid: Some(p.pid),
+            user: p.user.as_deref(),
             processes: 1,
         }
     });
@@ -48,12 +56,13 @@ pub fn roll_up(
             who: &r.who,
             totals,
             pid: None,
+            user: None,
             processes: r.processes,
         }
     });
     let mut containers: BTreeMap<&str, ContainerRow> = BTreeMap::new();
     let mut applications: BTreeMap<&str, (ApplicationRow, BTreeSet<String>)> = BTreeMap::new();
-    let mut services: BTreeMap<&str, (ServiceRow, BTreeSet<Kind>, BTreeSet<u32>)> = BTreeMap::new();
+    let mut services: BTreeMap<&str, (ServiceRow, BTreeSet<Kind>)> = BTreeMap::new();
     for part in live.chain(gone) {
         let who = part.who;
         if let Some(app) = &who.yarn_application {
@@ -64,12 +73,16 @@ pub fn roll_up(
                         containers: Vec::new(),
                         totals: Totals::default(),
                         processes: 0,
+                        users: Vec::new(),
+                        pids: Vec::new(),
                     },
                     BTreeSet::new(),
                 )
             });
             row.totals.absorb(&part.totals);
             row.processes += part.processes;
+            row.users.extend(part.user.map(str::to_owned));
+            row.pids.extend(part.pid);
             // Retired containers are summed into their application without a row.
             if let Some(container) = &who.yarn_container {
                 ids.insert(container.clone());
@@ -78,36 +91,39 @@ pub fn roll_up(
                     application: app.clone(),
                     totals: Totals::default(),
                     services: Vec::new(),
+                    users: Vec::new(),
                     pids: Vec::new(),
                 });
                 row.totals.absorb(&part.totals);
                 if !row.services.contains(&who.service) {
                     row.services.push(who.service.clone());
                 }
+                row.users.extend(part.user.map(str::to_owned));
                 row.pids.extend(part.pid);
             }
         }
-        let (row, kinds, pids) = services.entry(&who.service).or_insert_with(|| {
+        let (row, kinds) = services.entry(&who.service).or_insert_with(|| {
             (
                 ServiceRow {
                     service: who.service.clone(),
                     kinds: Vec::new(),
                     totals: Totals::default(),
+                    users: Vec::new(),
                     pids: Vec::new(),
                 },
-                BTreeSet::new(),
                 BTreeSet::new(),
             )
         });
         row.totals.absorb(&part.totals);
         kinds.insert(who.kind);
-        pids.extend(part.pid);
+        row.users.extend(part.user.map(str::to_owned));
+        row.pids.extend(part.pid);
     }
     let mut containers: Vec<ContainerRow> = containers
         .into_values()
         .map(|mut c| {
-            c.pids.sort_unstable();
-            c.pids.dedup();
+            sorted_set(&mut c.pids);
+            sorted_set(&mut c.users);
             c
         })
         .collect();
@@ -116,15 +132,18 @@ pub fn roll_up(
         .into_values()
         .map(|(mut row, ids)| {
             row.containers = ids.into_iter().collect();
+            sorted_set(&mut row.pids);
+            sorted_set(&mut row.users);
             row
         })
         .collect();
     by_weight(&mut applications, |a| (a.totals, &a.application));
     let mut services: Vec<ServiceRow> = services
         .into_values()
-        .map(|(mut row, kinds, pids)| {
+        .map(|(mut row, kinds)| {
             row.kinds = kinds.into_iter().collect();
-            row.pids = pids.into_iter().collect();
+            sorted_set(&mut row.pids);
+            sorted_set(&mut row.users);
             row
         })
         .collect();

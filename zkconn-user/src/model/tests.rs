@@ -745,3 +745,83 @@ fn empty_host() {
     let (s, p, c) = run(&[], &[], &[]);
     assert!(s.is_empty() && p.is_empty() && c.is_empty());
 }
+
+/// A cgroup row carries what every other owner row does: refusals (the kernel's per v2 id,
+/// less what processes counted in v1 rows were refused), the age of its oldest connection
+/// and the users of its processes, so no view has to sum them.
+#[test]
+fn cgroup_rows_carry_refusals_ages_and_users() {
+    use tcp_state::ESTABLISHED;
+    let user = |f: OwnerFacts, name: &str| OwnerFacts {
+        user: Some(name.into()),
+        ..f
+    };
+    let facts: HashMap<OwnerKey, OwnerFacts> = [
+        (1, user(in_v1(C1, 1), "alice")),
+        (4, user(in_v2(1), "bob")),
+        (5, user(in_v2(7), "carol")),
+        (6, user(in_v2(7), "alice")),
+        (8, user(in_v2(7), "dave")),
+    ]
+    .into_iter()
+    .map(|(pid, f)| (key(pid), f))
+    .collect();
+    let secs = 1_000_000_000;
+    let aged = |pid, cgroup, port, opened_secs| Conn {
+        opened_ns: opened_secs * secs,
+        ..conn(pid, cgroup, port, "127.0.0.2:2181", ESTABLISHED)
+    };
+    let conns = [
+        aged(1, 1, 1, 10),
+        aged(4, 1, 2, 90),
+        aged(5, 7, 3, 40),
+        aged(6, 7, 4, 70),
+    ];
+    let refused = |rejected| Counters {
+        rejected,
+        ..Counters::default()
+    };
+    let proc_stats = [(key(1), refused(3)), (key(4), refused(2))];
+    let cgroup_stats = [(1, refused(5)), (7, refused(4))];
+    let paths = [(1, "/".to_owned()), (7, "/cg7".to_owned())]
+        .into_iter()
+        .collect();
+    let rows = build(&Inputs {
+        conns: &conns,
+        seeds: &[],
+        proc_stats: &proc_stats,
+        cgroup_stats: &cgroup_stats,
+        server_stats: &[],
+        limits: &Limits::default(),
+        facts: &facts,
+        seeded: &HashMap::new(),
+        cgroup_paths: &paths,
+        held_by: &HashMap::new(),
+        nat: &Translations::default(),
+        retired: &[],
+        now_ns: 100 * secs,
+    });
+    let got: Vec<_> = rows
+        .cgroups
+        .iter()
+        .map(|c| {
+            (
+                c.path.as_deref().unwrap(),
+                c.rejected,
+                c.age.oldest_secs,
+                c.users.clone(),
+                c.totals().rejected,
+            )
+        })
+        .collect();
+    let users = |u: &[&str]| u.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        got,
+        vec![
+            // Pid 8 holds nothing: it is no process row, so not a user of the row.
+            ("/cg7", 4, Some(60.0), users(&["alice", "carol"]), 4),
+            ("/", 2, Some(10.0), users(&["bob"]), 2),
+            (C1, 3, Some(90.0), users(&["alice"]), 3),
+        ]
+    );
+}

@@ -7,40 +7,32 @@ use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
 use crate::{
     attribution::hierarchy::Hierarchy,
-    model::{ConnectionRow, Snapshot},
-    verdict::SuspectKind,
+    model::{CgroupKey, ConnectionRow, Level, RowId, Snapshot, Suspect, Totals},
 };
 
 /// Points kept per owner for its sparkline (one per refresh).
 pub const SPARK_POINTS: usize = 40;
 
-/// How owners are grouped in the table (`g` cycles).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Group {
-    #[default]
-    Process,
-    Cgroup,
-    Application,
-    Service,
+/// The groupings of the owners table, in the order `g` cycles through them (YARN
+/// containers are cgroup rows).
+pub const GROUPS: [Level; 4] = [
+    Level::Process,
+    Level::Cgroup,
+    Level::Application,
+    Level::Service,
+];
+
+fn next_group(group: Level) -> Level {
+    let i = GROUPS.iter().position(|g| *g == group).unwrap_or(0);
+    GROUPS[(i + 1) % GROUPS.len()]
 }
 
-impl Group {
-    fn next(self) -> Self {
-        match self {
-            Self::Process => Self::Cgroup,
-            Self::Cgroup => Self::Application,
-            Self::Application => Self::Service,
-            Self::Service => Self::Process,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Process => "process",
-            Self::Cgroup => "cgroup",
-            Self::Application => "YARN application",
-            Self::Service => "service",
-        }
+/// The name of a grouping in the table's title.
+pub fn group_name(group: Level) -> &'static str {
+    match group {
+        Level::Application => "YARN application",
+        Level::Container => "YARN container",
+        other => other.as_str(),
     }
 }
 
@@ -114,22 +106,11 @@ impl Column {
     }
 }
 
-/// Identifies an owner across refreshes (selection, sparklines, drill-down).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum OwnerId {
-    Process(u32, u64),
-    /// A cgroup v2 row, by id.
-    Cgroup(u64),
-    /// A cgroup v1 row, by hierarchy and path.
-    CgroupV1(Hierarchy, String),
-    Application(String),
-    Service(String),
-}
-
 /// One row of the owners table.
 #[derive(Clone, Debug, PartialEq)]
 pub struct OwnerLine {
-    pub id: OwnerId,
+    /// Identifies the owner across refreshes (selection, sparklines, drill-down).
+    pub id: RowId,
     pub label: String,
     pub kind: String,
     pub pids: Vec<u32>,
@@ -164,16 +145,6 @@ pub struct PerSecond {
     pub rejected: f64,
 }
 
-/// Header totals, summed over the servers.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct Totals {
-    pub open: u64,
-    pub opened: u64,
-    pub closed: u64,
-    pub failed: u64,
-    pub rejected: u64,
-}
-
 #[derive(Debug, Default)]
 pub struct App {
     pub snapshot: Option<Snapshot>,
@@ -184,14 +155,14 @@ pub struct App {
     /// Per second since the previous refresh; `None` until there was one.
     pub rates: Option<PerSecond>,
     previous: Option<(f64, Totals)>,
-    pub group: Group,
+    pub group: Level,
     pub sort: Option<Column>,
     pub ascending: bool,
     pub filter: String,
     /// The filter being typed (after `/`).
     pub editing: Option<String>,
-    pub selected: Option<OwnerId>,
-    pub drill: Option<OwnerId>,
+    pub selected: Option<RowId>,
+    pub drill: Option<RowId>,
     pub paused: bool,
     pub help: bool,
     pub quit: bool,
@@ -200,7 +171,7 @@ pub struct App {
     /// Why the last refresh failed (a kernel map that cannot be read): shown in the header
     /// over the last good snapshot, until a refresh succeeds.
     pub error: Option<String>,
-    sparks: HashMap<OwnerId, VecDeque<u64>>,
+    sparks: HashMap<RowId, VecDeque<u64>>,
 }
 
 impl App {
@@ -216,11 +187,15 @@ impl App {
     fn apply(&mut self, snapshot: Snapshot, connections: Vec<ConnectionRow>) {
         let mut t = Totals::default();
         for s in &snapshot.rows.servers {
-            t.open += s.states.open;
-            t.opened += s.opened;
-            t.closed += s.closed;
-            t.failed += s.failed;
-            t.rejected += s.rejected;
+            t.absorb(&Totals {
+                open: s.states.open,
+                close_wait: s.states.close_wait,
+                opened: s.opened,
+                closed: s.closed,
+                failed: s.failed,
+                rejected: s.rejected,
+                ..Totals::default()
+            });
         }
         let now = snapshot.observed_secs;
         if let Some((then, before)) = self.previous {
@@ -248,12 +223,7 @@ impl App {
     /// One point per owner of every grouping; owners no longer present are forgotten.
     fn record_sparks(&mut self, snap: &Snapshot) {
         let mut seen = HashSet::new();
-        for group in [
-            Group::Process,
-            Group::Cgroup,
-            Group::Application,
-            Group::Service,
-        ] {
+        for group in GROUPS {
             for line in lines_of(snap, group) {
                 let points = self.sparks.entry(line.id.clone()).or_default();
                 if points.len() == SPARK_POINTS {
@@ -266,7 +236,7 @@ impl App {
         self.sparks.retain(|id, _| seen.contains(id));
     }
 
-    pub fn spark(&self, id: &OwnerId) -> Vec<u64> {
+    pub fn spark(&self, id: &RowId) -> Vec<u64> {
         self.sparks
             .get(id)
             .map(|p| p.iter().copied().collect())
@@ -302,9 +272,9 @@ impl App {
         let Some(snap) = self
             .snapshot
             .as_ref()
-            .filter(|_| self.group == Group::Cgroup)
+            .filter(|_| self.group == Level::Cgroup)
         else {
-            return self.group.name().to_owned();
+            return group_name(self.group).to_owned();
         };
         let mut used: Vec<Hierarchy> = snap.rows.cgroups.iter().map(|c| c.hierarchy).collect();
         used.sort_unstable();
@@ -331,9 +301,11 @@ impl App {
         self.connections
             .iter()
             .filter(|c| match &line.id {
-                OwnerId::Process(pid, birth) => c.owner.tgid == *pid && c.owner.birth_ns == *birth,
+                RowId::Process(key) => c.owner == *key,
                 // Processes counted by a v1 cgroup connect from this id too.
-                OwnerId::Cgroup(id) => c.cgroup_id == *id && line.pids.contains(&c.owner.tgid),
+                RowId::Cgroup(CgroupKey::V2(id)) => {
+                    c.cgroup_id == *id && line.pids.contains(&c.owner.tgid)
+                }
                 _ => line.pids.contains(&c.owner.tgid),
             })
             .collect()
@@ -385,7 +357,7 @@ impl App {
             KeyCode::Char('?') | KeyCode::F(1) => self.help = true,
             KeyCode::Char('p') | KeyCode::Char(' ') => self.toggle_pause(),
             KeyCode::Char('g') if self.drill.is_none() => {
-                self.group = self.group.next();
+                self.group = next_group(self.group);
                 self.selected = self.lines().first().map(|l| l.id.clone());
             }
             KeyCode::Char('s') | KeyCode::Char('>') => self.move_sort(1),
@@ -459,180 +431,107 @@ fn compare(a: &OwnerLine, b: &OwnerLine, column: Column) -> std::cmp::Ordering {
     }
 }
 
-/// The owners of `group` in `snap`, unsorted.
-pub fn lines_of<'a>(snap: &'a Snapshot, group: Group) -> Vec<OwnerLine> {
+/// Whether suspect `s` is the owner of `line` or one of its processes.
+pub fn concerns(s: &Suspect, line: &OwnerLine) -> bool {
+    s.is_of(&line.id)
+        || (s.subject == Level::Process && s.pid.is_some_and(|p| line.pids.contains(&p)))
+}
+
+/// The owners of `group` in `snap`, unsorted: the rows as the engine made them.
+pub fn lines_of(snap: &Snapshot, group: Level) -> Vec<OwnerLine> {
     let r = &snap.rows;
-    let suspect = |kind: SuspectKind, matches: &dyn Fn(&crate::model::Suspect) -> bool| {
-        r.suspects.iter().any(|s| s.subject == kind && matches(s))
+    let line = |id: RowId, label: &str, kind: String, pids: &[u32], users: &[String], t: Totals| {
+        let mut line = OwnerLine {
+            id,
+            label: label.to_owned(),
+            kind,
+            pids: pids.to_vec(),
+            user: users.join(","),
+            open: t.open,
+            growth: t.rates.growth_per_min,
+            opened: t.opened,
+            closed: t.closed,
+            rejected: t.rejected,
+            close_wait: t.close_wait,
+            oldest: t.age.oldest_secs,
+            oldest_seeded: t.age.oldest_seeded,
+            suspect: false,
+        };
+        line.suspect = r.suspects.iter().any(|s| concerns(s, &line));
+        line
     };
     match group {
-        Group::Process => r
+        Level::Process => r
             .processes
             .iter()
-            .map(|p| OwnerLine {
-                id: OwnerId::Process(p.pid, p.key.birth_ns),
-                label: p.who.label.clone(),
-                kind: p.who.kind.to_string(),
-                pids: vec![p.pid],
-                user: p
-                    .user
-                    .clone()
-                    .or_else(|| p.uid.map(|u| u.to_string()))
-                    .unwrap_or_default(),
-                open: p.states.open,
-                growth: p.rates.growth_per_min,
-                opened: p.opened,
-                closed: p.closed,
-                rejected: p.rejected,
-                close_wait: p.states.close_wait,
-                oldest: p.age.oldest_secs,
-                oldest_seeded: p.age.oldest_seeded,
-                suspect: suspect(SuspectKind::Process, &|s| s.pid == Some(p.pid)),
+            .map(|p| {
+                let user = p.user.clone().or_else(|| p.uid.map(|u| u.to_string()));
+                line(
+                    p.id(),
+                    &p.who.label,
+                    p.who.kind.to_string(),
+                    &[p.pid],
+                    user.as_slice(),
+                    Totals::of(p),
+                )
             })
             .collect(),
-        Group::Cgroup => {
-            // Processes by cgroup row, once, rather than a scan of all processes per cgroup.
-            type Key<'a> = (Hierarchy, u64, Option<&'a str>);
-            let key_of = |p: &'a crate::model::ProcessRow| -> Key<'a> {
-                match p.cgroup_hierarchy {
-                    Hierarchy::V2 => (Hierarchy::V2, p.cgroup_id, None),
-                    h => (h, 0, p.cgroup_v1.as_deref()),
-                }
-            };
-            let mut by_cgroup: HashMap<Key<'_>, Vec<&crate::model::ProcessRow>> = HashMap::new();
-            for p in &r.processes {
-                by_cgroup.entry(key_of(p)).or_default().push(p);
-            }
-            r.cgroups
-                .iter()
-                .map(|c| {
-                    let (key, id) = match c.hierarchy {
-                        Hierarchy::V2 => ((Hierarchy::V2, c.id, None), OwnerId::Cgroup(c.id)),
-                        h => (
-                            (h, 0, c.path.as_deref()),
-                            OwnerId::CgroupV1(h, c.path.clone().unwrap_or_default()),
-                        ),
-                    };
-                    let members: Vec<_> = by_cgroup
-                        .get(&key)
-                        .into_iter()
-                        .flatten()
-                        .copied()
-                        .filter(|p| c.pids.contains(&p.pid))
-                        .collect();
-                    let users: HashSet<&str> =
-                        members.iter().filter_map(|p| p.user.as_deref()).collect();
-                    let mut oldest: Option<(f64, bool)> = None;
-                    for p in &members {
-                        if let Some(o) = p.age.oldest_secs
-                            && oldest.is_none_or(|(s, _)| o > s)
-                        {
-                            oldest = Some((o, p.age.oldest_seeded));
-                        }
-                    }
-                    OwnerLine {
-                        id,
-                        label: c.label.clone(),
-                        kind: c.kind.to_string(),
-                        pids: c.pids.clone(),
-                        user: joined(users),
-                        open: c.states.open,
-                        growth: members.iter().map(|p| p.rates.growth_per_min).sum(),
-                        opened: c.opened,
-                        closed: c.closed,
-                        rejected: members.iter().map(|p| p.rejected).sum(),
-                        close_wait: c.states.close_wait,
-                        oldest: oldest.map(|o| o.0),
-                        oldest_seeded: oldest.is_some_and(|o| o.1),
-                        suspect: members
-                            .iter()
-                            .any(|p| suspect(SuspectKind::Process, &|s| s.pid == Some(p.pid))),
-                    }
-                })
-                .collect()
-        }
-        Group::Application => r
+        Level::Cgroup => r
+            .cgroups
+            .iter()
+            .map(|c| {
+                line(
+                    c.row_id(),
+                    &c.label,
+                    c.kind.to_string(),
+                    &c.pids,
+                    &c.users,
+                    c.totals(),
+                )
+            })
+            .collect(),
+        Level::Container => r
+            .containers
+            .iter()
+            .map(|c| {
+                line(
+                    c.id(),
+                    &c.container,
+                    "yarn".into(),
+                    &c.pids,
+                    &c.users,
+                    c.totals,
+                )
+            })
+            .collect(),
+        Level::Application => r
             .applications
             .iter()
             .map(|a| {
-                let pids: Vec<u32> = r
-                    .processes
-                    .iter()
-                    .filter(|p| p.who.yarn_application.as_ref() == Some(&a.application))
-                    .map(|p| p.pid)
-                    .collect();
-                let users: HashSet<&str> = r
-                    .processes
-                    .iter()
-                    .filter(|p| pids.contains(&p.pid))
-                    .filter_map(|p| p.user.as_deref())
-                    .collect();
-                OwnerLine {
-                    id: OwnerId::Application(a.application.clone()),
-                    label: a.application.clone(),
-                    kind: "yarn".into(),
-                    user: joined(users),
-                    suspect: suspect(SuspectKind::Application, &|s| {
-                        s.application.as_ref() == Some(&a.application) && s.container.is_none()
-                    }) || r
-                        .suspects
-                        .iter()
-                        .any(|s| s.pid.is_some_and(|p| pids.contains(&p))),
-                    pids,
-                    open: a.totals.open,
-                    growth: a.totals.rates.growth_per_min,
-                    opened: a.totals.opened,
-                    closed: a.totals.closed,
-                    rejected: a.totals.rejected,
-                    close_wait: a.totals.close_wait,
-                    oldest: a.totals.age.oldest_secs,
-                    oldest_seeded: a.totals.age.oldest_seeded,
-                }
+                line(
+                    a.id(),
+                    &a.application,
+                    "yarn".into(),
+                    &a.pids,
+                    &a.users,
+                    a.totals,
+                )
             })
             .collect(),
-        Group::Service => r
+        Level::Service => r
             .services
             .iter()
             .map(|v| {
-                let users: HashSet<&str> = r
-                    .processes
-                    .iter()
-                    .filter(|p| v.pids.contains(&p.pid))
-                    .filter_map(|p| p.user.as_deref())
-                    .collect();
-                OwnerLine {
-                    id: OwnerId::Service(v.service.clone()),
-                    label: v.service.clone(),
-                    kind: v
-                        .kinds
-                        .iter()
-                        .map(|k| k.as_str())
-                        .collect::<Vec<_>>()
-                        .join(","),
-                    pids: v.pids.clone(),
-                    user: joined(users),
-                    open: v.totals.open,
-                    growth: v.totals.rates.growth_per_min,
-                    opened: v.totals.opened,
-                    closed: v.totals.closed,
-                    rejected: v.totals.rejected,
-                    close_wait: v.totals.close_wait,
-                    oldest: v.totals.age.oldest_secs,
-                    oldest_seeded: v.totals.age.oldest_seeded,
-                    suspect: suspect(SuspectKind::Service, &|s| {
-                        s.service.as_ref() == Some(&v.service)
-                    }) || r
-                        .suspects
-                        .iter()
-                        .any(|s| s.pid.is_some_and(|p| v.pids.contains(&p))),
-                }
+                let kinds: Vec<&str> = v.kinds.iter().map(|k| k.as_str()).collect();
+                line(
+                    v.id(),
+                    &v.service,
+                    kinds.join(","),
+                    &v.pids,
+                    &v.users,
+                    v.totals,
+                )
             })
             .collect(),
     }
-}
-
-fn joined(set: HashSet<&str>) -> String {
-    let mut v: Vec<&str> = set.into_iter().collect();
-    v.sort_unstable();
-    v.join(",")
 }

@@ -10,7 +10,7 @@ use ratatui::{
 
 use super::app::{App, Column, OwnerLine};
 use crate::{
-    model::ServerRow,
+    model::{RowId, ServerRow},
     trend::{human_secs, human_time_to_limit},
     verdict::Alarm,
 };
@@ -448,27 +448,19 @@ fn facts_of(app: &App, line: &OwnerLine) -> Vec<Line<'static>> {
     let Some(snap) = &app.snapshot else {
         return out;
     };
-    for s in snap.rows.suspects.iter().filter(|s| match &line.id {
-        super::app::OwnerId::Process(pid, _) => s.pid == Some(*pid),
-        super::app::OwnerId::Application(a) => {
-            s.application.as_ref() == Some(a) && s.container.is_none()
-        }
-        super::app::OwnerId::Service(v) => s.service.as_ref() == Some(v),
-        super::app::OwnerId::Cgroup(_) | super::app::OwnerId::CgroupV1(..) => {
-            s.pid.is_some_and(|p| line.pids.contains(&p))
-        }
-    }) {
+    for s in snap
+        .rows
+        .suspects
+        .iter()
+        .filter(|s| super::app::concerns(s, line))
+    {
         out.push(Line::from(vec![
             Span::styled(format!("{:>16}: ", "suspect"), CRIT),
             Span::raw(format!("{} (score {:.1})", s.reason, s.score)),
         ]));
     }
-    if let super::app::OwnerId::Process(pid, birth) = &line.id
-        && let Some(p) = snap
-            .rows
-            .processes
-            .iter()
-            .find(|p| p.pid == *pid && p.key.birth_ns == *birth)
+    if let RowId::Process(key) = &line.id
+        && let Some(p) = snap.rows.processes.iter().find(|p| p.key == *key)
     {
         let w = &p.who;
         let opt = |v: &Option<String>| v.clone();

@@ -9,15 +9,17 @@ use ratatui::{
 use zkconn_common::OwnerKey;
 
 use super::{
-    app::{App, Column, Group, OwnerId},
+    app::{App, Column},
     render,
 };
 use crate::{
     alarm::Thresholds,
     attribution::{Attribution, Kind},
-    model::{self, Age, ConnectionRow, ProcessRow, Rows, ServerOpen, ServerRow, Snapshot, Suspect},
-    verdict::Alarm,
-    verdict::{Rates, SuspectKind},
+    model::{
+        self, Age, CgroupKey, ConnectionRow, Level, ProcessRow, RowId, Rows, ServerOpen, ServerRow,
+        Snapshot, Suspect,
+    },
+    verdict::{Alarm, Rates},
 };
 
 const C1: &str = "container_e17_1700000000000_0042_01_000002";
@@ -40,6 +42,15 @@ fn process(pid: u32, label: &str, kind: Kind, open: u64) -> ProcessRow {
         open,
     }];
     p
+}
+
+/// The row id of process `pid` as the fixtures make it.
+fn process_id(pid: u32) -> RowId {
+    RowId::Process(OwnerKey {
+        tgid: pid,
+        _pad: 0,
+        birth_ns: 1,
+    })
 }
 
 fn server(name: &str, open: u64, limit: u32) -> ServerRow {
@@ -102,7 +113,7 @@ fn typical() -> Snapshot {
         applications,
         services,
         suspects: vec![Suspect {
-            subject: SuspectKind::Process,
+            subject: Level::Process,
             pid: Some(5200),
             container: None,
             application: None,
@@ -140,7 +151,7 @@ fn at_limit() -> Snapshot {
     victim.servers.clear();
     snap.rows.processes.push(victim);
     snap.rows.suspects.push(Suspect {
-        subject: SuspectKind::Process,
+        subject: Level::Process,
         pid: Some(6100),
         container: None,
         application: None,
@@ -220,7 +231,7 @@ fn the_drill_down_shows_connections_and_attribution() {
     let mut app = app_with(typical());
     app.on_key(key(KeyCode::Down));
     app.on_key(key(KeyCode::Enter));
-    assert_eq!(app.drill, Some(OwnerId::Process(5200, 1)));
+    assert_eq!(app.drill, Some(process_id(5200)));
     insta::assert_snapshot!(draw(&app, 120, 24));
 }
 
@@ -250,12 +261,12 @@ fn labels(app: &App) -> Vec<String> {
 #[test]
 fn group_cycles_through_the_roll_ups() {
     let mut app = app_with(typical());
-    assert_eq!(app.group, Group::Process);
+    assert_eq!(app.group, Level::Process);
     assert_eq!(labels(&app)[0], "HBase RegionServer");
     app.on_key(key(KeyCode::Char('g')));
-    assert_eq!(app.group, Group::Cgroup);
+    assert_eq!(app.group, Level::Cgroup);
     app.on_key(key(KeyCode::Char('g')));
-    assert_eq!(app.group, Group::Application);
+    assert_eq!(app.group, Level::Application);
     assert_eq!(labels(&app), vec![APP.to_owned()]);
     let line = &app.lines()[0];
     assert_eq!(
@@ -263,10 +274,10 @@ fn group_cycles_through_the_roll_ups() {
         (9, vec![5200], true)
     );
     app.on_key(key(KeyCode::Char('g')));
-    assert_eq!(app.group, Group::Service);
+    assert_eq!(app.group, Level::Service);
     assert_eq!(labels(&app)[1], "Spark executor");
     app.on_key(key(KeyCode::Char('g')));
-    assert_eq!(app.group, Group::Process);
+    assert_eq!(app.group, Level::Process);
 }
 
 #[test]
@@ -299,7 +310,7 @@ fn filter_typed_after_slash_narrows_and_esc_cancels() {
     assert_eq!(labels(&app).len(), 4, "applies on Enter only");
     app.on_key(key(KeyCode::Enter));
     assert_eq!(labels(&app), vec![format!("Spark executor in {C1}")]);
-    assert_eq!(app.selected, Some(OwnerId::Process(5200, 1)));
+    assert_eq!(app.selected, Some(process_id(5200)));
     // A pid matches too; Esc while typing keeps the old filter.
     app.on_key(key(KeyCode::Char('/')));
     app.on_key(key(KeyCode::Backspace));
@@ -315,22 +326,18 @@ fn filter_typed_after_slash_narrows_and_esc_cancels() {
 #[test]
 fn selection_drill_down_and_back() {
     let mut app = app_with(typical());
-    assert_eq!(app.selected, Some(OwnerId::Process(4100, 1)));
+    assert_eq!(app.selected, Some(process_id(4100)));
     app.on_key(key(KeyCode::Up));
-    assert_eq!(
-        app.selected,
-        Some(OwnerId::Process(4100, 1)),
-        "stops at the top"
-    );
+    assert_eq!(app.selected, Some(process_id(4100)), "stops at the top");
     app.on_key(key(KeyCode::End));
-    assert_eq!(app.selected, Some(OwnerId::Process(2900, 1)));
+    assert_eq!(app.selected, Some(process_id(2900)));
     app.on_key(key(KeyCode::Home));
     app.on_key(key(KeyCode::Char('j')));
     app.on_key(key(KeyCode::Enter));
     assert_eq!(app.drilled_connections().len(), 3);
     // In the drill-down, g and arrows do nothing; Esc goes back, it does not quit.
     app.on_key(key(KeyCode::Char('g')));
-    assert_eq!(app.group, Group::Process);
+    assert_eq!(app.group, Level::Process);
     app.on_key(key(KeyCode::Esc));
     assert_eq!(app.drill, None);
     assert!(!app.quit);
@@ -403,7 +410,7 @@ fn sparklines_follow_the_open_count() {
         s.rows.processes[1].states.open = open;
         app.update(s, Vec::new());
     }
-    assert_eq!(app.spark(&OwnerId::Process(5200, 1)), vec![1, 2, 3]);
+    assert_eq!(app.spark(&process_id(5200)), vec![1, 2, 3]);
 }
 
 #[test]
@@ -464,11 +471,18 @@ fn on_a_v1_host() -> Snapshot {
         opened: open,
         closed: 0,
         failed: 0,
+        rejected: 0,
+        age: Age::default(),
+        rates: Rates::default(),
+        users: Vec::new(),
         pids,
     };
+    let mut executor = row(&container, Kind::Yarn, C1, 9, vec![5200]);
+    executor.rates.growth_per_min = 1.5;
+    executor.users = vec!["alice".into()];
     snap.rows.cgroups = vec![
         row("/", Kind::Process, "/", 15, vec![2900, 3300, 4100]),
-        row(&container, Kind::Yarn, C1, 9, vec![5200]),
+        executor,
     ];
     snap
 }
@@ -491,14 +505,17 @@ fn the_cgroup_view_says_it_groups_by_v1_paths() {
             (C1, "yarn", 9, vec![5200]),
         ]
     );
-    // Members are found by path: the leaking executor's growth and suspicion carry over.
-    assert_eq!((lines[1].growth, lines[1].suspect), (1.5, true));
+    // The row's own rate and users; its leaking executor makes it a suspect.
+    assert_eq!(
+        (lines[1].growth, lines[1].user.as_str(), lines[1].suspect),
+        (1.5, "alice", true)
+    );
     assert_eq!(
         lines[1].id,
-        OwnerId::CgroupV1(
+        RowId::Cgroup(CgroupKey::V1(
             crate::attribution::hierarchy::Hierarchy::V1Cpu,
             format!("/hadoop-yarn/{C1}")
-        )
+        ))
     );
     let screen = draw(&app, 140, 24);
     assert!(screen.contains("Owners by cgroup v1:cpu (2)"), "{screen}");

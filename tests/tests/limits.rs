@@ -6,12 +6,15 @@ use std::{thread, time::Duration};
 
 use anyhow::Result;
 use integration_tests::{
-    RawClient, ZkServer, Zkconn, field, fresh_ipv4, process, server_row, wait_settled,
+    Cgroup, RawClient, ZkServer, Zkconn, field, fresh_ipv4, process, server_row, wait_settled,
 };
 
+/// Also per cgroup: the kernel's count of each cgroup's refusals equals its process's, so
+/// the cgroup rows (and `top`'s cgroup view, which reads them) name who was refused.
 #[test]
 fn refusals_equal_the_servers_own_count() -> Result<()> {
     let zk = ZkServer::start(fresh_ipv4(), 3, &[])?;
+    let (cg_leaker, cg_victim) = (Cgroup::create("leaker")?, Cgroup::create("victim")?);
     let other_host = fresh_ipv4();
     let z = Zkconn::start(&["--zk", &zk.addr.to_string(), "--max-client-cnxns", "3"])?;
     let before = zk.connection_rejected(other_host)?;
@@ -33,11 +36,13 @@ fn refusals_equal_the_servers_own_count() -> Result<()> {
     // One more fits; the next three are refused.
     let leaker = RawClient {
         interval: step,
+        cgroups: vec![cg_leaker.path.clone()],
         ..RawClient::new(zk.addr, 4)
     }
     .spawn()?;
     let victim = RawClient {
         interval: step,
+        cgroups: vec![cg_victim.path.clone()],
         ..RawClient::new(zk.addr, 2)
     }
     .spawn()?;
@@ -62,6 +67,20 @@ fn refusals_equal_the_servers_own_count() -> Result<()> {
     assert_eq!(field(process(&snap, leaker.pid())?, "rejected")?, 3);
     assert_eq!(field(process(&snap, leaker.pid())?, "open")?, 1);
     assert_eq!(field(process(&snap, victim.pid())?, "rejected")?, 2);
+    let cgroups = snap["cgroups"].as_array().cloned().unwrap_or_default();
+    for (cg, pid, open, rejected) in [
+        (&cg_leaker, leaker.pid(), 1, 3),
+        (&cg_victim, victim.pid(), 0, 2),
+    ] {
+        let row = cgroups
+            .iter()
+            .find(|r| r["path"] == cg.rel.as_str())
+            .ok_or_else(|| anyhow::anyhow!("no row for {}: {cgroups:#?}", cg.rel))?;
+        assert_eq!(field(row, "rejected")?, rejected, "{row:#}");
+        assert_eq!(field(row, "open")?, open, "{row:#}");
+        assert_eq!(row["pids"], serde_json::json!([pid]), "{row:#}");
+        assert_eq!(row["users"], serde_json::json!(["root"]), "{row:#}");
+    }
     assert_eq!(snap["max_client_cnxns"]["source"], "flag");
     assert_eq!(snap["probe"]["refusal_detection"], "no_bytes_received");
     Ok(())

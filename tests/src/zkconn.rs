@@ -266,7 +266,8 @@ impl Check {
 
 /// A running `zkconn daemon -v --listen ADDR --interval 1s ARGS`.
 pub struct Daemon {
-    pub child: Child,
+    /// Killed and reaped when the daemon is dropped.
+    pub child: Reaped,
     pub addr: SocketAddr,
     stderr: mpsc::Receiver<String>,
 }
@@ -288,7 +289,7 @@ impl Daemon {
         cmd_args.extend_from_slice(args);
         let (child, _stdout, err) = spawn_zkconn(&["daemon", "-v"], &cmd_args)?;
         let mut d = Self {
-            child,
+            child: Reaped::new(child),
             addr,
             stderr: stderr_lines(err),
         };
@@ -338,12 +339,6 @@ impl Daemon {
 
     pub fn kill9(&mut self) {
         kill_and_reap(&mut self.child);
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.kill9();
     }
 }
 

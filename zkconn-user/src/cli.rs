@@ -385,9 +385,31 @@ fn parse_ring_kib(text: &str) -> Result<u32, String> {
 
 #[cfg(test)]
 mod tests {
+    use clap::CommandFactory;
     use rstest::rstest;
 
     use super::*;
+
+    /// `--hook`'s help spells `auto`'s order in prose: it must be the order `auto` tries.
+    #[test]
+    fn the_hook_help_names_autos_order() {
+        let cmd = Cli::command();
+        let snapshot = cmd
+            .find_subcommand("snapshot")
+            .expect("snapshot subcommand");
+        let help = snapshot
+            .get_arguments()
+            .find(|a| a.get_id() == "hook")
+            .and_then(|a| a.get_long_help().or(a.get_help()))
+            .expect("--hook has help")
+            .to_string();
+        let names: Vec<&str> = zkconn_common::hooks::Hook::AUTO_ORDER
+            .iter()
+            .map(|h| h.name())
+            .collect();
+        let order = format!("tries {} in that order", names.join(", "));
+        assert!(help.contains(&order), "{help:?} should say {order:?}");
+    }
 
     #[rstest]
     #[case("0", Ok(Duration::ZERO))]

@@ -323,6 +323,8 @@ fn probe(registry: &mut Registry, snap: &Snapshot) {
     }
     let unreadable = Counter::<u64>::default();
     unreadable.inc_by(p.unreadable);
+    let undeleted = Gauge::<i64>::default();
+    undeleted.set(gauge(p.retention.undeleted));
     let observed = FloatGauge::default();
     observed.set(snap.observed_secs);
     registry.register(
@@ -346,6 +348,12 @@ fn probe(registry: &mut Registry, snap: &Snapshot) {
         "/proc entries, map entries and socket tables that could not be read, and failed \
          reconciliation rounds",
         unreadable,
+    );
+    registry.register(
+        "probe_undeleted_rows",
+        "Retired process and cgroup rows the kernel refused to delete, tried again at each \
+         reading",
+        undeleted,
     );
     registry.register(
         "observed_seconds",

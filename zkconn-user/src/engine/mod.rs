@@ -279,6 +279,7 @@ impl Engine {
             cgroups: self.retention.cgroups,
             containers: self.retention.containers,
             applications: self.retention.applications,
+            undeleted: r.health.undeleted,
         };
         let snapshot = Snapshot {
             schema: model::SCHEMA,

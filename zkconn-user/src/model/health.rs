@@ -23,6 +23,9 @@ pub struct RetentionHealth {
     /// YARN applications retired since start: finished, out of `applications`, their
     /// counts kept in their services' rows.
     pub applications: u64,
+    /// Retired rows the kernel refused to delete from its process and cgroup tables, as
+    /// of the reading: tried again at each one, taking room there until then.
+    pub undeleted: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -78,6 +81,9 @@ pub struct SourceHealth {
     pub capabilities: Kept,
     pub fallbacks: Vec<FallbackInUse>,
     pub limitations: Vec<String>,
+    /// Retired rows not yet deleted from the kernel's tables (the engine puts it in
+    /// [`RetentionHealth::undeleted`]).
+    pub undeleted: u64,
 }
 
 impl ProbeHealth {

@@ -101,6 +101,7 @@ impl Source {
                 Feed::Poll(..) => Vec::new(),
             },
             limitations: self.limitations(),
+            undeleted: (self.unforgotten.0.len() + self.unforgotten.1.len()) as u64,
         }
     }
 }

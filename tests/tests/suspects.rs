@@ -25,7 +25,8 @@ fn suspects(snap: &Value) -> Vec<(Option<u64>, String)> {
 }
 
 /// A steady holder (there before zkconn), a slow leaker that reaches the limit and is
-/// refused, and a victim refused afterwards.
+/// refused, and a victim refused afterwards: the leaker is the one suspect, by what it
+/// holds of the exhausted budget; the victim is listed as refused, never as a suspect.
 #[test]
 fn the_leaker_ranks_first_and_the_steady_holder_is_not_a_suspect() -> Result<()> {
     let zk = ZkServer::start(fresh_ipv4(), 8, &[])?;
@@ -67,16 +68,30 @@ fn the_leaker_ranks_first_and_the_steady_holder_is_not_a_suspect() -> Result<()>
 
     let s = suspects(&snap);
     let pids: Vec<Option<u64>> = s.iter().map(|(p, _)| *p).collect();
-    assert_eq!(
-        pids,
-        vec![Some(u64::from(leaker.pid())), Some(u64::from(victim.pid()))],
-        "{s:?}"
-    );
+    assert_eq!(pids, vec![Some(u64::from(leaker.pid()))], "{s:?}");
     assert!(
-        s[0].1.starts_with("+5 in ") && s[0].1.contains("; refused 3 times by "),
+        s[0].1.starts_with(&format!(
+            "holds 5 of 8 at {} from 127.0.0.1, all since zkconn started; +5 in ",
+            zk.addr
+        )) && s[0].1.contains("; refused 3 times by "),
         "{s:?}"
     );
-    assert_eq!(s[1].1, format!("refused 2 times by {}", zk.addr));
+    let victims: Vec<(Option<u64>, Option<&str>)> = snap["victims"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|v| (v["pid"].as_u64(), v["reason"].as_str()))
+        .collect();
+    let why = format!("refused 2 times by {}", zk.addr);
+    assert_eq!(
+        victims,
+        vec![(Some(u64::from(victim.pid())), Some(why.as_str()))]
+    );
+    // Where each process's connections count: the budget of (server, local IP).
+    assert_eq!(
+        process(&snap, leaker.pid())?["servers"],
+        serde_json::json!([{"server": zk.addr.to_string(), "local_ip": "127.0.0.1", "open": 5}])
+    );
     let leaker_row = process(&snap, leaker.pid())?;
     assert!(leaker_row["growth_per_min"].as_f64() > Some(0.0));
     let steady_row = process(&snap, steady.pid())?;
@@ -220,6 +235,21 @@ fn check_exit_codes() -> Result<()> {
     );
     assert!(
         line.contains(&format!("'rejected {target} from 127.0.0.1'=1 ")),
+        "{line}"
+    );
+    // The refused process is named as refused, not as the suspect.
+    assert!(
+        line.contains(&format!(
+            "; refused: python3.11 raw_client.py pid {} (refused once",
+            late.pid()
+        )),
+        "{line}"
+    );
+    assert!(
+        !line.contains(&format!(
+            "suspect: python3.11 raw_client.py pid {}",
+            late.pid()
+        )),
         "{line}"
     );
     drop((holder, more, late));

@@ -44,6 +44,23 @@ pub fn verdict(snap: &Snapshot) -> (Alarm, String) {
         let pid = s.pid.map(|p| format!(" pid {p}")).unwrap_or_default();
         let _ = write!(text, "; suspect: {}{pid} ({})", s.label, s.reason);
     }
+    // Who is cut off: at most three, the most refused first.
+    if !snap.rows.victims.is_empty() {
+        let named: Vec<String> = snap
+            .rows
+            .victims
+            .iter()
+            .take(3)
+            .map(|v| format!("{} pid {} ({})", v.label, v.pid, v.reason))
+            .collect();
+        let more = snap.rows.victims.len().saturating_sub(named.len());
+        let more = if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        };
+        let _ = write!(text, "; refused: {}{more}", named.join(", "));
+    }
     if incomplete {
         let _ = write!(
             text,
@@ -90,7 +107,7 @@ fn describe(snap: &Snapshot, w: &ServerRow) -> String {
         .filter_map(|p| {
             p.servers
                 .iter()
-                .find(|s| s.server == w.server)
+                .find(|s| s.server == w.server && s.local_ip == w.local_ip)
                 .map(|s| (s.open, p))
         })
         .max_by_key(|(open, p)| (*open, std::cmp::Reverse(p.pid)));
@@ -183,6 +200,7 @@ mod tests {
             },
             servers: vec![ServerOpen {
                 server: "10.0.0.2:2181".into(),
+                local_ip: "10.0.0.9".into(),
                 open,
             }],
             ..ProcessRow::for_test(pid)
@@ -212,6 +230,7 @@ mod tests {
             },
             servers: vec![ServerOpen {
                 server: "10.0.0.2:2181".into(),
+                local_ip: "10.0.0.9".into(),
                 open: 5,
             }],
             ..ProcessRow::for_test(9)

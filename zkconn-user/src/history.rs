@@ -12,8 +12,8 @@ use zkconn_common::OwnerKey;
 
 use crate::{
     alarm::{self, Thresholds},
-    model::{Level, RowId, Rows, Suspect, Totals},
-    trend::{Evidence, SUSPECT_MIN_SCORE, Sample, Series, Trend},
+    model::{Level, RowId, Rows, Suspect, Totals, Victim},
+    trend::{self, Evidence, Holding, SUSPECT_MIN_SCORE, Sample, Series, Trend},
     verdict::{Alarm, Rates},
 };
 
@@ -159,7 +159,7 @@ impl History {
     pub fn judge(&self, rows: &Rows, now: f64, thresholds: &Thresholds) -> Judged {
         let window = self.window_at(now);
         let refusing_window = self.window_at(now).min(alarm::REFUSING_SECS);
-        let servers = rows
+        let servers: Vec<ServerJudgement> = rows
             .servers
             .iter()
             .map(|s| {
@@ -175,20 +175,62 @@ impl History {
             })
             .collect();
 
+        // Budgets at or near their limit, (server, local IP) → limit: what holders are
+        // judged by.
+        let pressed: HashMap<(&str, &str), u32> = rows
+            .servers
+            .iter()
+            .zip(&servers)
+            .filter(|(s, j)| s.limit > 0 && j.alarm != Alarm::Ok)
+            .map(|(s, _)| ((s.server.as_str(), s.local_ip.as_str()), s.limit))
+            .collect();
+        // Per roll-up: what its processes hold of each pressed budget.
+        let mut held_by_roll_up: HashMap<RowId, HashMap<(&str, &str), u64>> = HashMap::new();
+
         let mut suspects = Vec::new();
+        let mut victims = Vec::new();
         // Per roll-up: the summed scores of its members that are suspects themselves.
         let mut listed_members: HashMap<RowId, f64> = HashMap::new();
         let mut processes = Vec::with_capacity(rows.processes.len());
         for p in &rows.processes {
-            let t = self.trend(&Subject::Owner(p.id()), now, window);
+            let subject = Subject::Owner(p.id());
+            let t = self.trend(&subject, now, window);
             let rates = t.rates();
             processes.push(rates);
+            let mut held = HashMap::new();
+            for s in &p.servers {
+                let budget = (s.server.as_str(), s.local_ip.as_str());
+                if pressed.contains_key(&budget) && s.open > 0 {
+                    held.insert(budget, s.open);
+                    for row in RowId::roll_ups_of(p) {
+                        *held_by_roll_up
+                            .entry(row)
+                            .or_default()
+                            .entry(budget)
+                            .or_default() += s.open;
+                    }
+                }
+            }
             let evidence = Evidence {
                 trend: t,
                 close_wait_held: p.age.close_wait_held,
+                holding: self.holding(&subject, &held, &pressed),
                 refused_by: self.refused_by(p.key, now - window),
             };
             let score = evidence.score();
+            if score < SUSPECT_MIN_SCORE && t.rejected > 0 {
+                victims.push(Victim {
+                    pid: p.pid,
+                    label: p.who.label.clone(),
+                    service: p.who.service.clone(),
+                    container: p.who.yarn_container.clone(),
+                    application: p.who.yarn_application.clone(),
+                    open: p.states.open,
+                    rejected: t.rejected,
+                    refused_by: evidence.refused_by.iter().map(|(s, _)| s.clone()).collect(),
+                    reason: trend::refusals(t.rejected, &evidence.refused_by),
+                });
+            }
             if score >= SUSPECT_MIN_SCORE {
                 for row in RowId::roll_ups_of(p) {
                     *listed_members.entry(row).or_default() += score;
@@ -217,12 +259,16 @@ impl History {
             .iter()
             .map(|c| self.trend(&Subject::Owner(c.row_id()), now, window).rates())
             .collect();
+        let no_holding = HashMap::new();
         let mut roll_up = |row: RowId, totals: &Totals, suspect: Suspect| -> Rates {
-            let t = self.trend(&Subject::Owner(row.clone()), now, window);
+            let held = held_by_roll_up.get(&row).unwrap_or(&no_holding);
+            let subject = Subject::Owner(row.clone());
+            let t = self.trend(&subject, now, window);
             let rates = t.rates();
             let evidence = Evidence {
                 trend: t,
                 close_wait_held: totals.age.close_wait_held,
+                holding: self.holding(&subject, held, &pressed),
                 refused_by: Vec::new(),
             };
             let score = evidence.score();
@@ -296,15 +342,44 @@ impl History {
                 .then(a.subject.cmp(&b.subject))
                 .then(a.label.cmp(&b.label))
         });
+        victims.sort_by(|a, b| b.rejected.cmp(&a.rejected).then(a.label.cmp(&b.label)));
         Judged {
             servers,
             processes,
+            victims,
             cgroups,
             containers,
             applications,
             services,
             suspects,
         }
+    }
+
+    /// The largest share `subject` holds of a pressed budget, given what it holds of each
+    /// (`held`) and their limits; with what it gained since zkconn first saw it.
+    fn holding(
+        &self,
+        subject: &Subject,
+        held: &HashMap<(&str, &str), u64>,
+        pressed: &HashMap<(&str, &str), u32>,
+    ) -> Option<Holding> {
+        let gained = self.series.get(subject).map_or(0, Series::gained);
+        held.iter()
+            .filter_map(|(budget, open)| {
+                pressed.get(budget).map(|limit| Holding {
+                    server: budget.0.to_owned(),
+                    local_ip: budget.1.to_owned(),
+                    open: *open,
+                    limit: *limit,
+                    gained,
+                })
+            })
+            .max_by(|a, b| {
+                (a.open as f64 / f64::from(a.limit))
+                    .total_cmp(&(b.open as f64 / f64::from(b.limit)))
+                    .then(b.server.cmp(&a.server))
+                    .then(b.local_ip.cmp(&a.local_ip))
+            })
     }
 
     /// Refusal events of `owner` since `since`, per server, most first.
@@ -327,6 +402,7 @@ impl History {
 pub struct Judged {
     servers: Vec<ServerJudgement>,
     processes: Vec<Rates>,
+    victims: Vec<Victim>,
     cgroups: Vec<Rates>,
     containers: Vec<Rates>,
     applications: Vec<Rates>,
@@ -367,6 +443,7 @@ impl Judged {
             v.totals.rates = rates;
         }
         rows.suspects = self.suspects;
+        rows.victims = self.victims;
     }
 }
 
@@ -375,7 +452,7 @@ mod tests {
     use super::*;
     use crate::{
         attribution::Attribution,
-        model::{self, ProcessRow, ServerRow},
+        model::{self, ProcessRow, ServerOpen, ServerRow},
         verdict::Alarm,
     };
 
@@ -453,11 +530,15 @@ mod tests {
             .collect();
         assert_eq!(
             s,
-            vec![
-                (Some(2), "+12 in 2 min, none closed; refused 2 times"),
-                (Some(3), "refused 3 times by 127.0.0.2:2181"),
-            ]
+            vec![(Some(2), "+12 in 2 min, none closed; refused 2 times")]
         );
+        // Refused, holding nothing: a victim, not a suspect.
+        let v: Vec<_> = last
+            .victims
+            .iter()
+            .map(|v| (v.pid, v.rejected, v.reason.as_str()))
+            .collect();
+        assert_eq!(v, vec![(3, 3, "refused 3 times by 127.0.0.2:2181")]);
         assert_eq!(last.suspects[0].growth_per_min, 6.0);
         let steady = last.processes.iter().find(|p| p.pid == 1).unwrap();
         assert_eq!(steady.rates.growth_per_min, 0.0);
@@ -581,5 +662,61 @@ mod tests {
         assert_eq!(r.cgroups[0].rates.opened_per_min, 10.0);
         // Cgroups are not suspects of their own.
         assert!(r.suspects.iter().all(|s| s.subject != Level::Cgroup));
+    }
+
+    /// The scenario of a host cut off: a budget of 10; a RegionServer holding 2 from before
+    /// zkconn; a container that leaked 5 early on and then stopped growing; later an HBase
+    /// Master refused again and again while holding nothing. Long after the leak, the
+    /// leaker is still the suspect by what it holds and gained, the Master is a victim and
+    /// the RegionServer is neither.
+    #[test]
+    fn at_the_limit_the_holder_is_blamed_and_the_refused_is_a_victim() {
+        let budget = |open| ServerOpen {
+            server: "127.0.0.2:2181".into(),
+            local_ip: "127.0.0.1".into(),
+            open,
+        };
+        let mut h = History::new(600.0);
+        let thresholds = Thresholds::default();
+        let mut last = Rows::default();
+        for t in 0..=1800_u32 {
+            let leaked = u64::from(t.min(50) / 10);
+            let master_refused = u64::from(t.saturating_sub(1000) / 30);
+            let mut rs = process(1, 2, 0, 0, 0);
+            rs.servers = vec![budget(2)];
+            let mut leaker = in_container(process(2, leaked, leaked, 0, 0), 1);
+            leaker.servers = vec![budget(leaked)];
+            let master = process(3, 0, master_refused, master_refused, master_refused);
+            let others = process(4, 3, 3, 0, 0);
+            let mut r = rows(vec![rs, leaker, master, others]);
+            r.servers[0] = ServerRow {
+                rejected: master_refused,
+                ..ServerRow::for_test("127.0.0.2:2181", "127.0.0.1", 2 + leaked + 3, 10)
+            };
+            if t > 1000 && (t - 1000) % 30 == 0 {
+                h.refused(r.processes[2].key, "127.0.0.2:2181".into(), f64::from(t));
+            }
+            h.record(&r, f64::from(t));
+            h.judge(&r, f64::from(t), &thresholds).apply(&mut r);
+            last = r;
+        }
+        assert_eq!(last.servers[0].alarm, Alarm::Critical);
+        let s: Vec<_> = last
+            .suspects
+            .iter()
+            .map(|s| (s.subject, s.pid, s.reason.as_str()))
+            .collect();
+        assert_eq!(
+            s,
+            vec![(
+                Level::Process,
+                Some(2),
+                "holds 5 of 10 at 127.0.0.2:2181 from 127.0.0.1, all since zkconn started"
+            )],
+            "the leaker's growth is 29 minutes old, out of the window"
+        );
+        assert_eq!(last.suspects[0].score, 4.0);
+        let v: Vec<_> = last.victims.iter().map(|v| (v.pid, v.rejected)).collect();
+        assert_eq!(v, vec![(3, 20)], "refused 20 times in the 10-minute window");
     }
 }

@@ -214,6 +214,22 @@ pub fn text(out: &mut impl Write, s: &Snapshot) -> io::Result<()> {
             &rows,
         )?;
     }
+    if !r.victims.is_empty() {
+        writeln!(out)?;
+        let rows: Vec<Vec<String>> = r
+            .victims
+            .iter()
+            .map(|v| {
+                vec![
+                    format!("{} (pid {})", v.label, v.pid),
+                    n(v.open),
+                    n(v.rejected),
+                    v.reason.clone(),
+                ]
+            })
+            .collect();
+        table(out, &["REFUSED", "OPEN", "REJECTED", "REASON"], &rows)?;
+    }
     if !r.processes.is_empty() {
         writeln!(out)?;
         let rows: Vec<Vec<String>> = r

@@ -40,13 +40,25 @@ impl Sample {
 #[derive(Clone, Debug)]
 pub struct Series {
     points: VecDeque<Sample>,
+    /// `open` of the first point, kept when the window moves on: what the owner held when
+    /// zkconn first saw it.
+    baseline: u64,
 }
 
 impl Series {
     pub fn new(first: Sample) -> Self {
         Self {
             points: VecDeque::from([first]),
+            baseline: first.open,
         }
+    }
+
+    /// Connections held now beyond what the owner held when zkconn first saw it, however
+    /// long ago: the growth that brought a budget to its limit, after the window forgot it.
+    pub fn gained(&self) -> u64 {
+        self.points
+            .back()
+            .map_or(0, |last| last.open.saturating_sub(self.baseline))
     }
 
     /// Records `s` (later than every point so far) if anything changed; forgets what lies
@@ -197,38 +209,71 @@ pub fn sustained_growth(net: i64, slices: &[i64]) -> f64 {
     round2((net * spread / even).min(net))
 }
 
+/// What an owner holds of one budget (a server's connections from one local IP, as the
+/// server sees it) that is at or near its limit.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Holding {
+    pub server: String,
+    pub local_ip: String,
+    pub open: u64,
+    pub limit: u32,
+    /// Of `open`, how many it gained since zkconn first saw it ([`Series::gained`]).
+    pub gained: u64,
+}
+
+impl Holding {
+    /// [`HOLD_POINTS`] for each whole budget held, as much again for what was gained.
+    fn points(&self) -> f64 {
+        if self.limit == 0 {
+            return 0.0;
+        }
+        let limit = f64::from(self.limit);
+        HOLD_POINTS * (self.open as f64 / limit + self.gained.min(self.open) as f64 / limit)
+    }
+}
+
 /// The evidence against one owner, and its score.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Evidence {
     pub trend: Trend,
     /// CLOSE_WAIT sockets held longer than [`crate::verdict::CLOSE_WAIT_GRACE_SECS`].
     pub close_wait_held: u64,
+    /// Its largest share of a budget at or near its limit.
+    pub holding: Option<Holding>,
     /// Refusals in the window by server (from the kernel's refusal events), most first.
     pub refused_by: Vec<(String, u64)>,
 }
 
 /// Owners scoring at least this are listed as suspects.
 pub const SUSPECT_MIN_SCORE: f64 = 2.0;
-/// Points for having been refused in the window, however often: enough to be listed, less
-/// than any real leaker that was refused too.
-pub const REFUSED_POINTS: f64 = 2.0;
+/// Points for holding a whole budget that is at or near its limit (and as many again when
+/// all of it was gained since zkconn started): half a budget gained is enough to be listed.
+pub const HOLD_POINTS: f64 = 4.0;
 
 impl Evidence {
-    /// Sustained growth + one point per held CLOSE_WAIT socket + [`REFUSED_POINTS`] when
-    /// refused in the window.
+    /// Sustained growth + one point per held CLOSE_WAIT socket + what it holds of a
+    /// budget at or near its limit. Being refused scores nothing: a refused owner is a
+    /// victim of the holders.
     pub fn score(&self) -> f64 {
-        let refused = if self.trend.rejected > 0 {
-            REFUSED_POINTS
-        } else {
-            0.0
-        };
-        round2(self.trend.sustained + self.close_wait_held as f64 + refused)
+        let holding = self.holding.as_ref().map_or(0.0, Holding::points);
+        round2(self.trend.sustained + self.close_wait_held as f64 + holding)
     }
 
     /// One sentence per finding, joined with "; ". Empty when nothing is wrong.
     pub fn reason(&self) -> String {
         let t = &self.trend;
         let mut parts = Vec::new();
+        if let Some(h) = self.holding.as_ref().filter(|h| h.open > 0) {
+            let gained = match h.gained.min(h.open) {
+                0 => String::new(),
+                g if g == h.open => ", all since zkconn started".to_owned(),
+                g => format!(", {g} since zkconn started"),
+            };
+            parts.push(format!(
+                "holds {} of {} at {} from {}{gained}",
+                h.open, h.limit, h.server, h.local_ip
+            ));
+        }
         if t.sustained > 0.0 {
             let span = human_secs(t.window_secs);
             // Refusals are told apart below; "closed" here is what the owner closed.
@@ -249,27 +294,32 @@ impl Evidence {
             ));
         }
         if t.rejected > 0 {
-            let times = if t.rejected == 1 { "once" } else { "times" };
-            let count = if t.rejected == 1 {
-                String::new()
-            } else {
-                format!("{} ", t.rejected)
-            };
-            let by = match self.refused_by.as_slice() {
-                [] => String::new(),
-                [(server, _)] => format!(" by {server}"),
-                many => format!(
-                    " by {}",
-                    many.iter()
-                        .map(|(s, n)| format!("{s} ({n})"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            };
-            parts.push(format!("refused {count}{times}{by}"));
+            parts.push(refusals(t.rejected, &self.refused_by));
         }
         parts.join("; ")
     }
+}
+
+/// `refused 5 times by 10.1.2.3:2181`, `refused once`.
+pub fn refusals(rejected: u64, refused_by: &[(String, u64)]) -> String {
+    let times = if rejected == 1 { "once" } else { "times" };
+    let count = if rejected == 1 {
+        String::new()
+    } else {
+        format!("{rejected} ")
+    };
+    let by = match refused_by {
+        [] => String::new(),
+        [(server, _)] => format!(" by {server}"),
+        many => format!(
+            " by {}",
+            many.iter()
+                .map(|(s, n)| format!("{s} ({n})"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    format!("refused {count}{times}{by}")
 }
 
 /// A server's time to limit for people: `-` when not growing, `reached`, else a span.
@@ -474,14 +524,23 @@ mod tests {
                 sustained: 6.0,
             },
             close_wait_held: 37,
+            holding: Some(Holding {
+                server: "10.1.2.3:2181".into(),
+                local_ip: "10.0.0.9".into(),
+                open: 6,
+                limit: 10,
+                gained: 4,
+            }),
             refused_by: vec![("10.1.2.3:2181".into(), 5)],
         };
         assert_eq!(
             e.reason(),
-            "+6 in 40 s (opened 14, closed 3); 37 in CLOSE_WAIT: server closed, app did not; \
+            "holds 6 of 10 at 10.1.2.3:2181 from 10.0.0.9, 4 since zkconn started; \
+             +6 in 40 s (opened 14, closed 3); 37 in CLOSE_WAIT: server closed, app did not; \
              refused 5 times by 10.1.2.3:2181"
         );
-        assert_eq!(e.score(), 6.0 + 37.0 + REFUSED_POINTS);
+        // Holding 6 of 10 is 2.4 points, 4 of them gained 1.6 more; refusals add nothing.
+        assert_eq!(e.score(), 6.0 + 37.0 + 2.4 + 1.6);
         let victim = Evidence {
             trend: Trend {
                 window_secs: 40.0,
@@ -492,9 +551,35 @@ mod tests {
             ..Evidence::default()
         };
         assert_eq!(victim.reason(), "refused once by a:2181 (1), b:2181 (1)");
-        assert_eq!(victim.score(), REFUSED_POINTS);
+        assert_eq!(victim.score(), 0.0, "a victim is no suspect");
         assert_eq!(Evidence::default().reason(), "");
         assert_eq!(Evidence::default().score(), 0.0);
+    }
+
+    /// Half a budget gained since zkconn started is enough to be listed; half a budget
+    /// held from before is not, nor is any share of a budget without a limit.
+    #[test]
+    fn holding_a_budget_scores_by_share_and_by_what_was_gained() {
+        let held = |open, limit, gained| {
+            Evidence {
+                holding: Some(Holding {
+                    open,
+                    limit,
+                    gained,
+                    ..Holding::default()
+                }),
+                ..Evidence::default()
+            }
+            .score()
+        };
+        assert_eq!(held(5, 10, 5), 4.0);
+        assert!(held(5, 10, 5) >= SUSPECT_MIN_SCORE);
+        assert_eq!(held(5, 10, 0), 2.0);
+        assert_eq!(held(3, 8, 0), 1.5);
+        assert!(held(3, 8, 0) < SUSPECT_MIN_SCORE);
+        // Gained beyond what it holds there (it grew towards another server): capped.
+        assert_eq!(held(2, 10, 9), 1.6);
+        assert_eq!(held(40, 0, 40), 0.0);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use zkconn_common::{Counters, ServerKey, tcp_state};
 
 use super::*;
-use crate::{model::Level, targets::ip_to_bytes, verdict::Alarm};
+use crate::{targets::ip_to_bytes, verdict::Alarm};
 
 const SERVER: &str = "10.0.0.9:2181";
 const YARN_CGROUP: &str = "/hadoop-yarn/container_e17_1410901177871_0001_01_000005";
@@ -276,13 +276,10 @@ fn a_refusal_makes_the_server_critical_and_names_the_refused() {
     let s = &snap.rows.servers[0];
     assert!(s.refusing);
     assert_eq!(s.alarm, Alarm::Critical);
-    let refused: Vec<_> = snap
-        .rows
-        .suspects
-        .iter()
-        .filter(|x| x.subject == Level::Process && x.pid == Some(7))
-        .collect();
-    assert_eq!(refused.len(), 1, "{:?}", snap.rows.suspects);
+    // Refused while holding nothing: a victim, never a suspect.
+    assert_eq!(snap.rows.suspects, vec![]);
+    let refused: Vec<_> = snap.rows.victims.iter().filter(|v| v.pid == 7).collect();
+    assert_eq!(refused.len(), 1, "{:?}", snap.rows.victims);
     assert!(refused[0].reason.contains(SERVER), "{}", refused[0].reason);
 }
 

@@ -145,7 +145,9 @@ pub fn build(inputs: &Inputs<'_>) -> Rows {
     // server below (100,000 connections cost one pass, not 100,000 strings).
     type Server = ([u8; 16], u16);
     let mut by_server: BTreeMap<(Server, [u8; 16]), StateCounts> = BTreeMap::new();
-    let mut by_owner: FxHashMap<OwnerKey, (StateCounts, BTreeMap<Server, u64>, Age)> =
+    // A budget: (server, source address as the server sees it).
+    type Budget = (Server, [u8; 16]);
+    let mut by_owner: FxHashMap<OwnerKey, (StateCounts, BTreeMap<Budget, u64>, Age)> =
         FxHashMap::default();
     let mut by_cgroup: FxHashMap<u64, (StateCounts, BTreeSet<u32>, Age)> = FxHashMap::default();
     // Server rows count per source address as the server sees it (after NAT).
@@ -171,7 +173,7 @@ pub fn build(inputs: &Inputs<'_>) -> Rows {
         states.add(c.state);
         age.add_conn(c, inputs.now_ns);
         if matches!(c.state, tcp_state::SYN_SENT | tcp_state::ESTABLISHED) {
-            *per_server.entry(server).or_default() += 1;
+            *per_server.entry((server, seen)).or_default() += 1;
         }
         if by_v1.is_empty() || !by_v1.contains(&c.owner) {
             let (cg_states, pids, cg_age) = by_cgroup.entry(c.cgroup_id).or_default();
@@ -260,10 +262,16 @@ pub fn build(inputs: &Inputs<'_>) -> Rows {
                 rates: Rates::default(),
                 servers: per_server
                     .into_iter()
-                    .map(|(server, open)| (name(server), open))
-                    .collect::<BTreeMap<String, u64>>()
+                    .map(|((server, seen), open)| {
+                        ((name(server), ip_from_bytes(seen).to_string()), open)
+                    })
+                    .collect::<BTreeMap<(String, String), u64>>()
                     .into_iter()
-                    .map(|(server, open)| ServerOpen { server, open })
+                    .map(|((server, local_ip), open)| ServerOpen {
+                        server,
+                        local_ip,
+                        open,
+                    })
                     .collect(),
                 held_by: inputs.held_by.get(&key).cloned().unwrap_or_default(),
             }
@@ -404,6 +412,7 @@ pub fn build(inputs: &Inputs<'_>) -> Rows {
         applications,
         services,
         suspects: Vec::new(),
+        victims: Vec::new(),
     }
 }
 

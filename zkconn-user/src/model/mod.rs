@@ -72,8 +72,31 @@ pub struct Rows {
     pub applications: Vec<ApplicationRow>,
     /// One row per service label.
     pub services: Vec<ServiceRow>,
-    /// Leak suspects and refused owners, highest score first (docs/suspects.md).
+    /// Leak suspects: the holders, highest score first (docs/suspects.md).
     pub suspects: Vec<Suspect>,
+    /// Processes refused in the window that are no suspects: cut off by the holders of the
+    /// budget that refused them. Most refused first.
+    pub victims: Vec<Victim>,
+}
+
+/// A process a server refused in the window that holds too little to be a suspect.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Victim {
+    pub pid: u32,
+    pub label: String,
+    pub service: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub application: Option<String>,
+    /// Its open connections now.
+    pub open: u64,
+    /// Refusals within the window.
+    pub rejected: u64,
+    /// The servers that refused it, most refusals first.
+    pub refused_by: Vec<String>,
+    /// `refused 5 times by 10.1.2.3:2181`.
+    pub reason: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
@@ -82,7 +105,8 @@ pub struct AlarmThresholds {
     pub crit_percent: f64,
 }
 
-/// An owner that grows, holds CLOSE_WAIT sockets or is being refused.
+/// An owner that grows, holds CLOSE_WAIT sockets or holds much of a budget at or near its
+/// limit.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Suspect {
     pub subject: Level,
@@ -176,8 +200,11 @@ pub struct ServerRow {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+/// What a process holds of one budget: a server's connections from one local IP, as the
+/// server sees it (after NAT), the unit `maxClientCnxns` counts.
 pub struct ServerOpen {
     pub server: String,
+    pub local_ip: String,
     pub open: u64,
 }
 

@@ -393,10 +393,12 @@ fn states_split_into_open_close_wait_and_closing() {
         vec![
             ServerOpen {
                 server: "127.0.0.2:2181".into(),
+                local_ip: "127.0.0.1".into(),
                 open: 2
             },
             ServerOpen {
                 server: "127.0.0.3:2181".into(),
+                local_ip: "127.0.0.1".into(),
                 open: 1
             },
         ]

@@ -124,6 +124,8 @@ pub struct OwnerLine {
     pub oldest: Option<f64>,
     pub oldest_seeded: bool,
     pub suspect: bool,
+    /// One of its processes was refused in the window and is no suspect.
+    pub victim: bool,
 }
 
 impl OwnerLine {
@@ -456,8 +458,10 @@ pub fn lines_of(snap: &Snapshot, group: Level) -> Vec<OwnerLine> {
             oldest: t.age.oldest_secs,
             oldest_seeded: t.age.oldest_seeded,
             suspect: false,
+            victim: false,
         };
         line.suspect = r.suspects.iter().any(|s| concerns(s, &line));
+        line.victim = r.victims.iter().any(|v| line.pids.contains(&v.pid));
         line
     };
     match group {

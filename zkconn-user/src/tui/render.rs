@@ -329,6 +329,8 @@ fn render_owners(frame: &mut Frame<'_>, area: Rect, app: &App) {
     let rows = lines.iter().map(|l| {
         let mark = if l.suspect {
             Cell::from("!").style(CRIT)
+        } else if l.victim {
+            Cell::from("×").style(WARN)
         } else {
             Cell::from(" ")
         };
@@ -345,7 +347,7 @@ fn render_owners(frame: &mut Frame<'_>, area: Rect, app: &App) {
         }))
         .collect();
     let title = format!(
-        " Owners by {} ({}) · sorted by {} · ! leak suspect ",
+        " Owners by {} ({}) · sorted by {} · ! suspect × refused ",
         app.group_title(),
         lines.len(),
         sort.title(),
@@ -459,6 +461,17 @@ fn facts_of(app: &App, line: &OwnerLine) -> Vec<Line<'static>> {
             Span::raw(format!("{} (score {:.1})", s.reason, s.score)),
         ]));
     }
+    for v in snap
+        .rows
+        .victims
+        .iter()
+        .filter(|v| line.pids.contains(&v.pid))
+    {
+        out.push(Line::from(vec![
+            Span::styled(format!("{:>16}: ", "refused"), WARN),
+            Span::raw(format!("pid {} {}", v.pid, v.reason)),
+        ]));
+    }
     if let RowId::Process(key) = &line.id
         && let Some(p) = snap.rows.processes.iter().find(|p| p.key == *key)
     {
@@ -561,7 +574,7 @@ fn render_help(frame: &mut Frame<'_>, area: Rect) {
         .collect();
     lines.push(Line::raw(""));
     lines.push(Line::styled(
-        "! marks a leak suspect (docs/suspects.md). Any key closes this help.",
+        "! a leak suspect, × refused (docs/suspects.md). Any key closes this help.",
         DIM,
     ));
     frame.render_widget(Clear, popup);

@@ -39,6 +39,7 @@ fn process(pid: u32, label: &str, kind: Kind, open: u64) -> ProcessRow {
     p.opened = open;
     p.servers = vec![ServerOpen {
         server: "10.0.0.1:2181".into(),
+        local_ip: "10.0.0.9".into(),
         open,
     }];
     p
@@ -150,19 +151,16 @@ fn at_limit() -> Snapshot {
     victim.closed = 5;
     victim.servers.clear();
     snap.rows.processes.push(victim);
-    snap.rows.suspects.push(Suspect {
-        subject: Level::Process,
-        pid: Some(6100),
+    snap.rows.victims.push(model::Victim {
+        pid: 6100,
+        label: "python3.11 feed.py".into(),
+        service: "python3.11 feed.py".into(),
         container: None,
         application: None,
-        service: None,
-        label: "python3.11 feed.py".into(),
-        reason: "refused 5 times by 10.0.0.2:2181".into(),
-        score: 2.0,
         open: 0,
-        growth_per_min: 0.0,
         rejected: 5,
-        close_wait_held: 0,
+        refused_by: vec!["10.0.0.2:2181".into()],
+        reason: "refused 5 times by 10.0.0.2:2181".into(),
     });
     snap.probe.lost = 3;
     snap

@@ -197,7 +197,6 @@ pub fn build(inputs: &Inputs<'_>) -> Rows {
     owners.extend(inputs.seeded.keys().copied());
 
     let mut cgroup_pids: HashMap<u64, BTreeSet<u32>> = HashMap::new();
-    let mut cgroup_users: HashMap<u64, BTreeSet<String>> = HashMap::new();
     let mut v1_of: FxHashMap<OwnerKey, V1Cgroup> = FxHashMap::default();
     let mut processes: Vec<ProcessRow> = owners
         .into_iter()
@@ -210,12 +209,6 @@ pub fn build(inputs: &Inputs<'_>) -> Rows {
             match facts.grouping {
                 Grouping::V2 => {
                     cgroup_pids.entry(cgroup_id).or_default().insert(key.tgid);
-                    if let Some(user) = &facts.user {
-                        cgroup_users
-                            .entry(cgroup_id)
-                            .or_default()
-                            .insert(user.clone());
-                    }
                 }
                 Grouping::V1(cg) => {
                     v1_of.insert(key, cg);
@@ -283,6 +276,13 @@ pub fn build(inputs: &Inputs<'_>) -> Rows {
             .then(a.pid.cmp(&b.pid))
     });
 
+    // A row's users are those of the processes it lists, wherever each was first seen.
+    let mut users_of: FxHashMap<u32, BTreeSet<String>> = FxHashMap::default();
+    for p in &processes {
+        if let Some(user) = p.user_or_uid() {
+            users_of.entry(p.pid).or_default().insert(user);
+        }
+    }
     let (v1_rows, moved) = v1_cgroup_rows(&processes, &v1_of);
     let cg_stats: HashMap<u64, Counters> = inputs.cgroup_stats.iter().copied().collect();
     let mut ids: BTreeSet<u64> = cg_stats.keys().copied().collect();
@@ -321,9 +321,12 @@ pub fn build(inputs: &Inputs<'_>) -> Rows {
                 rejected: counters.rejected,
                 age,
                 rates: Rates::default(),
-                users: cgroup_users
-                    .remove(&id)
-                    .unwrap_or_default()
+                users: pids
+                    .iter()
+                    .filter_map(|pid| users_of.get(pid))
+                    .flatten()
+                    .cloned()
+                    .collect::<BTreeSet<String>>()
                     .into_iter()
                     .collect(),
                 pids: pids.into_iter().collect(),
@@ -458,7 +461,7 @@ fn v1_cgroup_rows(
         row.failed += p.failed;
         row.rejected += p.rejected;
         row.age.merge(&p.age);
-        row.users.extend(p.user.clone());
+        row.users.extend(p.user_or_uid());
         pids.insert(p.pid);
         let m = moved.entry(p.cgroup_id).or_default();
         m.opened += p.opened;

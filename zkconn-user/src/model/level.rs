@@ -73,6 +73,13 @@ impl ProcessRow {
     pub fn id(&self) -> RowId {
         RowId::Process(self.key)
     }
+
+    /// Its user's name, else its uid as a number (a uid no name service knows).
+    pub fn user_or_uid(&self) -> Option<String> {
+        self.user
+            .clone()
+            .or_else(|| self.uid.map(|u| u.to_string()))
+    }
 }
 
 impl CgroupRow {

@@ -35,7 +35,7 @@ pub fn roll_up(
         who: &'a Attribution,
         totals: Totals,
         pid: Option<u32>,
-        user: Option<&'a str>,
+        user: Option<String>,
         processes: u64,
     }
     let live = processes.iter().map(|p| {
@@ -45,7 +45,7 @@ pub fn roll_up(
             who: &p.who,
             totals,
             pid: Some(p.pid),
-            user: p.user.as_deref(),
+            user: p.user_or_uid(),
             processes: 1,
         }
     });
@@ -81,7 +81,7 @@ pub fn roll_up(
             });
             row.totals.absorb(&part.totals);
             row.processes += part.processes;
-            row.users.extend(part.user.map(str::to_owned));
+            row.users.extend(part.user.clone());
             row.pids.extend(part.pid);
             // Retired containers are summed into their application without a row.
             if let Some(container) = &who.yarn_container {
@@ -98,7 +98,7 @@ pub fn roll_up(
                 if !row.services.contains(&who.service) {
                     row.services.push(who.service.clone());
                 }
-                row.users.extend(part.user.map(str::to_owned));
+                row.users.extend(part.user.clone());
                 row.pids.extend(part.pid);
             }
         }
@@ -116,7 +116,7 @@ pub fn roll_up(
         });
         row.totals.absorb(&part.totals);
         kinds.insert(who.kind);
-        row.users.extend(part.user.map(str::to_owned));
+        row.users.extend(part.user);
         row.pids.extend(part.pid);
     }
     let mut containers: Vec<ContainerRow> = containers

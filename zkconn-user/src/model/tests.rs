@@ -750,7 +750,7 @@ fn empty_host() {
 
 /// A cgroup row carries what every other owner row does: refusals (the kernel's per v2 id,
 /// less what processes counted in v1 rows were refused), the age of its oldest connection
-/// and the users of its processes, so no view has to sum them.
+/// and the users of the processes it lists, so no view has to sum them.
 #[test]
 fn cgroup_rows_carry_refusals_ages_and_users() {
     use tcp_state::ESTABLISHED;
@@ -764,6 +764,8 @@ fn cgroup_rows_carry_refusals_ages_and_users() {
         (5, user(in_v2(7), "carol")),
         (6, user(in_v2(7), "alice")),
         (8, user(in_v2(7), "dave")),
+        // First seen in 7, connected from 1 after it moved: both rows list it.
+        (9, user(in_v2(7), "erin")),
     ]
     .into_iter()
     .map(|(pid, f)| (key(pid), f))
@@ -778,6 +780,7 @@ fn cgroup_rows_carry_refusals_ages_and_users() {
         aged(4, 1, 2, 90),
         aged(5, 7, 3, 40),
         aged(6, 7, 4, 70),
+        aged(9, 1, 5, 95),
     ];
     let refused = |rejected| Counters {
         rejected,
@@ -821,8 +824,8 @@ fn cgroup_rows_carry_refusals_ages_and_users() {
         got,
         vec![
             // Pid 8 holds nothing: it is no process row, so not a user of the row.
-            ("/cg7", 4, Some(60.0), users(&["alice", "carol"]), 4),
-            ("/", 2, Some(10.0), users(&["bob"]), 2),
+            ("/", 2, Some(10.0), users(&["bob", "erin"]), 2),
+            ("/cg7", 4, Some(60.0), users(&["alice", "carol", "erin"]), 4),
             (C1, 3, Some(90.0), users(&["alice"]), 3),
         ]
     );

@@ -469,7 +469,7 @@ pub fn lines_of(snap: &Snapshot, group: Level) -> Vec<OwnerLine> {
             .processes
             .iter()
             .map(|p| {
-                let user = p.user.clone().or_else(|| p.uid.map(|u| u.to_string()));
+                let user = p.user_or_uid();
                 line(
                     p.id(),
                     &p.who.label,

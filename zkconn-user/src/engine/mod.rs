@@ -222,6 +222,10 @@ impl Engine {
                 self.seeded.remove(&key);
                 if let Some(facts) = self.facts.remove(&key) {
                     let c = counters.get(&key).copied().unwrap_or_default();
+                    if let Grouping::V1(cg) = &facts.grouping {
+                        let container = facts.who.yarn_container.as_deref();
+                        self.retention.fold_v1(cg, facts.cgroup_id, container, &c);
+                    }
                     self.retention.fold(facts.who, &c, now);
                 }
                 orders.forget_owners.push(key);
@@ -250,6 +254,7 @@ impl Engine {
         self.translations
             .learn_sources(std::mem::take(&mut r.nat_closed), NAT_SOURCES_REMEMBERED);
         let held_by = held_by(state, &self.facts, &r.holders);
+        let (retired_v1, retired_v1_moved) = self.retention.retired_v1();
         let mut rows = model::build(&Inputs {
             conns: &state.conns,
             seeds: &state.seeds,
@@ -263,6 +268,8 @@ impl Engine {
             held_by: &held_by,
             nat: &self.translations,
             retired: &self.retention.retired(),
+            retired_v1: &retired_v1,
+            retired_v1_moved: &retired_v1_moved,
             now_ns: r.now_ns,
         });
 

@@ -7,9 +7,12 @@
 use std::collections::{BTreeMap, HashMap};
 
 use rustc_hash::FxHashSet;
-use zkconn_common::OwnerKey;
+use zkconn_common::{Counters, OwnerKey};
 
-use crate::model::{self, OwnerFacts};
+use crate::{
+    attribution::hierarchy::V1Cgroup,
+    model::{self, OwnerFacts},
+};
 
 /// Exited processes leave the process rows and the kernel's tables once they hold no
 /// connection and were shown for `after` seconds; their counts stay in the roll-ups, one
@@ -30,6 +33,14 @@ pub struct Retention {
     /// YARN containers and applications whose rows were retired since start.
     pub containers: u64,
     pub applications: u64,
+    /// Counts of retired processes that were counted in a v1 cgroup row, by that cgroup
+    /// (with the YARN container they ran in): the v1 row keeps them until the container's
+    /// own retired entry goes. Bounded by [`RETIRED_KINDS`]; beyond, a v1 row loses them.
+    v1_retired: BTreeMap<V1Cgroup, (Option<String>, Counters)>,
+    /// The same counts by the v2 id they were made from, kept for good: the kernel's
+    /// per-id counters include them and the v2 row must leave them out. One entry per v2
+    /// id, few on a host keyed by v1 paths.
+    v1_moved: BTreeMap<u64, Counters>,
 }
 
 /// (service, YARN container, YARN application).
@@ -49,7 +60,37 @@ impl Retention {
             cgroups: 0,
             containers: 0,
             applications: 0,
+            v1_retired: BTreeMap::new(),
+            v1_moved: BTreeMap::new(),
         }
+    }
+
+    /// A retired process counted in v1 cgroup `cg`, which connected from v2 id
+    /// `cgroup_id`: its row keeps `c`, and the v2 row leaves it out.
+    pub fn fold_v1(&mut self, cg: &V1Cgroup, cgroup_id: u64, container: Option<&str>, c: &Counters) {
+        add(self.v1_moved.entry(cgroup_id).or_default(), c);
+        if self.v1_retired.len() < RETIRED_KINDS || self.v1_retired.contains_key(cg) {
+            let (owner, counts) = self
+                .v1_retired
+                .entry(cg.clone())
+                .or_insert_with(|| (container.map(str::to_owned), Counters::default()));
+            if owner.as_deref() != container {
+                *owner = None;
+            }
+            add(counts, c);
+        }
+    }
+
+    /// What the v1 rows keep of retired processes, and what the v2 rows leave out of the
+    /// kernel's counts for them.
+    pub fn retired_v1(&self) -> (Vec<(V1Cgroup, Counters)>, Vec<(u64, Counters)>) {
+        (
+            self.v1_retired
+                .iter()
+                .map(|(cg, (_, c))| (cg.clone(), *c))
+                .collect(),
+            self.v1_moved.iter().map(|(id, c)| (*id, *c)).collect(),
+        )
     }
 
     /// Finished YARN containers and applications out of the rows, as their processes
@@ -99,6 +140,15 @@ impl Retention {
             .map(|(k, _)| k.clone())
             .collect();
         self.applications += self.retire(applications_due, |k| &k.2, |k| (k.0, None, None));
+        // A v1 row of a finished container leaves with the container's retired entry.
+        let kept: FxHashSet<&str> = self
+            .retired
+            .keys()
+            .filter_map(|k| k.1.as_deref())
+            .chain(containers.iter().copied())
+            .collect();
+        self.v1_retired
+            .retain(|_, (container, _)| container.as_deref().is_none_or(|c| kept.contains(c)));
     }
 
     /// Merges each of `due` into the entry `into` names, and returns how many of the names
@@ -238,6 +288,14 @@ impl Retention {
     }
 }
 
+fn add(into: &mut Counters, c: &Counters) {
+    into.opened += c.opened;
+    into.closed += c.closed;
+    into.failed += c.failed;
+    into.close_wait += c.close_wait;
+    into.rejected += c.rejected;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -324,5 +382,46 @@ mod tests {
         r.age(&HashMap::new(), 15.0);
         assert_eq!((r.containers, r.applications), (1, 1));
         assert_eq!(r.retired().len(), 2);
+    }
+
+    /// A retired process counted in a v1 row: the row keeps its counts while its
+    /// container's retired entry lasts, and the v2 id it connected from leaves them out
+    /// for good.
+    #[test]
+    fn a_v1_row_keeps_its_retired_processes_until_their_container_goes() {
+        use crate::attribution::hierarchy::Hierarchy;
+        let cg = V1Cgroup {
+            hierarchy: Hierarchy::V1Cpu,
+            path: "/hadoop-yarn/c1".into(),
+        };
+        let root = V1Cgroup {
+            hierarchy: Hierarchy::V1Cpu,
+            path: "/".into(),
+        };
+        let mut r = Retention::new(10.0);
+        r.fold_v1(&cg, 1, Some("c1"), &opened(3));
+        r.fold(yarn("Spark", "c1", "app1"), &opened(3), 0.0);
+        r.fold_v1(&root, 1, None, &opened(2));
+        r.fold_v1(&cg, 1, Some("c1"), &opened(1));
+        r.fold(yarn("Spark", "c1", "app1"), &opened(1), 0.0);
+        let (rows, moved) = r.retired_v1();
+        assert_eq!(
+            rows.iter().map(|(c, n)| (c.path.as_str(), n.opened)).collect::<Vec<_>>(),
+            vec![("/", 2), ("/hadoop-yarn/c1", 4)]
+        );
+        assert_eq!(moved.iter().map(|(id, n)| (*id, n.opened)).collect::<Vec<_>>(), vec![(1, 6)]);
+        // Not yet due: the row stays.
+        r.age(&HashMap::new(), 5.0);
+        assert_eq!(r.retired_v1().0.len(), 2);
+        // The container retires: its v1 row goes; the root's stays; the v2 id still leaves
+        // out all of it.
+        r.age(&HashMap::new(), 10.0);
+        assert_eq!(r.containers, 1);
+        let (rows, moved) = r.retired_v1();
+        assert_eq!(
+            rows.iter().map(|(c, n)| (c.path.as_str(), n.opened)).collect::<Vec<_>>(),
+            vec![("/", 2)]
+        );
+        assert_eq!(moved.iter().map(|(id, n)| (*id, n.opened)).collect::<Vec<_>>(), vec![(1, 6)]);
     }
 }

@@ -128,6 +128,10 @@ pub struct Inputs<'a> {
     pub nat: &'a Translations,
     /// Exited processes no longer shown, still counted in the roll-ups.
     pub retired: &'a [Retired],
+    /// What retired processes counted in v1 cgroup rows did, by that cgroup (the rows keep
+    /// it) and by the v2 id they connected from (the v2 rows leave it out).
+    pub retired_v1: &'a [(V1Cgroup, Counters)],
+    pub retired_v1_moved: &'a [(u64, Counters)],
     /// Boot-clock now, to age connections.
     pub now_ns: u64,
 }
@@ -283,7 +287,7 @@ pub fn build(inputs: &Inputs<'_>) -> Rows {
             users_of.entry(p.pid).or_default().insert(user);
         }
     }
-    let (v1_rows, moved) = v1_cgroup_rows(&processes, &v1_of);
+    let (v1_rows, moved) = v1_cgroup_rows(&processes, &v1_of, inputs);
     let cg_stats: HashMap<u64, Counters> = inputs.cgroup_stats.iter().copied().collect();
     let mut ids: BTreeSet<u64> = cg_stats.keys().copied().collect();
     ids.extend(by_cgroup.keys().copied());
@@ -420,41 +424,60 @@ pub fn build(inputs: &Inputs<'_>) -> Rows {
 }
 
 /// Rows of the processes counted by a v1 cgroup: states from their live connections,
-/// `opened`/`closed`/`failed` from their own counters. Also returns those counters summed
-/// per v2 id, which the v2 rows leave out.
+/// `opened`/`closed`/`failed`/`rejected` from their own counters and those of the retired
+/// ones. Also returns those counters summed per v2 id, which the v2 rows leave out.
 fn v1_cgroup_rows(
     processes: &[ProcessRow],
     v1_of: &FxHashMap<OwnerKey, V1Cgroup>,
+    inputs: &Inputs<'_>,
 ) -> (Vec<CgroupRow>, FxHashMap<u64, Counters>) {
     let mut rows: BTreeMap<&V1Cgroup, (CgroupRow, BTreeSet<u32>)> = BTreeMap::new();
     let mut moved: FxHashMap<u64, Counters> = FxHashMap::default();
-    if v1_of.is_empty() {
+    let add = |into: &mut Counters, c: &Counters| {
+        into.opened += c.opened;
+        into.closed += c.closed;
+        into.failed += c.failed;
+        into.rejected += c.rejected;
+    };
+    for (id, c) in inputs.retired_v1_moved {
+        add(moved.entry(*id).or_default(), c);
+    }
+    if v1_of.is_empty() && inputs.retired_v1.is_empty() {
         return (Vec::new(), moved);
+    }
+    let new_row = |cg: &V1Cgroup| {
+        let (kind, label) = attribution::classify_cgroup(Some(&cg.path));
+        let row = CgroupRow {
+            hierarchy: cg.hierarchy,
+            path: Some(cg.path.clone()),
+            id: 0,
+            kind,
+            label,
+            states: StateCounts::default(),
+            opened: 0,
+            closed: 0,
+            failed: 0,
+            rejected: 0,
+            age: Age::default(),
+            rates: Rates::default(),
+            users: Vec::new(),
+            pids: Vec::new(),
+        };
+        (row, BTreeSet::new())
+    };
+    // What retired processes did stays in their row, which they alone may still keep.
+    for (cg, c) in inputs.retired_v1 {
+        let (row, _) = rows.entry(cg).or_insert_with(|| new_row(cg));
+        row.opened += c.opened;
+        row.closed += c.closed;
+        row.failed += c.failed;
+        row.rejected += c.rejected;
     }
     for p in processes {
         let Some(cg) = v1_of.get(&p.key) else {
             continue;
         };
-        let (row, pids) = rows.entry(cg).or_insert_with(|| {
-            let (kind, label) = attribution::classify_cgroup(Some(&cg.path));
-            let row = CgroupRow {
-                hierarchy: cg.hierarchy,
-                path: Some(cg.path.clone()),
-                id: 0,
-                kind,
-                label,
-                states: StateCounts::default(),
-                opened: 0,
-                closed: 0,
-                failed: 0,
-                rejected: 0,
-                age: Age::default(),
-                rates: Rates::default(),
-                users: Vec::new(),
-                pids: Vec::new(),
-            };
-            (row, BTreeSet::new())
-        });
+        let (row, pids) = rows.entry(cg).or_insert_with(|| new_row(cg));
         row.states.merge(&p.states);
         row.opened += p.opened;
         row.closed += p.closed;
@@ -463,11 +486,16 @@ fn v1_cgroup_rows(
         row.age.merge(&p.age);
         row.users.extend(p.user_or_uid());
         pids.insert(p.pid);
-        let m = moved.entry(p.cgroup_id).or_default();
-        m.opened += p.opened;
-        m.closed += p.closed;
-        m.failed += p.failed;
-        m.rejected += p.rejected;
+        add(
+            moved.entry(p.cgroup_id).or_default(),
+            &Counters {
+                opened: p.opened,
+                closed: p.closed,
+                failed: p.failed,
+                rejected: p.rejected,
+                ..Counters::default()
+            },
+        );
     }
     let rows = rows
         .into_values()

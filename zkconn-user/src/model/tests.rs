@@ -76,6 +76,8 @@ fn run_full(
         held_by: &HashMap::new(),
         nat: &Translations::default(),
         retired: &[],
+        retired_v1: &[],
+        retired_v1_moved: &[],
         now_ns: 0,
     })
 }
@@ -244,6 +246,8 @@ fn server_rows_join_live_states_kernel_totals_and_limits() {
         held_by: &HashMap::new(),
         nat: &Translations::default(),
         retired: &[],
+        retired_v1: &[],
+        retired_v1_moved: &[],
         now_ns: 0,
     });
     let r = &rows.servers[0];
@@ -318,6 +322,8 @@ fn nat_translated_connections_count_where_the_server_sees_them() {
         held_by: &HashMap::new(),
         nat: &nat,
         retired: &[],
+        retired_v1: &[],
+        retired_v1_moved: &[],
         now_ns: 0,
     });
     assert_eq!(rows.servers.len(), 1, "{:#?}", rows.servers);
@@ -493,6 +499,8 @@ fn cgroup_rows(
         held_by: &HashMap::new(),
         nat: &Translations::default(),
         retired: &[],
+        retired_v1: &[],
+        retired_v1_moved: &[],
         now_ns: 0,
     });
     let open: u64 = rows.processes.iter().map(|p| p.states.open).sum();
@@ -601,6 +609,75 @@ fn v1_rows_are_keyed_by_path_and_counted_from_their_processes() {
                 [3, 2, 0],
                 vec![4]
             ),
+        ]
+    );
+}
+
+/// Retired processes counted in v1 rows: their row keeps what they did (a row of only
+/// retired ones included), and the kernel's v2 row, whose per-id counters include it, leaves
+/// it out rather than taking it over.
+#[test]
+fn v1_rows_keep_their_retired_processes_and_the_v2_row_leaves_them_out() {
+    use tcp_state::ESTABLISHED;
+    let facts: HashMap<OwnerKey, OwnerFacts> = [(1, in_v1(C1, 1)), (4, in_v2(1))]
+        .into_iter()
+        .map(|(pid, f)| (key(pid), f))
+        .collect();
+    let conns = [
+        conn(1, 1, 1, "127.0.0.2:2181", ESTABLISHED),
+        conn(4, 1, 2, "127.0.0.2:2181", ESTABLISHED),
+    ];
+    let proc_stats = [(key(1), counted(1, 0, 0)), (key(4), counted(3, 2, 0))];
+    let v1 = |path: &str| V1Cgroup {
+        hierarchy: Hierarchy::V1Cpu,
+        path: path.into(),
+    };
+    let retired = |opened, closed, rejected| Counters {
+        opened,
+        closed,
+        rejected,
+        ..Counters::default()
+    };
+    let retired_v1 = [(v1(C1), retired(5, 3, 2)), (v1(C2), retired(2, 2, 0))];
+    let retired_v1_moved = [(1, retired(7, 5, 2))];
+    // The kernel's counters of id 1: every process that ever connected from it.
+    let cgroup_stats = [(1, retired(1 + 3 + 7, 2 + 5, 2))];
+    let paths = [(1, "/".to_owned())].into_iter().collect();
+    let rows = build(&Inputs {
+        conns: &conns,
+        seeds: &[],
+        proc_stats: &proc_stats,
+        cgroup_stats: &cgroup_stats,
+        server_stats: &[],
+        limits: &Limits::default(),
+        facts: &facts,
+        seeded: &HashMap::new(),
+        cgroup_paths: &paths,
+        held_by: &HashMap::new(),
+        nat: &Translations::default(),
+        retired: &[],
+        retired_v1: &retired_v1,
+        retired_v1_moved: &retired_v1_moved,
+        now_ns: 0,
+    });
+    let got: Vec<_> = rows
+        .cgroups
+        .iter()
+        .map(|c| {
+            (
+                c.hierarchy,
+                c.path.as_deref().unwrap(),
+                [c.states.open, c.opened, c.closed, c.rejected],
+                c.pids.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (Hierarchy::V2, "/", [1, 3, 2, 0], vec![4]),
+            (Hierarchy::V1Cpu, C1, [1, 6, 3, 2], vec![1]),
+            (Hierarchy::V1Cpu, C2, [0, 2, 2, 0], vec![]),
         ]
     );
 }
@@ -804,6 +881,8 @@ fn cgroup_rows_carry_refusals_ages_and_users() {
         held_by: &HashMap::new(),
         nat: &Translations::default(),
         retired: &[],
+        retired_v1: &[],
+        retired_v1_moved: &[],
         now_ns: 100 * secs,
     });
     let got: Vec<_> = rows

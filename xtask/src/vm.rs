@@ -174,8 +174,8 @@ struct HookResult {
     reported: String,
     /// The capabilities zkconn kept after attach.
     kept: String,
-    /// Why the hook was checked a second time (the kernel skipped program runs in the
-    /// first, and a count differed).
+    /// Why the hook was checked a second time (a count differed in the first; how many
+    /// program runs the kernel skipped there).
     retried: Option<String>,
     exact: bool,
     detail: String,
@@ -751,8 +751,8 @@ struct HookLine {
     exact: bool,
     #[serde(default)]
     differences: Vec<String>,
-    /// Why this is a second run (the first one's counts differed after the kernel skipped
-    /// program runs).
+    /// Why this is a second run (the first one's counts differed; how many program runs the
+    /// kernel skipped there).
     retried: Option<String>,
     reason: Option<String>,
     /// The check itself failed.

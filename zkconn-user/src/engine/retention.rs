@@ -67,7 +67,13 @@ impl Retention {
 
     /// A retired process counted in v1 cgroup `cg`, which connected from v2 id
     /// `cgroup_id`: its row keeps `c`, and the v2 row leaves it out.
-    pub fn fold_v1(&mut self, cg: &V1Cgroup, cgroup_id: u64, container: Option<&str>, c: &Counters) {
+    pub fn fold_v1(
+        &mut self,
+        cg: &V1Cgroup,
+        cgroup_id: u64,
+        container: Option<&str>,
+        c: &Counters,
+    ) {
         add(self.v1_moved.entry(cgroup_id).or_default(), c);
         if self.v1_retired.len() < RETIRED_KINDS || self.v1_retired.contains_key(cg) {
             let (owner, counts) = self
@@ -406,10 +412,18 @@ mod tests {
         r.fold(yarn("Spark", "c1", "app1"), &opened(1), 0.0);
         let (rows, moved) = r.retired_v1();
         assert_eq!(
-            rows.iter().map(|(c, n)| (c.path.as_str(), n.opened)).collect::<Vec<_>>(),
+            rows.iter()
+                .map(|(c, n)| (c.path.as_str(), n.opened))
+                .collect::<Vec<_>>(),
             vec![("/", 2), ("/hadoop-yarn/c1", 4)]
         );
-        assert_eq!(moved.iter().map(|(id, n)| (*id, n.opened)).collect::<Vec<_>>(), vec![(1, 6)]);
+        assert_eq!(
+            moved
+                .iter()
+                .map(|(id, n)| (*id, n.opened))
+                .collect::<Vec<_>>(),
+            vec![(1, 6)]
+        );
         // Not yet due: the row stays.
         r.age(&HashMap::new(), 5.0);
         assert_eq!(r.retired_v1().0.len(), 2);
@@ -419,9 +433,17 @@ mod tests {
         assert_eq!(r.containers, 1);
         let (rows, moved) = r.retired_v1();
         assert_eq!(
-            rows.iter().map(|(c, n)| (c.path.as_str(), n.opened)).collect::<Vec<_>>(),
+            rows.iter()
+                .map(|(c, n)| (c.path.as_str(), n.opened))
+                .collect::<Vec<_>>(),
             vec![("/", 2)]
         );
-        assert_eq!(moved.iter().map(|(id, n)| (*id, n.opened)).collect::<Vec<_>>(), vec![(1, 6)]);
+        assert_eq!(
+            moved
+                .iter()
+                .map(|(id, n)| (*id, n.opened))
+                .collect::<Vec<_>>(),
+            vec![(1, 6)]
+        );
     }
 }

@@ -43,6 +43,9 @@ pub struct Retention {
     v1_moved: BTreeMap<u64, Counters>,
 }
 
+/// Counts the v2 rows leave out, by v2 id.
+pub type RetiredV1Moved = Vec<(u64, Counters)>;
+
 /// (service, YARN container, YARN application).
 type RetiredKey = (String, Option<String>, Option<String>);
 
@@ -89,7 +92,7 @@ impl Retention {
 
     /// What the v1 rows keep of retired processes, and what the v2 rows leave out of the
     /// kernel's counts for them.
-    pub fn retired_v1(&self) -> (Vec<(V1Cgroup, Counters)>, Vec<(u64, Counters)>) {
+    pub fn retired_v1(&self) -> (Vec<(V1Cgroup, Counters)>, RetiredV1Moved) {
         (
             self.v1_retired
                 .iter()

@@ -69,7 +69,8 @@ pub fn verdict(snap: &Snapshot) -> (Alarm, String) {
         );
     }
     // One line, as monitoring systems read it, whatever a process named itself.
-    let text = crate::output::printable(&text);
+    // `|` would start the performance data: a name that holds one shows `¦`.
+    let text = crate::output::printable(&text).replace('|', "¦");
     let line = format!("ZKCONN {} - {text} | {}", status.as_str(), perfdata(snap));
     (status, line)
 }
@@ -239,9 +240,11 @@ mod tests {
         assert_eq!(line.lines().count(), 1, "{line}");
         assert!(!line.contains('\x1b'), "{line}");
         assert!(
-            line.contains("top holder: ev\u{fffd}[2Jil\\nZKCONN OK - all fine | x=1 pid 9"),
+            line.contains("top holder: ev\u{fffd}[2Jil\\nZKCONN OK - all fine ¦ x=1 pid 9"),
             "{line}"
         );
+        // The one `|` is the one that starts the performance data.
+        assert_eq!(line.matches('|').count(), 1, "{line}");
     }
 
     #[test]

@@ -38,6 +38,10 @@ pub struct History {
     series: HashMap<Subject, Series>,
     /// Per process: (time, server) of each refusal event, oldest first.
     refusals: HashMap<OwnerKey, VecDeque<(f64, String)>>,
+    /// Per owner row and budget (server, local IP): what it held there when zkconn first
+    /// saw it hold any there (0 when that was after the first sample). What it holds beyond
+    /// is what it gained at that budget.
+    held_at_first: HashMap<(RowId, String, String), u64>,
 }
 
 impl History {
@@ -48,6 +52,7 @@ impl History {
             last: None,
             series: HashMap::new(),
             refusals: HashMap::new(),
+            held_at_first: HashMap::new(),
         }
     }
 
@@ -142,6 +147,26 @@ impl History {
                     .series
                     .contains_key(&Subject::Owner(RowId::Process(*owner)))
         });
+        // What each owner holds at each budget, the first time it holds any there.
+        let mut held: HashMap<(RowId, &str, &str), u64> = HashMap::new();
+        for p in &rows.processes {
+            for s in p.servers.iter().filter(|s| s.open > 0) {
+                for row in std::iter::once(p.id()).chain(RowId::roll_ups_of(p)) {
+                    *held
+                        .entry((row, s.server.as_str(), s.local_ip.as_str()))
+                        .or_default() += s.open;
+                }
+            }
+        }
+        let first_sample = before.is_none();
+        for ((row, server, local_ip), open) in held {
+            self.held_at_first
+                .entry((row, server.to_owned(), local_ip.to_owned()))
+                .or_insert(if first_sample { open } else { 0 });
+        }
+        let series = &self.series;
+        self.held_at_first
+            .retain(|(row, ..), _| series.contains_key(&Subject::Owner(row.clone())));
         self.first.get_or_insert(t);
         self.last = Some(t);
     }
@@ -214,7 +239,7 @@ impl History {
             let evidence = Evidence {
                 trend: t,
                 close_wait_held: p.age.close_wait_held,
-                holding: self.holding(&subject, &held, &pressed),
+                holding: self.holding(&p.id(), &held, &pressed),
                 refused_by: self.refused_by(p.key, now - window),
             };
             let score = evidence.score();
@@ -268,7 +293,7 @@ impl History {
             let evidence = Evidence {
                 trend: t,
                 close_wait_held: totals.age.close_wait_held,
-                holding: self.holding(&subject, held, &pressed),
+                holding: self.holding(&row, held, &pressed),
                 refused_by: Vec::new(),
             };
             let score = evidence.score();
@@ -355,23 +380,30 @@ impl History {
         }
     }
 
-    /// The largest share `subject` holds of a pressed budget, given what it holds of each
-    /// (`held`) and their limits; with what it gained since zkconn first saw it.
+    /// The largest share `row` holds of a pressed budget, given what it holds of each
+    /// (`held`) and their limits; with what it gained there since zkconn first saw it hold
+    /// any there.
     fn holding(
         &self,
-        subject: &Subject,
+        row: &RowId,
         held: &HashMap<(&str, &str), u64>,
         pressed: &HashMap<(&str, &str), u32>,
     ) -> Option<Holding> {
-        let gained = self.series.get(subject).map_or(0, Series::gained);
         held.iter()
             .filter_map(|(budget, open)| {
-                pressed.get(budget).map(|limit| Holding {
-                    server: budget.0.to_owned(),
-                    local_ip: budget.1.to_owned(),
-                    open: *open,
-                    limit: *limit,
-                    gained,
+                pressed.get(budget).map(|limit| {
+                    let at_first = self
+                        .held_at_first
+                        .get(&(row.clone(), budget.0.to_owned(), budget.1.to_owned()))
+                        .copied()
+                        .unwrap_or(0);
+                    Holding {
+                        server: budget.0.to_owned(),
+                        local_ip: budget.1.to_owned(),
+                        open: *open,
+                        limit: *limit,
+                        gained: open.saturating_sub(at_first),
+                    }
                 })
             })
             .max_by(|a, b| {
@@ -718,5 +750,59 @@ mod tests {
         assert_eq!(last.suspects[0].score, 4.0);
         let v: Vec<_> = last.victims.iter().map(|v| (v.pid, v.rejected)).collect();
         assert_eq!(v, vec![(3, 20)], "refused 20 times in the 10-minute window");
+    }
+
+    /// Runs `step(t)` as the rows at each second of `0..=secs`; returns the last judged.
+    fn judged_over(secs: u32, step: impl Fn(u32) -> Rows) -> Rows {
+        let mut h = History::new(600.0);
+        let mut last = Rows::default();
+        for t in 0..=secs {
+            let mut r = step(t);
+            h.record(&r, f64::from(t));
+            h.judge(&r, f64::from(t), &Thresholds::default())
+                .apply(&mut r);
+            last = r;
+        }
+        last
+    }
+
+    fn at(server: &str, local_ip: &str, open: u64) -> ServerOpen {
+        ServerOpen {
+            server: server.into(),
+            local_ip: local_ip.into(),
+            open,
+        }
+    }
+
+    /// What a holder gained at another budget is not gained at this one: a steady holder
+    /// of 2 of 6 from before zkconn that opens one connection elsewhere is no suspect.
+    #[test]
+    fn gains_are_counted_per_budget() {
+        let last = judged_over(60, |t| {
+            let mut steady = process(1, 2 + u64::from(t >= 3), 2, 0, 0);
+            steady.servers = vec![at("10.0.0.1:2181", "10.0.0.9", 2)];
+            if t >= 3 {
+                steady.servers.push(at("10.0.0.2:2181", "10.0.0.9", 1));
+            }
+            let leak = u64::from(t.min(40) / 10);
+            let mut leaker = process(2, leak, leak, 0, 0);
+            leaker.servers = vec![at("10.0.0.1:2181", "10.0.0.9", leak)];
+            let mut r = rows(vec![steady, leaker]);
+            r.servers = vec![
+                ServerRow::for_test("10.0.0.1:2181", "10.0.0.9", 2 + leak, 6),
+                ServerRow::for_test("10.0.0.2:2181", "10.0.0.9", u64::from(t >= 3), 6),
+            ];
+            r
+        });
+        assert_eq!(last.servers[0].alarm, Alarm::Critical, "6 of 6");
+        let s: Vec<_> = last.suspects.iter().map(|s| s.pid).collect();
+        assert_eq!(s, vec![Some(2)], "{:?}", last.suspects);
+        assert!(
+            last.suspects[0].reason.starts_with(
+                "holds 4 of 6 at 10.0.0.1:2181 from 10.0.0.9, all since zkconn started"
+            ),
+            "{}",
+            last.suspects[0].reason
+        );
     }
 }

@@ -247,7 +247,8 @@ pub struct Evidence {
 /// Owners scoring at least this are listed as suspects.
 pub const SUSPECT_MIN_SCORE: f64 = 2.0;
 /// Points for holding a whole budget that is at or near its limit (and as many again when
-/// all of it was gained since zkconn started): half a budget gained is enough to be listed.
+/// all of it was gained since zkconn started): a quarter of a budget gained, or half of one
+/// held from before, is enough to be listed.
 pub const HOLD_POINTS: f64 = 4.0;
 
 impl Evidence {

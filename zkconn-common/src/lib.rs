@@ -456,6 +456,17 @@ pub struct Counters {
     pub rejected: u64,
 }
 
+impl Counters {
+    /// Adds every field of `other` (userspace sums; the kernel adds atomically).
+    pub fn add(&mut self, other: &Counters) {
+        self.opened += other.opened;
+        self.closed += other.closed;
+        self.failed += other.failed;
+        self.close_wait += other.close_wait;
+        self.rejected += other.rejected;
+    }
+}
+
 /// Kinds of [`Event`].
 pub mod event_kind {
     /// A process made its first tracked connect.

@@ -77,7 +77,7 @@ impl Retention {
         container: Option<&str>,
         c: &Counters,
     ) {
-        add(self.v1_moved.entry(cgroup_id).or_default(), c);
+        self.v1_moved.entry(cgroup_id).or_default().add(c);
         if self.v1_retired.len() < RETIRED_KINDS || self.v1_retired.contains_key(cg) {
             let (owner, counts) = self
                 .v1_retired
@@ -86,7 +86,7 @@ impl Retention {
             if owner.as_deref() != container {
                 *owner = None;
             }
-            add(counts, c);
+            counts.add(c);
         }
     }
 
@@ -295,14 +295,6 @@ impl Retention {
     pub fn retired(&self) -> Vec<model::Retired> {
         self.retired.values().map(|(r, _)| r.clone()).collect()
     }
-}
-
-fn add(into: &mut Counters, c: &Counters) {
-    into.opened += c.opened;
-    into.closed += c.closed;
-    into.failed += c.failed;
-    into.close_wait += c.close_wait;
-    into.rejected += c.rejected;
 }
 
 #[cfg(test)]

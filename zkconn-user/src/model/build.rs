@@ -433,14 +433,8 @@ fn v1_cgroup_rows(
 ) -> (Vec<CgroupRow>, FxHashMap<u64, Counters>) {
     let mut rows: BTreeMap<&V1Cgroup, (CgroupRow, BTreeSet<u32>)> = BTreeMap::new();
     let mut moved: FxHashMap<u64, Counters> = FxHashMap::default();
-    let add = |into: &mut Counters, c: &Counters| {
-        into.opened += c.opened;
-        into.closed += c.closed;
-        into.failed += c.failed;
-        into.rejected += c.rejected;
-    };
     for (id, c) in inputs.retired_v1_moved {
-        add(moved.entry(*id).or_default(), c);
+        moved.entry(*id).or_default().add(c);
     }
     if v1_of.is_empty() && inputs.retired_v1.is_empty() {
         return (Vec::new(), moved);
@@ -486,16 +480,13 @@ fn v1_cgroup_rows(
         row.age.merge(&p.age);
         row.users.extend(p.user_or_uid());
         pids.insert(p.pid);
-        add(
-            moved.entry(p.cgroup_id).or_default(),
-            &Counters {
-                opened: p.opened,
-                closed: p.closed,
-                failed: p.failed,
-                rejected: p.rejected,
-                ..Counters::default()
-            },
-        );
+        moved.entry(p.cgroup_id).or_default().add(&Counters {
+            opened: p.opened,
+            closed: p.closed,
+            failed: p.failed,
+            rejected: p.rejected,
+            ..Counters::default()
+        });
     }
     let rows = rows
         .into_values()

@@ -30,7 +30,37 @@ pub(crate) const JARS: &[&str] = &[
     "metrics-core.jar",
     "snappy-java.jar",
     "commons-cli.jar",
+    // The AdminServer's (Jetty), for the servers that enable it.
+    "jetty9-server.jar",
+    "jetty9-servlet.jar",
+    "jetty9-http.jar",
+    "jetty9-io.jar",
+    "jetty9-util.jar",
+    "jetty9-security.jar",
+    "servlet-api.jar",
+    "jackson-annotations.jar",
+    "jackson-core.jar",
+    "jackson-databind.jar",
 ];
+
+/// What a test server allows beyond the usual: the four-letter words it answers, and an
+/// AdminServer.
+#[derive(Clone, Debug)]
+pub struct ZkOptions {
+    /// `4lw.commands.whitelist`.
+    pub four_letter_words: &'static str,
+    /// The AdminServer's port (on the server's address); `None`: disabled.
+    pub admin_port: Option<u16>,
+}
+
+impl Default for ZkOptions {
+    fn default() -> Self {
+        Self {
+            four_letter_words: "srvr,mntr,cons",
+            admin_port: None,
+        }
+    }
+}
 
 pub(crate) fn classpath(extra: &Path) -> String {
     let mut parts = vec![extra.display().to_string()];
@@ -67,6 +97,15 @@ impl ZkServer {
         Self::start_in(None, ip, max_client_cnxns, props)
     }
 
+    /// As [`ZkServer::start`], with `options`.
+    pub fn start_with(
+        ip: IpAddr,
+        max_client_cnxns: u32,
+        options: &ZkOptions,
+    ) -> anyhow::Result<Self> {
+        Self::start_full(None, ip, max_client_cnxns, &[], options)
+    }
+
     /// As [`ZkServer::start`], inside network namespace `netns` (on one of its addresses,
     /// reached from here by routing: its readiness probe comes from this namespace's own
     /// address on that route).
@@ -75,6 +114,16 @@ impl ZkServer {
         ip: IpAddr,
         max_client_cnxns: u32,
         props: &[&str],
+    ) -> anyhow::Result<Self> {
+        Self::start_full(netns, ip, max_client_cnxns, props, &ZkOptions::default())
+    }
+
+    fn start_full(
+        netns: Option<&str>,
+        ip: IpAddr,
+        max_client_cnxns: u32,
+        props: &[&str],
+        options: &ZkOptions,
     ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         // In another namespace `ip` is not an address here; any free port will do there.
@@ -87,13 +136,19 @@ impl ZkServer {
             IpAddr::V6(v6) => format!("{v6}"),
             IpAddr::V4(v4) => v4.to_string(),
         };
+        let admin = match options.admin_port {
+            None => "admin.enableServer=false\n".to_owned(),
+            Some(p) => format!(
+                "admin.enableServer=true\nadmin.serverAddress={host}\nadmin.serverPort={p}\n"
+            ),
+        };
         std::fs::write(
             dir.path().join("zoo.cfg"),
             format!(
                 "tickTime=2000\ndataDir={}\nclientPort={port}\nclientPortAddress={host}\n\
-                 maxClientCnxns={max_client_cnxns}\nadmin.enableServer=false\n\
-                 4lw.commands.whitelist=srvr,mntr,cons\n",
-                dir.path().join("data").display()
+                 maxClientCnxns={max_client_cnxns}\n{admin}4lw.commands.whitelist={}\n",
+                dir.path().join("data").display(),
+                options.four_letter_words
             ),
         )?;
         let props: Vec<String> = props.iter().map(|p| (*p).to_owned()).collect();

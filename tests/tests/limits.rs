@@ -6,7 +6,8 @@ use std::{thread, time::Duration};
 
 use anyhow::Result;
 use integration_tests::{
-    Cgroup, RawClient, ZkServer, Zkconn, field, fresh_ipv4, process, server_row, wait_settled,
+    Cgroup, Check, RawClient, ZkOptions, ZkServer, Zkconn, field, free_port, fresh_ipv4, process,
+    server_row, wait_settled, zkconn_bin,
 };
 
 /// Also per cgroup: the kernel's count of each cgroup's refusals equals its process's, so
@@ -118,6 +119,177 @@ fn the_limit_comes_from_zoo_cfg_and_per_server_flags() -> Result<()> {
     assert_eq!(field(row, "limit")?, 4);
     assert_eq!(row["headroom"], 2);
     assert_eq!(row["usage"], 0.5);
+    drop(client);
+    Ok(())
+}
+
+/// Nobody gave the limit: zkconn asks the server (`conf`), before it attaches. A host at
+/// its limit has its own question refused, so it asks again from another local address;
+/// the server's own refusal count says exactly one question was refused, and zkconn (not
+/// attached yet) counted none of it.
+#[test]
+fn the_limit_is_asked_from_the_server_and_from_another_address_at_the_limit() -> Result<()> {
+    let options = ZkOptions {
+        four_letter_words: "srvr,mntr,cons,conf",
+        ..ZkOptions::default()
+    };
+    let zk = ZkServer::start_with(fresh_ipv4(), 3, &options)?;
+    let holder = RawClient::new(zk.addr, 3).spawn()?;
+    wait_settled(zk.addr)?;
+    let witness = fresh_ipv4();
+    let before = zk.connection_rejected(witness)?;
+    let z = Zkconn::start(&["--zk", &zk.addr.to_string()])?;
+    let snap = z.finish()?;
+    assert_eq!(
+        zk.connection_rejected(witness)? - before,
+        1,
+        "one question refused"
+    );
+
+    let row = server_row(&snap, zk.addr)?;
+    let asked = &snap["max_client_cnxns"]["asked"];
+    assert_eq!(row["local_ip"], "127.0.0.1", "{row:#}");
+    assert_eq!(
+        [
+            field(row, "limit")?,
+            field(row, "open")?,
+            field(row, "opened")?,
+            field(row, "rejected")?
+        ],
+        [3, 3, 0, 0],
+        "{row:#} {asked:#}"
+    );
+    assert_eq!(row["limit_source"], "server", "{row:#}");
+    assert_eq!(row["headroom"], 0, "{row:#}");
+    assert_eq!(asked.as_array().map(Vec::len), Some(1), "{asked:#}");
+    assert_eq!(asked[0]["server"], zk.addr.to_string());
+    assert_eq!(asked[0]["limit"], 3, "{asked:#}");
+    assert_eq!(asked[0]["via"], "conf", "{asked:#}");
+    assert_eq!(asked[0]["from"], "127.0.0.2", "{asked:#}");
+    assert_eq!(
+        asked[0]["failures"],
+        serde_json::json!(["`conf` from 127.0.0.1 was refused (this host may be at its limit)"]),
+        "{asked:#}"
+    );
+    assert_eq!(field(process(&snap, holder.pid())?, "open")?, 3);
+
+    // `check` knows the limit too: CRITICAL at it, without waiting for a refusal.
+    let (code, line) = Check::run(&["--zk", &zk.addr.to_string(), "--duration", "1s"])?;
+    assert_eq!(code, 2, "{line}");
+    assert!(
+        line.starts_with(&format!(
+            "ZKCONN CRITICAL - {} from 127.0.0.1: 3 of 3 open (100%), limit reached; top holder: ",
+            zk.addr
+        )),
+        "{line}"
+    );
+    assert!(!line.contains("assumed"), "{line}");
+    Ok(())
+}
+
+/// `conf` not allowed: the AdminServer's `/commands/configuration` says it.
+#[test]
+fn the_admin_server_says_the_limit_when_conf_is_not_allowed() -> Result<()> {
+    let ip = fresh_ipv4();
+    let admin = free_port(ip)?;
+    let options = ZkOptions {
+        admin_port: Some(admin),
+        ..ZkOptions::default()
+    };
+    let zk = ZkServer::start_with(ip, 5, &options)?;
+    let client = RawClient::new(zk.addr, 2).spawn()?;
+    wait_settled(zk.addr)?;
+    let z = Zkconn::start(&[
+        "--zk",
+        &zk.addr.to_string(),
+        "--admin-port",
+        &admin.to_string(),
+    ])?;
+    let snap = z.finish()?;
+    let row = server_row(&snap, zk.addr)?;
+    assert_eq!(
+        [field(row, "limit")?, field(row, "open")?],
+        [5, 2],
+        "{row:#}"
+    );
+    assert_eq!(row["limit_source"], "server", "{row:#}");
+    let asked = &snap["max_client_cnxns"]["asked"][0];
+    assert_eq!(asked["via"], "admin-server", "{asked:#}");
+    assert_eq!(
+        asked["failures"],
+        serde_json::json!([
+            "`conf`: not in the server's 4lw.commands.whitelist (add conf there, or give --limit)"
+        ]),
+        "{asked:#}"
+    );
+    drop(client);
+    Ok(())
+}
+
+/// Nobody says: ZooKeeper's default is assumed, and every output says so and why.
+#[test]
+fn an_unanswered_limit_is_assumed_and_marked_in_every_output() -> Result<()> {
+    let ip = fresh_ipv4();
+    let closed_admin = free_port(ip)?;
+    let zk = ZkServer::start(ip, 3, &[])?;
+    let client = RawClient::new(zk.addr, 2).spawn()?;
+    wait_settled(zk.addr)?;
+    let target = zk.addr.to_string();
+    let admin = closed_admin.to_string();
+    let flags = ["--zk", target.as_str(), "--admin-port", admin.as_str()];
+    let why = format!(
+        "`conf`: not in the server's 4lw.commands.whitelist (add conf there, or give --limit); \
+         AdminServer on port {closed_admin}: connection refused"
+    );
+
+    let snap = Zkconn::start(&flags)?.finish()?;
+    let row = server_row(&snap, zk.addr)?;
+    assert_eq!(
+        [field(row, "limit")?, field(row, "open")?],
+        [60, 2],
+        "{row:#}"
+    );
+    assert_eq!(row["limit_source"], "default", "{row:#}");
+    assert_eq!(snap["max_client_cnxns"]["source"], "default");
+    let asked = &snap["max_client_cnxns"]["asked"][0];
+    assert_eq!(asked["limit"], serde_json::Value::Null, "{asked:#}");
+    assert_eq!(
+        asked["failures"].as_array().map(Vec::len),
+        Some(2),
+        "{asked:#}"
+    );
+
+    let out = std::process::Command::new(zkconn_bin())
+        .args(["snapshot"])
+        .args(flags)
+        .output()?;
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{table}");
+    let line = table
+        .lines()
+        .find(|l| l.starts_with(&target))
+        .ok_or_else(|| anyhow::anyhow!("no row for {target}: {table}"))?;
+    let cells: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(cells[2..4], ["2", "60?"], "{table}");
+    assert!(
+        table.contains(&format!(
+            "? limit of {target} assumed (ZooKeeper's default): {why}"
+        )),
+        "{table}"
+    );
+
+    let (code, line) = Check::run(&[&flags[..], &["--duration", "1s"]].concat())?;
+    assert_eq!(code, 0, "{line}");
+    assert!(
+        line.starts_with(&format!(
+            "ZKCONN OK - {target} from 127.0.0.1: 2 of 60 (assumed) open (3%); top holder: "
+        )),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!("; limit assumed: {why} | ")),
+        "{line}"
+    );
     drop(client);
     Ok(())
 }

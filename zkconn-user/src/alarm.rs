@@ -114,9 +114,14 @@ fn transition(row: &ServerRow, before: Alarm) -> String {
         "unlimited".to_owned()
     } else {
         format!(
-            "{} of {} ({:.0}%)",
+            "{} of {}{} ({:.0}%)",
             row.states.open,
             row.limit,
+            if row.limit_source.assumed() {
+                " (assumed)"
+            } else {
+                ""
+            },
             row.usage.unwrap_or(0.0) * 100.0
         )
     };

@@ -6,6 +6,7 @@
 use std::fmt::Write as _;
 
 use crate::{
+    limits::Limits,
     model::{ServerRow, Snapshot},
     verdict::Alarm,
 };
@@ -61,6 +62,13 @@ pub fn verdict(snap: &Snapshot) -> (Alarm, String) {
         };
         let _ = write!(text, "; refused: {}{more}", named.join(", "));
     }
+    if let Some(w) = worst.filter(|w| w.limit_source.assumed()) {
+        let _ = write!(
+            text,
+            "; limit assumed: {}",
+            Limits::why_assumed(&snap.max_client_cnxns, &w.server)
+        );
+    }
     if incomplete {
         let _ = write!(
             text,
@@ -81,15 +89,23 @@ fn describe(snap: &Snapshot, w: &ServerRow) -> String {
         Some(u) => {
             let _ = write!(
                 text,
-                "{} of {} open ({:.0}%)",
+                "{} of {}{} open ({:.0}%)",
                 w.states.open,
                 w.limit,
+                if w.limit_source.assumed() {
+                    " (assumed)"
+                } else {
+                    ""
+                },
                 u * 100.0
             );
         }
         None => {
             let _ = write!(text, "{} open (unlimited)", w.states.open);
         }
+    }
+    if w.headroom.is_some_and(|h| h <= 0) {
+        text.push_str(", limit reached");
     }
     if w.refusing {
         let _ = write!(
@@ -98,7 +114,10 @@ fn describe(snap: &Snapshot, w: &ServerRow) -> String {
             w.rejected, snap.observed_secs
         );
     }
-    if let Some(ttl) = w.time_to_limit_secs.filter(|t| *t > 0.0) {
+    if let Some(ttl) = w
+        .time_to_limit_secs
+        .filter(|t| *t > 0.0 && w.headroom.is_some_and(|h| h > 0))
+    {
         let _ = write!(text, ", limit in {}", crate::trend::human_secs(ttl));
     }
     let top = snap
@@ -211,8 +230,8 @@ mod tests {
         assert_eq!(exit_code(status), 2);
         assert!(
             line.starts_with(
-                "ZKCONN CRITICAL - 10.0.0.2:2181 from 10.0.0.9: 5 of 5 open (100%), refused 3 \
-                 in the last 2 s; top holder: worker8 pid 8 (4 open) | "
+                "ZKCONN CRITICAL - 10.0.0.2:2181 from 10.0.0.9: 5 of 5 open (100%), limit reached, \
+                 refused 3 in the last 2 s; top holder: worker8 pid 8 (4 open) | "
             ),
             "{line}"
         );

@@ -174,12 +174,19 @@ pub struct SnapshotArgs {
 /// ZooKeeper's per-host limit, to compute usage and headroom against.
 #[derive(Debug, Args, Clone)]
 pub struct LimitArgs {
-    /// The servers' maxClientCnxns (0: unlimited). Default: the --zoo-cfg value, else 60.
+    /// The servers' maxClientCnxns (0: unlimited). Default: the --zoo-cfg value (60 when it
+    /// has none), else what each server named by --zk says when asked (the `conf` four-letter
+    /// word, from another local address when this one is refused, else the AdminServer),
+    /// else 60, marked as assumed in every output.
     #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = parse_connections)]
     pub max_client_cnxns: Option<u32>,
     /// The limit of one server, overriding the others: `zk1:2181=120`. Repeatable.
     #[arg(long = "limit", value_name = "SERVER=N")]
     pub limit: Vec<String>,
+    /// The AdminServer's port, asked for /commands/configuration when `conf` gives no limit
+    /// (0: never ask it).
+    #[arg(long, value_name = "PORT", default_value_t = 8080)]
+    pub admin_port: u16,
     /// Usage of the limit, in percent, from which a server's alarm is WARNING (80 or 80%; a
     /// value below 1 needs the % sign).
     #[arg(short = 'w', long, value_name = "PCT", default_value = "80", value_parser = crate::alarm::parse_percent)]

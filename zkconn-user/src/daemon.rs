@@ -124,6 +124,7 @@ pub async fn run(args: DaemonArgs, setup: Setup) -> anyhow::Result<()> {
         None => None,
     };
     let mut watch = Watch::start(setup, &args.watch.probe)?;
+    watch.keep_asking_limits();
     let mut stop = Stop::install()?;
     let sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
 

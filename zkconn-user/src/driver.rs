@@ -31,7 +31,10 @@ pub struct Watch {
 impl Watch {
     /// Attaches and seeds (see [`Source::start`]), takes the first reading (the baseline
     /// every trend starts from), then drops the capabilities attaching needed.
+    /// Servers whose limit nobody gave are asked first, before anything attaches, so
+    /// those questions are not counted.
     pub fn start(setup: Setup, probe: &ProbeArgs) -> anyhow::Result<Self> {
+        setup.limits.ask_now();
         let source = Source::start(setup.targets, probe)?;
         let hierarchy = source.host_hierarchy();
         tracing::info!("cgroup rows by {hierarchy}");
@@ -71,6 +74,12 @@ impl Watch {
         self.engine.connections()
     }
 
+    /// Keeps asking, in the background, the servers that did not say their limit (for
+    /// the modes that run on: their questions are counted as zkconn's own connections).
+    pub fn keep_asking_limits(&self) {
+        self.engine.limits().keep_asking(false);
+    }
+
     /// Waits for kernel events and handles them (never ready for the poll hook).
     pub async fn next_events(&mut self) -> anyhow::Result<()> {
         self.source.next_events().await
@@ -78,7 +87,9 @@ impl Watch {
 
     /// New limits and rules (SIGHUP). Rules apply to owners first seen from now on. Targets
     /// cannot change while attached: a difference is returned as a sentence to log.
-    pub fn reconfigure(&mut self, setup: Setup) -> String {
+    pub fn reconfigure(&mut self, mut setup: Setup) -> String {
+        setup.limits.adopt(self.engine.limits());
+        setup.limits.keep_asking(true);
         self.engine.reconfigure(setup.limits, setup.rules);
         let watched = self.source.targets().names();
         if setup.targets.names() == watched {

@@ -8,6 +8,7 @@
 //! (Nagios), `tui` (`top`), `daemon` with `metrics`.
 
 pub mod alarm;
+pub mod ask;
 pub mod attribution;
 pub mod check;
 pub mod cli;

@@ -1,89 +1,323 @@
-//! `maxClientCnxns` per ZooKeeper server: from `--limit SERVER=N`, else
-//! `--max-client-cnxns N`, else the zoo.cfg's `maxClientCnxns`, else ZooKeeper's default 60.
-//! `0` means unlimited, as in ZooKeeper.
+//! `maxClientCnxns` per ZooKeeper server, and where each came from: `--limit SERVER=N`, else
+//! `--max-client-cnxns N`, else the zoo.cfg (its `maxClientCnxns`, or ZooKeeper's default 60
+//! when it has none), else what the server said when asked ([`crate::ask`]), else ZooKeeper's
+//! default 60, assumed. `0` means unlimited, as in ZooKeeper.
 //!
-//! Must not: resolve anything after start (host names in `--limit` resolve once, like `--zk`).
+//! Owns: that precedence, and the answers servers gave (kept across reloads). Must not:
+//! resolve host names after start (those in `--limit` resolve once, like `--zk`).
 
-use std::{collections::HashMap, net::SocketAddr};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+    sync::{Arc, Mutex, PoisonError, Weak},
+    time::Duration,
+};
 
 use anyhow::Context as _;
 
-use crate::targets::{self, canonical_ip};
+use crate::{
+    ask::{self, Asked, Via},
+    targets::{self, canonical_ip},
+};
 
 /// ZooKeeper's default `maxClientCnxns`.
 pub const ZOOKEEPER_DEFAULT: u32 = 60;
 
-/// Where the host-wide limit came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+/// How often a long-running zkconn asks again the servers that did not say their limit.
+pub const ASK_AGAIN: Duration = Duration::from_secs(300);
+
+/// How often it asks again the servers that did say.
+pub const ASK_ANSWERED_AGAIN: Duration = Duration::from_secs(3600);
+
+/// Where a limit came from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum LimitSource {
+    /// `--limit` or `--max-client-cnxns`.
     Flag,
+    /// `--zoo-cfg`.
     ZooCfg,
+    /// The server said it (`conf` or the AdminServer).
+    Server,
+    /// Nobody said: ZooKeeper's default, assumed.
+    #[default]
     Default,
 }
 
-/// What the snapshot says about the limits in force.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct LimitInfo {
-    /// The limit of servers without a `--limit` of their own; 0 is unlimited.
-    pub default: u32,
-    pub source: LimitSource,
-}
-
-#[derive(Clone, Debug)]
-pub struct Limits {
-    default: u32,
-    source: LimitSource,
-    per_server: HashMap<SocketAddr, u32>,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            default: ZOOKEEPER_DEFAULT,
-            source: LimitSource::Default,
-            per_server: HashMap::new(),
-        }
+impl LimitSource {
+    /// Whether the limit is only assumed.
+    pub fn assumed(self) -> bool {
+        self == Self::Default
     }
 }
 
+/// One server's limit and where it came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServerLimit {
+    /// 0 is unlimited.
+    pub limit: u32,
+    pub source: LimitSource,
+}
+
+/// What the snapshot says about the limits in force.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct LimitInfo {
+    /// The limit of servers without one of their own (from `--limit` or their answer); 0 is
+    /// unlimited.
+    pub default: u32,
+    pub source: LimitSource,
+    /// The servers asked for their limit, in address order.
+    pub asked: Vec<AskedRow>,
+}
+
+/// What one server said when asked.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct AskedRow {
+    pub server: String,
+    /// The limit it said; `null` when it did not.
+    pub limit: Option<u32>,
+    /// `conf` or `admin-server`; `null` when it did not say.
+    pub via: Option<Via>,
+    /// The local address the answer came to.
+    pub from: Option<String>,
+    /// What failed on the way, one sentence each (also when it answered in the end).
+    pub failures: Vec<String>,
+}
+
+/// The answers servers gave, shared with the thread that asks again.
+type Answers = Arc<Mutex<BTreeMap<SocketAddr, Asked>>>;
+
+#[derive(Clone, Debug, Default)]
+pub struct Limits {
+    /// `--max-client-cnxns` or the zoo.cfg's.
+    base: Option<(u32, LimitSource)>,
+    per_server: HashMap<SocketAddr, u32>,
+    /// The servers to ask: named ones without a limit from a flag or zoo.cfg.
+    to_ask: Vec<SocketAddr>,
+    admin_port: Option<u16>,
+    answers: Answers,
+}
+
+fn key(server: SocketAddr) -> SocketAddr {
+    SocketAddr::new(canonical_ip(server.ip()), server.port())
+}
+
 impl Limits {
-    /// From the flags and the zoo.cfg value; `overrides` are `--limit` values.
+    /// From the flags and the zoo.cfg's value (`Some` whenever a zoo.cfg is given);
+    /// `overrides` are `--limit` values.
     pub fn new(
         flag: Option<u32>,
         zoo_cfg: Option<u32>,
         overrides: &[String],
     ) -> anyhow::Result<Self> {
-        let (default, source) = match (flag, zoo_cfg) {
-            (Some(n), _) => (n, LimitSource::Flag),
-            (None, Some(n)) => (n, LimitSource::ZooCfg),
-            (None, None) => (ZOOKEEPER_DEFAULT, LimitSource::Default),
+        let base = match (flag, zoo_cfg) {
+            (Some(n), _) => Some((n, LimitSource::Flag)),
+            (None, Some(n)) => Some((n, LimitSource::ZooCfg)),
+            (None, None) => None,
         };
         let mut per_server = HashMap::new();
         for text in overrides {
             let (servers, limit) = parse_override(text).context("--limit")?;
             for s in servers {
-                per_server.insert(SocketAddr::new(canonical_ip(s.ip()), s.port()), limit);
+                per_server.insert(key(s), limit);
             }
         }
         Ok(Self {
-            default,
-            source,
+            base,
             per_server,
+            ..Self::default()
         })
     }
 
-    pub fn info(&self) -> LimitInfo {
-        LimitInfo {
-            default: self.default,
-            source: self.source,
+    /// Which of `servers` to ask for their limit (those no flag and no zoo.cfg gives one),
+    /// and the AdminServer's port (`None`: never ask it).
+    pub fn to_ask(
+        mut self,
+        servers: impl IntoIterator<Item = SocketAddr>,
+        admin_port: Option<u16>,
+    ) -> Self {
+        if self.base.is_none() {
+            let mut to_ask: Vec<SocketAddr> = servers
+                .into_iter()
+                .map(key)
+                .filter(|s| !self.per_server.contains_key(s))
+                .collect();
+            to_ask.sort();
+            to_ask.dedup();
+            self.to_ask = to_ask;
+        }
+        self.admin_port = admin_port;
+        self
+    }
+
+    /// Asks the servers that have not said their limit, and waits for them (a few seconds
+    /// at most). Before the probes attach, so these connections are not counted.
+    pub fn ask_now(&self) {
+        ask_into(&self.to_ask, self.admin_port, &self.answers, false);
+    }
+
+    /// Keeps asking, every [`ASK_AGAIN`], the servers that did not say (and every
+    /// [`ASK_ANSWERED_AGAIN`] those that did: a restarted server may say otherwise), for
+    /// `top` and the daemon. Those connections are counted like any other of this host, as
+    /// zkconn's own. With `now`, it asks once at once (after a reload). The thread ends
+    /// once these limits are dropped.
+    pub fn keep_asking(&self, now: bool) {
+        if self.to_ask.is_empty() {
+            return;
+        }
+        let weak: Weak<Mutex<BTreeMap<SocketAddr, Asked>>> = Arc::downgrade(&self.answers);
+        let (to_ask, admin_port) = (self.to_ask.clone(), self.admin_port);
+        let every = ASK_ANSWERED_AGAIN.as_secs() / ASK_AGAIN.as_secs();
+        let spawned = std::thread::Builder::new()
+            .name("zkconn-ask".to_owned())
+            .spawn(move || {
+                for round in 1u64.. {
+                    if !(now && round == 1) {
+                        std::thread::sleep(ASK_AGAIN);
+                    }
+                    let Some(answers) = weak.upgrade() else {
+                        return;
+                    };
+                    ask_into(&to_ask, admin_port, &answers, round % every == 0);
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("cannot start the thread that asks servers for their limit again: {e}");
         }
     }
 
-    /// The limit towards `server`; 0 is unlimited.
-    pub fn for_server(&self, server: SocketAddr) -> u32 {
-        let key = SocketAddr::new(canonical_ip(server.ip()), server.port());
-        self.per_server.get(&key).copied().unwrap_or(self.default)
+    /// Takes over the answers `before` had (a reload keeps what servers said).
+    pub fn adopt(&mut self, before: &Limits) {
+        let old = before
+            .answers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut new = self.answers.lock().unwrap_or_else(PoisonError::into_inner);
+        for (server, asked) in old.iter() {
+            if self.to_ask.contains(server) {
+                new.entry(*server).or_insert_with(|| asked.clone());
+            }
+        }
+    }
+
+    pub fn info(&self) -> LimitInfo {
+        let (default, source) = self
+            .base
+            .unwrap_or((ZOOKEEPER_DEFAULT, LimitSource::Default));
+        let answers = self.answers.lock().unwrap_or_else(PoisonError::into_inner);
+        let asked = self
+            .to_ask
+            .iter()
+            .filter_map(|s| answers.get(s).map(|a| (s, a)))
+            .map(|(s, a)| AskedRow {
+                server: s.to_string(),
+                limit: a.answer.as_ref().map(|x| x.limit),
+                via: a.answer.as_ref().map(|x| x.via),
+                from: a.answer.as_ref().map(|x| x.from.to_string()),
+                failures: a.failures.clone(),
+            })
+            .collect();
+        LimitInfo {
+            default,
+            source,
+            asked,
+        }
+    }
+
+    /// Why the limit of `server` (a row's name) is assumed, in a sentence.
+    pub fn why_assumed(info: &LimitInfo, server: &str) -> String {
+        match info.asked.iter().find(|a| a.server == server) {
+            Some(a) if a.failures.is_empty() => "it did not say".to_owned(),
+            Some(a) => a.failures.join("; "),
+            None => {
+                "not asked: it is not named with --zk (give --zk, --limit or --zoo-cfg)".to_owned()
+            }
+        }
+    }
+
+    /// The limit towards `server` and where it came from.
+    pub fn for_server(&self, server: SocketAddr) -> ServerLimit {
+        let server = key(server);
+        if let Some(&limit) = self.per_server.get(&server) {
+            return ServerLimit {
+                limit,
+                source: LimitSource::Flag,
+            };
+        }
+        if let Some((limit, source)) = self.base {
+            return ServerLimit { limit, source };
+        }
+        let answers = self.answers.lock().unwrap_or_else(PoisonError::into_inner);
+        match answers.get(&server).and_then(|a| a.answer.as_ref()) {
+            Some(a) => ServerLimit {
+                limit: a.limit,
+                source: LimitSource::Server,
+            },
+            None => ServerLimit {
+                limit: ZOOKEEPER_DEFAULT,
+                source: LimitSource::Default,
+            },
+        }
+    }
+}
+
+/// Asks those of `to_ask` without an answer (all of them with `all`) and keeps what they
+/// say; a server that answered before and does not now keeps its earlier answer.
+fn ask_into(
+    to_ask: &[SocketAddr],
+    admin_port: Option<u16>,
+    answers: &Mutex<BTreeMap<SocketAddr, Asked>>,
+    all: bool,
+) {
+    let pending: Vec<SocketAddr> = {
+        let answers = answers.lock().unwrap_or_else(PoisonError::into_inner);
+        to_ask
+            .iter()
+            .copied()
+            .filter(|s| all || answers.get(s).is_none_or(|a| a.answer.is_none()))
+            .collect()
+    };
+    if pending.is_empty() {
+        return;
+    }
+    let results = ask::ask_all(&pending, admin_port);
+    let mut answers = answers.lock().unwrap_or_else(PoisonError::into_inner);
+    for (server, asked) in results {
+        let line = describe(&asked);
+        if asked.answer.is_some() {
+            tracing::info!("asked {server} for its maxClientCnxns: {line}");
+        } else {
+            tracing::warn!("asked {server} for its maxClientCnxns: {line}");
+        }
+        match answers.get_mut(&server) {
+            Some(before) if before.answer.is_some() && asked.answer.is_none() => {
+                before.failures = asked.failures;
+            }
+            _ => {
+                answers.insert(server, asked);
+            }
+        }
+    }
+}
+
+/// One line on what a server said.
+fn describe(asked: &Asked) -> String {
+    let answer = match &asked.answer {
+        Some(a) => format!(
+            "{} (by {} to {})",
+            a.limit,
+            match a.via {
+                Via::Conf => "conf",
+                Via::AdminServer => "the AdminServer",
+            },
+            a.from
+        ),
+        None => "no answer, 60 assumed".to_owned(),
+    };
+    if asked.failures.is_empty() {
+        answer
+    } else {
+        format!("{answer}; {}", asked.failures.join("; "))
     }
 }
 
@@ -127,25 +361,101 @@ mod tests {
         s.parse().unwrap()
     }
 
+    fn lim(limit: u32, source: LimitSource) -> ServerLimit {
+        ServerLimit { limit, source }
+    }
+
+    fn answered(limit: u32) -> Asked {
+        Asked {
+            answer: Some(ask::Answer {
+                limit,
+                via: Via::Conf,
+                from: "127.0.0.2".parse().unwrap(),
+            }),
+            failures: vec!["`conf` from 127.0.0.1 was refused".into()],
+        }
+    }
+
     #[test]
-    fn precedence_flag_then_zoo_cfg_then_default_and_per_server_wins() {
-        let l = Limits::new(Some(10), Some(20), &["127.0.0.5:2181=3".into()]).unwrap();
-        assert_eq!(l.for_server(addr("127.0.0.5:2181")), 3);
-        assert_eq!(l.for_server(addr("127.0.0.5:2182")), 10);
+    fn precedence_flag_then_zoo_cfg_then_the_server_then_assumed_and_per_server_wins() {
+        let l = Limits::new(Some(10), Some(20), &["127.0.0.5:2181=3".into()])
+            .unwrap()
+            .to_ask([addr("127.0.0.5:2181"), addr("127.0.0.5:2182")], Some(8080));
+        assert_eq!(
+            l.for_server(addr("127.0.0.5:2181")),
+            lim(3, LimitSource::Flag)
+        );
+        assert_eq!(
+            l.for_server(addr("127.0.0.5:2182")),
+            lim(10, LimitSource::Flag)
+        );
         assert_eq!(l.info().source, LimitSource::Flag);
+        assert!(l.to_ask.is_empty(), "a flag leaves nothing to ask");
         let l = Limits::new(None, Some(20), &[]).unwrap();
         assert_eq!(
-            (l.for_server(addr("10.0.0.1:2181")), l.info().source),
-            (20, LimitSource::ZooCfg)
+            l.for_server(addr("10.0.0.1:2181")),
+            lim(20, LimitSource::ZooCfg)
         );
-        let l = Limits::new(None, None, &[]).unwrap();
+        assert_eq!(l.info().source, LimitSource::ZooCfg);
+        // Nobody gave one: the named servers without a --limit are asked; what one said
+        // is its limit, the others are assumed.
+        let l = Limits::new(None, None, &["127.0.0.5:2181=3".into()])
+            .unwrap()
+            .to_ask(
+                [
+                    addr("127.0.0.5:2181"),
+                    addr("127.0.0.7:2181"),
+                    addr("127.0.0.8:2181"),
+                ],
+                None,
+            );
         assert_eq!(
-            (l.for_server(addr("10.0.0.1:2181")), l.info().source),
-            (60, LimitSource::Default)
+            l.to_ask,
+            vec![addr("127.0.0.7:2181"), addr("127.0.0.8:2181")]
+        );
+        l.answers
+            .lock()
+            .unwrap()
+            .insert(addr("127.0.0.7:2181"), answered(7));
+        assert_eq!(
+            l.for_server(addr("127.0.0.5:2181")),
+            lim(3, LimitSource::Flag)
+        );
+        assert_eq!(
+            l.for_server(addr("[::ffff:127.0.0.7]:2181")),
+            lim(7, LimitSource::Server)
+        );
+        assert_eq!(
+            l.for_server(addr("127.0.0.8:2181")),
+            lim(60, LimitSource::Default)
+        );
+        assert_eq!(l.info().source, LimitSource::Default);
+        let info = l.info();
+        assert_eq!(info.asked.len(), 1);
+        assert_eq!(
+            (info.asked[0].limit, info.asked[0].from.as_deref()),
+            (Some(7), Some("127.0.0.2"))
+        );
+        assert_eq!(
+            Limits::why_assumed(&info, "127.0.0.8:2181"),
+            "not asked: it is not named with --zk (give --zk, --limit or --zoo-cfg)",
+            "asked, but no answer recorded yet"
+        );
+        // A reload keeps what the servers said.
+        let mut again = Limits::new(None, None, &[])
+            .unwrap()
+            .to_ask([addr("127.0.0.7:2181")], None);
+        again.adopt(&l);
+        assert_eq!(
+            again.for_server(addr("127.0.0.7:2181")),
+            lim(7, LimitSource::Server)
         );
         // The default port applies, and v4-mapped addresses are the same server.
         let l = Limits::new(None, None, &["127.0.0.6=0".into()]).unwrap();
-        assert_eq!(l.for_server(addr("[::ffff:127.0.0.6]:2181")), 0);
+        assert_eq!(
+            l.for_server(addr("[::ffff:127.0.0.6]:2181")),
+            lim(0, LimitSource::Flag)
+        );
     }
 
     #[rstest]

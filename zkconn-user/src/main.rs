@@ -116,6 +116,7 @@ fn run(cli: Cli, logs: tui::LogBuffer) -> anyhow::Result<()> {
             tui::require_terminal()?;
             runtime()?.block_on(async {
                 let watch = Watch::start(setup, &args.watch.probe)?;
+                watch.keep_asking_limits();
                 tui::run(watch, args.interval, logs).await
             })
         }

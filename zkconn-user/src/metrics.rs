@@ -96,6 +96,7 @@ fn servers(registry: &mut Registry, snap: &Snapshot) {
     let open = Family::<ServerLabels, Gauge>::default();
     let close_wait = Family::<ServerLabels, Gauge>::default();
     let limit = Family::<ServerLabels, Gauge>::default();
+    let assumed = Family::<ServerLabels, Gauge>::default();
     let usage = Family::<ServerLabels, FloatGauge>::default();
     let ttl = Family::<ServerLabels, FloatGauge>::default();
     let growth = Family::<ServerLabels, FloatGauge>::default();
@@ -112,6 +113,9 @@ fn servers(registry: &mut Registry, snap: &Snapshot) {
         open.get_or_create(&l).set(gauge(s.states.open));
         close_wait.get_or_create(&l).set(gauge(s.states.close_wait));
         limit.get_or_create(&l).set(i64::from(s.limit));
+        assumed
+            .get_or_create(&l)
+            .set(i64::from(s.limit_source.assumed()));
         if let Some(u) = s.usage {
             usage.get_or_create(&l).set(u);
         }
@@ -137,8 +141,13 @@ fn servers(registry: &mut Registry, snap: &Snapshot) {
     );
     registry.register(
         "server_limit_connections",
-        "maxClientCnxns assumed for this server (0: unlimited)",
+        "maxClientCnxns of this server (0: unlimited)",
         limit,
+    );
+    registry.register(
+        "server_limit_assumed",
+        "1 when nobody gave this server's limit (no flag, no zoo.cfg, the server did not say when asked) and ZooKeeper's default is assumed",
+        assumed,
     );
     registry.register(
         "server_usage_ratio",

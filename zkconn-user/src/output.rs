@@ -3,6 +3,7 @@
 use std::io::{self, Write};
 
 use crate::{
+    limits::Limits,
     model::{Age, Snapshot, Totals},
     trend::{human_secs, human_time_to_limit},
 };
@@ -157,10 +158,10 @@ pub fn text(out: &mut impl Write, s: &Snapshot) -> io::Result<()> {
                         format!("{} (NAT: {})", r.local_ip, r.translated_from.join(","))
                     },
                     n(r.states.open),
-                    if r.limit == 0 {
-                        "none".to_owned()
-                    } else {
-                        n(u64::from(r.limit))
+                    match (r.limit, r.limit_source.assumed()) {
+                        (0, _) => "none".to_owned(),
+                        (n, false) => n.to_string(),
+                        (n, true) => format!("{n}?"),
                     },
                     r.usage
                         .map_or("-".to_owned(), |u| format!("{:.0}%", u * 100.0)),
@@ -188,6 +189,20 @@ pub fn text(out: &mut impl Write, s: &Snapshot) -> io::Result<()> {
             ],
             &rows,
         )?;
+        let mut assumed: Vec<&str> = r
+            .servers
+            .iter()
+            .filter(|r| r.limit_source.assumed())
+            .map(|r| r.server.as_str())
+            .collect();
+        assumed.dedup();
+        for server in assumed {
+            writeln!(
+                out,
+                "? limit of {server} assumed (ZooKeeper's default): {}",
+                printable(&Limits::why_assumed(&s.max_client_cnxns, server))
+            )?;
+        }
     }
     if !r.suspects.is_empty() {
         writeln!(out)?;

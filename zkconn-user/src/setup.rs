@@ -37,9 +37,14 @@ impl Setup {
         } = watch;
         let (targets, zoo_limit) = resolve_targets(targets)?;
         let thresholds = Thresholds::from_percent(limits.warn, limits.crit)?;
+        // Servers named by address are asked for their limit when nobody gave one.
+        let known = Limits::new(limits.max_client_cnxns, zoo_limit, &limits.limit)?.to_ask(
+            targets.endpoints.iter().copied(),
+            (limits.admin_port != 0).then_some(limits.admin_port),
+        );
         Ok(Self {
             targets,
-            limits: Limits::new(limits.max_client_cnxns, zoo_limit, &limits.limit)?,
+            limits: known,
             rules: load_rules(attribution)?,
             judgement: Judgement {
                 limits_window: limits.window,
@@ -50,7 +55,7 @@ impl Setup {
 }
 
 /// Builds the target set from `--zk`, `--port` and `--zoo-cfg`; also returns the zoo.cfg's
-/// `maxClientCnxns`.
+/// `maxClientCnxns` when one is given (ZooKeeper's default when the file has none).
 pub fn resolve_targets(args: &TargetArgs) -> anyhow::Result<(Targets, Option<u32>)> {
     let mut endpoints = Vec::new();
     let mut ports = Vec::new();
@@ -66,7 +71,10 @@ pub fn resolve_targets(args: &TargetArgs) -> anyhow::Result<(Targets, Option<u32
         for warning in &cfg.warnings {
             tracing::warn!("--zoo-cfg: {warning}");
         }
-        max_client_cnxns = cfg.max_client_cnxns;
+        max_client_cnxns = Some(
+            cfg.max_client_cnxns
+                .unwrap_or(crate::limits::ZOOKEEPER_DEFAULT),
+        );
         let (e, p) = cfg.targets();
         if e.is_empty() && p.is_empty() {
             anyhow::bail!(

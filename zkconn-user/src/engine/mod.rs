@@ -171,6 +171,11 @@ impl Engine {
     }
 
     /// New limits and rules (SIGHUP). Rules apply to owners first seen from now on.
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
     pub fn reconfigure(&mut self, limits: Limits, rules: Rules) {
         self.limits = limits;
         self.attribution.rules = rules.len() as u64;

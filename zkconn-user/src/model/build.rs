@@ -389,9 +389,14 @@ pub fn build(inputs: &Inputs<'_>) -> Rows {
                 .get(&(server.clone(), local_ip.clone()))
                 .copied()
                 .unwrap_or_default();
-            let limit = server
-                .parse()
-                .map_or(limits::ZOOKEEPER_DEFAULT, |s| inputs.limits.for_server(s));
+            // A row's server is always an address; were it not, its limit is assumed.
+            let limits::ServerLimit { limit, source } = server.parse().map_or(
+                limits::ServerLimit {
+                    limit: limits::ZOOKEEPER_DEFAULT,
+                    source: limits::LimitSource::Default,
+                },
+                |s| inputs.limits.for_server(s),
+            );
             ServerRow {
                 usage: limits::usage(states.open, limit),
                 headroom: limits::headroom(states.open, limit),
@@ -399,6 +404,7 @@ pub fn build(inputs: &Inputs<'_>) -> Rows {
                     .remove(&(server.clone(), local_ip.clone()))
                     .unwrap_or_default(),
                 limit,
+                limit_source: source,
                 server,
                 local_ip,
                 states,

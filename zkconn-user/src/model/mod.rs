@@ -28,7 +28,7 @@ use crate::{
         Attribution, Kind,
         hierarchy::{Grouping, Hierarchy, V1Cgroup},
     },
-    limits::LimitInfo,
+    limits::{LimitInfo, LimitSource},
     verdict::{Alarm, Rates},
 };
 
@@ -185,6 +185,9 @@ pub struct ServerRow {
     pub rejected: u64,
     /// `maxClientCnxns` for this server; 0 is unlimited.
     pub limit: u32,
+    /// Where `limit` came from: `flag`, `zoo-cfg`, `server` (it said so when asked), or
+    /// `default` (nobody said: ZooKeeper's default, assumed).
+    pub limit_source: LimitSource,
     /// `open / limit`; `null` when unlimited.
     pub usage: Option<f64>,
     /// `limit - open`; `null` when unlimited.
@@ -301,6 +304,7 @@ impl ServerRow {
                 ..StateCounts::default()
             },
             limit,
+            limit_source: LimitSource::Flag,
             usage: limits::usage(open, limit),
             headroom: limits::headroom(open, limit),
             ..Self::default()

@@ -141,14 +141,25 @@ fn bar(usage: f64, width: usize) -> String {
     format!("{}{}", "█".repeat(full), "░".repeat(width - full))
 }
 
+/// `?` after a limit nobody gave (ZooKeeper's default, assumed).
+fn assumed_mark(row: &ServerRow) -> &'static str {
+    if row.limit_source.assumed() { "?" } else { "" }
+}
+
 /// One server: what matters most survives a narrow terminal (the alarm, usage and
 /// refusals); the gauge takes whatever width is left.
 fn server_line(row: &ServerRow, width: u16) -> Line<'static> {
     let style = alarm_style(row.alarm);
     let width = usize::from(width);
     let usage = match row.usage {
-        Some(u) => format!("{}/{} {:.0}%", row.states.open, row.limit, u * 100.0),
-        None => format!("{} open, unlimited", row.states.open),
+        Some(u) => format!(
+            "{}/{}{} {:.0}%",
+            row.states.open,
+            row.limit,
+            assumed_mark(row),
+            u * 100.0
+        ),
+        None => format!("{} open, unlimited{}", row.states.open, assumed_mark(row)),
     };
     let ttl = human_time_to_limit(row.time_to_limit_secs);
     let name = format!("{:<21}", row.server);

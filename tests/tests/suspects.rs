@@ -197,7 +197,8 @@ fn check_exit_codes() -> Result<()> {
         "{line}"
     );
     assert!(
-        line.contains(&format!("'open {target} from 127.0.0.1'=2;8;9.5;0;10")),
+        line.contains(&format!(" {target} from 127.0.0.1'=2;8;9.5;0;10"))
+            && line.contains("'open "),
         "{line}"
     );
 
@@ -234,7 +235,7 @@ fn check_exit_codes() -> Result<()> {
         "{line}"
     );
     assert!(
-        line.contains(&format!("'rejected {target} from 127.0.0.1'=1 ")),
+        line.contains(&format!(" {target} from 127.0.0.1'=1 ")) && line.contains("'rejected "),
         "{line}"
     );
     // The refused process is named as refused, not as the suspect.

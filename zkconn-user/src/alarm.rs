@@ -12,48 +12,165 @@ use crate::{model::ServerRow, verdict::Alarm};
 /// A server counts as refusing for this long after its last refusal.
 pub const REFUSING_SECS: f64 = 60.0;
 
-/// Usage thresholds, as fractions of the limit.
+/// A threshold on usage, in percent of the limit, in the monitoring plugins' range syntax
+/// (<https://www.monitoring-plugins.org/doc/guidelines.html#THRESHOLDFORMAT>): `START:END`
+/// alerts outside START..END (both included), `START:` below START, `~:END` above END,
+/// `@START:END` inside. A plain `N` alerts **at or over** N (the guidelines' `0:N` would
+/// let N itself pass; here `-c 100` is CRITICAL at the limit, as the alarm is everywhere).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Range {
+    /// `None`: unbounded (`~`).
+    start: Option<f64>,
+    end: Option<f64>,
+    inside: bool,
+    /// A plain number: at or over `start`.
+    plain: bool,
+}
+
+impl Range {
+    /// At or over `percent`.
+    pub const fn at_or_over(percent: f64) -> Self {
+        Self {
+            start: Some(percent),
+            end: None,
+            inside: false,
+            plain: true,
+        }
+    }
+
+    /// Whether `usage` (percent) alerts.
+    pub fn alerts(&self, usage: f64) -> bool {
+        if self.plain {
+            return self.start.is_some_and(|n| usage >= n);
+        }
+        let within = self.start.is_none_or(|s| usage >= s) && self.end.is_none_or(|e| usage <= e);
+        within == self.inside
+    }
+
+    /// The plain threshold, when this is one.
+    pub fn plain(&self) -> Option<f64> {
+        self.plain.then_some(self.start).flatten()
+    }
+
+    /// This range with every bound turned by `f` (percent into connections for the
+    /// performance data), written in the range syntax.
+    pub fn render(&self, f: impl Fn(f64) -> f64) -> String {
+        // Two decimals at most, without trailing zeros.
+        let num = |v: f64| {
+            let s = format!("{:.2}", f(v));
+            s.trim_end_matches('0').trim_end_matches('.').to_owned()
+        };
+        if self.plain {
+            return self.start.map(num).unwrap_or_default();
+        }
+        let start = match self.start {
+            None => "~".to_owned(),
+            Some(s) if s == 0.0 && self.end.is_some() && !self.inside => String::new(),
+            Some(s) => num(s),
+        };
+        let end = self.end.map(num).unwrap_or_default();
+        let at = if self.inside { "@" } else { "" };
+        if start.is_empty() {
+            format!("{at}{end}")
+        } else {
+            format!("{at}{start}:{end}")
+        }
+    }
+}
+
+impl serde::Serialize for Range {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl std::fmt::Display for Range {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.render(|v| v))
+    }
+}
+
+/// Usage thresholds of the server alarm.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Thresholds {
-    pub warn: f64,
-    pub crit: f64,
+    pub warn: Range,
+    pub crit: Range,
 }
 
 impl Default for Thresholds {
     fn default() -> Self {
         Self {
-            warn: 0.8,
-            crit: 0.95,
+            warn: Range::at_or_over(80.0),
+            crit: Range::at_or_over(95.0),
         }
     }
 }
 
 impl Thresholds {
-    /// From percentages; `warn` must not exceed `crit`.
-    pub fn from_percent(warn: f64, crit: f64) -> anyhow::Result<Self> {
-        if warn > crit {
+    /// From `--warn` and `--crit`; plain ones: `warn` must not exceed `crit`.
+    pub fn new(warn: Range, crit: Range) -> anyhow::Result<Self> {
+        if let (Some(w), Some(c)) = (warn.plain(), crit.plain())
+            && w > c
+        {
             anyhow::bail!(
-                "--warn {warn} is above --crit {crit}; the warning threshold must not exceed the critical one"
+                "--warn {w} is above --crit {c}; the warning threshold must not exceed the critical one"
             );
         }
-        Ok(Self {
-            warn: warn / 100.0,
-            crit: crit / 100.0,
-        })
+        Ok(Self { warn, crit })
     }
 
-    /// Critical when the server refused within [`REFUSING_SECS`] or usage reached `crit`;
-    /// warning from `warn`. An unlimited server only alarms when it refuses.
+    /// Critical when the server refused within [`REFUSING_SECS`] or usage alerts `crit`;
+    /// warning when it alerts `warn`. An unlimited server only alarms when it refuses.
     pub fn evaluate(&self, usage: Option<f64>, refusing: bool) -> Alarm {
-        let usage = usage.unwrap_or(0.0);
-        if refusing || usage >= self.crit {
+        let pct = usage.map(|u| u * 100.0);
+        if refusing || pct.is_some_and(|p| self.crit.alerts(p)) {
             Alarm::Critical
-        } else if usage >= self.warn {
+        } else if pct.is_some_and(|p| self.warn.alerts(p)) {
             Alarm::Warning
         } else {
             Alarm::Ok
         }
     }
+}
+
+/// A threshold: `80`, `95.5%` (at or over that percent of the limit, 0 to 100), or a range
+/// ([`Range`]) of percents.
+pub fn parse_range(text: &str) -> Result<Range, String> {
+    let trimmed = text.trim();
+    let (inside, body) = match trimmed.strip_prefix('@') {
+        Some(rest) => (true, rest),
+        None => (false, trimmed),
+    };
+    let Some((start, end)) = body.split_once(':') else {
+        if inside {
+            return Err(format!(
+                "{text:?}: `@` needs a range, START:END (alert inside it)"
+            ));
+        }
+        return parse_percent(body).map(Range::at_or_over);
+    };
+    let start = match start.trim() {
+        "~" => None,
+        "" => Some(0.0),
+        s => Some(parse_percent(s).map_err(|e| format!("{text:?}: {e}"))?),
+    };
+    let end = match end.trim() {
+        "" => None,
+        e => Some(parse_percent(e).map_err(|e| format!("{text:?}: {e}"))?),
+    };
+    if let (Some(s), Some(e)) = (start, end)
+        && s > e
+    {
+        return Err(format!(
+            "{text:?}: the range starts above its end; write START:END with START <= END"
+        ));
+    }
+    Ok(Range {
+        start,
+        end,
+        inside,
+        plain: false,
+    })
 }
 
 /// `80`, `95.5` (percent of the limit, 0 to 100).
@@ -193,7 +310,7 @@ mod tests {
         assert!(parse_percent("120").is_err());
         assert!(parse_percent("-1").is_err());
         assert!(parse_percent("lots").is_err());
-        assert!(Thresholds::from_percent(90.0, 80.0).is_err());
+        assert!(Thresholds::new(Range::at_or_over(90.0), Range::at_or_over(80.0)).is_err());
         // A fraction written out of habit is refused, unless the % sign says it is meant.
         let e = parse_percent("0.8").unwrap_err();
         assert!(
@@ -203,5 +320,51 @@ mod tests {
         assert_eq!(parse_percent("0.8%"), Ok(0.8));
         assert_eq!(parse_percent("0"), Ok(0.0));
         assert_eq!(parse_percent("1"), Ok(1.0));
+    }
+
+    #[rstest::rstest]
+    // A plain number: at or over it.
+    #[case("80", &[(79.9, false), (80.0, true), (100.0, true)])]
+    // The guidelines' forms.
+    #[case("10:20", &[(9.0, true), (10.0, false), (20.0, false), (21.0, true)])]
+    #[case("10:", &[(9.9, true), (10.0, false), (100.0, false)])]
+    #[case("~:90", &[(0.0, false), (90.0, false), (90.5, true)])]
+    #[case(":90", &[(0.0, false), (90.0, false), (90.5, true)])]
+    #[case("@10:20", &[(9.0, false), (10.0, true), (20.0, true), (21.0, false)])]
+    #[case("@~:50%", &[(0.0, true), (50.0, true), (51.0, false)])]
+    fn ranges(#[case] text: &str, #[case] cases: &[(f64, bool)]) {
+        let r = parse_range(text).unwrap();
+        for &(usage, alerts) in cases {
+            assert_eq!(r.alerts(usage), alerts, "{text} at {usage}");
+        }
+    }
+
+    #[rstest::rstest]
+    #[case("20:10", "starts above its end")]
+    #[case("@80", "`@` needs a range")]
+    #[case("0.5:", "ambiguous")]
+    #[case("10:200", "out of range")]
+    #[case("a:b", "not a percentage")]
+    fn bad_ranges(#[case] text: &str, #[case] says: &str) {
+        let e = parse_range(text).unwrap_err();
+        assert!(e.contains(says), "{e}");
+    }
+
+    #[test]
+    fn ranges_render_back() {
+        for text in ["80", "10:20", "10:", "~:90", "@10:20", "@~:50", "95.5"] {
+            assert_eq!(parse_range(text).unwrap().to_string(), text);
+        }
+        assert_eq!(parse_range(":90").unwrap().to_string(), "90");
+        let unlimited_default = Thresholds::default();
+        assert_eq!(
+            unlimited_default.evaluate(None, false),
+            Alarm::Ok,
+            "an unlimited server alarms only when refused"
+        );
+        let t = Thresholds::new(parse_range("@0:10").unwrap(), parse_range("95").unwrap()).unwrap();
+        assert_eq!(t.evaluate(Some(0.05), false), Alarm::Warning);
+        assert_eq!(t.evaluate(Some(0.5), false), Alarm::Ok);
+        assert_eq!(t.evaluate(Some(0.96), false), Alarm::Critical);
     }
 }

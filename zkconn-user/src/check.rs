@@ -147,15 +147,33 @@ fn describe(snap: &Snapshot, w: &ServerRow) -> String {
 fn perfdata(snap: &Snapshot) -> String {
     let mut out = Vec::new();
     let t = &snap.alarm_thresholds;
-    for s in &snap.rows.servers {
-        let name = format!("{} from {}", s.server, s.local_ip).replace(['\'', '='], "_");
+    let ids: Vec<u32> = snap
+        .rows
+        .servers
+        .iter()
+        .map(|s| budget_id(&s.server, &s.local_ip))
+        .collect();
+    // Six hex digits, or eight should two budgets share six.
+    let short = |id: u32| id >> 8;
+    let mut sixes: Vec<u32> = ids.iter().map(|&id| short(id)).collect();
+    sixes.sort_unstable();
+    sixes.dedup();
+    let six = sixes.len() == ids.len();
+    for (s, id) in snap.rows.servers.iter().zip(ids) {
+        let id = if six {
+            format!("{:06x}", short(id))
+        } else {
+            format!("{id:08x}")
+        };
+        let name = format!("{id} {} from {}", s.server, s.local_ip).replace(['\'', '='], "_");
         if s.limit > 0 {
             let limit = f64::from(s.limit);
+            let count = |pct: f64| limit * pct / 100.0;
             out.push(format!(
                 "'open {name}'={};{};{};0;{}",
                 s.states.open,
-                trim(limit * t.warn_percent / 100.0),
-                trim(limit * t.crit_percent / 100.0),
+                t.warn.render(count),
+                t.crit.render(count),
                 s.limit
             ));
         } else {
@@ -169,9 +187,16 @@ fn perfdata(snap: &Snapshot) -> String {
     out.join(" ")
 }
 
-fn trim(x: f64) -> String {
-    let s = format!("{x:.2}");
-    s.trim_end_matches('0').trim_end_matches('.').to_owned()
+/// A short name of a budget that stays the same from run to run (FNV-1a of "server from
+/// local IP"), so each budget's performance data differs within the first 19 characters, as
+/// RRD-based graphers need.
+fn budget_id(server: &str, local_ip: &str) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in server.bytes().chain(*b" from ").chain(local_ip.bytes()) {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h
 }
 
 #[cfg(test)]
@@ -200,8 +225,8 @@ mod tests {
         assert_eq!(
             line,
             "ZKCONN OK - 10.0.0.1:2181 from 10.0.0.9: 12 of 60 open (20%) | \
-             'open 10.0.0.1:2181 from 10.0.0.9'=12;48;57;0;60 \
-             'rejected 10.0.0.1:2181 from 10.0.0.9'=0 lost=0 overflow=0 unreadable=0"
+             'open 9aa516 10.0.0.1:2181 from 10.0.0.9'=12;48;57;0;60 \
+             'rejected 9aa516 10.0.0.1:2181 from 10.0.0.9'=0 lost=0 overflow=0 unreadable=0"
         );
         assert_eq!(exit_code(status), 0);
     }
@@ -235,7 +260,7 @@ mod tests {
             ),
             "{line}"
         );
-        assert!(line.contains("'rejected 10.0.0.2:2181 from 10.0.0.9'=3 "));
+        assert!(line.contains("'rejected f34ce6 10.0.0.2:2181 from 10.0.0.9'=3 "));
     }
 
     #[test]
@@ -293,8 +318,61 @@ mod tests {
         let (_, line) = verdict(&snap(vec![server(3, 0, Alarm::Ok)]));
         assert!(line.contains("3 open (unlimited)"), "{line}");
         assert!(
-            line.contains("'open 10.0.0.1:2181 from 10.0.0.9'=3;;;0;"),
+            line.contains("'open 9aa516 10.0.0.1:2181 from 10.0.0.9'=3;;;0;"),
             "{line}"
         );
+    }
+
+    /// Two local IPs that differ only after 19 characters of the old labels: each label's
+    /// first 19 characters are its own (RRD keeps no more).
+    #[test]
+    fn perfdata_labels_differ_in_their_first_19_characters() {
+        let mut second = server(2, 60, Alarm::Ok);
+        second.local_ip = "10.0.0.10".into();
+        let mut third = server(1, 60, Alarm::Ok);
+        third.local_ip = "10.0.0.11".into();
+        let (_, line) = verdict(&snap(vec![server(3, 60, Alarm::Ok), second, third]));
+        let perf = line.split_once(" | ").map(|(_, p)| p).unwrap_or_default();
+        // Labels as the guidelines quote them: 'with spaces'=value, or bare=value.
+        let mut labels = Vec::new();
+        let mut rest = perf.trim_start();
+        while !rest.is_empty() {
+            let (label, after) = match rest.strip_prefix('\'') {
+                Some(q) => q.split_once("'=").unwrap_or((q, "")),
+                None => rest.split_once('=').unwrap_or((rest, "")),
+            };
+            labels.push(label.to_owned());
+            rest = after.split_once(' ').map_or("", |(_, r)| r).trim_start();
+        }
+        // The ids are FNV-1a of "SERVER from IP", computed independently.
+        for id in ["9aa516", "eccedb", "ebceda"] {
+            assert!(
+                perf.contains(&format!("'open {id} 10.0.0.1:2181 from ")),
+                "{perf}"
+            );
+        }
+        let mut heads: Vec<String> = labels
+            .iter()
+            .map(|l| l.chars().take(19).collect())
+            .collect();
+        let n = heads.len();
+        heads.sort();
+        heads.dedup();
+        assert_eq!(heads.len(), n, "{labels:?}");
+        assert_eq!(n, 9, "{labels:?}");
+    }
+
+    /// Ranges in the monitoring plugins' syntax reach the performance data as ranges of
+    /// connections.
+    #[test]
+    fn ranges_reach_the_perfdata_in_connections() {
+        use crate::alarm::{Thresholds, parse_range};
+        let mut s = snap(vec![server(30, 60, Alarm::Ok)]);
+        s.alarm_thresholds =
+            Thresholds::new(parse_range("@10:50").unwrap(), parse_range("~:90").unwrap())
+                .unwrap()
+                .into();
+        let (_, line) = verdict(&s);
+        assert!(line.contains("=30;@6:30;~:54;0;60 "), "{line}");
     }
 }

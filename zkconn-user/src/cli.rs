@@ -187,14 +187,15 @@ pub struct LimitArgs {
     /// (0: never ask it).
     #[arg(long, value_name = "PORT", default_value_t = 8080)]
     pub admin_port: u16,
-    /// Usage of the limit, in percent, from which a server's alarm is WARNING (80 or 80%; a
-    /// value below 1 needs the % sign).
-    #[arg(short = 'w', long, value_name = "PCT", default_value = "80", value_parser = crate::alarm::parse_percent)]
-    pub warn: f64,
-    /// Usage of the limit, in percent, from which a server's alarm is CRITICAL (also
-    /// CRITICAL: the server refused this host within the last minute).
-    #[arg(short = 'c', long, value_name = "PCT", default_value = "95", value_parser = crate::alarm::parse_percent)]
-    pub crit: f64,
+    /// Usage of the limit, in percent, at or over which a server's alarm is WARNING (80 or
+    /// 80%; a value below 1 needs the % sign), or a range in the monitoring plugins' syntax
+    /// (START:END alerts outside it, START: below, ~:END above, @START:END inside).
+    #[arg(short = 'w', long, value_name = "PCT|RANGE", default_value = "80", value_parser = crate::alarm::parse_range)]
+    pub warn: crate::alarm::Range,
+    /// As --warn, for CRITICAL (also CRITICAL: the server refused this host within the last
+    /// minute).
+    #[arg(short = 'c', long, value_name = "PCT|RANGE", default_value = "95", value_parser = crate::alarm::parse_range)]
+    pub crit: crate::alarm::Range,
     /// Window for growth rates, time to limit and leak suspects (docs/suspects.md).
     #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_window)]
     pub window: Duration,

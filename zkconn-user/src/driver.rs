@@ -34,8 +34,8 @@ impl Watch {
     /// Servers whose limit nobody gave are asked first, before anything attaches, so
     /// those questions are not counted.
     pub fn start(setup: Setup, probe: &ProbeArgs) -> anyhow::Result<Self> {
-        setup.limits.ask_now();
-        let source = Source::start(setup.targets, probe)?;
+        let limits = &setup.limits;
+        let source = Source::start(setup.targets, probe, || limits.ask_now())?;
         let hierarchy = source.host_hierarchy();
         tracing::info!("cgroup rows by {hierarchy}");
         let engine = Engine::new(engine::Config {

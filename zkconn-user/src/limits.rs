@@ -26,6 +26,9 @@ pub const ZOOKEEPER_DEFAULT: u32 = 60;
 /// How often a long-running zkconn asks again the servers that did not say their limit.
 pub const ASK_AGAIN: Duration = Duration::from_secs(300);
 
+/// More named servers than this are not asked (an ensemble has 3 to 7).
+pub const MAX_ASKED: usize = 64;
+
 /// How often it asks again the servers that did say.
 pub const ASK_ANSWERED_AGAIN: Duration = Duration::from_secs(3600);
 
@@ -68,6 +71,9 @@ pub struct LimitInfo {
     pub source: LimitSource,
     /// The servers asked for their limit, in address order.
     pub asked: Vec<AskedRow>,
+    /// Why none was asked, when too many servers are named.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_asked: Option<String>,
 }
 
 /// What one server said when asked.
@@ -95,6 +101,8 @@ pub struct Limits {
     /// The servers to ask: named ones without a limit from a flag or zoo.cfg.
     to_ask: Vec<SocketAddr>,
     admin_port: Option<u16>,
+    /// Why no server is asked, when too many are named.
+    not_asked: Option<String>,
     answers: Answers,
 }
 
@@ -144,6 +152,14 @@ impl Limits {
                 .collect();
             to_ask.sort();
             to_ask.dedup();
+            if to_ask.len() > MAX_ASKED {
+                self.not_asked = Some(format!(
+                    "not asked: {} servers are named, and zkconn asks at most {MAX_ASKED} \
+                     (give --limit, --max-client-cnxns or --zoo-cfg)",
+                    to_ask.len()
+                ));
+                to_ask.clear();
+            }
             self.to_ask = to_ask;
         }
         self.admin_port = admin_port;
@@ -221,6 +237,7 @@ impl Limits {
             default,
             source,
             asked,
+            not_asked: self.not_asked.clone(),
         }
     }
 
@@ -229,9 +246,9 @@ impl Limits {
         match info.asked.iter().find(|a| a.server == server) {
             Some(a) if a.failures.is_empty() => "it did not say".to_owned(),
             Some(a) => a.failures.join("; "),
-            None => {
+            None => info.not_asked.clone().unwrap_or_else(|| {
                 "not asked: it is not named with --zk (give --zk, --limit or --zoo-cfg)".to_owned()
-            }
+            }),
         }
     }
 
@@ -283,12 +300,11 @@ fn ask_into(
     let results = ask::ask_all(&pending, admin_port);
     let mut answers = answers.lock().unwrap_or_else(PoisonError::into_inner);
     for (server, asked) in results {
-        let line = describe(&asked);
-        if asked.answer.is_some() {
-            tracing::info!("asked {server} for its maxClientCnxns: {line}");
-        } else {
-            tracing::warn!("asked {server} for its maxClientCnxns: {line}");
-        }
+        // Every output marks an assumed limit and says why; the log only with -v.
+        tracing::info!(
+            "asked {server} for its maxClientCnxns: {}",
+            describe(&asked)
+        );
         match answers.get_mut(&server) {
             Some(before) if before.answer.is_some() && asked.answer.is_none() => {
                 before.failures = asked.failures;

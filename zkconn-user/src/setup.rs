@@ -36,7 +36,7 @@ impl Setup {
             ..
         } = watch;
         let (targets, zoo_limit) = resolve_targets(targets)?;
-        let thresholds = Thresholds::from_percent(limits.warn, limits.crit)?;
+        let thresholds = Thresholds::new(limits.warn, limits.crit)?;
         // Servers named by address are asked for their limit when nobody gave one.
         let known = Limits::new(limits.max_client_cnxns, zoo_limit, &limits.limit)?.to_ask(
             targets.endpoints.iter().copied(),

@@ -305,10 +305,7 @@ impl Engine {
             ),
             targets: self.targets.clone(),
             max_client_cnxns: self.limits.info(),
-            alarm_thresholds: AlarmThresholds {
-                warn_percent: self.thresholds.warn * 100.0,
-                crit_percent: self.thresholds.crit * 100.0,
-            },
+            alarm_thresholds: AlarmThresholds::from(self.thresholds),
             trend_window_secs: self.history.window_at(now),
             cgroups_hierarchy: self.hierarchy,
             rows,

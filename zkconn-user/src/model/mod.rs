@@ -99,10 +99,26 @@ pub struct Victim {
     pub reason: String,
 }
 
+/// `--warn` and `--crit`, in percent of the limit.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct AlarmThresholds {
-    pub warn_percent: f64,
-    pub crit_percent: f64,
+    /// As given: a number (at or over it) or a range (monitoring plugins' syntax).
+    pub warn: crate::alarm::Range,
+    pub crit: crate::alarm::Range,
+    /// The number, when `warn` is one; `null` for a range.
+    pub warn_percent: Option<f64>,
+    pub crit_percent: Option<f64>,
+}
+
+impl From<crate::alarm::Thresholds> for AlarmThresholds {
+    fn from(t: crate::alarm::Thresholds) -> Self {
+        Self {
+            warn: t.warn,
+            crit: t.crit,
+            warn_percent: t.warn.plain(),
+            crit_percent: t.crit.plain(),
+        }
+    }
 }
 
 /// An owner that grows, holds CLOSE_WAIT sockets or holds much of a budget at or near its
@@ -281,10 +297,7 @@ impl Snapshot {
             },
             targets: vec!["*:2181".into()],
             max_client_cnxns: Limits::default().info(),
-            alarm_thresholds: AlarmThresholds {
-                warn_percent: 80.0,
-                crit_percent: 95.0,
-            },
+            alarm_thresholds: crate::alarm::Thresholds::default().into(),
             trend_window_secs: 2.0,
             cgroups_hierarchy: Hierarchy::V2,
             rows,

@@ -154,7 +154,14 @@ impl Source {
     /// Loads and attaches the probe, then seeds connections that already exist. Must run
     /// inside a tokio runtime (the ring buffer is registered with it). Capabilities are
     /// dropped by [`drop_capabilities`](Self::drop_capabilities), after the first reading.
-    pub fn start(targets: Targets, args: &ProbeArgs) -> anyhow::Result<Self> {
+    ///
+    /// `before_attach` runs once every check has passed, right before anything loads
+    /// (asking servers their limit, so those questions are not counted).
+    pub fn start(
+        targets: Targets,
+        args: &ProbeArgs,
+        before_attach: impl FnOnce(),
+    ) -> anyhow::Result<Self> {
         let procfs = Procfs::default();
         let cgroups = CgroupPaths::discover();
         // Opened here, while zkconn may still enter other namespaces (see `sockdiag`).
@@ -164,7 +171,10 @@ impl Source {
                 "--fallback changes the kernel programs, and --hook poll loads none: drop one \
                  of them"
             ),
-            HookChoice::Poll => (Feed::Poll(Poller::default(), None), SeedReport::default()),
+            HookChoice::Poll => {
+                before_attach();
+                (Feed::Poll(Poller::default(), None), SeedReport::default())
+            }
             choice => {
                 let endpoints = targets.endpoints.len();
                 if endpoints > zkconn_common::MAX_ENDPOINTS as usize {
@@ -182,6 +192,7 @@ impl Source {
                     cgroups: args.max_cgroups,
                     ring_buffer_bytes: args.ring_buffer_kib * 1024,
                 };
+                before_attach();
                 match Probe::load(choice, caps, &targets, &args.fallback) {
                     Ok(probe) => start_kernel(probe, &mut tables, &procfs, &cgroups, &targets)?,
                     // The kernel refuses every BPF hook (too old, lockdown, a policy): `auto`

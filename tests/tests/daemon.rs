@@ -13,7 +13,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use integration_tests::{
     Daemon, Prometheus, RawClient, Sample, ZkServer, expected_hook, field, fresh_ipv4, http_get,
-    http_request, parse_metrics, process, server_row, wait_settled,
+    http_get_accepting, http_request, parse_metrics, process, server_row, wait_settled,
 };
 use serde_json::Value;
 
@@ -96,7 +96,64 @@ fn endpoints_serve_the_numbers_of_a_real_scenario() -> Result<()> {
         .map(|(_, _, v)| v)
         .sum();
     assert_eq!(owners, 4.0, "the owners add up to the server");
+    // ... at the budget they use.
+    let at_budget: f64 = samples
+        .iter()
+        .filter(|(n, l, _)| {
+            n == "zkconn_owner_open_connections"
+                && l.iter().any(|(k, v)| k == "server" && *v == target)
+                && l.iter().any(|(k, v)| k == "local_ip" && v == "127.0.0.1")
+        })
+        .map(|(_, _, v)| v)
+        .sum();
+    assert_eq!(at_budget, 4.0, "{text}");
     assert!(!text.contains("pid="), "no pid label");
+
+    // Each scraper gets the format it asks for: plain text (curl, promtool) the classic
+    // one, which Debian's promtool checks clean; OpenMetrics when asked, as Prometheus does.
+    let (status, kind, classic) =
+        http_get_accepting(d.addr, "/metrics", "text/plain;version=0.0.4")?;
+    assert_eq!(
+        (status, kind.as_str()),
+        (200, "text/plain; version=0.0.4; charset=utf-8")
+    );
+    assert!(!classic.contains("# EOF"), "{classic}");
+    assert!(
+        classic.contains("# TYPE zkconn_server_rejected_total counter\n"),
+        "{classic}"
+    );
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("cannot run promtool (cargo xtask setup installs it)")?;
+    promtool
+        .stdin
+        .take()
+        .context("promtool's stdin")?
+        .write_all(classic.as_bytes())?;
+    let checked = promtool.wait_with_output()?;
+    assert!(
+        checked.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    let (status, kind, om) = http_get_accepting(
+        d.addr,
+        "/metrics",
+        "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+    )?;
+    assert_eq!(
+        (status, kind.as_str()),
+        (
+            200,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8"
+        )
+    );
+    assert!(om.trim_end().ends_with("# EOF"), "{om}");
 
     // Attached and seeded: only CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH are left, and
     // CAP_NET_ADMIN for NAT look-ups (the connection tracking table answers root here), in

@@ -231,7 +231,7 @@ fn check_exit_codes() -> Result<()> {
     assert_eq!(code, 2, "{line}");
     assert!(line.starts_with("ZKCONN CRITICAL - "), "{line}");
     assert!(
-        line.contains("10 of 10 open (100%), refused 1 in the last"),
+        line.contains("10 of 10 open (100%), limit reached, refused 1 in the last"),
         "{line}"
     );
     assert!(

@@ -148,6 +148,11 @@ fn connect(
 ) -> Result<TcpStream, (std::io::Error, Option<IpAddr>)> {
     use socket2::{Domain, SockAddr, Socket, Type};
     let sock = Socket::new(Domain::for_address(to), Type::STREAM, None).map_err(|e| (e, src))?;
+    // Closed with a reset, always: nothing of a question stays in the socket table (a
+    // FIN_WAIT2 towards a server that never answers would be there for a minute, and seen by
+    // seeding and by `ss` as this host's connection).
+    sock.set_linger(Some(Duration::ZERO))
+        .map_err(|e| (e, src))?;
     if let Some(src) = src {
         sock.bind(&SockAddr::from(SocketAddr::new(src, 0)))
             .map_err(|e| (e, Some(src)))?;

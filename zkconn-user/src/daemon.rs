@@ -54,6 +54,8 @@ use crate::{
 struct Published {
     json: Bytes,
     metrics: Bytes,
+    /// The same in the classic text format, for scrapers that do not ask for OpenMetrics.
+    metrics_classic: Bytes,
     at: Instant,
     hook: String,
     /// The last refresh that failed, if the latest did.
@@ -292,6 +294,7 @@ fn refresh_now(
             Published {
                 json: last.json.clone(),
                 metrics: last.metrics.clone(),
+                metrics_classic: last.metrics_classic.clone(),
                 at: last.at,
                 hook: last.hook.clone(),
                 error: Some(format!("{e:#}")),
@@ -317,6 +320,7 @@ fn publish(
     let metrics = metrics::render(&snap, owners).context("cannot encode the metrics")?;
     Ok(Published {
         json: Bytes::from(json),
+        metrics_classic: Bytes::from(metrics::classic(&metrics)),
         metrics: Bytes::from(metrics),
         at: Instant::now(),
         hook: snap.probe.hook.map_or("-".to_owned(), |h| h.to_string()),
@@ -670,11 +674,20 @@ fn respond(req: &Request<Incoming>, p: &Published, interval: Duration) -> Respon
     }
     match req.uri().path() {
         "/v1/snapshot" => body(StatusCode::OK, "application/json", p.json.clone()),
-        "/metrics" => body(
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            p.metrics.clone(),
-        ),
+        "/metrics" => {
+            let accept = req
+                .headers()
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok());
+            let mut r = if metrics::wants_openmetrics(accept) {
+                body(StatusCode::OK, metrics::OPENMETRICS, p.metrics.clone())
+            } else {
+                body(StatusCode::OK, metrics::CLASSIC, p.metrics_classic.clone())
+            };
+            r.headers_mut()
+                .insert(header::VARY, header::HeaderValue::from_static("accept"));
+            r
+        }
         "/healthz" => {
             let (status, reason) = health(p, interval);
             text(status, &format!("{reason}\n"))

@@ -25,10 +25,16 @@ struct ServerLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 struct OwnerLabels {
-    owner: String,
-    kind: String,
     service: String,
-    yarn_application: String,
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+struct BudgetOwnerLabels {
+    service: String,
+    kind: String,
+    server: String,
+    local_ip: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -92,6 +98,78 @@ pub fn render(snap: &Snapshot, top: usize) -> Result<String, std::fmt::Error> {
     Ok(out)
 }
 
+/// The media type of the OpenMetrics exposition.
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The media type of Prometheus' classic text exposition.
+pub const CLASSIC: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Which exposition a scraper's `Accept` header asks for: OpenMetrics when it accepts it at
+/// least as much as plain text (Prometheus does), else the classic text format (curl,
+/// promtool, older scrapers, no header).
+pub fn wants_openmetrics(accept: Option<&str>) -> bool {
+    let (mut om, mut text) = (0.0_f64, 0.0_f64);
+    for range in accept.unwrap_or_default().split(',') {
+        let mut parts = range.split(';').map(str::trim);
+        let kind = parts.next().unwrap_or_default().to_ascii_lowercase();
+        let q = parts
+            .filter_map(|p| p.strip_prefix("q="))
+            .find_map(|q| q.parse::<f64>().ok())
+            .unwrap_or(1.0);
+        match kind.as_str() {
+            "application/openmetrics-text" => om = om.max(q),
+            "text/plain" => text = text.max(q),
+            _ => {}
+        }
+    }
+    om > 0.0 && om >= text
+}
+
+/// The classic text format (0.0.4) of an OpenMetrics exposition: counters are named with
+/// their `_total` in `# HELP`/`# TYPE`, info metrics are gauges named `_info`, and `# UNIT`,
+/// `_created` samples and `# EOF` are left out.
+pub fn classic(openmetrics: &str) -> String {
+    let types: BTreeMap<&str, &str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.split_once(' '))
+        .collect();
+    let name_of = |family: &str| match types.get(family) {
+        Some(&"counter") => format!("{family}_total"),
+        Some(&"info") => format!("{family}_info"),
+        _ => family.to_owned(),
+    };
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (family, text) = rest.split_once(' ').unwrap_or((rest, ""));
+            // The classic format escapes only backslash and line feed in help text.
+            let text = text.replace("\\\"", "\"");
+            out.push_str(&format!("# HELP {} {text}\n", name_of(family)));
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (family, kind) = rest.split_once(' ').unwrap_or((rest, ""));
+            let kind = match kind {
+                "info" => "gauge",
+                "unknown" => "untyped",
+                k => k,
+            };
+            out.push_str(&format!("# TYPE {} {kind}\n", name_of(family)));
+        } else {
+            let name = line.split(['{', ' ']).next().unwrap_or_default();
+            let created = name
+                .strip_suffix("_created")
+                .is_some_and(|f| types.get(f) == Some(&"counter"));
+            if !created {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
 fn servers(registry: &mut Registry, snap: &Snapshot) {
     let open = Family::<ServerLabels, Gauge>::default();
     let close_wait = Family::<ServerLabels, Gauge>::default();
@@ -122,7 +200,7 @@ fn servers(registry: &mut Registry, snap: &Snapshot) {
         if let Some(t) = s.time_to_limit_secs {
             ttl.get_or_create(&l).set(t);
         }
-        growth.get_or_create(&l).set(s.rates.growth_per_min);
+        growth.get_or_create(&l).set(s.rates.growth_per_min / 60.0);
         alarm.get_or_create(&l).set(s.alarm as i64);
         opened.get_or_create(&l).inc_by(s.opened);
         closed.get_or_create(&l).inc_by(s.closed);
@@ -160,8 +238,8 @@ fn servers(registry: &mut Registry, snap: &Snapshot) {
         ttl,
     );
     registry.register(
-        "server_growth_per_minute",
-        "Net change of open connections per minute over the trend window",
+        "server_growth_per_second",
+        "Net change of open connections per second, sustained over the trend window",
         growth,
     );
     registry.register(
@@ -191,74 +269,108 @@ fn servers(registry: &mut Registry, snap: &Snapshot) {
     );
 }
 
+/// Owners are services (and the kinds they run as): a bounded set on any host, where a
+/// label per process or YARN container would make new series with every container. The
+/// counters come from the snapshot's service rows, which keep the counts of processes that
+/// have gone, so they never go down; open connections are also split by budget.
 fn owners(registry: &mut Registry, snap: &Snapshot, top: usize) {
-    // Processes with the same labels are one owner (no pid label, by design).
-    let mut sums: BTreeMap<OwnerLabels, OwnerSums> = BTreeMap::new();
-    for p in &snap.rows.processes {
-        let l = OwnerLabels {
-            owner: label_value(&p.who.label),
-            kind: p.who.kind.to_string(),
-            service: label_value(&p.who.service),
-            yarn_application: label_value(p.who.yarn_application.as_deref().unwrap_or_default()),
-        };
-        let id = p.id();
-        let score = snap
-            .rows
-            .suspects
-            .iter()
-            .filter(|x| x.is_of(&id))
-            .map(|x| x.score)
-            .sum::<f64>();
-        sums.entry(l).or_default().add(&Totals::of(p), score);
-    }
-    let mut ranked: Vec<(OwnerLabels, OwnerSums)> = sums.into_iter().collect();
+    let mut ranked: Vec<(OwnerLabels, OwnerSums)> = snap
+        .rows
+        .services
+        .iter()
+        .map(|row| {
+            let kinds: Vec<String> = row.kinds.iter().map(ToString::to_string).collect();
+            let l = OwnerLabels {
+                service: label_value(&row.service),
+                kind: kinds.join(","),
+            };
+            // The highest score of a suspect in this service, at any level.
+            let score = snap
+                .rows
+                .suspects
+                .iter()
+                .filter(|x| x.service.as_deref() == Some(row.service.as_str()))
+                .map(|x| x.score)
+                .fold(0.0, f64::max);
+            (
+                l,
+                OwnerSums {
+                    totals: row.totals,
+                    score,
+                },
+            )
+        })
+        .collect();
     ranked.sort_by(|a, b| {
         (b.1.totals.open, b.1.totals.opened)
             .cmp(&(a.1.totals.open, a.1.totals.opened))
             .then(a.0.cmp(&b.0))
     });
+    let other_labels = OwnerLabels {
+        service: "other".into(),
+        kind: String::new(),
+    };
     let mut other = OwnerSums::default();
     let mut shown = Vec::new();
+    let mut others = false;
     for (i, (l, s)) in ranked.into_iter().enumerate() {
         if i < top {
             shown.push((l, s));
         } else {
+            others = true;
             let score = other.score.max(s.score);
             other.add(&s.totals, 0.0);
             other.score = score;
         }
     }
-    if shown.len() == top && top > 0 {
-        shown.push((
-            OwnerLabels {
-                owner: "other".into(),
-                kind: String::new(),
-                service: String::new(),
-                yarn_application: String::new(),
-            },
-            other,
-        ));
+    // Open connections per budget, from the live processes, under the same owners.
+    let named: BTreeMap<String, OwnerLabels> = shown
+        .iter()
+        .map(|(l, _)| (l.service.clone(), l.clone()))
+        .collect();
+    let mut by_budget: BTreeMap<BudgetOwnerLabels, u64> = BTreeMap::new();
+    for p in &snap.rows.processes {
+        let owner = named
+            .get(&label_value(&p.who.service))
+            .unwrap_or(&other_labels);
+        for s in &p.servers {
+            *by_budget
+                .entry(BudgetOwnerLabels {
+                    service: owner.service.clone(),
+                    kind: owner.kind.clone(),
+                    server: s.server.clone(),
+                    local_ip: s.local_ip.clone(),
+                })
+                .or_default() += s.open;
+        }
     }
-    let open = Family::<OwnerLabels, Gauge>::default();
+    if others {
+        shown.push((other_labels, other));
+    }
+    let open = Family::<BudgetOwnerLabels, Gauge>::default();
+    for (l, n) in &by_budget {
+        open.get_or_create(l).set(gauge(*n));
+    }
     let close_wait = Family::<OwnerLabels, Gauge>::default();
     let growth = Family::<OwnerLabels, FloatGauge>::default();
     let score = Family::<OwnerLabels, FloatGauge>::default();
     let opened = Family::<OwnerLabels, Counter>::default();
     let closed = Family::<OwnerLabels, Counter>::default();
+    let failed = Family::<OwnerLabels, Counter>::default();
     let rejected = Family::<OwnerLabels, Counter>::default();
     for (l, s) in &shown {
         let t = &s.totals;
-        open.get_or_create(l).set(gauge(t.open));
         close_wait.get_or_create(l).set(gauge(t.close_wait));
-        growth.get_or_create(l).set(t.rates.growth_per_min);
+        growth.get_or_create(l).set(t.rates.growth_per_min / 60.0);
         score.get_or_create(l).set(s.score);
         opened.get_or_create(l).inc_by(t.opened);
         closed.get_or_create(l).inc_by(t.closed);
+        failed.get_or_create(l).inc_by(t.failed);
         rejected.get_or_create(l).inc_by(t.rejected);
     }
     registry.register(
         "owner_open_connections",
-        "Open connections of an owner (the --metrics-owners largest; the rest under owner=\"other\")",
+        "Open connections of an owner (a service: the --metrics-owners largest, the rest under service=\"other\") at one budget (server, local IP)",
         open,
     );
     registry.register(
@@ -267,24 +379,29 @@ fn owners(registry: &mut Registry, snap: &Snapshot, top: usize) {
         close_wait,
     );
     registry.register(
-        "owner_growth_per_minute",
-        "Net change of an owner's open connections per minute over the trend window",
+        "owner_growth_per_second",
+        "Net change of an owner's open connections per second, sustained over the trend window",
         growth,
     );
     registry.register(
         "owner_suspect_score",
-        "Leak-suspect score of an owner (0 when not a suspect; listed from 2, docs/suspects.md)",
+        "Highest leak-suspect score in an owner (0 when none; listed from 2, docs/suspects.md)",
         score,
     );
     registry.register(
         "owner_opened",
-        "connect() attempts of an owner since zkconn started",
+        "connect() attempts of an owner since zkconn started (its exited processes included)",
         opened,
     );
     registry.register(
         "owner_closed",
         "Established connections of an owner closed since zkconn started",
         closed,
+    );
+    registry.register(
+        "owner_failed",
+        "Connections of an owner closed without ever being established",
+        failed,
     );
     registry.register(
         "owner_rejected",
@@ -379,7 +496,7 @@ fn gauge(v: u64) -> i64 {
 mod tests {
     use super::*;
     use crate::{
-        model::{ProcessRow, Rows, ServerRow},
+        model::{ProcessRow, Rows, ServerOpen, ServerRow},
         verdict::Alarm,
     };
 
@@ -393,16 +510,28 @@ mod tests {
         let processes = (0..processes)
             .map(|i| {
                 let mut p = ProcessRow::for_test(100 + i as u32);
+                p.who.service = format!("service {i}");
                 p.states.open = 10 - i as u64 % 10;
                 p.opened = p.states.open;
+                p.servers = vec![ServerOpen {
+                    server: "10.0.0.1:2181".into(),
+                    local_ip: "10.0.0.9".into(),
+                    open: p.states.open,
+                }];
                 p
             })
             .collect();
-        Snapshot::for_test(Rows {
+        with_services(Snapshot::for_test(Rows {
             servers: vec![s1, unlimited],
             processes,
             ..Rows::default()
-        })
+        }))
+    }
+
+    /// The service rows of the snapshot's processes, as the engine rolls them up.
+    fn with_services(mut s: Snapshot) -> Snapshot {
+        s.rows.services = crate::model::roll_up(&s.rows.processes, &[]).2;
+        s
     }
 
     #[test]
@@ -411,6 +540,7 @@ mod tests {
         let hostile = "ev\x1b[2Jil\nzkconn_fake{x=\"1\"} 99\n\\.py";
         s.rows.processes[0].who.label = hostile.to_owned();
         s.rows.processes[0].who.service = hostile.to_owned();
+        let s = with_services(s);
         let text = render(&s, 20).unwrap();
         assert!(
             !text.lines().any(|l| l.starts_with("zkconn_fake")),
@@ -422,7 +552,7 @@ mod tests {
             .find(|l| l.contains("ev"))
             .unwrap();
         assert!(
-            line.contains("owner=\"ev\u{fffd}[2Jil\\nzkconn_fake{x=\\\"1\\\"} 99\\n\\\\.py\""),
+            line.contains("service=\"ev\u{fffd}[2Jil\\nzkconn_fake{x=\\\"1\\\"} 99\\n\\\\.py\""),
             "{line}"
         );
         assert_eq!(label_value("plain"), "plain");
@@ -472,7 +602,7 @@ mod tests {
         let total: u64 = (0..25).map(|i| 10 - i % 10).sum();
         let other = open
             .iter()
-            .find(|l| l.contains("owner=\"other\""))
+            .find(|l| l.contains("service=\"other\""))
             .and_then(|l| l.rsplit(' ').next())
             .unwrap();
         assert_eq!(other.parse::<u64>().unwrap(), total - 48);
@@ -481,21 +611,107 @@ mod tests {
         assert_eq!(lines_of(&text, "zkconn_owner_open_connections").len(), 3);
     }
 
+    /// Owners are services: three processes of one service (three YARN containers, say)
+    /// are one series per budget, and no label carries a pid or a container id.
     #[test]
-    fn processes_with_the_same_labels_are_one_series() {
+    fn processes_of_one_service_are_one_series_per_budget() {
         let mut s = snap(0);
-        for pid in [1, 2, 3] {
+        for (pid, ip) in [(1, "10.0.0.9"), (2, "10.0.0.9"), (3, "10.0.0.8")] {
             let mut p = ProcessRow::for_test(pid);
-            p.who.label = "HBase RegionServer".into();
-            p.who.service = "HBase RegionServer".into();
+            p.who.label =
+                format!("Spark executor in container_e17_1700000000000_0042_01_00000{pid}");
+            p.who.service = "Spark executor".into();
+            p.who.yarn_container = Some(format!("container_e17_1700000000000_0042_01_00000{pid}"));
             p.states.open = 2;
+            p.opened = 3;
+            p.servers = vec![ServerOpen {
+                server: "10.0.0.1:2181".into(),
+                local_ip: ip.into(),
+                open: 2,
+            }];
             s.rows.processes.push(p);
         }
-        let text = render(&s, 20).unwrap();
+        let text = render(&with_services(s), 20).unwrap();
         let open = lines_of(&text, "zkconn_owner_open_connections");
-        assert_eq!(open.len(), 1);
-        assert!(open[0].ends_with(" 6"), "{open:?}");
+        assert_eq!(
+            open,
+            vec![
+                "zkconn_owner_open_connections{service=\"Spark executor\",kind=\"process\",server=\"10.0.0.1:2181\",local_ip=\"10.0.0.8\"} 2",
+                "zkconn_owner_open_connections{service=\"Spark executor\",kind=\"process\",server=\"10.0.0.1:2181\",local_ip=\"10.0.0.9\"} 4",
+            ],
+            "{text}"
+        );
+        assert_eq!(
+            lines_of(&text, "zkconn_owner_opened_total"),
+            vec!["zkconn_owner_opened_total{service=\"Spark executor\",kind=\"process\"} 9"]
+        );
         assert!(!text.contains("pid"), "no pid label");
+        assert!(!text.contains("container_"), "no container id");
+    }
+
+    /// A service's counters keep what its exited processes did (the service rows keep
+    /// them), so a `*_total` never goes down when a process goes.
+    #[test]
+    fn owner_counters_keep_what_exited_processes_did() {
+        let mut s = snap(2);
+        let gone = crate::model::Retired {
+            who: s.rows.processes[0].who.clone(),
+            opened: 5,
+            closed: 5,
+            ..Default::default()
+        };
+        s.rows.services = crate::model::roll_up(&s.rows.processes, &[gone]).2;
+        let text = render(&s, 20).unwrap();
+        assert!(
+            lines_of(&text, "zkconn_owner_opened_total")
+                .contains(&"zkconn_owner_opened_total{service=\"service 0\",kind=\"process\"} 15"),
+            "{text}"
+        );
+    }
+
+    /// Scrapers that do not ask for OpenMetrics get the classic text format, which
+    /// Prometheus 2.x's parser and promtool read: counters by their `_total` name, the
+    /// build info as a gauge, no `# EOF`.
+    #[test]
+    fn the_classic_format_names_counters_and_info_as_it_wants() {
+        let om = render(&snap(2), 20).unwrap();
+        let text = classic(&om);
+        assert!(
+            text.contains("# HELP zkconn_server_rejected_total Connections the server refused"),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE zkconn_server_rejected_total counter\n"));
+        assert!(text.contains("# TYPE zkconn_build_info gauge\nzkconn_build_info{version=\""));
+        assert!(!text.contains("# EOF"));
+        assert!(!text.contains(" info\n"));
+        // Every sample line is the same in both.
+        let samples = |t: &str| -> Vec<String> {
+            t.lines()
+                .filter(|l| !l.starts_with('#'))
+                .map(str::to_owned)
+                .collect()
+        };
+        assert_eq!(samples(&om), samples(&text));
+    }
+
+    #[rstest::rstest]
+    #[case(None, false)]
+    #[case(Some("*/*"), false)]
+    #[case(Some("text/plain;version=0.0.4"), false)]
+    #[case(
+        Some(
+            "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+        ),
+        true
+    )]
+    #[case(
+        Some("text/plain;version=0.0.4;q=1,application/openmetrics-text;q=0.5"),
+        false
+    )]
+    #[case(Some("application/openmetrics-text; version=1.0.0"), true)]
+    #[case(Some("application/openmetrics-text;q=0"), false)]
+    fn negotiation(#[case] accept: Option<&str>, #[case] om: bool) {
+        assert_eq!(wants_openmetrics(accept), om);
     }
 
     #[test]

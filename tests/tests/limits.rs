@@ -184,6 +184,14 @@ fn the_limit_is_asked_from_the_server_and_from_another_address_at_the_limit() ->
         "{line}"
     );
     assert!(!line.contains("assumed"), "{line}");
+    // The check took the answer the snapshot heard from zkconn's cache: it asked nothing,
+    // so it was not refused either.
+    assert_eq!(
+        zk.connection_rejected(witness)? - before,
+        1,
+        "the check asked nothing"
+    );
+    assert_eq!(asked[0]["cached"], false, "{asked:#}");
     Ok(())
 }
 

@@ -24,7 +24,7 @@ const MAX_OTHER_SOURCES: usize = 3;
 const MAX_ANSWER: u64 = 64 * 1024;
 
 /// How the server told its limit.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Via {
     /// The `conf` four-letter word on the watched port.
@@ -40,6 +40,8 @@ pub struct Answer {
     pub via: Via,
     /// The local address the answer came to.
     pub from: IpAddr,
+    /// Taken from [`CACHE`]: another zkconn on this host heard it within [`CACHE_FOR`].
+    pub cached: bool,
 }
 
 /// The result of asking one server: its answer, and what failed on the way (also when it
@@ -243,6 +245,7 @@ fn conf(server: SocketAddr, src: Option<IpAddr>) -> Result<Answer, Miss> {
             limit,
             via: Via::Conf,
             from,
+            cached: false,
         }),
         Err(why) => Err(Miss::Other(why)),
     }
@@ -296,6 +299,7 @@ fn admin_server(server: SocketAddr, port: u16) -> Result<Answer, String> {
         limit,
         via: Via::AdminServer,
         from,
+        cached: false,
     })
 }
 
@@ -329,6 +333,112 @@ pub fn parse_admin(response: &str, port: u16) -> Result<u32, String> {
         .and_then(serde_json::Value::as_i64)
         .ok_or("the answer names no max_client_cnxns")?;
     Ok(u32::try_from(n.max(0)).unwrap_or(u32::MAX))
+}
+
+/// Where zkconn keeps what servers said, for the other zkconn runs on this host: a check
+/// run every minute then asks nobody (and, at the limit, is not refused every minute).
+/// `/run` is emptied at boot.
+pub const CACHE: &str = "/run/zkconn/server-limits.json";
+/// How long an answer in [`CACHE`] is taken as said.
+pub const CACHE_FOR: Duration = Duration::from_secs(3600);
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Remembered {
+    limit: u32,
+    via: Via,
+    from: IpAddr,
+    /// Seconds since the epoch.
+    at: u64,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The file's answers, when it and its directory are this user's own and nobody else can
+/// write them (a file anyone could write could set any limit); else none.
+fn read_cache(path: &std::path::Path) -> std::collections::BTreeMap<String, Remembered> {
+    use std::os::unix::fs::MetadataExt as _;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    let own = |p: &std::path::Path| {
+        std::fs::symlink_metadata(p).is_ok_and(|m| m.uid() == me && m.mode() & 0o022 == 0)
+    };
+    let dir_ok = path.parent().is_some_and(own);
+    if !dir_ok || !own(path) {
+        return Default::default();
+    }
+    std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+/// Fresh answers for `servers` from [`CACHE`] at `path`.
+pub fn cached(path: &std::path::Path, servers: &[SocketAddr]) -> Vec<(SocketAddr, Answer)> {
+    let now = unix_now();
+    let known = read_cache(path);
+    servers
+        .iter()
+        .filter_map(|s| {
+            let r = known.get(&s.to_string())?;
+            (now.saturating_sub(r.at) < CACHE_FOR.as_secs()).then_some((
+                *s,
+                Answer {
+                    limit: r.limit,
+                    via: r.via,
+                    from: r.from,
+                    cached: true,
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Adds fresh `answers` to [`CACHE`] at `path` (written whole and renamed into place, the
+/// directory made 0700); a failure is logged with -v and changes nothing else.
+pub fn remember(path: &std::path::Path, answers: &[(SocketAddr, &Answer)]) {
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+    let fresh: Vec<_> = answers.iter().filter(|(_, a)| !a.cached).collect();
+    if fresh.is_empty() {
+        return;
+    }
+    let write = || -> std::io::Result<()> {
+        let dir = path.parent().ok_or(std::io::ErrorKind::InvalidInput)?;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .recursive(true)
+            .create(dir)?;
+        let mut known = read_cache(path);
+        let now = unix_now();
+        known.retain(|_, r| now.saturating_sub(r.at) < CACHE_FOR.as_secs());
+        for (server, a) in fresh {
+            known.insert(
+                server.to_string(),
+                Remembered {
+                    limit: a.limit,
+                    via: a.via,
+                    from: a.from,
+                    at: now,
+                },
+            );
+        }
+        let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(&serde_json::to_vec(&known).map_err(std::io::Error::other)?)?;
+        drop(f);
+        std::fs::rename(&tmp, path)
+    };
+    if let Err(e) = write() {
+        tracing::info!("cannot keep the servers' limits in {}: {e}", path.display());
+    }
 }
 
 fn io_sentence(e: &std::io::Error) -> String {
@@ -443,6 +553,44 @@ mod tests {
             (Err(got), Err(want)) => assert!(got.contains(want), "{got}"),
             (got, want) => panic!("{got:?} but wanted {want:?}"),
         }
+    }
+
+    #[test]
+    fn the_cache_keeps_fresh_answers_and_trusts_only_its_own_files() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("zkconn/server-limits.json");
+        let s1: SocketAddr = "127.0.0.5:2181".parse().unwrap();
+        let s2: SocketAddr = "127.0.0.6:2181".parse().unwrap();
+        let a = Answer {
+            limit: 7,
+            via: Via::Conf,
+            from: "127.0.0.2".parse().unwrap(),
+            cached: false,
+        };
+        assert!(cached(&path, &[s1]).is_empty(), "no file yet");
+        remember(&path, &[(s1, &a)]);
+        let got = cached(&path, &[s1, s2]);
+        assert_eq!(got.len(), 1);
+        assert_eq!((got[0].0, got[0].1.limit, got[0].1.cached), (s1, 7, true));
+        // An answer taken from the cache is not written back as fresh.
+        remember(&path, &[(s2, &got[0].1)]);
+        assert_eq!(cached(&path, &[s2]).len(), 0);
+        // Stale answers are not taken.
+        std::fs::write(
+            &path,
+            format!(
+                "{{\"{s1}\":{{\"limit\":7,\"via\":\"conf\",\"from\":\"127.0.0.2\",\"at\":{}}}}}",
+                unix_now() - CACHE_FOR.as_secs() - 1
+            ),
+        )
+        .unwrap();
+        assert!(cached(&path, &[s1]).is_empty(), "stale");
+        // A file others can write is not trusted.
+        remember(&path, &[(s1, &a)]);
+        assert_eq!(cached(&path, &[s1]).len(), 1);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        assert!(cached(&path, &[s1]).is_empty(), "world-writable");
     }
 
     #[test]

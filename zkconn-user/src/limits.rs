@@ -88,6 +88,9 @@ pub struct AskedRow {
     pub from: Option<String>,
     /// What failed on the way, one sentence each (also when it answered in the end).
     pub failures: Vec<String>,
+    /// The answer came from zkconn's cache (`/run/zkconn/server-limits.json`): another
+    /// zkconn run on this host heard it within the hour.
+    pub cached: bool,
 }
 
 /// The answers servers gave, shared with the thread that asks again.
@@ -231,6 +234,7 @@ impl Limits {
                 via: a.answer.as_ref().map(|x| x.via),
                 from: a.answer.as_ref().map(|x| x.from.to_string()),
                 failures: a.failures.clone(),
+                cached: a.answer.as_ref().is_some_and(|x| x.cached),
             })
             .collect();
         LimitInfo {
@@ -297,7 +301,38 @@ fn ask_into(
     if pending.is_empty() {
         return;
     }
-    let results = ask::ask_all(&pending, admin_port);
+    let cache = std::path::Path::new(ask::CACHE);
+    // What another zkconn on this host heard lately is not asked again (a check every
+    // minute, at the limit, would otherwise be refused every minute), unless asking all.
+    let mut results: Vec<(SocketAddr, Asked)> = if all {
+        Vec::new()
+    } else {
+        ask::cached(cache, &pending)
+            .into_iter()
+            .map(|(s, answer)| {
+                (
+                    s,
+                    Asked {
+                        answer: Some(answer),
+                        failures: Vec::new(),
+                    },
+                )
+            })
+            .collect()
+    };
+    let unknown: Vec<SocketAddr> = pending
+        .into_iter()
+        .filter(|s| !results.iter().any(|(c, _)| c == s))
+        .collect();
+    if !unknown.is_empty() {
+        let asked = ask::ask_all(&unknown, admin_port);
+        let heard: Vec<(SocketAddr, &ask::Answer)> = asked
+            .iter()
+            .filter_map(|(s, a)| a.answer.as_ref().map(|x| (*s, x)))
+            .collect();
+        ask::remember(cache, &heard);
+        results.extend(asked);
+    }
     let mut answers = answers.lock().unwrap_or_else(PoisonError::into_inner);
     for (server, asked) in results {
         // Every output marks an assumed limit and says why; the log only with -v.
@@ -320,13 +355,14 @@ fn ask_into(
 fn describe(asked: &Asked) -> String {
     let answer = match &asked.answer {
         Some(a) => format!(
-            "{} (by {} to {})",
+            "{} (by {} to {}{})",
             a.limit,
             match a.via {
                 Via::Conf => "conf",
                 Via::AdminServer => "the AdminServer",
             },
-            a.from
+            a.from,
+            if a.cached { ", from the cache" } else { "" }
         ),
         None => "no answer, 60 assumed".to_owned(),
     };
@@ -387,6 +423,7 @@ mod tests {
                 limit,
                 via: Via::Conf,
                 from: "127.0.0.2".parse().unwrap(),
+                cached: false,
             }),
             failures: vec!["`conf` from 127.0.0.1 was refused".into()],
         }

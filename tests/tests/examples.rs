@@ -16,8 +16,8 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use integration_tests::{
-    Cgroup, Check, Client, RawClient, ZkServer, Zkconn, fresh_cluster_ts, fresh_ipv4, wait_settled,
-    zkconn_bin,
+    Cgroup, Check, Client, RawClient, ZkOptions, ZkServer, Zkconn, fresh_cluster_ts, fresh_ipv4,
+    wait_settled, zkconn_bin,
 };
 
 #[test]
@@ -25,9 +25,14 @@ use integration_tests::{
 fn docs_examples() -> Result<()> {
     let out = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/examples"));
     std::fs::create_dir_all(&out)?;
-    let zk = ZkServer::start(fresh_ipv4(), 8, &[])?;
+    // The server says its limit when asked (`conf` allowed): no flag gives it.
+    let options = ZkOptions {
+        four_letter_words: "srvr,mntr,cons,conf",
+        ..ZkOptions::default()
+    };
+    let zk = ZkServer::start_with(fresh_ipv4(), 8, &options)?;
     let target = zk.addr.to_string();
-    let flags = ["--zk", target.as_str(), "--max-client-cnxns", "8"];
+    let flags = ["--zk", target.as_str()];
     let step = Some(Duration::from_millis(300));
 
     // Before zkconn: an HBase RegionServer with two sessions.

@@ -198,6 +198,22 @@ fn top_shows_servers_and_owners_and_restores_the_terminal() -> Result<()> {
     tmux.wait("the owners table again", |s| {
         s.contains("Owners by process (2)")
     })?;
+    // Esc at the top level does not quit (q does); the filter finds owners by the server
+    // they use.
+    tmux.keys(&["Escape"])?;
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    tmux.keys(&["/", "10.255.255.254", "Enter"])?;
+    tmux.wait("no owner uses that address", |s| {
+        s.contains("Owners by process (0)") && !s.contains("top exited")
+    })?;
+    tmux.keys(&["/"])?;
+    for _ in 0.."10.255.255.254".len() {
+        tmux.keys(&["BSpace"])?;
+    }
+    tmux.keys(&[&server, "Enter"])?;
+    tmux.wait("both use the server", |s| {
+        s.contains("Owners by process (2)")
+    })?;
 
     tmux.keys(&["q"])?;
     assert_restored(&tmux)?;

@@ -632,7 +632,8 @@ mod tests {
             s.rows.processes.push(p);
         }
         let text = render(&with_services(s), 20).unwrap();
-        let open = lines_of(&text, "zkconn_owner_open_connections");
+        let mut open = lines_of(&text, "zkconn_owner_open_connections");
+        open.sort_unstable();
         assert_eq!(
             open,
             vec![

@@ -126,13 +126,17 @@ pub struct OwnerLine {
     pub suspect: bool,
     /// One of its processes was refused in the window and is no suspect.
     pub victim: bool,
+    /// What else the filter finds it by: its processes' budgets (`SERVER from LOCAL_IP`),
+    /// YARN containers and applications, units, pods, cgroup paths.
+    pub also: Vec<String>,
 }
 
 impl OwnerLine {
     fn matches(&self, needle: &str) -> bool {
         needle.is_empty()
             || [&self.label, &self.kind, &self.user]
-                .iter()
+                .into_iter()
+                .chain(&self.also)
                 .any(|h| h.to_lowercase().contains(needle))
             || self.pids.iter().any(|p| p.to_string() == needle)
     }
@@ -168,6 +172,9 @@ pub struct App {
     pub paused: bool,
     pub help: bool,
     pub quit: bool,
+    /// The owners table's columns as last drawn (sorting moves among these only); all
+    /// until the first draw.
+    pub shown: Vec<Column>,
     /// The latest log line (alarm transitions), shown in the footer.
     pub last_log: Option<String>,
     /// Why the last refresh failed (a kernel map that cannot be read): shown in the header
@@ -343,11 +350,9 @@ impl App {
             return;
         }
         if self.help {
-            // Any key closes the help; q still quits.
+            // Any key closes the help, q included: a key pressed to leave a page never
+            // leaves the program.
             self.help = false;
-            if key.code == KeyCode::Char('q') {
-                self.quit = true;
-            }
             return;
         }
         match key.code {
@@ -355,7 +360,8 @@ impl App {
             KeyCode::Esc | KeyCode::Backspace | KeyCode::Left if self.drill.is_some() => {
                 self.drill = None;
             }
-            KeyCode::Esc => self.quit = true,
+            // Esc steps back (a drill-down, above); it never quits: q does.
+            KeyCode::Esc => {}
             KeyCode::Char('?') | KeyCode::F(1) => self.help = true,
             KeyCode::Char('p') | KeyCode::Char(' ') => self.toggle_pause(),
             KeyCode::Char('g') if self.drill.is_none() => {
@@ -388,7 +394,13 @@ impl App {
 
     /// Sorts by the next (or previous) sortable column; the first press starts from OPEN.
     fn move_sort(&mut self, step: isize) {
-        let sortable: Vec<Column> = Column::ALL.into_iter().filter(|c| c.sortable()).collect();
+        let sortable: Vec<Column> = Column::ALL
+            .into_iter()
+            .filter(|c| c.sortable() && (self.shown.is_empty() || self.shown.contains(c)))
+            .collect();
+        if sortable.is_empty() {
+            return;
+        }
         let current = self.sort.unwrap_or(Column::Open);
         let i = sortable.iter().position(|c| *c == current).unwrap_or(0) as isize;
         let n = sortable.len() as isize;
@@ -442,7 +454,42 @@ pub fn concerns(s: &Suspect, line: &OwnerLine) -> bool {
 /// The owners of `group` in `snap`, unsorted: the rows as the engine made them.
 pub fn lines_of(snap: &Snapshot, group: Level) -> Vec<OwnerLine> {
     let r = &snap.rows;
+    // What identifies each process beyond its label, for the filter.
+    let ids: HashMap<u32, Vec<String>> = r
+        .processes
+        .iter()
+        .map(|p| {
+            let mut also: Vec<String> = p
+                .servers
+                .iter()
+                .map(|s| format!("{} from {}", s.server, s.local_ip))
+                .collect();
+            also.extend(
+                [
+                    &p.who.yarn_container,
+                    &p.who.yarn_application,
+                    &p.who.unit,
+                    &p.who.pod_uid,
+                    &p.who.container_id,
+                    &p.cgroup,
+                    &p.cgroup_v1,
+                ]
+                .into_iter()
+                .flatten()
+                .cloned(),
+            );
+            (p.pid, also)
+        })
+        .collect();
     let line = |id: RowId, label: &str, kind: String, pids: &[u32], users: &[String], t: Totals| {
+        let mut also: Vec<String> = pids
+            .iter()
+            .filter_map(|p| ids.get(p))
+            .flatten()
+            .cloned()
+            .collect();
+        also.sort();
+        also.dedup();
         let mut line = OwnerLine {
             id,
             label: label.to_owned(),
@@ -459,6 +506,7 @@ pub fn lines_of(snap: &Snapshot, group: Level) -> Vec<OwnerLine> {
             oldest_seeded: t.age.oldest_seeded,
             suspect: false,
             victim: false,
+            also,
         };
         line.suspect = r.suspects.iter().any(|s| concerns(s, &line));
         line.victim = r.victims.iter().any(|v| line.pids.contains(&v.pid));

@@ -148,6 +148,9 @@ impl Sink for Top {
         self.terminal
             .draw(|frame| render::render(frame, app))
             .context("cannot draw on the terminal")?;
+        // Sorting keys move among the columns just drawn.
+        let width = self.terminal.size().map_or(0, |s| s.width);
+        self.app.shown = render::fitting_columns(width.saturating_sub(2));
         Ok(())
     }
 }

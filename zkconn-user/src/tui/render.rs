@@ -181,9 +181,10 @@ fn server_line(row: &ServerRow, width: u16) -> Line<'static> {
         }
         ok
     };
+    // The local IP names the budget: two rows of one server differ only there.
+    let show_local = fits(&local);
     let show_rejected = fits(&rejected);
     let show_ttl = fits(&limit_in);
-    let show_local = fits(&local);
     let gauge_width = width.saturating_sub(used + 1).min(40);
     let mut spans = vec![Span::styled(alarm, style), Span::raw(name)];
     if show_local {
@@ -288,12 +289,41 @@ fn age(secs: Option<f64>, seeded: bool) -> String {
     }
 }
 
-fn cell(line: &OwnerLine, c: Column, app: &App) -> Cell<'static> {
+/// `text` in at most `width` characters: cut in the middle, so both the start (what runs)
+/// and the end (the distinguishing end of a YARN container or pod id) stay.
+pub fn fit_middle(text: &str, width: usize) -> String {
+    let n = text.chars().count();
+    if n <= width {
+        return text.to_owned();
+    }
+    if width == 0 {
+        return String::new();
+    }
+    // More of the end than of the start: ids differ at their end.
+    let head = (width - 1) * 2 / 5;
+    let tail = width - 1 - head;
+    let start: String = text.chars().take(head).collect();
+    let end: String = text.chars().skip(n - tail).collect();
+    format!("{start}…{end}")
+}
+
+/// The owner column's width in a table `width` wide with `columns`: what the others leave.
+fn owner_width(width: u16, columns: &[Column]) -> usize {
+    let others: u16 = columns
+        .iter()
+        .filter(|c| **c != Column::Owner)
+        .map(|c| width_of(*c) + 1)
+        .sum();
+    // The marker column and its gap.
+    usize::from(width.saturating_sub(others + 2).max(16))
+}
+
+fn cell(line: &OwnerLine, c: Column, app: &App, owner_width: usize) -> Cell<'static> {
     let num = |v: u64, hot: Style| {
         Cell::from(v.to_string()).style(if v > 0 { hot } else { Style::new() })
     };
     match c {
-        Column::Owner => Cell::from(line.label.clone()),
+        Column::Owner => Cell::from(fit_middle(&line.label, owner_width)),
         Column::Kind => Cell::from(line.kind.clone()),
         Column::Pids => Cell::from(match line.pids.as_slice() {
             [pid] => pid.to_string(),
@@ -322,7 +352,9 @@ fn cell(line: &OwnerLine, c: Column, app: &App) -> Cell<'static> {
 
 fn render_owners(frame: &mut Frame<'_>, area: Rect, app: &App) {
     let lines = app.lines();
-    let columns = fitting_columns(area.width.saturating_sub(2));
+    let inner = area.width.saturating_sub(2);
+    let columns = fitting_columns(inner);
+    let owner_width = owner_width(inner, &columns);
     let sort = app.sort.unwrap_or(Column::Open);
     let header = Row::new(
         std::iter::once(Cell::from(" "))
@@ -347,7 +379,7 @@ fn render_owners(frame: &mut Frame<'_>, area: Rect, app: &App) {
         };
         Row::new(
             std::iter::once(mark)
-                .chain(columns.iter().map(|c| cell(l, *c, app)))
+                .chain(columns.iter().map(|c| cell(l, *c, app, owner_width)))
                 .collect::<Vec<_>>(),
         )
     });
@@ -557,12 +589,13 @@ const HELP: &[(&str, &str)] = &[
         "g",
         "group by process → cgroup → YARN application → service",
     ),
-    ("s  >  <", "sort by the next / previous column"),
+    ("s  >  <", "sort by the next / previous column shown"),
     ("r", "reverse the sort"),
-    ("/", "filter by text (owner, kind, user, pid); empty clears"),
+    ("/", "filter: owner, pid, user, IP, container, app, unit"),
     ("p  Space", "pause / resume refreshing"),
     ("?  F1", "this help"),
-    ("q  Esc  Ctrl-C", "quit"),
+    ("q  Ctrl-C", "quit"),
+    ("any key", "close this help"),
 ];
 
 fn render_help(frame: &mut Frame<'_>, area: Rect) {

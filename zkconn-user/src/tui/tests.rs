@@ -340,7 +340,7 @@ fn selection_drill_down_and_back() {
     assert_eq!(app.drill, None);
     assert!(!app.quit);
     app.on_key(key(KeyCode::Esc));
-    assert!(app.quit);
+    assert!(!app.quit, "Esc at the top level does not quit");
 }
 
 #[test]
@@ -357,21 +357,73 @@ fn pause_holds_refreshes_until_resumed() {
 fn quit_keys() {
     for k in [
         key(KeyCode::Char('q')),
-        key(KeyCode::Esc),
         KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL),
     ] {
         let mut app = app_with(typical());
         app.on_key(k);
         assert!(app.quit, "{k:?}");
     }
-    // The help closes on any key; q from the help quits.
+    // The help closes on any key, q and Esc included, and nothing quits from it.
     let mut app = app_with(typical());
-    app.on_key(key(KeyCode::Char('?')));
-    app.on_key(key(KeyCode::Char('x')));
-    assert!(!app.help && !app.quit);
-    app.on_key(key(KeyCode::Char('?')));
-    app.on_key(key(KeyCode::Char('q')));
-    assert!(app.quit);
+    for k in [KeyCode::Char('x'), KeyCode::Char('q'), KeyCode::Esc] {
+        app.on_key(key(KeyCode::Char('?')));
+        app.on_key(key(k));
+        assert!(!app.help && !app.quit, "{k:?}");
+    }
+}
+
+/// The filter finds owners by what identifies them beyond their label: a server or local
+/// IP of a budget they use, a YARN application id.
+#[test]
+fn the_filter_matches_budgets_and_ids() {
+    let mut app = app_with(typical());
+    let all = labels(&app).len();
+    app.filter = "application_".into();
+    let yarn = labels(&app);
+    assert!(!yarn.is_empty() && yarn.len() < all, "{yarn:?}");
+    assert!(yarn.iter().all(|l| l.contains("container_")), "{yarn:?}");
+    let snap = app.snapshot.clone().unwrap();
+    let budget = snap
+        .rows
+        .processes
+        .iter()
+        .flat_map(|p| p.servers.iter())
+        .map(|s| s.local_ip.clone())
+        .next()
+        .expect("a process with a budget");
+    app.filter = budget;
+    assert!(!labels(&app).is_empty());
+    app.filter = "10.255.255.254".into();
+    assert!(labels(&app).is_empty());
+}
+
+/// Sorting moves among the columns drawn: at 80 columns, OPENED is not shown and is
+/// never the sort.
+#[test]
+fn sorting_moves_among_the_columns_shown() {
+    let mut app = app_with(typical());
+    app.shown = crate::tui::render::fitting_columns(78);
+    assert!(!app.shown.contains(&Column::Opened), "{:?}", app.shown);
+    for _ in 0..30 {
+        app.on_key(key(KeyCode::Char('s')));
+        let sort = app.sort.unwrap();
+        assert!(app.shown.contains(&sort), "{sort:?} is not shown");
+    }
+}
+
+#[test]
+fn long_ids_keep_their_distinguishing_end() {
+    use crate::tui::render::fit_middle;
+    let a = "python3.11 leaker.py in container_e05_1700000000000_0042_01_000002";
+    let b = "python3.11 leaker.py in container_e05_1700000000000_0042_01_000003";
+    let (fa, fb) = (fit_middle(a, 38), fit_middle(b, 38));
+    assert_eq!(fa.chars().count(), 38);
+    assert_ne!(fa, fb);
+    assert!(
+        fa.starts_with("python3.11 le") && fa.ends_with("0042_01_000002"),
+        "{fa}"
+    );
+    assert_eq!(fit_middle("short", 38), "short");
 }
 
 #[test]

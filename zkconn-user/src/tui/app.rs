@@ -41,6 +41,8 @@ pub fn group_name(group: Level) -> &'static str {
 pub enum Column {
     Owner,
     Kind,
+    /// The YARN application, else the systemd unit, pod or container it runs in.
+    Within,
     Pids,
     User,
     Open,
@@ -54,9 +56,10 @@ pub enum Column {
 }
 
 impl Column {
-    pub const ALL: [Column; 12] = [
+    pub const ALL: [Column; 13] = [
         Column::Owner,
         Column::Kind,
+        Column::Within,
         Column::Pids,
         Column::User,
         Column::Open,
@@ -69,7 +72,7 @@ impl Column {
         Column::Trend,
     ];
     /// Which columns survive a narrow terminal first.
-    pub const PRIORITY: [Column; 12] = [
+    pub const PRIORITY: [Column; 13] = [
         Column::Owner,
         Column::Open,
         Column::Growth,
@@ -77,6 +80,7 @@ impl Column {
         Column::Kind,
         Column::CloseWait,
         Column::Pids,
+        Column::Within,
         Column::Oldest,
         Column::Trend,
         Column::User,
@@ -88,6 +92,7 @@ impl Column {
         match self {
             Self::Owner => "OWNER",
             Self::Kind => "KIND",
+            Self::Within => "APPLICATION/UNIT",
             Self::Pids => "PID",
             Self::User => "USER",
             Self::Open => "OPEN",
@@ -126,6 +131,11 @@ pub struct OwnerLine {
     pub suspect: bool,
     /// One of its processes was refused in the window and is no suspect.
     pub victim: bool,
+    /// The YARN application, else the unit, pod or container it runs in; empty when none
+    /// or several.
+    pub within: String,
+    /// Every process of it has exited (its row stays for `--retain-exited`): drawn faded.
+    pub exited: bool,
     /// What else the filter finds it by: its processes' budgets (`SERVER from LOCAL_IP`),
     /// YARN containers and applications, units, pods, cgroup paths.
     pub also: Vec<String>,
@@ -408,7 +418,7 @@ impl App {
         // Names read best A→Z, numbers largest first.
         self.ascending = matches!(
             self.sort,
-            Some(Column::Owner | Column::Kind | Column::User | Column::Pids)
+            Some(Column::Owner | Column::Kind | Column::Within | Column::User | Column::Pids)
         );
     }
 
@@ -432,6 +442,7 @@ fn compare(a: &OwnerLine, b: &OwnerLine, column: Column) -> std::cmp::Ordering {
         Column::Kind => a.kind.cmp(&b.kind),
         Column::Pids => a.pids.first().cmp(&b.pids.first()),
         Column::User => a.user.cmp(&b.user),
+        Column::Within => a.within.cmp(&b.within),
         Column::Open => a.open.cmp(&b.open),
         Column::Growth => a.growth.total_cmp(&b.growth),
         Column::Opened => a.opened.cmp(&b.opened),
@@ -481,6 +492,21 @@ pub fn lines_of(snap: &Snapshot, group: Level) -> Vec<OwnerLine> {
             (p.pid, also)
         })
         .collect();
+    // What each process runs within, and whether it lives.
+    let within: HashMap<u32, (String, bool)> = r
+        .processes
+        .iter()
+        .map(|p| {
+            let w = &p.who;
+            let name = [&w.yarn_application, &w.unit, &w.pod_uid, &w.container_id]
+                .into_iter()
+                .flatten()
+                .next()
+                .cloned()
+                .unwrap_or_default();
+            (p.pid, (name, p.alive))
+        })
+        .collect();
     let line = |id: RowId, label: &str, kind: String, pids: &[u32], users: &[String], t: Totals| {
         let mut also: Vec<String> = pids
             .iter()
@@ -490,6 +516,15 @@ pub fn lines_of(snap: &Snapshot, group: Level) -> Vec<OwnerLine> {
             .collect();
         also.sort();
         also.dedup();
+        let known: Vec<&(String, bool)> = pids.iter().filter_map(|p| within.get(p)).collect();
+        let mut names: Vec<&str> = known.iter().map(|(n, _)| n.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        let within_name = match names.as_slice() {
+            [one] => (*one).to_owned(),
+            _ => String::new(),
+        };
+        let exited = !known.is_empty() && known.iter().all(|(_, alive)| !alive);
         let mut line = OwnerLine {
             id,
             label: label.to_owned(),
@@ -506,6 +541,8 @@ pub fn lines_of(snap: &Snapshot, group: Level) -> Vec<OwnerLine> {
             oldest_seeded: t.age.oldest_seeded,
             suspect: false,
             victim: false,
+            within: within_name,
+            exited,
             also,
         };
         line.suspect = r.suspects.iter().any(|s| concerns(s, &line));

@@ -237,6 +237,7 @@ fn width_of(c: Column) -> u16 {
         Column::Owner => 30,
         Column::Kind => 10,
         Column::Pids => 8,
+        Column::Within => 30,
         Column::User => 10,
         Column::Open | Column::Opened | Column::Closed => 7,
         Column::Growth => 7,
@@ -330,6 +331,11 @@ fn cell(line: &OwnerLine, c: Column, app: &App, owner_width: usize) -> Cell<'sta
             many => format!("{} pids", many.len()),
         }),
         Column::User => Cell::from(line.user.clone()),
+        Column::Within => Cell::from(if line.within.is_empty() {
+            "-".to_owned()
+        } else {
+            fit_middle(&line.within, usize::from(width_of(Column::Within)))
+        }),
         Column::Open => Cell::from(line.open.to_string()),
         Column::Growth => Cell::from(if line.growth == 0.0 {
             "0".to_owned()
@@ -377,11 +383,17 @@ fn render_owners(frame: &mut Frame<'_>, area: Rect, app: &App) {
         } else {
             Cell::from(" ")
         };
-        Row::new(
+        let row = Row::new(
             std::iter::once(mark)
                 .chain(columns.iter().map(|c| cell(l, *c, app, owner_width)))
                 .collect::<Vec<_>>(),
-        )
+        );
+        // Exited: kept for --retain-exited, faded until it goes.
+        if l.exited {
+            row.style(Style::new().add_modifier(Modifier::DIM))
+        } else {
+            row
+        }
     });
     let widths: Vec<Constraint> = std::iter::once(Constraint::Length(1))
         .chain(columns.iter().map(|c| match c {
@@ -390,10 +402,15 @@ fn render_owners(frame: &mut Frame<'_>, area: Rect, app: &App) {
         }))
         .collect();
     let title = format!(
-        " Owners by {} ({}) · sorted by {} · ! suspect × refused ",
+        " Owners by {} ({}) · sorted by {} · ! suspect × refused{} ",
         app.group_title(),
         lines.len(),
         sort.title(),
+        if lines.iter().any(|l| l.exited) {
+            " · faded: exited"
+        } else {
+            ""
+        },
     );
     let table = Table::new(rows, widths)
         .header(header)

@@ -219,6 +219,48 @@ fn a_server_at_its_limit_with_refusals() {
     insta::assert_snapshot!(draw(&app_with(at_limit()), 140, 20));
 }
 
+/// The three screens operators have: what identifies the leak (the end of its container
+/// id, its application, the local IP of each budget) is on each.
+#[rstest::rstest]
+#[case(80, 24)]
+#[case(120, 40)]
+#[case(200, 50)]
+fn the_screens_operators_have(#[case] width: u16, #[case] height: u16) {
+    let screen = draw(&app_with(at_limit()), width, height);
+    assert!(screen.contains("_000002"), "{screen}");
+    if width >= 200 {
+        assert!(screen.contains("APPLICATION/UNIT"), "{screen}");
+    }
+    insta::assert_snapshot!(format!("screen_{width}x{height}"), screen);
+}
+
+/// An exited process stays (for --retain-exited), faded, and the title says so.
+#[test]
+fn exited_processes_are_faded() {
+    let mut snap = typical();
+    snap.rows.processes[0].alive = false;
+    let gone = snap.rows.processes[0].pid;
+    let app = app_with(snap);
+    let line = app.lines().into_iter().find(|l| l.pids == [gone]).unwrap();
+    assert!(line.exited);
+    assert!(app.lines().iter().filter(|l| l.exited).count() == 1);
+    let mut terminal = Terminal::new(TestBackend::new(140, 20)).unwrap();
+    terminal.draw(|f| render::render(f, &app)).unwrap();
+    let buffer = terminal.backend().buffer().clone();
+    let text = terminal.backend().to_string();
+    assert!(text.contains("faded: exited"), "{text}");
+    let y = text
+        .lines()
+        .position(|l| l.contains(&gone.to_string()))
+        .unwrap() as u16;
+    let dim = (0..140).any(|x| {
+        buffer[(x, y)]
+            .modifier
+            .contains(ratatui::style::Modifier::DIM)
+    });
+    assert!(dim, "the exited row is not faded");
+}
+
 #[test]
 fn a_narrow_terminal_drops_columns() {
     insta::assert_snapshot!(draw(&app_with(typical()), 64, 18));

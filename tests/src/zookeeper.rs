@@ -202,6 +202,24 @@ impl ZkServer {
         bail!("ZooKeeper on {} did not come up within 60 s", self.addr)
     }
 
+    /// Restarts the server (as [`ZkServer::restart`]) with another `maxClientCnxns`.
+    pub fn restart_with_limit(&mut self, max_client_cnxns: u32) -> anyhow::Result<()> {
+        let path = self.dir.path().join("zoo.cfg");
+        let cfg = std::fs::read_to_string(&path)?;
+        let cfg: Vec<String> = cfg
+            .lines()
+            .map(|l| {
+                if l.starts_with("maxClientCnxns=") {
+                    format!("maxClientCnxns={max_client_cnxns}")
+                } else {
+                    l.to_owned()
+                }
+            })
+            .collect();
+        std::fs::write(&path, cfg.join("\n") + "\n")?;
+        self.restart()
+    }
+
     /// Kills the server (SIGKILL, as a crash) and starts it again on the same address and
     /// data; returns once it serves.
     pub fn restart(&mut self) -> anyhow::Result<()> {

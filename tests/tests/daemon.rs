@@ -12,8 +12,8 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use integration_tests::{
-    Daemon, Prometheus, RawClient, Sample, ZkServer, expected_hook, field, fresh_ipv4, http_get,
-    http_get_accepting, http_request, parse_metrics, process, server_row, wait_settled,
+    Daemon, Prometheus, RawClient, Sample, ZkOptions, ZkServer, expected_hook, field, fresh_ipv4,
+    http_get, http_get_accepting, http_request, parse_metrics, process, server_row, wait_settled,
 };
 use serde_json::Value;
 
@@ -963,5 +963,39 @@ fn documents_are_at_most_a_second_old_whatever_the_interval() -> Result<()> {
         server_sample(&samples, "zkconn_server_open_connections", zk.addr),
         Some(3.0)
     );
+    Ok(())
+}
+
+/// The server said 5, then restarts with 2: the refusal below 5 puts the answer in doubt,
+/// and the daemon asks again at once, instead of believing 5 for the next quarter hour.
+#[test]
+fn a_refusal_below_the_limit_the_server_said_makes_the_daemon_ask_again() -> Result<()> {
+    let options = ZkOptions {
+        four_letter_words: "srvr,mntr,cons,conf",
+        ..ZkOptions::default()
+    };
+    let mut zk = ZkServer::start_with(fresh_ipv4(), 5, &options)?;
+    let d = Daemon::start(&["--zk", &zk.addr.to_string()])?;
+    let server = zk.addr.to_string();
+    d.snapshot_when(|s| s["max_client_cnxns"]["asked"][0]["limit"] == 5)?;
+    zk.restart_with_limit(2)?;
+    // Two fit; the third is refused below the 5 the server said.
+    let _held = RawClient::new(zk.addr, 2).spawn()?;
+    wait_settled(zk.addr)?;
+    let _refused = RawClient {
+        expect_refused: true,
+        ..RawClient::new(zk.addr, 1)
+    }
+    .spawn()?;
+    let snap = d.snapshot_when(|s| {
+        s["servers"].as_array().is_some_and(|rows| {
+            rows.iter()
+                .any(|r| r["server"] == server.as_str() && r["limit"] == 2)
+        })
+    })?;
+    let row = server_row(&snap, zk.addr)?;
+    assert_eq!(row["limit_source"], "server", "{row:#}");
+    assert_eq!(row["alarm"], "critical", "{row:#}");
+    assert_eq!(field(row, "open")?, 2, "{row:#}");
     Ok(())
 }

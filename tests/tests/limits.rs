@@ -195,6 +195,40 @@ fn the_limit_is_asked_from_the_server_and_from_another_address_at_the_limit() ->
     Ok(())
 }
 
+/// A host at a limit nobody knows: the server does not say it (`conf` not allowed, no
+/// AdminServer), and refuses zkconn's own question from the host's address while it
+/// answers another. That refusal is the evidence: the budget is CRITICAL, not OK at an
+/// assumed 60.
+#[test]
+fn a_refused_question_is_a_refusal_when_the_limit_is_unknown() -> Result<()> {
+    let zk = ZkServer::start(fresh_ipv4(), 2, &[])?;
+    let holder = RawClient::new(zk.addr, 2).spawn()?;
+    wait_settled(zk.addr)?;
+    let target = zk.addr.to_string();
+    let flags = ["--zk", target.as_str(), "--admin-port", "0"];
+    let (code, line) = Check::run(&[&flags[..], &["--duration", "1s"]].concat())?;
+    assert_eq!(code, 2, "{line}");
+    assert!(
+        line.starts_with(&format!(
+            "ZKCONN CRITICAL - {target} from 127.0.0.1: 2 of 60 (assumed) open (3%), refused \
+             zkconn's own question from 127.0.0.1: at its limit; top holder: "
+        )),
+        "{line}"
+    );
+    let snap = Zkconn::start(&flags)?.finish()?;
+    let row = server_row(&snap, zk.addr)?;
+    assert_eq!(row["question_refused"], true, "{row:#}");
+    assert_eq!(row["refusing"], true, "{row:#}");
+    assert_eq!(row["alarm"], "critical", "{row:#}");
+    assert_eq!(
+        field(row, "rejected")?,
+        0,
+        "asked before attaching: {row:#}"
+    );
+    assert_eq!(field(process(&snap, holder.pid())?, "open")?, 2);
+    Ok(())
+}
+
 /// `conf` not allowed: the AdminServer's `/commands/configuration` says it.
 #[test]
 fn the_admin_server_says_the_limit_when_conf_is_not_allowed() -> Result<()> {

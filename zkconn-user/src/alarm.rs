@@ -55,9 +55,9 @@ impl Range {
     /// This range with every bound turned by `f` (percent into connections for the
     /// performance data), written in the range syntax.
     pub fn render(&self, f: impl Fn(f64) -> f64) -> String {
-        // Two decimals at most, without trailing zeros.
+        // Three decimals at most (99.9 % of 3 is 2.997, not 3), without trailing zeros.
         let num = |v: f64| {
-            let s = format!("{:.2}", f(v));
+            let s = format!("{:.3}", f(v));
             s.trim_end_matches('0').trim_end_matches('.').to_owned()
         };
         if self.plain {

@@ -50,6 +50,22 @@ pub struct Answer {
 pub struct Asked {
     pub answer: Option<Answer>,
     pub failures: Vec<String>,
+    /// The local addresses whose question the server refused: it holds as many of their
+    /// connections as it allows.
+    pub refused_from: Vec<IpAddr>,
+    pub at: Instant,
+}
+
+impl Asked {
+    /// What a server said, heard now.
+    pub fn new(answer: Option<Answer>, failures: Vec<String>) -> Self {
+        Self {
+            answer,
+            failures,
+            refused_from: Vec::new(),
+            at: Instant::now(),
+        }
+    }
 }
 
 /// Asks every server at once; returns within about [`BUDGET`] and a [`STEP`] (each step
@@ -67,9 +83,8 @@ pub fn ask_all(servers: &[SocketAddr], admin_port: Option<u16>) -> Vec<(SocketAd
         handles
             .into_iter()
             .map(|(server, h)| {
-                let asked = h.join().unwrap_or_else(|_| Asked {
-                    answer: None,
-                    failures: vec!["asking it failed unexpectedly".to_owned()],
+                let asked = h.join().unwrap_or_else(|_| {
+                    Asked::new(None, vec!["asking it failed unexpectedly".to_owned()])
                 });
                 (server, asked)
             })
@@ -89,57 +104,51 @@ enum Miss {
 /// Asks one server: `conf` from the default source, from other sources when refused, then
 /// the AdminServer.
 pub fn ask(server: SocketAddr, admin_port: Option<u16>, locals: &[IpAddr]) -> Asked {
-    let mut failures = Vec::new();
+    let mut asked = Asked::new(None, Vec::new());
     let until = Instant::now() + BUDGET;
     match conf(server, None) {
         Ok(answer) => {
-            return Asked {
-                answer: Some(answer),
-                failures,
-            };
+            asked.answer = Some(answer);
+            return asked;
         }
         Err(Miss::Refused(from)) => {
-            failures.push(format!(
+            asked.failures.push(format!(
                 "`conf` from {from} was refused (this host may be at its limit)"
             ));
+            asked.refused_from.push(from);
             for src in other_sources(server.ip(), from, locals) {
                 if Instant::now() >= until {
                     break;
                 }
                 match conf(server, Some(src)) {
                     Ok(answer) => {
-                        return Asked {
-                            answer: Some(answer),
-                            failures,
-                        };
+                        asked.answer = Some(answer);
+                        return asked;
                     }
                     Err(Miss::Refused(from)) => {
-                        failures.push(format!("`conf` from {from} was refused"));
+                        asked
+                            .failures
+                            .push(format!("`conf` from {from} was refused"));
+                        asked.refused_from.push(from);
                     }
                     Err(Miss::Other(why)) => {
-                        failures.push(format!("`conf` from {src}: {why}"));
+                        asked.failures.push(format!("`conf` from {src}: {why}"));
                         break;
                     }
                 }
             }
         }
-        Err(Miss::Other(why)) => failures.push(format!("`conf`: {why}")),
+        Err(Miss::Other(why)) => asked.failures.push(format!("`conf`: {why}")),
     }
     if let Some(port) = admin_port.filter(|_| Instant::now() < until) {
         match admin_server(server, port) {
-            Ok(answer) => {
-                return Asked {
-                    answer: Some(answer),
-                    failures,
-                };
-            }
-            Err(why) => failures.push(format!("AdminServer on port {port}: {why}")),
+            Ok(answer) => asked.answer = Some(answer),
+            Err(why) => asked
+                .failures
+                .push(format!("AdminServer on port {port}: {why}")),
         }
     }
-    Asked {
-        answer: None,
-        failures,
-    }
+    asked
 }
 
 /// Connects from `src` (the kernel's choice when `None`) within [`STEP`]; a failure says
@@ -253,22 +262,20 @@ fn conf(server: SocketAddr, src: Option<IpAddr>) -> Result<Answer, Miss> {
 
 /// `maxClientCnxns=N` in a `conf` answer; a negative N is unlimited (0), as in ZooKeeper.
 pub fn parse_conf(text: &str) -> Result<u32, String> {
-    if text.contains("not in the whitelist") {
-        return Err(
-            "not in the server's 4lw.commands.whitelist (add conf there, or give --limit)"
-                .to_owned(),
-        );
-    }
     let value = text
         .lines()
-        .find_map(|l| l.trim().strip_prefix("maxClientCnxns="))
-        .ok_or_else(|| {
-            format!(
-                "the answer names no maxClientCnxns (it begins {:?})",
-                crate::output::printable(&text.chars().take(60).collect::<String>())
-            )
-        })?;
-    parse_limit(value.trim())
+        .find_map(|l| l.trim().strip_prefix("maxClientCnxns="));
+    match value {
+        Some(v) => parse_limit(v.trim()),
+        None if text.contains("is not executed because it is not in the whitelist") => Err(
+            "not in the server's 4lw.commands.whitelist (add conf there, or give --limit)"
+                .to_owned(),
+        ),
+        None => Err(format!(
+            "the answer names no maxClientCnxns (it begins \"{}\")",
+            crate::output::printable(&text.chars().take(60).collect::<String>())
+        )),
+    }
 }
 
 fn parse_limit(value: &str) -> Result<u32, String> {
@@ -318,11 +325,19 @@ pub fn parse_admin(response: &str, port: u16) -> Result<u32, String> {
     }
     let doc: serde_json::Value =
         serde_json::from_str(body).map_err(|_| "the answer is not JSON".to_owned())?;
+    // A number, or a number in a string.
+    let number = |v: &serde_json::Value| {
+        v.as_i64()
+            .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+    };
     let ports: Vec<i64> = ["client_port", "secure_client_port"]
         .iter()
-        .filter_map(|k| doc.get(k).and_then(serde_json::Value::as_i64))
+        .filter_map(|k| doc.get(k).and_then(number))
         .collect();
-    if !ports.is_empty() && !ports.contains(&i64::from(port)) {
+    if ports.is_empty() {
+        return Err("the answer names no client_port, so it may be another server's".to_owned());
+    }
+    if !ports.contains(&i64::from(port)) {
         return Err(format!(
             "it serves the ZooKeeper on client port {}, not {port}",
             ports[0]
@@ -330,7 +345,7 @@ pub fn parse_admin(response: &str, port: u16) -> Result<u32, String> {
     }
     let n = doc
         .get("max_client_cnxns")
-        .and_then(serde_json::Value::as_i64)
+        .and_then(number)
         .ok_or("the answer names no max_client_cnxns")?;
     Ok(u32::try_from(n.max(0)).unwrap_or(u32::MAX))
 }
@@ -339,8 +354,10 @@ pub fn parse_admin(response: &str, port: u16) -> Result<u32, String> {
 /// run every minute then asks nobody (and, at the limit, is not refused every minute).
 /// `/run` is emptied at boot.
 pub const CACHE: &str = "/run/zkconn/server-limits.json";
-/// How long an answer in [`CACHE`] is taken as said.
-pub const CACHE_FOR: Duration = Duration::from_secs(3600);
+/// How long an answer in [`CACHE`] is taken as said: a server restarted with another
+/// limit is believed wrong at most this long by a one-shot run (a refusal under the limit
+/// makes `top` and the daemon ask again at once, see `limits`).
+pub const CACHE_FOR: Duration = Duration::from_secs(600);
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Remembered {
@@ -384,7 +401,8 @@ pub fn cached(path: &std::path::Path, servers: &[SocketAddr]) -> Vec<(SocketAddr
         .iter()
         .filter_map(|s| {
             let r = known.get(&s.to_string())?;
-            (now.saturating_sub(r.at) < CACHE_FOR.as_secs()).then_some((
+            // An answer from the future (the clock was set back) is not taken either.
+            (r.at <= now && now - r.at < CACHE_FOR.as_secs()).then_some((
                 *s,
                 Answer {
                     limit: r.limit,
@@ -411,9 +429,20 @@ pub fn remember(path: &std::path::Path, answers: &[(SocketAddr, &Answer)]) {
             .mode(0o700)
             .recursive(true)
             .create(dir)?;
+        // One writer at a time, or two runs at once would each drop the other's answers.
+        let lock = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path.with_extension("lock"))?;
+        // SAFETY: flock on a file descriptor this function owns; released when `lock` drops.
+        if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
         let mut known = read_cache(path);
         let now = unix_now();
-        known.retain(|_, r| now.saturating_sub(r.at) < CACHE_FOR.as_secs());
+        known.retain(|_, r| r.at <= now && now - r.at < CACHE_FOR.as_secs());
         for (server, a) in fresh {
             known.insert(
                 server.to_string(),
@@ -527,6 +556,11 @@ mod tests {
         "conf is not executed because it is not in the whitelist.\n",
         Err("whitelist")
     )]
+    // A line that happens to say so does not hide a limit.
+    #[case(
+        "x=is not executed because it is not in the whitelist\nmaxClientCnxns=4\n",
+        Ok(4)
+    )]
     #[case("clientPort=2181\n", Err("names no maxClientCnxns"))]
     #[case("maxClientCnxns=many\n", Err("not a number"))]
     fn conf_answers(#[case] text: &str, #[case] want: Result<u32, &str>) {
@@ -541,7 +575,9 @@ mod tests {
 
     #[rstest]
     #[case(&format!("{HEAD}{{\"client_port\":2181,\"max_client_cnxns\":7}}"), Ok(7))]
-    #[case(&format!("{HEAD}{{\"max_client_cnxns\":-1}}"), Ok(0))]
+    #[case(&format!("{HEAD}{{\"client_port\":2181,\"max_client_cnxns\":-1}}"), Ok(0))]
+    #[case(&format!("{HEAD}{{\"client_port\":\"2181\",\"max_client_cnxns\":\"9\"}}"), Ok(9))]
+    #[case(&format!("{HEAD}{{\"max_client_cnxns\":7}}"), Err("no client_port"))]
     #[case(&format!("{HEAD}{{\"client_port\":2182,\"max_client_cnxns\":7}}"), Err("client port 2182"))]
     #[case(&format!("{HEAD}{{\"client_port\":2181}}"), Err("no max_client_cnxns"))]
     #[case(&format!("{HEAD}<html>"), Err("not JSON"))]

@@ -107,11 +107,18 @@ fn describe(snap: &Snapshot, w: &ServerRow) -> String {
     if w.headroom.is_some_and(|h| h <= 0) {
         text.push_str(", limit reached");
     }
-    if w.refusing {
+    if w.refusing && w.rejected > 0 {
         let _ = write!(
             text,
             ", refused {} in the last {:.0} s",
             w.rejected, snap.observed_secs
+        );
+    }
+    if w.question_refused {
+        let _ = write!(
+            text,
+            ", refused zkconn's own question from {}: at its limit",
+            w.local_ip
         );
     }
     if let Some(ttl) = w
@@ -147,24 +154,8 @@ fn describe(snap: &Snapshot, w: &ServerRow) -> String {
 fn perfdata(snap: &Snapshot) -> String {
     let mut out = Vec::new();
     let t = &snap.alarm_thresholds;
-    let ids: Vec<u32> = snap
-        .rows
-        .servers
-        .iter()
-        .map(|s| budget_id(&s.server, &s.local_ip))
-        .collect();
-    // Six hex digits, or eight should two budgets share six.
-    let short = |id: u32| id >> 8;
-    let mut sixes: Vec<u32> = ids.iter().map(|&id| short(id)).collect();
-    sixes.sort_unstable();
-    sixes.dedup();
-    let six = sixes.len() == ids.len();
-    for (s, id) in snap.rows.servers.iter().zip(ids) {
-        let id = if six {
-            format!("{:06x}", short(id))
-        } else {
-            format!("{id:08x}")
-        };
+    for s in &snap.rows.servers {
+        let id = format!("{:08x}", budget_id(&s.server, &s.local_ip));
         let name = format!("{id} {} from {}", s.server, s.local_ip).replace(['\'', '='], "_");
         if s.limit > 0 {
             let limit = f64::from(s.limit);
@@ -187,16 +178,17 @@ fn perfdata(snap: &Snapshot) -> String {
     out.join(" ")
 }
 
-/// A short name of a budget that stays the same from run to run (FNV-1a of "server from
-/// local IP"), so each budget's performance data differs within the first 19 characters, as
-/// RRD-based graphers need.
+/// A short name of a budget that stays the same from run to run and whatever other budgets
+/// exist (the top 32 bits of the 64-bit FNV-1a of "server from local IP", 8 hex digits), so
+/// each budget's performance data differs within the first 19 characters, as RRD-based
+/// graphers need. Two of n budgets share one with odds of about n²/2³³.
 fn budget_id(server: &str, local_ip: &str) -> u32 {
-    let mut h: u32 = 0x811c_9dc5;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in server.bytes().chain(*b" from ").chain(local_ip.bytes()) {
-        h ^= u32::from(b);
-        h = h.wrapping_mul(0x0100_0193);
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    h
+    (h >> 32) as u32
 }
 
 #[cfg(test)]
@@ -225,8 +217,8 @@ mod tests {
         assert_eq!(
             line,
             "ZKCONN OK - 10.0.0.1:2181 from 10.0.0.9: 12 of 60 open (20%) | \
-             'open 9aa516 10.0.0.1:2181 from 10.0.0.9'=12;48;57;0;60 \
-             'rejected 9aa516 10.0.0.1:2181 from 10.0.0.9'=0 lost=0 overflow=0 unreadable=0"
+             'open dfc018e4 10.0.0.1:2181 from 10.0.0.9'=12;48;57;0;60 \
+             'rejected dfc018e4 10.0.0.1:2181 from 10.0.0.9'=0 lost=0 overflow=0 unreadable=0"
         );
         assert_eq!(exit_code(status), 0);
     }
@@ -260,7 +252,7 @@ mod tests {
             ),
             "{line}"
         );
-        assert!(line.contains("'rejected f34ce6 10.0.0.2:2181 from 10.0.0.9'=3 "));
+        assert!(line.contains("'rejected d925e8a3 10.0.0.2:2181 from 10.0.0.9'=3 "));
     }
 
     #[test]
@@ -318,7 +310,7 @@ mod tests {
         let (_, line) = verdict(&snap(vec![server(3, 0, Alarm::Ok)]));
         assert!(line.contains("3 open (unlimited)"), "{line}");
         assert!(
-            line.contains("'open 9aa516 10.0.0.1:2181 from 10.0.0.9'=3;;;0;"),
+            line.contains("'open dfc018e4 10.0.0.1:2181 from 10.0.0.9'=3;;;0;"),
             "{line}"
         );
     }
@@ -344,8 +336,9 @@ mod tests {
             labels.push(label.to_owned());
             rest = after.split_once(' ').map_or("", |(_, r)| r).trim_start();
         }
-        // The ids are FNV-1a of "SERVER from IP", computed independently.
-        for id in ["9aa516", "eccedb", "ebceda"] {
+        // The ids are the top half of the 64-bit FNV-1a of "SERVER from IP", computed
+        // independently; the last two differ only in their sixth digit.
+        for id in ["dfc018e4", "4134e6da", "4134e5da"] {
             assert!(
                 perf.contains(&format!("'open {id} 10.0.0.1:2181 from ")),
                 "{perf}"

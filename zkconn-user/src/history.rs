@@ -190,7 +190,8 @@ impl History {
             .map(|s| {
                 let subject = Subject::Server(s.server.clone(), s.local_ip.clone());
                 let t = self.trend(&subject, now, window);
-                let refusing = self.trend(&subject, now, refusing_window).rejected > 0;
+                let refusing =
+                    s.question_refused || self.trend(&subject, now, refusing_window).rejected > 0;
                 ServerJudgement {
                     rates: t.rates(),
                     time_to_limit_secs: t.time_to_limit(s.headroom),

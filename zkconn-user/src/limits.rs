@@ -10,7 +10,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     net::SocketAddr,
     sync::{Arc, Mutex, PoisonError, Weak},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
@@ -30,7 +30,7 @@ pub const ASK_AGAIN: Duration = Duration::from_secs(300);
 pub const MAX_ASKED: usize = 64;
 
 /// How often it asks again the servers that did say.
-pub const ASK_ANSWERED_AGAIN: Duration = Duration::from_secs(3600);
+pub const ASK_ANSWERED_AGAIN: Duration = Duration::from_secs(900);
 
 /// Where a limit came from.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -89,12 +89,20 @@ pub struct AskedRow {
     /// What failed on the way, one sentence each (also when it answered in the end).
     pub failures: Vec<String>,
     /// The answer came from zkconn's cache (`/run/zkconn/server-limits.json`): another
-    /// zkconn run on this host heard it within the hour.
+    /// zkconn run on this host heard it within 10 minutes.
     pub cached: bool,
 }
 
 /// The answers servers gave, shared with the thread that asks again.
 type Answers = Arc<Mutex<BTreeMap<SocketAddr, Asked>>>;
+
+/// Servers whose answer a refusal put in doubt, and when each was last asked for that.
+type Doubts = Arc<Mutex<BTreeMap<SocketAddr, (bool, Option<Instant>)>>>;
+
+/// How often the thread that asks again looks for doubts.
+const TICK: Duration = Duration::from_secs(5);
+/// A server in doubt is asked again at most this often.
+pub const DOUBT_EVERY: Duration = Duration::from_secs(45);
 
 #[derive(Clone, Debug, Default)]
 pub struct Limits {
@@ -107,6 +115,7 @@ pub struct Limits {
     /// Why no server is asked, when too many are named.
     not_asked: Option<String>,
     answers: Answers,
+    doubts: Doubts,
 }
 
 fn key(server: SocketAddr) -> SocketAddr {
@@ -175,34 +184,85 @@ impl Limits {
         ask_into(&self.to_ask, self.admin_port, &self.answers, false);
     }
 
-    /// Keeps asking, every [`ASK_AGAIN`], the servers that did not say (and every
-    /// [`ASK_ANSWERED_AGAIN`] those that did: a restarted server may say otherwise), for
-    /// `top` and the daemon. Those connections are counted like any other of this host, as
-    /// zkconn's own. With `now`, it asks once at once (after a reload). The thread ends
-    /// once these limits are dropped.
+    /// Keeps asking, for `top` and the daemon: every [`ASK_AGAIN`] the servers that did not
+    /// say, every [`ASK_ANSWERED_AGAIN`] all of them (a restarted server may say otherwise),
+    /// and within [`TICK`] a server [`doubt`](Self::doubt)ed (at most every
+    /// [`DOUBT_EVERY`]). Those connections are counted like any other of this host, as
+    /// zkconn's own. With `now`, it asks once at once (after a reload). The thread ends once
+    /// these limits are dropped.
     pub fn keep_asking(&self, now: bool) {
         if self.to_ask.is_empty() {
             return;
         }
         let weak: Weak<Mutex<BTreeMap<SocketAddr, Asked>>> = Arc::downgrade(&self.answers);
+        let doubts = Arc::clone(&self.doubts);
         let (to_ask, admin_port) = (self.to_ask.clone(), self.admin_port);
-        let every = ASK_ANSWERED_AGAIN.as_secs() / ASK_AGAIN.as_secs();
         let spawned = std::thread::Builder::new()
             .name("zkconn-ask".to_owned())
             .spawn(move || {
-                for round in 1u64.. {
-                    if !(now && round == 1) {
-                        std::thread::sleep(ASK_AGAIN);
+                let start = Instant::now();
+                let (mut unanswered_at, mut all_at) = (start, start);
+                let mut first = now;
+                loop {
+                    if !first {
+                        std::thread::sleep(TICK);
                     }
                     let Some(answers) = weak.upgrade() else {
                         return;
                     };
-                    ask_into(&to_ask, admin_port, &answers, round % every == 0);
+                    let due: Vec<SocketAddr> = {
+                        let mut d = doubts.lock().unwrap_or_else(PoisonError::into_inner);
+                        let due: Vec<SocketAddr> = d
+                            .iter()
+                            .filter(|(_, (wanted, last))| {
+                                *wanted && last.is_none_or(|t| t.elapsed() >= DOUBT_EVERY)
+                            })
+                            .map(|(s, _)| *s)
+                            .collect();
+                        for s in &due {
+                            d.insert(*s, (false, Some(Instant::now())));
+                        }
+                        due
+                    };
+                    if !due.is_empty() {
+                        ask_into(&due, admin_port, &answers, true);
+                    }
+                    if first || all_at.elapsed() >= ASK_ANSWERED_AGAIN {
+                        ask_into(&to_ask, admin_port, &answers, !first);
+                        (all_at, unanswered_at) = (Instant::now(), Instant::now());
+                    } else if unanswered_at.elapsed() >= ASK_AGAIN {
+                        ask_into(&to_ask, admin_port, &answers, false);
+                        unanswered_at = Instant::now();
+                    }
+                    first = false;
                 }
             });
         if let Err(e) = spawned {
             tracing::warn!("cannot start the thread that asks servers for their limit again: {e}");
         }
+    }
+
+    /// The server refused this host below the limit zkconn holds for it, or refuses while
+    /// its limit is only assumed: what it said may no longer hold (a restart with another
+    /// `maxClientCnxns`), so `keep_asking` asks it again soon.
+    pub fn doubt(&self, server: SocketAddr) {
+        let server = key(server);
+        if self.to_ask.contains(&server) {
+            let mut d = self.doubts.lock().unwrap_or_else(PoisonError::into_inner);
+            d.entry(server).or_insert((false, None)).0 = true;
+        }
+    }
+
+    /// Whether this host's own question to `server` was refused from `local_ip` within
+    /// [`crate::alarm::REFUSING_SECS`]: the budget (server, local IP) is at its limit.
+    pub fn question_refused(&self, server: SocketAddr, local_ip: &str) -> bool {
+        let answers = self.answers.lock().unwrap_or_else(PoisonError::into_inner);
+        answers.get(&key(server)).is_some_and(|a| {
+            a.at.elapsed().as_secs_f64() < crate::alarm::REFUSING_SECS
+                && a.refused_from
+                    .iter()
+                    .any(|ip| canonical_ip(*ip).to_string() == local_ip)
+        })
     }
 
     /// Takes over the answers `before` had (a reload keeps what servers said).
@@ -309,15 +369,7 @@ fn ask_into(
     } else {
         ask::cached(cache, &pending)
             .into_iter()
-            .map(|(s, answer)| {
-                (
-                    s,
-                    Asked {
-                        answer: Some(answer),
-                        failures: Vec::new(),
-                    },
-                )
-            })
+            .map(|(s, answer)| (s, Asked::new(Some(answer), Vec::new())))
             .collect()
     };
     let unknown: Vec<SocketAddr> = pending
@@ -343,6 +395,8 @@ fn ask_into(
         match answers.get_mut(&server) {
             Some(before) if before.answer.is_some() && asked.answer.is_none() => {
                 before.failures = asked.failures;
+                before.refused_from = asked.refused_from;
+                before.at = asked.at;
             }
             _ => {
                 answers.insert(server, asked);
@@ -418,15 +472,17 @@ mod tests {
     }
 
     fn answered(limit: u32) -> Asked {
-        Asked {
-            answer: Some(ask::Answer {
+        let mut a = Asked::new(
+            Some(ask::Answer {
                 limit,
                 via: Via::Conf,
                 from: "127.0.0.2".parse().unwrap(),
                 cached: false,
             }),
-            failures: vec!["`conf` from 127.0.0.1 was refused".into()],
-        }
+            vec!["`conf` from 127.0.0.1 was refused".into()],
+        );
+        a.refused_from.push("127.0.0.1".parse().unwrap());
+        a
     }
 
     #[test]

@@ -111,10 +111,18 @@ pub fn wants_openmetrics(accept: Option<&str>) -> bool {
     for range in accept.unwrap_or_default().split(',') {
         let mut parts = range.split(';').map(str::trim);
         let kind = parts.next().unwrap_or_default().to_ascii_lowercase();
+        // `q` is case-insensitive; a weight that is no number counts as 0 (not acceptable).
         let q = parts
-            .filter_map(|p| p.strip_prefix("q="))
-            .find_map(|q| q.parse::<f64>().ok())
-            .unwrap_or(1.0);
+            .find_map(|p| {
+                let (k, v) = p.split_once('=')?;
+                k.trim().eq_ignore_ascii_case("q").then(|| v.trim())
+            })
+            .map_or(1.0, |v| {
+                v.parse::<f64>()
+                    .ok()
+                    .filter(|q| q.is_finite())
+                    .unwrap_or(0.0)
+            });
         match kind.as_str() {
             "application/openmetrics-text" => om = om.max(q),
             "text/plain" => text = text.max(q),
@@ -711,6 +719,8 @@ mod tests {
     )]
     #[case(Some("application/openmetrics-text; version=1.0.0"), true)]
     #[case(Some("application/openmetrics-text;q=0"), false)]
+    #[case(Some("application/openmetrics-text;Q=0"), false)]
+    #[case(Some("application/openmetrics-text;q=abc"), false)]
     fn negotiation(#[case] accept: Option<&str>, #[case] om: bool) {
         assert_eq!(wants_openmetrics(accept), om);
     }

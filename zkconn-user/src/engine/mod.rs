@@ -25,7 +25,7 @@ use crate::{
         hierarchy::{self, Hierarchy},
     },
     history::History,
-    limits::Limits,
+    limits::{LimitSource, Limits},
     model::{
         self, AlarmThresholds, AttributionHealth, ConnectionRow, Holder, Inputs, OwnerFacts,
         ProbeHealth, RetentionHealth, Snapshot, SourceHealth, Translations,
@@ -284,6 +284,19 @@ impl Engine {
             .judge(&rows, now, &self.thresholds)
             .apply(&mut rows);
         self.alarms.update(&rows.servers);
+        // Refused below the limit zkconn holds, or refused while the limit is only
+        // assumed: ask the server again (what it said before may no longer hold).
+        for row in &rows.servers {
+            let doubtful = row.refusing
+                && match row.limit_source {
+                    LimitSource::Server => row.limit > 0 && row.headroom.is_some_and(|h| h > 0),
+                    LimitSource::Default => true,
+                    LimitSource::Flag | LimitSource::ZooCfg => false,
+                };
+            if doubtful && let Ok(server) = row.server.parse() {
+                self.limits.doubt(server);
+            }
+        }
 
         let retention = RetentionHealth {
             after_secs: self.retention.after,

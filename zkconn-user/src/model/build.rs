@@ -397,7 +397,11 @@ pub fn build(inputs: &Inputs<'_>) -> Rows {
                 },
                 |s| inputs.limits.for_server(s),
             );
+            let question_refused = server
+                .parse()
+                .is_ok_and(|s| inputs.limits.question_refused(s, &local_ip));
             ServerRow {
+                question_refused,
                 usage: limits::usage(states.open, limit),
                 headroom: limits::headroom(states.open, limit),
                 translated_from: translated_names

@@ -213,8 +213,12 @@ pub struct ServerRow {
     /// Seconds until `headroom` is used up at the sustained growth of the window; `null`
     /// when not growing or unlimited, 0 at or over the limit while growing.
     pub time_to_limit_secs: Option<f64>,
-    /// The server refused a connection of this host within the last minute.
+    /// The server refused a connection of this host within the last minute (zkconn's own
+    /// question for the limit included: `question_refused`).
     pub refusing: bool,
+    /// zkconn's own question for the server's limit was refused from this local IP within
+    /// the last minute: the server holds as many connections from it as it allows.
+    pub question_refused: bool,
     pub alarm: Alarm,
 }
 

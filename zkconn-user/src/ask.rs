@@ -273,7 +273,10 @@ pub fn parse_conf(text: &str) -> Result<u32, String> {
         ),
         None => Err(format!(
             "the answer names no maxClientCnxns (it begins \"{}\")",
-            crate::output::printable(&text.chars().take(60).collect::<String>())
+            text.chars()
+                .take(60)
+                .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+                .collect::<String>()
         )),
     }
 }
@@ -318,10 +321,12 @@ pub fn parse_admin(response: &str, port: u16) -> Result<u32, String> {
         .ok_or("the answer is not HTTP")?;
     let status = head.lines().next().unwrap_or_default();
     if status.split_whitespace().nth(1).is_none_or(|c| c != "200") {
-        return Err(format!(
-            "answered {:?}",
-            crate::output::printable(status.trim())
-        ));
+        let status: String = status
+            .trim()
+            .chars()
+            .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+            .collect();
+        return Err(format!("answered \"{status}\""));
     }
     let doc: serde_json::Value =
         serde_json::from_str(body).map_err(|_| "the answer is not JSON".to_owned())?;

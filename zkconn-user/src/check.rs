@@ -359,12 +359,10 @@ mod tests {
     /// connections.
     #[test]
     fn ranges_reach_the_perfdata_in_connections() {
-        use crate::alarm::{Thresholds, parse_range};
+        use crate::{model::AlarmThresholds, threshold::parse_range};
         let mut s = snap(vec![server(30, 60, Alarm::Ok)]);
         s.alarm_thresholds =
-            Thresholds::new(parse_range("@10:50").unwrap(), parse_range("~:90").unwrap())
-                .unwrap()
-                .into();
+            AlarmThresholds::new(parse_range("@10:50").unwrap(), parse_range("~:90").unwrap());
         let (_, line) = verdict(&s);
         assert!(line.contains("=30;@6:30;~:54;0;60 "), "{line}");
     }

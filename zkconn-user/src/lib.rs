@@ -36,6 +36,7 @@ pub mod sockdiag;
 pub mod source;
 pub mod systemd;
 pub mod targets;
+pub mod threshold;
 pub mod trend;
 pub mod tui;
 pub mod users;

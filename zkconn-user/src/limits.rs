@@ -254,11 +254,12 @@ impl Limits {
     }
 
     /// Whether this host's own question to `server` was refused from `local_ip` within
-    /// [`crate::alarm::REFUSING_SECS`]: the budget (server, local IP) is at its limit.
+    /// [`REFUSING_SECS`](crate::verdict::REFUSING_SECS): the budget (server, local IP) is at
+    /// its limit.
     pub fn question_refused(&self, server: SocketAddr, local_ip: &str) -> bool {
         let answers = self.answers.lock().unwrap_or_else(PoisonError::into_inner);
         answers.get(&key(server)).is_some_and(|a| {
-            a.at.elapsed().as_secs_f64() < crate::alarm::REFUSING_SECS
+            a.at.elapsed().as_secs_f64() < crate::verdict::REFUSING_SECS
                 && a.refused_from
                     .iter()
                     .any(|ip| canonical_ip(*ip).to_string() == local_ip)

@@ -7,6 +7,10 @@
 
 use serde::Serialize;
 
+/// A server counts as refusing for this long after its last refusal (zkconn's own refused
+/// question for its limit included).
+pub const REFUSING_SECS: f64 = 60.0;
+
 /// A CLOSE_WAIT socket older than this is held by an application that missed the close.
 pub const CLOSE_WAIT_GRACE_SECS: f64 = 2.0;
 

@@ -318,7 +318,7 @@ impl Engine {
             ),
             targets: self.targets.clone(),
             max_client_cnxns: self.limits.info(),
-            alarm_thresholds: AlarmThresholds::from(self.thresholds),
+            alarm_thresholds: AlarmThresholds::new(self.thresholds.warn, self.thresholds.crit),
             trend_window_secs: self.history.window_at(now),
             cgroups_hierarchy: self.hierarchy,
             rows,

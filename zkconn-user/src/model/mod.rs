@@ -103,20 +103,21 @@ pub struct Victim {
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct AlarmThresholds {
     /// As given: a number (at or over it) or a range (monitoring plugins' syntax).
-    pub warn: crate::alarm::Range,
-    pub crit: crate::alarm::Range,
+    pub warn: crate::threshold::Range,
+    pub crit: crate::threshold::Range,
     /// The number, when `warn` is one; `null` for a range.
     pub warn_percent: Option<f64>,
     pub crit_percent: Option<f64>,
 }
 
-impl From<crate::alarm::Thresholds> for AlarmThresholds {
-    fn from(t: crate::alarm::Thresholds) -> Self {
+impl AlarmThresholds {
+    /// From `--warn` and `--crit`.
+    pub fn new(warn: crate::threshold::Range, crit: crate::threshold::Range) -> Self {
         Self {
-            warn: t.warn,
-            crit: t.crit,
-            warn_percent: t.warn.plain(),
-            crit_percent: t.crit.plain(),
+            warn,
+            crit,
+            warn_percent: warn.plain(),
+            crit_percent: crit.plain(),
         }
     }
 }
@@ -301,7 +302,10 @@ impl Snapshot {
             },
             targets: vec!["*:2181".into()],
             max_client_cnxns: Limits::default().info(),
-            alarm_thresholds: crate::alarm::Thresholds::default().into(),
+            alarm_thresholds: AlarmThresholds::new(
+                crate::threshold::Range::at_or_over(80.0),
+                crate::threshold::Range::at_or_over(95.0),
+            ),
             trend_window_secs: 2.0,
             cgroups_hierarchy: Hierarchy::V2,
             rows,

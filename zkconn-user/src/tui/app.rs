@@ -43,6 +43,8 @@ pub enum Column {
     Kind,
     /// The YARN application, else the systemd unit, pod or container it runs in.
     Within,
+    /// The budgets (local IP → server) its connections count against.
+    Budget,
     Pids,
     User,
     Open,
@@ -56,10 +58,11 @@ pub enum Column {
 }
 
 impl Column {
-    pub const ALL: [Column; 13] = [
+    pub const ALL: [Column; 14] = [
         Column::Owner,
         Column::Kind,
         Column::Within,
+        Column::Budget,
         Column::Pids,
         Column::User,
         Column::Open,
@@ -72,7 +75,7 @@ impl Column {
         Column::Trend,
     ];
     /// Which columns survive a narrow terminal first.
-    pub const PRIORITY: [Column; 13] = [
+    pub const PRIORITY: [Column; 14] = [
         Column::Owner,
         Column::Open,
         Column::Growth,
@@ -82,6 +85,7 @@ impl Column {
         Column::Pids,
         Column::Within,
         Column::Oldest,
+        Column::Budget,
         Column::Trend,
         Column::User,
         Column::Opened,
@@ -93,6 +97,7 @@ impl Column {
             Self::Owner => "OWNER",
             Self::Kind => "KIND",
             Self::Within => "APPLICATION/UNIT",
+            Self::Budget => "FROM → SERVER",
             Self::Pids => "PID",
             Self::User => "USER",
             Self::Open => "OPEN",
@@ -134,6 +139,8 @@ pub struct OwnerLine {
     /// The YARN application, else the unit, pod or container it runs in; empty when none
     /// or several.
     pub within: String,
+    /// The budgets its open connections count against, `LOCAL_IP → SERVER`, sorted.
+    pub budgets: Vec<String>,
     /// Every process of it has exited (its row stays for `--retain-exited`): drawn faded.
     pub exited: bool,
     /// What else the filter finds it by: its processes' budgets (`SERVER from LOCAL_IP`),
@@ -418,7 +425,14 @@ impl App {
         // Names read best A→Z, numbers largest first.
         self.ascending = matches!(
             self.sort,
-            Some(Column::Owner | Column::Kind | Column::Within | Column::User | Column::Pids)
+            Some(
+                Column::Owner
+                    | Column::Kind
+                    | Column::Within
+                    | Column::Budget
+                    | Column::User
+                    | Column::Pids
+            )
         );
     }
 
@@ -443,6 +457,7 @@ fn compare(a: &OwnerLine, b: &OwnerLine, column: Column) -> std::cmp::Ordering {
         Column::Pids => a.pids.first().cmp(&b.pids.first()),
         Column::User => a.user.cmp(&b.user),
         Column::Within => a.within.cmp(&b.within),
+        Column::Budget => a.budgets.cmp(&b.budgets),
         Column::Open => a.open.cmp(&b.open),
         Column::Growth => a.growth.total_cmp(&b.growth),
         Column::Opened => a.opened.cmp(&b.opened),
@@ -492,6 +507,20 @@ pub fn lines_of(snap: &Snapshot, group: Level) -> Vec<OwnerLine> {
             (p.pid, also)
         })
         .collect();
+    // The budgets each process holds connections of.
+    let budgets: HashMap<u32, Vec<String>> = r
+        .processes
+        .iter()
+        .map(|p| {
+            let b = p
+                .servers
+                .iter()
+                .filter(|s| s.open > 0)
+                .map(|s| format!("{} → {}", s.local_ip, s.server))
+                .collect();
+            (p.pid, b)
+        })
+        .collect();
     // What each process runs within, and whether it lives.
     let within: HashMap<u32, (String, bool)> = r
         .processes
@@ -525,6 +554,14 @@ pub fn lines_of(snap: &Snapshot, group: Level) -> Vec<OwnerLine> {
             _ => String::new(),
         };
         let exited = !known.is_empty() && known.iter().all(|(_, alive)| !alive);
+        let mut held: Vec<String> = pids
+            .iter()
+            .filter_map(|p| budgets.get(p))
+            .flatten()
+            .cloned()
+            .collect();
+        held.sort();
+        held.dedup();
         let mut line = OwnerLine {
             id,
             label: label.to_owned(),
@@ -542,6 +579,7 @@ pub fn lines_of(snap: &Snapshot, group: Level) -> Vec<OwnerLine> {
             suspect: false,
             victim: false,
             within: within_name,
+            budgets: held,
             exited,
             also,
         };

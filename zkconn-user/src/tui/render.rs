@@ -90,7 +90,33 @@ fn render_header(frame: &mut Frame<'_>, area: Rect, app: &App) {
     };
     // Per-second rates once two refreshes are known, and when the line has room for them:
     // the counts themselves (lost, overflow, unreadable, repaired last) always fit first.
-    let line = |with_rates: bool| {
+    let line = |with_rates: bool, short: bool| {
+        let [
+            opened,
+            closed,
+            failed,
+            rejected,
+            lost,
+            overflow,
+            unreadable,
+            repaired,
+        ] = if short {
+            [
+                "new", "closed", "failed", "refused", "lost", "ovfl", "unread", "fixed",
+            ]
+        } else {
+            [
+                "opened",
+                "closed",
+                "failed",
+                "rejected",
+                "lost",
+                "overflow",
+                "unreadable",
+                "repaired",
+            ]
+        };
+        let gap = if short { " " } else { "  " };
         let rate = |v: f64| match r {
             Some(_) if with_rates => format!(" (+{v:.1}/s)"),
             _ => String::new(),
@@ -98,7 +124,7 @@ fn render_header(frame: &mut Frame<'_>, area: Rect, app: &App) {
         let r = r.unwrap_or_default();
         Line::from(vec![
             Span::raw(format!(
-                "open {}  opened {}{}  closed {}{}  failed {}{}  rejected ",
+                "open {}{gap}{opened} {}{}{gap}{closed} {}{}{gap}{failed} {}{}{gap}{rejected} ",
                 t.open,
                 t.opened,
                 rate(r.opened),
@@ -108,22 +134,23 @@ fn render_header(frame: &mut Frame<'_>, area: Rect, app: &App) {
                 rate(r.failed)
             )),
             count(t.rejected, CRIT),
-            Span::raw(format!("{}  lost ", rate(r.rejected))),
+            Span::raw(format!("{}{gap}{lost} ", rate(r.rejected))),
             count(s.probe.lost, WARN),
-            Span::raw("  overflow "),
+            Span::raw(format!("{gap}{overflow} ")),
             count(s.probe.overflow, WARN),
-            Span::raw("  unreadable "),
+            Span::raw(format!("{gap}{unreadable} ")),
             count(s.probe.unreadable, DIM),
-            Span::raw("  repaired "),
+            Span::raw(format!("{gap}{repaired} ")),
             count(s.probe.repaired.retired + s.probe.repaired.adopted, WARN),
         ])
     };
-    let with_rates = line(true);
-    let second = if with_rates.width() <= usize::from(area.width) {
-        with_rates
-    } else {
-        line(false)
-    };
+    // The widest that fits: with rates, without, then with short words (every count is
+    // still there on an 80-column screen).
+    let fits = |l: &Line<'_>| l.width() <= usize::from(area.width);
+    let second = [line(true, false), line(false, false)]
+        .into_iter()
+        .find(fits)
+        .unwrap_or_else(|| line(false, true));
     frame.render_widget(Paragraph::new(vec![Line::from(first), second]), area);
 }
 
@@ -237,7 +264,8 @@ fn width_of(c: Column) -> u16 {
         Column::Owner => 30,
         Column::Kind => 10,
         Column::Pids => 8,
-        Column::Within => 30,
+        Column::Within => 24,
+        Column::Budget => 30,
         Column::User => 10,
         Column::Open | Column::Opened | Column::Closed => 7,
         Column::Growth => 7,
@@ -334,7 +362,17 @@ fn cell(line: &OwnerLine, c: Column, app: &App, owner_width: usize) -> Cell<'sta
         Column::Within => Cell::from(if line.within.is_empty() {
             "-".to_owned()
         } else {
-            fit_middle(&line.within, usize::from(width_of(Column::Within)))
+            // The column says APPLICATION: its id without the prefix every one has.
+            let id = line
+                .within
+                .strip_prefix("application_")
+                .unwrap_or(&line.within);
+            fit_middle(id, usize::from(width_of(Column::Within)))
+        }),
+        Column::Budget => Cell::from(match line.budgets.as_slice() {
+            [] => "-".to_owned(),
+            [one] => fit_middle(one, usize::from(width_of(Column::Budget))),
+            many => format!("{} budgets", many.len()),
         }),
         Column::Open => Cell::from(line.open.to_string()),
         Column::Growth => Cell::from(if line.growth == 0.0 {
@@ -585,7 +623,7 @@ fn render_footer(frame: &mut Frame<'_>, area: Rect, app: &App) {
             Span::styled("  Enter apply · Esc cancel", DIM),
         ])
     } else if let Some(log) = &app.last_log {
-        Line::styled(log.clone(), WARN)
+        Line::styled(footer_log(log), WARN)
     } else {
         Line::styled(
             "q quit · ? help · g group · s/</> sort · r reverse · / filter · Enter drill down · p pause",
@@ -593,6 +631,36 @@ fn render_footer(frame: &mut Frame<'_>, area: Rect, app: &App) {
         )
     };
     frame.render_widget(Paragraph::new(line), area);
+}
+
+/// A log line as the footer shows it: its time of day and its message, without the date,
+/// level and module that a terminal line has no room for (all of it is printed on exit).
+pub fn footer_log(line: &str) -> String {
+    let mut words = line
+        .splitn(4, char::is_whitespace)
+        .filter(|w| !w.is_empty());
+    let (Some(stamp), Some(_level)) = (words.next(), words.next()) else {
+        return line.to_owned();
+    };
+    let rest: String = line
+        .split_once(stamp)
+        .map_or(line, |(_, r)| r)
+        .trim_start()
+        .split_once(char::is_whitespace)
+        .map_or("", |(_, r)| r)
+        .trim_start()
+        .to_owned();
+    // `zkconn::alarm: message`
+    let message = match rest.split_once(": ") {
+        Some((module, m)) if module.starts_with("zkconn") => m,
+        _ => rest.as_str(),
+    };
+    match stamp.split_once('T') {
+        Some((_, time)) if stamp.len() >= 19 => {
+            format!("{} {message}", time.get(..8).unwrap_or(time))
+        }
+        _ => line.to_owned(),
+    }
 }
 
 const HELP: &[(&str, &str)] = &[

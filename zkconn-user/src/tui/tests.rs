@@ -507,7 +507,7 @@ fn sparklines_follow_the_open_count() {
 
 #[test]
 fn columns_drop_by_priority_as_the_terminal_narrows() {
-    let wide = render::fitting_columns(200);
+    let wide = render::fitting_columns(210);
     assert_eq!(wide.len(), Column::ALL.len());
     let narrow = render::fitting_columns(60);
     assert_eq!(
@@ -653,4 +653,36 @@ fn hostile_names_never_reach_the_terminal_raw() {
         // Into the drill-down of the hostile process.
         app.on_key(key(KeyCode::Enter));
     }
+}
+
+#[test]
+fn the_footer_keeps_the_time_and_the_message_of_a_log_line() {
+    use crate::tui::render::footer_log;
+    assert_eq!(
+        footer_log(
+            "2026-12-02T03:50:34.939643Z  WARN zkconn::alarm: alarm raised CRITICAL: ZooKeeper \
+             connections from 127.0.0.1 to 127.77.203.4:40941: 12 of 12 (100%)"
+        ),
+        "03:50:34 alarm raised CRITICAL: ZooKeeper connections from 127.0.0.1 to \
+         127.77.203.4:40941: 12 of 12 (100%)"
+    );
+    // Anything else is shown as it is.
+    assert_eq!(footer_log("no timestamp here"), "no timestamp here");
+    assert_eq!(footer_log(""), "");
+}
+
+/// The budget column names the (local IP → server) an owner's connections count against.
+#[test]
+fn owners_show_the_budget_they_use() {
+    let app = app_with(typical());
+    let lines = app.lines();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.budgets == ["10.0.0.9 → 10.0.0.1:2181"]),
+        "{lines:#?}"
+    );
+    let screen = draw(&app, 210, 20);
+    assert!(screen.contains("FROM → SERVER"), "{screen}");
+    assert!(screen.contains("10.0.0.9 → 10.0.0.1:2181"), "{screen}");
 }

@@ -117,7 +117,8 @@ fn top_shows_servers_and_owners_and_restores_the_terminal() -> Result<()> {
         ..RawClient::new(zk.addr, 3)
     }
     .spawn()?;
-    let tmux = Tmux::start(180, 40)?;
+    // Wide enough for every column, so the cells read by position are all there.
+    let tmux = Tmux::start(230, 40)?;
     let command = format!(
         "{} top --zk {} --max-client-cnxns 5 --interval 300ms; echo \"top exited $?\"",
         zkconn_bin().display(),

@@ -167,7 +167,7 @@ pub fn text(out: &mut impl Write, s: &Snapshot) -> io::Result<()> {
                         .map_or("-".to_owned(), |u| format!("{:.0}%", u * 100.0)),
                     n(r.rejected),
                     rate(r.rates.growth_per_min),
-                    human_time_to_limit(r.time_to_limit_secs),
+                    human_time_to_limit(r.time_to_limit_secs, r.headroom),
                     r.alarm.as_str().to_owned(),
                     n(r.states.close_wait),
                 ]

@@ -324,7 +324,11 @@ pub fn refusals(rejected: u64, refused_by: &[(String, u64)]) -> String {
 }
 
 /// A server's time to limit for people: `-` when not growing, `reached`, else a span.
-pub fn human_time_to_limit(secs: Option<f64>) -> String {
+/// `reached` at or over the limit (growing or not), `-` when not growing.
+pub fn human_time_to_limit(secs: Option<f64>, headroom: Option<i64>) -> String {
+    if headroom.is_some_and(|h| h <= 0) {
+        return "reached".to_owned();
+    }
     match secs {
         None => "-".to_owned(),
         Some(0.0) => "reached".to_owned(),

@@ -188,7 +188,7 @@ fn server_line(row: &ServerRow, width: u16) -> Line<'static> {
         ),
         None => format!("{} open, unlimited{}", row.states.open, assumed_mark(row)),
     };
-    let ttl = human_time_to_limit(row.time_to_limit_secs);
+    let ttl = human_time_to_limit(row.time_to_limit_secs, row.headroom);
     let name = format!("{:<21}", row.server);
     let alarm = format!("{:<8} ", row.alarm.as_str());
     let usage = format!(" {usage:<13}");

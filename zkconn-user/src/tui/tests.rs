@@ -686,3 +686,14 @@ fn owners_show_the_budget_they_use() {
     assert!(screen.contains("FROM → SERVER"), "{screen}");
     assert!(screen.contains("10.0.0.9 → 10.0.0.1:2181"), "{screen}");
 }
+
+/// At the limit the limit is reached, whether or not the host still grows.
+#[test]
+fn at_the_limit_the_limit_is_reached_growing_or_not() {
+    use crate::trend::human_time_to_limit;
+    assert_eq!(human_time_to_limit(None, Some(0)), "reached");
+    assert_eq!(human_time_to_limit(None, Some(-1)), "reached");
+    assert_eq!(human_time_to_limit(None, Some(3)), "-");
+    assert_eq!(human_time_to_limit(Some(90.0), Some(3)), "90 s");
+    assert_eq!(human_time_to_limit(None, None), "-", "unlimited");
+}

@@ -132,6 +132,15 @@ pub fn text(out: &mut impl Write, s: &Snapshot) -> io::Result<()> {
         s.probe.repaired.retired + s.probe.repaired.adopted
     )?;
     writeln!(out, "watching {}", s.targets.join(", "))?;
+    // A one-shot look has counts but no history: say how to get the rest.
+    if s.observed_secs < 1.0 {
+        writeln!(
+            out,
+            "note: observed for {:.1} s: growth, time to limit and growth suspects need time \
+             to see; give --duration (30s, 5m) for them",
+            s.observed_secs
+        )?;
+    }
     for note in s
         .probe
         .limitations
@@ -423,5 +432,20 @@ mod tests {
             ]
         );
         assert!(kind != Kind::Process);
+    }
+
+    /// A one-shot look says how to see trends; a look over time does not.
+    #[test]
+    fn a_one_shot_look_points_at_duration() {
+        let mut snap = Snapshot::for_test(Rows::default());
+        let note = "give --duration (30s, 5m)";
+        snap.observed_secs = 0.0;
+        let mut out = Vec::new();
+        text(&mut out, &snap).unwrap();
+        assert!(String::from_utf8(out).unwrap().contains(note));
+        snap.observed_secs = 30.0;
+        let mut out = Vec::new();
+        text(&mut out, &snap).unwrap();
+        assert!(!String::from_utf8(out).unwrap().contains(note));
     }
 }

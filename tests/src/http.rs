@@ -33,15 +33,7 @@ pub fn http_get_accepting(
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
     );
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    s.write_all(request.as_bytes())?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, _) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow!("no HTTP answer from {addr}: {text:?}"))?;
+    let (status, head, body) = exchange(addr, &request)?;
     let content_type = head
         .lines()
         .find_map(|l| {
@@ -50,12 +42,16 @@ pub fn http_get_accepting(
                 .then(|| v.trim().to_owned())
         })
         .unwrap_or_default();
-    let (status, body) = http_request(addr, &request)?;
     Ok((status, content_type, body))
 }
 
 /// Sends `request` as is; returns the status and body of the answer.
 pub fn http_request(addr: SocketAddr, request: &str) -> anyhow::Result<(u16, String)> {
+    exchange(addr, request).map(|(status, _, body)| (status, body))
+}
+
+/// Sends `request` as is; returns the status, the head and the (dechunked) body.
+fn exchange(addr: SocketAddr, request: &str) -> anyhow::Result<(u16, String, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     s.write_all(request.as_bytes())?;
@@ -74,14 +70,12 @@ pub fn http_request(addr: SocketAddr, request: &str) -> anyhow::Result<(u16, Str
         l.to_ascii_lowercase()
             .starts_with("transfer-encoding: chunked")
     });
-    Ok((
-        status,
-        if chunked {
-            dechunk(body)
-        } else {
-            body.to_owned()
-        },
-    ))
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    Ok((status, head.to_owned(), body))
 }
 
 pub(crate) fn dechunk(mut body: &str) -> String {

@@ -273,10 +273,7 @@ pub fn parse_conf(text: &str) -> Result<u32, String> {
         ),
         None => Err(format!(
             "the answer names no maxClientCnxns (it begins \"{}\")",
-            text.chars()
-                .take(60)
-                .map(|c| if c.is_control() { '\u{fffd}' } else { c })
-                .collect::<String>()
+            quoted(&text.chars().take(60).collect::<String>())
         )),
     }
 }
@@ -321,12 +318,7 @@ pub fn parse_admin(response: &str, port: u16) -> Result<u32, String> {
         .ok_or("the answer is not HTTP")?;
     let status = head.lines().next().unwrap_or_default();
     if status.split_whitespace().nth(1).is_none_or(|c| c != "200") {
-        let status: String = status
-            .trim()
-            .chars()
-            .map(|c| if c.is_control() { '\u{fffd}' } else { c })
-            .collect();
-        return Err(format!("answered \"{status}\""));
+        return Err(format!("answered \"{}\"", quoted(status.trim())));
     }
     let doc: serde_json::Value =
         serde_json::from_str(body).map_err(|_| "the answer is not JSON".to_owned())?;
@@ -473,6 +465,14 @@ pub fn remember(path: &std::path::Path, answers: &[(SocketAddr, &Answer)]) {
     if let Err(e) = write() {
         tracing::info!("cannot keep the servers' limits in {}: {e}", path.display());
     }
+}
+
+/// What a server sent, safe to quote in a sentence: control characters (a line feed, a
+/// terminal escape) become U+FFFD.
+fn quoted(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .collect()
 }
 
 fn io_sentence(e: &std::io::Error) -> String {

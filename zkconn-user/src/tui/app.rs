@@ -480,11 +480,19 @@ pub fn concerns(s: &Suspect, line: &OwnerLine) -> bool {
 /// The owners of `group` in `snap`, unsorted: the rows as the engine made them.
 pub fn lines_of(snap: &Snapshot, group: Level) -> Vec<OwnerLine> {
     let r = &snap.rows;
-    // What identifies each process beyond its label, for the filter.
-    let ids: HashMap<u32, Vec<String>> = r
+    // Per process, in one pass: what identifies it beyond its label (for the filter), the
+    // budgets it holds connections of, what it runs within, and whether it lives.
+    struct Facts {
+        also: Vec<String>,
+        budgets: Vec<String>,
+        within: String,
+        alive: bool,
+    }
+    let facts: HashMap<u32, Facts> = r
         .processes
         .iter()
         .map(|p| {
+            let w = &p.who;
             let mut also: Vec<String> = p
                 .servers
                 .iter()
@@ -492,11 +500,11 @@ pub fn lines_of(snap: &Snapshot, group: Level) -> Vec<OwnerLine> {
                 .collect();
             also.extend(
                 [
-                    &p.who.yarn_container,
-                    &p.who.yarn_application,
-                    &p.who.unit,
-                    &p.who.pod_uid,
-                    &p.who.container_id,
+                    &w.yarn_container,
+                    &w.yarn_application,
+                    &w.unit,
+                    &w.pod_uid,
+                    &w.container_id,
                     &p.cgroup,
                     &p.cgroup_v1,
                 ]
@@ -504,64 +512,49 @@ pub fn lines_of(snap: &Snapshot, group: Level) -> Vec<OwnerLine> {
                 .flatten()
                 .cloned(),
             );
-            (p.pid, also)
-        })
-        .collect();
-    // The budgets each process holds connections of.
-    let budgets: HashMap<u32, Vec<String>> = r
-        .processes
-        .iter()
-        .map(|p| {
-            let b = p
+            let budgets = p
                 .servers
                 .iter()
                 .filter(|s| s.open > 0)
                 .map(|s| format!("{} → {}", s.local_ip, s.server))
                 .collect();
-            (p.pid, b)
-        })
-        .collect();
-    // What each process runs within, and whether it lives.
-    let within: HashMap<u32, (String, bool)> = r
-        .processes
-        .iter()
-        .map(|p| {
-            let w = &p.who;
-            let name = [&w.yarn_application, &w.unit, &w.pod_uid, &w.container_id]
+            let within = [&w.yarn_application, &w.unit, &w.pod_uid, &w.container_id]
                 .into_iter()
                 .flatten()
                 .next()
                 .cloned()
                 .unwrap_or_default();
-            (p.pid, (name, p.alive))
+            let alive = p.alive;
+            (
+                p.pid,
+                Facts {
+                    also,
+                    budgets,
+                    within,
+                    alive,
+                },
+            )
         })
         .collect();
     let line = |id: RowId, label: &str, kind: String, pids: &[u32], users: &[String], t: Totals| {
-        let mut also: Vec<String> = pids
-            .iter()
-            .filter_map(|p| ids.get(p))
-            .flatten()
-            .cloned()
-            .collect();
-        also.sort();
-        also.dedup();
-        let known: Vec<&(String, bool)> = pids.iter().filter_map(|p| within.get(p)).collect();
-        let mut names: Vec<&str> = known.iter().map(|(n, _)| n.as_str()).collect();
+        let known: Vec<&Facts> = pids.iter().filter_map(|p| facts.get(p)).collect();
+        // Sorted, each once.
+        let union = |of: fn(&Facts) -> &Vec<String>| {
+            let mut v: Vec<String> = known.iter().flat_map(|f| of(f)).cloned().collect();
+            v.sort();
+            v.dedup();
+            v
+        };
+        let also = union(|f| &f.also);
+        let held = union(|f| &f.budgets);
+        let mut names: Vec<&str> = known.iter().map(|f| f.within.as_str()).collect();
         names.sort_unstable();
         names.dedup();
         let within_name = match names.as_slice() {
             [one] => (*one).to_owned(),
             _ => String::new(),
         };
-        let exited = !known.is_empty() && known.iter().all(|(_, alive)| !alive);
-        let mut held: Vec<String> = pids
-            .iter()
-            .filter_map(|p| budgets.get(p))
-            .flatten()
-            .cloned()
-            .collect();
-        held.sort();
-        held.dedup();
+        let exited = !known.is_empty() && known.iter().all(|f| !f.alive);
         let mut line = OwnerLine {
             id,
             label: label.to_owned(),

@@ -155,6 +155,9 @@ pub mod conn_flags {
     /// The server refused it: it closed or reset the connection right after the handshake
     /// without sending a byte (ZooKeeper's `maxClientCnxns` refusal).
     pub const REFUSED: u8 = 4;
+    /// It connected while userspace seeded ([`control::SEEDING`]): the scan may have seeded
+    /// it too, so its first change removes a seed of its tuple. Cleared then.
+    pub const WHILE_SEEDING: u8 = 8;
 }
 
 /// Indexes of the [`map_names::PROBE_COUNTERS`] per-CPU array.
@@ -216,6 +219,9 @@ pub struct SockLayout {
     /// TCP_CLOSE, and a seeded connection's close would then not find its seed.
     /// <https://elixir.bootlin.com/linux/v6.12/source/net/ipv4/inet_hashtables.c#L206>
     pub sport: u32,
+    /// `skc_num` (the local port in host order, inside `struct sock`, so the BTF hooks load
+    /// it directly): valid while the socket is bound, from the connect until the close.
+    pub num: u32,
     /// `skc_family` (u16).
     pub family: u32,
     /// `skc_state` (u8): the state before a `tcp_set_state` call.
@@ -325,6 +331,10 @@ pub struct ExitTpLayout {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ResetTpLayout {
     pub skaddr: u16,
+    /// `dport` (host order), so a reset on an unwatched port costs no table lookup; unused
+    /// while `port_size` is 0.
+    pub dport: u16,
+    pub port_size: u16,
     /// The program does nothing while 0 (kernels without the tracepoint, before 4.15).
     pub valid: u16,
 }
@@ -555,7 +565,7 @@ mod tests {
         assert_eq!(size_of::<Counters>(), 40);
         assert_eq!(size_of::<ServerKey>(), 40);
         assert_eq!(size_of::<RefusalConfig>(), 24);
-        assert_eq!(size_of::<ResetTpLayout>(), 4);
+        assert_eq!(size_of::<ResetTpLayout>(), 8);
         assert_eq!(size_of::<Event>(), 4 + 4 + 16 + 40 + 8 + 40 + 8);
         assert_eq!(size_of::<TaskLayout>(), 40);
         assert_eq!(size_of::<CgroupNames>(), CGROUP_NAME_LEN * CGROUP_DEPTH + 8);

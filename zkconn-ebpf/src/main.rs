@@ -85,6 +85,7 @@ mod programs {
     static SOCK_LAYOUT: SockLayout = SockLayout {
         dport: 0,
         sport: 0,
+        num: 0,
         family: 0,
         state: 0,
         daddr: 0,
@@ -124,6 +125,8 @@ mod programs {
     #[unsafe(no_mangle)]
     static RESET_TP_LAYOUT: ResetTpLayout = ResetTpLayout {
         skaddr: 0,
+        dport: 0,
+        port_size: 0,
         valid: 0,
     };
 
@@ -187,30 +190,231 @@ mod programs {
     #[unsafe(no_mangle)]
     static EVENT_OUTPUT: u32 = event_output::RING_BUFFER;
 
-    /// What a state-change hook knows about the socket, whatever the hook.
-    struct Change {
-        skaddr: u64,
-        old: u8,
-        new: u8,
-        /// Present only once the kernel chose them (after SYN_SENT for the source port).
-        tuple: Tuple,
+    /// Where a hook reads a socket's fields. A transition reads only what it needs: the
+    /// destination port first (every TCP socket on the host pays for that one), the protocol
+    /// and addresses at the connect, the source port once it exists, nothing more later.
+    trait Sock {
+        /// The socket's address: the connection table's key.
+        fn addr(&self) -> u64;
+        /// The destination port.
+        fn dport(&self) -> Result<u16, i32>;
+        /// Whether the socket is TCP's (the state tracepoints fire for other protocols too).
+        fn is_tcp(&self) -> Result<bool, i32>;
+        /// The family and both addresses, into `t` (zeroed but for its port fields).
+        fn addrs(&self, t: &mut Tuple) -> Result<(), i32>;
+        /// The local port in any state, the close's included.
+        fn sport(&self) -> Result<u16, i32>;
+        /// The local port while the socket is bound (from the connect that chose it until
+        /// the close).
+        fn sport_bound(&self) -> Result<u16, i32> {
+            self.sport()
+        }
+        /// The state it is in (before a `tcp_set_state` call: the old one).
+        fn state(&self) -> Result<u8, i32>;
     }
 
-    impl Change {
-        /// A transition of `sk` with the addresses and source port still to fill in.
-        fn new(sk: *const u8, old: u8, new: u8, dport: u16) -> Self {
-            Change {
-                skaddr: sk as u64,
-                old,
-                new,
-                tuple: Tuple {
-                    saddr: [0; 16],
-                    daddr: [0; 16],
-                    sport: 0,
-                    dport,
-                    _pad: 0,
-                },
+    /// A socket handed over with its BTF type (the BTF tracepoints, fentry): fields of
+    /// `struct sock` are plain loads, which the verifier checks against the kernel's type
+    /// (the offsets are frozen globals it knows) and makes fault-free. What lies beyond
+    /// `struct sock` (`inet_sock.inet_sport`) is read through `bpf_probe_read_kernel`.
+    struct Typed(*const u8);
+
+    /// A socket known only by its address (kprobes): every field through
+    /// `bpf_probe_read_kernel`.
+    struct Untyped(*const u8);
+
+    /// The record of the classic `sock:inet_sock_set_state` tracepoint.
+    struct Record<'a> {
+        ctx: &'a TracePointContext,
+        skaddr: u64,
+    }
+
+    /// A frozen global the loader patched (volatile, so the compiler cannot fold the
+    /// compile-time value; read field by field where a load uses it as an offset, so the
+    /// verifier sees each as the constant it is).
+    #[inline(always)]
+    fn global<T: Copy>(field: &T) -> T {
+        // SAFETY: a plain read of a global.
+        unsafe { read_volatile(field) }
+    }
+
+    /// The `T` at `offset` in a BTF-typed socket.
+    #[inline(always)]
+    fn typed<T: Copy>(sk: *const u8, offset: u32) -> T {
+        // SAFETY: `sk` is BTF-typed: the verifier checks this load against the kernel's
+        // `struct sock` and turns it into one that cannot fault.
+        unsafe { read_volatile(sk.wrapping_add(offset as usize).cast::<T>()) }
+    }
+
+    /// The `T` at `offset` in kernel memory at `base`.
+    #[inline(always)]
+    fn probed<T: Copy>(base: *const u8, offset: u32) -> Result<T, i32> {
+        // SAFETY: bpf_probe_read_kernel checks the address; a bad one is an error.
+        unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast::<T>()) }
+            .map_err(|e| e as i32)
+    }
+
+    /// `sk_protocol` is TCP's, from the aligned word that holds it (a bit field before
+    /// kernel 5.6, a u16 since).
+    #[inline(always)]
+    fn protocol_is_tcp(word: u32) -> bool {
+        (word >> global(&SOCK_LAYOUT.protocol_shift)) & global(&SOCK_LAYOUT.protocol_mask)
+            == u32::from(IPPROTO_TCP)
+    }
+
+    /// Writes a 4-byte address into `dst`.
+    #[inline(always)]
+    fn put(dst: &mut [u8], word: u32) {
+        dst[..4].copy_from_slice(&word.to_ne_bytes());
+    }
+
+    impl Sock for Typed {
+        fn addr(&self) -> u64 {
+            self.0 as u64
+        }
+
+        fn dport(&self) -> Result<u16, i32> {
+            Ok(u16::from_be(typed(self.0, global(&SOCK_LAYOUT.dport))))
+        }
+
+        fn is_tcp(&self) -> Result<bool, i32> {
+            probed(self.0, global(&SOCK_LAYOUT.protocol_word)).map(protocol_is_tcp)
+        }
+
+        fn addrs(&self, t: &mut Tuple) -> Result<(), i32> {
+            let family: u16 = typed(self.0, global(&SOCK_LAYOUT.family));
+            if family == AF_INET {
+                v4_mapped(t);
+                put(
+                    &mut t.saddr[12..],
+                    typed(self.0, global(&SOCK_LAYOUT.saddr)),
+                );
+                put(
+                    &mut t.daddr[12..],
+                    typed(self.0, global(&SOCK_LAYOUT.daddr)),
+                );
+            } else if global(&SOCK_LAYOUT.has_v6) == 1 {
+                for i in 0..4 {
+                    let at = 4 * i as u32;
+                    put(
+                        &mut t.saddr[4 * i..],
+                        typed(self.0, global(&SOCK_LAYOUT.saddr_v6) + at),
+                    );
+                    put(
+                        &mut t.daddr[4 * i..],
+                        typed(self.0, global(&SOCK_LAYOUT.daddr_v6) + at),
+                    );
+                }
+            } else {
+                return Err(0);
             }
+            Ok(())
+        }
+
+        fn sport(&self) -> Result<u16, i32> {
+            probed(self.0, global(&SOCK_LAYOUT.sport)).map(u16::from_be)
+        }
+
+        fn sport_bound(&self) -> Result<u16, i32> {
+            // `skc_num`, in host order, inside `struct sock`: one load.
+            Ok(typed(self.0, global(&SOCK_LAYOUT.num)))
+        }
+
+        fn state(&self) -> Result<u8, i32> {
+            Ok(typed(self.0, global(&SOCK_LAYOUT.state)))
+        }
+    }
+
+    impl Sock for Untyped {
+        fn addr(&self) -> u64 {
+            self.0 as u64
+        }
+
+        fn dport(&self) -> Result<u16, i32> {
+            probed(self.0, global(&SOCK_LAYOUT.dport)).map(u16::from_be)
+        }
+
+        fn is_tcp(&self) -> Result<bool, i32> {
+            probed(self.0, global(&SOCK_LAYOUT.protocol_word)).map(protocol_is_tcp)
+        }
+
+        fn addrs(&self, t: &mut Tuple) -> Result<(), i32> {
+            let family: u16 = probed(self.0, global(&SOCK_LAYOUT.family))?;
+            if family == AF_INET {
+                v4_mapped(t);
+                read_into(self.0, global(&SOCK_LAYOUT.saddr), &mut t.saddr[12..])?;
+                read_into(self.0, global(&SOCK_LAYOUT.daddr), &mut t.daddr[12..])?;
+            } else if global(&SOCK_LAYOUT.has_v6) == 1 {
+                read_into(self.0, global(&SOCK_LAYOUT.saddr_v6), &mut t.saddr)?;
+                read_into(self.0, global(&SOCK_LAYOUT.daddr_v6), &mut t.daddr)?;
+            } else {
+                return Err(0);
+            }
+            Ok(())
+        }
+
+        fn sport(&self) -> Result<u16, i32> {
+            probed(self.0, global(&SOCK_LAYOUT.sport)).map(u16::from_be)
+        }
+
+        fn state(&self) -> Result<u8, i32> {
+            probed(self.0, global(&SOCK_LAYOUT.state))
+        }
+    }
+
+    impl Sock for Record<'_> {
+        fn addr(&self) -> u64 {
+            self.skaddr
+        }
+
+        fn dport(&self) -> Result<u16, i32> {
+            let l = &STATE_TP_LAYOUT;
+            Ok(tp_field(self.ctx, global(&l.dport), global(&l.port_size))? as u16)
+        }
+
+        fn is_tcp(&self) -> Result<bool, i32> {
+            let l = &STATE_TP_LAYOUT;
+            Ok(
+                tp_field(self.ctx, global(&l.protocol), global(&l.protocol_size))?
+                    == u64::from(IPPROTO_TCP),
+            )
+        }
+
+        fn addrs(&self, t: &mut Tuple) -> Result<(), i32> {
+            let l = &STATE_TP_LAYOUT;
+            let family = tp_field(self.ctx, global(&l.family), global(&l.family_size))? as u16;
+            let record = self.ctx.as_ptr() as *const u8;
+            if family == AF_INET {
+                v4_mapped(t);
+                read_into(record, global(&l.saddr).into(), &mut t.saddr[12..])?;
+                read_into(record, global(&l.daddr).into(), &mut t.daddr[12..])?;
+            } else {
+                read_into(record, global(&l.saddr_v6).into(), &mut t.saddr)?;
+                read_into(record, global(&l.daddr_v6).into(), &mut t.daddr)?;
+            }
+            Ok(())
+        }
+
+        fn sport(&self) -> Result<u16, i32> {
+            let l = &STATE_TP_LAYOUT;
+            Ok(tp_field(self.ctx, global(&l.sport), global(&l.port_size))? as u16)
+        }
+
+        fn state(&self) -> Result<u8, i32> {
+            let l = &STATE_TP_LAYOUT;
+            Ok(tp_field(self.ctx, global(&l.oldstate), global(&l.state_size))? as u8)
+        }
+    }
+
+    /// A tuple with only its destination port known.
+    #[inline(always)]
+    fn towards(dport: u16) -> Tuple {
+        Tuple {
+            saddr: [0; 16],
+            daddr: [0; 16],
+            sport: 0,
+            dport,
+            _pad: 0,
         }
     }
 
@@ -231,21 +435,23 @@ mod programs {
     /// in the connecting task.
     #[fentry(function = "tcp_connect")]
     pub fn zk_fentry_tcp_connect(ctx: FEntryContext) -> i32 {
-        let _ = try_tcp_connect(ctx.as_ptr(), ctx.arg(0));
+        let sk: *const u8 = ctx.arg(0);
+        let _ = try_tcp_connect(ctx.as_ptr(), &Typed(sk));
         0
     }
 
     /// `void tcp_set_state(struct sock *sk, int state)`: every later transition.
     #[fentry(function = "tcp_set_state")]
     pub fn zk_fentry_tcp_set_state(ctx: FEntryContext) -> i32 {
-        let _ = try_tcp_set_state(ctx.as_ptr(), ctx.arg(0), ctx.arg(1));
+        let sk: *const u8 = ctx.arg(0);
+        let _ = try_tcp_set_state(ctx.as_ptr(), &Typed(sk), ctx.arg(1));
         0
     }
 
     #[kprobe]
     pub fn zk_kprobe_tcp_connect(ctx: ProbeContext) -> u32 {
         if let Some(sk) = ctx.arg(0) {
-            let _ = try_tcp_connect(ctx.as_ptr(), sk);
+            let _ = try_tcp_connect(ctx.as_ptr(), &Untyped(sk));
         }
         0
     }
@@ -253,17 +459,22 @@ mod programs {
     #[kprobe]
     pub fn zk_kprobe_tcp_set_state(ctx: ProbeContext) -> u32 {
         if let (Some(sk), Some(state)) = (ctx.arg(0), ctx.arg(1)) {
-            let _ = try_tcp_set_state(ctx.as_ptr(), sk, state);
+            let _ = try_tcp_set_state(ctx.as_ptr(), &Untyped(sk), state);
         }
         0
     }
 
     /// `tcp_receive_reset(struct sock *sk)` through BTF: no perf event needed to attach
     /// (kernels that allow perf events only with CAP_SYS_ADMIN refuse the classic one).
+    /// Every reset on the host runs this: the port is tested before the table is searched.
     #[btf_tracepoint(function = "tcp_receive_reset")]
     pub fn zk_btf_tcp_receive_reset(ctx: BtfTracePointContext) -> i32 {
         let sk: *const u8 = ctx.arg(0);
-        on_reset(sk as u64);
+        if global(&SOCK_LAYOUT.valid) == 1
+            && Typed(sk).dport().is_ok_and(|dport| watched(dport) != 0)
+        {
+            on_reset(sk as u64);
+        }
         0
     }
 
@@ -280,42 +491,24 @@ mod programs {
     }
 
     fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
-        // SAFETY: a plain read of a global the loader may have patched; volatile so the
-        // compiler cannot fold the compile-time zero.
-        let l = unsafe { read_volatile(&STATE_TP_LAYOUT) };
-        if l.valid == 0 {
+        let l = &STATE_TP_LAYOUT;
+        if global(&l.valid) == 0 {
             return Ok(());
         }
-        // Every scalar field at the size the format file gives (see `tp_field`).
-        let protocol = tp_field(ctx, l.protocol, l.protocol_size)?;
-        if protocol != u64::from(IPPROTO_TCP) {
-            return Ok(());
-        }
-        let dport = tp_field(ctx, l.dport, l.port_size)? as u16;
-        // The one lookup that every non-ZooKeeper socket pays.
+        let record = Record { ctx, skaddr: 0 };
+        let dport = record.dport()?;
+        // The one lookup that every other socket pays.
         let flags = watched(dport);
         if flags == 0 {
             return Ok(());
         }
-        let old = tp_field(ctx, l.oldstate, l.state_size)? as u8;
-        let new = tp_field(ctx, l.newstate, l.state_size)? as u8;
-        let skaddr = tp_field(ctx, l.skaddr, l.skaddr_size)?;
-        let mut change = Change::new(skaddr as *const u8, old, new, dport);
-        let family = tp_field(ctx, l.family, l.family_size)? as u16;
-        // Straight into place (see `sock_tuple`).
-        let record = ctx.as_ptr() as *const u8;
-        let t = &mut change.tuple;
-        if family == AF_INET {
-            v4_mapped(t);
-            read_into(record, l.saddr.into(), &mut t.saddr[12..])?;
-            read_into(record, l.daddr.into(), &mut t.daddr[12..])?;
-        } else {
-            read_into(record, l.saddr_v6.into(), &mut t.saddr)?;
-            read_into(record, l.daddr_v6.into(), &mut t.daddr)?;
-        }
-        t.sport = tp_field(ctx, l.sport, l.port_size)? as u16;
-        on_transition(ctx.as_ptr(), &change, flags);
-        Ok(())
+        let old = record.state()?;
+        let new = tp_field(ctx, global(&l.newstate), global(&l.state_size))? as u8;
+        let record = Record {
+            ctx,
+            skaddr: tp_field(ctx, global(&l.skaddr), global(&l.skaddr_size))?,
+        };
+        on_transition(ctx.as_ptr(), &record, old, new, dport, flags)
     }
 
     /// A scalar field of a classic tracepoint's record, zero-extended: read at the size its
@@ -336,47 +529,41 @@ mod programs {
     }
 
     /// The same transition seen through the BTF tracepoint: the kernel passes the socket
-    /// itself and no record is filled, so a socket on an unwatched port costs one 2-byte
-    /// read and one lookup. Fields are read at the offsets userspace took from this
-    /// kernel's BTF (`SOCK_LAYOUT`).
+    /// itself and fills no record, so a socket on an unwatched port costs one load and one
+    /// array lookup.
     fn try_btf_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
-        let sk: *const u8 = ctx.arg(0);
-        let Some(dport) = sock_dport(sk) else {
-            return Ok(());
-        };
-        // The one lookup that every non-ZooKeeper socket pays.
-        let flags = watched(dport);
-        if flags == 0 {
+        if global(&SOCK_LAYOUT.valid) == 0 {
             return Ok(());
         }
-        // SAFETY: see `try_inet_sock_set_state`.
-        let l = unsafe { read_volatile(&SOCK_LAYOUT) };
-        let word = u32::from_ne_bytes(read_sk(sk, l.protocol_word)?);
-        if (word >> l.protocol_shift) & l.protocol_mask != u32::from(IPPROTO_TCP) {
+        let sock = Typed(ctx.arg(0));
+        let dport = sock.dport()?;
+        // The one lookup that every other socket pays.
+        let flags = watched(dport);
+        if flags == 0 {
             return Ok(());
         }
         let old: i32 = ctx.arg(1);
         let new: i32 = ctx.arg(2);
-        let mut change = Change::new(sk, old as u8, new as u8, dport);
-        sock_tuple(sk, &mut change.tuple)?;
-        on_transition(ctx.as_ptr(), &change, flags);
-        Ok(())
+        on_transition(ctx.as_ptr(), &sock, old as u8, new as u8, dport, flags)
     }
 
     /// `tcp_connect(sk)`, from the fentry or kprobe hook: a TCP socket (the function is
     /// TCP's own) in SYN_SENT with its source port chosen, in the connecting task.
-    fn try_tcp_connect(ctx: Ctx, sk: *const u8) -> Result<(), i32> {
-        let Some(dport) = sock_dport(sk) else {
+    fn try_tcp_connect<S: Sock>(ctx: Ctx, sock: &S) -> Result<(), i32> {
+        if global(&SOCK_LAYOUT.valid) == 0 {
             return Ok(());
-        };
+        }
+        let dport = sock.dport()?;
         let flags = watched(dport);
         if flags == 0 {
             return Ok(());
         }
-        let mut change = Change::new(sk, tcp_state::CLOSE, tcp_state::SYN_SENT, dport);
-        sock_tuple(sk, &mut change.tuple)?;
-        if is_target(&change.tuple, flags) {
-            on_connect(&change, &owner_of(ctx, boot_ns()));
+        let mut tuple = towards(dport);
+        sock.addrs(&mut tuple)?;
+        tuple.sport = sock.sport_bound()?;
+        if is_target(&tuple, flags) {
+            let now = boot_ns();
+            on_connect(sock.addr(), &tuple, &owner_of(ctx, now), now);
         }
         Ok(())
     }
@@ -384,60 +571,19 @@ mod programs {
     /// `tcp_set_state(sk, new)`, from the fentry or kprobe hook: the old state is still in
     /// the socket. The connect itself is `tcp_connect`'s, so CLOSE → SYN_SENT is skipped
     /// here (it runs before the source port is chosen).
-    fn try_tcp_set_state(ctx: Ctx, sk: *const u8, new: i32) -> Result<(), i32> {
-        let Some(dport) = sock_dport(sk) else {
+    fn try_tcp_set_state<S: Sock>(ctx: Ctx, sock: &S, new: i32) -> Result<(), i32> {
+        if global(&SOCK_LAYOUT.valid) == 0 {
             return Ok(());
-        };
+        }
+        let dport = sock.dport()?;
         if watched(dport) == 0 {
             return Ok(());
         }
-        // SAFETY: see `try_inet_sock_set_state`.
-        let [old] = read_sk::<1>(sk, unsafe { read_volatile(&SOCK_LAYOUT.state) })?;
+        let old = sock.state()?;
         if new as u8 == tcp_state::SYN_SENT || old == new as u8 {
             return Ok(());
         }
-        let mut change = Change::new(sk, old, new as u8, dport);
-        sock_tuple(sk, &mut change.tuple)?;
-        on_state_change(ctx, &change);
-        Ok(())
-    }
-
-    /// The socket's destination port, or `None` until userspace filled `SOCK_LAYOUT`.
-    #[inline(always)]
-    fn sock_dport(sk: *const u8) -> Option<u16> {
-        // SAFETY: plain reads of a global the loader patched; volatile so the compiler
-        // cannot fold the compile-time zeros.
-        let (valid, offset) = unsafe {
-            (
-                read_volatile(&SOCK_LAYOUT.valid),
-                read_volatile(&SOCK_LAYOUT.dport),
-            )
-        };
-        if valid == 0 {
-            return None;
-        }
-        read_sk(sk, offset).ok().map(u16::from_be_bytes)
-    }
-
-    /// Fills the addresses and the source port of `tuple` from the socket, at the offsets of
-    /// this kernel's BTF, reading straight into place: the function hooks' frames must leave
-    /// room on the 512-byte BPF stack for the connect's own.
-    #[inline(always)]
-    fn sock_tuple(sk: *const u8, tuple: &mut Tuple) -> Result<(), i32> {
-        // SAFETY: see `sock_dport`.
-        let l = |field: &u32| unsafe { read_volatile(field) };
-        let family = u16::from_ne_bytes(read_sk(sk, l(&SOCK_LAYOUT.family))?);
-        if family == AF_INET {
-            v4_mapped(tuple);
-            read_into(sk, l(&SOCK_LAYOUT.saddr), &mut tuple.saddr[12..])?;
-            read_into(sk, l(&SOCK_LAYOUT.daddr), &mut tuple.daddr[12..])?;
-        } else if l(&SOCK_LAYOUT.has_v6) == 1 {
-            read_into(sk, l(&SOCK_LAYOUT.saddr_v6), &mut tuple.saddr)?;
-            read_into(sk, l(&SOCK_LAYOUT.daddr_v6), &mut tuple.daddr)?;
-        } else {
-            return Err(0);
-        }
-        tuple.sport = u16::from_be_bytes(read_sk(sk, l(&SOCK_LAYOUT.sport))?);
+        on_state_change(ctx, sock, old, new as u8, dport);
         Ok(())
     }
 
@@ -451,6 +597,7 @@ mod programs {
     }
 
     /// The `port_flags` of destination port `dport`, 0 when it is not watched.
+    #[inline(always)]
     fn watched(dport: u16) -> u8 {
         PORTS.get(u32::from(dport)).copied().unwrap_or(0)
     }
@@ -467,34 +614,41 @@ mod programs {
     /// socket, a failed read).
     #[inline(never)]
     fn sock_ino(sk: u64) -> u64 {
-        // SAFETY: see `sock_dport`.
-        let l = unsafe { read_volatile(&SOCK_LAYOUT) };
-        if l.valid == 0 || l.has_ino == 0 {
+        let l = &SOCK_LAYOUT;
+        if global(&l.valid) == 0 || global(&l.has_ino) == 0 {
             return 0;
         }
-        let Ok(socket) = read_ptr(sk as *const u8, l.sk_socket) else {
+        let Ok(socket) = read_ptr(sk as *const u8, global(&l.sk_socket)) else {
             return 0;
         };
-        let ino = socket.wrapping_add(l.socket_ino as usize).cast::<u64>();
-        // SAFETY: bpf_probe_read_kernel checks the address; a bad one reads as 0.
-        unsafe { bpf_probe_read_kernel(ino) }.unwrap_or(0)
+        probed(socket, global(&l.socket_ino)).unwrap_or(0)
     }
 
-    /// `N` bytes of the socket at `offset`.
-    fn read_sk<const N: usize>(sk: *const u8, offset: u32) -> Result<[u8; N], i32> {
-        // SAFETY: bpf_probe_read_kernel checks the address; a bad one is an error.
-        unsafe { bpf_probe_read_kernel(sk.wrapping_add(offset as usize).cast::<[u8; N]>()) }
-    }
-
-    /// A transition of a socket towards a watched port, seen by a state tracepoint.
-    fn on_transition(ctx: Ctx, change: &Change, flags: u8) {
-        if change.old == tcp_state::CLOSE && change.new == tcp_state::SYN_SENT {
-            if is_target(&change.tuple, flags) {
-                on_connect(change, &owner_of(ctx, boot_ns()));
+    /// A transition of a socket towards a watched port (`flags`: the port's), seen by a
+    /// state tracepoint: the connect is CLOSE → SYN_SENT, before the source port exists.
+    #[inline(always)]
+    fn on_transition<S: Sock>(
+        ctx: Ctx,
+        sock: &S,
+        old: u8,
+        new: u8,
+        dport: u16,
+        flags: u8,
+    ) -> Result<(), i32> {
+        if old == tcp_state::CLOSE && new == tcp_state::SYN_SENT {
+            if !sock.is_tcp()? {
+                return Ok(());
+            }
+            let mut tuple = towards(dport);
+            sock.addrs(&mut tuple)?;
+            if is_target(&tuple, flags) {
+                let now = boot_ns();
+                on_connect(sock.addr(), &tuple, &owner_of(ctx, now), now);
             }
         } else {
-            on_state_change(ctx, change);
+            on_state_change(ctx, sock, old, new, dport);
         }
+        Ok(())
     }
 
     /// Whether a connection to a watched port goes to a watched server: any address on the
@@ -527,15 +681,19 @@ mod programs {
     }
 
     /// A reset arrived on some socket. On loopback this runs in the peer's context, so only
-    /// the socket address is used: one lookup, and nothing for sockets zkconn does not track.
+    /// the socket is used: its port (where the record has it), then one lookup, and nothing
+    /// for sockets zkconn does not track.
     fn try_tcp_receive_reset(ctx: &TracePointContext) -> Result<(), i32> {
-        // SAFETY: see `try_inet_sock_set_state`.
-        let l = unsafe { read_volatile(&RESET_TP_LAYOUT) };
-        if l.valid == 0 {
+        let l = &RESET_TP_LAYOUT;
+        if global(&l.valid) == 0 {
+            return Ok(());
+        }
+        let port_size = global(&l.port_size);
+        if port_size != 0 && watched(tp_field(ctx, global(&l.dport), port_size)? as u16) == 0 {
             return Ok(());
         }
         // SAFETY: offset from the tracepoint's format file.
-        let skaddr: u64 = unsafe { ctx.read_at(l.skaddr.into())? };
+        let skaddr: u64 = unsafe { ctx.read_at(global(&l.skaddr).into())? };
         on_reset(skaddr);
         Ok(())
     }
@@ -574,44 +732,44 @@ mod programs {
         )
     }
 
-    /// A ZooKeeper-bound connect (CLOSE → SYN_SENT, or `tcp_connect`): runs in the
-    /// connecting task, so "current" is the owner (`owner`, from `owner_of`, which the
-    /// caller runs first so the two frames are not stacked). These two are the only places
-    /// that read "current".
+    /// A ZooKeeper-bound connect (CLOSE → SYN_SENT, or `tcp_connect`) of socket `skaddr`
+    /// at `now`: runs in the connecting task, so "current" is the owner (`owner`, from
+    /// `owner_of`, which the caller runs first so the two frames are not stacked). These
+    /// two are the only places that read "current".
     #[inline(never)]
-    fn on_connect(change: &Change, owner: &OwnerKey) {
+    fn on_connect(skaddr: u64, tuple: &Tuple, owner: &OwnerKey, now: u64) {
         let owner = *owner;
         let pid_tgid = bpf_get_current_pid_tgid();
         let uid_gid = bpf_get_current_uid_gid();
-        let now = boot_ns();
         // SAFETY: a helper with no arguments.
         let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+        let seeding = seeding();
         let conn = Conn {
-            tuple: change.tuple,
+            tuple: *tuple,
             owner,
             cgroup_id,
             opened_ns: now,
             changed_ns: now,
             established_ns: 0,
-            ino: if seeding() {
-                sock_ino(change.skaddr)
-            } else {
-                0
-            },
+            ino: if seeding { sock_ino(skaddr) } else { 0 },
             tid: pid_tgid as u32,
             uid: uid_gid as u32,
             state: tcp_state::SYN_SENT,
-            flags: 0,
+            flags: if seeding {
+                conn_flags::WHILE_SEEDING
+            } else {
+                0
+            },
             _pad: [0; 6],
         };
         // BPF_ANY: a socket address is reused only after its TCP_CLOSE removed the old
         // entry; a leftover (a missed run of this program) must not block the new socket.
-        if CONNS.insert(change.skaddr, conn, BPF_ANY.into()).is_err() {
+        if CONNS.insert(skaddr, conn, BPF_ANY.into()).is_err() {
             count(probe_counter::OVERFLOW_CONNS);
             return;
         }
         bump_owner(&owner, cgroup_id, Field::Opened);
-        bump(&SERVER_STATS, &server_key(&change.tuple), Field::Opened);
+        bump(&SERVER_STATS, &server_key(tuple), Field::Opened);
     }
 
     fn server_key(t: &Tuple) -> ServerKey {
@@ -631,9 +789,6 @@ mod programs {
     fn owner_of(ctx: Ctx, now: u64) -> OwnerKey {
         let pid_tgid = bpf_get_current_pid_tgid();
         let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
-        let uid_gid = bpf_get_current_uid_gid();
-        // SAFETY: a helper with no arguments.
-        let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
         // SAFETY: the value is copied out at once.
         if let Some(owner) = unsafe { OWNERS.get(tgid) } {
             return OwnerKey {
@@ -642,6 +797,10 @@ mod programs {
                 birth_ns: owner.birth_ns,
             };
         }
+        // A process not seen before: the rest of its identity.
+        let uid_gid = bpf_get_current_uid_gid();
+        // SAFETY: a helper with no arguments.
+        let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
         let mut owner = Owner {
             birth_ns: now,
             cgroup_id,
@@ -687,47 +846,69 @@ mod programs {
         }
     }
 
-    /// Any other transition. Never reads "current": the owner is the one stored at connect.
+    /// Any other transition of a socket towards a watched port. Never reads "current": the
+    /// owner is the one stored at connect.
     #[inline(never)]
-    fn on_state_change(ctx: Ctx, change: &Change) {
-        if let Some(conn) = CONNS.get_ptr_mut(change.skaddr) {
+    fn on_state_change<S: Sock>(ctx: Ctx, sock: &S, old: u8, new: u8, dport: u16) {
+        let skaddr = sock.addr();
+        if let Some(conn) = CONNS.get_ptr_mut(skaddr) {
             // SAFETY: the entry belongs to this socket and a socket's state changes are
             // serialised by its lock, so nothing else writes it concurrently.
             let conn = unsafe { &mut *conn };
-            if change.new == tcp_state::ESTABLISHED {
+            if new == tcp_state::ESTABLISHED {
                 // The source port exists only now (the state tracepoints saw the connect
-                // before it was chosen): record the full tuple.
-                conn.tuple = change.tuple;
+                // before it was chosen): complete the tuple. A failed read leaves what the
+                // connect saw; the transition still counts.
+                let _ = sock.addrs(&mut conn.tuple);
+                if let Ok(sport) = sock.sport_bound() {
+                    conn.tuple.sport = sport;
+                }
                 conn.flags |= conn_flags::ESTABLISHED;
                 conn.established_ns = boot_ns();
             }
-            // A socket the kernel tracks from its connect may also have been seeded from
-            // /proc while zkconn started (connected between attach and the scan): drop that
-            // seed at the socket's first change, whatever it is, so it cannot outlive the
-            // socket (a connect that fails goes SYN_SENT → CLOSE without ESTABLISHED).
-            if change.tuple.sport != 0 && seeds_pending() {
-                let _ = SEEDS.remove(change.tuple);
+            // A socket that connected while zkconn seeded may also have been seeded from
+            // /proc (connected between attach and the scan): drop that seed at the socket's
+            // first change, whatever it is, so it cannot outlive the socket (a connect that
+            // fails goes SYN_SENT → CLOSE without ESTABLISHED). Sockets that connected
+            // later cannot be in the scan, and never touch the seed table.
+            if conn.flags & conn_flags::WHILE_SEEDING != 0 {
+                conn.flags &= !conn_flags::WHILE_SEEDING;
+                if let Ok(sport) = sock.sport()
+                    && sport != 0
+                {
+                    // The key is the entry itself: no copy on the stack.
+                    conn.tuple.sport = sport;
+                    let _ = SEEDS.remove(&conn.tuple);
+                }
             }
-            apply(ctx, conn, change);
-            if change.new == tcp_state::CLOSE {
-                let _ = CONNS.remove(change.skaddr);
+            apply(ctx, conn, skaddr, old, new);
+            if new == tcp_state::CLOSE {
+                let _ = CONNS.remove(skaddr);
             }
             return;
         }
         // Not seen at connect: maybe a connection that predates zkconn.
-        if !seeds_pending() {
+        if !seeds_pending() || !sock.is_tcp().unwrap_or(false) {
             return;
         }
-        let Some(seed) = SEEDS.get_ptr(change.tuple) else {
+        let mut tuple = towards(dport);
+        if sock.addrs(&mut tuple).is_err() {
+            return;
+        }
+        match sock.sport() {
+            Ok(sport) => tuple.sport = sport,
+            Err(_) => return,
+        }
+        let Some(seed) = SEEDS.get_ptr(&tuple) else {
             return;
         };
         // Map value to map value: a `Conn` copied through the stack would not fit beside
         // the callers' frames on kernels before 6.13 (512 bytes in all).
         // SAFETY: `seed` points at a live entry; the update copies it before the removal.
-        let moved = CONNS.insert(change.skaddr, unsafe { &*seed }, BPF_NOEXIST.into());
-        let _ = SEEDS.remove(change.tuple);
+        let moved = CONNS.insert(skaddr, unsafe { &*seed }, BPF_NOEXIST.into());
+        let _ = SEEDS.remove(&tuple);
         count(probe_counter::SEEDS_ADOPTED);
-        let conn = match (moved, CONNS.get_ptr_mut(change.skaddr)) {
+        let conn = match (moved, CONNS.get_ptr_mut(skaddr)) {
             (Ok(()), Some(conn)) => conn,
             _ => {
                 count(probe_counter::OVERFLOW_CONNS);
@@ -735,26 +916,27 @@ mod programs {
             }
         };
         // SAFETY: the entry now belongs to this socket, serialised by its lock as above.
-        apply(ctx, unsafe { &mut *conn }, change);
-        if change.new == tcp_state::CLOSE {
-            let _ = CONNS.remove(change.skaddr);
+        apply(ctx, unsafe { &mut *conn }, skaddr, old, new);
+        if new == tcp_state::CLOSE {
+            let _ = CONNS.remove(skaddr);
         }
     }
 
-    /// The accounting of one transition of a tracked connection.
-    fn apply(ctx: Ctx, conn: &mut Conn, change: &Change) {
-        conn.state = change.new;
+    /// The accounting of one transition (`old` → `new`) of socket `skaddr`'s tracked
+    /// connection.
+    fn apply(ctx: Ctx, conn: &mut Conn, skaddr: u64, old: u8, new: u8) {
+        conn.state = new;
         conn.changed_ns = boot_ns();
-        match change.new {
+        match new {
             tcp_state::CLOSE_WAIT => {
-                if is_refusal(conn, change.skaddr, false) {
+                if is_refusal(conn, skaddr, false) {
                     conn.flags |= conn_flags::REFUSED;
                 }
                 bump_owner(&conn.owner, conn.cgroup_id, Field::CloseWait);
             }
             tcp_state::CLOSE => {
                 let refused = conn.flags & conn_flags::REFUSED != 0;
-                let field = match accounting::close_kind(conn.flags, change.old) {
+                let field = match accounting::close_kind(conn.flags, old) {
                     Close::Closed => Field::Closed,
                     Close::Failed => Field::Failed,
                 };

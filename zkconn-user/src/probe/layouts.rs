@@ -6,7 +6,7 @@
 use std::collections::HashMap as StdHashMap;
 
 use anyhow::{anyhow, bail};
-use zkconn_common::{SockLayout, StateTpLayout, TaskLayout};
+use zkconn_common::{ResetTpLayout, SockLayout, StateTpLayout, TaskLayout};
 
 use super::{btf, tracefs};
 
@@ -69,6 +69,23 @@ pub(super) fn layout_of_state_tp(
     })
 }
 
+/// Offsets of `tcp:tcp_receive_reset`'s fields, from its format file: the socket, and its
+/// destination port where the record has one of a size the program reads.
+pub(super) fn layout_of_reset_tp(fields: &StdHashMap<String, tracefs::Field>) -> ResetTpLayout {
+    let Some(skaddr) = fields.get("skaddr") else {
+        return ResetTpLayout::default();
+    };
+    let dport = fields
+        .get("dport")
+        .filter(|f| [1, 2, 4, 8].contains(&f.size));
+    ResetTpLayout {
+        skaddr: skaddr.offset,
+        dport: dport.map_or(0, |f| f.offset),
+        port_size: dport.map_or(0, |f| f.size),
+        valid: 1,
+    }
+}
+
 /// Where a task's cgroup names are in this kernel (see [`TaskLayout`]). The cpu controller's
 /// entry is optional: a kernel without it still names the v2 cgroup.
 pub fn task_layout(b: &btf::Btf) -> Result<TaskLayout, btf::BtfError> {
@@ -117,6 +134,7 @@ pub fn sock_layout(b: &btf::Btf) -> Result<SockLayout, btf::BtfError> {
     Ok(SockLayout {
         dport: at("skc_dport")?,
         sport: b.member_offset("inet_sock", "inet_sport")?,
+        num: at("skc_num")?,
         family: at("skc_family")?,
         state: at("skc_state")?,
         daddr: at("skc_daddr")?,

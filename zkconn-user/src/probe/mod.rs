@@ -28,7 +28,7 @@ use zkconn_common::{
 pub use self::maps::{KernelState, TrackedRows};
 use self::{
     hooks::Needs,
-    layouts::{sock_layout, state_tp_layout, task_layout},
+    layouts::{layout_of_reset_tp, sock_layout, state_tp_layout, task_layout},
 };
 use crate::targets::Targets;
 
@@ -120,11 +120,6 @@ impl Probe {
             .as_ref()
             .map_err(ToString::to_string)
             .and_then(|b| sock_layout(b).map_err(|e| e.to_string()));
-        let fields = |category: &str, name: &str, field: &str| {
-            let root = root.as_ref().ok()?;
-            let fields = tracefs::tracepoint_fields(root, category, name).ok()?;
-            fields.get(field).map(|f| f.offset)
-        };
         // Why exits cannot come from the kernel: no such field, or a format file zkconn
         // could not read (tracefs wants CAP_DAC_READ_SEARCH of a process not root).
         let exit_format = root
@@ -141,10 +136,11 @@ impl Probe {
             },
             _ => ExitTpLayout::default(),
         };
-        let reset_layout = fields("tcp", "tcp_receive_reset", "skaddr").map_or(
-            ResetTpLayout::default(),
-            |skaddr| ResetTpLayout { skaddr, valid: 1 },
-        );
+        let reset_layout = root
+            .as_ref()
+            .ok()
+            .and_then(|root| tracefs::tracepoint_fields(root, "tcp", "tcp_receive_reset").ok())
+            .map_or(ResetTpLayout::default(), |f| layout_of_reset_tp(&f));
         let bytes_offset = kernel_btf
             .as_ref()
             .map_err(Clone::clone)
@@ -473,6 +469,28 @@ mod tests {
         );
         let e = layout_of_state_tp(&tracefs::parse_format(&odd)).unwrap_err();
         assert!(e.to_string().contains("sport and dport"), "{e}");
+    }
+
+    #[test]
+    fn a_reset_on_another_port_is_told_by_its_record_where_it_has_the_port() {
+        // This host's format (6.18): skaddr, then the ports as __u16 in host order.
+        let format = "\tfield:const void * skaddr;\toffset:8;\tsize:8;\tsigned:0;\n\
+                      \tfield:__u16 sport;\toffset:16;\tsize:2;\tsigned:0;\n\
+                      \tfield:__u16 dport;\toffset:18;\tsize:2;\tsigned:0;\n";
+        let l = layout_of_reset_tp(&tracefs::parse_format(format));
+        assert_eq!((l.skaddr, l.dport, l.port_size, l.valid), (8, 18, 2, 1));
+        // Without the port (or at a size not read whole) every reset is looked up.
+        let bare = layout_of_reset_tp(&tracefs::parse_format(
+            "\tfield:const void * skaddr;\toffset:8;\tsize:8;\tsigned:0;\n",
+        ));
+        assert_eq!((bare.skaddr, bare.port_size, bare.valid), (8, 0, 1));
+        let odd = layout_of_reset_tp(&tracefs::parse_format(
+            &format.replace("offset:18;\tsize:2", "offset:18;\tsize:3"),
+        ));
+        assert_eq!((odd.port_size, odd.valid), (0, 1));
+        // Without the socket, nothing.
+        let none = layout_of_reset_tp(&tracefs::parse_format(""));
+        assert_eq!(none.valid, 0);
     }
 
     #[test]

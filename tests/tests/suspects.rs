@@ -82,7 +82,7 @@ fn the_leaker_ranks_first_and_the_steady_holder_is_not_a_suspect() -> Result<()>
         .flatten()
         .map(|v| (v["pid"].as_u64(), v["reason"].as_str()))
         .collect();
-    let why = format!("refused 2 times by {}", zk.addr);
+    let why = format!("refused 2 times by {} from 127.0.0.1", zk.addr);
     assert_eq!(
         victims,
         vec![(Some(u64::from(victim.pid())), Some(why.as_str()))]

@@ -12,7 +12,7 @@ use zkconn_common::OwnerKey;
 
 use crate::{
     alarm::{self, Thresholds},
-    model::{Level, RowId, Rows, Suspect, Totals, Victim},
+    model::{Level, RefusedBudget, RowId, Rows, Suspect, Totals, Victim},
     trend::{self, Evidence, Holding, SUSPECT_MIN_SCORE, Sample, Series, Trend},
     verdict::{Alarm, Rates},
 };
@@ -37,7 +37,8 @@ pub struct History {
     last: Option<f64>,
     series: HashMap<Subject, Series>,
     /// Per process: (time, server) of each refusal event, oldest first.
-    refusals: HashMap<OwnerKey, VecDeque<(f64, String)>>,
+    /// Per owner: when, by which server, from which local IP.
+    refusals: HashMap<OwnerKey, VecDeque<(f64, String, String)>>,
     /// Per owner row and budget (server, local IP): what it held there when zkconn first
     /// saw it hold any there (0 when that was after the first sample). What it holds beyond
     /// is what it gained at that budget.
@@ -62,13 +63,13 @@ impl History {
             .map_or(0.0, |first| (now - first).clamp(0.0, self.window))
     }
 
-    /// A server refused `owner` at `t`.
-    pub fn refused(&mut self, owner: OwnerKey, server: String, t: f64) {
+    /// `server` refused `owner`'s connection from `local_ip` at `t`.
+    pub fn refused(&mut self, owner: OwnerKey, server: String, local_ip: String, t: f64) {
         let log = self.refusals.entry(owner).or_default();
         if log.len() == REFUSALS_KEPT {
             log.pop_front();
         }
-        log.push_back((t, server));
+        log.push_back((t, server, local_ip));
     }
 
     /// Samples every subject the rows name at `t`; forgets the subjects they no longer name.
@@ -139,7 +140,7 @@ impl History {
         }
         let horizon = t - self.window;
         self.refusals.retain(|owner, log| {
-            while log.front().is_some_and(|(at, _)| *at < horizon) {
+            while log.front().is_some_and(|(at, _, _)| *at < horizon) {
                 log.pop_front();
             }
             !log.is_empty()
@@ -245,6 +246,12 @@ impl History {
             };
             let score = evidence.score();
             if score < SUSPECT_MIN_SCORE && t.rejected > 0 {
+                let refused_at = self.refused_at(p.key, now - window);
+                // `by SERVER from LOCAL_IP`: the budget, not only the server.
+                let by: Vec<(String, u64)> = refused_at
+                    .iter()
+                    .map(|b| (format!("{} from {}", b.server, b.local_ip), b.refusals))
+                    .collect();
                 victims.push(Victim {
                     pid: p.pid,
                     label: p.who.label.clone(),
@@ -254,7 +261,8 @@ impl History {
                     open: p.states.open,
                     rejected: t.rejected,
                     refused_by: evidence.refused_by.iter().map(|(s, _)| s.clone()).collect(),
-                    reason: trend::refusals(t.rejected, &evidence.refused_by),
+                    reason: trend::refusals(t.rejected, &by),
+                    refused_at,
                 });
             }
             if score >= SUSPECT_MIN_SCORE {
@@ -418,7 +426,7 @@ impl History {
     /// Refusal events of `owner` since `since`, per server, most first.
     fn refused_by(&self, owner: OwnerKey, since: f64) -> Vec<(String, u64)> {
         let mut counts: HashMap<&str, u64> = HashMap::new();
-        for (t, server) in self.refusals.get(&owner).into_iter().flatten() {
+        for (t, server, _) in self.refusals.get(&owner).into_iter().flatten() {
             if *t >= since {
                 *counts.entry(server).or_default() += 1;
             }
@@ -426,6 +434,31 @@ impl History {
         let mut v: Vec<(String, u64)> =
             counts.into_iter().map(|(s, n)| (s.to_owned(), n)).collect();
         v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        v
+    }
+
+    /// Refusal events of `owner` since `since`, per budget, most first.
+    fn refused_at(&self, owner: OwnerKey, since: f64) -> Vec<RefusedBudget> {
+        let mut counts: HashMap<(&str, &str), u64> = HashMap::new();
+        for (t, server, local_ip) in self.refusals.get(&owner).into_iter().flatten() {
+            if *t >= since {
+                *counts.entry((server, local_ip)).or_default() += 1;
+            }
+        }
+        let mut v: Vec<RefusedBudget> = counts
+            .into_iter()
+            .map(|((server, local_ip), refusals)| RefusedBudget {
+                server: server.to_owned(),
+                local_ip: local_ip.to_owned(),
+                refusals,
+            })
+            .collect();
+        v.sort_by(|a, b| {
+            b.refusals
+                .cmp(&a.refusals)
+                .then_with(|| a.server.cmp(&b.server))
+                .then_with(|| a.local_ip.cmp(&b.local_ip))
+        });
         v
     }
 }
@@ -550,7 +583,12 @@ mod tests {
                 process(3, 0, victim_refused, victim_refused, victim_refused),
             ]);
             if t >= 100 {
-                h.refused(r.processes[2].key, "127.0.0.2:2181".into(), f64::from(t));
+                h.refused(
+                    r.processes[2].key,
+                    "127.0.0.2:2181".into(),
+                    "127.0.0.1".into(),
+                    f64::from(t),
+                );
             }
             h.record(&r, f64::from(t));
             h.judge(&r, f64::from(t), &thresholds).apply(&mut r);
@@ -571,7 +609,10 @@ mod tests {
             .iter()
             .map(|v| (v.pid, v.rejected, v.reason.as_str()))
             .collect();
-        assert_eq!(v, vec![(3, 3, "refused 3 times by 127.0.0.2:2181")]);
+        assert_eq!(
+            v,
+            vec![(3, 3, "refused 3 times by 127.0.0.2:2181 from 127.0.0.1")]
+        );
         assert_eq!(last.suspects[0].growth_per_min, 6.0);
         let steady = last.processes.iter().find(|p| p.pid == 1).unwrap();
         assert_eq!(steady.rates.growth_per_min, 0.0);
@@ -727,7 +768,12 @@ mod tests {
                 ..ServerRow::for_test("127.0.0.2:2181", "127.0.0.1", 2 + leaked + 3, 10)
             };
             if t > 1000 && (t - 1000) % 30 == 0 {
-                h.refused(r.processes[2].key, "127.0.0.2:2181".into(), f64::from(t));
+                h.refused(
+                    r.processes[2].key,
+                    "127.0.0.2:2181".into(),
+                    "127.0.0.1".into(),
+                    f64::from(t),
+                );
             }
             h.record(&r, f64::from(t));
             h.judge(&r, f64::from(t), &thresholds).apply(&mut r);

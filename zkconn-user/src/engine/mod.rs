@@ -101,6 +101,8 @@ pub enum Learnt {
 pub struct Refusal {
     pub owner: OwnerKey,
     pub server: String,
+    /// The refused connection's local IP.
+    pub local_ip: String,
     pub at: f64,
 }
 
@@ -199,7 +201,7 @@ impl Engine {
         }
         for refusal in std::mem::take(&mut r.refused) {
             self.history
-                .refused(refusal.owner, refusal.server, refusal.at);
+                .refused(refusal.owner, refusal.server, refusal.local_ip, refusal.at);
         }
         let state = &mut r.kernel;
         let holding = std::mem::take(&mut r.holding);

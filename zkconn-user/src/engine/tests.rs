@@ -270,6 +270,7 @@ fn a_refusal_makes_the_server_critical_and_names_the_refused() {
     r.refused = vec![Refusal {
         owner: key(7),
         server: SERVER.into(),
+        local_ip: "127.0.0.9".into(),
         at: 0.5,
     }];
     let (snap, _) = e.tick(r);
@@ -280,7 +281,19 @@ fn a_refusal_makes_the_server_critical_and_names_the_refused() {
     assert_eq!(snap.rows.suspects, vec![]);
     let refused: Vec<_> = snap.rows.victims.iter().filter(|v| v.pid == 7).collect();
     assert_eq!(refused.len(), 1, "{:?}", snap.rows.victims);
-    assert!(refused[0].reason.contains(SERVER), "{}", refused[0].reason);
+    // The budget that refused it: the server and the local IP it connected from.
+    assert_eq!(
+        refused[0].reason,
+        format!("refused once by {SERVER} from 127.0.0.9")
+    );
+    assert_eq!(
+        refused[0].refused_at,
+        vec![crate::model::RefusedBudget {
+            server: SERVER.into(),
+            local_ip: "127.0.0.9".into(),
+            refusals: 1,
+        }]
+    );
 }
 
 /// A removed cgroup holding nothing leaves the cgroup rows after the same time, and the

@@ -95,8 +95,20 @@ pub struct Victim {
     pub rejected: u64,
     /// The servers that refused it, most refusals first.
     pub refused_by: Vec<String>,
+    /// The budgets that refused it (server and the local IP it connected from), most
+    /// refusals first.
+    pub refused_at: Vec<RefusedBudget>,
     /// `refused 5 times by 10.1.2.3:2181`.
     pub reason: String,
+}
+
+/// Refusals of one process by one budget, from the kernel's refusal events.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RefusedBudget {
+    pub server: String,
+    /// The local IP of the refused connections, as this host saw it (before any NAT).
+    pub local_ip: String,
+    pub refusals: u64,
 }
 
 /// `--warn` and `--crit`, in percent of the limit.

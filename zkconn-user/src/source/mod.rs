@@ -384,6 +384,7 @@ impl Source {
                 self.refused.push(Refusal {
                     owner: event.owner,
                     server,
+                    local_ip: crate::targets::ip_from_bytes(event.server.saddr).to_string(),
                     at,
                 });
                 // Behind NAT, a refused connection may be the only one of its container

@@ -1,7 +1,7 @@
 //! The view state of `zkconn top` and everything keys do to it. Pure: it eats snapshots and
 //! key events and says what the screen shows; `render` draws it.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
@@ -81,8 +81,8 @@ impl Column {
         Column::Growth,
         Column::Rejected,
         Column::Kind,
-        Column::CloseWait,
         Column::Pids,
+        Column::CloseWait,
         Column::Within,
         Column::Oldest,
         Column::Budget,
@@ -108,6 +108,14 @@ impl Column {
             Self::CloseWait => "CLOSE_WAIT",
             Self::Oldest => "OLDEST",
             Self::Trend => "TREND",
+        }
+    }
+
+    /// The title beside a sort arrow in a column too narrow for both.
+    pub fn short_title(self) -> &'static str {
+        match self {
+            Self::Rejected => "REJ",
+            other => other.title(),
         }
     }
 
@@ -149,6 +157,11 @@ pub struct OwnerLine {
 }
 
 impl OwnerLine {
+    /// Exited and holding nothing: drawn faded.
+    pub fn faded(&self) -> bool {
+        self.exited && self.open == 0 && self.close_wait == 0
+    }
+
     fn matches(&self, needle: &str) -> bool {
         needle.is_empty()
             || [&self.label, &self.kind, &self.user]
@@ -198,6 +211,9 @@ pub struct App {
     /// over the last good snapshot, until a refresh succeeds.
     pub error: Option<String>,
     sparks: HashMap<RowId, VecDeque<u64>>,
+    /// Per pid, every budget (`SERVER from LOCAL_IP`) it was seen to use while it is in the
+    /// snapshot: the filter still finds a process by IP once its connections are gone.
+    remembered: HashMap<u32, BTreeSet<String>>,
 }
 
 impl App {
@@ -239,6 +255,7 @@ impl App {
         self.previous = Some((now, t));
         self.totals = t;
         self.record_sparks(&snapshot);
+        self.remember_budgets(&snapshot);
         self.snapshot = Some(snapshot);
         self.connections = connections;
         if self.selected.is_none() {
@@ -262,6 +279,25 @@ impl App {
         self.sparks.retain(|id, _| seen.contains(id));
     }
 
+    /// What each process used, kept while it is in the snapshot.
+    fn remember_budgets(&mut self, snap: &Snapshot) {
+        let r = &snap.rows;
+        let present: HashSet<u32> = r.processes.iter().map(|p| p.pid).collect();
+        self.remembered.retain(|pid, _| present.contains(pid));
+        for p in &r.processes {
+            let seen = self.remembered.entry(p.pid).or_default();
+            for s in &p.servers {
+                seen.insert(format!("{} from {}", s.server, s.local_ip));
+            }
+        }
+        for v in &r.victims {
+            let seen = self.remembered.entry(v.pid).or_default();
+            for b in &v.refused_at {
+                seen.insert(format!("{} from {}", b.server, b.local_ip));
+            }
+        }
+    }
+
     pub fn spark(&self, id: &RowId) -> Vec<u64> {
         self.sparks
             .get(id)
@@ -277,7 +313,15 @@ impl App {
         let needle = self.filter.to_lowercase();
         let mut lines: Vec<OwnerLine> = lines_of(snap, self.group)
             .into_iter()
-            .filter(|l| l.matches(&needle))
+            .filter(|l| {
+                l.matches(&needle)
+                    || (!needle.is_empty()
+                        && l.pids.iter().any(|p| {
+                            self.remembered
+                                .get(p)
+                                .is_some_and(|seen| seen.iter().any(|b| b.contains(&needle)))
+                        }))
+            })
             .collect();
         let column = self.sort.unwrap_or(Column::Open);
         lines.sort_by(|a, b| {
@@ -361,6 +405,22 @@ impl App {
                 KeyCode::Backspace => {
                     text.pop();
                 }
+                // The line editor's own: Ctrl-U clears, Ctrl-W takes the last word back.
+                KeyCode::Char('u') if key.modifiers.contains(KeyModifiers::CONTROL) => {
+                    text.clear();
+                }
+                KeyCode::Char('w') if key.modifiers.contains(KeyModifiers::CONTROL) => {
+                    let kept = text
+                        .trim_end()
+                        .rfind(char::is_whitespace)
+                        .map_or(0, |i| i + 1);
+                    text.truncate(kept);
+                }
+                // Any other chord is no text.
+                KeyCode::Char(_)
+                    if key
+                        .modifiers
+                        .intersects(KeyModifiers::CONTROL | KeyModifiers::ALT) => {}
                 KeyCode::Char(c) => text.push(c),
                 _ => {}
             }
@@ -370,6 +430,13 @@ impl App {
             // Any key closes the help, q included: a key pressed to leave a page never
             // leaves the program.
             self.help = false;
+            return;
+        }
+        // A chord (Alt-q, Ctrl-s) is no command: only Ctrl-C, above, acts.
+        if key
+            .modifiers
+            .intersects(KeyModifiers::CONTROL | KeyModifiers::ALT)
+        {
             return;
         }
         match key.code {
@@ -498,6 +565,12 @@ pub fn lines_of(snap: &Snapshot, group: Level) -> Vec<OwnerLine> {
                 .iter()
                 .map(|s| format!("{} from {}", s.server, s.local_ip))
                 .collect();
+            // The processes holding what it connected, once it is gone.
+            also.extend(
+                p.held_by
+                    .iter()
+                    .map(|h| format!("held by {} {}", h.pid, h.comm)),
+            );
             also.extend(
                 [
                     &w.yarn_container,
@@ -577,7 +650,23 @@ pub fn lines_of(snap: &Snapshot, group: Level) -> Vec<OwnerLine> {
             also,
         };
         line.suspect = r.suspects.iter().any(|s| concerns(s, &line));
-        line.victim = r.victims.iter().any(|v| line.pids.contains(&v.pid));
+        let refused: Vec<&crate::model::Victim> = r
+            .victims
+            .iter()
+            .filter(|v| line.pids.contains(&v.pid))
+            .collect();
+        line.victim = !refused.is_empty();
+        if line.budgets.is_empty() {
+            // A victim holds nothing: the budget that refused it is the one it tried.
+            let mut tried: Vec<String> = refused
+                .iter()
+                .flat_map(|v| &v.refused_at)
+                .map(|b| format!("{} → {}", b.local_ip, b.server))
+                .collect();
+            tried.sort();
+            tried.dedup();
+            line.budgets = tried;
+        }
         line
     };
     match group {

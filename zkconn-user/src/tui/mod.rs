@@ -14,7 +14,7 @@ use std::{
     collections::VecDeque,
     io::{IsTerminal as _, Write},
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
@@ -85,7 +85,13 @@ struct Top {
     keys: tokio::sync::mpsc::Receiver<Event>,
     interval: Duration,
     logs: LogBuffer,
+    /// The latest log line and when it was first shown: the footer shows it for
+    /// [`LOG_SHOWN`], then the key hints again (every line is printed on exit).
+    latest_log: Option<(String, Instant)>,
 }
+
+/// How long the footer shows a new log line.
+const LOG_SHOWN: Duration = Duration::from_secs(30);
 
 impl Top {
     /// A refresh that fails (a kernel map that cannot be read) is shown in the header over
@@ -102,7 +108,18 @@ impl Top {
             }
             Err(e) => return Err(e),
         }
-        self.app.last_log = self.logs.last();
+        // Frozen while paused, like the rest of the screen.
+        if !self.app.paused {
+            let last = self.logs.last();
+            if last.is_some() && last != self.latest_log.as_ref().map(|(l, _)| l.clone()) {
+                self.latest_log = last.map(|l| (l, Instant::now()));
+            }
+            self.app.last_log = self
+                .latest_log
+                .as_ref()
+                .filter(|(_, since)| since.elapsed() < LOG_SHOWN)
+                .map(|(l, _)| l.clone());
+        }
         Ok(())
     }
 }
@@ -175,6 +192,7 @@ pub async fn run(mut watch: Watch, interval: Duration, logs: LogBuffer) -> anyho
         keys,
         interval,
         logs: logs.clone(),
+        latest_log: None,
     };
     let result = match top.show(&mut watch) {
         Ok(()) => driver::run(&mut watch, &mut stop, &mut top).await,

@@ -25,7 +25,7 @@ pub fn render(frame: &mut Frame<'_>, app: &App) {
     let servers = app
         .snapshot
         .as_ref()
-        .map_or(0, |s| s.rows.servers.len().clamp(1, 8)) as u16;
+        .map_or(0, |s| s.rows.servers.len().clamp(1, SERVER_ROWS)) as u16;
     let [header, servers_area, main, footer] = Layout::vertical([
         Constraint::Length(2),
         Constraint::Length(servers + 2),
@@ -173,11 +173,11 @@ fn assumed_mark(row: &ServerRow) -> &'static str {
     if row.limit_source.assumed() { "?" } else { "" }
 }
 
-/// One server: what matters most survives a narrow terminal (the alarm, usage and
-/// refusals); the gauge takes whatever width is left.
-fn server_line(row: &ServerRow, width: u16) -> Line<'static> {
-    let style = alarm_style(row.alarm);
-    let width = usize::from(width);
+/// One budget's line in `level` words (0: the roomiest, 2: the tightest): alarm, budget,
+/// usage, refusals, time to limit. Each wording keeps them all; a narrower terminal gets
+/// fewer words, never fewer facts. The local IP is part of the budget: two rows of one
+/// server differ only there.
+fn server_parts(row: &ServerRow, level: usize) -> [String; 5] {
     let usage = match row.usage {
         Some(u) => format!(
             "{}/{}{} {:.0}%",
@@ -189,63 +189,140 @@ fn server_line(row: &ServerRow, width: u16) -> Line<'static> {
         None => format!("{} open, unlimited{}", row.states.open, assumed_mark(row)),
     };
     let ttl = human_time_to_limit(row.time_to_limit_secs, row.headroom);
-    let name = format!("{:<21}", row.server);
-    let alarm = format!("{:<8} ", row.alarm.as_str());
-    let usage = format!(" {usage:<13}");
-    let rejected = format!(" rejected {:<5}", row.rejected);
-    let limit_in = format!(" limit in {ttl:<8}");
-    let local = if row.translated_from.is_empty() {
-        format!(" from {:<15}", row.local_ip)
+    let nat = if row.translated_from.is_empty() {
+        ""
     } else {
-        format!(" from {:<15} (NAT)", row.local_ip)
+        " (NAT)"
     };
-    let mut used = alarm.len() + name.chars().count() + usage.len();
-    let mut fits = |text: &str| {
-        let w = text.chars().count();
-        let ok = used + w <= width;
-        if ok {
-            used += w;
+    let alarm = format!("{} ", row.alarm.as_str());
+    let (server, local) = (printable(&row.server), printable(&row.local_ip));
+    match level {
+        0 | 1 => [
+            alarm,
+            format!("{server} from {local}{nat}"),
+            format!(" {usage}"),
+            format!(" rejected {}", row.rejected),
+            format!(" limit in {ttl}"),
+        ],
+        _ => [
+            alarm,
+            format!("{local} → {server}{nat}"),
+            format!(" {usage}"),
+            format!(" rej {}", row.rejected),
+            format!(" in {ttl}"),
+        ],
+    }
+}
+
+/// The budgets' lines, aligned: each part padded to the widest of its column, in the
+/// roomiest wording whose widest line fits `width`; the gauge takes what is left.
+fn server_lines(rows: &[&ServerRow], width: u16) -> Vec<Line<'static>> {
+    let width = usize::from(width);
+    let columns = |parts: &[[String; 5]]| {
+        let mut w = [0_usize; 5];
+        for p in parts {
+            for (i, part) in p.iter().enumerate() {
+                w[i] = w[i].max(part.chars().count());
+            }
         }
-        ok
+        w
     };
-    // The local IP names the budget: two rows of one server differ only there.
-    let show_local = fits(&local);
-    let show_rejected = fits(&rejected);
-    let show_ttl = fits(&limit_in);
+    let mut chosen = None;
+    for level in 0..3 {
+        let parts: Vec<[String; 5]> = rows.iter().map(|r| server_parts(r, level)).collect();
+        let w = columns(&parts);
+        // Level 0 keeps room for a gauge; the others only need to fit.
+        let room = if level == 0 { 16 } else { 0 };
+        if w.iter().sum::<usize>() + room <= width || level == 2 {
+            chosen = Some((parts, w));
+            break;
+        }
+    }
+    let Some((parts, w)) = chosen else {
+        return Vec::new();
+    };
+    let used: usize = w.iter().sum();
     let gauge_width = width.saturating_sub(used + 1).min(40);
-    let mut spans = vec![Span::styled(alarm, style), Span::raw(name)];
-    if show_local {
-        spans.push(Span::raw(local));
-    }
-    if gauge_width >= 8
-        && let Some(u) = row.usage
-    {
-        spans.push(Span::raw(" "));
-        spans.push(Span::styled(bar(u, gauge_width), style));
-    }
-    spans.push(Span::raw(usage));
-    if show_rejected {
-        spans.push(Span::styled(
-            rejected,
-            if row.rejected > 0 { CRIT } else { Style::new() },
-        ));
-    }
-    if show_ttl {
-        spans.push(Span::raw(limit_in));
-    }
-    Line::from(spans)
+    rows.iter()
+        .zip(parts)
+        .map(|(row, [alarm, name, usage, rejected, limit_in])| {
+            let style = alarm_style(row.alarm);
+            let pad = |s: String, i: usize| format!("{s:<width$}", width = w[i]);
+            let mut spans = vec![Span::styled(pad(alarm, 0), style), Span::raw(pad(name, 1))];
+            if gauge_width >= 8 {
+                spans.push(Span::raw(" "));
+                spans.push(match row.usage {
+                    Some(u) => Span::styled(bar(u, gauge_width), style),
+                    None => Span::raw(" ".repeat(gauge_width)),
+                });
+            }
+            spans.push(Span::raw(pad(usage, 2)));
+            spans.push(Span::styled(
+                pad(rejected, 3),
+                if row.rejected > 0 { CRIT } else { Style::new() },
+            ));
+            spans.push(Span::raw(limit_in));
+            Line::from(spans)
+        })
+        .collect()
+}
+
+/// How many budget rows the servers pane shows at most.
+const SERVER_ROWS: usize = 8;
+
+/// The budgets in the order the servers pane shows them: the worst first (by alarm, then
+/// refusing, then usage), so a critical budget is never below rows that are fine; a budget
+/// holding nothing last.
+pub fn servers_shown(servers: &[ServerRow]) -> Vec<&ServerRow> {
+    let rank = |a: Alarm| match a {
+        Alarm::Critical => 2,
+        Alarm::Warning => 1,
+        Alarm::Ok => 0,
+    };
+    let mut v: Vec<&ServerRow> = servers.iter().collect();
+    v.sort_by(|a, b| {
+        rank(b.alarm)
+            .cmp(&rank(a.alarm))
+            .then(b.refusing.cmp(&a.refusing))
+            .then((b.states.open > 0).cmp(&(a.states.open > 0)))
+            .then(b.usage.unwrap_or(0.0).total_cmp(&a.usage.unwrap_or(0.0)))
+            .then(b.states.open.cmp(&a.states.open))
+            .then(a.server.cmp(&b.server))
+            .then(a.local_ip.cmp(&b.local_ip))
+    });
+    v
 }
 
 fn render_servers(frame: &mut Frame<'_>, area: Rect, app: &App) {
     let block = Block::bordered().title(Span::styled(" ZooKeeper servers ", TITLE));
+    let width = area.width.saturating_sub(2);
+    let room = usize::from(area.height.saturating_sub(2));
     let lines: Vec<Line<'_>> = match &app.snapshot {
-        Some(s) if !s.rows.servers.is_empty() => s
-            .rows
-            .servers
-            .iter()
-            .take(8)
-            .map(|r| server_line(r, area.width.saturating_sub(2)))
-            .collect(),
+        Some(s) if !s.rows.servers.is_empty() => {
+            let shown = servers_shown(&s.rows.servers);
+            if shown.len() <= room {
+                server_lines(&shown, width)
+            } else {
+                // The last line says what is left out, and how bad the worst of it is.
+                let kept = room.saturating_sub(1);
+                let rest = &shown[kept..];
+                let worst = rest.iter().map(|r| r.alarm).max_by_key(|a| match a {
+                    Alarm::Critical => 2,
+                    Alarm::Warning => 1,
+                    Alarm::Ok => 0,
+                });
+                let mut lines = server_lines(&shown[..kept], width);
+                lines.push(Line::styled(
+                    format!(
+                        "+{} more (worst {}); every budget: zkconn snapshot",
+                        rest.len(),
+                        worst.map_or("OK", Alarm::as_str)
+                    ),
+                    worst.map_or(DIM, alarm_style),
+                ));
+                lines
+            }
+        }
         Some(s) => vec![Line::styled(
             format!(
                 "No ZooKeeper connections from this host to {}",
@@ -270,7 +347,8 @@ fn width_of(c: Column) -> u16 {
         Column::Open | Column::Opened | Column::Closed => 7,
         Column::Growth => 7,
         Column::Rejected => 8,
-        Column::CloseWait => 10,
+        // Room for the title and its sort arrow.
+        Column::CloseWait => 11,
         Column::Oldest => 10,
         Column::Trend => 20,
     }
@@ -318,22 +396,86 @@ fn age(secs: Option<f64>, seeded: bool) -> String {
     }
 }
 
-/// `text` in at most `width` characters: cut in the middle, so both the start (what runs)
-/// and the end (the distinguishing end of a YARN container or pod id) stay.
+/// `text` as a terminal may show it: control characters (a newline would end a table cell
+/// early and let a name pose as another's label) and the invisible format characters
+/// (zero-width spaces and joiners, bidirectional overrides) become U+FFFD, so two names that
+/// differ only there look different.
+pub fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() || is_format(c) {
+                '\u{fffd}'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+/// Unicode's invisible format characters that change how text around them shows.
+fn is_format(c: char) -> bool {
+    matches!(c,
+        '\u{00ad}' | '\u{061c}' | '\u{180e}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}'
+        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206f}' | '\u{feff}' | '\u{fff9}'..='\u{fffb}')
+}
+
+/// `text` (made printable) in at most `width` terminal columns: cut in the middle, so both
+/// the start (what runs) and the end (the distinguishing end of a YARN container or pod id)
+/// stay. Widths are the terminal's (a CJK character takes two columns).
 pub fn fit_middle(text: &str, width: usize) -> String {
-    let n = text.chars().count();
-    if n <= width {
-        return text.to_owned();
+    use unicode_width::UnicodeWidthChar as _;
+    let text = printable(text);
+    let w = |c: char| c.width().unwrap_or(0);
+    let total: usize = text.chars().map(w).sum();
+    if total <= width {
+        return text;
     }
     if width == 0 {
         return String::new();
     }
     // More of the end than of the start: ids differ at their end.
-    let head = (width - 1) * 2 / 5;
-    let tail = width - 1 - head;
-    let start: String = text.chars().take(head).collect();
-    let end: String = text.chars().skip(n - tail).collect();
-    format!("{start}…{end}")
+    let head_room = (width - 1) * 2 / 5;
+    let mut tail_room = width - 1 - head_room;
+    let mut start = String::new();
+    let mut used = 0;
+    for c in text.chars() {
+        if used + w(c) > head_room {
+            break;
+        }
+        used += w(c);
+        start.push(c);
+    }
+    // What the head could not use (a wide character that did not fit) goes to the tail.
+    tail_room += head_room - used;
+    let mut end: Vec<char> = Vec::new();
+    let mut used = 0;
+    for c in text.chars().rev() {
+        if used + w(c) > tail_room {
+            break;
+        }
+        used += w(c);
+        end.push(c);
+    }
+    end.reverse();
+    format!("{start}…{}", end.into_iter().collect::<String>())
+}
+
+/// A budget, `LOCAL_IP → SERVER`, in `width` columns: the local IP whole (it is what tells
+/// one budget of a server from another), the server cut in its middle if need be.
+pub fn fit_budget(budget: &str, width: usize) -> String {
+    let budget = printable(budget);
+    if budget.chars().count() <= width {
+        return budget;
+    }
+    match budget.split_once(" → ") {
+        Some((local, server)) if local.chars().count() + 4 < width => {
+            format!(
+                "{local} → {}",
+                fit_middle(server, width - local.chars().count() - 3)
+            )
+        }
+        _ => fit_middle(&budget, width),
+    }
 }
 
 /// The owner column's width in a table `width` wide with `columns`: what the others leave.
@@ -353,12 +495,12 @@ fn cell(line: &OwnerLine, c: Column, app: &App, owner_width: usize) -> Cell<'sta
     };
     match c {
         Column::Owner => Cell::from(fit_middle(&line.label, owner_width)),
-        Column::Kind => Cell::from(line.kind.clone()),
+        Column::Kind => Cell::from(printable(&line.kind)),
         Column::Pids => Cell::from(match line.pids.as_slice() {
             [pid] => pid.to_string(),
             many => format!("{} pids", many.len()),
         }),
-        Column::User => Cell::from(line.user.clone()),
+        Column::User => Cell::from(fit_middle(&line.user, usize::from(width_of(c)))),
         Column::Within => Cell::from(if line.within.is_empty() {
             "-".to_owned()
         } else {
@@ -371,7 +513,7 @@ fn cell(line: &OwnerLine, c: Column, app: &App, owner_width: usize) -> Cell<'sta
         }),
         Column::Budget => Cell::from(match line.budgets.as_slice() {
             [] => "-".to_owned(),
-            [one] => fit_middle(one, usize::from(width_of(Column::Budget))),
+            [one] => fit_budget(one, usize::from(width_of(Column::Budget))),
             many => format!("{} budgets", many.len()),
         }),
         Column::Open => Cell::from(line.open.to_string()),
@@ -404,7 +546,14 @@ fn render_owners(frame: &mut Frame<'_>, area: Rect, app: &App) {
         std::iter::once(Cell::from(" "))
             .chain(columns.iter().map(|c| {
                 let title = if *c == sort {
-                    format!("{}{}", c.title(), if app.ascending { "↑" } else { "↓" })
+                    let arrow = if app.ascending { "↑" } else { "↓" };
+                    // The arrow always shows: a title without room for it is shortened.
+                    let title = if c.title().chars().count() < usize::from(width_of(*c)) {
+                        c.title()
+                    } else {
+                        c.short_title()
+                    };
+                    format!("{title}{arrow}")
                 } else {
                     c.title().to_owned()
                 };
@@ -426,8 +575,9 @@ fn render_owners(frame: &mut Frame<'_>, area: Rect, app: &App) {
                 .chain(columns.iter().map(|c| cell(l, *c, app, owner_width)))
                 .collect::<Vec<_>>(),
         );
-        // Exited: kept for --retain-exited, faded until it goes.
-        if l.exited {
+        // Exited and holding nothing: kept for --retain-exited, faded until it goes. An
+        // exited connector whose connections live on in another process is not faded.
+        if l.faded() {
             row.style(Style::new().add_modifier(Modifier::DIM))
         } else {
             row
@@ -444,7 +594,7 @@ fn render_owners(frame: &mut Frame<'_>, area: Rect, app: &App) {
         app.group_title(),
         lines.len(),
         sort.title(),
-        if lines.iter().any(|l| l.exited) {
+        if lines.iter().any(OwnerLine::faded) {
             " · faded: exited"
         } else {
             ""
@@ -474,7 +624,7 @@ fn render_drill(frame: &mut Frame<'_>, area: Rect, app: &App) {
         .max(3);
     let [top, bottom] =
         Layout::vertical([Constraint::Length(height), Constraint::Min(3)]).areas(area);
-    let title = format!(" {} — Esc goes back ", line.label);
+    let title = format!(" {} — Esc goes back ", printable(&line.label));
     frame.render_widget(
         Paragraph::new(facts)
             .wrap(Wrap { trim: false })
@@ -611,7 +761,7 @@ fn facts_of(app: &App, line: &OwnerLine) -> Vec<Line<'static>> {
 fn kv(key: &str, value: &str) -> Line<'static> {
     Line::from(vec![
         Span::styled(format!("{key:>16}: "), DIM),
-        Span::raw(value.to_owned()),
+        Span::raw(printable(value)),
     ])
 }
 

@@ -160,7 +160,12 @@ fn at_limit() -> Snapshot {
         open: 0,
         rejected: 5,
         refused_by: vec!["10.0.0.2:2181".into()],
-        reason: "refused 5 times by 10.0.0.2:2181".into(),
+        refused_at: vec![model::RefusedBudget {
+            server: "10.0.0.2:2181".into(),
+            local_ip: "10.0.0.1".into(),
+            refusals: 5,
+        }],
+        reason: "refused 5 times by 10.0.0.2:2181 from 10.0.0.1".into(),
     });
     snap.probe.lost = 3;
     snap
@@ -234,31 +239,54 @@ fn the_screens_operators_have(#[case] width: u16, #[case] height: u16) {
     insta::assert_snapshot!(format!("screen_{width}x{height}"), screen);
 }
 
-/// An exited process stays (for --retain-exited), faded, and the title says so.
+/// An exited process that holds nothing stays (for --retain-exited), faded, and the title
+/// says so; an exited connector whose connections live on in another process is not faded,
+/// and the filter finds it by its holder.
 #[test]
 fn exited_processes_are_faded() {
     let mut snap = typical();
-    snap.rows.processes[0].alive = false;
-    let gone = snap.rows.processes[0].pid;
-    let app = app_with(snap);
-    let line = app.lines().into_iter().find(|l| l.pids == [gone]).unwrap();
-    assert!(line.exited);
-    assert!(app.lines().iter().filter(|l| l.exited).count() == 1);
+    let p = &mut snap.rows.processes[0];
+    p.alive = false;
+    p.states = model::StateCounts::default();
+    let gone = p.pid;
+    let h = &mut snap.rows.processes[1];
+    h.alive = false;
+    h.held_by = vec![model::Holder {
+        pid: 16381,
+        comm: "sleep".into(),
+        connections: h.states.open,
+    }];
+    let held = h.pid;
+    let mut app = app_with(snap);
+    let lines = app.lines();
+    let line = lines.iter().find(|l| l.pids == [gone]).unwrap();
+    assert!(line.exited && line.faded());
+    let line = lines.iter().find(|l| l.pids == [held]).unwrap();
+    assert!(line.exited && !line.faded(), "{line:?}");
     let mut terminal = Terminal::new(TestBackend::new(140, 20)).unwrap();
     terminal.draw(|f| render::render(f, &app)).unwrap();
     let buffer = terminal.backend().buffer().clone();
     let text = terminal.backend().to_string();
     assert!(text.contains("faded: exited"), "{text}");
-    let y = text
-        .lines()
-        .position(|l| l.contains(&gone.to_string()))
-        .unwrap() as u16;
-    let dim = (0..140).any(|x| {
-        buffer[(x, y)]
-            .modifier
-            .contains(ratatui::style::Modifier::DIM)
-    });
-    assert!(dim, "the exited row is not faded");
+    let dim_row = |pid: u32| {
+        let y = text
+            .lines()
+            .position(|l| l.contains(&pid.to_string()))
+            .unwrap() as u16;
+        (0..140).any(|x| {
+            buffer[(x, y)]
+                .modifier
+                .contains(ratatui::style::Modifier::DIM)
+        })
+    };
+    assert!(dim_row(gone), "the exited row is not faded");
+    assert!(!dim_row(held), "a row whose connections live on is faded");
+    for k in "/16381".chars() {
+        app.on_key(key(KeyCode::Char(k)));
+    }
+    app.on_key(key(KeyCode::Enter));
+    let found: Vec<u32> = app.lines().iter().flat_map(|l| l.pids.clone()).collect();
+    assert_eq!(found, vec![held]);
 }
 
 #[test]
@@ -696,4 +724,113 @@ fn at_the_limit_the_limit_is_reached_growing_or_not() {
     assert_eq!(human_time_to_limit(None, Some(3)), "-");
     assert_eq!(human_time_to_limit(Some(90.0), Some(3)), "90 s");
     assert_eq!(human_time_to_limit(None, None), "-", "unlimited");
+}
+
+/// A budget at its limit is never hidden below budgets that are fine: the pane shows the
+/// worst first and says how many it left out, and how bad the worst of those is.
+#[test]
+fn the_worst_budget_is_shown_first_and_what_does_not_fit_is_counted() {
+    let mut snap = typical();
+    let template = snap.rows.servers[0].clone();
+    snap.rows.servers.clear();
+    for i in 0..9_u64 {
+        let mut s = template.clone();
+        s.local_ip = format!("10.0.0.{}", 10 + i);
+        s.states.open = i;
+        s.usage = Some(i as f64 / 60.0);
+        s.alarm = Alarm::Ok;
+        snap.rows.servers.push(s);
+    }
+    // The last by address, text order and count: the one at its limit.
+    let bad = snap.rows.servers.last_mut().unwrap();
+    bad.local_ip = "10.0.0.95".into();
+    bad.states.open = 60;
+    bad.usage = Some(1.0);
+    bad.alarm = Alarm::Critical;
+    bad.refusing = true;
+    let screen = draw(&app_with(snap), 120, 30);
+    let rows: Vec<&str> = screen
+        .lines()
+        .filter(|l| l.contains("10.0.0.1:2181") || l.contains("more"))
+        .collect();
+    assert!(
+        rows[0].contains("CRITICAL") && rows[0].contains("10.0.0.95"),
+        "{screen}"
+    );
+    // Seven budgets and the count of the two left out (the emptiest).
+    assert_eq!(rows.len(), 8, "{screen}");
+    assert!(rows[7].contains("+2 more (worst OK)"), "{screen}");
+    assert!(!screen.contains("10.0.0.10 "), "{screen}");
+}
+
+/// At 80 columns every budget keeps its local IP, refusals and time to limit.
+#[test]
+fn a_budget_keeps_every_fact_at_80_columns() {
+    let screen = draw(&app_with(at_limit()), 80, 24);
+    let row = screen.lines().find(|l| l.contains("CRITICAL")).unwrap();
+    for fact in ["10.0.0.9", "60/60", "rejected 14", "reached"] {
+        assert!(row.contains(fact), "{fact} missing: {row}");
+    }
+}
+
+#[test]
+fn cutting_keeps_the_local_ip_and_counts_terminal_columns() {
+    // The local IP whole, the server cut in its middle.
+    assert_eq!(
+        render::fit_budget("127.193.0.17 → 127.193.0.1:21901", 30),
+        "127.193.0.17 → 127.1…0.1:21901"
+    );
+    assert_eq!(
+        render::fit_budget("10.0.0.9 → 10.0.0.1:2181", 30),
+        "10.0.0.9 → 10.0.0.1:2181"
+    );
+    // Two columns per CJK character: the distinguishing end stays within the width.
+    let a = render::fit_middle("python3.11 漢字漢字漢字漢字漢字漢字_A.py", 20);
+    let b = render::fit_middle("python3.11 漢字漢字漢字漢字漢字漢字_B.py", 20);
+    assert!(a.ends_with("_A.py") && b.ends_with("_B.py"), "{a} {b}");
+    assert!(
+        unicode_width::UnicodeWidthStr::width(a.as_str()) <= 20,
+        "{a}"
+    );
+    // A newline or an invisible character shows, so no name can pass for another.
+    assert_eq!(render::printable("hold.py\nminer"), "hold.py\u{fffd}miner");
+    assert_eq!(render::printable("zw\u{200b}java"), "zw\u{fffd}java");
+    assert_eq!(render::printable("a\u{202e}b"), "a\u{fffd}b");
+}
+
+/// A refused process holds nothing: its budget column names the budget that refused it,
+/// and the filter finds it by that local IP.
+#[test]
+fn a_victim_shows_the_budget_that_refused_it() {
+    let mut app = app_with(at_limit());
+    let line = app.lines().into_iter().find(|l| l.pids == [6100]).unwrap();
+    assert!(line.victim);
+    assert_eq!(line.budgets, vec!["10.0.0.1 → 10.0.0.2:2181".to_owned()]);
+    for k in "/10.0.0.1 ".trim_end().chars() {
+        app.on_key(key(KeyCode::Char(k)));
+    }
+    app.on_key(key(KeyCode::Enter));
+    assert!(app.lines().iter().any(|l| l.pids == [6100]));
+}
+
+/// Chords are no commands and no text: Alt-q does not quit; in the filter Ctrl-U clears
+/// and Ctrl-W takes back a word.
+#[test]
+fn chords_do_not_act_as_their_letter() {
+    use ratatui::crossterm::event::KeyModifiers;
+    let mut app = app_with(typical());
+    app.on_key(KeyEvent::new(KeyCode::Char('q'), KeyModifiers::ALT));
+    assert!(!app.quit);
+    app.on_key(key(KeyCode::Char('/')));
+    for k in "spark 0042".chars() {
+        app.on_key(key(KeyCode::Char(k)));
+    }
+    app.on_key(KeyEvent::new(KeyCode::Char('w'), KeyModifiers::CONTROL));
+    assert_eq!(app.editing.as_deref(), Some("spark "));
+    app.on_key(KeyEvent::new(KeyCode::Char('a'), KeyModifiers::CONTROL));
+    assert_eq!(app.editing.as_deref(), Some("spark "));
+    app.on_key(KeyEvent::new(KeyCode::Char('u'), KeyModifiers::CONTROL));
+    assert_eq!(app.editing.as_deref(), Some(""));
+    app.on_key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL));
+    assert!(app.quit);
 }

@@ -172,8 +172,12 @@ pub mod probe_counter {
     pub const OVERFLOW_STATS: u32 = 3;
     /// A seeded connection was picked up by the kernel at its first state change.
     pub const SEEDS_ADOPTED: u32 = 4;
+    /// Changes the programs made to `CONNS` or `SEEDS` (a row added, changed or removed),
+    /// counted after the change: while the sum stands still, userspace's last copy of the
+    /// rows is current and it need not read them again.
+    pub const ROW_CHANGES: u32 = 5;
     /// Number of counters.
-    pub const COUNT: u32 = 5;
+    pub const COUNT: u32 = 6;
 }
 
 /// Field offsets of `sock:inet_sock_set_state`, read by userspace from tracefs

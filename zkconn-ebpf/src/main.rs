@@ -707,6 +707,7 @@ mod programs {
                 && is_refusal(conn, skaddr, true)
             {
                 conn.flags |= conn_flags::REFUSED;
+                count(probe_counter::ROW_CHANGES);
             }
         }
     }
@@ -770,6 +771,7 @@ mod programs {
         }
         bump_owner(&owner, cgroup_id, Field::Opened);
         bump(&SERVER_STATS, &server_key(tuple), Field::Opened);
+        count(probe_counter::ROW_CHANGES);
     }
 
     fn server_key(t: &Tuple) -> ServerKey {
@@ -885,6 +887,7 @@ mod programs {
             if new == tcp_state::CLOSE {
                 let _ = CONNS.remove(skaddr);
             }
+            count(probe_counter::ROW_CHANGES);
             return;
         }
         // Not seen at connect: maybe a connection that predates zkconn.
@@ -908,6 +911,7 @@ mod programs {
         let moved = CONNS.insert(skaddr, unsafe { &*seed }, BPF_NOEXIST.into());
         let _ = SEEDS.remove(&tuple);
         count(probe_counter::SEEDS_ADOPTED);
+        count(probe_counter::ROW_CHANGES);
         let conn = match (moved, CONNS.get_ptr_mut(skaddr)) {
             (Ok(()), Some(conn)) => conn,
             _ => {
@@ -920,6 +924,7 @@ mod programs {
         if new == tcp_state::CLOSE {
             let _ = CONNS.remove(skaddr);
         }
+        count(probe_counter::ROW_CHANGES);
     }
 
     /// The accounting of one transition (`old` → `new`) of socket `skaddr`'s tracked

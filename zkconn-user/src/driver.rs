@@ -58,9 +58,18 @@ impl Watch {
     /// table sized for the rows shown (`--max-processes`) never also holds the rows just
     /// retired.
     pub fn snapshot(&mut self) -> anyhow::Result<Snapshot> {
+        let start = std::time::Instant::now();
         let reading = self.source.read()?;
+        let read = start.elapsed();
         let (snapshot, orders) = self.engine.tick(reading);
+        let ticked = start.elapsed();
         self.source.obey(orders)?;
+        tracing::trace!(
+            "sample: read {:.1} ms, engine {:.1} ms, orders {:.1} ms",
+            read.as_secs_f64() * 1e3,
+            (ticked - read).as_secs_f64() * 1e3,
+            (start.elapsed() - ticked).as_secs_f64() * 1e3
+        );
         Ok(snapshot)
     }
 

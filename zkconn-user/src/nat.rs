@@ -47,6 +47,8 @@ pub struct Nat {
     socket: Option<Socket>,
     reason: Option<String>,
     cache: FxHashMap<ConnTuple, Answer>,
+    /// The rows version whose every connection has its answer, and the translated ones.
+    settled: Option<(u64, FxHashMap<ConnTuple, [u8; 16]>)>,
     seq: u32,
     lookups: u64,
     errors: u64,
@@ -60,6 +62,7 @@ impl Nat {
             socket: None,
             reason: None,
             cache: FxHashMap::default(),
+            settled: None,
             seq: 0,
             lookups: 0,
             errors: 0,
@@ -99,20 +102,32 @@ impl Nat {
     /// Connections no longer live are forgotten; new ones are asked about (at most
     /// [`LOOKUPS_PER_SAMPLE`] per call), established ones only: a connect's entry may not
     /// exist yet.
+    ///
+    /// `rows`: which reading of the connection rows `live` is (see
+    /// `KernelState::rows_version`). Once every connection of a reading has its answer, the
+    /// same reading again asks nothing and walks nothing.
     pub fn translate<'a>(
         &mut self,
+        rows: u64,
         live: impl Iterator<Item = &'a ConnTuple>,
     ) -> FxHashMap<ConnTuple, [u8; 16]> {
+        if let Some((settled, translated)) = &self.settled
+            && *settled == rows
+        {
+            return translated.clone();
+        }
         let live: FxHashSet<ConnTuple> = live.filter(|t| t.sport != 0).copied().collect();
         self.cache.retain(|t, _| live.contains(t));
         let mut budget = LOOKUPS_PER_SAMPLE;
+        let mut unasked = false;
         if self.socket.is_some() {
             for t in &live {
-                if budget == 0 {
-                    break;
-                }
                 if self.cache.contains_key(t) {
                     continue;
+                }
+                if budget == 0 {
+                    unasked = true;
+                    break;
                 }
                 budget -= 1;
                 match self.ask_counted(t) {
@@ -120,14 +135,17 @@ impl Nat {
                         self.cache.insert(*t, answer);
                     }
                     None if self.socket.is_none() => break,
-                    None => {}
+                    None => unasked = true,
                 }
             }
         }
-        self.cache
+        let translated: FxHashMap<ConnTuple, [u8; 16]> = self
+            .cache
             .iter()
             .filter_map(|(t, a)| Some((*t, (*a)?)))
-            .collect()
+            .collect();
+        self.settled = (!unasked).then(|| (rows, translated.clone()));
+        translated
     }
 
     /// The source address the server saw for each of `closed` (connections that ended
@@ -338,7 +356,7 @@ mod tests {
             sport: 5,
             ..ConnTuple::default()
         };
-        assert!(nat.translate([t].iter()).is_empty());
+        assert!(nat.translate(1, [t].iter()).is_empty());
         let h = nat.health(0);
         assert_eq!((h.available, h.lookups), (false, 0));
         assert_eq!(h.reason.as_deref(), Some("--nat off"));

@@ -49,6 +49,8 @@ pub struct Poller {
     /// `/proc` entries and socket tables that could not be read.
     pub unreadable: u64,
     sampled: bool,
+    /// Reads so far: each one's `rows_version`.
+    polls: u64,
 }
 
 impl Poller {
@@ -74,6 +76,7 @@ impl Poller {
             s.inode != 0 && is_live_state(s.state) && targets.matches(s.remote)
         });
         self.unreadable += scan.unreadable;
+        self.polls += 1;
         let now = now_boot_ns();
         let first = !self.sampled;
         self.sampled = true;
@@ -166,8 +169,10 @@ impl Poller {
         let live: HashSet<u32> = self.conns.values().map(|c| c.owner.tgid).collect();
         self.owners.retain(|pid, _| live.contains(pid));
         KernelState {
-            conns: self.conns.values().copied().collect(),
-            seeds: Vec::new(),
+            conns: std::sync::Arc::new(self.conns.values().copied().collect()),
+            seeds: std::sync::Arc::default(),
+            // Every poll is a new reading.
+            rows_version: self.polls,
             owners: self.owners.clone(),
             proc_stats: self.proc_stats.iter().map(|(k, v)| (*k, *v)).collect(),
             cgroup_stats: self.cgroup_stats.iter().map(|(k, v)| (*k, *v)).collect(),

@@ -45,6 +45,17 @@ fn main() -> std::process::ExitCode {
                     r.rate, r.cpu_us
                 )
             }),
+        // Only the two overhead tables (watched port, other port), printed.
+        Some("overhead-only") => (|| -> Result<()> {
+            raise_fd_limit();
+            let addr = listener(0, false)?;
+            let _stats = BpfStats::on()?;
+            for (title, watched) in [("watched port", true), ("another port", false)] {
+                let rows = overhead(addr, watched, watched)?;
+                println!("## {title}\n\n{}", overhead_table(&rows));
+            }
+            Ok(())
+        })(),
         // Only the exactness run, printed.
         Some("exactness-only") => {
             raise_fd_limit();
@@ -921,6 +932,24 @@ fn raise_fd_limit() {
     }
 }
 
+/// The overhead table of `rows`.
+fn overhead_table(rows: &[ModeResult]) -> String {
+    let mut s = String::from(
+        "| tracer | connections/s (median) | throughput | spread of runs | CPU µs per connection (median) | CPU cost | BPF ns per connection | program runs per connection |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        let (ns, runs) = r.bpf.map_or(("-".to_owned(), "-".to_owned()), |(ns, n)| {
+            (format!("{ns:.0}"), format!("{n:.1}"))
+        });
+        let _ = writeln!(
+            s,
+            "| {} | {:.0} | {:+.1} % | {:.0} % | {:.1} | {:+.1} % | {ns} | {runs} |",
+            r.name, r.rate, -r.rate_cost, r.spread, r.cpu_us, r.cpu_cost
+        );
+    }
+    s
+}
+
 fn run(out: &str) -> Result<()> {
     raise_fd_limit();
     let addr = listener(0, false)?;
@@ -937,22 +966,7 @@ fn run(out: &str) -> Result<()> {
     let watched = overhead(addr, true, true)?;
     eprintln!("zkconn-bench: overhead on a port zkconn does not watch");
     let unwatched = overhead(addr, false, false)?;
-    let table = |rows: &[ModeResult]| {
-        let mut s = String::from(
-            "| tracer | connections/s (median) | throughput | spread of runs | CPU µs per connection (median) | CPU cost | BPF ns per connection | program runs per connection |\n|---|---|---|---|---|---|---|---|\n",
-        );
-        for r in rows {
-            let (ns, runs) = r.bpf.map_or(("-".to_owned(), "-".to_owned()), |(ns, n)| {
-                (format!("{ns:.0}"), format!("{n:.1}"))
-            });
-            let _ = writeln!(
-                s,
-                "| {} | {:.0} | {:+.1} % | {:.0} % | {:.1} | {:+.1} % | {ns} | {runs} |",
-                r.name, r.rate, -r.rate_cost, r.spread, r.cpu_us, r.cpu_cost
-            );
-        }
-        s
-    };
+    let table = overhead_table;
     writeln!(doc, "## Probe overhead on connect-heavy work\n")?;
     writeln!(
         doc,

@@ -11,7 +11,10 @@ mod retention;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
 use rustc_hash::{FxHashMap, FxHashSet};
 use zkconn_common::{Conn, OwnerKey, Tuple, tcp_state};
@@ -27,8 +30,8 @@ use crate::{
     history::History,
     limits::{LimitSource, Limits},
     model::{
-        self, AlarmThresholds, AttributionHealth, ConnectionRow, Holder, Inputs, OwnerFacts,
-        ProbeHealth, RetentionHealth, Snapshot, SourceHealth, Translations,
+        self, Aggregates, AlarmThresholds, AttributionHealth, ConnectionRow, Holder, Inputs,
+        OwnerFacts, ProbeHealth, RetentionHealth, Snapshot, SourceHealth, Translations,
     },
     probe::KernelState,
     procfs::ProcInfo,
@@ -106,6 +109,14 @@ pub struct Refusal {
     pub at: f64,
 }
 
+/// [`Aggregates`] with what they were worked out from.
+struct KeptAggregates {
+    aggregates: Aggregates,
+    rows_version: u64,
+    nat: FxHashMap<Tuple, [u8; 16]>,
+    v1: FxHashSet<OwnerKey>,
+}
+
 /// What the engine asks of the source after a reading.
 #[derive(Debug, Default)]
 pub struct Orders {
@@ -147,7 +158,9 @@ pub struct Engine {
     translations: Translations,
     /// The connection and seed rows of the last reading, and when it was: turned into
     /// [`ConnectionRow`]s only when a view asks (`top`'s drill-down).
-    last_conns: (Vec<Conn>, Vec<Conn>, u64),
+    last_conns: (Arc<Vec<Conn>>, Arc<Vec<Conn>>, u64),
+    /// The last aggregates of the connections, and what they were worked out from.
+    aggregates: Option<KeptAggregates>,
 }
 
 impl Engine {
@@ -168,7 +181,8 @@ impl Engine {
             alarms: AlarmLog::default(),
             retention: Retention::new(config.retain_secs),
             translations: Translations::default(),
-            last_conns: (Vec::new(), Vec::new(), 0),
+            last_conns: (Arc::default(), Arc::default(), 0),
+            aggregates: None,
         }
     }
 
@@ -262,7 +276,27 @@ impl Engine {
             .learn_sources(std::mem::take(&mut r.nat_closed), NAT_SOURCES_REMEMBERED);
         let held_by = held_by(state, &self.facts, &r.holders);
         let (retired_v1, retired_v1_moved) = self.retention.retired_v1();
+        // What the connections say, kept while the rows, their translations and the owners
+        // counted in v1 cgroups stay the same (at rest: every reading).
+        let v1 = model::v1_owners(&self.facts);
+        let kept = self.aggregates.as_ref().is_some_and(|k| {
+            k.rows_version == state.rows_version && k.nat == self.translations.live && k.v1 == v1
+        });
+        if !kept {
+            self.aggregates = Some(KeptAggregates {
+                aggregates: Aggregates::of(
+                    &state.conns,
+                    &state.seeds,
+                    &self.translations.live,
+                    &v1,
+                ),
+                rows_version: state.rows_version,
+                nat: self.translations.live.clone(),
+                v1,
+            });
+        }
         let mut rows = model::build(&Inputs {
+            aggregates: self.aggregates.as_ref().map(|k| &k.aggregates),
             conns: &state.conns,
             seeds: &state.seeds,
             proc_stats: &state.proc_stats,
@@ -459,7 +493,7 @@ fn held_by(
     }
     let gone = |key: &OwnerKey| facts.get(key).is_none_or(|f| !f.alive);
     let mut per_owner: HashMap<OwnerKey, BTreeMap<(u32, String), u64>> = HashMap::new();
-    for c in state.conns.iter().chain(&state.seeds) {
+    for c in state.conns.iter().chain(state.seeds.iter()) {
         if !holds_a_slot(c.state) || !gone(&c.owner) {
             continue;
         }

@@ -96,6 +96,11 @@ fn container_process(cgroup: u64) -> Learnt {
     }
 }
 
+fn next_rows_version() -> u64 {
+    static READS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    READS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
+}
+
 fn reading(now: f64, conns: Vec<Conn>, proc_stats: Vec<(OwnerKey, Counters)>) -> Reading {
     let holding: FxHashSet<OwnerKey> = conns.iter().map(|c| c.owner).collect();
     Reading {
@@ -103,7 +108,9 @@ fn reading(now: f64, conns: Vec<Conn>, proc_stats: Vec<(OwnerKey, Counters)>) ->
         alive: holding.clone(),
         holding,
         kernel: KernelState {
-            conns,
+            conns: std::sync::Arc::new(conns),
+            // Every reading here is a new read of the rows, as the probe numbers them.
+            rows_version: next_rows_version(),
             proc_stats,
             ..Default::default()
         },
@@ -368,4 +375,40 @@ fn an_empty_reading_is_an_empty_document() {
     assert_eq!(snap.probe.unreadable, 2);
     assert_eq!(snap.targets, [SERVER]);
     assert!(orders.forget_owners.is_empty() && orders.forget_cgroups.is_empty());
+}
+
+/// A reading of the same rows (the probe read nothing new) keeps what the connections say,
+/// and the clock still ages them; a new read of the rows is worked out again.
+#[test]
+fn the_same_rows_are_not_walked_again_and_still_age() {
+    let mut e = engine(60.0);
+    let mut held = conn(7, 42, 1000, tcp_state::ESTABLISHED);
+    held.opened_ns = 1_000_000_000;
+    let mut waiting = conn(7, 42, 1001, tcp_state::CLOSE_WAIT);
+    waiting.changed_ns = 2_000_000_000;
+    let mut r = reading(0.0, vec![held, waiting], vec![(key(7), opened(2))]);
+    r.now_ns = 3_000_000_000;
+    let version = r.kernel.rows_version;
+    let rows = r.kernel.conns.clone();
+    let (snap, _) = e.tick(r);
+    let p = &snap.rows.processes[0];
+    assert_eq!((p.states.open, p.states.close_wait), (1, 1));
+    assert_eq!((p.age.oldest_secs, p.age.close_wait_held), (Some(2.0), 0));
+    // The same rows 10 s later: the same counts, older, the CLOSE_WAIT now held.
+    let mut r = reading(1.0, Vec::new(), vec![(key(7), opened(2))]);
+    r.kernel.conns = rows;
+    r.kernel.rows_version = version;
+    r.now_ns = 13_000_000_000;
+    let (snap, _) = e.tick(r);
+    let p = &snap.rows.processes[0];
+    assert_eq!((p.states.open, p.states.close_wait), (1, 1));
+    assert_eq!((p.age.oldest_secs, p.age.close_wait_held), (Some(12.0), 1));
+    assert_eq!(snap.rows.servers[0].states.open, 1);
+    // A new read of the rows (the connection closed): counted again.
+    let mut r = reading(2.0, vec![waiting], vec![(key(7), opened(2))]);
+    r.now_ns = 14_000_000_000;
+    let (snap, _) = e.tick(r);
+    let p = &snap.rows.processes[0];
+    assert_eq!((p.states.open, p.states.close_wait), (0, 1));
+    assert_eq!(p.age.oldest_secs, None);
 }

@@ -99,10 +99,6 @@ impl Translations {
         }
     }
 
-    fn source_of(&self, c: &Conn) -> [u8; 16] {
-        self.live.get(&c.tuple).copied().unwrap_or(c.tuple.saddr)
-    }
-
     fn stats_source(&self, key: &ServerKey) -> [u8; 16] {
         self.sources
             .get(&(key.daddr, key.dport, key.saddr))
@@ -134,6 +130,110 @@ pub struct Inputs<'a> {
     pub retired_v1_moved: &'a [(u64, Counters)],
     /// Boot-clock now, to age connections.
     pub now_ns: u64,
+    /// What `conns` and `seeds` say, when the caller kept it from an earlier reading of the
+    /// same rows (see [`Aggregates`]); worked out here when `None`.
+    pub aggregates: Option<&'a Aggregates>,
+}
+
+type Server = ([u8; 16], u16);
+/// A budget: (server, source address as the server sees it).
+type Budget = (Server, [u8; 16]);
+
+/// Owners counted in v1 cgroup rows: their connections stay out of the v2 rows.
+pub fn v1_owners(facts: &HashMap<OwnerKey, OwnerFacts>) -> FxHashSet<OwnerKey> {
+    facts
+        .iter()
+        .filter(|(_, f)| matches!(f.grouping, Grouping::V1(_)))
+        .map(|(k, _)| *k)
+        .collect()
+}
+
+/// The ages of a set of connections without the clock: when the oldest open one connected,
+/// and since when each in CLOSE_WAIT has been there. [`Ages::at`] makes an [`Age`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Ages {
+    /// Connect time (boot-clock ns) of the oldest open connection, and whether it was seeded.
+    oldest: Option<(u64, bool)>,
+    /// When each connection in CLOSE_WAIT entered it.
+    close_wait_since: Vec<u64>,
+}
+
+impl Ages {
+    fn add(&mut self, c: &Conn) {
+        match c.state {
+            tcp_state::SYN_SENT | tcp_state::ESTABLISHED => {
+                let seeded = c.flags & conn_flags::SEEDED != 0;
+                if self.oldest.is_none_or(|(o, _)| c.opened_ns < o) {
+                    self.oldest = Some((c.opened_ns, seeded));
+                }
+            }
+            tcp_state::CLOSE_WAIT => self.close_wait_since.push(c.changed_ns),
+            _ => {}
+        }
+    }
+
+    /// The ages at `now_ns`.
+    pub fn at(&self, now_ns: u64) -> Age {
+        let secs = |since: u64| now_ns.saturating_sub(since) as f64 / 1e9;
+        Age {
+            oldest_secs: self.oldest.map(|(opened, _)| round1(secs(opened))),
+            oldest_seeded: self.oldest.is_some_and(|(_, seeded)| seeded),
+            close_wait_held: self
+                .close_wait_since
+                .iter()
+                .filter(|since| secs(**since) >= crate::verdict::CLOSE_WAIT_GRACE_SECS)
+                .count() as u64,
+        }
+    }
+}
+
+/// What the connections say per server, owner and cgroup, in one pass over them and free of
+/// the clock: the same rows (and the same translations and v1 owners) give the same
+/// aggregates, so a reading at rest can keep them instead of walking 100,000 connections.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Aggregates {
+    by_server: BTreeMap<(Server, [u8; 16]), StateCounts>,
+    by_owner: FxHashMap<OwnerKey, (StateCounts, BTreeMap<Budget, u64>, Ages)>,
+    by_cgroup: FxHashMap<u64, (StateCounts, BTreeSet<u32>, Ages)>,
+    /// Server rows count per source address as the server sees it (after NAT).
+    translated_from: BTreeMap<(Server, [u8; 16]), BTreeSet<[u8; 16]>>,
+}
+
+impl Aggregates {
+    /// The aggregates of `conns` and the seeds the kernel does not track, with `nat`'s
+    /// translations; `v1` owners count in no v2 cgroup row.
+    pub fn of(
+        conns: &[Conn],
+        seeds: &[Conn],
+        nat: &FxHashMap<zkconn_common::Tuple, [u8; 16]>,
+        v1: &FxHashSet<OwnerKey>,
+    ) -> Self {
+        let mut a = Aggregates::default();
+        for c in live(conns, seeds) {
+            let server = (c.tuple.daddr, c.tuple.dport);
+            let seen = nat.get(&c.tuple).copied().unwrap_or(c.tuple.saddr);
+            if seen != c.tuple.saddr {
+                a.translated_from
+                    .entry((server, seen))
+                    .or_default()
+                    .insert(c.tuple.saddr);
+            }
+            a.by_server.entry((server, seen)).or_default().add(c.state);
+            let (states, per_server, ages) = a.by_owner.entry(c.owner).or_default();
+            states.add(c.state);
+            ages.add(c);
+            if matches!(c.state, tcp_state::SYN_SENT | tcp_state::ESTABLISHED) {
+                *per_server.entry((server, seen)).or_default() += 1;
+            }
+            if v1.is_empty() || !v1.contains(&c.owner) {
+                let (cg_states, pids, cg_ages) = a.by_cgroup.entry(c.cgroup_id).or_default();
+                cg_states.add(c.state);
+                cg_ages.add(c);
+                pids.insert(c.owner.tgid);
+            }
+        }
+        a
+    }
 }
 
 pub fn endpoint(addr: [u8; 16], port: u16) -> String {
@@ -143,49 +243,33 @@ pub fn endpoint(addr: [u8; 16], port: u16) -> String {
 /// Rows per server, process and cgroup. A seed that the kernel also tracks (same tuple)
 /// is counted once, as the kernel's.
 pub fn build(inputs: &Inputs<'_>) -> Rows {
-    let live = live(inputs.conns, inputs.seeds);
-
-    // Per connection, only raw keys and a fast hash: names are formatted once per distinct
-    // server below (100,000 connections cost one pass, not 100,000 strings).
-    type Server = ([u8; 16], u16);
-    let mut by_server: BTreeMap<(Server, [u8; 16]), StateCounts> = BTreeMap::new();
-    // A budget: (server, source address as the server sees it).
-    type Budget = (Server, [u8; 16]);
-    let mut by_owner: FxHashMap<OwnerKey, (StateCounts, BTreeMap<Budget, u64>, Age)> =
-        FxHashMap::default();
-    let mut by_cgroup: FxHashMap<u64, (StateCounts, BTreeSet<u32>, Age)> = FxHashMap::default();
-    // Server rows count per source address as the server sees it (after NAT).
-    let mut translated_from: BTreeMap<(Server, [u8; 16]), BTreeSet<[u8; 16]>> = BTreeMap::new();
-    // Owners counted in v1 cgroup rows: their connections stay out of the v2 rows.
-    let by_v1: FxHashSet<OwnerKey> = inputs
-        .facts
+    let computed;
+    let agg = match inputs.aggregates {
+        Some(a) => a,
+        None => {
+            computed = Aggregates::of(
+                inputs.conns,
+                inputs.seeds,
+                &inputs.nat.live,
+                &v1_owners(inputs.facts),
+            );
+            &computed
+        }
+    };
+    let by_server = agg.by_server.clone();
+    let mut by_owner: FxHashMap<OwnerKey, (StateCounts, BTreeMap<Budget, u64>, Age)> = agg
+        .by_owner
         .iter()
-        .filter(|(_, f)| matches!(f.grouping, Grouping::V1(_)))
-        .map(|(k, _)| *k)
+        .map(|(k, (states, budgets, ages))| {
+            (*k, (*states, budgets.clone(), ages.at(inputs.now_ns)))
+        })
         .collect();
-    for c in &live {
-        let server = (c.tuple.daddr, c.tuple.dport);
-        let seen = inputs.nat.source_of(c);
-        if seen != c.tuple.saddr {
-            translated_from
-                .entry((server, seen))
-                .or_default()
-                .insert(c.tuple.saddr);
-        }
-        by_server.entry((server, seen)).or_default().add(c.state);
-        let (states, per_server, age) = by_owner.entry(c.owner).or_default();
-        states.add(c.state);
-        age.add_conn(c, inputs.now_ns);
-        if matches!(c.state, tcp_state::SYN_SENT | tcp_state::ESTABLISHED) {
-            *per_server.entry((server, seen)).or_default() += 1;
-        }
-        if by_v1.is_empty() || !by_v1.contains(&c.owner) {
-            let (cg_states, pids, cg_age) = by_cgroup.entry(c.cgroup_id).or_default();
-            cg_states.add(c.state);
-            cg_age.add_conn(c, inputs.now_ns);
-            pids.insert(c.owner.tgid);
-        }
-    }
+    let mut by_cgroup: FxHashMap<u64, (StateCounts, BTreeSet<u32>, Age)> = agg
+        .by_cgroup
+        .iter()
+        .map(|(k, (states, pids, ages))| (*k, (*states, pids.clone(), ages.at(inputs.now_ns))))
+        .collect();
+    let mut translated_from = agg.translated_from.clone();
     let name = |(addr, port): Server| endpoint(addr, port);
     let mut servers: BTreeMap<(String, String), StateCounts> = BTreeMap::new();
     for ((server, local), counts) in by_server {

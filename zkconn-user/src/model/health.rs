@@ -127,8 +127,11 @@ pub struct RepairHealth {
     pub adopted: u64,
     /// Connections not adopted because their 4-tuple is live in two network namespaces.
     pub conflicts: u64,
-    /// Seconds between rounds; 0: repair is off.
+    /// `--reconcile-interval` in seconds; 0: repair is off.
     pub interval_secs: f64,
+    /// Seconds from the last round to the next: the interval, or 400 times as long as the
+    /// last round took where that is longer (so repair costs at most 0.25 % of a core).
+    pub spacing_secs: f64,
     /// Seconds since the last complete round; null before the first one (or when off).
     pub last_secs_ago: Option<f64>,
 }

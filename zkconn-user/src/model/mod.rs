@@ -15,10 +15,10 @@ mod rollup;
 mod tests;
 
 use serde::Serialize;
-use zkconn_common::{Conn, OwnerKey, conn_flags, tcp_state};
+use zkconn_common::{OwnerKey, tcp_state};
 
 pub use self::{
-    build::{Inputs, Translations, build, connections, endpoint},
+    build::{Aggregates, Inputs, Translations, build, connections, endpoint, v1_owners},
     health::*,
     level::{CgroupKey, Level, RowId},
     rollup::roll_up,
@@ -398,26 +398,6 @@ pub struct Age {
 }
 
 impl Age {
-    fn add_conn(&mut self, c: &Conn, now_ns: u64) {
-        match c.state {
-            tcp_state::SYN_SENT | tcp_state::ESTABLISHED => {
-                let secs = round1(now_ns.saturating_sub(c.opened_ns) as f64 / 1e9);
-                let seeded = c.flags & conn_flags::SEEDED != 0;
-                if self.oldest_secs.is_none_or(|o| secs > o) {
-                    self.oldest_secs = Some(secs);
-                    self.oldest_seeded = seeded;
-                }
-            }
-            tcp_state::CLOSE_WAIT => {
-                let held = now_ns.saturating_sub(c.changed_ns) as f64 / 1e9;
-                if held >= crate::verdict::CLOSE_WAIT_GRACE_SECS {
-                    self.close_wait_held += 1;
-                }
-            }
-            _ => {}
-        }
-    }
-
     fn merge(&mut self, other: &Self) {
         if let Some(o) = other.oldest_secs
             && self.oldest_secs.is_none_or(|s| o > s)

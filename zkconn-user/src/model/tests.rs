@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use rustc_hash::FxHashMap;
-use zkconn_common::{Counters, ServerKey, Tuple};
+use zkconn_common::{Conn, Counters, ServerKey, Tuple};
 
 use super::*;
 use crate::{limits::Limits, targets::ip_to_bytes};
@@ -79,6 +79,7 @@ fn run_full(
         retired_v1: &[],
         retired_v1_moved: &[],
         now_ns: 0,
+        aggregates: None,
     })
 }
 
@@ -249,6 +250,7 @@ fn server_rows_join_live_states_kernel_totals_and_limits() {
         retired_v1: &[],
         retired_v1_moved: &[],
         now_ns: 0,
+        aggregates: None,
     });
     let r = &rows.servers[0];
     assert_eq!(
@@ -325,6 +327,7 @@ fn nat_translated_connections_count_where_the_server_sees_them() {
         retired_v1: &[],
         retired_v1_moved: &[],
         now_ns: 0,
+        aggregates: None,
     });
     assert_eq!(rows.servers.len(), 1, "{:#?}", rows.servers);
     let r = &rows.servers[0];
@@ -502,6 +505,7 @@ fn cgroup_rows(
         retired_v1: &[],
         retired_v1_moved: &[],
         now_ns: 0,
+        aggregates: None,
     });
     let open: u64 = rows.processes.iter().map(|p| p.states.open).sum();
     assert_eq!(
@@ -659,6 +663,7 @@ fn v1_rows_keep_their_retired_processes_and_the_v2_row_leaves_them_out() {
         retired_v1: &retired_v1,
         retired_v1_moved: &retired_v1_moved,
         now_ns: 0,
+        aggregates: None,
     });
     let got: Vec<_> = rows
         .cgroups
@@ -884,6 +889,7 @@ fn cgroup_rows_carry_refusals_ages_and_users() {
         retired_v1: &[],
         retired_v1_moved: &[],
         now_ns: 100 * secs,
+        aggregates: None,
     });
     let got: Vec<_> = rows
         .cgroups

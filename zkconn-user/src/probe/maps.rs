@@ -6,6 +6,7 @@
 use std::{
     collections::HashMap as StdHashMap,
     os::fd::{AsFd as _, AsRawFd as _},
+    sync::Arc,
 };
 
 use anyhow::{Context as _, anyhow, bail};
@@ -21,8 +22,12 @@ use crate::targets::{Targets, ip_to_bytes};
 /// Everything the kernel holds, read in one pass.
 #[derive(Clone, Debug, Default)]
 pub struct KernelState {
-    pub conns: Vec<Conn>,
-    pub seeds: Vec<Conn>,
+    /// Shared with the probe's copy (see [`Probe::read`]): a reading at rest copies nothing.
+    pub conns: Arc<Vec<Conn>>,
+    pub seeds: Arc<Vec<Conn>>,
+    /// Which read of the connection rows these are: the same number, the same rows (what
+    /// is worked out from them alone can be kept).
+    pub rows_version: u64,
     /// Live processes (tgid → what the kernel recorded).
     pub owners: StdHashMap<u32, Owner>,
     pub proc_stats: Vec<(OwnerKey, Counters)>,
@@ -32,6 +37,15 @@ pub struct KernelState {
     /// Runs the kernel skipped because a BPF program was already running on that CPU;
     /// `None` where the kernel does not count them (before 5.12).
     pub recursion_misses: Option<u64>,
+}
+
+/// The connection rows as last read, and the programs' change count they go with.
+#[derive(Debug)]
+pub struct RowsRead {
+    changes: u64,
+    version: u64,
+    conns: Arc<Vec<Conn>>,
+    seeds: Arc<Vec<Conn>>,
 }
 
 /// The kernel's connection rows keyed by socket address, and its seeds ([`Probe::tracked`]).
@@ -87,12 +101,17 @@ impl Probe {
 
     /// Reads every map. Entries that vanish between listing and lookup were deleted by the
     /// kernel meanwhile (a socket closed) and are skipped, not counted as errors.
-    pub fn read(&self) -> anyhow::Result<KernelState> {
+    /// Everything the kernel holds. The connection rows are read again only when the
+    /// programs changed them since the last read (`probe_counter::ROW_CHANGES`) or
+    /// userspace did: at rest a reading costs the small tables only.
+    pub fn read(&mut self) -> anyhow::Result<KernelState> {
         fn single<K, V: Copy>(entries: batch::Entries<K, V>) -> impl Iterator<Item = (K, V)> {
             entries
                 .into_iter()
                 .filter_map(|(k, v)| Some((k, *v.first()?)))
         }
+        // The counters first: a change the programs count after this read is read again
+        // next time (see `probe_counter::ROW_CHANGES`).
         let counters: PerCpuArray<_, u64> = self.map(map_names::PROBE_COUNTERS)?;
         let mut sums = [0u64; probe_counter::COUNT as usize];
         for (i, slot) in sums.iter_mut().enumerate() {
@@ -102,9 +121,28 @@ impl Probe {
                 .map_err(|e| map_error(map_names::PROBE_COUNTERS, &e))?;
             *slot = values.iter().sum();
         }
+        let changes = sums[probe_counter::ROW_CHANGES as usize];
+        let (conns, seeds, rows_version) = match &self.rows {
+            Some(rows) if rows.changes == changes => {
+                (rows.conns.clone(), rows.seeds.clone(), rows.version)
+            }
+            _ => {
+                let conns = Arc::new(self.dump::<u64, Conn>(map_names::CONNS, 1)?);
+                let seeds = Arc::new(self.dump::<Tuple, Conn>(map_names::SEEDS, 1)?);
+                self.rows_reads += 1;
+                self.rows = Some(RowsRead {
+                    changes,
+                    version: self.rows_reads,
+                    conns: conns.clone(),
+                    seeds: seeds.clone(),
+                });
+                (conns, seeds, self.rows_reads)
+            }
+        };
         Ok(KernelState {
-            conns: self.dump::<u64, Conn>(map_names::CONNS, 1)?,
-            seeds: self.dump::<Tuple, Conn>(map_names::SEEDS, 1)?,
+            conns,
+            seeds,
+            rows_version,
             owners: single(self.dump_keyed::<u32, Owner>(map_names::OWNERS, 1)?).collect(),
             proc_stats: single(self.dump_keyed::<OwnerKey, Counters>(map_names::PROC_STATS, 1)?)
                 .collect(),
@@ -190,6 +228,7 @@ impl Probe {
     /// `expected` (same tuple and connect time: not a newer socket at the same address).
     /// False when it changed or was gone.
     pub fn remove_conn(&mut self, skaddr: u64, expected: &Conn) -> anyhow::Result<bool> {
+        self.rows = None;
         let mut conns = self.map_mut::<HashMap<_, u64, Conn>>(map_names::CONNS)?;
         match conns.get(&skaddr, 0) {
             Ok(now) if now.tuple == expected.tuple && now.opened_ns == expected.opened_ns => {
@@ -256,6 +295,7 @@ impl Probe {
     /// Hands a seed to the kernel; false when the table is full (the caller counts it as
     /// overflow).
     pub fn insert_seed(&mut self, conn: Conn) -> anyhow::Result<bool> {
+        self.rows = None;
         let mut seeds: HashMap<_, Tuple, Conn> = self.map_mut(map_names::SEEDS)?;
         match seeds.insert(conn.tuple, conn, 0) {
             Ok(()) => Ok(true),
@@ -301,6 +341,7 @@ impl Probe {
 
     /// Removes a seed; false when it was already gone (the kernel adopted or closed it).
     pub fn remove_seed(&mut self, tuple: &Tuple) -> anyhow::Result<bool> {
+        self.rows = None;
         let mut seeds = self.map_mut::<HashMap<_, Tuple, Conn>>(map_names::SEEDS)?;
         match seeds.remove(tuple) {
             Ok(()) => Ok(true),

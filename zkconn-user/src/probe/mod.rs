@@ -80,6 +80,11 @@ pub struct Probe {
     pub limitations: Vec<String>,
     /// Kernel helpers replaced by older ones (see [`compat`]).
     pub fallbacks: Vec<compat::InUse>,
+    /// The connection rows as last read (see [`Probe::read`]); `None` once userspace
+    /// changed them.
+    rows: Option<maps::RowsRead>,
+    /// How many times the connection rows were read (each read's `rows_version`).
+    rows_reads: u64,
 }
 
 /// The compiled kernel programs, embedded at build time by `build.rs`.
@@ -228,6 +233,8 @@ impl Probe {
             seeds_pending: false,
             limitations: Vec::new(),
             fallbacks,
+            rows: None,
+            rows_reads: 0,
         };
         probe.load_targets(targets)?;
         // From the first connect the hook sees until seeding is done, connects record their

@@ -83,6 +83,8 @@ pub struct Source {
     nat: Nat,
     /// Connections refused since the last reading, for NAT look-ups.
     refused_for_nat: Vec<Tuple>,
+    /// Who held the connections of the last rows read (worked out again when they change).
+    holdings: Option<Holdings>,
     /// One socket-table reader per network namespace (seeding, drift repair, holders).
     tables: Tables,
     reconciler: Reconciler,
@@ -246,6 +248,7 @@ impl Source {
             held_by: HeldBy::default(),
             nat,
             refused_for_nat: Vec::new(),
+            holdings: None,
             tables,
             reconciler: Reconciler::new(args.reconcile_interval),
             kept: Kept::default(),
@@ -583,7 +586,13 @@ impl Source {
         self.reconcile_if_due();
         let (state, exit_events) = match &mut self.feed {
             Feed::Kernel { probe, .. } => {
+                let start = std::time::Instant::now();
                 let state = probe.read()?;
+                tracing::trace!(
+                    "kernel maps read in {:.1} ms ({} connections)",
+                    start.elapsed().as_secs_f64() * 1e3,
+                    state.conns.len()
+                );
                 // Every seed adopted or gone: later connections skip the kernel's seed table.
                 if probe.seeds_pending() && state.seeds.is_empty() {
                     probe.set_seeds_pending(false)?;
@@ -605,26 +614,41 @@ impl Source {
             }
         };
         let now_ns = crate::clock::now_boot_ns();
+        let mut lap = Lap::new();
         // One pass over every connection (there may be 100,000): who holds one, and in
-        // which cgroups.
-        let mut first_conn: FxHashMap<OwnerKey, &zkconn_common::Conn> = FxHashMap::default();
-        let mut conn_cgroups: FxHashSet<u64> = FxHashSet::default();
-        for c in state.conns.iter().chain(&state.seeds) {
-            first_conn.entry(c.owner).or_insert(c);
-            conn_cgroups.insert(c.cgroup_id);
+        // which cgroups. The same rows as last time: the same answer.
+        if self
+            .holdings
+            .as_ref()
+            .is_none_or(|h| h.rows_version != state.rows_version)
+        {
+            self.holdings = Some(Holdings::of(&state));
         }
-        let referenced = self.learn_referenced(&state, &first_conn);
-        let holding: FxHashSet<OwnerKey> = first_conn.into_keys().collect();
+        let Some(holdings) = self.holdings.clone() else {
+            unreachable!("set above")
+        };
+        let referenced = self.learn_referenced(&state, &holdings.first);
+        let holding: FxHashSet<OwnerKey> = holdings.first.keys().copied().collect();
+        let conn_cgroups = holdings.cgroups.clone();
+        lap.at("owners");
         let alive = self.liveness(&state, exit_events, &referenced);
         let cgroups_removed = self.cgroups_removed(&state, &conn_cgroups);
         let cgroup_paths = self.cgroup_paths(&state, conn_cgroups);
-        let nat_live = self
-            .nat
-            .translate(state.conns.iter().chain(&state.seeds).map(|c| &c.tuple));
+        lap.at("liveness and cgroups");
+        let nat_live = self.nat.translate(
+            state.rows_version,
+            state
+                .conns
+                .iter()
+                .chain(state.seeds.iter())
+                .map(|c| &c.tuple),
+        );
         let refused = std::mem::take(&mut self.refused_for_nat);
         let nat_closed = self.nat.translate_closed(&refused).into_iter().collect();
+        lap.at("nat");
         let holders = self.holders(&state, &alive);
         let health = self.health(&state, nat_live.len() as u64);
+        lap.at("holders and health");
         Ok(Reading {
             now: self.now(),
             now_ns,
@@ -650,7 +674,7 @@ impl Source {
     fn learn_referenced(
         &mut self,
         state: &KernelState,
-        first_conn: &FxHashMap<OwnerKey, &zkconn_common::Conn>,
+        first_conn: &FxHashMap<OwnerKey, ConnOwner>,
     ) -> FxHashSet<OwnerKey> {
         let mut referenced: FxHashSet<OwnerKey> =
             state.proc_stats.iter().map(|(k, _)| *k).collect();
@@ -763,7 +787,7 @@ impl Source {
         let mut wanted: Vec<Tuple> = state
             .conns
             .iter()
-            .chain(&state.seeds)
+            .chain(state.seeds.iter())
             .filter(|c| engine::holds_a_slot(c.state) && !alive.contains(&c.owner))
             .map(|c| c.tuple)
             .collect();
@@ -879,5 +903,57 @@ mod tests {
     ) {
         assert!(levels.len() <= CGROUP_DEPTH);
         assert_eq!(cgroup_path(&names(levels, truncated)).as_deref(), expected);
+    }
+}
+
+/// Times the steps of a reading, for `ZKCONN_LOG=trace`.
+struct Lap(std::time::Instant);
+
+impl Lap {
+    fn new() -> Self {
+        Self(std::time::Instant::now())
+    }
+
+    fn at(&mut self, step: &str) {
+        tracing::trace!(
+            "reading: {step} in {:.1} ms",
+            self.0.elapsed().as_secs_f64() * 1e3
+        );
+        self.0 = std::time::Instant::now();
+    }
+}
+
+/// What a connection says of its owner: enough to learn an owner whose event was lost.
+#[derive(Clone, Copy, Debug)]
+struct ConnOwner {
+    uid: u32,
+    cgroup_id: u64,
+}
+
+/// Who holds the connections of one reading of the rows, and in which cgroups.
+#[derive(Clone, Debug)]
+struct Holdings {
+    rows_version: u64,
+    /// Each holding owner, with what its first connection says of it.
+    first: FxHashMap<OwnerKey, ConnOwner>,
+    cgroups: FxHashSet<u64>,
+}
+
+impl Holdings {
+    fn of(state: &KernelState) -> Self {
+        let mut first = FxHashMap::default();
+        let mut cgroups = FxHashSet::default();
+        for c in state.conns.iter().chain(state.seeds.iter()) {
+            first.entry(c.owner).or_insert(ConnOwner {
+                uid: c.uid,
+                cgroup_id: c.cgroup_id,
+            });
+            cgroups.insert(c.cgroup_id);
+        }
+        Self {
+            rows_version: state.rows_version,
+            first,
+            cgroups,
+        }
     }
 }

@@ -285,9 +285,9 @@ pub struct ProbeArgs {
     pub nat: NatChoice,
     /// How often to compare the kernel's connection rows with the kernel's socket table
     /// (sock_diag) and repair drift: rows whose socket is gone are retired, untracked live
-    /// connections adopted, each after two consecutive rounds. Where a round takes more than
-    /// 1/400 of this (about 0.5 s at 100,000 connections), the next waits 400 times as long
-    /// as it took. 0 turns it off.
+    /// connections adopted, each after two consecutive rounds. After a round of 0.1 s or more
+    /// (about 0.5 s at 100,000 connections), the next waits 400 times as long as it took
+    /// where that is longer. 0 turns it off.
     #[arg(long, value_name = "SECONDS", default_value = "10s", value_parser = parse_reconcile_interval)]
     pub reconcile_interval: Duration,
     /// How long a process that exited and holds no connection stays a row of its own. Then

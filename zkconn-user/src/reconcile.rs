@@ -202,16 +202,24 @@ pub struct Round {
     pub took: Duration,
 }
 
-/// A round may take at most this share of the time between rounds: where the tables are
-/// so large that a round takes longer than 1/400 of `--reconcile-interval` (about 0.5 s at
-/// 100,000 connections here), the next round waits 400 times as long as this one took, so
-/// repair never costs more than a quarter of a percent of a core.
+/// A long round may take at most this share of the time between rounds: where the tables
+/// are so large that a round takes [`LONG_ROUND`] or more (about 0.5 s at 100,000
+/// connections here), the next round waits 400 times as long as this one took, so such
+/// repair never costs more than a quarter of a percent of a core. Shorter rounds keep
+/// `--reconcile-interval` as given.
 const REPAIR_SHARE: u32 = 400;
 
-/// The time from a round that took `took` to the next: `interval`, or [`REPAIR_SHARE`]
-/// times `took` where that is longer.
+/// A round this long is spaced by [`REPAIR_SHARE`].
+const LONG_ROUND: Duration = Duration::from_millis(100);
+
+/// The time from a round that took `took` to the next: `interval`, or, for a long round,
+/// [`REPAIR_SHARE`] times `took` where that is longer.
 fn spacing(interval: Duration, took: Duration) -> Duration {
-    interval.max(took * REPAIR_SHARE)
+    if took < LONG_ROUND {
+        interval
+    } else {
+        interval.max(took * REPAIR_SHARE)
+    }
 }
 
 /// Periodic reconciliation, every `interval` (or longer, see [`REPAIR_SHARE`]).
@@ -389,10 +397,17 @@ mod tests {
     fn a_long_round_spaces_the_next_so_repair_stays_under_a_quarter_of_a_percent() {
         let ten = Duration::from_secs(10);
         assert_eq!(spacing(ten, Duration::from_millis(20)), ten);
-        assert_eq!(spacing(ten, Duration::from_millis(25)), ten);
         assert_eq!(
             spacing(ten, Duration::from_millis(500)),
             Duration::from_secs(200)
+        );
+        // A short round keeps the interval asked for, however short.
+        let one = Duration::from_secs(1);
+        assert_eq!(spacing(one, Duration::from_millis(12)), one);
+        assert_eq!(spacing(one, Duration::from_millis(99)), one);
+        assert_eq!(
+            spacing(one, Duration::from_millis(100)),
+            Duration::from_secs(40)
         );
     }
     use crate::targets::ip_to_bytes;

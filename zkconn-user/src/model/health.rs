@@ -129,8 +129,9 @@ pub struct RepairHealth {
     pub conflicts: u64,
     /// `--reconcile-interval` in seconds; 0: repair is off.
     pub interval_secs: f64,
-    /// Seconds from the last round to the next: the interval, or 400 times as long as the
-    /// last round took where that is longer (so repair costs at most 0.25 % of a core).
+    /// Seconds from the last round to the next: the interval, or, after a round of 0.1 s or
+    /// more, 400 times as long as it took where that is longer (so such repair costs at most
+    /// 0.25 % of a core).
     pub spacing_secs: f64,
     /// Seconds since the last complete round; null before the first one (or when off).
     pub last_secs_ago: Option<f64>,

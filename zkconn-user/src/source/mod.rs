@@ -617,19 +617,15 @@ impl Source {
         let mut lap = Lap::new();
         // One pass over every connection (there may be 100,000): who holds one, and in
         // which cgroups. The same rows as last time: the same answer.
-        if self
+        let holdings = self
             .holdings
-            .as_ref()
-            .is_none_or(|h| h.rows_version != state.rows_version)
-        {
-            self.holdings = Some(Holdings::of(&state));
-        }
-        let Some(holdings) = self.holdings.clone() else {
-            unreachable!("set above")
-        };
+            .take()
+            .filter(|h| h.rows_version == state.rows_version)
+            .unwrap_or_else(|| Holdings::of(&state));
         let referenced = self.learn_referenced(&state, &holdings.first);
         let holding: FxHashSet<OwnerKey> = holdings.first.keys().copied().collect();
         let conn_cgroups = holdings.cgroups.clone();
+        self.holdings = Some(holdings);
         lap.at("owners");
         let alive = self.liveness(&state, exit_events, &referenced);
         let cgroups_removed = self.cgroups_removed(&state, &conn_cgroups);
@@ -931,7 +927,7 @@ struct ConnOwner {
 }
 
 /// Who holds the connections of one reading of the rows, and in which cgroups.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 struct Holdings {
     rows_version: u64,
     /// Each holding owner, with what its first connection says of it.

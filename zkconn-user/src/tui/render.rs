@@ -173,7 +173,11 @@ fn assumed_mark(row: &ServerRow) -> &'static str {
     if row.limit_source.assumed() { "?" } else { "" }
 }
 
-/// One budget's line in `level` words (0: the roomiest, 2: the tightest): alarm, budget,
+/// The wordings of a budget's line (see [`server_parts`]).
+const ROOMY: usize = 0;
+const TIGHT: usize = 1;
+
+/// One budget's line in `level` words ([`ROOMY`] or [`TIGHT`]): alarm, budget,
 /// usage, refusals, time to limit. Each wording keeps them all; a narrower terminal gets
 /// fewer words, never fewer facts. The local IP is part of the budget: two rows of one
 /// server differ only there.
@@ -197,7 +201,7 @@ fn server_parts(row: &ServerRow, level: usize) -> [String; 5] {
     let alarm = format!("{} ", row.alarm.as_str());
     let (server, local) = (printable(&row.server), printable(&row.local_ip));
     match level {
-        0 | 1 => [
+        ROOMY => [
             alarm,
             format!("{server} from {local}{nat}"),
             format!(" {usage}"),
@@ -227,19 +231,17 @@ fn server_lines(rows: &[&ServerRow], width: u16) -> Vec<Line<'static>> {
         }
         w
     };
-    let mut chosen = None;
-    for level in 0..3 {
+    // The roomy wording where its widest line fits, else the tight one.
+    let wording = |level: usize| {
         let parts: Vec<[String; 5]> = rows.iter().map(|r| server_parts(r, level)).collect();
         let w = columns(&parts);
-        // Level 0 keeps room for a gauge; the others only need to fit.
-        let room = if level == 0 { 16 } else { 0 };
-        if w.iter().sum::<usize>() + room <= width || level == 2 {
-            chosen = Some((parts, w));
-            break;
-        }
-    }
-    let Some((parts, w)) = chosen else {
-        return Vec::new();
+        (parts, w)
+    };
+    let roomy = wording(ROOMY);
+    let (parts, w) = if roomy.1.iter().sum::<usize>() <= width {
+        roomy
+    } else {
+        wording(TIGHT)
     };
     let used: usize = w.iter().sum();
     let gauge_width = width.saturating_sub(used + 1).min(40);
@@ -274,15 +276,10 @@ const SERVER_ROWS: usize = 8;
 /// refusing, then usage), so a critical budget is never below rows that are fine; a budget
 /// holding nothing last.
 pub fn servers_shown(servers: &[ServerRow]) -> Vec<&ServerRow> {
-    let rank = |a: Alarm| match a {
-        Alarm::Critical => 2,
-        Alarm::Warning => 1,
-        Alarm::Ok => 0,
-    };
     let mut v: Vec<&ServerRow> = servers.iter().collect();
     v.sort_by(|a, b| {
-        rank(b.alarm)
-            .cmp(&rank(a.alarm))
+        b.alarm
+            .cmp(&a.alarm)
             .then(b.refusing.cmp(&a.refusing))
             .then((b.states.open > 0).cmp(&(a.states.open > 0)))
             .then(b.usage.unwrap_or(0.0).total_cmp(&a.usage.unwrap_or(0.0)))
@@ -306,11 +303,7 @@ fn render_servers(frame: &mut Frame<'_>, area: Rect, app: &App) {
                 // The last line says what is left out, and how bad the worst of it is.
                 let kept = room.saturating_sub(1);
                 let rest = &shown[kept..];
-                let worst = rest.iter().map(|r| r.alarm).max_by_key(|a| match a {
-                    Alarm::Critical => 2,
-                    Alarm::Warning => 1,
-                    Alarm::Ok => 0,
-                });
+                let worst = rest.iter().map(|r| r.alarm).max();
                 let mut lines = server_lines(&shown[..kept], width);
                 lines.push(Line::styled(
                     format!(

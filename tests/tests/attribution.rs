@@ -373,6 +373,64 @@ fn processes_gone_with_their_cgroups_before_zkconn_looks_keep_their_containers()
     Ok(())
 }
 
+/// Short-lived processes read by zkconn while they exit: forty one-connection processes,
+/// each in its own YARN container's cgroup (v2 and v1 `cpu` by turns), connect, exit at once
+/// and have their cgroup removed as soon as they are reaped, while zkconn runs (woken by
+/// each new process). A process reaped between two of zkconn's reads of its `/proc` entry
+/// has no cgroup left to read there, and one read while exiting shows `/` for its v1
+/// cgroups: each must still be in its container, by what the kernel wrote at the connect.
+#[test]
+fn processes_reaped_while_zkconn_reads_them_keep_their_containers() -> Result<()> {
+    let zk = ZkServer::start(fresh_ipv4(), 0, &[])?;
+    let ts = fresh_cluster_ts();
+    let z = Zkconn::start(&["--zk", &zk.addr.to_string()])?;
+    let parent = format!("/hadoop-yarn-zkconn-{}-reaped", std::process::id());
+    let _parents = (Cgroup::v2(&parent)?, Cgroup::v1("cpu", &parent)?);
+    let mut seen = Vec::new();
+    for i in 0..40u32 {
+        let container = format!("container_e9_{ts}_0092_01_{:06}", i + 2);
+        let rel = format!("{parent}/{container}");
+        let mut cg = if i % 2 == 0 {
+            Cgroup::v2(&rel)?
+        } else {
+            Cgroup::v1("cpu", &rel)?
+        };
+        let mut client = RawClient {
+            cgroups: vec![cg.path.clone()],
+            exit_after: Some(Duration::ZERO),
+            ..RawClient::new(zk.addr, 1)
+        }
+        .spawn()?;
+        client.wait_exit(Duration::from_secs(5))?;
+        cg.remove()?;
+        seen.push((client.pid(), container));
+    }
+    wait_settled(zk.addr)?;
+    let snap = z.finish()?;
+
+    let mut wrong = Vec::new();
+    for (pid, container) in &seen {
+        let row = process(&snap, *pid)?;
+        if row["yarn_container"] != container.as_str() {
+            wrong.push(row.clone());
+        }
+        assert_eq!([field(row, "opened")?, field(row, "closed")?], [1, 1]);
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of 40 lost their container: {wrong:#?}",
+        wrong.len()
+    );
+    let app = row_where(
+        &snap,
+        "applications",
+        "application",
+        &format!("application_{ts}_0092"),
+    )?;
+    assert_eq!(field(app, "opened")?, 40, "{app:#}");
+    Ok(())
+}
+
 /// A cgroup v1 host as RHEL 8 or CentOS 7 run by default, on this hybrid machine: the test's
 /// processes sit in the v2 root, where the kernel's cgroup id names nobody, and two YARN
 /// containers exist only under the v1 `cpu` hierarchy. The cgroup rows go by those v1 paths,

@@ -39,6 +39,9 @@ pub struct ProcInfo {
     pub container_env: Option<String>,
     /// `/proc/PID/environ` existed but could not be read.
     pub environ_unreadable: bool,
+    /// It was exiting when read: its command line and environment may be gone, and its v1
+    /// cgroup lines are left out (the kernel shows `/` for them).
+    pub exiting: bool,
 }
 
 /// Longest command line kept per process; Hadoop's can run to hundreds of kilobytes.
@@ -109,16 +112,32 @@ impl Procfs {
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unexpected ns/net link"))
     }
 
-    /// Reads what attribution needs of `pid`. Fails only when `stat` or `status` cannot be
-    /// read (the process is gone, or unreadable); the other files degrade to `None`.
+    /// Reads what attribution needs of `pid`. Fails when `stat` or `status` cannot be read
+    /// (the process is gone, or unreadable), or when `cgroup` or `cmdline` are gone (it was
+    /// reaped mid-read); otherwise an unreadable file degrades to empty or `None`.
     pub fn process(&self, pid: u32) -> io::Result<ProcInfo> {
+        // A process reaped while it is read is gone, not a process without a cgroup or
+        // command line: an empty cgroup list would lose its container, which the kernel's
+        // own record of it (the caller's fallback) still names.
+        let cgroup = fs::read_to_string(self.pid_path(pid, "cgroup"));
+        let mut cgroups = parse_proc_cgroup(&unless_gone(cgroup)?);
+        // Read after the cgroups: a task not exiting now was not exiting then either.
         let stat = fs::read_to_string(self.pid_path(pid, "stat"))?;
-        let (comm, start_ticks) = parse_stat(&stat).ok_or_else(|| {
+        let Stat {
+            comm,
+            start_ticks,
+            exiting,
+        } = parse_stat(&stat).ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("/proc/{pid}/stat is malformed"),
             )
         })?;
+        if exiting {
+            // An exiting task's v1 lines all read `/` whatever its cgroups were; its v2 line
+            // stays true.
+            cgroups.retain(CgroupLine::is_v2);
+        }
         let status = fs::read_to_string(self.pid_path(pid, "status"))?;
         let uid = status
             .lines()
@@ -126,8 +145,7 @@ impl Procfs {
             .and_then(|v| v.split_whitespace().next())
             .and_then(|v| v.parse().ok())
             .unwrap_or(u32::MAX);
-        let argv = redact_argv(&fs::read(self.pid_path(pid, "cmdline")).unwrap_or_default());
-        let cgroup = fs::read_to_string(self.pid_path(pid, "cgroup")).unwrap_or_default();
+        let argv = redact_argv(&unless_gone(fs::read(self.pid_path(pid, "cmdline")))?);
         let link = |name: &str| {
             fs::read_link(self.pid_path(pid, name))
                 .ok()
@@ -143,11 +161,12 @@ impl Procfs {
             argv,
             uid,
             start_ns: start_ticks.saturating_mul(1_000_000_000 / self.ticks_per_sec),
-            cgroups: parse_proc_cgroup(&cgroup),
+            cgroups,
             exe: link("exe"),
             cwd: link("cwd"),
             container_env,
             environ_unreadable,
+            exiting,
         })
     }
 
@@ -161,14 +180,14 @@ impl Procfs {
     /// Start time of `pid` on the boot clock in ns, or `None` when it does not exist.
     pub fn start_ns(&self, pid: u32) -> Option<u64> {
         let stat = fs::read_to_string(self.pid_path(pid, "stat")).ok()?;
-        let (_, ticks) = parse_stat(&stat)?;
+        let ticks = parse_stat(&stat)?.start_ticks;
         Some(ticks.saturating_mul(1_000_000_000 / self.ticks_per_sec))
     }
 
     /// The comm of `pid`, or `None` when it does not exist.
     pub fn comm(&self, pid: u32) -> Option<String> {
         let stat = fs::read_to_string(self.pid_path(pid, "stat")).ok()?;
-        parse_stat(&stat).map(|(comm, _)| comm)
+        parse_stat(&stat).map(|s| s.comm)
     }
 
     /// Numeric entries of the root: every pid.
@@ -245,18 +264,39 @@ impl Procfs {
 
 /// `comm` and `starttime` (ticks since boot) from `/proc/PID/stat`. The comm is in
 /// parentheses and may itself contain spaces and parentheses: split at the last ')'.
-pub fn parse_stat(stat: &str) -> Option<(String, u64)> {
+/// `read`'s contents; empty when unreadable, except when the file is gone (`NotFound`).
+fn unless_gone<T: Default>(read: io::Result<T>) -> io::Result<T> {
+    match read {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(e),
+        other => Ok(other.unwrap_or_default()),
+    }
+}
+
+/// What `/proc/PID/stat` says: the comm, the start time in ticks, and whether the process
+/// is exiting (`PF_EXITING`, zombies included).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stat {
+    pub comm: String,
+    pub start_ticks: u64,
+    pub exiting: bool,
+}
+
+/// `PF_EXITING` in the task flags (include/linux/sched.h).
+const PF_EXITING: u64 = 0x4;
+
+pub fn parse_stat(stat: &str) -> Option<Stat> {
     let open = stat.find('(')?;
     let close = stat.rfind(')')?;
     let comm = stat.get(open + 1..close)?.to_owned();
-    // Fields after the comm start at field 3 (state); starttime is field 22.
-    let start = stat
-        .get(close + 1..)?
-        .split_whitespace()
-        .nth(22 - 3)?
-        .parse()
-        .ok()?;
-    Some((comm, start))
+    // Fields after the comm start at field 3 (state); flags is field 9, starttime 22.
+    let fields: Vec<&str> = stat.get(close + 1..)?.split_whitespace().collect();
+    let flags: u64 = fields.get(9 - 3)?.parse().ok()?;
+    let start_ticks = fields.get(22 - 3)?.parse().ok()?;
+    Some(Stat {
+        comm,
+        start_ticks,
+        exiting: flags & PF_EXITING != 0,
+    })
 }
 
 fn parse_bracketed_inode(link: &str, prefix: &str) -> Option<u64> {
@@ -644,7 +684,18 @@ mod tests {
     fn stat_with_hostile_comm() {
         let stat = "4242 (java (x) y) S 1 4242 4242 0 -1 4194560 100 0 0 0 5 3 0 0 20 0 40 0 \
                     123456 1000000 200 18446744073709551615";
-        assert_eq!(parse_stat(stat), Some(("java (x) y".into(), 123456)));
+        assert_eq!(
+            parse_stat(stat),
+            Some(Stat {
+                comm: "java (x) y".into(),
+                start_ticks: 123456,
+                exiting: false
+            })
+        );
+        // A zombie: PF_EXITING (0x4) among its flags.
+        let zombie = "77 (python3) Z 76 77 76 0 -1 4227148 100 0 0 0 5 3 0 0 20 0 1 0 \
+                      999 0 0 18446744073709551615";
+        assert!(parse_stat(zombie).is_some_and(|s| s.exiting && s.start_ticks == 999));
     }
 
     #[test]
@@ -799,6 +850,7 @@ mod tests {
                 cwd: Some("/home/u".into()),
                 container_env: Some("container_1_0001_01_000002".into()),
                 environ_unreadable: false,
+                exiting: false,
             }
         );
         assert_eq!(info.cgroup_v2(), Some("/system.slice/x.service"));
@@ -806,8 +858,9 @@ mod tests {
     }
 
     #[test]
-    fn a_process_gone_mid_read_degrades() {
-        // stat and status readable, the rest already gone: what is known is kept.
+    fn a_process_reaped_mid_read_is_gone() {
+        // stat and status read, then reaped: its cgroup is unknown, not empty (an empty list
+        // would attribute a container's process to no container).
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("9");
         fs::create_dir_all(&p).unwrap();
@@ -817,10 +870,42 @@ mod tests {
         )
         .unwrap();
         fs::write(p.join("status"), "Uid:\t0\t0\t0\t0\n").unwrap();
-        let info = Procfs::at(dir.path(), 100).process(9).unwrap();
+        let procfs = Procfs::at(dir.path(), 100);
+        let gone = procfs.process(9).unwrap_err();
+        assert_eq!(gone.kind(), io::ErrorKind::NotFound);
+        // With cmdline but no cgroup: gone too.
+        fs::write(p.join("cmdline"), b"x\0").unwrap();
+        assert_eq!(
+            procfs.process(9).unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
+        // A zombie (empty cmdline, a cgroup) whose other links are gone is what is known.
+        fs::write(p.join("cmdline"), b"").unwrap();
+        fs::write(p.join("cgroup"), "0::/a.slice\n").unwrap();
+        let info = procfs.process(9).unwrap();
         assert_eq!(info.comm, "x");
-        assert!(info.argv.is_empty() && info.cgroups.is_empty() && info.exe.is_none());
+        assert!(info.argv.is_empty() && info.exe.is_none());
+        assert_eq!(info.cgroup_v2(), Some("/a.slice"));
         assert!(!info.environ_unreadable);
+        // Exiting, its v2 cgroup removed: the v1 lines (all `/` then) are left out, the v2
+        // path is the cgroup's without the kernel's mark.
+        fs::write(
+            p.join("stat"),
+            "9 (x) Z 1 9 9 0 -1 4227148 0 0 0 0 0 0 0 0 20 0 1 0 1 0 0",
+        )
+        .unwrap();
+        fs::write(
+            p.join("cgroup"),
+            "1:cpu,cpuacct:/\n0::/hadoop-yarn/container_e1_1_0001_01_000002 (deleted)\n",
+        )
+        .unwrap();
+        let info = procfs.process(9).unwrap();
+        assert!(info.exiting);
+        assert_eq!(info.cgroups.len(), 1, "{:?}", info.cgroups);
+        assert_eq!(
+            info.cgroup_v2(),
+            Some("/hadoop-yarn/container_e1_1_0001_01_000002")
+        );
     }
 
     #[test]

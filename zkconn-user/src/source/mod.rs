@@ -427,7 +427,18 @@ impl Source {
         if let Some(path) = kernel.cgroup_v2.as_deref().filter(|p| !p.starts_with("/…")) {
             self.cgroups.remember(kernel.cgroup_id, path);
         }
-        if let Some(info) = self.read_proc(owner) {
+        if let Some(mut info) = self.read_proc(owner) {
+            // Read while exiting, its v1 cgroups are unknown to /proc: the cpu controller's,
+            // where YARN puts containers on v1 hosts, is the one the kernel named.
+            if info.exiting
+                && let Some(cpu) = kernel.cgroup_cpu
+            {
+                info.cgroups.push(CgroupLine {
+                    hierarchy: 1,
+                    controllers: "cpu".to_owned(),
+                    path: cpu,
+                });
+            }
             self.learn_from_proc(owner, info, kernel.cgroup_id);
             return;
         }

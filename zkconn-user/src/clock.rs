@@ -1,7 +1,8 @@
 //! The clock the kernel programs stamp times with, read from userspace.
 //!
 //! Owns: which clock that is (boot, or monotonic with `--fallback monotonic-clock` or before
-//! 5.8). Must not: depend on any other module of zkconn.
+//! 5.8), and the timing of steps for `ZKCONN_LOG=trace` ([`Lap`]). Must not: depend on any
+//! other module of zkconn.
 
 /// Set when the kernel programs read CLOCK_MONOTONIC (`--fallback monotonic-clock`, or a
 /// kernel before 5.8): userspace then reads the same clock.
@@ -26,4 +27,28 @@ pub fn now_boot_ns() -> u64 {
     // SAFETY: `ts` is a valid, writable timespec.
     unsafe { libc::clock_gettime(clock, &mut ts) };
     u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
+/// Times the steps of some work, for `ZKCONN_LOG=trace`: `{what}: {step} in N ms`.
+pub struct Lap {
+    what: &'static str,
+    at: std::time::Instant,
+}
+
+impl Lap {
+    pub fn new(what: &'static str) -> Self {
+        Self {
+            what,
+            at: std::time::Instant::now(),
+        }
+    }
+
+    pub fn at(&mut self, step: &str) {
+        tracing::trace!(
+            "{}: {step} in {:.1} ms",
+            self.what,
+            self.at.elapsed().as_secs_f64() * 1e3
+        );
+        self.at = std::time::Instant::now();
+    }
 }

@@ -210,8 +210,8 @@ async fn observe(watch: &mut Watch, duration: std::time::Duration) -> anyhow::Re
 async fn snapshot(args: SnapshotArgs, setup: Setup) -> anyhow::Result<()> {
     let mut watch = Watch::start(setup, &args.watch.probe)?;
     let snap = observe(&mut watch, args.duration).await?;
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
+    // Stdout is line-buffered: a document of thousands of lines would be as many writes.
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if args.json {
         output::json(&mut out, &snap)?;
     } else {

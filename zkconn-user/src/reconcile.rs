@@ -360,7 +360,7 @@ impl Reconciler {
                 .filter_map(|live| sockets.iter().find(|s| s.inode == live.inode).copied())
                 .collect();
             let mut report = SeedReport::default();
-            let inserted = seed::insert_seeds(probe, procfs, cgroups, &wanted, &mut report)
+            let inserted = seed::insert_seeds(probe, procfs, cgroups, &wanted, None, &mut report)
                 .context("adopting untracked connections failed")?;
             round.adopted += inserted.len() as u64;
             round.ownerless += report.ownerless;

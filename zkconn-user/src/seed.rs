@@ -65,6 +65,72 @@ fn count_unreadable(report: &mut SeedReport, e: &io::Error) {
     }
 }
 
+/// Which process holds each socket inode, from one walk over every `/proc/PID/fd`: the
+/// earliest-started holder (a forked child inherits its parent's sockets; the parent made
+/// them), with its start time.
+pub struct FdWalk {
+    holders: HashMap<u64, (u64, u32)>,
+    /// `/proc` entries that existed but could not be read.
+    unreadable: u64,
+}
+
+impl FdWalk {
+    /// Walks every process's descriptors, keeping the sockets in `wanted` (every socket
+    /// without it).
+    pub fn run(procfs: &Procfs, wanted: Option<&HashSet<u64>>) -> io::Result<Self> {
+        let mut walk = FdWalk {
+            holders: HashMap::new(),
+            unreadable: 0,
+        };
+        for pid in procfs.pids()? {
+            let inodes = match procfs.socket_inodes(pid) {
+                Ok(i) => i,
+                Err(e) => {
+                    if e.kind() != io::ErrorKind::NotFound {
+                        walk.unreadable += 1;
+                    }
+                    continue;
+                }
+            };
+            let start = procfs.start_ns(pid).unwrap_or(u64::MAX);
+            for inode in inodes
+                .into_iter()
+                .filter(|i| wanted.is_none_or(|w| w.contains(i)))
+            {
+                let entry = walk.holders.entry(inode).or_insert((start, pid));
+                if (start, pid) < *entry {
+                    *entry = (start, pid);
+                }
+            }
+        }
+        Ok(walk)
+    }
+
+    /// The walk of every socket, on a thread: started before the programs load (a tenth of
+    /// a second), so seeding finds its holders already walked. `None` when no thread could
+    /// be started (seeding walks then).
+    pub fn in_background(procfs: Procfs) -> Option<std::thread::JoinHandle<io::Result<Self>>> {
+        std::thread::Builder::new()
+            .name("zkconn-fd-walk".into())
+            .spawn(move || Self::run(&procfs, None))
+            .ok()
+    }
+
+    /// Whether this walk names a holder for each of `wanted`, and each holder is still the
+    /// process it was (same start time: a pid may have been reused since).
+    fn covers(&self, wanted: &HashSet<u64>, procfs: &Procfs) -> bool {
+        let mut pids: HashMap<u32, u64> = HashMap::new();
+        for inode in wanted {
+            let Some(&(start, pid)) = self.holders.get(inode) else {
+                return false;
+            };
+            pids.insert(pid, start);
+        }
+        pids.into_iter()
+            .all(|(pid, start)| procfs.start_ns(pid) == Some(start))
+    }
+}
+
 /// Target sockets of every network namespace, each namespace read once.
 fn scan_sockets(
     tables: &mut Tables,
@@ -194,20 +260,25 @@ impl Tracked {
     }
 }
 
-/// Seeds the kernel with connections that predate it. Call after the hooks are attached.
+/// Seeds the kernel with connections that predate it. Call after the hooks are attached;
+/// `walk` is [`FdWalk::in_background`]'s, started before them.
 pub fn seed(
     probe: &mut Probe,
     tables: &mut Tables,
     procfs: &Procfs,
     cgroups: &CgroupPaths,
     targets: &Targets,
+    walk: Option<std::thread::JoinHandle<io::Result<FdWalk>>>,
 ) -> anyhow::Result<SeedReport> {
+    let mut lap = crate::clock::Lap::new("seeding");
     let mut report = SeedReport::default();
     let sockets = scan_sockets(tables, procfs, targets, &mut report);
+    lap.at("socket tables read");
     if sockets.is_empty() {
         return Ok(report);
     }
     let mut tracked = Tracked::new(&probe.read()?.conns);
+    lap.at("kernel rows read");
     let mut chosen: BTreeMap<Tuple, &TcpSocket> = BTreeMap::new();
     for socket in &sockets {
         let tuple = tuple_of(socket);
@@ -219,7 +290,11 @@ pub fn seed(
         }
     }
     let chosen: Vec<&TcpSocket> = chosen.into_values().collect();
-    let inserted = insert_seeds(probe, procfs, cgroups, &chosen, &mut report)?;
+    // A walk that failed (or whose thread did) is made again, here.
+    let walked = walk.and_then(|t| t.join().ok()).and_then(Result::ok);
+    lap.at("the walk over /proc/PID/fd joined");
+    let inserted = insert_seeds(probe, procfs, cgroups, &chosen, walked, &mut report)?;
+    lap.at("owners read, seeds inserted");
 
     // Second look: a seed whose socket closed before it was inserted would stay forever,
     // and one the kernel tracked meanwhile would count twice. Any change after this point
@@ -229,6 +304,7 @@ pub fn seed(
         .iter()
         .map(tuple_of)
         .collect();
+    lap.at("socket tables read again");
     let mut tracked = Tracked::new(&probe.read()?.conns);
     for (tuple, (owner, ino)) in &inserted {
         // Tracked by the kernel's own connect: not a seed, whoever removed the entry.
@@ -244,6 +320,7 @@ pub fn seed(
         report.seeded += 1;
         *report.per_owner.entry(*owner).or_default() += 1;
     }
+    lap.at("seeds that raced the start dropped");
     Ok(report)
 }
 
@@ -252,11 +329,16 @@ pub fn seed(
 /// its parent's sockets; the parent made them). Sockets without a readable holder go in
 /// under [`OwnerKey::UNKNOWN`] (counted per server like any other, and as `ownerless`).
 /// Returns what went in.
+///
+/// `walked`: a walk over `/proc` made a moment before (see [`FdWalk::in_background`]), used
+/// when it still names a holder for every socket, each the same process; else the walk is
+/// made again here.
 pub fn insert_seeds(
     probe: &mut Probe,
     procfs: &Procfs,
     cgroups: &CgroupPaths,
     sockets: &[&TcpSocket],
+    walked: Option<FdWalk>,
     report: &mut SeedReport,
 ) -> anyhow::Result<BTreeMap<Tuple, (OwnerKey, u64)>> {
     let mut inserted: BTreeMap<Tuple, (OwnerKey, u64)> = BTreeMap::new();
@@ -266,24 +348,12 @@ pub fn insert_seeds(
     // Before the first seed goes in: from now on the kernel looks for seeds.
     probe.set_seeds_pending(true)?;
     let wanted: HashSet<u64> = sockets.iter().map(|s| s.inode).collect();
-    let mut holders: HashMap<u64, (u64, u32)> = HashMap::new();
-    for pid in procfs.pids().context("cannot list /proc")? {
-        let inodes = match procfs.socket_inodes(pid) {
-            Ok(i) => i,
-            Err(e) => {
-                count_unreadable(report, &e);
-                continue;
-            }
-        };
-        let start = procfs.start_ns(pid).unwrap_or(u64::MAX);
-        for inode in inodes.into_iter().filter(|i| wanted.contains(i)) {
-            let entry = holders.entry(inode).or_insert((start, pid));
-            if (start, pid) < *entry {
-                *entry = (start, pid);
-            }
-        }
-    }
-
+    let walk = match walked.filter(|w| w.covers(&wanted, procfs)) {
+        Some(w) => w,
+        None => FdWalk::run(procfs, Some(&wanted)).context("cannot list /proc")?,
+    };
+    report.unreadable += walk.unreadable;
+    let holders = walk.holders;
     let mut owners: HashMap<u32, (OwnerKey, u64, u32)> = HashMap::new();
     let now = crate::clock::now_boot_ns();
     for socket in sockets {
@@ -380,6 +450,47 @@ mod tests {
             ino,
             ..conn(0, 2181)
         }
+    }
+
+    /// A fixture process `pid` started at `start` ticks (100 a second) holding `inodes`.
+    fn fixture(root: &std::path::Path, pid: u32, start: u64, inodes: &[u64]) {
+        let p = root.join(pid.to_string());
+        std::fs::create_dir_all(p.join("fd")).unwrap();
+        std::fs::write(
+            p.join("stat"),
+            format!("{pid} (x) S 1 {pid} {pid} 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 {start} 0 0"),
+        )
+        .unwrap();
+        for (fd, inode) in inodes.iter().enumerate() {
+            std::os::unix::fs::symlink(format!("socket:[{inode}]"), p.join(format!("fd/{fd}")))
+                .unwrap();
+        }
+    }
+
+    /// The walk made before the programs load names the earliest-started holder of every
+    /// socket; seeding uses it only while it names a holder for each socket it seeds, each
+    /// still the process it was.
+    #[test]
+    fn an_earlier_walk_is_used_only_while_it_still_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        fixture(dir.path(), 10, 5, &[7]);
+        fixture(dir.path(), 11, 3, &[7, 8]);
+        let procfs = Procfs::at(dir.path(), 100);
+        let walk = FdWalk::run(&procfs, None).unwrap();
+        assert_eq!(walk.holders.get(&7), Some(&(30_000_000, 11)));
+        assert_eq!(walk.holders.get(&8), Some(&(30_000_000, 11)));
+        let set = |i: &[u64]| i.iter().copied().collect::<HashSet<u64>>();
+        assert!(walk.covers(&set(&[7, 8]), &procfs));
+        // A socket made after the walk.
+        assert!(!walk.covers(&set(&[7, 9]), &procfs));
+        // Its holder exited and the pid went to a newer process.
+        std::fs::remove_dir_all(dir.path().join("11")).unwrap();
+        fixture(dir.path(), 11, 900, &[]);
+        assert!(!walk.covers(&set(&[7]), &procfs));
+        // Walked for the wanted sockets only, the new holder of 7 is the earliest left.
+        let again = FdWalk::run(&procfs, Some(&set(&[7]))).unwrap();
+        assert_eq!(again.holders.len(), 1);
+        assert_eq!(again.holders.get(&7), Some(&(50_000_000, 10)));
     }
 
     #[rstest]

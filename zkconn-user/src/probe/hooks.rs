@@ -3,6 +3,8 @@
 //! Owns: the programs of a hook, attach order, unloading a hook that failed part-way.
 //! Must not: read or write maps.
 
+use std::sync::Arc;
+
 use anyhow::{Context as _, anyhow, bail};
 use aya::programs::{BtfTracePoint, FEntry, KProbe, TracePoint};
 use zkconn_common::{hooks::UNAVAILABLE, program_names};
@@ -56,7 +58,7 @@ impl Probe {
     pub(super) fn attach(&mut self, hook: Hook) -> anyhow::Result<()> {
         match hook {
             Hook::Btf => {
-                let btf = aya_btf()?;
+                let btf = self.aya_btf.get()?;
                 let prog: &mut BtfTracePoint = self.program_mut(program_names::STATE_BTF)?;
                 prog.load("inet_sock_set_state", &btf)
                     .context("the kernel refused to load it")?;
@@ -67,8 +69,7 @@ impl Probe {
                 self.attach_tracepoint(program_names::STATE_TP, "sock", "inet_sock_set_state")
             }
             Hook::Fentry => {
-                // Parsed once for both programs (several MB on a distribution kernel).
-                let btf = aya_btf()?;
+                let btf = self.aya_btf.get()?;
                 self.attach_fentry(program_names::CONNECT_FENTRY, "tcp_connect", &btf)?;
                 self.attach_fentry(program_names::SET_STATE_FENTRY, "tcp_set_state", &btf)
             }
@@ -110,7 +111,7 @@ impl Probe {
         program: &str,
         name: &str,
     ) -> anyhow::Result<()> {
-        let btf = aya_btf()?;
+        let btf = self.aya_btf.get()?;
         let prog: &mut BtfTracePoint = self.program_mut(program)?;
         prog.load(name, &btf)
             .with_context(|| format!("the kernel refused to load the BTF tracepoint {name}"))?;
@@ -206,9 +207,49 @@ pub(super) fn programs(hook: Hook) -> &'static [&'static str] {
     }
 }
 
-/// The running kernel's BTF as aya reads it, for loading BTF-typed programs.
-pub(super) fn aya_btf() -> anyhow::Result<aya::Btf> {
-    aya::Btf::from_sys_fs().context("reading /sys/kernel/btf/vmlinux failed")
+/// The running kernel's BTF as aya reads it, for loading BTF-typed programs: several MB on
+/// a distribution kernel, so parsed once, on a thread started with the load (it runs while
+/// the maps are made), and dropped once the programs are attached.
+pub(super) enum AyaBtf {
+    Parsing(std::thread::JoinHandle<Result<aya::Btf, String>>),
+    Parsed(Result<Arc<aya::Btf>, String>),
+    Dropped,
+}
+
+impl AyaBtf {
+    pub(super) fn start() -> Self {
+        match std::thread::Builder::new()
+            .name("zkconn-btf".into())
+            .spawn(|| aya::Btf::from_sys_fs().map_err(|e| e.to_string()))
+        {
+            Ok(thread) => AyaBtf::Parsing(thread),
+            // No thread to spare: parsed when first needed, here.
+            Err(_) => AyaBtf::Parsed(
+                aya::Btf::from_sys_fs()
+                    .map(Arc::new)
+                    .map_err(|e| e.to_string()),
+            ),
+        }
+    }
+
+    fn get(&mut self) -> anyhow::Result<Arc<aya::Btf>> {
+        if let AyaBtf::Parsing(_) = self
+            && let AyaBtf::Parsing(thread) = std::mem::replace(self, AyaBtf::Dropped)
+        {
+            *self = AyaBtf::Parsed(match thread.join() {
+                Ok(parsed) => parsed.map(Arc::new),
+                Err(_) => Err("the thread reading it panicked".into()),
+            });
+        }
+        match self {
+            AyaBtf::Parsed(parsed) => parsed
+                .clone()
+                .map_err(|e| anyhow!("reading /sys/kernel/btf/vmlinux failed: {e}")),
+            AyaBtf::Parsing(_) | AyaBtf::Dropped => {
+                bail!("the kernel's BTF was dropped after the programs were attached")
+            }
+        }
+    }
 }
 
 /// What the kernel offers, found before loading, for the hooks' preconditions.

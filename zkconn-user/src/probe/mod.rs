@@ -85,6 +85,8 @@ pub struct Probe {
     rows: Option<maps::RowsRead>,
     /// How many times the connection rows were read (each read's `rows_version`).
     rows_reads: u64,
+    /// The kernel's BTF for BTF-typed programs, while they are being attached.
+    aya_btf: hooks::AyaBtf,
 }
 
 /// The compiled kernel programs, embedded at build time by `build.rs`.
@@ -120,7 +122,10 @@ impl Probe {
             .as_ref()
             .map_err(|e| format!("{e:#}"))
             .and_then(|root| state_tp_layout(root).map_err(|e| format!("{e:#}")));
+        let mut lap = crate::clock::Lap::new("loading");
+        let aya_btf = hooks::AyaBtf::start();
         let kernel_btf = btf::Btf::from_sys_fs();
+        lap.at("kernel BTF read for layouts");
         let sock_layout = kernel_btf
             .as_ref()
             .map_err(ToString::to_string)
@@ -194,7 +199,9 @@ impl Probe {
         };
         let state_tp_layout = state_layout.clone().unwrap_or_default();
         let sock_layout_value = sock_layout.clone().unwrap_or_default();
+        lap.at("layouts");
         let mut loader = EbpfLoader::new();
+        lap.at("kernel BTF read for relocations");
         loader
             .override_global(global_names::STATE_TP_LAYOUT, &state_tp_layout, true)
             .override_global(global_names::SOCK_LAYOUT, &sock_layout_value, true)
@@ -216,6 +223,7 @@ impl Probe {
         let mut ebpf = loader
             .load(object_bytes)
             .map_err(|e| explain_load_error(&e, memlock))?;
+        lap.at("maps created");
         // Opened now, with every privilege still held (a perf buffer is a perf event), and
         // before any hook runs: a kernel that refuses it refuses the load.
         let events = open_events(&mut ebpf, perf_buffer.then_some(caps.ring_buffer_bytes))?;
@@ -235,6 +243,7 @@ impl Probe {
             fallbacks,
             rows: None,
             rows_reads: 0,
+            aya_btf,
         };
         probe.load_targets(targets)?;
         // From the first connect the hook sees until seeding is done, connects record their
@@ -246,6 +255,7 @@ impl Probe {
             state_layout: state_layout.as_ref().map(|_| ()).map_err(Clone::clone),
         };
         probe.hook = probe.attach_hook(choice, &needs)?;
+        lap.at("hook attached");
         // The two rare events are worth having, not worth failing for: without them zkconn
         // finds exits from /proc, and refusals by their byte counts alone.
         if !probe.exit_events {
@@ -282,6 +292,8 @@ impl Probe {
                 Err(btf_error.context("this kernel has no tcp:tcp_receive_reset"))
             }
         });
+        probe.aya_btf = hooks::AyaBtf::Dropped;
+        lap.at("exit and reset programs attached");
         if let Err(e) = reset {
             probe.limitations.push(if bytes_offset.is_some() {
                 format!(

@@ -195,8 +195,15 @@ impl Source {
                     ring_buffer_bytes: args.ring_buffer_kib * 1024,
                 };
                 before_attach();
-                match Probe::load(choice, caps, &targets, &args.fallback) {
-                    Ok(probe) => start_kernel(probe, &mut tables, &procfs, &cgroups, &targets)?,
+                let mut lap = crate::clock::Lap::new("start");
+                // Which process holds each socket, walked while the programs load.
+                let walk = seed::FdWalk::in_background(procfs.clone());
+                let loaded = Probe::load(choice, caps, &targets, &args.fallback);
+                lap.at("programs loaded and attached");
+                match loaded {
+                    Ok(probe) => {
+                        start_kernel(probe, &mut tables, &procfs, &cgroups, &targets, walk)?
+                    }
                     // The kernel refuses every BPF hook (too old, lockdown, a policy): `auto`
                     // samples the socket tables instead, and says why. A limit or privilege
                     // the operator can fix is reported instead.
@@ -625,7 +632,7 @@ impl Source {
             }
         };
         let now_ns = crate::clock::now_boot_ns();
-        let mut lap = Lap::new();
+        let mut lap = crate::clock::Lap::new("reading");
         // One pass over every connection (there may be 100,000): who holds one, and in
         // which cgroups. The same rows as last time: the same answer.
         let holdings = self
@@ -841,9 +848,10 @@ fn start_kernel(
     procfs: &Procfs,
     cgroups: &CgroupPaths,
     targets: &Targets,
+    walk: Option<std::thread::JoinHandle<io::Result<seed::FdWalk>>>,
 ) -> anyhow::Result<(Feed, SeedReport)> {
     let events = probe.take_events()?;
-    let seeds = seed::seed(&mut probe, tables, procfs, cgroups, targets)
+    let seeds = seed::seed(&mut probe, tables, procfs, cgroups, targets, walk)
         .context("seeding the connections that existed before start failed")?;
     probe.set_seeding(false)?;
     tracing::info!(
@@ -910,23 +918,6 @@ mod tests {
     ) {
         assert!(levels.len() <= CGROUP_DEPTH);
         assert_eq!(cgroup_path(&names(levels, truncated)).as_deref(), expected);
-    }
-}
-
-/// Times the steps of a reading, for `ZKCONN_LOG=trace`.
-struct Lap(std::time::Instant);
-
-impl Lap {
-    fn new() -> Self {
-        Self(std::time::Instant::now())
-    }
-
-    fn at(&mut self, step: &str) {
-        tracing::trace!(
-            "reading: {step} in {:.1} ms",
-            self.0.elapsed().as_secs_f64() * 1e3
-        );
-        self.0 = std::time::Instant::now();
     }
 }
 

@@ -31,7 +31,7 @@ fn main() -> std::process::ExitCode {
         // Only the start-up measurement, printed.
         Some("startup-only") => listener(0, false)
             .and_then(|a| startup(a.port()))
-            .map(|t| println!("{t}")),
+            .map(|(t, _, _)| println!("{t}")),
         // The connect/close loop alone on `PORT` (to profile a tracer attached to it).
         Some("loop-only") => args
             .get(2)
@@ -73,7 +73,7 @@ fn main() -> std::process::ExitCode {
             raise_fd_limit();
             listener(0, false)
                 .and_then(|a| growth(a.port()))
-                .map(|t| println!("{t}"))
+                .map(|(t, _)| println!("{t}"))
         }
         // Internal: one short-lived process of the soak.
         Some("soak-life") => soak_life(&args[2..]),
@@ -603,7 +603,8 @@ const STARTUP_NOTE: &str = "`ss -tnp` reads the socket table once and walks ever
 
 /// Start-up with 10,000 connections held by 100 processes: zkconn's first snapshot next to
 /// `ss -tnp`.
-fn startup(port: u16) -> Result<String> {
+/// The start-up tables, and the medians of zkconn's and `ss -tnp`'s times in seconds.
+fn startup(port: u16) -> Result<(String, f64, f64)> {
     let (hold, server) = spawn_hold_server(port)?;
     let held = holders(hold, 100, 100)?;
     let port = hold.port().to_string();
@@ -654,7 +655,7 @@ fn startup(port: u16) -> Result<String> {
          detaching the programs at exit | {:.1} |\n",
         (total_ms - accounted).max(0.0)
     ));
-    Ok(format!(
+    let text = format!(
         "| tool | median | min–max | result |\n|---|---|---|---|\n\
          | `zkconn snapshot --json` (attach, seed, snapshot, detach) | {:.2} s | {:.2}–{:.2} s | {} |\n\
          | `ss -tnp` | {:.2} s | {:.2}–{:.2} s | a listing, no owners' classification |\n",
@@ -670,7 +671,8 @@ fn startup(port: u16) -> Result<String> {
         ss.iter().copied().fold(f64::MAX, f64::min),
         ss.iter().copied().fold(0.0, f64::max),
     ) + "\n"
-        + &breakdown)
+        + &breakdown;
+    Ok((text, median(&mut z), median(&mut ss)))
 }
 
 /// A `zkconn daemon` on a fresh loopback address, watching `port`.
@@ -957,7 +959,17 @@ fn ss_open(port: u16) -> Result<usize> {
 /// How long the growth benchmark watches a daemon at rest.
 const AT_REST_SECS: u64 = 60;
 
-fn growth(port: u16) -> Result<String> {
+/// What the growth table measured at its largest size (100,000 connections).
+#[derive(Default)]
+struct AtRest {
+    sample_ms: f64,
+    cpu_pct: f64,
+    repair_pct: Option<f64>,
+}
+
+/// The growth table, and its figures at the largest size.
+fn growth(port: u16) -> Result<(String, AtRest)> {
+    let mut largest = AtRest::default();
     let mut s = String::from(
         "| tracked connections | processes | one sample at rest (median) | drift repair round | between rounds | so, repair | daemon CPU over 60 s at rest | GET /v1/snapshot (median of 5) | document size | RSS |\n|---|---|---|---|---|---|---|---|---|---|\n",
     );
@@ -1008,6 +1020,11 @@ fn growth(port: u16) -> Result<String> {
             .as_f64()
             .unwrap_or(0.0);
         let round = repairs.last().copied();
+        largest = AtRest {
+            sample_ms: median(&mut samples.clone()),
+            cpu_pct: idle,
+            repair_pct: round.map(|r| r / 1000.0 / spacing.max(1.0) * 100.0),
+        };
         let _ = writeln!(
             s,
             "| {n} | {processes} | {:.1} ms | {} | {spacing:.0} s | {} | {idle:.2} % of one core | {:.1} ms | {:.0} KiB | {rss:.1} MiB |",
@@ -1024,7 +1041,7 @@ fn growth(port: u16) -> Result<String> {
         drop(held);
         drop(servers);
     }
-    Ok(s)
+    Ok((s, largest))
 }
 
 fn machine() -> String {
@@ -1156,7 +1173,8 @@ fn run(out: &str) -> Result<()> {
         doc,
         "10,000 connections that exist before start, held by 100 processes; {ROUNDS} runs each.\n"
     )?;
-    writeln!(doc, "{}", startup(addr.port())?)?;
+    let (text, zkconn_start, ss_start) = startup(addr.port())?;
+    writeln!(doc, "{text}")?;
     writeln!(doc, "{STARTUP_NOTE}")?;
     eprintln!("zkconn-bench: daemon cost");
     writeln!(doc, "## Daemon cost\n")?;
@@ -1171,12 +1189,92 @@ fn run(out: &str) -> Result<()> {
         doc,
         "A daemon (`--max-connections 262144`) watching N connections held by the given number of processes, each from its own loopback address, then left at rest for {AT_REST_SECS} s. The daemon times its own work (`ZKCONN_LOG=trace` logs each sample's steps, `-vv` each drift repair round), and the benchmark reads those lines: \"one sample at rest\" is the median over that time; \"drift repair round\" is the last round's time and \"between rounds\" the spacing the daemon chose after it (`probe.repaired.spacing_secs`), so \"repair\" is what rounds cost on average. \"Daemon CPU\" is its user + system time from `/proc/PID/stat` over the same time, which holds a repair round or not. `GET /v1/snapshot` serves the document of the last sample. Reproduce with `zkconn-bench growth-only`.\n"
     )?;
-    writeln!(doc, "{}", growth(addr.port())?)?;
+    let (text, at_rest) = growth(addr.port())?;
+    writeln!(doc, "{text}")?;
     eprintln!("zkconn-bench: soak ({SOAK_MINUTES} minutes)");
     writeln!(doc, "{}", soak_section(addr.port(), SOAK_MINUTES)?)?;
+    let goals = goals_table(&watched, &unwatched, zkconn_start, ss_start, &at_rest);
+    // Right after the title and machine line: what a reader looks for first.
+    let at = doc.find("## ").unwrap_or(doc.len());
+    doc.insert_str(at, &goals);
     std::fs::write(out, &doc)?;
     println!("{doc}");
     Ok(())
+}
+
+/// This run's figures against the goals set for the cost of the programs and the daemon,
+/// with the figures measured before that work (an earlier run of this benchmark).
+fn goals_table(
+    watched: &[ModeResult],
+    unwatched: &[ModeResult],
+    zkconn_start: f64,
+    ss_start: f64,
+    at_rest: &AtRest,
+) -> String {
+    let bpf = |rows: &[ModeResult], name: &str| {
+        rows.iter()
+            .find(|r| r.name == name)
+            .and_then(|r| r.bpf.map(|(ns, _)| ns))
+    };
+    let tcplife = bpf(watched, "tcplife");
+    let mut s = String::from(
+        "## Against the goals
+
+Each figure from this run's sections below; \"before\" is \
+         the same benchmark on the build before the programs and the daemon were made cheaper. \
+         One row per hook that attaches on this machine.\n\n\
+         | measure | before | goal | this run | met |\n|---|---|---|---|---|\n",
+    );
+    let met = |ok: bool| if ok { "yes" } else { "no" };
+    for r in watched.iter().filter(|r| r.name.starts_with("zkconn")) {
+        let Some((ns, _)) = r.bpf else { continue };
+        let _ = writeln!(
+            s,
+            "| BPF time per watched connection, {} | 3,200 ns | ≤ 1,200 ns | {ns:.0} ns | {} |",
+            r.name,
+            met(ns <= 1200.0)
+        );
+        if let Some(t) = tcplife {
+            let ratio = t / ns;
+            let _ = writeln!(
+                s,
+                "| tcplife / zkconn, watched, {} | 5× | ≥ 12× | {ratio:.1}× | {} |",
+                r.name,
+                met(ratio >= 12.0)
+            );
+        }
+    }
+    for r in unwatched.iter().filter(|r| r.name.starts_with("zkconn")) {
+        let Some((ns, _)) = r.bpf else { continue };
+        let _ = writeln!(
+            s,
+            "| BPF time per connection on other ports, {} | 1,000 ns | ≤ 300 ns | {ns:.0} ns | {} |",
+            r.name,
+            met(ns <= 300.0)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "| one sample at 100,000 connections | 78 ms | ≤ 5 ms | {:.1} ms | {} |",
+        at_rest.sample_ms,
+        met(at_rest.sample_ms <= 5.0)
+    );
+    let _ = writeln!(
+        s,
+        "| daemon CPU at rest, 100,000 connections | 7.8 % of a core | ≤ 0.5 % | {:.2} % over {AT_REST_SECS} s{} | {} |",
+        at_rest.cpu_pct,
+        at_rest.repair_pct.map_or(String::new(), |r| format!(
+            "; drift repair on average {r:.2} %"
+        )),
+        met(at_rest.cpu_pct + at_rest.repair_pct.unwrap_or(0.0) <= 0.5)
+    );
+    let _ = writeln!(
+        s,
+        "| start-up to an exact snapshot, 10,000 pre-existing | 0.61 s (`ss -tnp` 0.32 s) | below `ss -tnp` | {zkconn_start:.2} s (`ss -tnp` {ss_start:.2} s) | {} |",
+        met(zkconn_start < ss_start)
+    );
+    s.push('\n');
+    s
 }
 
 /// How long the soak of a full `cargo xtask bench` runs.

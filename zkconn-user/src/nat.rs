@@ -37,6 +37,10 @@ use crate::{
 /// connections must not stall a sample).
 pub const LOOKUPS_PER_SAMPLE: usize = 4096;
 
+/// Questions sent in one datagram; the kernel answers each in a datagram of its own. Small
+/// enough that the answers (a few hundred bytes each) fit the socket's receive buffer.
+const BATCH: usize = 32;
+
 /// How long one answer may take before the question counts as failed.
 const ANSWER_TIMEOUT: Duration = Duration::from_millis(200);
 
@@ -86,9 +90,18 @@ impl Nat {
             dport: 1,
             _pad: 0,
         };
-        if let Err(e) = nat.ask(&probe) {
-            nat.socket = None;
-            nat.reason = Some(e.explain());
+        match nat.ask(&[probe]) {
+            Ok(answers) if answers.iter().all(Option::is_some) => {}
+            Ok(_) => {
+                nat.socket = None;
+                nat.reason = Some(
+                    LookupError::Io(std::io::Error::from(std::io::ErrorKind::TimedOut)).explain(),
+                );
+            }
+            Err(e) => {
+                nat.socket = None;
+                nat.reason = Some(e.explain());
+            }
         }
         nat
     }
@@ -118,23 +131,26 @@ impl Nat {
         }
         let live: FxHashSet<ConnTuple> = live.filter(|t| t.sport != 0).copied().collect();
         self.cache.retain(|t, _| live.contains(t));
-        let mut budget = LOOKUPS_PER_SAMPLE;
-        let mut unasked = false;
-        if self.socket.is_some() {
-            for t in &live {
-                if self.cache.contains_key(t) {
-                    continue;
-                }
-                if budget == 0 {
-                    unasked = true;
-                    break;
-                }
-                budget -= 1;
-                match self.ask_counted(t) {
-                    Some(answer) => {
-                        self.cache.insert(*t, answer);
+        // Without a table to ask, nothing is asked (and nothing waits to be).
+        let new: Vec<ConnTuple> = if self.available() {
+            live.iter()
+                .filter(|t| !self.cache.contains_key(t))
+                .copied()
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut unasked = new.len() > LOOKUPS_PER_SAMPLE;
+        for chunk in new[..new.len().min(LOOKUPS_PER_SAMPLE)].chunks(BATCH) {
+            let Some(answers) = self.ask_counted(chunk) else {
+                unasked = true;
+                break;
+            };
+            for (t, answer) in chunk.iter().zip(answers) {
+                match answer {
+                    Some(a) => {
+                        self.cache.insert(*t, a);
                     }
-                    None if self.socket.is_none() => break,
                     None => unasked = true,
                 }
             }
@@ -153,25 +169,41 @@ impl Nat {
     /// the close), for those the host translated. At most [`LOOKUPS_PER_SAMPLE`].
     pub fn translate_closed(&mut self, closed: &[ConnTuple]) -> Vec<(ConnTuple, [u8; 16])> {
         let mut found = Vec::new();
-        for t in closed.iter().take(LOOKUPS_PER_SAMPLE) {
-            if self.socket.is_none() {
+        let asked = if self.available() {
+            closed.len().min(LOOKUPS_PER_SAMPLE)
+        } else {
+            0
+        };
+        let closed = &closed[..asked];
+        for chunk in closed.chunks(BATCH) {
+            let Some(answers) = self.ask_counted(chunk) else {
                 break;
-            }
-            if let Some(Some(seen)) = self.ask_counted(t) {
-                found.push((*t, seen));
+            };
+            for (t, answer) in chunk.iter().zip(answers) {
+                if let Some(Some(seen)) = answer {
+                    found.push((*t, seen));
+                }
             }
         }
         found
     }
 
-    /// [`Nat::ask`], with its failures counted: `None` when the question failed. A failure
-    /// other than one question's (permission lost, module removed) closes the socket.
-    fn ask_counted(&mut self, t: &ConnTuple) -> Option<Answer> {
-        match self.ask(t) {
-            Ok(answer) => Some(answer),
+    /// [`Nat::ask`], with its failures counted: `None` when no question could be asked,
+    /// else one answer per question, `None` for a question that failed. A failure other than
+    /// one question's (permission lost, module removed) closes the socket.
+    fn ask_counted(&mut self, questions: &[ConnTuple]) -> Option<Vec<Option<Answer>>> {
+        match self.ask(questions) {
+            Ok(answers) => {
+                let failed = answers.iter().filter(|a| a.is_none()).count();
+                if failed > 0 {
+                    tracing::debug!("conntrack look-ups unanswered: {failed}");
+                    self.errors += failed as u64;
+                }
+                Some(answers)
+            }
             Err(LookupError::Io(e)) => {
-                tracing::debug!("conntrack look-up failed: {e}");
-                self.errors += 1;
+                tracing::debug!("conntrack look-ups failed: {e}");
+                self.errors += questions.len() as u64;
                 None
             }
             Err(e) => {
@@ -194,65 +226,107 @@ impl Nat {
         }
     }
 
-    /// Asks the table about `t`: `Ok(Some(addr))` when the server sees `addr`, `Ok(None)`
-    /// when the connection keeps its own address or the host does not track it.
-    fn ask(&mut self, t: &ConnTuple) -> Result<Answer, LookupError> {
+    /// Asks the table about each of `questions`, all in one datagram: per question
+    /// `Some(Some(addr))` when the server sees `addr`, `Some(None)` when the connection keeps
+    /// its own address or the host does not track it, `None` when no answer came in time.
+    fn ask(&mut self, questions: &[ConnTuple]) -> Result<Vec<Option<Answer>>, LookupError> {
         let socket = self.socket.as_ref().ok_or(LookupError::Closed)?;
-        self.lookups += 1;
-        self.seq = self.seq.wrapping_add(1);
-        let (src, dst) = (ip_from_bytes(t.saddr), ip_from_bytes(t.daddr));
-        let family = match src {
-            IpAddr::V4(_) => NetfilterProtoFamily::IPv4,
-            IpAddr::V6(_) => NetfilterProtoFamily::IPv6,
-        };
-        let orig = ConntrackAttribute::CtaTupleOrig(vec![
-            Tuple::Ip(vec![
-                IPTuple::SourceAddress(src),
-                IPTuple::DestinationAddress(dst),
-            ]),
-            Tuple::Proto(vec![
-                ProtoTuple::Protocol(Protocol::Tcp),
-                ProtoTuple::SourcePort(t.sport),
-                ProtoTuple::DestinationPort(t.dport),
-            ]),
-        ]);
-        let message = NetfilterMessage::new(
-            NetfilterHeader::new(family, 0, 0),
-            ConntrackMessage::Get(vec![orig]),
-        );
-        let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST;
-        header.sequence_number = self.seq;
-        header.message_type = message.message_type();
-        let mut packet = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(message));
-        packet.finalize();
-        let mut buf = vec![0u8; packet.buffer_len()];
-        packet.serialize(&mut buf);
-        socket.send(&buf, 0).map_err(LookupError::Io)?;
-        loop {
-            let mut reply = Vec::with_capacity(8192);
-            socket.recv(&mut reply, 0).map_err(LookupError::Io)?;
-            let parsed = NetlinkMessage::<NetfilterMessage>::deserialize(&reply)
-                .map_err(|e| LookupError::Io(std::io::Error::other(e.to_string())))?;
-            if parsed.header.sequence_number != self.seq {
-                continue; // an answer to a question that timed out
-            }
-            return match parsed.payload {
-                NetlinkPayload::InnerMessage(NetfilterMessage {
-                    inner: NetfilterMessageInner::Conntrack(ConntrackMessage::New(attrs)),
-                    ..
-                }) => Ok(reply_source(&attrs)
-                    .filter(|seen| *seen != src)
-                    .map(ip_to_bytes)),
-                NetlinkPayload::Error(e) => match e.code.map(|c| -c.get()) {
-                    None => Ok(None),
-                    Some(libc::ENOENT) => Ok(None),
-                    Some(libc::EPERM) => Err(LookupError::Permission),
-                    Some(code) => Err(LookupError::Kernel(code)),
-                },
-                _ => Ok(None),
-            };
+        let first = self.seq.wrapping_add(1);
+        let mut datagram = Vec::new();
+        for t in questions {
+            self.seq = self.seq.wrapping_add(1);
+            datagram.extend(question(t, self.seq));
         }
+        self.lookups += questions.len() as u64;
+        socket.send(&datagram, 0).map_err(LookupError::Io)?;
+        let mut answers: Vec<Option<Answer>> = vec![None; questions.len()];
+        let mut left = questions.len();
+        let mut reply = Vec::with_capacity(8192);
+        while left > 0 {
+            reply.clear();
+            if let Err(e) = socket.recv(&mut reply, 0) {
+                // No answer within the timeout: the rest stay unanswered.
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut
+                {
+                    break;
+                }
+                return Err(LookupError::Io(e));
+            }
+            let mut offset = 0;
+            while offset < reply.len() {
+                let parsed = NetlinkMessage::<NetfilterMessage>::deserialize(&reply[offset..])
+                    .map_err(|e| LookupError::Io(std::io::Error::other(e.to_string())))?;
+                let length = parsed.header.length as usize;
+                // An answer to one of these questions (not one that timed out before).
+                let i = parsed.header.sequence_number.wrapping_sub(first) as usize;
+                if let Some(slot) = answers.get_mut(i)
+                    && slot.is_none()
+                {
+                    let src = ip_from_bytes(questions[i].saddr);
+                    *slot = Some(answer(parsed.payload, src)?);
+                    left -= 1;
+                }
+                if length == 0 {
+                    break;
+                }
+                // Messages in one datagram are 4-byte aligned.
+                offset += length.next_multiple_of(4);
+            }
+        }
+        Ok(answers)
+    }
+}
+
+/// The `IPCTNL_MSG_CT_GET` for `t`, with sequence number `seq`.
+fn question(t: &ConnTuple, seq: u32) -> Vec<u8> {
+    let (src, dst) = (ip_from_bytes(t.saddr), ip_from_bytes(t.daddr));
+    let family = match src {
+        IpAddr::V4(_) => NetfilterProtoFamily::IPv4,
+        IpAddr::V6(_) => NetfilterProtoFamily::IPv6,
+    };
+    let orig = ConntrackAttribute::CtaTupleOrig(vec![
+        Tuple::Ip(vec![
+            IPTuple::SourceAddress(src),
+            IPTuple::DestinationAddress(dst),
+        ]),
+        Tuple::Proto(vec![
+            ProtoTuple::Protocol(Protocol::Tcp),
+            ProtoTuple::SourcePort(t.sport),
+            ProtoTuple::DestinationPort(t.dport),
+        ]),
+    ]);
+    let message = NetfilterMessage::new(
+        NetfilterHeader::new(family, 0, 0),
+        ConntrackMessage::Get(vec![orig]),
+    );
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST;
+    header.sequence_number = seq;
+    header.message_type = message.message_type();
+    let mut packet = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(message));
+    packet.finalize();
+    let mut buf = vec![0u8; packet.buffer_len()];
+    packet.serialize(&mut buf);
+    buf
+}
+
+/// What one answer says of a connection from `src`.
+fn answer(payload: NetlinkPayload<NetfilterMessage>, src: IpAddr) -> Result<Answer, LookupError> {
+    match payload {
+        NetlinkPayload::InnerMessage(NetfilterMessage {
+            inner: NetfilterMessageInner::Conntrack(ConntrackMessage::New(attrs)),
+            ..
+        }) => Ok(reply_source(&attrs)
+            .filter(|seen| *seen != src)
+            .map(ip_to_bytes)),
+        NetlinkPayload::Error(e) => match e.code.map(|c| -c.get()) {
+            None => Ok(None),
+            Some(libc::ENOENT) => Ok(None),
+            Some(libc::EPERM) => Err(LookupError::Permission),
+            Some(code) => Err(LookupError::Kernel(code)),
+        },
+        _ => Ok(None),
     }
 }
 

@@ -310,6 +310,90 @@ fn a_reused_pid_is_a_new_owner_in_its_own_container() -> Result<()> {
     Ok(())
 }
 
+/// A pid reused at once: twenty short-lived connectors (a shell that joins its container,
+/// connects through bash's `/dev/tcp` and exits, a few milliseconds in all) are reaped, and
+/// each pid goes straight to a process of another container that makes no connection.
+/// `/proc` gives start times in 10 ms ticks, so the newcomer often looks as old as the
+/// connector there; the kernel forgot the connector at its exit, so zkconn knows `/proc` no
+/// longer shows it, and each connection stays with its own container.
+#[test]
+fn a_pid_reused_at_once_does_not_lend_its_process_to_the_exited_one() -> Result<()> {
+    use std::process::{Child, Command, Stdio};
+    let zk = ZkServer::start(fresh_ipv4(), 0, &[])?;
+    let ts = fresh_cluster_ts();
+    let z = Zkconn::start(&["--zk", &zk.addr.to_string()])?;
+    let parent = format!("/hadoop-yarn-zkconn-{}-reuse", std::process::id());
+    let _parent = Cgroup::v2(&parent)?;
+    let joined = |cg: &Cgroup, then: &str| -> std::io::Result<Child> {
+        Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "echo $$ > {}/cgroup.procs && {then}",
+                cg.path.display()
+            ))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+    };
+    let mut seen = Vec::new();
+    let mut newcomers: Vec<Child> = Vec::new();
+    let mut groups = Vec::new();
+    for i in 0..20u32 {
+        let mine = format!("container_e9_{ts}_0093_01_{:06}", i + 2);
+        let other = format!("container_e9_{ts}_0094_01_{:06}", i + 2);
+        let cg = Cgroup::v2(&format!("{parent}/{mine}"))?;
+        let cg_other = Cgroup::v2(&format!("{parent}/{other}"))?;
+        let connect = format!("exec 3<>/dev/tcp/{}/{}", zk.addr.ip(), zk.addr.port());
+        let mut connector = joined(&cg, &connect)?;
+        let pid = connector.id();
+        let status = connector.wait()?;
+        anyhow::ensure!(status.success(), "the connector failed: {status}");
+        // The same pid for a newcomer that never connects (other forks may take it first).
+        for _ in 0..200 {
+            std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string())?;
+            let mut newcomer = joined(&cg_other, "exec sleep 60")?;
+            if newcomer.id() == pid {
+                newcomers.push(newcomer);
+                break;
+            }
+            newcomer.kill()?;
+            newcomer.wait()?;
+        }
+        seen.push((pid, mine));
+        groups.push((cg, cg_other));
+    }
+    wait_settled(zk.addr)?;
+    let snap = z.finish()?;
+    for n in &mut newcomers {
+        n.kill()?;
+        n.wait()?;
+    }
+    assert!(
+        newcomers.len() >= 10,
+        "only {} pids reused",
+        newcomers.len()
+    );
+
+    for (pid, container) in &seen {
+        let rows: Vec<&serde_json::Value> = snap["processes"]
+            .as_array()
+            .map(|r| r.iter().filter(|p| p["pid"] == *pid).collect())
+            .unwrap_or_default();
+        assert_eq!(rows.len(), 1, "pid {pid}: {rows:#?}");
+        let row = rows[0];
+        assert_eq!(row["yarn_container"], container.as_str(), "{row:#}");
+        assert_eq!([field(row, "opened")?, field(row, "closed")?], [1, 1]);
+    }
+    let app = row_where(
+        &snap,
+        "applications",
+        "application",
+        &format!("application_{ts}_0093"),
+    )?;
+    assert_eq!(field(app, "opened")?, 20, "{app:#}");
+    Ok(())
+}
+
 /// Short-lived processes in containers whose cgroups are gone before zkconn can look: zkconn
 /// is stopped (as on a host too loaded to schedule it) while six one-connection processes,
 /// three in v2 and three in v1 (cpu) YARN container cgroups, connect, exit and have their

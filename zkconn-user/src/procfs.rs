@@ -135,8 +135,14 @@ impl Procfs {
         })?;
         if exiting {
             // An exiting task's v1 lines all read `/` whatever its cgroups were; its v2 line
-            // stays true.
+            // stays true, marked ` (deleted)` when its cgroup was removed under it (only an
+            // exiting task can be in a removed cgroup: a live one keeps it populated).
             cgroups.retain(CgroupLine::is_v2);
+            for line in &mut cgroups {
+                if let Some(path) = line.path.strip_suffix(" (deleted)") {
+                    line.path = path.to_owned();
+                }
+            }
         }
         let status = fs::read_to_string(self.pid_path(pid, "status"))?;
         let uid = status
@@ -237,18 +243,37 @@ impl Procfs {
 
     /// Socket inodes held open by `pid`.
     pub fn socket_inodes(&self, pid: u32) -> io::Result<Vec<u64>> {
-        let mut inodes = Vec::new();
+        Ok(self
+            .socket_fds(pid)?
+            .into_iter()
+            .map(|(_, inode)| inode)
+            .collect())
+    }
+
+    /// The socket descriptors of `pid`, with their inodes.
+    pub fn socket_fds(&self, pid: u32) -> io::Result<Vec<(u32, u64)>> {
+        let mut fds = Vec::new();
         for entry in fs::read_dir(self.pid_path(pid, "fd"))? {
             let Ok(entry) = entry else { continue };
+            let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+                continue;
+            };
             // An fd closed between read_dir and read_link is not an error.
             let Ok(link) = fs::read_link(entry.path()) else {
                 continue;
             };
             if let Some(inode) = parse_bracketed_inode(&link.to_string_lossy(), "socket:") {
-                inodes.push(inode);
+                fds.push((fd, inode));
             }
         }
-        Ok(inodes)
+        Ok(fds)
+    }
+
+    /// Whether descriptor `fd` of `pid` is the socket `inode` now.
+    pub fn holds_socket(&self, pid: u32, fd: u32, inode: u64) -> bool {
+        fs::read_link(self.pid_path(pid, &format!("fd/{fd}"))).is_ok_and(|link| {
+            parse_bracketed_inode(&link.to_string_lossy(), "socket:") == Some(inode)
+        })
     }
 
     /// TCP sockets of `pid`'s network namespace (`net/tcp` and `net/tcp6`).
@@ -887,6 +912,10 @@ mod tests {
         assert!(info.argv.is_empty() && info.exe.is_none());
         assert_eq!(info.cgroup_v2(), Some("/a.slice"));
         assert!(!info.environ_unreadable);
+        // Alive, in a cgroup whose name ends like the kernel's mark: the name stands.
+        fs::write(p.join("cgroup"), "0::/a/weird (deleted)\n").unwrap();
+        let info = procfs.process(9).unwrap();
+        assert_eq!(info.cgroup_v2(), Some("/a/weird (deleted)"));
         // Exiting, its v2 cgroup removed: the v1 lines (all `/` then) are left out, the v2
         // path is the cgroup's without the kernel's mark.
         fs::write(

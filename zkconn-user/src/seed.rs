@@ -67,9 +67,10 @@ fn count_unreadable(report: &mut SeedReport, e: &io::Error) {
 
 /// Which process holds each socket inode, from one walk over every `/proc/PID/fd`: the
 /// earliest-started holder (a forked child inherits its parent's sockets; the parent made
-/// them), with its start time.
+/// them), with its start time and the descriptor it holds the socket by.
 pub struct FdWalk {
     holders: HashMap<u64, (u64, u32)>,
+    fds: HashMap<u64, u32>,
     /// `/proc` entries that existed but could not be read.
     unreadable: u64,
 }
@@ -80,10 +81,11 @@ impl FdWalk {
     pub fn run(procfs: &Procfs, wanted: Option<&HashSet<u64>>) -> io::Result<Self> {
         let mut walk = FdWalk {
             holders: HashMap::new(),
+            fds: HashMap::new(),
             unreadable: 0,
         };
         for pid in procfs.pids()? {
-            let inodes = match procfs.socket_inodes(pid) {
+            let inodes = match procfs.socket_fds(pid) {
                 Ok(i) => i,
                 Err(e) => {
                     if e.kind() != io::ErrorKind::NotFound {
@@ -93,13 +95,14 @@ impl FdWalk {
                 }
             };
             let start = procfs.start_ns(pid).unwrap_or(u64::MAX);
-            for inode in inodes
+            for (fd, inode) in inodes
                 .into_iter()
-                .filter(|i| wanted.is_none_or(|w| w.contains(i)))
+                .filter(|(_, i)| wanted.is_none_or(|w| w.contains(i)))
             {
                 let entry = walk.holders.entry(inode).or_insert((start, pid));
-                if (start, pid) < *entry {
+                if (start, pid) <= *entry {
                     *entry = (start, pid);
+                    walk.fds.insert(inode, fd);
                 }
             }
         }
@@ -116,14 +119,20 @@ impl FdWalk {
             .ok()
     }
 
-    /// Whether this walk names a holder for each of `wanted`, and each holder is still the
-    /// process it was (same start time: a pid may have been reused since).
+    /// Whether this walk names a holder for each of `wanted` that still holds it by the
+    /// same descriptor (it may have closed it, or passed it on), each holder still the
+    /// process it was (same start time: a pid may have been reused since). One `readlink`
+    /// per socket, not one per descriptor of every process.
     fn covers(&self, wanted: &HashSet<u64>, procfs: &Procfs) -> bool {
         let mut pids: HashMap<u32, u64> = HashMap::new();
         for inode in wanted {
-            let Some(&(start, pid)) = self.holders.get(inode) else {
+            let (Some(&(start, pid)), Some(&fd)) = (self.holders.get(inode), self.fds.get(inode))
+            else {
                 return false;
             };
+            if !procfs.holds_socket(pid, fd, *inode) {
+                return false;
+            }
             pids.insert(pid, start);
         }
         pids.into_iter()
@@ -483,6 +492,10 @@ mod tests {
         assert!(walk.covers(&set(&[7, 8]), &procfs));
         // A socket made after the walk.
         assert!(!walk.covers(&set(&[7, 9]), &procfs));
+        // Its holder closed it (or passed it on) since.
+        std::fs::remove_file(dir.path().join("11/fd/1")).unwrap();
+        assert!(!walk.covers(&set(&[8]), &procfs));
+        assert!(walk.covers(&set(&[7]), &procfs));
         // Its holder exited and the pid went to a newer process.
         std::fs::remove_dir_all(dir.path().join("11")).unwrap();
         fixture(dir.path(), 11, 900, &[]);

@@ -28,14 +28,8 @@ pub fn parse_proc_cgroup(text: &str) -> Vec<CgroupLine> {
         .filter_map(|line| {
             let (hierarchy, rest) = line.split_once(':')?;
             let (controllers, path) = rest.split_once(':')?;
-            let hierarchy = hierarchy.parse().ok()?;
-            // The kernel marks a v2 cgroup removed under a process not yet reaped.
-            let path = match path.strip_suffix(" (deleted)") {
-                Some(p) if hierarchy == 0 && controllers.is_empty() => p,
-                _ => path,
-            };
             Some(CgroupLine {
-                hierarchy,
+                hierarchy: hierarchy.parse().ok()?,
                 controllers: controllers.to_owned(),
                 path: path.to_owned(),
             })

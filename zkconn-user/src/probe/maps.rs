@@ -264,6 +264,18 @@ impl Probe {
         }))
     }
 
+    /// Whether the kernel still has `key` as the live process of its pid: it forgets an
+    /// owner when its thread group exits (where exits are reported), before the pid can be
+    /// reused. `None` when the table cannot be read.
+    pub fn owner_live(&self, key: &OwnerKey) -> Option<bool> {
+        let owners: HashMap<_, u32, Owner> = self.map(map_names::OWNERS).ok()?;
+        match owners.get(&key.tgid, 0) {
+            Ok(o) => Some(o.birth_ns == key.birth_ns),
+            Err(aya::maps::MapError::KeyNotFound) => Some(false),
+            Err(_) => None,
+        }
+    }
+
     /// Tells the kernel whether seeded connections may still wait in `SEEDS`: set before
     /// the first seed goes in, cleared once a read finds the table empty.
     pub fn set_seeds_pending(&mut self, pending: bool) -> anyhow::Result<()> {

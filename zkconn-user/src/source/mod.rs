@@ -490,9 +490,20 @@ impl Source {
     }
 
     /// `/proc` facts for `owner`, if the pid still belongs to it: a process that started
-    /// after the owner's birth is a newer process reusing the pid.
+    /// after the owner's birth is a newer process reusing the pid. `/proc` gives start times
+    /// in clock ticks (10 ms), so a pid reused within the same tick passes that test; where
+    /// the kernel reports exits, it has forgotten an owner that exited before its `/proc`
+    /// entry was read, and that read was of another process.
     fn read_proc(&mut self, owner: OwnerKey) -> Option<crate::procfs::ProcInfo> {
-        match self.procfs.process(owner.tgid) {
+        let info = self.procfs.process(owner.tgid);
+        if info.is_ok()
+            && let Feed::Kernel { probe, .. } = &self.feed
+            && probe.exit_events
+            && probe.owner_live(&owner) == Some(false)
+        {
+            return None;
+        }
+        match info {
             Ok(info) if info.start_ns <= owner.birth_ns => Some(info),
             Ok(_) => None,
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,

@@ -263,8 +263,7 @@ impl Nat {
                 if let Some(slot) = answers.get_mut(i)
                     && slot.is_none()
                 {
-                    let src = ip_from_bytes(questions[i].saddr);
-                    *slot = Some(answer(parsed.payload, src)?);
+                    *slot = Some(answer(parsed.payload, &questions[i])?);
                     left -= 1;
                 }
                 if length == 0 {
@@ -311,9 +310,17 @@ fn question(t: &ConnTuple, seq: u32) -> Vec<u8> {
     buf
 }
 
-/// What one answer says of a connection from `src`.
-fn answer(payload: NetlinkPayload<NetfilterMessage>, src: IpAddr) -> Result<Answer, LookupError> {
+/// What one answer says of connection `t`.
+fn answer(payload: NetlinkPayload<NetfilterMessage>, t: &ConnTuple) -> Result<Answer, LookupError> {
+    let src = ip_from_bytes(t.saddr);
     match payload {
+        // The table finds an entry by either of its directions: an entry whose reply
+        // direction is this connection (one seen first the other way round, say a stale
+        // entry of a server that reused the port) says nothing of its translation.
+        NetlinkPayload::InnerMessage(NetfilterMessage {
+            inner: NetfilterMessageInner::Conntrack(ConntrackMessage::New(attrs)),
+            ..
+        }) if !original_is(&attrs, src, t.sport) => Ok(None),
         NetlinkPayload::InnerMessage(NetfilterMessage {
             inner: NetfilterMessageInner::Conntrack(ConntrackMessage::New(attrs)),
             ..
@@ -328,6 +335,33 @@ fn answer(payload: NetlinkPayload<NetfilterMessage>, src: IpAddr) -> Result<Answ
         },
         _ => Ok(None),
     }
+}
+
+/// Whether the entry's original direction starts at `src` port `sport` (an entry without
+/// that tuple is taken as it comes).
+fn original_is(attrs: &[ConntrackAttribute], src: IpAddr, sport: u16) -> bool {
+    let Some(orig) = attrs.iter().find_map(|a| match a {
+        ConntrackAttribute::CtaTupleOrig(tuples) => Some(tuples),
+        _ => None,
+    }) else {
+        return true;
+    };
+    let addr = orig.iter().find_map(|t| match t {
+        Tuple::Ip(ips) => ips.iter().find_map(|ip| match ip {
+            IPTuple::SourceAddress(a) => Some(*a),
+            _ => None,
+        }),
+        _ => None,
+    });
+    let port = orig.iter().find_map(|t| match t {
+        Tuple::Proto(p) => p.iter().find_map(|p| match p {
+            ProtoTuple::SourcePort(port) => Some(*port),
+            _ => None,
+        }),
+        _ => None,
+    });
+    addr.is_none_or(|a| crate::targets::canonical_ip(a) == crate::targets::canonical_ip(src))
+        && port.is_none_or(|p| p == sport)
 }
 
 /// The destination address of the reply direction: the source the server answers.
@@ -420,6 +454,42 @@ mod tests {
             Some("192.0.2.7".parse().unwrap())
         );
         assert_eq!(reply_source(&[]), None);
+    }
+
+    /// The table finds an entry by either direction: one whose original direction is this
+    /// connection's reply (a stale entry of a server on the reused port) is no translation.
+    #[test]
+    fn an_entry_found_by_its_reply_direction_is_no_translation() {
+        let t = ConnTuple {
+            saddr: ip_to_bytes("127.0.0.1".parse().unwrap()),
+            daddr: ip_to_bytes("127.201.0.1".parse().unwrap()),
+            sport: 40000,
+            dport: 2181,
+            _pad: 0,
+        };
+        let entry = |orig_src: &str, orig_sport: u16, reply_dst: &str| {
+            NetlinkPayload::InnerMessage(NetfilterMessage::new(
+                NetfilterHeader::new(NetfilterProtoFamily::IPv4, 0, 0),
+                ConntrackMessage::New(vec![
+                    ConntrackAttribute::CtaTupleOrig(vec![
+                        Tuple::Ip(vec![IPTuple::SourceAddress(orig_src.parse().unwrap())]),
+                        Tuple::Proto(vec![ProtoTuple::SourcePort(orig_sport)]),
+                    ]),
+                    tuple_attr(reply_dst),
+                ]),
+            ))
+        };
+        // Masqueraded: the original direction is this connection, the reply goes to the
+        // host's address.
+        assert_eq!(
+            answer(entry("127.0.0.1", 40000, "192.0.2.7"), &t).unwrap(),
+            Some(ip_to_bytes("192.0.2.7".parse().unwrap()))
+        );
+        // Seen the other way round first: found by its reply direction.
+        assert_eq!(
+            answer(entry("127.201.0.1", 2181, "127.201.0.1"), &t).unwrap(),
+            None
+        );
     }
 
     #[test]

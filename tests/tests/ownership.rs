@@ -78,3 +78,66 @@ fn connections_handed_over_before_start_belong_to_their_holder() -> Result<()> {
     assert!(process(&snap, h.connector).is_err());
     Ok(())
 }
+
+/// A connection that predates zkconn, held by a process whose main thread has exited
+/// (`pthread_exit`) while a worker thread runs: `/proc/PID/fd` is empty then, and the
+/// descriptors show only under `/proc/PID/task/TID/fd` (`ss -p` misses such a holder).
+/// Seeding finds the holder through its other thread; the connection is not ownerless.
+#[test]
+fn a_holder_whose_main_thread_exited_is_found_through_its_threads() -> Result<()> {
+    use std::io::BufRead as _;
+    let listener = std::net::TcpListener::bind((fresh_ipv4(), 2181))?;
+    let addr = listener.local_addr()?;
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept() {
+            held.push(s);
+        }
+    });
+    let script = "import socket, sys, threading, time, ctypes, os\n\
+                  s = socket.create_connection((sys.argv[1], int(sys.argv[2])))\n\
+                  threading.Thread(target=lambda: time.sleep(3600)).start()\n\
+                  print('ready', os.getpid(), flush=True)\n\
+                  ctypes.CDLL(None).pthread_exit(None)\n";
+    let mut child = std::process::Command::new("python3")
+        .args([
+            "-c",
+            script,
+            &addr.ip().to_string(),
+            &addr.port().to_string(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let pid = child.id();
+    let mut line = String::new();
+    std::io::BufReader::new(
+        child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("stdout"))?,
+    )
+    .read_line(&mut line)?;
+    anyhow::ensure!(line.starts_with("ready"), "the holder said {line:?}");
+    // Wait until the main thread is gone: its descriptors are then out of /proc/PID/fd.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::read_dir(format!("/proc/{pid}/fd"))?.count() != 0 {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "main thread still there"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let z = Zkconn::start(&["--zk", &addr.to_string()])?;
+    let snap = z.finish()?;
+    child.kill()?;
+    child.wait()?;
+    let seeds = &snap["probe"]["seeds"];
+    assert_eq!(
+        (seeds["seeded"].as_u64(), seeds["ownerless"].as_u64()),
+        (Some(1), Some(0)),
+        "{seeds:#}"
+    );
+    let row = process(&snap, pid)?;
+    assert_eq!(field(row, "open")?, 1, "{row:#}");
+    Ok(())
+}

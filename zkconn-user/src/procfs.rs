@@ -250,10 +250,28 @@ impl Procfs {
             .collect())
     }
 
-    /// The socket descriptors of `pid`, with their inodes.
+    /// The socket descriptors of `pid`, with their inodes. A process whose main thread
+    /// exited (`pthread_exit`) while others run shows no descriptors under `/proc/PID/fd`:
+    /// they are read through another of its threads then.
     pub fn socket_fds(&self, pid: u32) -> io::Result<Vec<(u32, u64)>> {
+        let fds = self.socket_fds_in(&self.pid_path(pid, "fd"))?;
+        if !fds.is_empty() {
+            return Ok(fds);
+        }
+        let Ok(tids) = self.tasks(pid) else {
+            return Ok(fds);
+        };
+        match tids.into_iter().find(|&tid| tid != pid) {
+            Some(tid) => self
+                .socket_fds_in(&self.pid_path(pid, &format!("task/{tid}/fd")))
+                .or(Ok(fds)),
+            None => Ok(fds),
+        }
+    }
+
+    fn socket_fds_in(&self, dir: &Path) -> io::Result<Vec<(u32, u64)>> {
         let mut fds = Vec::new();
-        for entry in fs::read_dir(self.pid_path(pid, "fd"))? {
+        for entry in fs::read_dir(dir)? {
             let Ok(entry) = entry else { continue };
             let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
                 continue;

@@ -254,8 +254,9 @@ impl Procfs {
     /// exited (`pthread_exit`) while others run shows no descriptors under `/proc/PID/fd`:
     /// they are read through another of its threads then.
     pub fn socket_fds(&self, pid: u32) -> io::Result<Vec<(u32, u64)>> {
-        let fds = self.socket_fds_in(&self.pid_path(pid, "fd"))?;
-        if !fds.is_empty() {
+        let (fds, entries) = self.socket_fds_in(&self.pid_path(pid, "fd"))?;
+        // Only a table with no descriptor at all: most processes hold no socket.
+        if entries > 0 {
             return Ok(fds);
         }
         let Ok(tids) = self.tasks(pid) else {
@@ -264,15 +265,19 @@ impl Procfs {
         match tids.into_iter().find(|&tid| tid != pid) {
             Some(tid) => self
                 .socket_fds_in(&self.pid_path(pid, &format!("task/{tid}/fd")))
+                .map(|(fds, _)| fds)
                 .or(Ok(fds)),
             None => Ok(fds),
         }
     }
 
-    fn socket_fds_in(&self, dir: &Path) -> io::Result<Vec<(u32, u64)>> {
+    /// The socket descriptors in `dir`, and how many entries it listed.
+    fn socket_fds_in(&self, dir: &Path) -> io::Result<(Vec<(u32, u64)>, usize)> {
         let mut fds = Vec::new();
+        let mut entries = 0;
         for entry in fs::read_dir(dir)? {
             let Ok(entry) = entry else { continue };
+            entries += 1;
             let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
                 continue;
             };
@@ -284,7 +289,7 @@ impl Procfs {
                 fds.push((fd, inode));
             }
         }
-        Ok(fds)
+        Ok((fds, entries))
     }
 
     /// Whether descriptor `fd` of `pid` is the socket `inode` now.

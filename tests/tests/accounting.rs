@@ -372,11 +372,28 @@ fn exited_processes_are_retired_into_their_roll_ups() -> Result<()> {
     );
     assert_eq!(row["containers"], serde_json::json!([live]), "{row:#}");
     assert_eq!(row["processes"], 5, "{row:#}");
+    // The kernel counts each connection in one row per process, cgroup and server budget;
+    // the retired processes' and the removed cgroup's rows left its table, and their
+    // counts stay in the server budget's.
+    let server = snap["servers"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["server"] == addr.to_string()))
+        .context("no server row")?;
+    assert_eq!(
+        (
+            field(server, "open")?,
+            field(server, "opened")?,
+            field(server, "closed")?
+        ),
+        (1, 25, 24),
+        "{server:#}"
+    );
     Ok(())
 }
 
-/// Entries of the kernel's per-process counter table of the zkconn with pid `pid`.
-fn proc_stats_entries(pid: u32) -> Result<usize> {
+/// Entries of the kernel's counter table (one per process, cgroup and server budget) of the
+/// zkconn with pid `pid`.
+fn stats_entries(pid: u32) -> Result<usize> {
     let mut ids = Vec::new();
     for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))? {
         let text = std::fs::read_to_string(entry?.path()).unwrap_or_default();
@@ -392,12 +409,12 @@ fn proc_stats_entries(pid: u32) -> Result<usize> {
     };
     for id in ids {
         let id = id.to_string();
-        if bpftool(&["map", "show", "id", &id, "--json"])?["name"] == "ZK_PROC_STATS" {
+        if bpftool(&["map", "show", "id", &id, "--json"])?["name"] == "ZK_STATS" {
             let rows = bpftool(&["map", "dump", "id", &id, "--json"])?;
             return rows.as_array().map(Vec::len).context("a dump is a list");
         }
     }
-    anyhow::bail!("zkconn {pid} holds no ZK_PROC_STATS map")
+    anyhow::bail!("zkconn {pid} holds no ZK_STATS map")
 }
 
 /// What a published document shows as retired is already out of the kernel's process
@@ -423,7 +440,7 @@ fn retired_processes_are_out_of_the_kernel_table_when_the_document_says_so() -> 
     }
     let snap = d.snapshot_when(|s| s["probe"]["retention"]["processes"] == 6)?;
     // At once: the next refresh is up to a second away.
-    let left = proc_stats_entries(d.pid())?;
+    let left = stats_entries(d.pid())?;
     assert_eq!(left, 0, "retired, yet still in the kernel's table");
     assert_eq!(snap["processes"].as_array().map(Vec::len), Some(0));
     assert_eq!(snap["probe"]["overflow"], 0);

@@ -25,10 +25,10 @@ pub mod map_names {
     pub const SEEDS: &str = "ZK_SEEDS";
     /// tgid → [`super::Owner`]: live processes that own tracked sockets.
     pub const OWNERS: &str = "ZK_OWNERS";
-    /// [`super::OwnerKey`] → [`super::Counters`].
-    pub const PROC_STATS: &str = "ZK_PROC_STATS";
-    /// cgroup v2 id → [`super::Counters`].
-    pub const CGROUP_STATS: &str = "ZK_CGROUP_STATS";
+    /// [`super::StatsKey`] (process, cgroup, server budget) → [`super::Counters`]: one row
+    /// per combination, one update per counted transition; userspace sums the per-process,
+    /// per-cgroup and per-server counters from it.
+    pub const STATS: &str = "ZK_STATS";
     /// Watched ports → [`super::port_flags`].
     pub const PORTS: &str = "ZK_PORTS";
     /// Switches userspace flips at run time, indexed by [`super::control`].
@@ -43,8 +43,6 @@ pub mod map_names {
     /// One per-CPU [`super::OwnerEvent`] where an event is built before a perf event array
     /// copies it out.
     pub const EVENT_SCRATCH: &str = "ZK_EVENT_SCRATCH";
-    /// [`super::ServerKey`] → [`super::Counters`]: per ZooKeeper server and local IP.
-    pub const SERVER_STATS: &str = "ZK_SERVER_STATS";
 }
 
 /// Names of the globals userspace sets before loading.
@@ -168,7 +166,7 @@ pub mod probe_counter {
     pub const OVERFLOW_CONNS: u32 = 1;
     /// A process was not tracked because `OWNERS` was full.
     pub const OVERFLOW_OWNERS: u32 = 2;
-    /// A per-process or per-cgroup counter row could not be created (stats map full).
+    /// A counter row could not be created ([`map_names::STATS`] full).
     pub const OVERFLOW_STATS: u32 = 3;
     /// A seeded connection was picked up by the kernel at its first state change.
     pub const SEEDS_ADOPTED: u32 = 4;
@@ -363,8 +361,8 @@ pub struct RefusalConfig {
     pub has_bytes_sent: u32,
 }
 
-/// Key of [`map_names::SERVER_STATS`]: what ZooKeeper's `maxClientCnxns` counts per: one
-/// server endpoint and one client address.
+/// What ZooKeeper's `maxClientCnxns` counts per: one server endpoint and one client
+/// address.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServerKey {
@@ -372,6 +370,17 @@ pub struct ServerKey {
     pub saddr: [u8; 16],
     pub dport: u16,
     pub _pad: [u8; 6],
+}
+
+/// Key of [`map_names::STATS`]: the process, the cgroup it connected from and the server
+/// budget of the connections a row counts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StatsKey {
+    pub owner: OwnerKey,
+    /// cgroup v2 id of the connecting task.
+    pub cgroup_id: u64,
+    pub server: ServerKey,
 }
 
 /// A process identity that survives pid reuse: the tgid plus the boot-clock time at which
@@ -523,6 +532,8 @@ mod user {
     unsafe impl aya::Pod for ExitTpLayout {}
     // SAFETY: as above.
     unsafe impl aya::Pod for OwnerKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for StatsKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for Owner {}
     // SAFETY: as above.

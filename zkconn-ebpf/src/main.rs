@@ -40,7 +40,7 @@ mod programs {
     use zkconn_common::{
         CGROUP_DEPTH, CGROUP_NAME_LEN, CgroupNames, Conn, Counters, Endpoint, Event, ExitTpLayout,
         MAX_ENDPOINTS, Owner, OwnerEvent, OwnerKey, RefusalConfig, ResetTpLayout, ServerKey,
-        SockLayout, StateTpLayout, TaskLayout, Tuple,
+        SockLayout, StateTpLayout, StatsKey, TaskLayout, Tuple,
         accounting::{self, Close},
         conn_flags, control, event_kind, event_output, port_flags, probe_counter, tcp_state,
     };
@@ -149,12 +149,8 @@ mod programs {
     // Counters shared by every CPU, incremented with atomic adds (see `bump`): one row per
     // key rather than one per possible CPU, and nothing lost when a program run interrupts
     // another on the same CPU.
-    #[map(name = "ZK_PROC_STATS")]
-    static PROC_STATS: HashMap<OwnerKey, Counters> = HashMap::with_max_entries(16_384, 0);
-    #[map(name = "ZK_CGROUP_STATS")]
-    static CGROUP_STATS: HashMap<u64, Counters> = HashMap::with_max_entries(4_096, 0);
-    #[map(name = "ZK_SERVER_STATS")]
-    static SERVER_STATS: HashMap<ServerKey, Counters> = HashMap::with_max_entries(4_096, 0);
+    #[map(name = "ZK_STATS")]
+    static STATS: HashMap<StatsKey, Counters> = HashMap::with_max_entries(20_480, 0);
     /// Indexed by destination port: 0 for a port zkconn does not watch, else `port_flags`.
     /// An array lookup is inlined by the verifier: a socket on an unwatched port costs no
     /// hash computation.
@@ -704,7 +700,7 @@ mod programs {
             // SAFETY: the reset is processed under the socket's lock, like its state changes.
             let conn = unsafe { &mut *conn };
             if matches!(conn.state, tcp_state::ESTABLISHED | tcp_state::CLOSE_WAIT)
-                && is_refusal(conn, skaddr, true)
+                && is_refusal(conn, skaddr, true, boot_ns())
             {
                 conn.flags |= conn_flags::REFUSED;
                 count(probe_counter::ROW_CHANGES);
@@ -716,7 +712,7 @@ mod programs {
     /// `zkconn_common::accounting::is_refusal` (tested there); this reads what it needs
     /// (`tcp_sock.bytes_received` and `bytes_sent`, at the offsets userspace took from the
     /// kernel's BTF) only when it asks.
-    fn is_refusal(conn: &Conn, skaddr: u64, reset: bool) -> bool {
+    fn is_refusal(conn: &Conn, skaddr: u64, reset: bool, now: u64) -> bool {
         // SAFETY: see `try_inet_sock_set_state`.
         let cfg = unsafe { read_volatile(&REFUSAL) };
         // SAFETY: bpf_probe_read_kernel checks the address; a failed read is no refusal.
@@ -725,7 +721,7 @@ mod programs {
         };
         accounting::is_refusal(
             conn,
-            boot_ns,
+            || now,
             reset,
             &cfg,
             || read(cfg.bytes_received_offset),
@@ -769,17 +765,23 @@ mod programs {
             count(probe_counter::OVERFLOW_CONNS);
             return;
         }
-        bump_owner(&owner, cgroup_id, Field::Opened);
-        bump(&SERVER_STATS, &server_key(tuple), Field::Opened);
+        bump(&stats_key(&owner, cgroup_id, tuple), Field::Opened, false);
         count(probe_counter::ROW_CHANGES);
     }
 
-    fn server_key(t: &Tuple) -> ServerKey {
-        ServerKey {
-            daddr: t.daddr,
-            saddr: t.saddr,
-            dport: t.dport,
-            _pad: [0; 6],
+    /// The counter row of a connection: its owner, the cgroup it connected from, and its
+    /// server budget (server endpoint and local address).
+    #[inline(always)]
+    fn stats_key(owner: &OwnerKey, cgroup_id: u64, t: &Tuple) -> StatsKey {
+        StatsKey {
+            owner: *owner,
+            cgroup_id,
+            server: ServerKey {
+                daddr: t.daddr,
+                saddr: t.saddr,
+                dport: t.dport,
+                _pad: [0; 6],
+            },
         }
     }
 
@@ -853,6 +855,8 @@ mod programs {
     #[inline(never)]
     fn on_state_change<S: Sock>(ctx: Ctx, sock: &S, old: u8, new: u8, dport: u16) {
         let skaddr = sock.addr();
+        // One clock read per transition.
+        let now = boot_ns();
         if let Some(conn) = CONNS.get_ptr_mut(skaddr) {
             // SAFETY: the entry belongs to this socket and a socket's state changes are
             // serialised by its lock, so nothing else writes it concurrently.
@@ -866,7 +870,7 @@ mod programs {
                     conn.tuple.sport = sport;
                 }
                 conn.flags |= conn_flags::ESTABLISHED;
-                conn.established_ns = boot_ns();
+                conn.established_ns = now;
             }
             // A socket that connected while zkconn seeded may also have been seeded from
             // /proc (connected between attach and the scan): drop that seed at the socket's
@@ -883,6 +887,7 @@ mod programs {
                     let _ = SEEDS.remove(&conn.tuple);
                 }
             }
+            conn.changed_ns = now;
             apply(ctx, conn, skaddr, old, new);
             if new == tcp_state::CLOSE {
                 let _ = CONNS.remove(skaddr);
@@ -920,7 +925,9 @@ mod programs {
             }
         };
         // SAFETY: the entry now belongs to this socket, serialised by its lock as above.
-        apply(ctx, unsafe { &mut *conn }, skaddr, old, new);
+        let conn = unsafe { &mut *conn };
+        conn.changed_ns = now;
+        apply(ctx, conn, skaddr, old, new);
         if new == tcp_state::CLOSE {
             let _ = CONNS.remove(skaddr);
         }
@@ -928,16 +935,21 @@ mod programs {
     }
 
     /// The accounting of one transition (`old` → `new`) of socket `skaddr`'s tracked
-    /// connection.
+    /// connection, made at `conn.changed_ns` (set by the caller: one clock read per
+    /// transition).
     fn apply(ctx: Ctx, conn: &mut Conn, skaddr: u64, old: u8, new: u8) {
         conn.state = new;
-        conn.changed_ns = boot_ns();
+        let now = conn.changed_ns;
         match new {
             tcp_state::CLOSE_WAIT => {
-                if is_refusal(conn, skaddr, false) {
+                if is_refusal(conn, skaddr, false, now) {
                     conn.flags |= conn_flags::REFUSED;
                 }
-                bump_owner(&conn.owner, conn.cgroup_id, Field::CloseWait);
+                bump(
+                    &stats_key(&conn.owner, conn.cgroup_id, &conn.tuple),
+                    Field::CloseWait,
+                    false,
+                );
             }
             tcp_state::CLOSE => {
                 let refused = conn.flags & conn_flags::REFUSED != 0;
@@ -945,12 +957,10 @@ mod programs {
                     Close::Closed => Field::Closed,
                     Close::Failed => Field::Failed,
                 };
-                bump_with(&PROC_STATS, &conn.owner, field, refused);
-                bump_with(&CGROUP_STATS, &conn.cgroup_id, field, refused);
-                let server = server_key(&conn.tuple);
-                bump_with(&SERVER_STATS, &server, field, refused);
+                let key = stats_key(&conn.owner, conn.cgroup_id, &conn.tuple);
+                bump(&key, field, refused);
                 if refused {
-                    emit_refused(ctx, conn, &server);
+                    emit_refused(ctx, conn, &key.server);
                 }
             }
             _ => {}
@@ -984,11 +994,6 @@ mod programs {
         );
     }
 
-    fn bump_owner(owner: &OwnerKey, cgroup_id: u64, field: Field) {
-        bump(&PROC_STATS, owner, field);
-        bump(&CGROUP_STATS, &cgroup_id, field);
-    }
-
     /// Which of [`Counters`]' fields a transition increments.
     #[derive(Clone, Copy)]
     enum Field {
@@ -999,14 +1004,12 @@ mod programs {
     }
 
     /// Adds one to `field` of `key`'s row (and to `rejected` too when `rejected`), creating
-    /// the row first. The adds are atomic (XADD): rows are shared by every CPU, and on
-    /// kernels before 6.1 a `tp_btf` run in softirq can interrupt one in process context on
-    /// the same CPU, which would lose a plain read-modify-write.
-    fn bump<K>(map: &HashMap<K, Counters>, key: &K, field: Field) {
-        bump_with(map, key, field, false);
-    }
-
-    fn bump_with<K>(map: &HashMap<K, Counters>, key: &K, field: Field, rejected: bool) {
+    /// the row first: the one map update of a counted transition. The adds are atomic
+    /// (XADD): rows are shared by every CPU, and on kernels before 6.1 a `tp_btf` run in
+    /// softirq can interrupt one in process context on the same CPU, which would lose a
+    /// plain read-modify-write.
+    fn bump(key: &StatsKey, field: Field, rejected: bool) {
+        let map = &STATS;
         let row = match map.get_ptr_mut(key) {
             Some(row) => row,
             None => {

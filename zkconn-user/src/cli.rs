@@ -266,11 +266,14 @@ pub struct ProbeArgs {
     #[arg(long, value_name = "N", default_value_t = 65_536, value_parser = parse_max_connections)]
     pub max_connections: u32,
     /// Capacity of the kernel's process table (processes that hold or held connections).
-    /// Preallocated: about 232 bytes each, at most 1048576.
+    /// Each also has a row in the kernel's counter table (see --max-cgroups). Preallocated:
+    /// about 290 bytes each, at most 1048576.
     #[arg(long, value_name = "N", default_value_t = 16_384, value_parser = parse_max_processes)]
     pub max_processes: u32,
-    /// Capacity of the kernel's per-cgroup and per-server counter tables. Preallocated: about
-    /// 256 bytes each, at most 262144.
+    /// Rows of the kernel's counter table beyond one per process: it keeps one row per
+    /// process, cgroup it connected from and server budget, so a process that used several
+    /// servers or cgroups takes more than one. Preallocated: about 178 bytes each, at most
+    /// 262144.
     #[arg(long, value_name = "N", default_value_t = 4_096, value_parser = parse_max_cgroups)]
     pub max_cgroups: u32,
     /// Size of the kernel→user event ring buffer in KiB (a power of two, at least 4); with
@@ -341,11 +344,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 
 /// Kernel memory per entry of each capacity flag, as `bpftool map show` reports the
 /// preallocated hash maps behind it on 6.18 (`ZK_CONNS` 184 + `ZK_SEEDS` 216 bytes per
-/// connection; `ZK_OWNERS` 112 + `ZK_PROC_STATS` 120 per process; `ZK_CGROUP_STATS` 112 +
-/// `ZK_SERVER_STATS` 144 per cgroup).
+/// connection; `ZK_OWNERS` 112 + a `ZK_STATS` row 178 per process; a `ZK_STATS` row 178 per
+/// `--max-cgroups`).
 const BYTES_PER_CONNECTION: u64 = 400;
-const BYTES_PER_PROCESS: u64 = 232;
-const BYTES_PER_CGROUP: u64 = 256;
+const BYTES_PER_PROCESS: u64 = 290;
+const BYTES_PER_CGROUP: u64 = 178;
 
 fn parse_max_connections(text: &str) -> Result<u32, String> {
     capacity(text, 1 << 20, BYTES_PER_CONNECTION)

@@ -90,7 +90,7 @@ impl OverflowWatch {
             format!(
                 "counts are incomplete: the kernel's tables were full within the last {} min \
                  ({} connections not tracked: raise --max-connections; {} processes and {} \
-                 per-process or per-cgroup counter rows not kept: raise --max-processes or \
+                 counter rows not kept: raise --max-processes or \
                  --max-cgroups)",
                 OVERFLOW_UNHEALTHY.as_secs() / 60,
                 d.connections,

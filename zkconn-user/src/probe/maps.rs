@@ -12,11 +12,11 @@ use std::{
 use anyhow::{Context as _, anyhow, bail};
 use aya::maps::{Array, HashMap, PerCpuArray};
 use zkconn_common::{
-    Conn, Counters, Endpoint, Owner, OwnerKey, ServerKey, Tuple, control, map_names, probe_counter,
-    program_names,
+    Conn, Counters, Endpoint, Owner, OwnerKey, ServerKey, StatsKey, Tuple, control, map_names,
+    probe_counter, program_names,
 };
 
-use super::{Probe, batch};
+use super::{Probe, batch, stats::Retiring};
 use crate::targets::{Targets, ip_to_bytes};
 
 /// Everything the kernel holds, read in one pass.
@@ -139,19 +139,17 @@ impl Probe {
                 (conns, seeds, self.rows_reads)
             }
         };
+        let rows = single(self.dump_keyed::<StatsKey, Counters>(map_names::STATS, 1)?).collect();
+        self.stats.set(rows);
+        let (proc_stats, cgroup_stats, server_stats) = self.stats.sums();
         Ok(KernelState {
             conns,
             seeds,
             rows_version,
             owners: single(self.dump_keyed::<u32, Owner>(map_names::OWNERS, 1)?).collect(),
-            proc_stats: single(self.dump_keyed::<OwnerKey, Counters>(map_names::PROC_STATS, 1)?)
-                .collect(),
-            cgroup_stats: single(self.dump_keyed::<u64, Counters>(map_names::CGROUP_STATS, 1)?)
-                .collect(),
-            server_stats: single(
-                self.dump_keyed::<ServerKey, Counters>(map_names::SERVER_STATS, 1)?,
-            )
-            .collect(),
+            proc_stats,
+            cgroup_stats,
+            server_stats,
             counters: sums,
             recursion_misses: self.recursion_misses(),
         })
@@ -317,25 +315,60 @@ impl Probe {
     }
 
     /// Forgets the counters of a cgroup that is gone and holds nothing (see the engine's
-    /// retention).
+    /// retention): its rows in `STATS` go, their counts kept for their processes and servers.
     pub fn forget_cgroup(&mut self, id: u64) -> anyhow::Result<()> {
-        let mut stats = self.map_mut::<HashMap<_, u64, Counters>>(map_names::CGROUP_STATS)?;
-        match stats.remove(&id) {
-            Ok(()) => Ok(()),
-            Err(e) if is_not_found(&e) => Ok(()),
-            Err(e) => Err(map_error(map_names::CGROUP_STATS, &e)),
+        self.delete_stats(None, Some(id))?;
+        self.stats.forget_cgroup(id);
+        Ok(())
+    }
+
+    /// Deletes the counter rows of process `owner` or of cgroup `cgroup` (as last read: a
+    /// retired one gets no new rows), each read again just before it goes so that the
+    /// counts kept for the rest are the kernel's last.
+    fn delete_stats(
+        &mut self,
+        owner: Option<&OwnerKey>,
+        cgroup: Option<u64>,
+    ) -> anyhow::Result<()> {
+        let why = if owner.is_some() {
+            Retiring::Owner
+        } else {
+            Retiring::Cgroup
+        };
+        let keys = self.stats.rows_of(owner, cgroup);
+        let mut map = self.map_mut::<HashMap<_, StatsKey, Counters>>(map_names::STATS)?;
+        let mut gone = Vec::with_capacity(keys.len());
+        let mut failed = None;
+        for key in keys {
+            let counts = match map.get(&key, 0) {
+                Ok(c) => c,
+                Err(e) if is_not_found(&e) => Counters::default(),
+                Err(e) => {
+                    failed = Some(map_error(map_names::STATS, &e));
+                    break;
+                }
+            };
+            match map.remove(&key) {
+                Ok(()) => gone.push((key, counts)),
+                Err(e) if is_not_found(&e) => gone.push((key, Counters::default())),
+                Err(e) => {
+                    failed = Some(map_error(map_names::STATS, &e));
+                    break;
+                }
+            }
         }
+        for (key, counts) in &gone {
+            self.stats.deleted(key, counts, why);
+        }
+        failed.map_or(Ok(()), Err)
     }
 
     /// Forgets the counters of an owner that exited and holds nothing (see the engine's
-    /// retention): its row in `PROC_STATS` goes, so the table does not fill with the dead.
+    /// retention): its rows in `STATS` go, their counts kept for their cgroups and servers,
+    /// so the table does not fill with the dead.
     pub fn forget_owner(&mut self, key: &OwnerKey) -> anyhow::Result<()> {
-        let mut stats = self.map_mut::<HashMap<_, OwnerKey, Counters>>(map_names::PROC_STATS)?;
-        match stats.remove(key) {
-            Ok(()) => {}
-            Err(e) if is_not_found(&e) => {}
-            Err(e) => return Err(map_error(map_names::PROC_STATS, &e)),
-        }
+        self.delete_stats(Some(key), None)?;
+        self.stats.forget_owner(key);
         // Where the kernel reports no exits (no group_dead), it never forgets the process
         // itself either: its identity goes too, unless the pid is already someone else's.
         let mut owners = self.map_mut::<HashMap<_, u32, Owner>>(map_names::OWNERS)?;

@@ -15,6 +15,7 @@ pub mod events;
 mod hooks;
 mod layouts;
 mod maps;
+mod stats;
 pub mod tracefs;
 
 use anyhow::anyhow;
@@ -85,6 +86,8 @@ pub struct Probe {
     rows: Option<maps::RowsRead>,
     /// How many times the connection rows were read (each read's `rows_version`).
     rows_reads: u64,
+    /// The counter rows as last read, and the counts of those deleted (see [`stats`]).
+    stats: stats::StatsRows,
     /// The kernel's BTF for BTF-typed programs, while they are being attached.
     aya_btf: hooks::AyaBtf,
 }
@@ -210,12 +213,10 @@ impl Probe {
             .override_global(global_names::REFUSAL, &refusal, true)
             .override_global(global_names::TASK_LAYOUT, &task_layout, true)
             .override_global(global_names::EVENT_OUTPUT, &event_output, true)
-            .map_max_entries(map_names::SERVER_STATS, caps.cgroups)
             .map_max_entries(map_names::CONNS, caps.conns)
             .map_max_entries(map_names::SEEDS, caps.conns)
             .map_max_entries(map_names::OWNERS, caps.owners)
-            .map_max_entries(map_names::PROC_STATS, caps.owners)
-            .map_max_entries(map_names::CGROUP_STATS, caps.cgroups);
+            .map_max_entries(map_names::STATS, caps.owners.saturating_add(caps.cgroups));
         if !perf_buffer {
             // A perf event array is sized to the CPUs by the loader; its buffers by `events`.
             loader.map_max_entries(map_names::EVENTS, caps.ring_buffer_bytes);
@@ -243,6 +244,7 @@ impl Probe {
             fallbacks,
             rows: None,
             rows_reads: 0,
+            stats: stats::StatsRows::default(),
             aya_btf,
         };
         probe.load_targets(targets)?;

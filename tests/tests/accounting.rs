@@ -254,6 +254,63 @@ fn a_capacity_smaller_than_the_load_is_counted_as_overflow() -> Result<()> {
     Ok(())
 }
 
+/// A full counter table loses the counts of the processes that did not fit (counted as
+/// overflow), never their server's or cgroup's: room for 3 rows (`--max-processes 2
+/// --max-cgroups 1`) and 6 processes that open 2 connections each and exit. The server row
+/// and the cgroup row still say 12 opened, 12 closed.
+#[test]
+fn a_full_counter_table_keeps_server_and_cgroup_counts_exact() -> Result<()> {
+    let listener = std::net::TcpListener::bind((fresh_ipv4(), 2181))?;
+    let addr = listener.local_addr()?;
+    thread::spawn(move || {
+        while let Ok((mut s, _)) = listener.accept() {
+            thread::spawn(move || std::io::copy(&mut s, &mut std::io::sink()));
+        }
+    });
+    let rel = format!("/zkconn-full-table-{}", std::process::id());
+    let cgroup = Cgroup::v2(&rel)?;
+    let z = Zkconn::start(&[
+        "--zk",
+        &addr.to_string(),
+        "--max-processes",
+        "2",
+        "--max-cgroups",
+        "1",
+    ])?;
+    for _ in 0..6 {
+        let mut c = RawClient {
+            exit_after: Some(Duration::ZERO),
+            cgroups: vec![cgroup.path.clone()],
+            ..RawClient::new(addr, 2)
+        }
+        .spawn()?;
+        c.wait_exit(Duration::from_secs(5))?;
+    }
+    wait_settled(addr)?;
+    let snap = z.finish()?;
+    let server = snap["servers"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["server"] == addr.to_string()))
+        .context("no server row")?;
+    let counts = |row: &serde_json::Value| -> Result<[u64; 3]> {
+        Ok([
+            field(row, "open")?,
+            field(row, "opened")?,
+            field(row, "closed")?,
+        ])
+    };
+    assert_eq!(counts(server)?, [0, 12, 12], "{server:#}");
+    let row = row_where(&snap, "cgroups", "path", &rel)?;
+    assert_eq!(counts(row)?, [0, 12, 12], "{row:#}");
+    // The processes that did not fit: 2 connections, each opened and closed, for each of
+    // at least 3 processes.
+    let lost = snap["probe"]["overflow_detail"]["counters"]
+        .as_u64()
+        .context("overflow_detail.counters")?;
+    assert!(lost >= 12, "{:#}", snap["probe"]);
+    Ok(())
+}
+
 /// A busy node's short-lived processes must not fill the kernel's process table: 24 processes
 /// that connect once and exit, in batches, with a table of 8 and a retention of 1 s. Each
 /// leaves the process rows (and the kernel's table) once retired, so nothing overflows, and

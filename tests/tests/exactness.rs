@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use integration_tests::{
     ZkServer, Zkconn, edge::Edge, field, free_port, fresh_ipv4, process, server_open, server_row,
     ss_count, wait_settled,
@@ -249,6 +249,37 @@ fn wildcard_targets_watch_the_port_on_any_address() -> Result<()> {
         }
     }
     held.reset_all()?;
+    Ok(())
+}
+
+/// Every TCP state change on the host tests its destination port: against the watched ports
+/// fixed at load when there are few (up to 8), in the kernel's port map when there are more.
+/// Both count the same, for a `--zk` endpoint and for `--port` ports, with 2 and with 10
+/// ports watched; the connections are made after start, so the programs count them.
+#[test]
+fn few_and_many_watched_ports_count_the_same() -> Result<()> {
+    let zk = ZkServer::start(fresh_ipv4(), 0, &[])?;
+    for extra in [1usize, 9] {
+        let ip = fresh_ipv4();
+        let listeners = (0..extra)
+            .map(|_| std::net::TcpListener::bind((ip, 0)))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let ports = listeners
+            .iter()
+            .map(|l| Ok(l.local_addr()?.port().to_string()))
+            .collect::<Result<Vec<_>>>()?
+            .join(",");
+        let z = Zkconn::start(&["--zk", &zk.addr.to_string(), "--port", &ports])?;
+        let mut to_zk = Edge::hold(zk.addr, 3)?;
+        let last = listeners.last().context("a listener")?.local_addr()?;
+        let mut to_last = Edge::hold(last, 2)?;
+        let snap = z.finish()?;
+        assert_eq!(server_open(&snap, zk.addr), (3, 0), "{extra}: {snap:#}");
+        assert_eq!(server_open(&snap, last), (2, 0), "{extra}: {snap:#}");
+        assert_eq!(field(process(&snap, to_zk.pid())?, "opened")?, 3);
+        to_zk.reset_all()?;
+        to_last.reset_all()?;
+    }
     Ok(())
 }
 

@@ -29,6 +29,10 @@ pub mod map_names {
     /// per combination, one update per counted transition; userspace sums the per-process,
     /// per-cgroup and per-server counters from it.
     pub const STATS: &str = "ZK_STATS";
+    /// [`super::StatsKey`] with the process zeroed → [`super::Counters`]: where a cgroup's
+    /// and a server's counts go when `STATS` is full (the process's are then lost, and
+    /// counted as overflow).
+    pub const STATS_SPILL: &str = "ZK_STATS_SPILL";
     /// Watched ports → [`super::port_flags`].
     pub const PORTS: &str = "ZK_PORTS";
     /// Switches userspace flips at run time, indexed by [`super::control`].
@@ -61,6 +65,8 @@ pub mod global_names {
     pub const TASK_LAYOUT: &str = "TASK_LAYOUT";
     /// A u32 [`super::event_output`] value: how events reach userspace.
     pub const EVENT_OUTPUT: &str = "EVENT_OUTPUT";
+    /// [`super::PortList`]: the watched ports, when few.
+    pub const PORT_LIST: &str = "PORT_LIST";
 }
 
 /// How the kernel programs hand events to userspace (the `EVENT_OUTPUT` global).
@@ -144,6 +150,40 @@ pub mod port_flags {
     pub const ENDPOINTS: u8 = 2;
 }
 
+/// How many watched ports [`PortList`] holds.
+pub const PORT_LIST_LEN: usize = 8;
+
+/// The watched ports and their [`port_flags`], fixed at load: every TCP state change on the
+/// host tests its destination port, and a few compares against constants cost less than a
+/// lookup in [`map_names::PORTS`] (whose 64 KiB of entries a random port rarely finds in
+/// cache). With more ports than the list holds, the map decides.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortList {
+    pub ports: [u16; PORT_LIST_LEN],
+    /// The flags of `ports[i]`; 0 in unused slots.
+    pub flags: [u8; PORT_LIST_LEN],
+    /// 1: the ports do not fit the list; look them up in [`map_names::PORTS`].
+    pub use_map: u32,
+    pub _pad: u32,
+}
+
+impl PortList {
+    /// The list for `ports` (port → flags): in place when they fit, else the map's.
+    pub fn of(ports: impl ExactSizeIterator<Item = (u16, u8)>) -> PortList {
+        let mut list = PortList::default();
+        if ports.len() > PORT_LIST_LEN {
+            list.use_map = 1;
+            return list;
+        }
+        for (i, (port, flags)) in ports.enumerate() {
+            list.ports[i] = port;
+            list.flags[i] = flags;
+        }
+        list
+    }
+}
+
 /// Bits of [`Conn::flags`].
 pub mod conn_flags {
     /// The socket reached ESTABLISHED at least once (its close is `closed`, not `failed`).
@@ -166,7 +206,9 @@ pub mod probe_counter {
     pub const OVERFLOW_CONNS: u32 = 1;
     /// A process was not tracked because `OWNERS` was full.
     pub const OVERFLOW_OWNERS: u32 = 2;
-    /// A counter row could not be created ([`map_names::STATS`] full).
+    /// A counter row could not be created: [`map_names::STATS`] full (the process's counts
+    /// lost), and once more when [`map_names::STATS_SPILL`] is full too (its cgroup's and
+    /// server's lost).
     pub const OVERFLOW_STATS: u32 = 3;
     /// A seeded connection was picked up by the kernel at its first state change.
     pub const SEEDS_ADOPTED: u32 = 4;
@@ -551,6 +593,8 @@ mod user {
     // SAFETY: as above.
     unsafe impl aya::Pod for RefusalConfig {}
     // SAFETY: as above.
+    unsafe impl aya::Pod for PortList {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for ServerKey {}
     // SAFETY: as above (fifteen u32s, no padding).
     unsafe impl aya::Pod for SockLayout {}
@@ -562,6 +606,33 @@ mod user {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_few_ports_go_in_the_list_and_more_leave_it_to_the_map() {
+        let list = PortList::of(
+            [
+                (2181, port_flags::ANY_ADDRESS),
+                (2281, port_flags::ENDPOINTS),
+            ]
+            .into_iter(),
+        );
+        assert_eq!(list.use_map, 0);
+        assert_eq!(&list.ports[..3], &[2181, 2281, 0]);
+        assert_eq!(
+            &list.flags[..3],
+            &[port_flags::ANY_ADDRESS, port_flags::ENDPOINTS, 0]
+        );
+        let full = PortList::of((1..=8).map(|p| (p, 1)));
+        assert_eq!((full.use_map, full.ports[7]), (0, 8));
+        let more = PortList::of((1..=9).map(|p| (p, 1)));
+        assert_eq!(
+            more,
+            PortList {
+                use_map: 1,
+                ..PortList::default()
+            }
+        );
+    }
+
     use core::mem::size_of;
 
     use super::*;
@@ -579,6 +650,8 @@ mod tests {
         );
         assert_eq!(size_of::<Counters>(), 40);
         assert_eq!(size_of::<ServerKey>(), 40);
+        assert_eq!(size_of::<StatsKey>(), 64);
+        assert_eq!(size_of::<PortList>(), 32);
         assert_eq!(size_of::<RefusalConfig>(), 24);
         assert_eq!(size_of::<ResetTpLayout>(), 8);
         assert_eq!(size_of::<Event>(), 4 + 4 + 16 + 40 + 8 + 40 + 8);

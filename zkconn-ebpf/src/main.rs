@@ -39,8 +39,8 @@ mod programs {
     };
     use zkconn_common::{
         CGROUP_DEPTH, CGROUP_NAME_LEN, CgroupNames, Conn, Counters, Endpoint, Event, ExitTpLayout,
-        MAX_ENDPOINTS, Owner, OwnerEvent, OwnerKey, RefusalConfig, ResetTpLayout, ServerKey,
-        SockLayout, StateTpLayout, StatsKey, TaskLayout, Tuple,
+        MAX_ENDPOINTS, Owner, OwnerEvent, OwnerKey, PORT_LIST_LEN, PortList, RefusalConfig,
+        ResetTpLayout, ServerKey, SockLayout, StateTpLayout, StatsKey, TaskLayout, Tuple,
         accounting::{self, Close},
         conn_flags, control, event_kind, event_output, port_flags, probe_counter, tcp_state,
     };
@@ -131,6 +131,14 @@ mod programs {
     };
 
     #[unsafe(no_mangle)]
+    static PORT_LIST: PortList = PortList {
+        ports: [0; PORT_LIST_LEN],
+        flags: [0; PORT_LIST_LEN],
+        use_map: 1,
+        _pad: 0,
+    };
+
+    #[unsafe(no_mangle)]
     static REFUSAL: RefusalConfig = RefusalConfig {
         window_ns: 0,
         bytes_received_offset: 0,
@@ -151,6 +159,8 @@ mod programs {
     // another on the same CPU.
     #[map(name = "ZK_STATS")]
     static STATS: HashMap<StatsKey, Counters> = HashMap::with_max_entries(20_480, 0);
+    #[map(name = "ZK_STATS_SPILL")]
+    static STATS_SPILL: HashMap<StatsKey, Counters> = HashMap::with_max_entries(4_096, 0);
     /// Indexed by destination port: 0 for a port zkconn does not watch, else `port_flags`.
     /// An array lookup is inlined by the verifier: a socket on an unwatched port costs no
     /// hash computation.
@@ -592,10 +602,23 @@ mod programs {
             .map_err(|e| e as i32)
     }
 
-    /// The `port_flags` of destination port `dport`, 0 when it is not watched.
+    /// The `port_flags` of destination port `dport`, 0 when it is not watched: compared
+    /// with the few ports fixed at load, or looked up when there are more.
     #[inline(always)]
     fn watched(dport: u16) -> u8 {
-        PORTS.get(u32::from(dport)).copied().unwrap_or(0)
+        let l = &PORT_LIST;
+        if global(&l.use_map) != 0 {
+            return PORTS.get(u32::from(dport)).copied().unwrap_or(0);
+        }
+        let mut i = 0;
+        while i < PORT_LIST_LEN {
+            // Unused slots have flags 0.
+            if global(&l.ports[i]) == dport {
+                return global(&l.flags[i]);
+            }
+            i += 1;
+        }
+        0
     }
 
     fn seeds_pending() -> bool {
@@ -765,7 +788,11 @@ mod programs {
             count(probe_counter::OVERFLOW_CONNS);
             return;
         }
-        bump(&stats_key(&owner, cgroup_id, tuple), Field::Opened, false);
+        bump(
+            &mut stats_key(&owner, cgroup_id, tuple),
+            Field::Opened,
+            false,
+        );
         count(probe_counter::ROW_CHANGES);
     }
 
@@ -946,7 +973,7 @@ mod programs {
                     conn.flags |= conn_flags::REFUSED;
                 }
                 bump(
-                    &stats_key(&conn.owner, conn.cgroup_id, &conn.tuple),
+                    &mut stats_key(&conn.owner, conn.cgroup_id, &conn.tuple),
                     Field::CloseWait,
                     false,
                 );
@@ -957,8 +984,8 @@ mod programs {
                     Close::Closed => Field::Closed,
                     Close::Failed => Field::Failed,
                 };
-                let key = stats_key(&conn.owner, conn.cgroup_id, &conn.tuple);
-                bump(&key, field, refused);
+                let mut key = stats_key(&conn.owner, conn.cgroup_id, &conn.tuple);
+                bump(&mut key, field, refused);
                 if refused {
                     emit_refused(ctx, conn, &key.server);
                 }
@@ -1008,16 +1035,17 @@ mod programs {
     /// (XADD): rows are shared by every CPU, and on kernels before 6.1 a `tp_btf` run in
     /// softirq can interrupt one in process context on the same CPU, which would lose a
     /// plain read-modify-write.
-    fn bump(key: &StatsKey, field: Field, rejected: bool) {
-        let map = &STATS;
-        let row = match map.get_ptr_mut(key) {
+    ///
+    /// When the table is full the process's counts are lost (counted as overflow), but its
+    /// cgroup's and server's are not: they go to a row without the process in
+    /// `STATS_SPILL` (`key.owner` is zeroed for it, in place: no second key on the stack).
+    fn bump(key: &mut StatsKey, field: Field, rejected: bool) {
+        let row = match row_of(&STATS, key) {
             Some(row) => row,
             None => {
-                // NOEXIST: a concurrent insert on another CPU must not be clobbered (it
-                // wins; both then add to its row). The zeros come from a global, not the
-                // stack.
-                let _ = map.insert(key, &ZERO_COUNTERS, BPF_NOEXIST.into());
-                match map.get_ptr_mut(key) {
+                count(probe_counter::OVERFLOW_STATS);
+                key.owner = OwnerKey::default();
+                match row_of(&STATS_SPILL, key) {
                     Some(row) => row,
                     None => {
                         count(probe_counter::OVERFLOW_STATS);
@@ -1040,6 +1068,18 @@ mod programs {
                 atomic_add(&raw mut (*row).rejected);
             }
         }
+    }
+
+    /// `key`'s row in `map`, created (zeroed) if missing; `None` when the map is full.
+    #[inline(always)]
+    fn row_of(map: &HashMap<StatsKey, Counters>, key: &StatsKey) -> Option<*mut Counters> {
+        if let Some(row) = map.get_ptr_mut(key) {
+            return Some(row);
+        }
+        // NOEXIST: a concurrent insert on another CPU must not be clobbered (it wins; both
+        // then add to its row). The zeros come from a global, not the stack.
+        let _ = map.insert(key, &ZERO_COUNTERS, BPF_NOEXIST.into());
+        map.get_ptr_mut(key)
     }
 
     /// `*slot += 1`, atomically. The result is unused, so LLVM emits XADD, which every

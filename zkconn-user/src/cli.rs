@@ -272,8 +272,9 @@ pub struct ProbeArgs {
     pub max_processes: u32,
     /// Rows of the kernel's counter table beyond one per process: it keeps one row per
     /// process, cgroup it connected from and server budget, so a process that used several
-    /// servers or cgroups takes more than one. Preallocated: about 178 bytes each, at most
-    /// 262144.
+    /// servers or cgroups takes more than one. Also the rows, per cgroup and server budget,
+    /// that keep counting for cgroups and servers when that table is full. Preallocated:
+    /// about 356 bytes each, at most 262144.
     #[arg(long, value_name = "N", default_value_t = 4_096, value_parser = parse_max_cgroups)]
     pub max_cgroups: u32,
     /// Size of the kernel→user event ring buffer in KiB (a power of two, at least 4); with
@@ -344,11 +345,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 
 /// Kernel memory per entry of each capacity flag, as `bpftool map show` reports the
 /// preallocated hash maps behind it on 6.18 (`ZK_CONNS` 184 + `ZK_SEEDS` 216 bytes per
-/// connection; `ZK_OWNERS` 112 + a `ZK_STATS` row 178 per process; a `ZK_STATS` row 178 per
-/// `--max-cgroups`).
+/// connection; `ZK_OWNERS` 112 + a `ZK_STATS` row 178 per process; a `ZK_STATS` row and a
+/// `ZK_STATS_SPILL` row, 178 each, per `--max-cgroups`).
 const BYTES_PER_CONNECTION: u64 = 400;
 const BYTES_PER_PROCESS: u64 = 290;
-const BYTES_PER_CGROUP: u64 = 178;
+const BYTES_PER_CGROUP: u64 = 356;
 
 fn parse_max_connections(text: &str) -> Result<u32, String> {
     capacity(text, 1 << 20, BYTES_PER_CONNECTION)

@@ -140,7 +140,9 @@ impl Probe {
             }
         };
         let rows = single(self.dump_keyed::<StatsKey, Counters>(map_names::STATS, 1)?).collect();
-        self.stats.set(rows);
+        let spill =
+            single(self.dump_keyed::<StatsKey, Counters>(map_names::STATS_SPILL, 1)?).collect();
+        self.stats.set(rows, spill);
         let (proc_stats, cgroup_stats, server_stats) = self.stats.sums();
         Ok(KernelState {
             conns,
@@ -318,6 +320,7 @@ impl Probe {
     /// retention): its rows in `STATS` go, their counts kept for their processes and servers.
     pub fn forget_cgroup(&mut self, id: u64) -> anyhow::Result<()> {
         self.delete_stats(None, Some(id))?;
+        self.delete_spill(id)?;
         self.stats.forget_cgroup(id);
         Ok(())
     }
@@ -359,6 +362,40 @@ impl Probe {
         }
         for (key, counts) in &gone {
             self.stats.deleted(key, counts, why);
+        }
+        failed.map_or(Ok(()), Err)
+    }
+
+    /// Deletes cgroup `id`'s spill rows (see [`map_names::STATS_SPILL`]), their counts kept
+    /// for their servers.
+    fn delete_spill(&mut self, id: u64) -> anyhow::Result<()> {
+        let keys = self.stats.spill_of(id);
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut map = self.map_mut::<HashMap<_, StatsKey, Counters>>(map_names::STATS_SPILL)?;
+        let mut gone = Vec::with_capacity(keys.len());
+        let mut failed = None;
+        for key in keys {
+            let counts = match map.get(&key, 0) {
+                Ok(c) => c,
+                Err(e) if is_not_found(&e) => Counters::default(),
+                Err(e) => {
+                    failed = Some(map_error(map_names::STATS_SPILL, &e));
+                    break;
+                }
+            };
+            match map.remove(&key) {
+                Ok(()) => gone.push((key, counts)),
+                Err(e) if is_not_found(&e) => gone.push((key, Counters::default())),
+                Err(e) => {
+                    failed = Some(map_error(map_names::STATS_SPILL, &e));
+                    break;
+                }
+            }
+        }
+        for (key, counts) in &gone {
+            self.stats.spill_deleted(key, counts);
         }
         failed.map_or(Ok(()), Err)
     }

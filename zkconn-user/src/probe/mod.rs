@@ -22,7 +22,7 @@ use anyhow::anyhow;
 use aya::{Ebpf, EbpfLoader};
 pub use zkconn_common::hooks::{Hook, RefusalDetection};
 use zkconn_common::{
-    ExitTpLayout, RefusalConfig, ResetTpLayout, event_output, global_names, map_names,
+    ExitTpLayout, PortList, RefusalConfig, ResetTpLayout, event_output, global_names, map_names,
     program_names,
 };
 
@@ -203,6 +203,8 @@ impl Probe {
         let state_tp_layout = state_layout.clone().unwrap_or_default();
         let sock_layout_value = sock_layout.clone().unwrap_or_default();
         lap.at("layouts");
+        let flags = targets.port_flags();
+        let port_list = PortList::of(flags.into_iter());
         let mut loader = EbpfLoader::new();
         lap.at("kernel BTF read for relocations");
         loader
@@ -213,10 +215,12 @@ impl Probe {
             .override_global(global_names::REFUSAL, &refusal, true)
             .override_global(global_names::TASK_LAYOUT, &task_layout, true)
             .override_global(global_names::EVENT_OUTPUT, &event_output, true)
+            .override_global(global_names::PORT_LIST, &port_list, true)
             .map_max_entries(map_names::CONNS, caps.conns)
             .map_max_entries(map_names::SEEDS, caps.conns)
             .map_max_entries(map_names::OWNERS, caps.owners)
-            .map_max_entries(map_names::STATS, caps.owners.saturating_add(caps.cgroups));
+            .map_max_entries(map_names::STATS, caps.owners.saturating_add(caps.cgroups))
+            .map_max_entries(map_names::STATS_SPILL, caps.cgroups);
         if !perf_buffer {
             // A perf event array is sized to the CPUs by the loader; its buffers by `events`.
             loader.map_max_entries(map_names::EVENTS, caps.ring_buffer_bytes);

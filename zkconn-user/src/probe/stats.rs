@@ -16,6 +16,8 @@ use zkconn_common::{Counters, OwnerKey, ServerKey, StatsKey};
 pub struct StatsRows {
     /// The kernel's rows at the last reading, less those deleted since.
     last: Vec<(StatsKey, Counters)>,
+    /// The kernel's spill rows (no process: counted while `STATS` was full).
+    spill: Vec<(StatsKey, Counters)>,
     /// Counts of deleted rows, per what they still count for.
     owners: HashMap<OwnerKey, Counters>,
     cgroups: HashMap<u64, Counters>,
@@ -37,9 +39,26 @@ pub type Sums = (
 );
 
 impl StatsRows {
-    /// The kernel's rows as just read.
-    pub fn set(&mut self, rows: Vec<(StatsKey, Counters)>) {
+    /// The kernel's rows and spill rows as just read.
+    pub fn set(&mut self, rows: Vec<(StatsKey, Counters)>, spill: Vec<(StatsKey, Counters)>) {
         self.last = rows;
+        self.spill = spill;
+    }
+
+    /// The keys of cgroup `id`'s spill rows, as last read.
+    pub fn spill_of(&self, id: u64) -> Vec<StatsKey> {
+        self.spill
+            .iter()
+            .map(|(k, _)| *k)
+            .filter(|k| k.cgroup_id == id)
+            .collect()
+    }
+
+    /// Spill row `key` of a retiring cgroup was deleted with `counts` its last values: its
+    /// server keeps them.
+    pub fn spill_deleted(&mut self, key: &StatsKey, counts: &Counters) {
+        self.spill.retain(|(k, _)| k != key);
+        self.servers.entry(key.server).or_default().add(counts);
     }
 
     /// The keys of the rows of process `owner` (or of cgroup `cgroup`), as last read.
@@ -84,6 +103,10 @@ impl StatsRows {
         let mut servers = self.servers.clone();
         for (k, c) in &self.last {
             owners.entry(k.owner).or_default().add(c);
+            cgroups.entry(k.cgroup_id).or_default().add(c);
+            servers.entry(k.server).or_default().add(c);
+        }
+        for (k, c) in &self.spill {
             cgroups.entry(k.cgroup_id).or_default().add(c);
             servers.entry(k.server).or_default().add(c);
         }
@@ -141,12 +164,15 @@ mod tests {
     fn sums_add_every_row_of_each_process_cgroup_and_server() {
         let mut s = StatsRows::default();
         // Process 1 in cgroup 7 used two servers; process 2 used server 1 from two cgroups.
-        s.set(vec![
-            (key(1, 7, 1), opened(3)),
-            (key(1, 7, 2), opened(4)),
-            (key(2, 7, 1), opened(5)),
-            (key(2, 8, 1), opened(6)),
-        ]);
+        s.set(
+            vec![
+                (key(1, 7, 1), opened(3)),
+                (key(1, 7, 2), opened(4)),
+                (key(2, 7, 1), opened(5)),
+                (key(2, 8, 1), opened(6)),
+            ],
+            Vec::new(),
+        );
         let (owners, cgroups, servers) = s.sums();
         assert_eq!(sorted(owners), [(owner(1), 7), (owner(2), 11)]);
         assert_eq!(sorted(cgroups), [(7, 12), (8, 6)]);
@@ -156,11 +182,14 @@ mod tests {
     #[test]
     fn a_retired_process_keeps_counting_in_its_cgroup_and_servers_and_not_itself() {
         let mut s = StatsRows::default();
-        s.set(vec![
-            (key(1, 7, 1), opened(3)),
-            (key(1, 8, 2), opened(4)),
-            (key(2, 7, 1), opened(5)),
-        ]);
+        s.set(
+            vec![
+                (key(1, 7, 1), opened(3)),
+                (key(1, 8, 2), opened(4)),
+                (key(2, 7, 1), opened(5)),
+            ],
+            Vec::new(),
+        );
         let rows = s.rows_of(Some(&owner(1)), None);
         assert_eq!(rows, [key(1, 7, 1), key(1, 8, 2)]);
         // The kernel's values at deletion (one more close since the reading).
@@ -172,7 +201,7 @@ mod tests {
         assert_eq!(sorted(cgroups), [(7, 9), (8, 4)]);
         assert_eq!(sorted(servers), [(server(1), 9), (server(2), 4)]);
         // The next reading no longer has the deleted rows; the counts stay.
-        s.set(vec![(key(2, 7, 1), opened(6))]);
+        s.set(vec![(key(2, 7, 1), opened(6))], Vec::new());
         let (owners, cgroups, servers) = s.sums();
         assert_eq!(sorted(owners), [(owner(2), 6)]);
         assert_eq!(sorted(cgroups), [(7, 10), (8, 4)]);
@@ -182,7 +211,10 @@ mod tests {
     #[test]
     fn a_retired_cgroup_keeps_counting_in_its_processes_and_servers_and_not_itself() {
         let mut s = StatsRows::default();
-        s.set(vec![(key(1, 7, 1), opened(3)), (key(1, 8, 1), opened(4))]);
+        s.set(
+            vec![(key(1, 7, 1), opened(3)), (key(1, 8, 1), opened(4))],
+            Vec::new(),
+        );
         for k in s.rows_of(None, Some(7)) {
             s.deleted(&k, &opened(3), Retiring::Cgroup);
         }
@@ -196,10 +228,38 @@ mod tests {
             s.deleted(&k, &opened(4), Retiring::Owner);
         }
         s.forget_owner(&owner(1));
-        s.set(Vec::new());
+        s.set(Vec::new(), Vec::new());
         let (owners, cgroups, servers) = s.sums();
         assert!(owners.is_empty());
         assert_eq!(sorted(cgroups), [(8, 4)]);
+        assert_eq!(sorted(servers), [(server(1), 7)]);
+    }
+
+    #[test]
+    fn spill_rows_count_for_their_cgroup_and_server_only_and_retire_with_the_cgroup() {
+        let mut s = StatsRows::default();
+        // The table was full: process 2's connections counted without it.
+        s.set(
+            vec![(key(1, 7, 1), opened(3))],
+            vec![(key(0, 7, 1), opened(4))],
+        );
+        let (owners, cgroups, servers) = s.sums();
+        assert_eq!(sorted(owners), [(owner(1), 3)]);
+        assert_eq!(sorted(cgroups), [(7, 7)]);
+        assert_eq!(sorted(servers), [(server(1), 7)]);
+        // Process 1 retiring leaves the spill row alone.
+        assert!(s.rows_of(Some(&owner(0)), None).is_empty());
+        for k in s.spill_of(7) {
+            s.spill_deleted(&k, &opened(4));
+        }
+        for k in s.rows_of(None, Some(7)) {
+            s.deleted(&k, &opened(3), Retiring::Cgroup);
+        }
+        s.forget_cgroup(7);
+        s.set(Vec::new(), Vec::new());
+        let (owners, cgroups, servers) = s.sums();
+        assert_eq!(sorted(owners), [(owner(1), 3)]);
+        assert!(cgroups.is_empty());
         assert_eq!(sorted(servers), [(server(1), 7)]);
     }
 }

@@ -39,6 +39,9 @@ pub struct KernelState {
     pub recursion_misses: Option<u64>,
 }
 
+/// Counter rows deleted from a map (see [`Probe::take_rows`]), and whether every one was.
+type Taken = (Vec<(StatsKey, Counters)>, anyhow::Result<()>);
+
 /// The connection rows as last read, and the programs' change count they go with.
 #[derive(Debug)]
 pub struct RowsRead {
@@ -326,8 +329,7 @@ impl Probe {
     }
 
     /// Deletes the counter rows of process `owner` or of cgroup `cgroup` (as last read: a
-    /// retired one gets no new rows), each read again just before it goes so that the
-    /// counts kept for the rest are the kernel's last.
+    /// retired one gets no new rows), their counts kept for the rest of each key.
     fn delete_stats(
         &mut self,
         owner: Option<&OwnerKey>,
@@ -339,31 +341,11 @@ impl Probe {
             Retiring::Cgroup
         };
         let keys = self.stats.rows_of(owner, cgroup);
-        let mut map = self.map_mut::<HashMap<_, StatsKey, Counters>>(map_names::STATS)?;
-        let mut gone = Vec::with_capacity(keys.len());
-        let mut failed = None;
-        for key in keys {
-            let counts = match map.get(&key, 0) {
-                Ok(c) => c,
-                Err(e) if is_not_found(&e) => Counters::default(),
-                Err(e) => {
-                    failed = Some(map_error(map_names::STATS, &e));
-                    break;
-                }
-            };
-            match map.remove(&key) {
-                Ok(()) => gone.push((key, counts)),
-                Err(e) if is_not_found(&e) => gone.push((key, Counters::default())),
-                Err(e) => {
-                    failed = Some(map_error(map_names::STATS, &e));
-                    break;
-                }
-            }
-        }
+        let (gone, done) = self.take_rows(map_names::STATS, keys)?;
         for (key, counts) in &gone {
             self.stats.deleted(key, counts, why);
         }
-        failed.map_or(Ok(()), Err)
+        done
     }
 
     /// Deletes cgroup `id`'s spill rows (see [`map_names::STATS_SPILL`]), their counts kept
@@ -373,31 +355,33 @@ impl Probe {
         if keys.is_empty() {
             return Ok(());
         }
-        let mut map = self.map_mut::<HashMap<_, StatsKey, Counters>>(map_names::STATS_SPILL)?;
+        let (gone, done) = self.take_rows(map_names::STATS_SPILL, keys)?;
+        for (key, counts) in &gone {
+            self.stats.spill_deleted(key, counts);
+        }
+        done
+    }
+
+    /// Deletes rows `keys` of counter map `name`, each read again just before it goes so
+    /// that the counts kept for what remains are the kernel's last. Returns the rows
+    /// deleted (a row already gone counts as deleted with nothing), and the first failure,
+    /// which stops the rest (kept, and tried again at the next retirement).
+    fn take_rows(&mut self, name: &str, keys: Vec<StatsKey>) -> anyhow::Result<Taken> {
+        let mut map = self.map_mut::<HashMap<_, StatsKey, Counters>>(name)?;
         let mut gone = Vec::with_capacity(keys.len());
-        let mut failed = None;
         for key in keys {
             let counts = match map.get(&key, 0) {
                 Ok(c) => c,
                 Err(e) if is_not_found(&e) => Counters::default(),
-                Err(e) => {
-                    failed = Some(map_error(map_names::STATS_SPILL, &e));
-                    break;
-                }
+                Err(e) => return Ok((gone, Err(map_error(name, &e)))),
             };
             match map.remove(&key) {
                 Ok(()) => gone.push((key, counts)),
                 Err(e) if is_not_found(&e) => gone.push((key, Counters::default())),
-                Err(e) => {
-                    failed = Some(map_error(map_names::STATS_SPILL, &e));
-                    break;
-                }
+                Err(e) => return Ok((gone, Err(map_error(name, &e)))),
             }
         }
-        for (key, counts) in &gone {
-            self.stats.spill_deleted(key, counts);
-        }
-        failed.map_or(Ok(()), Err)
+        Ok((gone, Ok(())))
     }
 
     /// Forgets the counters of an owner that exited and holds nothing (see the engine's

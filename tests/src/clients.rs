@@ -257,6 +257,8 @@ pub struct RawClient {
     pub expect_refused: bool,
     /// Run inside this network namespace (`ip netns exec`).
     pub netns: Option<String>,
+    /// Source address of every connection: another client host, as the server sees it.
+    pub bind: Option<std::net::IpAddr>,
 }
 
 impl RawClient {
@@ -274,6 +276,7 @@ impl RawClient {
             say: None,
             expect_refused: false,
             netns: None,
+            bind: None,
         }
     }
 
@@ -322,6 +325,9 @@ impl RawClient {
         }
         if self.expect_refused {
             cmd.arg("--expect-refused");
+        }
+        if let Some(ip) = self.bind {
+            cmd.args(["--bind", &ip.to_string()]);
         }
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         if let Some(cwd) = &self.cwd {

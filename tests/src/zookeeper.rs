@@ -273,6 +273,35 @@ impl ZkServer {
             .ok_or_else(|| anyhow!("no zk_connection_rejected in mntr: {mntr}"))
     }
 
+    /// The server's own list of its connections (`cons`), asked from `src`, counted per
+    /// client address; the asking connection itself is left out.
+    pub fn connections_per_ip(
+        &self,
+        src: IpAddr,
+    ) -> anyhow::Result<std::collections::BTreeMap<IpAddr, u64>> {
+        let cons = self.four_letter_from(src, "cons")?;
+        let mut out = std::collections::BTreeMap::new();
+        for line in cons.lines() {
+            // ` /127.0.0.5:40000[1](queued=0,recved=1,...)`
+            let Some(rest) = line.trim().strip_prefix('/') else {
+                continue;
+            };
+            let end = rest.find('[').unwrap_or(rest.len());
+            let addr: SocketAddr = rest[..end]
+                .parse()
+                .with_context(|| format!("cannot read the address in cons line {line:?}"))?;
+            *out.entry(addr.ip()).or_insert(0) += 1;
+        }
+        match out.get_mut(&src) {
+            Some(n) if *n > 1 => *n -= 1,
+            Some(_) => {
+                out.remove(&src);
+            }
+            None => bail!("cons does not list the connection that asked: {cons}"),
+        }
+        Ok(out)
+    }
+
     /// The server's own count of live connections (`zk_num_alive_connections` in `mntr`),
     /// asked from `src`, less the asking connection itself.
     pub fn alive_connections(&self, src: IpAddr) -> anyhow::Result<u64> {

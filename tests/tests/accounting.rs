@@ -233,7 +233,15 @@ fn a_server_that_closes_while_the_client_keeps_its_fd_is_close_wait() -> Result<
 #[test]
 fn a_capacity_smaller_than_the_load_is_counted_as_overflow() -> Result<()> {
     let zk = ZkServer::start(fresh_ipv4(), 0, &[])?;
-    let z = Zkconn::start(&["--zk", &zk_flag(zk.addr), "--max-connections", "5"])?;
+    // The client's side alone: the server's side sizes its own tables by the same flag
+    // and has its own test (server_side.rs).
+    let z = Zkconn::start(&[
+        "--zk",
+        &zk_flag(zk.addr),
+        "--max-connections",
+        "5",
+        "--no-server-side",
+    ])?;
     let mut first = Client::raw(zk.addr, 8, 1, None)?;
     wait_settled(zk.addr)?;
     // Recovery when the load drops: closing all eight frees the five tracked entries

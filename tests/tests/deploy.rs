@@ -103,7 +103,7 @@ fn the_dashboard_and_rules_use_only_exported_metrics() -> Result<()> {
     let dashboard = std::fs::read_to_string(repo().join("deploy/grafana/zkconn-fleet.json"))?;
     let parsed: serde_json::Value = serde_json::from_str(&dashboard)?;
     let panels = parsed["panels"].as_array().map_or(0, Vec::len);
-    assert_eq!(panels, 7);
+    assert_eq!(panels, 11);
     let rules = std::fs::read_to_string(repo().join("deploy/prometheus/zkconn.rules.yml"))?;
     let used: Vec<String> = metric_names(&dashboard)
         .into_iter()

@@ -230,6 +230,60 @@ fn top_shows_servers_and_owners_and_restores_the_terminal() -> Result<()> {
     Ok(())
 }
 
+/// On a ZooKeeper server's host, top has a pane of the listeners' client hosts: each with
+/// its gauge of the limit and its refusals, the one refused first.
+#[test]
+fn top_shows_the_client_hosts_of_a_server() -> Result<()> {
+    let zk = ZkServer::start(fresh_ipv4(), 3, &[])?;
+    let (calm, refused) = (fresh_ipv4(), fresh_ipv4());
+    let tmux = Tmux::start(200, 40)?;
+    let command = format!(
+        "{} top --zk {} --max-client-cnxns 3 --interval 300ms; echo \"top exited $?\"",
+        zkconn_bin().display(),
+        zk.addr
+    );
+    tmux.keys(&[&command, "Enter"])?;
+    tmux.wait("top", |s| s.contains("ZooKeeper servers"))?;
+    let step = Some(Duration::from_millis(300));
+    let _calm = RawClient {
+        bind: Some(calm),
+        ..RawClient::new(zk.addr, 1)
+    }
+    .spawn()?;
+    // Three fit, the next two are refused.
+    let _refused = RawClient {
+        bind: Some(refused),
+        interval: step,
+        ..RawClient::new(zk.addr, 5)
+    }
+    .spawn()?;
+    let listener = zk.addr.to_string();
+    let screen = tmux.wait("both client hosts, the refused one first", |s| {
+        let lines: Vec<&str> = s
+            .lines()
+            .skip_while(|l| !l.contains("Client hosts of this host's listeners"))
+            .collect();
+        let at = |ip: std::net::IpAddr, usage: &str, rejected: &str| {
+            lines.iter().position(|l| {
+                l.contains(&format!("{ip} → {listener}"))
+                    && l.contains(usage)
+                    && l.contains(rejected)
+            })
+        };
+        matches!(
+            (
+                at(refused, " 3/3 100% ", " rejected 2 "),
+                at(calm, " 1/3 33% ", " rejected 0 ")
+            ),
+            (Some(a), Some(b)) if a < b
+        )
+    })?;
+    assert!(screen.contains("█"), "a gauge:\n{screen}");
+    tmux.keys(&["q"])?;
+    assert_restored(&tmux)?;
+    Ok(())
+}
+
 /// top exited 0, the alternate screen is gone and the terminal is in cooked mode with echo.
 fn assert_restored(tmux: &Tmux) -> Result<()> {
     let screen = tmux.wait("the shell after top", |s| s.contains("top exited 0"))?;

@@ -519,6 +519,7 @@ const COUNTING_TESTS: &[&str] = &[
     "netns",
     "ownership",
     "repair",
+    "server_side",
 ];
 
 /// Hooks besides the one `auto` picks (the first that attaches) that attach on this kernel,

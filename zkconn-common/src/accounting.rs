@@ -73,6 +73,72 @@ pub fn is_refusal(
     cfg.has_bytes_sent != 0 && matches!(sent(), Some(bytes) if bytes > 0)
 }
 
+/// How an accepted connection on a watched port ended, as the server's side saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InboundEnd {
+    /// The server sent something first: a session (or a four-letter word's answer).
+    Answered,
+    /// The server never sent a byte, but this was no refusal: see
+    /// [`crate::ClientCounters::unanswered`].
+    Unanswered,
+    /// The server refused the client host.
+    Rejected,
+}
+
+/// What the kernel read of an accepted socket's byte counts when the server let it go.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InboundBytes {
+    /// `tcp_sock.bytes_sent`.
+    pub sent: u64,
+    /// `tcp_sock.bytes_received` (a received FIN counts one).
+    pub received: u64,
+    /// `rcv_nxt - copied_seq`: what arrived and the server never read (a FIN too).
+    pub unread: u32,
+}
+
+/// How an accepted connection that leaves ESTABLISHED or CLOSE_WAIT (`old`) for `new` ended.
+///
+/// ZooKeeper refuses a client host over its limit in the accept loop, before it reads or
+/// writes anything: NIO shuts the output (a FIN) and closes with SO_LINGER 0 (a reset),
+/// Netty closes the channel (a FIN, or a reset when the client's first bytes wait unread).
+/// So a refusal is the server's own close (FIN_WAIT1 or LAST_ACK, or CLOSE with no socket
+/// error: a reset or a timeout sets `sk_err` before it closes the socket) of a connection it
+/// never read from nor wrote to, where the client had sent something (its ConnectRequest,
+/// or its FIN) or the close came within `in_window` of the handshake. A server that closes
+/// an idle connection later (NIO's `sessionlessCnxnTimeout`), or that read the request and
+/// closed without answering (a server not serving), ended it without a session: unanswered.
+///
+/// `err` is `sk_err` and `bytes` the counts, `None` where they could not be read: then
+/// nothing is a refusal and nothing is unanswered (the server side counts opens and closes
+/// only).
+#[inline(always)]
+pub fn inbound_end(
+    old: u8,
+    new: u8,
+    err: Option<i32>,
+    in_window: bool,
+    bytes: Option<InboundBytes>,
+) -> InboundEnd {
+    let Some(b) = bytes else {
+        return InboundEnd::Answered;
+    };
+    if b.sent != 0 {
+        return InboundEnd::Answered;
+    }
+    let own_close = match new {
+        tcp_state::FIN_WAIT1 | tcp_state::LAST_ACK => true,
+        tcp_state::CLOSE => err == Some(0),
+        _ => false,
+    };
+    let read_nothing = u64::from(b.unread) == b.received;
+    let from_open = old == tcp_state::ESTABLISHED || old == tcp_state::CLOSE_WAIT;
+    if own_close && from_open && read_nothing && (b.received > 0 || in_window) {
+        InboundEnd::Rejected
+    } else {
+        InboundEnd::Unanswered
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use rstest::rstest;
@@ -101,6 +167,7 @@ mod tests {
             has_bytes_received: u32::from(bytes_received),
             bytes_sent_offset: 16,
             has_bytes_sent: u32::from(bytes_sent),
+            ..RefusalConfig::default()
         }
     }
 
@@ -177,5 +244,146 @@ mod tests {
             never,
             never
         ));
+    }
+
+    const E: u8 = tcp_state::ESTABLISHED;
+    const CW: u8 = tcp_state::CLOSE_WAIT;
+
+    fn bytes(sent: u64, received: u64, unread: u32) -> Option<InboundBytes> {
+        Some(InboundBytes {
+            sent,
+            received,
+            unread,
+        })
+    }
+
+    /// (old, new, sk_err, within the window, byte counts) → how it ended.
+    #[rstest]
+    // NIO's refusal: the output shut at once, the ConnectRequest (48 bytes) unread.
+    #[case(
+        E,
+        tcp_state::FIN_WAIT1,
+        Some(0),
+        true,
+        bytes(0, 48, 48),
+        InboundEnd::Rejected
+    )]
+    // ... and before the client sent it.
+    #[case(
+        E,
+        tcp_state::FIN_WAIT1,
+        Some(0),
+        true,
+        bytes(0, 0, 0),
+        InboundEnd::Rejected
+    )]
+    // ... late (a paused server), the request waiting unread.
+    #[case(
+        E,
+        tcp_state::FIN_WAIT1,
+        Some(0),
+        false,
+        bytes(0, 48, 48),
+        InboundEnd::Rejected
+    )]
+    // Netty's refusal with the client's bytes unread: an abort, no socket error.
+    #[case(
+        E,
+        tcp_state::CLOSE,
+        Some(0),
+        false,
+        bytes(0, 300, 300),
+        InboundEnd::Rejected
+    )]
+    // The client had given up (its FIN and request unread) when the server refused.
+    #[case(
+        CW,
+        tcp_state::LAST_ACK,
+        Some(0),
+        false,
+        bytes(0, 49, 49),
+        InboundEnd::Rejected
+    )]
+    #[case(
+        CW,
+        tcp_state::CLOSE,
+        Some(0),
+        false,
+        bytes(0, 1, 1),
+        InboundEnd::Rejected
+    )]
+    // A session: the server answered.
+    #[case(
+        E,
+        tcp_state::FIN_WAIT1,
+        Some(0),
+        true,
+        bytes(41, 48, 0),
+        InboundEnd::Answered
+    )]
+    #[case(
+        CW,
+        tcp_state::LAST_ACK,
+        Some(0),
+        false,
+        bytes(900, 700, 0),
+        InboundEnd::Answered
+    )]
+    // A port check: the client closed, the server read the end of the stream and closed.
+    #[case(
+        CW,
+        tcp_state::LAST_ACK,
+        Some(0),
+        true,
+        bytes(0, 1, 0),
+        InboundEnd::Unanswered
+    )]
+    // NIO's idle close of a connection that never sent a byte, after its timeout.
+    #[case(
+        E,
+        tcp_state::FIN_WAIT1,
+        Some(0),
+        false,
+        bytes(0, 0, 0),
+        InboundEnd::Unanswered
+    )]
+    // A server not serving read the request and closed without answering.
+    #[case(
+        E,
+        tcp_state::FIN_WAIT1,
+        Some(0),
+        true,
+        bytes(0, 48, 0),
+        InboundEnd::Unanswered
+    )]
+    // The client reset the connection (sk_err set): not the server's doing.
+    #[case(
+        E,
+        tcp_state::CLOSE,
+        Some(104),
+        true,
+        bytes(0, 0, 0),
+        InboundEnd::Unanswered
+    )]
+    // sk_err unreadable: an abort cannot be told from a reset.
+    #[case(
+        E,
+        tcp_state::CLOSE,
+        None,
+        true,
+        bytes(0, 0, 0),
+        InboundEnd::Unanswered
+    )]
+    // No byte counts (no BTF): opens and closes only.
+    #[case(E, tcp_state::FIN_WAIT1, Some(0), true, None, InboundEnd::Answered)]
+    fn a_server_that_closes_before_reading_or_writing_refused(
+        #[case] old: u8,
+        #[case] new: u8,
+        #[case] err: Option<i32>,
+        #[case] in_window: bool,
+        #[case] counts: Option<InboundBytes>,
+        #[case] expected: InboundEnd,
+    ) {
+        assert_eq!(inbound_end(old, new, err, in_window, counts), expected);
     }
 }

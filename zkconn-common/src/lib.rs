@@ -33,6 +33,15 @@ pub mod map_names {
     /// and a server's counts go when `STATS` is full (the process's are then lost, and
     /// counted as overflow).
     pub const STATS_SPILL: &str = "ZK_STATS_SPILL";
+    /// Socket address → [`super::Inbound`]: every accepted connection on a watched port
+    /// (this host is a ZooKeeper server) until the server lets it go.
+    pub const INBOUND: &str = "ZK_INBOUND";
+    /// 4-tuple (local side first) → [`super::Inbound`]: accepted connections that existed
+    /// before zkconn started.
+    pub const INBOUND_SEEDS: &str = "ZK_INBOUND_SEEDS";
+    /// [`super::ClientKey`] (listener address and port, client address) →
+    /// [`super::ClientCounters`]: what the server side saw of each client host.
+    pub const CLIENTS: &str = "ZK_CLIENTS";
     /// Watched ports → [`super::port_flags`].
     pub const PORTS: &str = "ZK_PORTS";
     /// Switches userspace flips at run time, indexed by [`super::control`].
@@ -122,8 +131,13 @@ pub mod control {
     /// their socket's inode ([`super::Conn::ino`]), so seeding can tell a socket the kernel
     /// saw connect from an older one by the same inode `/proc` and sock_diag report.
     pub const SEEDING: u32 = 1;
+    /// Nonzero while accepted connections on watched ports are followed (the server side:
+    /// see [`super::map_names::INBOUND`]).
+    pub const INBOUND: u32 = 2;
+    /// Nonzero while seeded accepted connections may still wait in `INBOUND_SEEDS`.
+    pub const INBOUND_SEEDS_PENDING: u32 = 3;
     /// Number of slots.
-    pub const COUNT: u32 = 2;
+    pub const COUNT: u32 = 4;
 }
 
 /// TCP states as the kernel numbers them (`include/net/tcp_states.h`).
@@ -216,8 +230,11 @@ pub mod probe_counter {
     /// counted after the change: while the sum stands still, userspace's last copy of the
     /// rows is current and it need not read them again.
     pub const ROW_CHANGES: u32 = 5;
+    /// An accepted connection was not followed because `INBOUND` was full, or a client
+    /// host's counters could not be kept because `CLIENTS` was.
+    pub const OVERFLOW_INBOUND: u32 = 6;
     /// Number of counters.
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 7;
 }
 
 /// Field offsets of `sock:inet_sock_set_state`, read by userspace from tracefs
@@ -290,6 +307,9 @@ pub struct SockLayout {
     pub socket_ino: u32,
     /// 1 when the two above are known.
     pub has_ino: u32,
+    /// `sock.sk_err` (int): set before a reset or a timeout closes the socket, not when its
+    /// own process aborts it.
+    pub err: u32,
     /// 1 once userspace filled the offsets; the program does nothing while 0.
     pub valid: u32,
 }
@@ -401,6 +421,14 @@ pub struct RefusalConfig {
     /// window is still a refusal when the client had sent something (its ConnectRequest,
     /// which a ZooKeeper server that accepts always answers first).
     pub has_bytes_sent: u32,
+    /// Offsets of `rcv_nxt` and `copied_seq` in `struct tcp_sock` (u32 sequence numbers):
+    /// how much a server read of what it received, for its refusals.
+    pub rcv_nxt_offset: u32,
+    pub copied_seq_offset: u32,
+    /// 1 when the two above and both byte counts are known: the server side can then tell
+    /// a refusal (see [`crate::accounting::inbound_end`]).
+    pub has_server_side: u32,
+    pub _pad: u32,
 }
 
 /// What ZooKeeper's `maxClientCnxns` counts per: one server endpoint and one client
@@ -475,6 +503,82 @@ pub struct Tuple {
     pub sport: u16,
     pub dport: u16,
     pub _pad: u32,
+}
+
+/// Key of [`map_names::CLIENTS`]: what ZooKeeper's `maxClientCnxns` counts per on the
+/// server's side, one client address on one listener (the address the client connected to,
+/// and the port).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientKey {
+    pub local: [u8; 16],
+    pub client: [u8; 16],
+    pub port: u16,
+    pub _pad: [u8; 6],
+}
+
+impl ClientKey {
+    /// The key of an accepted connection's tuple (local side first).
+    pub fn of(t: &Tuple) -> ClientKey {
+        ClientKey {
+            local: t.saddr,
+            client: t.daddr,
+            port: t.sport,
+            _pad: [0; 6],
+        }
+    }
+}
+
+/// Bits of [`Inbound::flags`].
+pub mod inbound_flags {
+    /// The connection existed before zkconn started and was seeded.
+    pub const SEEDED: u8 = 1;
+}
+
+/// One accepted connection on a watched port (value of `INBOUND` and `INBOUND_SEEDS`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Inbound {
+    /// Local side first: `saddr`/`sport` are the listener's address and port as the client
+    /// reached them, `daddr`/`dport` the client's.
+    pub tuple: Tuple,
+    /// Boot-clock ns of ESTABLISHED (seeded: 0, unknown).
+    pub established_ns: u64,
+    /// Boot-clock ns of the last state change (seeded: when zkconn seeded it).
+    pub changed_ns: u64,
+    /// ESTABLISHED or CLOSE_WAIT: a row goes when the server lets the connection go.
+    pub state: u8,
+    /// [`inbound_flags`] bits.
+    pub flags: u8,
+    pub _pad: [u8; 6],
+}
+
+/// Cumulative counters of one client host on one listener, as the server's side sees them.
+/// Shared by every CPU; the programs only add atomically.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClientCounters {
+    /// Connections accepted (the handshake completed).
+    pub opened: u64,
+    /// Connections the server let go (closed, aborted, or reset), refusals included.
+    pub closed: u64,
+    /// Of those, the server's refusals (see [`crate::accounting::inbound_end`]).
+    pub rejected: u64,
+    /// Of those, the ones the server never sent a byte on that were not refusals: no
+    /// session started (a port check, a client gone before its request, a server not
+    /// serving).
+    pub unanswered: u64,
+    pub _reserved: u64,
+}
+
+impl ClientCounters {
+    /// Adds every field of `other`.
+    pub fn add(&mut self, other: &ClientCounters) {
+        self.opened += other.opened;
+        self.closed += other.closed;
+        self.rejected += other.rejected;
+        self.unanswered += other.unanswered;
+    }
 }
 
 /// One tracked ZooKeeper connection (value of `CONNS` and `SEEDS`).
@@ -596,12 +700,18 @@ mod user {
     unsafe impl aya::Pod for PortList {}
     // SAFETY: as above.
     unsafe impl aya::Pod for ServerKey {}
-    // SAFETY: as above (fifteen u32s, no padding).
+    // SAFETY: as above (eighteen u32s, no padding).
     unsafe impl aya::Pod for SockLayout {}
     // SAFETY: as above (ten u32s).
     unsafe impl aya::Pod for TaskLayout {}
     // SAFETY: as above.
     unsafe impl aya::Pod for OwnerEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ClientKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Inbound {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ClientCounters {}
 }
 
 #[cfg(test)]
@@ -652,7 +762,11 @@ mod tests {
         assert_eq!(size_of::<ServerKey>(), 40);
         assert_eq!(size_of::<StatsKey>(), 64);
         assert_eq!(size_of::<PortList>(), 32);
-        assert_eq!(size_of::<RefusalConfig>(), 24);
+        assert_eq!(size_of::<RefusalConfig>(), 40);
+        assert_eq!(size_of::<ClientKey>(), 40);
+        assert_eq!(size_of::<Inbound>(), 40 + 8 + 8 + 1 + 1 + 6);
+        assert_eq!(size_of::<ClientCounters>(), 40);
+        assert_eq!(size_of::<SockLayout>(), 4 * 18);
         assert_eq!(size_of::<ResetTpLayout>(), 8);
         assert_eq!(size_of::<Event>(), 4 + 4 + 16 + 40 + 8 + 40 + 8);
         assert_eq!(size_of::<TaskLayout>(), 40);

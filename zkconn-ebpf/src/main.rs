@@ -38,10 +38,11 @@ mod programs {
         programs::{BtfTracePointContext, FEntryContext, ProbeContext, TracePointContext},
     };
     use zkconn_common::{
-        CGROUP_DEPTH, CGROUP_NAME_LEN, CgroupNames, Conn, Counters, Endpoint, Event, ExitTpLayout,
-        MAX_ENDPOINTS, Owner, OwnerEvent, OwnerKey, PORT_LIST_LEN, PortList, RefusalConfig,
-        ResetTpLayout, ServerKey, SockLayout, StateTpLayout, StatsKey, TaskLayout, Tuple,
-        accounting::{self, Close},
+        CGROUP_DEPTH, CGROUP_NAME_LEN, CgroupNames, ClientCounters, ClientKey, Conn, Counters,
+        Endpoint, Event, ExitTpLayout, Inbound, MAX_ENDPOINTS, Owner, OwnerEvent, OwnerKey,
+        PORT_LIST_LEN, PortList, RefusalConfig, ResetTpLayout, ServerKey, SockLayout,
+        StateTpLayout, StatsKey, TaskLayout, Tuple,
+        accounting::{self, Close, InboundBytes, InboundEnd},
         conn_flags, control, event_kind, event_output, port_flags, probe_counter, tcp_state,
     };
 
@@ -99,6 +100,7 @@ mod programs {
         sk_socket: 0,
         socket_ino: 0,
         has_ino: 0,
+        err: 0,
         valid: 0,
     };
 
@@ -145,6 +147,10 @@ mod programs {
         has_bytes_received: 0,
         bytes_sent_offset: 0,
         has_bytes_sent: 0,
+        rcv_nxt_offset: 0,
+        copied_seq_offset: 0,
+        has_server_side: 0,
+        _pad: 0,
     };
 
     // Capacities below are defaults; userspace resizes every map from its flags.
@@ -164,6 +170,12 @@ mod programs {
     /// Indexed by destination port: 0 for a port zkconn does not watch, else `port_flags`.
     /// An array lookup is inlined by the verifier: a socket on an unwatched port costs no
     /// hash computation.
+    #[map(name = "ZK_INBOUND")]
+    static INBOUND: HashMap<u64, Inbound> = HashMap::with_max_entries(65_536, 0);
+    #[map(name = "ZK_INBOUND_SEEDS")]
+    static INBOUND_SEEDS: HashMap<Tuple, Inbound> = HashMap::with_max_entries(65_536, 0);
+    #[map(name = "ZK_CLIENTS")]
+    static CLIENTS: HashMap<ClientKey, ClientCounters> = HashMap::with_max_entries(16_384, 0);
     #[map(name = "ZK_PORTS")]
     static PORTS: Array<u8> = Array::with_max_entries(65_536, 0);
     /// Run-time switches, indexed by `zkconn_common::control`.
@@ -217,6 +229,13 @@ mod programs {
         }
         /// The state it is in (before a `tcp_set_state` call: the old one).
         fn state(&self) -> Result<u8, i32>;
+        /// `sk_err`: nonzero once a reset or a timeout ended the connection.
+        fn err(&self) -> Result<i32, i32> {
+            if global(&SOCK_LAYOUT.valid) == 0 {
+                return Err(0);
+            }
+            probed(self.addr() as *const u8, global(&SOCK_LAYOUT.err))
+        }
     }
 
     /// A socket handed over with its BTF type (the BTF tracepoints, fentry): fields of
@@ -328,6 +347,10 @@ mod programs {
 
         fn state(&self) -> Result<u8, i32> {
             Ok(typed(self.0, global(&SOCK_LAYOUT.state)))
+        }
+
+        fn err(&self) -> Result<i32, i32> {
+            Ok(typed(self.0, global(&SOCK_LAYOUT.err)))
         }
     }
 
@@ -503,9 +526,24 @@ mod programs {
         }
         let record = Record { ctx, skaddr: 0 };
         let dport = record.dport()?;
-        // The one lookup that every other socket pays.
+        // The one test that every other socket pays, and the local port's below.
         let flags = watched(dport);
         if flags == 0 {
+            // An accepted connection on a watched port (this host is the server)?
+            let sport = record.sport()?;
+            let flags = watched(sport);
+            if flags == 0 {
+                return Ok(());
+            }
+            let old = record.state()?;
+            let new = tp_field(ctx, global(&l.newstate), global(&l.state_size))? as u8;
+            if inbound_transition(old, new) {
+                let record = Record {
+                    ctx,
+                    skaddr: tp_field(ctx, global(&l.skaddr), global(&l.skaddr_size))?,
+                };
+                on_inbound(&record, old, new, sport, flags);
+            }
             return Ok(());
         }
         let old = record.state()?;
@@ -543,14 +581,45 @@ mod programs {
         }
         let sock = Typed(ctx.arg(0));
         let dport = sock.dport()?;
-        // The one lookup that every other socket pays.
-        let flags = watched(dport);
-        if flags == 0 {
-            return Ok(());
-        }
         let old: i32 = ctx.arg(1);
         let new: i32 = ctx.arg(2);
+        // The one test that every other socket pays, and the local port's for the few
+        // transitions an accepted connection counts.
+        let flags = watched(dport);
+        if flags == 0 {
+            inbound_of(&sock, old as u8, new as u8)?;
+            return Ok(());
+        }
         on_transition(ctx.as_ptr(), &sock, old as u8, new as u8, dport, flags)
+    }
+
+    /// Whether transition `old` → `new` may count for an accepted connection: its
+    /// ESTABLISHED, or leaving ESTABLISHED or CLOSE_WAIT (where the server lets it go).
+    #[inline(always)]
+    fn inbound_transition(old: u8, new: u8) -> bool {
+        (old == tcp_state::SYN_RECV && new == tcp_state::ESTABLISHED)
+            || old == tcp_state::ESTABLISHED
+            || old == tcp_state::CLOSE_WAIT
+    }
+
+    /// A transition of a socket whose destination port is not watched: counted when it is
+    /// an accepted connection on a watched local port.
+    #[inline(always)]
+    fn inbound_of<S: Sock>(sock: &S, old: u8, new: u8) -> Result<(), i32> {
+        if !inbound_transition(old, new) {
+            return Ok(());
+        }
+        // `skc_num` is zeroed before the close's state change where the port is released.
+        let port = if new == tcp_state::CLOSE {
+            sock.sport()?
+        } else {
+            sock.sport_bound()?
+        };
+        let flags = watched(port);
+        if flags != 0 {
+            on_inbound(sock, old, new, port, flags);
+        }
+        Ok(())
     }
 
     /// `tcp_connect(sk)`, from the fentry or kprobe hook: a TCP socket (the function is
@@ -583,6 +652,10 @@ mod programs {
         }
         let dport = sock.dport()?;
         if watched(dport) == 0 {
+            let old = sock.state()?;
+            if old != new as u8 {
+                inbound_of(sock, old, new as u8)?;
+            }
             return Ok(());
         }
         let old = sock.state()?;
@@ -673,12 +746,18 @@ mod programs {
     /// Whether a connection to a watched port goes to a watched server: any address on the
     /// port, or one of the endpoints listed for it.
     fn is_target(tuple: &Tuple, flags: u8) -> bool {
+        is_watched_endpoint(&tuple.daddr, tuple.dport, flags)
+    }
+
+    /// Whether (`addr`, `port`) is watched, the port's flags being `flags`: any address on
+    /// the port, or one of the endpoints listed for it.
+    fn is_watched_endpoint(addr: &[u8; 16], port: u16, flags: u8) -> bool {
         if flags & port_flags::ANY_ADDRESS != 0 {
             return true;
         }
         let endpoint = Endpoint {
-            addr: tuple.daddr,
-            port: tuple.dport,
+            addr: *addr,
+            port,
             _pad: [0; 6],
         };
         // SAFETY: the value is only tested for presence.
@@ -993,6 +1072,174 @@ mod programs {
             _ => {}
         }
     }
+
+    /// A transition of an accepted connection on watched local port `port` (`flags`: the
+    /// port's): this host is a ZooKeeper server. Counted per client host on the listener,
+    /// from the handshake (SYN_RECV → ESTABLISHED) until the server lets the connection go
+    /// (it leaves ESTABLISHED or CLOSE_WAIT for anything but CLOSE_WAIT). Never reads
+    /// "current": these run in softirq or in the client's context.
+    #[inline(never)]
+    fn on_inbound<S: Sock>(sock: &S, old: u8, new: u8, port: u16, flags: u8) {
+        if !CONTROL.get(control::INBOUND).is_some_and(|&v| v != 0) {
+            return;
+        }
+        let skaddr = sock.addr();
+        let now = boot_ns();
+        if old == tcp_state::SYN_RECV {
+            if !sock.is_tcp().unwrap_or(false) {
+                return;
+            }
+            let mut row = Inbound {
+                tuple: towards(0),
+                established_ns: now,
+                changed_ns: now,
+                state: tcp_state::ESTABLISHED,
+                flags: 0,
+                _pad: [0; 6],
+            };
+            if sock.addrs(&mut row.tuple).is_err() {
+                return;
+            }
+            row.tuple.sport = port;
+            row.tuple.dport = match sock.dport() {
+                Ok(p) => p,
+                Err(_) => return,
+            };
+            if !is_listener(&row.tuple, flags) {
+                return;
+            }
+            // BPF_ANY: a leftover of a missed close must not block the new socket.
+            if INBOUND.insert(skaddr, row, BPF_ANY.into()).is_err() {
+                count(probe_counter::OVERFLOW_INBOUND);
+                return;
+            }
+            bump_client(&ClientKey::of(&row.tuple), None);
+            count(probe_counter::ROW_CHANGES);
+            return;
+        }
+        let row = match INBOUND.get_ptr_mut(skaddr) {
+            Some(row) => row,
+            None => match adopt_inbound(sock, skaddr, port) {
+                Some(row) => row,
+                None => return,
+            },
+        };
+        // SAFETY: the entry belongs to this socket, whose state changes are serialised by
+        // its lock.
+        let row = unsafe { &mut *row };
+        row.changed_ns = now;
+        if new == tcp_state::CLOSE_WAIT {
+            row.state = new;
+            count(probe_counter::ROW_CHANGES);
+            return;
+        }
+        // SAFETY: see `try_inet_sock_set_state`.
+        let cfg = unsafe { read_volatile(&REFUSAL) };
+        let in_window =
+            row.established_ns != 0 && now.saturating_sub(row.established_ns) <= cfg.window_ns;
+        let end = accounting::inbound_end(
+            old,
+            new,
+            sock.err().ok(),
+            in_window,
+            inbound_bytes(skaddr, &cfg),
+        );
+        let key = ClientKey::of(&row.tuple);
+        let _ = INBOUND.remove(skaddr);
+        bump_client(&key, Some(end));
+        count(probe_counter::ROW_CHANGES);
+    }
+
+    /// An accepted connection that predates zkconn, at its first transition: its seed moved
+    /// into `INBOUND` (map value to map value).
+    #[inline(always)]
+    fn adopt_inbound<S: Sock>(sock: &S, skaddr: u64, port: u16) -> Option<*mut Inbound> {
+        if !CONTROL
+            .get(control::INBOUND_SEEDS_PENDING)
+            .is_some_and(|&v| v != 0)
+        {
+            return None;
+        }
+        let mut tuple = towards(0);
+        sock.addrs(&mut tuple).ok()?;
+        tuple.sport = port;
+        tuple.dport = sock.dport().ok()?;
+        let seed = INBOUND_SEEDS.get_ptr(&tuple)?;
+        // SAFETY: `seed` points at a live entry; the update copies it before the removal.
+        let moved = INBOUND.insert(skaddr, unsafe { &*seed }, BPF_NOEXIST.into());
+        let _ = INBOUND_SEEDS.remove(&tuple);
+        count(probe_counter::SEEDS_ADOPTED);
+        match (moved, INBOUND.get_ptr_mut(skaddr)) {
+            (Ok(()), Some(row)) => Some(row),
+            _ => {
+                count(probe_counter::OVERFLOW_INBOUND);
+                None
+            }
+        }
+    }
+
+    /// What the server sent, received and left unread on socket `skaddr`, from `tcp_sock`
+    /// at the offsets userspace took from the kernel's BTF; `None` without them or when a
+    /// read fails.
+    fn inbound_bytes(skaddr: u64, cfg: &RefusalConfig) -> Option<InboundBytes> {
+        if cfg.has_server_side == 0 {
+            return None;
+        }
+        let sk = skaddr as *const u8;
+        let rcv_nxt: u32 = probed(sk, cfg.rcv_nxt_offset).ok()?;
+        let copied: u32 = probed(sk, cfg.copied_seq_offset).ok()?;
+        Some(InboundBytes {
+            sent: probed(sk, cfg.bytes_sent_offset).ok()?,
+            received: probed(sk, cfg.bytes_received_offset).ok()?,
+            unread: rcv_nxt.wrapping_sub(copied),
+        })
+    }
+
+    /// Whether an accepted connection reached a watched listener: any address on the port,
+    /// or one of the endpoints listed for it.
+    fn is_listener(tuple: &Tuple, flags: u8) -> bool {
+        is_watched_endpoint(&tuple.saddr, tuple.sport, flags)
+    }
+
+    /// Adds one to `key`'s `opened` (`end` is `None`), or to its `closed` and to how it
+    /// ended, creating the row first; atomically (see `bump`).
+    fn bump_client(key: &ClientKey, end: Option<InboundEnd>) {
+        let row = match CLIENTS.get_ptr_mut(key) {
+            Some(row) => row,
+            None => {
+                let _ = CLIENTS.insert(key, &ZERO_CLIENT_COUNTERS, BPF_NOEXIST.into());
+                match CLIENTS.get_ptr_mut(key) {
+                    Some(row) => row,
+                    None => {
+                        count(probe_counter::OVERFLOW_INBOUND);
+                        return;
+                    }
+                }
+            }
+        };
+        // SAFETY: `row` points at a live map value, only ever changed by atomic adds.
+        unsafe {
+            match end {
+                None => atomic_add(&raw mut (*row).opened),
+                Some(end) => {
+                    atomic_add(&raw mut (*row).closed);
+                    match end {
+                        InboundEnd::Rejected => atomic_add(&raw mut (*row).rejected),
+                        InboundEnd::Unanswered => atomic_add(&raw mut (*row).unanswered),
+                        InboundEnd::Answered => {}
+                    }
+                }
+            }
+        }
+    }
+
+    static ZERO_CLIENT_COUNTERS: ClientCounters = ClientCounters {
+        opened: 0,
+        closed: 0,
+        rejected: 0,
+        unanswered: 0,
+        _reserved: 0,
+    };
 
     /// The whole thread group exited: forget its identity so a reused pid starts afresh.
     /// Its sockets close after this (exit_files runs later) and still count for it, because

@@ -1,13 +1,14 @@
 //! `zkconn check`: the snapshot judged as a Nagios/Icinga plugin result.
 //!
-//! Owns: the status (the worst server alarm, at least WARNING when counts are incomplete),
+//! Owns: the status (the worst server alarm or client host, at least WARNING when counts are
+//! incomplete),
 //! the one status line and the performance data. Pure: it reads a [`Snapshot`].
 
 use std::fmt::Write as _;
 
 use crate::{
     limits::Limits,
-    model::{ServerRow, Snapshot},
+    model::{ClientRow, ServerRow, Snapshot},
     verdict::Alarm,
 };
 
@@ -30,16 +31,36 @@ pub fn verdict(snap: &Snapshot) -> (Alarm, String) {
             .unwrap_or(std::cmp::Ordering::Equal)
     });
     let mut status = worst.map_or(Alarm::Ok, |w| w.alarm);
+    // Where this host is a ZooKeeper server: the client host worst off.
+    let client = snap
+        .rows
+        .clients
+        .iter()
+        .map(|c| (client_alarm(snap, c), c))
+        .max_by(|(a, x), (b, y)| {
+            (*a, x.usage.unwrap_or(0.0), x.rejected)
+                .partial_cmp(&(*b, y.usage.unwrap_or(0.0), y.rejected))
+                .unwrap_or(std::cmp::Ordering::Equal)
+        })
+        .filter(|(alarm, _)| *alarm > Alarm::Ok);
+    if let Some((alarm, _)) = client {
+        status = status.max(alarm);
+    }
     let incomplete = snap.probe.lost + snap.probe.overflow > 0;
     if incomplete {
         status = status.max(Alarm::Warning);
     }
-    let mut text = match worst {
-        None => format!(
+    let mut text = match (worst, client) {
+        (None, Some((_, c))) => describe_client(c),
+        (None, None) => format!(
             "no ZooKeeper connections from this host to {}",
             snap.targets.join(", ")
         ),
-        Some(w) => describe(snap, w),
+        (Some(w), Some((alarm, c))) if alarm > w.alarm => {
+            format!("{}; {}", describe_client(c), describe(snap, w))
+        }
+        (Some(w), Some((_, c))) => format!("{}; {}", describe(snap, w), describe_client(c)),
+        (Some(w), None) => describe(snap, w),
     };
     if let Some(s) = snap.rows.suspects.first() {
         let pid = s.pid.map(|p| format!(" pid {p}")).unwrap_or_default();
@@ -81,6 +102,52 @@ pub fn verdict(snap: &Snapshot) -> (Alarm, String) {
     let text = crate::output::printable(&text).replace('|', "¦");
     let line = format!("ZKCONN {} - {text} | {}", status.as_str(), perfdata(snap));
     (status, line)
+}
+
+/// A client host of this host's listener, as the server sees it: critical at its limit or
+/// once refused in this run, warning at or over `--warn` of the limit.
+fn client_alarm(snap: &Snapshot, c: &ClientRow) -> Alarm {
+    if c.rejected > 0 || c.headroom.is_some_and(|h| h <= 0) {
+        return Alarm::Critical;
+    }
+    let usage = c.usage.map(|u| u * 100.0);
+    let t = &snap.alarm_thresholds;
+    match usage {
+        Some(u) if t.crit.alerts(u) => Alarm::Critical,
+        Some(u) if t.warn.alerts(u) => Alarm::Warning,
+        _ => Alarm::Ok,
+    }
+}
+
+/// `client host 10.0.2.7 on 10.0.0.1:2181: 60 of 60 open (100%), limit reached, refused 12`.
+fn describe_client(c: &ClientRow) -> String {
+    let mut text = format!("client host {} on {}: ", c.client_ip, c.listener);
+    match c.usage {
+        Some(u) => {
+            let _ = write!(
+                text,
+                "{} of {}{} open ({:.0}%)",
+                c.open,
+                c.limit,
+                if c.limit_source.assumed() {
+                    " (assumed)"
+                } else {
+                    ""
+                },
+                u * 100.0
+            );
+        }
+        None => {
+            let _ = write!(text, "{} open (unlimited)", c.open);
+        }
+    }
+    if c.headroom.is_some_and(|h| h <= 0) {
+        text.push_str(", limit reached");
+    }
+    if c.rejected > 0 {
+        let _ = write!(text, ", refused {}", c.rejected);
+    }
+    text
 }
 
 fn describe(snap: &Snapshot, w: &ServerRow) -> String {
@@ -281,6 +348,50 @@ mod tests {
         );
         // The one `|` is the one that starts the performance data.
         assert_eq!(line.matches('|').count(), 1, "{line}");
+    }
+
+    /// On a ZooKeeper server's host, a client host refused (or at its limit) is critical
+    /// and named first, beside this host's own connections.
+    #[test]
+    fn a_refused_client_host_is_critical_and_named() {
+        let mut s = snap(vec![server(12, 60, Alarm::Ok)]);
+        let client = |ip: &str, open: u64, rejected: u64| ClientRow {
+            listener: "10.0.0.1:2181".into(),
+            client_ip: ip.into(),
+            open,
+            limit: 60,
+            usage: Some(open as f64 / 60.0),
+            headroom: Some(60 - open as i64),
+            rejected,
+            limit_source: crate::limits::LimitSource::Flag,
+            ..ClientRow::default()
+        };
+        s.rows.clients = vec![client("10.0.2.8", 50, 0), client("10.0.2.7", 60, 12)];
+        let (status, line) = verdict(&s);
+        assert_eq!(status, Alarm::Critical);
+        assert!(
+            line.starts_with(
+                "ZKCONN CRITICAL - client host 10.0.2.7 on 10.0.0.1:2181: 60 of 60 open \
+                 (100%), limit reached, refused 12; 10.0.0.1:2181 from 10.0.0.9: 12 of 60"
+            ),
+            "{line}"
+        );
+        // Only a host near its limit: a warning, still the worse of the two, so first.
+        s.rows.clients = vec![client("10.0.2.8", 50, 0)];
+        let (status, line) = verdict(&s);
+        assert_eq!(status, Alarm::Warning);
+        assert!(
+            line.starts_with(
+                "ZKCONN WARNING - client host 10.0.2.8 on 10.0.0.1:2181: 50 of 60 open (83%); \
+                 10.0.0.1:2181 from 10.0.0.9: 12 of 60 open (20%) | "
+            ),
+            "{line}"
+        );
+        // Comfortably below: nothing said of the client hosts.
+        s.rows.clients = vec![client("10.0.2.8", 5, 0)];
+        let (status, line) = verdict(&s);
+        assert_eq!(status, Alarm::Ok);
+        assert!(!line.contains("client host"), "{line}");
     }
 
     #[test]

@@ -105,6 +105,11 @@ pub struct DaemonArgs {
     /// are summed under owner="other".
     #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub metrics_owners: u16,
+    /// Client hosts (by usage of their listener's limit) that get series of their own in
+    /// /metrics where this host is a ZooKeeper server; the rest are summed under
+    /// client_ip="other".
+    #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub metrics_clients: u16,
     /// TLS and basic authentication for the HTTP server, from a file in the Prometheus
     /// exporter toolkit's format (the one node_exporter's --web.config.file takes). It is
     /// read again when it or a certificate file it names changes.
@@ -277,6 +282,12 @@ pub struct ProbeArgs {
     /// about 356 bytes each, at most 262144.
     #[arg(long, value_name = "N", default_value_t = 4_096, value_parser = parse_max_cgroups)]
     pub max_cgroups: u32,
+    /// Do not follow the connections that this host's listeners on the watched ports accept
+    /// (a ZooKeeper server's side: open connections and refusals per client host, the
+    /// `clients` rows). Followed by default; it costs nothing on a host without such a
+    /// listener.
+    #[arg(long)]
+    pub no_server_side: bool,
     /// Size of the kernel→user event ring buffer in KiB (a power of two, at least 4); with
     /// the perf-buffer fallback, shared among the CPUs' buffers (8 to 64 pages each).
     #[arg(long, value_name = "KIB", default_value_t = 256, value_parser = parse_ring_kib)]

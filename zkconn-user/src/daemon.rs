@@ -89,11 +89,12 @@ impl OverflowWatch {
         recent.then(|| {
             format!(
                 "counts are incomplete: the kernel's tables were full within the last {} min \
-                 ({} connections not tracked: raise --max-connections; {} processes and {} \
-                 counter rows not kept: raise --max-processes or \
-                 --max-cgroups)",
+                 ({} connections not tracked and {} on the server's side: raise \
+                 --max-connections; {} processes and {} counter rows not kept: raise \
+                 --max-processes or --max-cgroups)",
                 OVERFLOW_UNHEALTHY.as_secs() / 60,
                 d.connections,
+                d.server_side,
                 d.processes,
                 d.counters
             )
@@ -130,7 +131,10 @@ pub async fn run(args: DaemonArgs, setup: Setup) -> anyhow::Result<()> {
     let mut stop = Stop::install()?;
     let sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
 
-    let owners = usize::from(args.metrics_owners);
+    let owners = metrics::Top {
+        owners: usize::from(args.metrics_owners),
+        clients: usize::from(args.metrics_clients),
+    };
     let mut overflow = OverflowWatch::default();
     let first = publish(&mut watch, owners, ndjson.as_mut(), &mut overflow)?;
     let (tx, rx) = watch::channel(Arc::new(first));
@@ -191,7 +195,7 @@ pub async fn run(args: DaemonArgs, setup: Setup) -> anyhow::Result<()> {
 struct Daemon<'a> {
     args: &'a DaemonArgs,
     ndjson: Option<Ndjson>,
-    owners: usize,
+    owners: metrics::Top,
     overflow: OverflowWatch,
     tx: watch::Sender<Arc<Published>>,
     /// Requests that found the published documents older than [`FRESH`].
@@ -281,7 +285,7 @@ const FRESH_WAIT: Duration = Duration::from_secs(2);
 /// Publishes a refresh; a failed one keeps the last documents, marked with the error.
 fn refresh_now(
     watch: &mut Watch,
-    owners: usize,
+    owners: metrics::Top,
     ndjson: Option<&mut Ndjson>,
     overflow: &mut OverflowWatch,
     tx: &watch::Sender<Arc<Published>>,
@@ -308,7 +312,7 @@ fn refresh_now(
 
 fn publish(
     watch: &mut Watch,
-    owners: usize,
+    owners: metrics::Top,
     ndjson: Option<&mut Ndjson>,
     overflow: &mut OverflowWatch,
 ) -> anyhow::Result<Published> {

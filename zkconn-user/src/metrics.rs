@@ -38,6 +38,12 @@ struct BudgetOwnerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClientLabels {
+    listener: String,
+    client_ip: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DetailLabels {
     detail: String,
 }
@@ -82,8 +88,16 @@ impl OwnerSums {
     }
 }
 
-/// The text exposition (OpenMetrics) of `snap`, with at most `top` owners of their own.
-pub fn render(snap: &Snapshot, top: usize) -> Result<String, std::fmt::Error> {
+/// How many owners and client hosts get series of their own.
+#[derive(Clone, Copy, Debug)]
+pub struct Top {
+    pub owners: usize,
+    pub clients: usize,
+}
+
+/// The text exposition (OpenMetrics) of `snap`, with at most `top` owners and client hosts
+/// of their own.
+pub fn render(snap: &Snapshot, top: Top) -> Result<String, std::fmt::Error> {
     let mut registry = Registry::with_prefix("zkconn");
     registry.register(
         "build",
@@ -91,7 +105,8 @@ pub fn render(snap: &Snapshot, top: usize) -> Result<String, std::fmt::Error> {
         Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
     );
     servers(&mut registry, snap);
-    owners(&mut registry, snap, top);
+    owners(&mut registry, snap, top.owners);
+    clients(&mut registry, snap, top.clients);
     probe(&mut registry, snap);
     let mut out = String::new();
     encode(&mut out, &registry)?;
@@ -277,6 +292,77 @@ fn servers(registry: &mut Registry, snap: &Snapshot) {
     );
 }
 
+/// The server's side: per (listener, client host), the `top` most used client hosts (the
+/// rows come most used first) keep series of their own and the rest are summed per listener
+/// under `client_ip="other"` (no limit or usage there: it is no budget), so a server with
+/// thousands of client addresses exports a bounded set.
+fn clients(registry: &mut Registry, snap: &Snapshot, top: usize) {
+    let open = Family::<ClientLabels, Gauge>::default();
+    let limit = Family::<ClientLabels, Gauge>::default();
+    let usage = Family::<ClientLabels, FloatGauge>::default();
+    let opened = Family::<ClientLabels, Counter>::default();
+    let closed = Family::<ClientLabels, Counter>::default();
+    let rejected = Family::<ClientLabels, Counter>::default();
+    let unanswered = Family::<ClientLabels, Counter>::default();
+    for (i, c) in snap.rows.clients.iter().enumerate() {
+        let own = i < top;
+        let l = ClientLabels {
+            listener: c.listener.clone(),
+            client_ip: if own {
+                c.client_ip.clone()
+            } else {
+                "other".into()
+            },
+        };
+        open.get_or_create(&l).inc_by(gauge(c.open));
+        if own {
+            limit.get_or_create(&l).set(i64::from(c.limit));
+            if let Some(u) = c.usage {
+                usage.get_or_create(&l).set(u);
+            }
+        }
+        opened.get_or_create(&l).inc_by(c.opened);
+        closed.get_or_create(&l).inc_by(c.closed);
+        rejected.get_or_create(&l).inc_by(c.rejected);
+        unanswered.get_or_create(&l).inc_by(c.unanswered);
+    }
+    registry.register(
+        "client_open_connections",
+        "Connections this host's listener holds from a client host (the --metrics-clients most used, the rest under client_ip=\"other\"): what ZooKeeper counts against maxClientCnxns on the server's side",
+        open,
+    );
+    registry.register(
+        "client_limit_connections",
+        "maxClientCnxns of the listener (0: unlimited), per client host with series of its own",
+        limit,
+    );
+    registry.register(
+        "client_usage_ratio",
+        "open / limit of a client host on the listener (absent when unlimited)",
+        usage,
+    );
+    registry.register(
+        "client_accepted",
+        "Connections from the client host the listener accepted since zkconn started",
+        opened,
+    );
+    registry.register(
+        "client_closed",
+        "Accepted connections the server let go since zkconn started (refusals included)",
+        closed,
+    );
+    registry.register(
+        "client_rejected",
+        "Connections from the client host the server refused since zkconn started: it closed them before reading or writing a byte",
+        rejected,
+    );
+    registry.register(
+        "client_unanswered",
+        "Other accepted connections the server let go without sending a byte (no session started)",
+        unanswered,
+    );
+}
+
 /// Owners are services (and the kinds they run as): a bounded set on any host, where a
 /// label per process or YARN container would make new series with every container. The
 /// counters come from the snapshot's service rows, which keep the counts of processes that
@@ -437,6 +523,7 @@ fn probe(registry: &mut Registry, snap: &Snapshot) {
         ("connections", p.overflow_detail.connections),
         ("processes", p.overflow_detail.processes),
         ("counters", p.overflow_detail.counters),
+        ("server_side", p.overflow_detail.server_side),
     ] {
         overflow
             .get_or_create(&DetailLabels {
@@ -504,7 +591,7 @@ fn gauge(v: u64) -> i64 {
 mod tests {
     use super::*;
     use crate::{
-        model::{ProcessRow, Rows, ServerOpen, ServerRow},
+        model::{ClientRow, ProcessRow, Rows, ServerOpen, ServerRow},
         verdict::Alarm,
     };
 
@@ -536,6 +623,73 @@ mod tests {
         }))
     }
 
+    fn top(n: usize) -> Top {
+        Top {
+            owners: n,
+            clients: n,
+        }
+    }
+
+    /// Client hosts of listener 10.0.0.1:2181 (limit 60), most used first: the first holds
+    /// `n + 1` connections, each next one fewer.
+    fn with_clients(mut s: Snapshot, n: u64) -> Snapshot {
+        s.rows.clients = (0..n)
+            .map(|i| ClientRow {
+                listener: "10.0.0.1:2181".into(),
+                client_ip: format!("10.0.1.{i}"),
+                open: n + 1 - i,
+                limit: 60,
+                usage: Some((n + 1 - i) as f64 / 60.0),
+                opened: 10,
+                closed: 10 + i,
+                rejected: i,
+                ..ClientRow::default()
+            })
+            .collect();
+        s
+    }
+
+    /// Client hosts beyond the top are summed per listener under client_ip="other", with
+    /// no limit or usage of their own; fewer than the top make no "other".
+    #[test]
+    fn client_hosts_beyond_the_top_are_summed_as_other() {
+        let text = render(&with_clients(snap(1), 5), top(2)).unwrap();
+        let value = |name: &str, ip: &str| {
+            lines_of(&text, name)
+                .into_iter()
+                .find(|l| l.contains(&format!("client_ip=\"{ip}\"")))
+                .and_then(|l| l.rsplit(' ').next())
+                .map(str::to_owned)
+        };
+        assert_eq!(
+            value("zkconn_client_open_connections", "10.0.1.0").as_deref(),
+            Some("6")
+        );
+        // 4 + 3 + 2 from the three below the top.
+        assert_eq!(
+            value("zkconn_client_open_connections", "other").as_deref(),
+            Some("9")
+        );
+        assert_eq!(
+            value("zkconn_client_rejected_total", "other").as_deref(),
+            Some("9")
+        );
+        assert_eq!(value("zkconn_client_limit_connections", "other"), None);
+        assert_eq!(value("zkconn_client_usage_ratio", "other"), None);
+        assert_eq!(
+            value("zkconn_client_limit_connections", "10.0.1.1").as_deref(),
+            Some("60")
+        );
+        let few = render(&with_clients(snap(1), 2), top(2)).unwrap();
+        let series = |text: &str| {
+            text.lines()
+                .filter(|l| !l.starts_with('#') && l.contains("client_ip=\"other\""))
+                .count()
+        };
+        assert_eq!(series(&few), 0, "{few}");
+        assert_eq!(series(&text), 5, "{text}");
+    }
+
     /// The service rows of the snapshot's processes, as the engine rolls them up.
     fn with_services(mut s: Snapshot) -> Snapshot {
         s.rows.services = crate::model::roll_up(&s.rows.processes, &[]).2;
@@ -549,7 +703,7 @@ mod tests {
         s.rows.processes[0].who.label = hostile.to_owned();
         s.rows.processes[0].who.service = hostile.to_owned();
         let s = with_services(s);
-        let text = render(&s, 20).unwrap();
+        let text = render(&s, top(20)).unwrap();
         assert!(
             !text.lines().any(|l| l.starts_with("zkconn_fake")),
             "a forged series: {text}"
@@ -574,7 +728,7 @@ mod tests {
 
     #[test]
     fn servers_carry_their_numbers_and_unlimited_has_no_usage() {
-        let text = render(&snap(0), 20).unwrap();
+        let text = render(&snap(0), top(20)).unwrap();
         assert!(text.contains(
             "zkconn_server_open_connections{server=\"10.0.0.1:2181\",local_ip=\"10.0.0.9\"} 48"
         ));
@@ -602,7 +756,7 @@ mod tests {
 
     #[test]
     fn owners_beyond_the_top_are_summed_as_other() {
-        let text = render(&snap(25), 5).unwrap();
+        let text = render(&snap(25), top(5)).unwrap();
         let open = lines_of(&text, "zkconn_owner_open_connections");
         assert_eq!(open.len(), 6, "{open:#?}");
         // 25 processes open 10,9,...,1,10,9,...: the five largest are 10,10,10,9,9; the
@@ -615,7 +769,7 @@ mod tests {
             .unwrap();
         assert_eq!(other.parse::<u64>().unwrap(), total - 48);
         // Fewer owners than the top: no "other".
-        let text = render(&snap(3), 5).unwrap();
+        let text = render(&snap(3), top(5)).unwrap();
         assert_eq!(lines_of(&text, "zkconn_owner_open_connections").len(), 3);
     }
 
@@ -639,7 +793,7 @@ mod tests {
             }];
             s.rows.processes.push(p);
         }
-        let text = render(&with_services(s), 20).unwrap();
+        let text = render(&with_services(s), top(20)).unwrap();
         let mut open = lines_of(&text, "zkconn_owner_open_connections");
         open.sort_unstable();
         assert_eq!(
@@ -670,7 +824,7 @@ mod tests {
             ..Default::default()
         };
         s.rows.services = crate::model::roll_up(&s.rows.processes, &[gone]).2;
-        let text = render(&s, 20).unwrap();
+        let text = render(&s, top(20)).unwrap();
         assert!(
             lines_of(&text, "zkconn_owner_opened_total")
                 .contains(&"zkconn_owner_opened_total{service=\"service 0\",kind=\"process\"} 15"),
@@ -683,7 +837,7 @@ mod tests {
     /// build info as a gauge, no `# EOF`.
     #[test]
     fn the_classic_format_names_counters_and_info_as_it_wants() {
-        let om = render(&snap(2), 20).unwrap();
+        let om = render(&snap(2), top(20)).unwrap();
         let text = classic(&om);
         assert!(
             text.contains("# HELP zkconn_server_rejected_total Connections the server refused"),
@@ -728,9 +882,9 @@ mod tests {
     #[test]
     fn every_metric_is_documented_and_every_documented_metric_exists() {
         let doc = include_str!("../../docs/metrics.md");
-        let mut s = snap(3);
+        let mut s = with_clients(snap(3), 3);
         s.rows.suspects.clear();
-        let text = render(&s, 20).unwrap();
+        let text = render(&s, top(20)).unwrap();
         let mut exported: Vec<String> = text
             .lines()
             .filter_map(|l| l.strip_prefix("# TYPE "))

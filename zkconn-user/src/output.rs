@@ -117,6 +117,20 @@ fn header<'a>(first: &[&'a str]) -> Vec<&'a str> {
     first.iter().copied().chain(TOTALS).collect()
 }
 
+/// A limit as the tables show it: `none` for unlimited, `60?` when assumed.
+fn limit_cell(limit: u32, source: crate::limits::LimitSource) -> String {
+    match (limit, source.assumed()) {
+        (0, _) => "none".to_owned(),
+        (n, false) => n.to_string(),
+        (n, true) => format!("{n}?"),
+    }
+}
+
+/// A usage ratio in percent, `-` when unlimited.
+fn usage_cell(usage: Option<f64>) -> String {
+    usage.map_or("-".to_owned(), |u| format!("{:.0}%", u * 100.0))
+}
+
 pub fn text(out: &mut impl Write, s: &Snapshot) -> io::Result<()> {
     let hook = s.probe.hook.map_or("-".to_owned(), |h| h.to_string());
     writeln!(
@@ -167,13 +181,8 @@ pub fn text(out: &mut impl Write, s: &Snapshot) -> io::Result<()> {
                         format!("{} (NAT: {})", r.local_ip, r.translated_from.join(","))
                     },
                     n(r.states.open),
-                    match (r.limit, r.limit_source.assumed()) {
-                        (0, _) => "none".to_owned(),
-                        (n, false) => n.to_string(),
-                        (n, true) => format!("{n}?"),
-                    },
-                    r.usage
-                        .map_or("-".to_owned(), |u| format!("{:.0}%", u * 100.0)),
+                    limit_cell(r.limit, r.limit_source),
+                    usage_cell(r.usage),
                     n(r.rejected),
                     rate(r.rates.growth_per_min),
                     human_time_to_limit(r.time_to_limit_secs, r.headroom),
@@ -212,6 +221,45 @@ pub fn text(out: &mut impl Write, s: &Snapshot) -> io::Result<()> {
                 printable(&Limits::why_assumed(&s.max_client_cnxns, server))
             )?;
         }
+    }
+    if !r.clients.is_empty() {
+        writeln!(out)?;
+        writeln!(
+            out,
+            "Client hosts of this host's listeners (the server's side):"
+        )?;
+        let rows: Vec<Vec<String>> = r
+            .clients
+            .iter()
+            .map(|c| {
+                vec![
+                    c.listener.clone(),
+                    c.client_ip.clone(),
+                    n(c.open),
+                    limit_cell(c.limit, c.limit_source),
+                    usage_cell(c.usage),
+                    n(c.rejected),
+                    n(c.unanswered),
+                    n(c.opened),
+                    n(c.close_wait),
+                ]
+            })
+            .collect();
+        table(
+            out,
+            &[
+                "LISTENER",
+                "CLIENT IP",
+                "OPEN",
+                "LIMIT",
+                "USE",
+                "REJECTED",
+                "UNANSWERED",
+                "OPENED",
+                "CLOSE_WAIT",
+            ],
+            &rows,
+        )?;
     }
     if !r.suspects.is_empty() {
         writeln!(out)?;

@@ -179,6 +179,8 @@ impl Poller {
             server_stats: self.server_stats.iter().map(|(k, v)| (*k, *v)).collect(),
             counters: Default::default(),
             recursion_misses: None,
+            // Polling follows connects only, not the server's side.
+            ..KernelState::default()
         }
     }
 

@@ -15,7 +15,9 @@ use std::{
 };
 
 use anyhow::Context as _;
-use zkconn_common::{COMM_LEN, Conn, Owner, OwnerKey, Tuple, conn_flags, tcp_state};
+use zkconn_common::{
+    COMM_LEN, Conn, Inbound, Owner, OwnerKey, Tuple, conn_flags, inbound_flags, tcp_state,
+};
 
 use crate::{
     probe::Probe,
@@ -46,6 +48,10 @@ pub struct SeedReport {
     pub overflow_processes: u64,
     /// What `/proc` said of each seeded process while it was being read, for attribution.
     pub infos: HashMap<OwnerKey, ProcInfo>,
+    /// Accepted connections on watched ports (this host's server side) handed to the kernel.
+    pub seeded_inbound: u64,
+    /// Accepted connections that existed at start but did not fit the kernel's seed table.
+    pub overflow_inbound: u64,
 }
 
 pub fn tuple_of(s: &TcpSocket) -> Tuple {
@@ -147,11 +153,106 @@ fn scan_sockets(
     targets: &Targets,
     report: &mut SeedReport,
 ) -> Vec<TcpSocket> {
-    let scan = tables.scan(procfs, &|s| {
-        is_live_state(s.state) && targets.matches(s.remote)
-    });
+    scan_with_accepted(tables, procfs, targets, false, report).0
+}
+
+/// Target sockets of every network namespace, and (with `inbound`) the connections this
+/// host's listeners on watched ports accepted that the server has not let go (ESTABLISHED
+/// or CLOSE_WAIT, what the kernel follows), each namespace read once.
+fn scan_with_accepted(
+    tables: &mut Tables,
+    procfs: &Procfs,
+    targets: &Targets,
+    inbound: bool,
+    report: &mut SeedReport,
+) -> (Vec<TcpSocket>, Vec<TcpSocket>) {
+    let scan = tables.scan_both(
+        procfs,
+        &|s| is_live_state(s.state) && targets.matches(s.remote),
+        &|s| {
+            inbound
+                && matches!(s.state, tcp_state::ESTABLISHED | tcp_state::CLOSE_WAIT)
+                && targets.matches(s.local)
+        },
+    );
     report.unreadable += scan.unreadable;
-    scan.sockets.into_iter().map(|(_, s)| s).collect()
+    (
+        scan.sockets.into_iter().map(|(_, s)| s).collect(),
+        scan.accepted.into_iter().map(|(_, s)| s).collect(),
+    )
+}
+
+/// The kernel's accepted connections by tuple, and whether each is a seed it adopted.
+fn inbound_tracked(probe: &mut Probe) -> anyhow::Result<HashMap<Tuple, bool>> {
+    Ok(probe
+        .read()?
+        .inbound
+        .iter()
+        .map(|r| (r.tuple, r.flags & inbound_flags::SEEDED != 0))
+        .collect())
+}
+
+/// Hands the accepted connections in `accepted` that the kernel does not follow yet to its
+/// seed table (as ESTABLISHED or CLOSE_WAIT, with no handshake time). Returns the tuples
+/// that went in.
+fn insert_inbound_seeds(
+    probe: &mut Probe,
+    accepted: &[TcpSocket],
+    report: &mut SeedReport,
+) -> anyhow::Result<Vec<Tuple>> {
+    let tracked = inbound_tracked(probe)?;
+    let mut inserted = Vec::new();
+    let now = crate::clock::now_boot_ns();
+    for socket in accepted {
+        let tuple = tuple_of(socket);
+        if tracked.contains_key(&tuple) || inserted.contains(&tuple) {
+            continue;
+        }
+        if inserted.is_empty() {
+            // Before the first seed goes in: from now on the kernel looks for them.
+            probe.set_inbound_seeds_pending(true)?;
+        }
+        let fits = probe.insert_inbound_seed(Inbound {
+            tuple,
+            established_ns: 0,
+            changed_ns: now,
+            state: socket.state,
+            flags: inbound_flags::SEEDED,
+            _pad: [0; 6],
+        })?;
+        if fits {
+            inserted.push(tuple);
+        } else {
+            report.overflow_inbound += 1;
+        }
+    }
+    Ok(inserted)
+}
+
+/// The second look at the accepted connections seeded (see `seed`): a seed whose socket
+/// closed before it went in would stay forever; one the kernel followed from its own
+/// handshake meanwhile would count twice.
+fn confirm_inbound_seeds(
+    probe: &mut Probe,
+    inserted: &[Tuple],
+    still_open: &HashSet<Tuple>,
+    report: &mut SeedReport,
+) -> anyhow::Result<()> {
+    if inserted.is_empty() {
+        return Ok(());
+    }
+    let tracked = inbound_tracked(probe)?;
+    for tuple in inserted {
+        if tracked.get(tuple) == Some(&false) {
+            probe.remove_inbound_seed(tuple)?;
+            continue;
+        }
+        if !still_open.contains(tuple) && probe.remove_inbound_seed(tuple)? {
+            continue;
+        }
+        report.seeded_inbound += 1;
+    }
+    Ok(())
 }
 
 /// The processes holding each of `wanted` now (file descriptors, not the connector): for
@@ -281,9 +382,18 @@ pub fn seed(
 ) -> anyhow::Result<SeedReport> {
     let mut lap = crate::clock::Lap::new("seeding");
     let mut report = SeedReport::default();
-    let sockets = scan_sockets(tables, procfs, targets, &mut report);
+    let inbound = probe.inbound();
+    let (sockets, accepted) = scan_with_accepted(tables, procfs, targets, inbound, &mut report);
     lap.at("socket tables read");
+    if sockets.is_empty() && accepted.is_empty() {
+        return Ok(report);
+    }
+    let inserted_inbound = insert_inbound_seeds(probe, &accepted, &mut report)?;
     if sockets.is_empty() {
+        let mut again = SeedReport::default();
+        let (_, still) = scan_with_accepted(tables, procfs, targets, inbound, &mut again);
+        let still_open: HashSet<Tuple> = still.iter().map(tuple_of).collect();
+        confirm_inbound_seeds(probe, &inserted_inbound, &still_open, &mut report)?;
         return Ok(report);
     }
     let mut tracked = Tracked::new(&probe.read()?.conns);
@@ -309,11 +419,11 @@ pub fn seed(
     // and one the kernel tracked meanwhile would count twice. Any change after this point
     // is seen by the kernel itself (it adopts or drops the seed at the next transition).
     let mut again = SeedReport::default();
-    let still_open: HashSet<Tuple> = scan_sockets(tables, procfs, targets, &mut again)
-        .iter()
-        .map(tuple_of)
-        .collect();
+    let (still, still_accepted) = scan_with_accepted(tables, procfs, targets, inbound, &mut again);
+    let still_open: HashSet<Tuple> = still.iter().map(tuple_of).collect();
+    let still_accepted: HashSet<Tuple> = still_accepted.iter().map(tuple_of).collect();
     lap.at("socket tables read again");
+    confirm_inbound_seeds(probe, &inserted_inbound, &still_accepted, &mut report)?;
     let mut tracked = Tracked::new(&probe.read()?.conns);
     for (tuple, (owner, ino)) in &inserted {
         // Tracked by the kernel's own connect: not a seed, whoever removed the entry.

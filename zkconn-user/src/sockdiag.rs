@@ -64,7 +64,7 @@ pub enum DiagError {
 }
 
 /// The live states, and LISTEN (to tell accepted connections from connects: see
-/// [`without_accepted`]), as the request's state mask.
+/// [`split_accepted`]), as the request's state mask.
 fn live_states() -> StateFlags {
     StateFlags::LISTEN
         | StateFlags::SYN_SENT
@@ -247,6 +247,9 @@ pub struct Tables {
 pub struct Scan {
     /// The sockets `keep` accepted, each with its namespace's inode.
     pub sockets: Vec<(u64, TcpSocket)>,
+    /// Connections a listener of the same namespace accepted that `keep_accepted` took
+    /// (see [`Tables::scan_both`]), each with its namespace's inode.
+    pub accepted: Vec<(u64, TcpSocket)>,
     /// Namespaces read.
     pub namespaces: u64,
     /// Namespaces read from `/proc` rather than sock_diag.
@@ -271,6 +274,17 @@ impl Tables {
     /// that no longer have threads are closed (a netlink socket would keep its namespace
     /// alive).
     pub fn scan(&mut self, procfs: &Procfs, keep: &dyn Fn(&TcpSocket) -> bool) -> Scan {
+        self.scan_both(procfs, keep, &|_| false)
+    }
+
+    /// As [`Tables::scan`], and also the connections that listeners accepted which
+    /// `keep_accepted` takes (this host's server side), in [`Scan::accepted`].
+    pub fn scan_both(
+        &mut self,
+        procfs: &Procfs,
+        keep: &dyn Fn(&TcpSocket) -> bool,
+        keep_accepted: &dyn Fn(&TcpSocket) -> bool,
+    ) -> Scan {
         let mut scan = Scan::default();
         let Ok(pids) = procfs.pids() else {
             scan.unreadable += 1;
@@ -306,11 +320,15 @@ impl Tables {
             if done.contains(&netns) {
                 continue;
             }
-            match self.read_one(procfs, pid, tid, netns, own == Some(netns), keep, &mut scan) {
-                Ok(sockets) => {
+            let own = own == Some(netns);
+            let keeps = (keep, keep_accepted);
+            match self.read_one(procfs, pid, tid, netns, own, keeps, &mut scan) {
+                Ok((sockets, accepted)) => {
                     done.insert(netns);
                     failed.remove(&netns);
                     scan.sockets.extend(sockets.into_iter().map(|s| (netns, s)));
+                    scan.accepted
+                        .extend(accepted.into_iter().map(|s| (netns, s)));
                 }
                 Err(e) => {
                     // This namespace may have another process to read it through.
@@ -331,7 +349,8 @@ impl Tables {
     }
 
     /// One namespace: its sock_diag reader (opened now if needed), else `/proc/PID/net`.
-    #[allow(clippy::too_many_arguments)]
+    /// Returns the connects `keep` takes and the accepted connections `keep_accepted` takes.
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
     fn read_one(
         &mut self,
         procfs: &Procfs,
@@ -339,9 +358,9 @@ impl Tables {
         tid: u32,
         netns: u64,
         own: bool,
-        keep: &dyn Fn(&TcpSocket) -> bool,
+        (keep, keep_accepted): (&dyn Fn(&TcpSocket) -> bool, &dyn Fn(&TcpSocket) -> bool),
         scan: &mut Scan,
-    ) -> io::Result<Vec<TcpSocket>> {
+    ) -> io::Result<(Vec<TcpSocket>, Vec<TcpSocket>)> {
         if let Entry::Vacant(slot) = self.readers.entry(netns)
             && !self.unopenable.contains(&netns)
         {
@@ -371,10 +390,19 @@ impl Tables {
                 }
             }
         }
-        let keep_or_listen = |s: &TcpSocket| s.state == zkconn_common::tcp_state::LISTEN || keep(s);
+        let keep_or_listen = |s: &TcpSocket| {
+            s.state == zkconn_common::tcp_state::LISTEN || keep(s) || keep_accepted(s)
+        };
+        let split = |sockets: Vec<TcpSocket>| {
+            let (connects, accepted) = split_accepted(sockets);
+            (
+                connects.into_iter().filter(|s| keep(s)).collect(),
+                accepted.into_iter().filter(|s| keep_accepted(s)).collect(),
+            )
+        };
         if let Some(reader) = self.readers.get_mut(&netns) {
             match reader.dump(&keep_or_listen) {
-                Ok(sockets) => return Ok(without_accepted(sockets)),
+                Ok(sockets) => return Ok(split(sockets)),
                 Err(e) => {
                     // Counted and said; the reader is reopened next time.
                     tracing::warn!("reading namespace {netns} over sock_diag failed: {e}");
@@ -385,17 +413,16 @@ impl Tables {
         }
         scan.from_proc += 1;
         let sockets = procfs.task_tcp_sockets(pid, tid)?;
-        Ok(without_accepted(
-            sockets.into_iter().filter(keep_or_listen).collect(),
-        ))
+        Ok(split(sockets.into_iter().filter(keep_or_listen).collect()))
     }
 }
 
-/// One namespace's sockets without its listeners and without the connections they accepted
-/// (local address and port a listener's, exactly or on the wildcard): on a ZooKeeper
-/// server's host, an accepted connection whose client happened to draw the watched port as
-/// its ephemeral port looks like a connect towards that port, and is none.
-fn without_accepted(sockets: Vec<TcpSocket>) -> Vec<TcpSocket> {
+/// One namespace's sockets without its listeners, split into connects and the connections
+/// the listeners accepted (local address and port a listener's, exactly or on the
+/// wildcard): on a ZooKeeper server's host, an accepted connection whose client happened to
+/// draw the watched port as its ephemeral port looks like a connect towards that port, and
+/// is none.
+fn split_accepted(sockets: Vec<TcpSocket>) -> (Vec<TcpSocket>, Vec<TcpSocket>) {
     use zkconn_common::tcp_state::LISTEN;
     let listening: HashSet<SocketAddr> = sockets
         .iter()
@@ -403,7 +430,7 @@ fn without_accepted(sockets: Vec<TcpSocket>) -> Vec<TcpSocket> {
         .map(|s| s.local)
         .collect();
     if listening.is_empty() {
-        return sockets;
+        return (sockets, Vec::new());
     }
     let wildcard = |local: &SocketAddr| {
         let any = if local.is_ipv4() {
@@ -415,9 +442,9 @@ fn without_accepted(sockets: Vec<TcpSocket>) -> Vec<TcpSocket> {
     };
     sockets
         .into_iter()
-        .filter(|s| {
-            s.state != LISTEN
-                && !listening.contains(&s.local)
+        .filter(|s| s.state != LISTEN)
+        .partition(|s| {
+            !listening.contains(&s.local)
                 && !listening.contains(&wildcard(&s.local))
                 // An IPv4 connection accepted by a dual-stack IPv6 listener.
                 && !listening.contains(&SocketAddr::new(
@@ -425,7 +452,6 @@ fn without_accepted(sockets: Vec<TcpSocket>) -> Vec<TcpSocket> {
                     s.local.port(),
                 ))
         })
-        .collect()
 }
 
 /// Whether a TCP state counts as a live connection (what the dump asks the kernel for).
@@ -465,7 +491,7 @@ mod tests {
     #[test]
     fn accepted_connections_are_told_from_connects() {
         use zkconn_common::tcp_state::{ESTABLISHED, LISTEN};
-        let kept = without_accepted(vec![
+        let (kept, accepted) = split_accepted(vec![
             sock("127.0.0.4:47311", "0.0.0.0:0", LISTEN),
             sock("127.0.0.4:47311", "127.0.0.9:47311", ESTABLISHED),
             sock("[::]:2181", "[::]:0", LISTEN),
@@ -475,6 +501,8 @@ mod tests {
         ]);
         let locals: Vec<String> = kept.iter().map(|s| s.local.to_string()).collect();
         assert_eq!(locals, ["127.0.0.9:47311", "127.0.0.1:40000"]);
+        let accepted: Vec<String> = accepted.iter().map(|s| s.local.to_string()).collect();
+        assert_eq!(accepted, ["127.0.0.4:47311", "127.0.0.5:2181"]);
     }
 
     #[rstest]

@@ -206,8 +206,9 @@ fn bpf_runtime(pid: u32) -> (u64, u64) {
 struct Tracer(Child);
 
 impl Tracer {
-    /// `zkconn snapshot --hook HOOK` watching `port`, once its hooks are live.
-    fn zkconn(port: u16, hook: &str) -> Result<Self> {
+    /// `zkconn snapshot --hook HOOK` watching `port`, once its hooks are live; the listener's
+    /// side of each connection too with `server_side`.
+    fn zkconn(port: u16, hook: &str, server_side: bool) -> Result<Self> {
         let mut child = Command::new(zkconn_bin())
             .args([
                 "snapshot",
@@ -219,6 +220,7 @@ impl Tracer {
                 "--port",
                 &port.to_string(),
             ])
+            .args((!server_side).then_some(CLIENT_SIDE))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -264,6 +266,14 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
+/// zkconn on a client host: the benchmarks' listener is on the same host, and zkconn there
+/// would also follow the accepted side of every connection (the server's side), which a
+/// client host does not have. Measured on its own in [`SERVER_SIDE_ROW`].
+const CLIENT_SIDE: &str = "--no-server-side";
+/// The overhead row with the server's side followed too (zkconn's defaults on a host that is
+/// both client and server, as the loop's is).
+const SERVER_SIDE_ROW: &str = "zkconn --hook btf, server's side too";
+
 /// One mode's results over the interleaved rounds.
 struct ModeResult {
     name: String,
@@ -287,14 +297,20 @@ fn overhead(addr: SocketAddr, watched: bool, with_tcplife: bool) -> Result<Vec<M
     if with_tcplife {
         names.push("tcplife");
     }
+    if watched {
+        names.push(SERVER_SIDE_ROW);
+    }
     let mut runs: Vec<Vec<Run>> = vec![Vec::new(); names.len()];
     let mut bpf: Vec<Vec<(f64, f64)>> = vec![Vec::new(); names.len()];
     connect_loop(addr, 20_000)?; // warm-up
     for round in 0..ROUNDS {
         for (i, name) in names.iter().enumerate() {
             let tracer = match *name {
-                "zkconn --hook btf" => Some(Tracer::zkconn(watch_port, "btf")?),
-                "zkconn --hook tracepoint" => Some(Tracer::zkconn(watch_port, "tracepoint")?),
+                "zkconn --hook btf" => Some(Tracer::zkconn(watch_port, "btf", false)?),
+                "zkconn --hook tracepoint" => {
+                    Some(Tracer::zkconn(watch_port, "tracepoint", false)?)
+                }
+                SERVER_SIDE_ROW => Some(Tracer::zkconn(watch_port, "btf", true)?),
                 "tcplife" => Some(Tracer::tcplife(addr.port())?),
                 _ => None,
             };
@@ -518,6 +534,7 @@ fn exactness(addr: SocketAddr) -> Result<String> {
             "-v",
             "--port",
             &port,
+            CLIENT_SIDE,
         ])
         .args(["--max-connections", "65536"])
         .stdout(Stdio::piped())
@@ -614,7 +631,7 @@ fn startup(port: u16) -> Result<(String, f64, f64)> {
     let mut steps: Vec<(String, Vec<f64>)> = Vec::new();
     for _ in 0..ROUNDS {
         let (snap, took, log) = snapshot_json_logged(
-            &["snapshot", "--json", "--port", &port],
+            &["snapshot", "--json", "--port", &port, CLIENT_SIDE],
             Some("zkconn::clock=trace,zkconn::driver=trace"),
         )?;
         for (step, ms) in start_steps(&log) {
@@ -732,7 +749,7 @@ impl DaemonUnderTest {
                 "ZKCONN_LOG",
                 "info,zkconn::driver=trace,zkconn::source=debug,aya=warn",
             )
-            .args(["daemon", "-v", "--listen", &addr.to_string()])
+            .args(["daemon", "-v", "--listen", &addr.to_string(), CLIENT_SIDE])
             .args(["--port", &port.to_string()])
             .args(["--max-connections", &max_connections.to_string()])
             .args(extra)
@@ -1149,7 +1166,11 @@ fn run(out: &str) -> Result<()> {
         doc,
         "Where zkconn's cost goes: the BPF column is the time its programs themselves run \
          (about seven runs per connection: the client socket's three state changes, the \
-         accepted socket's, and the reset). With `--hook tracepoint` the kernel also fills a \
+         accepted socket's, and the reset). The zkconn rows are a client host's: \
+         `--no-server-side`, since the loop's listener is on the same host and zkconn \
+         would otherwise follow the accepted side of each connection too, which a client \
+         host does not have; the last row is what that costs (the defaults, on a host that \
+         is both ZooKeeper's client and its server). With `--hook tracepoint` the kernel also fills a \
          trace record for every TCP state change before the program runs, whatever it then \
          decides; `--hook btf` (what `auto` picks where BTF exists) is handed the socket \
          without that record. `--hook fentry` and `--hook kprobe` are refused by this \
@@ -1226,7 +1247,10 @@ Each figure from this run's sections below; \"before\" is \
          | measure | before | goal | this run | met |\n|---|---|---|---|---|\n",
     );
     let met = |ok: bool| if ok { "yes" } else { "no" };
-    for r in watched.iter().filter(|r| r.name.starts_with("zkconn")) {
+    for r in watched
+        .iter()
+        .filter(|r| r.name.starts_with("zkconn") && r.name != SERVER_SIDE_ROW)
+    {
         let Some((ns, _)) = r.bpf else { continue };
         let _ = writeln!(
             s,

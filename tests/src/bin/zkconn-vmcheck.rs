@@ -467,6 +467,44 @@ fn check_hook(hook: &str, limits: &Limits) -> Result<Outcome> {
         &server_open.into(),
         expected_open.into(),
     );
+    // The listeners' side of the same connections (they are on this host): per listener,
+    // client 127.0.0.1 (::1 for E). The plain listener never writes, so what it let go it
+    // never answered; the refusing one aborts unread connections at once.
+    let client_row = |listener: SocketAddr| {
+        snap["clients"]
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["listener"] == listener.to_string()))
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    // open, seeded, opened, closed, rejected, unanswered
+    let mut sides = vec![
+        ("listener of A, B, C", v4, [4, 1, 8, 6, 0, 6]),
+        ("refusing listener", refusing, [0, 0, 2, 2, 2, 0]),
+        ("answering listener", closing, [0, 0, 2, 2, 0, 0]),
+    ];
+    if let (Some(addr), Some(_)) = (v6, &e) {
+        sides.push(("IPv6 listener", addr, [2, 0, 2, 0, 0, 0]));
+    }
+    for (name, listener, want) in sides {
+        let r = client_row(listener);
+        let fields = [
+            "open",
+            "seeded",
+            "opened",
+            "closed",
+            "rejected",
+            "unanswered",
+        ];
+        for (field, want) in fields.into_iter().zip(want) {
+            expect(format!("{name} {field}"), &r[field], want.into());
+        }
+    }
+    expect(
+        "server's side followed".into(),
+        &snap["probe"]["server_side"]["followed"],
+        true.into(),
+    );
     // Events the ring buffer dropped would mean missing detail. Program runs the kernel
     // skipped (recursion misses: a softirq run nested in another on the same CPU, frequent
     // under software emulation) are not required to be 0: a skipped run that mattered shows

@@ -13,6 +13,7 @@ p.add_argument("--tag", help="ignored: marks the command line")
 p.add_argument("--interval", type=float, default=0.0, help="seconds between connects")
 p.add_argument("--say", help="send this (a four-letter word) on each connection and read to EOF")
 p.add_argument("--expect-refused", action="store_true")
+p.add_argument("--bind", help="source address of every connection (another client host)")
 a = p.parse_args()
 
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -30,6 +31,8 @@ def worker():
     for _ in range(a.count):
         s = socket.socket(family, socket.SOCK_STREAM)
         try:
+            if a.bind:
+                s.bind((a.bind, 0))
             s.connect((a.host, a.port))
         except OSError as e:
             errors.append(e); s.close(); continue

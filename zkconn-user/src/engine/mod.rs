@@ -314,6 +314,14 @@ impl Engine {
             now_ns: r.now_ns,
         });
 
+        rows.clients = model::client_rows(
+            &state.inbound,
+            &state.inbound_seeds,
+            &state.clients,
+            &self.limits,
+            r.now_ns,
+        );
+
         // Judged against the history, which this reading then joins.
         self.history.record(&rows, now);
         self.history

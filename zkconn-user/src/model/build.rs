@@ -514,6 +514,7 @@ pub fn build(inputs: &Inputs<'_>) -> Rows {
         services,
         suspects: Vec::new(),
         victims: Vec::new(),
+        clients: Vec::new(),
     }
 }
 

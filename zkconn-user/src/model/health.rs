@@ -45,6 +45,8 @@ pub struct ProbeHealth {
     pub lost_detail: LostDetail,
     pub overflow_detail: OverflowDetail,
     pub seeds: SeedHealth,
+    /// The server's side (the `clients` rows).
+    pub server_side: ServerSideHealth,
     /// Drift repair against the kernel's socket table (`--reconcile-interval`).
     pub repaired: RepairHealth,
     /// Exited processes out of the process rows (see `--retain-exited`).
@@ -75,6 +77,7 @@ pub struct SourceHealth {
     pub lost_detail: LostDetail,
     pub overflow_detail: OverflowDetail,
     pub seeds: SeedHealth,
+    pub server_side: ServerSideHealth,
     pub repaired: RepairHealth,
     pub nat: NatHealth,
     pub unreadable: u64,
@@ -100,10 +103,12 @@ impl ProbeHealth {
             lost: s.lost_detail.events + s.lost_detail.recursion_misses.unwrap_or(0),
             overflow: s.overflow_detail.connections
                 + s.overflow_detail.processes
-                + s.overflow_detail.counters,
+                + s.overflow_detail.counters
+                + s.overflow_detail.server_side,
             lost_detail: s.lost_detail,
             overflow_detail: s.overflow_detail,
             seeds: s.seeds,
+            server_side: s.server_side,
             repaired: s.repaired,
             retention,
             attribution,
@@ -149,6 +154,22 @@ pub struct OverflowDetail {
     pub connections: u64,
     pub processes: u64,
     pub counters: u64,
+    /// Accepted connections not followed, or client hosts not counted, on the server's
+    /// side (`--max-connections` sizes its tables).
+    pub server_side: u64,
+}
+
+/// What the server's side follows.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ServerSideHealth {
+    /// Accepted connections on the watched ports are followed (not `--no-server-side`, and
+    /// a kernel hook: polling does not).
+    pub followed: bool,
+    /// Refusals are told from other closes (the kernel's BTF gives `tcp_sock`'s byte counts
+    /// and sequence numbers); without, `rejected` and `unanswered` stay 0.
+    pub refusals_told: bool,
+    /// Accepted connections that existed at start, seeded.
+    pub seeded: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]

@@ -8,6 +8,7 @@
 //! [`zkconn_common::hooks`]).
 
 mod build;
+mod clients;
 pub mod health;
 mod level;
 mod rollup;
@@ -19,6 +20,7 @@ use zkconn_common::{OwnerKey, tcp_state};
 
 pub use self::{
     build::{Aggregates, Inputs, Translations, build, connections, endpoint, v1_owners},
+    clients::{ClientConnection, ClientRow, client_rows},
     health::*,
     level::{CgroupKey, Level, RowId},
     rollup::roll_up,
@@ -77,6 +79,9 @@ pub struct Rows {
     /// Processes refused in the window that are no suspects: cut off by the holders of the
     /// budget that refused them. Most refused first.
     pub victims: Vec<Victim>,
+    /// The server's side, where this host is a ZooKeeper server: one row per client host
+    /// on each watched listener, most used first (empty with `--no-server-side`).
+    pub clients: Vec<ClientRow>,
 }
 
 /// A process a server refused in the window that holds too little to be a suspect.

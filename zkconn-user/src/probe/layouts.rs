@@ -148,6 +148,7 @@ pub fn sock_layout(b: &btf::Btf) -> Result<SockLayout, btf::BtfError> {
         sk_socket: ino.as_ref().map_or(0, |i| i.0),
         socket_ino: ino.as_ref().map_or(0, |i| i.1),
         has_ino: u32::from(ino.is_ok()),
+        err: b.member_offset("sock", "sk_err")?,
         valid: 1,
     })
 }

@@ -12,8 +12,8 @@ use std::{
 use anyhow::{Context as _, anyhow, bail};
 use aya::maps::{Array, HashMap, PerCpuArray};
 use zkconn_common::{
-    Conn, Counters, Endpoint, Owner, OwnerKey, ServerKey, StatsKey, Tuple, control, map_names,
-    probe_counter, program_names,
+    ClientCounters, ClientKey, Conn, Counters, Endpoint, Inbound, Owner, OwnerKey, ServerKey,
+    StatsKey, Tuple, control, map_names, probe_counter, program_names,
 };
 
 use super::{Probe, batch, stats::Retiring};
@@ -25,6 +25,11 @@ pub struct KernelState {
     /// Shared with the probe's copy (see [`Probe::read`]): a reading at rest copies nothing.
     pub conns: Arc<Vec<Conn>>,
     pub seeds: Arc<Vec<Conn>>,
+    /// Accepted connections on watched ports (the server side), and their seeds.
+    pub inbound: Arc<Vec<Inbound>>,
+    pub inbound_seeds: Arc<Vec<Inbound>>,
+    /// What the server side counted per client host on each listener.
+    pub clients: Vec<(ClientKey, ClientCounters)>,
     /// Which read of the connection rows these are: the same number, the same rows (what
     /// is worked out from them alone can be kept).
     pub rows_version: u64,
@@ -49,6 +54,8 @@ pub struct RowsRead {
     version: u64,
     conns: Arc<Vec<Conn>>,
     seeds: Arc<Vec<Conn>>,
+    inbound: Arc<Vec<Inbound>>,
+    inbound_seeds: Arc<Vec<Inbound>>,
 }
 
 /// The kernel's connection rows keyed by socket address, and its seeds ([`Probe::tracked`]).
@@ -125,23 +132,32 @@ impl Probe {
             *slot = values.iter().sum();
         }
         let changes = sums[probe_counter::ROW_CHANGES as usize];
-        let (conns, seeds, rows_version) = match &self.rows {
-            Some(rows) if rows.changes == changes => {
-                (rows.conns.clone(), rows.seeds.clone(), rows.version)
-            }
+        let rows = match self.rows.take() {
+            Some(rows) if rows.changes == changes => rows,
             _ => {
-                let conns = Arc::new(self.dump::<u64, Conn>(map_names::CONNS, 1)?);
-                let seeds = Arc::new(self.dump::<Tuple, Conn>(map_names::SEEDS, 1)?);
                 self.rows_reads += 1;
-                self.rows = Some(RowsRead {
+                RowsRead {
                     changes,
                     version: self.rows_reads,
-                    conns: conns.clone(),
-                    seeds: seeds.clone(),
-                });
-                (conns, seeds, self.rows_reads)
+                    conns: Arc::new(self.dump::<u64, Conn>(map_names::CONNS, 1)?),
+                    seeds: Arc::new(self.dump::<Tuple, Conn>(map_names::SEEDS, 1)?),
+                    inbound: Arc::new(self.dump::<u64, Inbound>(map_names::INBOUND, 1)?),
+                    inbound_seeds: Arc::new(
+                        self.dump::<Tuple, Inbound>(map_names::INBOUND_SEEDS, 1)?,
+                    ),
+                }
             }
         };
+        let (conns, seeds, inbound, inbound_seeds, rows_version) = (
+            rows.conns.clone(),
+            rows.seeds.clone(),
+            rows.inbound.clone(),
+            rows.inbound_seeds.clone(),
+            rows.version,
+        );
+        self.rows = Some(rows);
+        let clients =
+            single(self.dump_keyed::<ClientKey, ClientCounters>(map_names::CLIENTS, 1)?).collect();
         let rows = single(self.dump_keyed::<StatsKey, Counters>(map_names::STATS, 1)?).collect();
         let spill =
             single(self.dump_keyed::<StatsKey, Counters>(map_names::STATS_SPILL, 1)?).collect();
@@ -150,6 +166,9 @@ impl Probe {
         Ok(KernelState {
             conns,
             seeds,
+            inbound,
+            inbound_seeds,
+            clients,
             rows_version,
             owners: single(self.dump_keyed::<u32, Owner>(map_names::OWNERS, 1)?).collect(),
             proc_stats,
@@ -413,6 +432,69 @@ impl Probe {
             Ok(()) => Ok(true),
             Err(e) if is_not_found(&e) => Ok(false),
             Err(e) => Err(map_error(map_names::SEEDS, &e)),
+        }
+    }
+
+    /// Turns the following of accepted connections on watched ports (the server side) on
+    /// or off.
+    pub fn set_inbound(&mut self, on: bool) -> anyhow::Result<()> {
+        if on == self.inbound {
+            return Ok(());
+        }
+        let mut control: Array<_, u32> = self.map_mut(map_names::CONTROL)?;
+        control
+            .set(control::INBOUND, u32::from(on), 0)
+            .map_err(|e| map_error(map_names::CONTROL, &e))
+            .context("setting the server-side switch")?;
+        self.inbound = on;
+        Ok(())
+    }
+
+    /// Whether accepted connections on watched ports are followed.
+    pub fn inbound(&self) -> bool {
+        self.inbound
+    }
+
+    /// Tells the kernel whether seeded accepted connections may still wait in
+    /// `INBOUND_SEEDS` (as [`Probe::set_seeds_pending`] for connects).
+    pub fn set_inbound_seeds_pending(&mut self, pending: bool) -> anyhow::Result<()> {
+        if pending == self.inbound_seeds_pending {
+            return Ok(());
+        }
+        let mut control: Array<_, u32> = self.map_mut(map_names::CONTROL)?;
+        control
+            .set(control::INBOUND_SEEDS_PENDING, u32::from(pending), 0)
+            .map_err(|e| map_error(map_names::CONTROL, &e))
+            .context("setting the server-side seed flag")?;
+        self.inbound_seeds_pending = pending;
+        Ok(())
+    }
+
+    pub fn inbound_seeds_pending(&self) -> bool {
+        self.inbound_seeds_pending
+    }
+
+    /// Hands an accepted connection that predates zkconn to the kernel; false when the
+    /// table is full (the caller counts it as overflow).
+    pub fn insert_inbound_seed(&mut self, row: Inbound) -> anyhow::Result<bool> {
+        self.rows = None;
+        let mut seeds: HashMap<_, Tuple, Inbound> = self.map_mut(map_names::INBOUND_SEEDS)?;
+        match seeds.insert(row.tuple, row, 0) {
+            Ok(()) => Ok(true),
+            Err(e) if is_full(&e) => Ok(false),
+            Err(e) => Err(map_error(map_names::INBOUND_SEEDS, &e)),
+        }
+    }
+
+    /// Removes an accepted connection's seed; false when it was already gone (the kernel
+    /// adopted it).
+    pub fn remove_inbound_seed(&mut self, tuple: &Tuple) -> anyhow::Result<bool> {
+        self.rows = None;
+        let mut seeds = self.map_mut::<HashMap<_, Tuple, Inbound>>(map_names::INBOUND_SEEDS)?;
+        match seeds.remove(tuple) {
+            Ok(()) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(map_error(map_names::INBOUND_SEEDS, &e)),
         }
     }
 

@@ -77,6 +77,13 @@ pub struct Probe {
     events: Option<events::Events>,
     /// What the kernel's seed flag says (see [`Probe::set_seeds_pending`]).
     seeds_pending: bool,
+    /// What the kernel's server-side switch says (see [`Probe::set_inbound`]).
+    inbound: bool,
+    /// What the kernel's server-side seed flag says.
+    inbound_seeds_pending: bool,
+    /// Whether the server side can tell refusals (the kernel's BTF gives the byte counts and
+    /// sequence numbers of `tcp_sock`).
+    pub server_refusals: bool,
     /// What this run cannot see on this kernel, one sentence each (`probe.limitations`).
     pub limitations: Vec<String>,
     /// Kernel helpers replaced by older ones (see [`compat`]).
@@ -175,12 +182,24 @@ impl Probe {
                  {REFUSAL_WINDOW:?} after the handshake is counted as a plain close"
             );
         }
+        // What the server side needs to tell its refusals: how much was read of what came.
+        let seq_offsets = kernel_btf.as_ref().ok().and_then(|b| {
+            Some((
+                b.member_offset("tcp_sock", "rcv_nxt").ok()?,
+                b.member_offset("tcp_sock", "copied_seq").ok()?,
+            ))
+        });
+        let server_side = bytes_offset.is_some() && sent_offset.is_some() && seq_offsets.is_some();
         let refusal = RefusalConfig {
             window_ns: u64::try_from(REFUSAL_WINDOW.as_nanos()).unwrap_or(u64::MAX),
             bytes_received_offset: bytes_offset.unwrap_or(0),
             has_bytes_received: u32::from(bytes_offset.is_some()),
             bytes_sent_offset: sent_offset.unwrap_or(0),
             has_bytes_sent: u32::from(sent_offset.is_some()),
+            rcv_nxt_offset: seq_offsets.map_or(0, |o| o.0),
+            copied_seq_offset: seq_offsets.map_or(0, |o| o.1),
+            has_server_side: u32::from(server_side),
+            _pad: 0,
         };
 
         let task_layout = kernel_btf
@@ -218,6 +237,8 @@ impl Probe {
             .override_global(global_names::PORT_LIST, &port_list, true)
             .map_max_entries(map_names::CONNS, caps.conns)
             .map_max_entries(map_names::SEEDS, caps.conns)
+            .map_max_entries(map_names::INBOUND, caps.conns)
+            .map_max_entries(map_names::INBOUND_SEEDS, caps.conns)
             .map_max_entries(map_names::OWNERS, caps.owners)
             .map_max_entries(map_names::STATS, caps.owners.saturating_add(caps.cgroups))
             .map_max_entries(map_names::STATS_SPILL, caps.cgroups);
@@ -244,6 +265,9 @@ impl Probe {
             exit_events: exit_layout.valid == 1,
             events: Some(events),
             seeds_pending: false,
+            inbound: false,
+            inbound_seeds_pending: false,
+            server_refusals: server_side && sock_layout.is_ok(),
             limitations: Vec::new(),
             fallbacks,
             rows: None,

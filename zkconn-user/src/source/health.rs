@@ -8,7 +8,8 @@ use zkconn_common::probe_counter;
 use super::{Feed, Source};
 use crate::{
     model::{
-        FallbackInUse, Kept, LostDetail, OverflowDetail, RepairHealth, SeedHealth, SourceHealth,
+        FallbackInUse, Kept, LostDetail, OverflowDetail, RepairHealth, SeedHealth,
+        ServerSideHealth, SourceHealth,
     },
     probe::KernelState,
 };
@@ -24,6 +25,17 @@ impl Source {
                 .chain([crate::poll::LIMITATION.to_owned()])
                 .collect(),
         };
+        if let Feed::Kernel { probe, .. } = &self.feed
+            && probe.inbound()
+            && !probe.server_refusals
+        {
+            out.push(
+                "on the server's side, refusals are not told from other closes (this kernel's \
+                 BTF does not give tcp_sock's byte counts and sequence numbers): the clients \
+                 rows count accepted and closed connections only"
+                    .to_owned(),
+            );
+        }
         let hidden = self.tables.hidden();
         if hidden > 0 {
             out.push(format!(
@@ -73,6 +85,16 @@ impl Source {
                 processes: c[probe_counter::OVERFLOW_OWNERS as usize]
                     + self.seeds.overflow_processes,
                 counters: c[probe_counter::OVERFLOW_STATS as usize],
+                server_side: c[probe_counter::OVERFLOW_INBOUND as usize]
+                    + self.seeds.overflow_inbound,
+            },
+            server_side: match &self.feed {
+                Feed::Kernel { probe, .. } => ServerSideHealth {
+                    followed: probe.inbound(),
+                    refusals_told: probe.inbound() && probe.server_refusals,
+                    seeded: self.seeds.seeded_inbound,
+                },
+                Feed::Poll(..) => ServerSideHealth::default(),
             },
             seeds: SeedHealth {
                 seeded: self.seeds.seeded,

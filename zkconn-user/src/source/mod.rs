@@ -202,7 +202,13 @@ impl Source {
                 lap.at("programs loaded and attached");
                 match loaded {
                     Ok(probe) => {
-                        start_kernel(probe, &mut tables, &procfs, &cgroups, &targets, walk)?
+                        let kernel = Kernel {
+                            tables: &mut tables,
+                            procfs: &procfs,
+                            cgroups: &cgroups,
+                            targets: &targets,
+                        };
+                        start_kernel(probe, kernel, walk, !args.no_server_side)?
                     }
                     // The kernel refuses every BPF hook (too old, lockdown, a policy): `auto`
                     // samples the socket tables instead, and says why. A limit or privilege
@@ -626,6 +632,9 @@ impl Source {
                 if probe.seeds_pending() && state.seeds.is_empty() {
                     probe.set_seeds_pending(false)?;
                 }
+                if probe.inbound_seeds_pending() && state.inbound_seeds.is_empty() {
+                    probe.set_inbound_seeds_pending(false)?;
+                }
                 (state, probe.exit_events)
             }
             Feed::Poll(poller, _) => {
@@ -852,23 +861,42 @@ impl Source {
     }
 }
 
-/// The kernel side of `start`: the event ring buffer and the seeds.
+/// What `start_kernel` reads the host through.
+struct Kernel<'a> {
+    tables: &'a mut Tables,
+    procfs: &'a Procfs,
+    cgroups: &'a CgroupPaths,
+    targets: &'a Targets,
+}
+
+/// The kernel side of `start`: the event ring buffer, the server side's switch
+/// (`server_side`) and the seeds.
 fn start_kernel(
     mut probe: Probe,
-    tables: &mut Tables,
-    procfs: &Procfs,
-    cgroups: &CgroupPaths,
-    targets: &Targets,
+    k: Kernel<'_>,
     walk: Option<std::thread::JoinHandle<io::Result<seed::FdWalk>>>,
+    server_side: bool,
 ) -> anyhow::Result<(Feed, SeedReport)> {
     let events = probe.take_events()?;
-    let seeds = seed::seed(&mut probe, tables, procfs, cgroups, targets, walk)
+    // Before seeding: an accepted connection is then either followed from its handshake or
+    // found by the scan.
+    probe.set_inbound(server_side)?;
+    let seeds = seed::seed(&mut probe, k.tables, k.procfs, k.cgroups, k.targets, walk)
         .context("seeding the connections that existed before start failed")?;
     probe.set_seeding(false)?;
     tracing::info!(
-        "attached ({}); watching {targets}; seeded {} connections",
+        "attached ({}); watching {}; seeded {} connections{}",
         probe.hook(),
-        seeds.seeded
+        k.targets,
+        seeds.seeded,
+        if server_side {
+            format!(
+                " and {} accepted by this host's listeners",
+                seeds.seeded_inbound
+            )
+        } else {
+            String::new()
+        }
     );
     Ok((
         Feed::Kernel {

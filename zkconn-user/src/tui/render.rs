@@ -10,7 +10,7 @@ use ratatui::{
 
 use super::app::{App, Column, OwnerLine};
 use crate::{
-    model::{RowId, ServerRow},
+    model::{ClientRow, RowId, ServerRow},
     trend::{human_secs, human_time_to_limit},
     verdict::Alarm,
 };
@@ -26,15 +26,24 @@ pub fn render(frame: &mut Frame<'_>, app: &App) {
         .snapshot
         .as_ref()
         .map_or(0, |s| s.rows.servers.len().clamp(1, SERVER_ROWS)) as u16;
-    let [header, servers_area, main, footer] = Layout::vertical([
+    // The server's side, where this host is a ZooKeeper server: only then a pane.
+    let clients = app
+        .snapshot
+        .as_ref()
+        .map_or(0, |s| s.rows.clients.len().min(CLIENT_ROWS)) as u16;
+    let [header, servers_area, clients_area, main, footer] = Layout::vertical([
         Constraint::Length(2),
         Constraint::Length(servers + 2),
+        Constraint::Length(if clients > 0 { clients + 2 } else { 0 }),
         Constraint::Min(3),
         Constraint::Length(1),
     ])
     .areas(frame.area());
     render_header(frame, header, app);
     render_servers(frame, servers_area, app);
+    if clients > 0 {
+        render_clients(frame, clients_area, app);
+    }
     if app.drill.is_some() {
         render_drill(frame, main, app);
     } else {
@@ -326,6 +335,105 @@ fn render_servers(frame: &mut Frame<'_>, area: Rect, app: &App) {
         None => Vec::new(),
     };
     frame.render_widget(Paragraph::new(lines).block(block), area);
+}
+
+/// How many client-host rows the client pane shows at most.
+const CLIENT_ROWS: usize = 6;
+
+/// Where this host is a ZooKeeper server: its listeners' client hosts, most used first
+/// (as the snapshot orders them), each with a gauge of its listener's limit, its refusals
+/// and what the server let go unanswered; what does not fit is said on the last line.
+fn render_clients(frame: &mut Frame<'_>, area: Rect, app: &App) {
+    let block = Block::bordered().title(Span::styled(
+        " Client hosts of this host's listeners (the server's side) ",
+        TITLE,
+    ));
+    let room = usize::from(area.height.saturating_sub(2));
+    let lines = match &app.snapshot {
+        Some(s) => client_lines(&s.rows.clients, area.width.saturating_sub(2), room),
+        None => Vec::new(),
+    };
+    frame.render_widget(Paragraph::new(lines).block(block), area);
+}
+
+/// A client host's style: critical when it is at its limit or was refused, a warning from
+/// 80 % of the limit.
+fn client_style(c: &ClientRow) -> Style {
+    if c.rejected > 0 || c.headroom.is_some_and(|h| h <= 0) {
+        CRIT
+    } else if c.usage.is_some_and(|u| u >= 0.8) {
+        WARN
+    } else {
+        OK
+    }
+}
+
+/// The client-host lines for `room` lines of `width` cells, aligned like the budgets'.
+fn client_lines(rows: &[ClientRow], width: u16, room: usize) -> Vec<Line<'static>> {
+    let width = usize::from(width);
+    let shown = if rows.len() > room {
+        room.saturating_sub(1)
+    } else {
+        rows.len()
+    };
+    let parts: Vec<[String; 4]> = rows[..shown]
+        .iter()
+        .map(|c| {
+            let assumed = if c.limit_source.assumed() { "?" } else { "" };
+            [
+                format!("{} → {}", printable(&c.client_ip), printable(&c.listener)),
+                match c.usage {
+                    Some(u) => format!(" {}/{}{assumed} {:.0}%", c.open, c.limit, u * 100.0),
+                    None => format!(" {} open, unlimited{assumed}", c.open),
+                },
+                format!(" rejected {}", c.rejected),
+                format!(" unanswered {}", c.unanswered),
+            ]
+        })
+        .collect();
+    let mut w = [0_usize; 4];
+    for p in &parts {
+        for (i, part) in p.iter().enumerate() {
+            w[i] = w[i].max(part.chars().count());
+        }
+    }
+    let gauge_width = width.saturating_sub(w.iter().sum::<usize>() + 1).min(40);
+    let mut lines: Vec<Line<'static>> = rows[..shown]
+        .iter()
+        .zip(parts)
+        .map(|(c, [name, usage, rejected, unanswered])| {
+            let style = client_style(c);
+            let pad = |s: String, i: usize| format!("{s:<width$}", width = w[i]);
+            let mut spans = vec![Span::styled(pad(name, 0), style)];
+            if gauge_width >= 8 {
+                spans.push(Span::raw(" "));
+                spans.push(match c.usage {
+                    Some(u) => Span::styled(bar(u, gauge_width), style),
+                    None => Span::raw(" ".repeat(gauge_width)),
+                });
+            }
+            spans.push(Span::raw(pad(usage, 1)));
+            spans.push(Span::styled(
+                pad(rejected, 2),
+                if c.rejected > 0 { CRIT } else { Style::new() },
+            ));
+            spans.push(Span::raw(unanswered));
+            Line::from(spans)
+        })
+        .collect();
+    if shown < rows.len() {
+        let rest = &rows[shown..];
+        let refused = rest.iter().filter(|c| c.rejected > 0).count();
+        lines.push(Line::styled(
+            format!(
+                "+{} more client hosts ({refused} of them refused); every one: zkconn snapshot \
+                 --json (clients)",
+                rest.len()
+            ),
+            if refused > 0 { CRIT } else { DIM },
+        ));
+    }
+    lines
 }
 
 /// Width each column needs at most.

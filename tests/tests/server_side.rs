@@ -1,0 +1,185 @@
+//! The server's side: zkconn on a ZooKeeper server's host counts, per client host, the
+//! connections the server holds and the ones it refused, checked against the server's own
+//! `cons` (its connections per client address) and `mntr` (`zk_connection_rejected`).
+//! Root only; run with `cargo xtask test`.
+
+use std::{
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+    thread,
+    time::Duration,
+};
+
+use anyhow::{Result, anyhow};
+use integration_tests::{RawClient, ZkServer, Zkconn, field, fresh_ipv4, wait_settled};
+use serde_json::Value;
+
+/// The `clients` row of client host `ip` on `listener`.
+fn client_row(snap: &Value, listener: SocketAddr, ip: IpAddr) -> Result<&Value> {
+    snap["clients"]
+        .as_array()
+        .and_then(|rows| {
+            rows.iter()
+                .find(|r| r["listener"] == listener.to_string() && r["client_ip"] == ip.to_string())
+        })
+        .ok_or_else(|| {
+            anyhow!(
+                "no clients row for {ip} on {listener}: {:#}",
+                snap["clients"]
+            )
+        })
+}
+
+/// Three client hosts against `maxClientCnxns=3`, one of them holding connections from
+/// before zkconn started: each host's open connections equal the server's `cons` for that
+/// address, each refused host's refusals are exact, and the refusals of every row sum to
+/// the server's own count.
+#[test]
+fn each_client_hosts_connections_and_refusals_equal_the_servers_own() -> Result<()> {
+    let zk = ZkServer::start(fresh_ipv4(), 3, &[])?;
+    let (a, b, c, witness) = (fresh_ipv4(), fresh_ipv4(), fresh_ipv4(), fresh_ipv4());
+    let step = Some(Duration::from_millis(300));
+    // Host a holds two from before zkconn: seeded.
+    let _early = RawClient {
+        bind: Some(a),
+        interval: step,
+        ..RawClient::new(zk.addr, 2)
+    }
+    .spawn()?;
+    let z = Zkconn::start(&["--zk", &zk.addr.to_string(), "--max-client-cnxns", "3"])?;
+    let before = zk.connection_rejected(witness)?;
+    // Host b: three fit, the next four are refused.
+    let _b = RawClient {
+        bind: Some(b),
+        interval: step,
+        ..RawClient::new(zk.addr, 7)
+    }
+    .spawn()?;
+    // Host a: one more fits beside the seeded two, the next two are refused.
+    let _a = RawClient {
+        bind: Some(a),
+        interval: step,
+        ..RawClient::new(zk.addr, 3)
+    }
+    .spawn()?;
+    // Host c: two questions answered and closed (no refusal), one connection held.
+    let mut asker = RawClient {
+        bind: Some(c),
+        say: Some("srvr".into()),
+        exit_after: Some(Duration::from_millis(100)),
+        ..RawClient::new(zk.addr, 2)
+    }
+    .spawn()?;
+    asker.wait_exit(Duration::from_secs(5))?;
+    let _c = RawClient {
+        bind: Some(c),
+        ..RawClient::new(zk.addr, 1)
+    }
+    .spawn()?;
+    wait_settled(zk.addr)?;
+    thread::sleep(Duration::from_millis(300));
+    let rejected = zk.connection_rejected(witness)? - before;
+    let cons = zk.connections_per_ip(witness)?;
+    let snap = z.finish()?;
+
+    assert_eq!(rejected, 6, "the server's own count");
+    assert_eq!(
+        snap["probe"]["server_side"]["followed"], true,
+        "{:#}",
+        snap["probe"]
+    );
+    assert_eq!(snap["probe"]["server_side"]["refusals_told"], true);
+    // (host, open, rejected, opened since start, seeded, closed)
+    for (ip, open, refused, opened, seeded, closed) in
+        [(a, 3, 2, 3, 2, 2), (b, 3, 4, 7, 0, 4), (c, 1, 0, 3, 0, 2)]
+    {
+        let row = client_row(&snap, zk.addr, ip)?;
+        assert_eq!(
+            cons.get(&ip).copied().unwrap_or(0),
+            open,
+            "the server's cons for {ip}: {cons:?}"
+        );
+        assert_eq!(field(row, "open")?, open, "{row:#}");
+        assert_eq!(field(row, "rejected")?, refused, "{row:#}");
+        assert_eq!(field(row, "opened")?, opened, "{row:#}");
+        assert_eq!(field(row, "closed")?, closed, "{row:#}");
+        assert_eq!(field(row, "seeded")?, seeded, "{row:#}");
+        assert_eq!(field(row, "unanswered")?, 0, "{row:#}");
+        assert_eq!(field(row, "limit")?, 3, "{row:#}");
+        assert_eq!(row["headroom"], 3 - open as i64, "{row:#}");
+        let ports = row["connections"].as_array().map_or(0, Vec::len);
+        assert_eq!(ports as u64, open, "{row:#}");
+    }
+    let rows = snap["clients"].as_array().cloned().unwrap_or_default();
+    let total: u64 = rows.iter().filter_map(|r| r["rejected"].as_u64()).sum();
+    assert_eq!(total, rejected, "{rows:#?}");
+    Ok(())
+}
+
+/// A server killed and started again: the rows stay, the connections it dropped count as
+/// closed (without a refusal), and what comes after counts on.
+#[test]
+fn a_server_restart_keeps_each_client_hosts_counts() -> Result<()> {
+    let mut zk = ZkServer::start(fresh_ipv4(), 3, &[])?;
+    let (d, witness) = (fresh_ipv4(), fresh_ipv4());
+    let z = Zkconn::start(&["--zk", &zk.addr.to_string(), "--max-client-cnxns", "3"])?;
+    let held = RawClient {
+        bind: Some(d),
+        ..RawClient::new(zk.addr, 2)
+    }
+    .spawn()?;
+    // Past the second after the handshake within which a close with nothing read or
+    // written is a refusal even when the client sent nothing (a fast refusal can beat the
+    // client's first bytes): a crash right after accepting looks like one.
+    thread::sleep(Duration::from_millis(1500));
+    zk.restart()?;
+    drop(held);
+    let _after = RawClient {
+        bind: Some(d),
+        ..RawClient::new(zk.addr, 1)
+    }
+    .spawn()?;
+    wait_settled(zk.addr)?;
+    thread::sleep(Duration::from_millis(300));
+    let cons = zk.connections_per_ip(witness)?;
+    let snap = z.finish()?;
+    let row = client_row(&snap, zk.addr, d)?;
+    assert_eq!(cons.get(&d).copied(), Some(1), "{cons:?}");
+    assert_eq!(field(row, "open")?, 1, "{row:#}");
+    assert_eq!(field(row, "opened")?, 3, "{row:#}");
+    assert_eq!(field(row, "closed")?, 2, "{row:#}");
+    assert_eq!(field(row, "rejected")?, 0, "{row:#}");
+    // The killed server never answered the two (they sent nothing): no session started.
+    assert_eq!(field(row, "unanswered")?, 2, "{row:#}");
+    Ok(())
+}
+
+/// More accepted connections than the tables hold, at start and after: the ones that do not
+/// fit are said as overflow, never a silent undercount, and the rest stay exact. The
+/// listener never accepts: its connections wait in the accept queue, ESTABLISHED.
+#[test]
+fn accepted_connections_beyond_the_tables_are_overflow() -> Result<()> {
+    let listener = TcpListener::bind((fresh_ipv4(), 2181))?;
+    let addr = listener.local_addr()?;
+    let before: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(addr))
+        .collect::<std::io::Result<_>>()?;
+    let z = Zkconn::start(&["--zk", &addr.to_string(), "--max-connections", "2"])?;
+    let after: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(addr))
+        .collect::<std::io::Result<_>>()?;
+    thread::sleep(Duration::from_millis(300));
+    let snap = z.finish()?;
+    let probe = &snap["probe"];
+    // Each table holds 2: of the 3 at start, 2 seeded; of the 3 after, 2 followed.
+    assert_eq!(probe["server_side"]["seeded"], 2, "{probe:#}");
+    assert_eq!(probe["overflow_detail"]["server_side"], 2, "{probe:#}");
+    // The same sockets seen from the client's side overflow its tables alike.
+    assert_eq!(probe["overflow_detail"]["connections"], 2, "{probe:#}");
+    let client = before[0].local_addr()?.ip();
+    let row = client_row(&snap, addr, client)?;
+    assert_eq!(field(row, "open")?, 4, "{row:#}");
+    assert_eq!(field(row, "seeded")?, 2, "{row:#}");
+    assert_eq!(field(row, "opened")?, 2, "{row:#}");
+    drop((before, after, listener));
+    Ok(())
+}

@@ -266,8 +266,9 @@ pub struct ProbeArgs {
     )]
     pub fallback: Vec<crate::probe::compat::Fallback>,
     /// Capacity of the kernel's connection table; ZooKeeper sockets beyond it are counted
-    /// as overflow. Preallocated: about 400 bytes of kernel memory each (25 MiB by default),
-    /// at most 1048576.
+    /// as overflow; the server's side has tables of this size too. Preallocated: about 700
+    /// bytes of kernel memory each (46 MiB by default; 400 bytes with --no-server-side), at
+    /// most 1048576.
     #[arg(long, value_name = "N", default_value_t = 65_536, value_parser = parse_max_connections)]
     pub max_connections: u32,
     /// Capacity of the kernel's process table (processes that hold or held connections).
@@ -358,7 +359,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// preallocated hash maps behind it on 6.18 (`ZK_CONNS` 184 + `ZK_SEEDS` 216 bytes per
 /// connection; `ZK_OWNERS` 112 + a `ZK_STATS` row 178 per process; a `ZK_STATS` row and a
 /// `ZK_STATS_SPILL` row, 178 each, per `--max-cgroups`).
-const BYTES_PER_CONNECTION: u64 = 400;
+/// Measured with `bpftool map show` (6.18): the connection and seed tables of both sides.
+const BYTES_PER_CONNECTION: u64 = 704;
 const BYTES_PER_PROCESS: u64 = 290;
 const BYTES_PER_CGROUP: u64 = 356;
 

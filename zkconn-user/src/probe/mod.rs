@@ -57,6 +57,9 @@ pub enum HookChoice {
 #[derive(Clone, Copy, Debug)]
 pub struct Capacities {
     pub conns: u32,
+    /// Accepted connections followed, and their seeds: the connection capacity, or 1
+    /// (nothing preallocated) with `--no-server-side`.
+    pub inbound: u32,
     pub owners: u32,
     pub cgroups: u32,
     pub ring_buffer_bytes: u32,
@@ -237,8 +240,8 @@ impl Probe {
             .override_global(global_names::PORT_LIST, &port_list, true)
             .map_max_entries(map_names::CONNS, caps.conns)
             .map_max_entries(map_names::SEEDS, caps.conns)
-            .map_max_entries(map_names::INBOUND, caps.conns)
-            .map_max_entries(map_names::INBOUND_SEEDS, caps.conns)
+            .map_max_entries(map_names::INBOUND, caps.inbound)
+            .map_max_entries(map_names::INBOUND_SEEDS, caps.inbound)
             .map_max_entries(map_names::OWNERS, caps.owners)
             .map_max_entries(map_names::STATS, caps.owners.saturating_add(caps.cgroups))
             .map_max_entries(map_names::STATS_SPILL, caps.cgroups);

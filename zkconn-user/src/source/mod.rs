@@ -190,6 +190,11 @@ impl Source {
                 crate::probe::caps::check_privileges()?;
                 let caps = Capacities {
                     conns: args.max_connections,
+                    inbound: if args.no_server_side {
+                        1
+                    } else {
+                        args.max_connections
+                    },
                     owners: args.max_processes,
                     cgroups: args.max_cgroups,
                     ring_buffer_bytes: args.ring_buffer_kib * 1024,

@@ -6,11 +6,11 @@
 use std::{
     net::{IpAddr, SocketAddr, TcpListener, TcpStream},
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Result, anyhow};
-use integration_tests::{RawClient, ZkServer, Zkconn, field, fresh_ipv4, wait_settled};
+use integration_tests::{Client, RawClient, ZkServer, Zkconn, field, fresh_ipv4, wait_settled};
 use serde_json::Value;
 
 /// The `clients` row of client host `ip` on `listener`.
@@ -115,41 +115,30 @@ fn each_client_hosts_connections_and_refusals_equal_the_servers_own() -> Result<
     Ok(())
 }
 
-/// A server killed and started again: the rows stay, the connections it dropped count as
-/// closed (without a refusal), and what comes after counts on.
+/// A server killed and started again, under real sessions (the official Java client):
+/// the rows stay, the sessions it dropped count as closed (answered: no refusal), and the
+/// client's reconnections count on; open equals the server's `cons` after the restart.
 #[test]
 fn a_server_restart_keeps_each_client_hosts_counts() -> Result<()> {
-    let mut zk = ZkServer::start(fresh_ipv4(), 3, &[])?;
-    let (d, witness) = (fresh_ipv4(), fresh_ipv4());
-    let z = Zkconn::start(&["--zk", &zk.addr.to_string(), "--max-client-cnxns", "3"])?;
-    let held = RawClient {
-        bind: Some(d),
-        ..RawClient::new(zk.addr, 2)
-    }
-    .spawn()?;
-    // Past the second after the handshake within which a close with nothing read or
-    // written is a refusal even when the client sent nothing (a fast refusal can beat the
-    // client's first bytes): a crash right after accepting looks like one.
-    thread::sleep(Duration::from_millis(1500));
+    let mut zk = ZkServer::start(fresh_ipv4(), 10, &[])?;
+    let witness = fresh_ipv4();
+    let z = Zkconn::start(&["--zk", &zk.addr.to_string(), "--max-client-cnxns", "10"])?;
+    let _sessions = Client::java_sessions(&zk, 2)?;
+    let client = "127.0.0.1".parse::<IpAddr>()?;
     zk.restart()?;
-    drop(held);
-    let _after = RawClient {
-        bind: Some(d),
-        ..RawClient::new(zk.addr, 1)
+    // The client library reconnects each session on its own.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while zk.connections_per_ip(witness)?.get(&client).copied() != Some(2) {
+        anyhow::ensure!(Instant::now() < deadline, "the sessions did not come back");
+        thread::sleep(Duration::from_millis(300));
     }
-    .spawn()?;
-    wait_settled(zk.addr)?;
-    thread::sleep(Duration::from_millis(300));
-    let cons = zk.connections_per_ip(witness)?;
     let snap = z.finish()?;
-    let row = client_row(&snap, zk.addr, d)?;
-    assert_eq!(cons.get(&d).copied(), Some(1), "{cons:?}");
-    assert_eq!(field(row, "open")?, 1, "{row:#}");
-    assert_eq!(field(row, "opened")?, 3, "{row:#}");
+    let row = client_row(&snap, zk.addr, client)?;
+    assert_eq!(field(row, "open")?, 2, "{row:#}");
     assert_eq!(field(row, "closed")?, 2, "{row:#}");
+    assert_eq!(field(row, "opened")?, 4, "{row:#}");
     assert_eq!(field(row, "rejected")?, 0, "{row:#}");
-    // The killed server never answered the two (they sent nothing): no session started.
-    assert_eq!(field(row, "unanswered")?, 2, "{row:#}");
+    assert_eq!(field(row, "unanswered")?, 0, "{row:#}");
     Ok(())
 }
 
@@ -180,6 +169,82 @@ fn accepted_connections_beyond_the_tables_are_overflow() -> Result<()> {
     assert_eq!(field(row, "open")?, 4, "{row:#}");
     assert_eq!(field(row, "seeded")?, 2, "{row:#}");
     assert_eq!(field(row, "opened")?, 2, "{row:#}");
+    drop((before, after, listener));
+    Ok(())
+}
+
+/// A client may connect from the watched port itself (NAT can choose any source port, and
+/// so can a remote host's ephemeral range): its connections are the server's like any
+/// other, from before zkconn started or after, and one that closes counts down.
+#[test]
+fn a_client_connecting_from_the_watched_port_is_counted() -> Result<()> {
+    use socket2::{Domain, SockAddr, Socket, Type};
+    let zk = ZkServer::start(fresh_ipv4(), 3, &[])?;
+    let (early, late, witness) = (fresh_ipv4(), fresh_ipv4(), fresh_ipv4());
+    let from_watched_port = |ip: IpAddr| -> Result<TcpStream> {
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+        s.set_reuse_address(true)?;
+        s.bind(&SockAddr::from(SocketAddr::new(ip, zk.addr.port())))?;
+        s.connect(&SockAddr::from(zk.addr))?;
+        Ok(TcpStream::from(s))
+    };
+    let seeded = from_watched_port(early)?;
+    let gone = from_watched_port(fresh_ipv4())?;
+    let z = Zkconn::start(&["--zk", &zk.addr.to_string(), "--max-client-cnxns", "3"])?;
+    let _after = from_watched_port(late)?;
+    drop(gone);
+    thread::sleep(Duration::from_millis(500));
+    let cons = zk.connections_per_ip(witness)?;
+    let snap = z.finish()?;
+    for (ip, open, opened, seeded_n) in [(early, 1, 0, 1), (late, 1, 1, 0)] {
+        let row = client_row(&snap, zk.addr, ip)?;
+        assert_eq!(cons.get(&ip).copied(), Some(open), "{cons:?}");
+        assert_eq!(field(row, "open")?, open, "{row:#}");
+        assert_eq!(field(row, "opened")?, opened, "{row:#}");
+        assert_eq!(field(row, "seeded")?, seeded_n, "{row:#}");
+    }
+    let open: u64 = snap["clients"]
+        .as_array()
+        .map(|rows| rows.iter().filter_map(|r| r["open"].as_u64()).sum())
+        .unwrap_or(0);
+    // The two above and no more: the one that closed is counted down, zkconn's own and the
+    // witness's questions are answered and gone.
+    assert_eq!(open, 2, "{:#}", snap["clients"]);
+    drop(seeded);
+    Ok(())
+}
+
+/// A server listening on every address and reached by one client host on two of them keeps
+/// one budget for it, as ZooKeeper counts: one row under the listener, with the addresses
+/// reached.
+#[test]
+fn one_listener_reached_on_two_addresses_is_one_row() -> Result<()> {
+    let listener = TcpListener::bind("0.0.0.0:0")?;
+    let port = listener.local_addr()?.port();
+    let reach = |ip: &str| TcpStream::connect(SocketAddr::new(ip.parse().unwrap(), port));
+    let before = vec![reach("127.0.0.1")?];
+    let z = Zkconn::start(&["--port", &port.to_string(), "--max-client-cnxns", "3"])?;
+    let after = vec![reach("127.0.0.2")?, reach("127.0.0.2")?];
+    thread::sleep(Duration::from_millis(300));
+    let snap = z.finish()?;
+    let rows: Vec<&Value> = snap["clients"]
+        .as_array()
+        .map(|rows| {
+            rows.iter()
+                .filter(|r| r["listener"] == format!("0.0.0.0:{port}"))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(rows.len(), 1, "{:#}", snap["clients"]);
+    let row = rows[0];
+    assert_eq!(row["client_ip"], "127.0.0.1", "{row:#}");
+    assert_eq!(field(row, "open")?, 3, "{row:#}");
+    assert_eq!(row["headroom"], 0, "{row:#}");
+    assert_eq!(
+        row["reached"],
+        serde_json::json!([format!("127.0.0.1:{port}"), format!("127.0.0.2:{port}")]),
+        "{row:#}"
+    );
     drop((before, after, listener));
     Ok(())
 }

@@ -230,11 +230,13 @@ pub mod probe_counter {
     /// counted after the change: while the sum stands still, userspace's last copy of the
     /// rows is current and it need not read them again.
     pub const ROW_CHANGES: u32 = 5;
-    /// An accepted connection was not followed because `INBOUND` was full, or a client
-    /// host's counters could not be kept because `CLIENTS` was.
+    /// An accepted connection was not followed because `INBOUND` was full (or a seed could
+    /// not move into it).
     pub const OVERFLOW_INBOUND: u32 = 6;
+    /// A client host's counters could not be kept because `CLIENTS` was full.
+    pub const OVERFLOW_CLIENTS: u32 = 7;
     /// Number of counters.
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 8;
 }
 
 /// Field offsets of `sock:inet_sock_set_state`, read by userspace from tracefs
@@ -429,6 +431,9 @@ pub struct RefusalConfig {
     /// a refusal (see [`crate::accounting::inbound_end`]).
     pub has_server_side: u32,
     pub _pad: u32,
+    /// The server's side: a close by the server with nothing read or written within this
+    /// many ns of the handshake is a refusal even when the client sent nothing.
+    pub server_window_ns: u64,
 }
 
 /// What ZooKeeper's `maxClientCnxns` counts per: one server endpoint and one client
@@ -762,7 +767,7 @@ mod tests {
         assert_eq!(size_of::<ServerKey>(), 40);
         assert_eq!(size_of::<StatsKey>(), 64);
         assert_eq!(size_of::<PortList>(), 32);
-        assert_eq!(size_of::<RefusalConfig>(), 40);
+        assert_eq!(size_of::<RefusalConfig>(), 48);
         assert_eq!(size_of::<ClientKey>(), 40);
         assert_eq!(size_of::<Inbound>(), 40 + 8 + 8 + 1 + 1 + 6);
         assert_eq!(size_of::<ClientCounters>(), 40);

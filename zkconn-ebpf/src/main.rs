@@ -151,6 +151,7 @@ mod programs {
         copied_seq_offset: 0,
         has_server_side: 0,
         _pad: 0,
+        server_window_ns: 0,
     };
 
     // Capacities below are defaults; userspace resizes every map from its flags.
@@ -526,24 +527,12 @@ mod programs {
         }
         let record = Record { ctx, skaddr: 0 };
         let dport = record.dport()?;
-        // The one test that every other socket pays, and the local port's below.
+        // The two tests every other socket pays: the destination port (a connect towards
+        // ZooKeeper), then the local port (a connection this host's listener accepted).
         let flags = watched(dport);
-        if flags == 0 {
-            // An accepted connection on a watched port (this host is the server)?
-            let sport = record.sport()?;
-            let flags = watched(sport);
-            if flags == 0 {
-                return Ok(());
-            }
-            let old = record.state()?;
-            let new = tp_field(ctx, global(&l.newstate), global(&l.state_size))? as u8;
-            if inbound_transition(old, new) {
-                let record = Record {
-                    ctx,
-                    skaddr: tp_field(ctx, global(&l.skaddr), global(&l.skaddr_size))?,
-                };
-                on_inbound(&record, old, new, sport, flags);
-            }
+        let sport = record.sport()?;
+        let local_flags = watched(sport);
+        if flags == 0 && local_flags == 0 {
             return Ok(());
         }
         let old = record.state()?;
@@ -552,7 +541,15 @@ mod programs {
             ctx,
             skaddr: tp_field(ctx, global(&l.skaddr), global(&l.skaddr_size))?,
         };
-        on_transition(ctx.as_ptr(), &record, old, new, dport, flags)
+        if flags != 0 {
+            on_transition(ctx.as_ptr(), &record, old, new, dport, flags)?;
+        }
+        // Also when the destination port is watched: a client may connect from the watched
+        // port itself (NAT, a remote host's ephemeral range, or on purpose).
+        if local_flags != 0 && inbound_transition(old, new) {
+            on_inbound(&record, old, new, sport, local_flags);
+        }
+        Ok(())
     }
 
     /// A scalar field of a classic tracepoint's record, zero-extended: read at the size its
@@ -586,11 +583,12 @@ mod programs {
         // The one test that every other socket pays, and the local port's for the few
         // transitions an accepted connection counts.
         let flags = watched(dport);
-        if flags == 0 {
-            inbound_of(&sock, old as u8, new as u8)?;
-            return Ok(());
+        if flags != 0 {
+            on_transition(ctx.as_ptr(), &sock, old as u8, new as u8, dport, flags)?;
         }
-        on_transition(ctx.as_ptr(), &sock, old as u8, new as u8, dport, flags)
+        // Also when the destination port is watched: a client may connect from the watched
+        // port itself (NAT, a remote host's ephemeral range, or on purpose).
+        inbound_of(&sock, old as u8, new as u8)
     }
 
     /// Whether transition `old` → `new` may count for an accepted connection: its
@@ -651,19 +649,16 @@ mod programs {
             return Ok(());
         }
         let dport = sock.dport()?;
-        if watched(dport) == 0 {
-            let old = sock.state()?;
-            if old != new as u8 {
-                inbound_of(sock, old, new as u8)?;
-            }
-            return Ok(());
-        }
         let old = sock.state()?;
-        if new as u8 == tcp_state::SYN_SENT || old == new as u8 {
+        if old == new as u8 {
             return Ok(());
         }
-        on_state_change(ctx, sock, old, new as u8, dport);
-        Ok(())
+        // The connect itself is `tcp_connect`'s.
+        if watched(dport) != 0 && new as u8 != tcp_state::SYN_SENT {
+            on_state_change(ctx, sock, old, new as u8, dport);
+        }
+        // Also when the destination port is watched (see `try_btf_set_state`).
+        inbound_of(sock, old, new as u8)
     }
 
     /// `dst.len()` bytes of kernel memory at `base + offset` (a socket, or a trace
@@ -1135,8 +1130,8 @@ mod programs {
         }
         // SAFETY: see `try_inet_sock_set_state`.
         let cfg = unsafe { read_volatile(&REFUSAL) };
-        let in_window =
-            row.established_ns != 0 && now.saturating_sub(row.established_ns) <= cfg.window_ns;
+        let in_window = row.established_ns != 0
+            && now.saturating_sub(row.established_ns) <= cfg.server_window_ns;
         let end = accounting::inbound_end(
             old,
             new,
@@ -1168,7 +1163,7 @@ mod programs {
         // SAFETY: `seed` points at a live entry; the update copies it before the removal.
         let moved = INBOUND.insert(skaddr, unsafe { &*seed }, BPF_NOEXIST.into());
         let _ = INBOUND_SEEDS.remove(&tuple);
-        count(probe_counter::SEEDS_ADOPTED);
+        count(probe_counter::ROW_CHANGES);
         match (moved, INBOUND.get_ptr_mut(skaddr)) {
             (Ok(()), Some(row)) => Some(row),
             _ => {
@@ -1211,7 +1206,7 @@ mod programs {
                 match CLIENTS.get_ptr_mut(key) {
                     Some(row) => row,
                     None => {
-                        count(probe_counter::OVERFLOW_INBOUND);
+                        count(probe_counter::OVERFLOW_CLIENTS);
                         return;
                     }
                 }

@@ -91,12 +91,14 @@ impl OverflowWatch {
                 "counts are incomplete: the kernel's tables were full within the last {} min \
                  ({} connections not tracked and {} on the server's side: raise \
                  --max-connections; {} processes and {} counter rows not kept: raise \
-                 --max-processes or --max-cgroups)",
+                 --max-processes or --max-cgroups; {} client hosts not counted on the \
+                 server's side, whose table holds 16384: restart zkconn)",
                 OVERFLOW_UNHEALTHY.as_secs() / 60,
                 d.connections,
                 d.server_side,
                 d.processes,
-                d.counters
+                d.counters,
+                d.client_hosts
             )
         })
     }

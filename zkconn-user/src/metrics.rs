@@ -44,6 +44,11 @@ struct ClientLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DetailLabels {
     detail: String,
 }
@@ -292,10 +297,13 @@ fn servers(registry: &mut Registry, snap: &Snapshot) {
     );
 }
 
-/// The server's side: per (listener, client host), the `top` most used client hosts (the
-/// rows come most used first) keep series of their own and the rest are summed per listener
-/// under `client_ip="other"` (no limit or usage there: it is no budget), so a server with
-/// thousands of client addresses exports a bounded set.
+/// The server's side. Per (listener, client host), the `top` most used client hosts (the
+/// rows come most used first) keep series of their own; the open connections of the rest
+/// are summed per listener under `client_ip="other"` (a gauge: it may go down). Counters
+/// never go through "other", whose members change with every ranking (a counter that went
+/// down would read as a reset): per-host counters exist for the top hosts only, and per
+/// listener the totals over every client host, which only grow. A server with thousands of
+/// client addresses so exports a bounded set.
 fn clients(registry: &mut Registry, snap: &Snapshot, top: usize) {
     let open = Family::<ClientLabels, Gauge>::default();
     let limit = Family::<ClientLabels, Gauge>::default();
@@ -304,6 +312,7 @@ fn clients(registry: &mut Registry, snap: &Snapshot, top: usize) {
     let closed = Family::<ClientLabels, Counter>::default();
     let rejected = Family::<ClientLabels, Counter>::default();
     let unanswered = Family::<ClientLabels, Counter>::default();
+    let totals: [Family<ListenerLabels, Counter>; 4] = Default::default();
     for (i, c) in snap.rows.clients.iter().enumerate() {
         let own = i < top;
         let l = ClientLabels {
@@ -315,16 +324,26 @@ fn clients(registry: &mut Registry, snap: &Snapshot, top: usize) {
             },
         };
         open.get_or_create(&l).inc_by(gauge(c.open));
-        if own {
-            limit.get_or_create(&l).set(i64::from(c.limit));
-            if let Some(u) = c.usage {
-                usage.get_or_create(&l).set(u);
-            }
+        let counts = [c.opened, c.closed, c.rejected, c.unanswered];
+        let listener = ListenerLabels {
+            listener: c.listener.clone(),
+        };
+        for (family, n) in totals.iter().zip(counts) {
+            family.get_or_create(&listener).inc_by(n);
         }
-        opened.get_or_create(&l).inc_by(c.opened);
-        closed.get_or_create(&l).inc_by(c.closed);
-        rejected.get_or_create(&l).inc_by(c.rejected);
-        unanswered.get_or_create(&l).inc_by(c.unanswered);
+        if !own {
+            continue;
+        }
+        limit.get_or_create(&l).set(i64::from(c.limit));
+        if let Some(u) = c.usage {
+            usage.get_or_create(&l).set(u);
+        }
+        for (family, n) in [&opened, &closed, &rejected, &unanswered]
+            .into_iter()
+            .zip(counts)
+        {
+            family.get_or_create(&l).inc_by(n);
+        }
     }
     registry.register(
         "client_open_connections",
@@ -343,12 +362,12 @@ fn clients(registry: &mut Registry, snap: &Snapshot, top: usize) {
     );
     registry.register(
         "client_accepted",
-        "Connections from the client host the listener accepted since zkconn started",
+        "Connections from the client host the listener accepted since zkconn started (the --metrics-clients most used hosts)",
         opened,
     );
     registry.register(
         "client_closed",
-        "Accepted connections the server let go since zkconn started (refusals included)",
+        "Accepted connections from the client host the server let go since zkconn started (refusals included)",
         closed,
     );
     registry.register(
@@ -358,8 +377,29 @@ fn clients(registry: &mut Registry, snap: &Snapshot, top: usize) {
     );
     registry.register(
         "client_unanswered",
-        "Other accepted connections the server let go without sending a byte (no session started)",
+        "Other accepted connections from the client host the server let go without sending a byte (no session started)",
         unanswered,
+    );
+    let [t_opened, t_closed, t_rejected, t_unanswered] = totals;
+    registry.register(
+        "listener_accepted",
+        "Connections the listener accepted since zkconn started, from every client host",
+        t_opened,
+    );
+    registry.register(
+        "listener_closed",
+        "Accepted connections the server let go since zkconn started, from every client host",
+        t_closed,
+    );
+    registry.register(
+        "listener_rejected",
+        "Refusals by the server since zkconn started, of every client host",
+        t_rejected,
+    );
+    registry.register(
+        "listener_unanswered",
+        "Accepted connections let go without a byte from the server since zkconn started, of every client host",
+        t_unanswered,
     );
 }
 
@@ -524,6 +564,7 @@ fn probe(registry: &mut Registry, snap: &Snapshot) {
         ("processes", p.overflow_detail.processes),
         ("counters", p.overflow_detail.counters),
         ("server_side", p.overflow_detail.server_side),
+        ("client_hosts", p.overflow_detail.client_hosts),
     ] {
         overflow
             .get_or_create(&DetailLabels {
@@ -670,9 +711,13 @@ mod tests {
             value("zkconn_client_open_connections", "other").as_deref(),
             Some("9")
         );
+        // Counters never go through "other": per listener, the totals of every host.
+        assert_eq!(value("zkconn_client_rejected_total", "other"), None);
+        let total = lines_of(&text, "zkconn_listener_rejected_total");
         assert_eq!(
-            value("zkconn_client_rejected_total", "other").as_deref(),
-            Some("9")
+            total,
+            ["zkconn_listener_rejected_total{listener=\"10.0.0.1:2181\"} 10"],
+            "0 + 1 + 2 + 3 + 4"
         );
         assert_eq!(value("zkconn_client_limit_connections", "other"), None);
         assert_eq!(value("zkconn_client_usage_ratio", "other"), None);
@@ -687,7 +732,7 @@ mod tests {
                 .count()
         };
         assert_eq!(series(&few), 0, "{few}");
-        assert_eq!(series(&text), 5, "{text}");
+        assert_eq!(series(&text), 1, "{text}");
     }
 
     /// The service rows of the snapshot's processes, as the engine rolls them up.

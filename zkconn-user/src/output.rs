@@ -228,6 +228,15 @@ pub fn text(out: &mut impl Write, s: &Snapshot) -> io::Result<()> {
             out,
             "Client hosts of this host's listeners (the server's side):"
         )?;
+        let d = &s.probe.overflow_detail;
+        if d.server_side + d.client_hosts > 0 {
+            writeln!(
+                out,
+                "note: incomplete: {} accepted connections were not followed (raise \
+                 --max-connections) and {} client hosts not counted (the table holds 16384)",
+                d.server_side, d.client_hosts
+            )?;
+        }
         let rows: Vec<Vec<String>> = r
             .clients
             .iter()

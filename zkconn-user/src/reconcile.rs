@@ -200,6 +200,8 @@ pub struct Round {
     pub sockets: usize,
     pub rows: usize,
     pub took: Duration,
+    /// The listening sockets the round's scan found, when it read every namespace.
+    pub listeners: Option<Vec<std::net::SocketAddr>>,
 }
 
 /// A long round may take at most this share of the time between rounds: where the tables
@@ -318,6 +320,9 @@ impl Reconciler {
             is_live_state(s.state) && targets.matches(s.remote)
         });
         round.unreadable += scan.unreadable;
+        if !scan.incomplete {
+            round.listeners = Some(scan.listeners.clone());
+        }
         if scan.incomplete {
             anyhow::bail!(
                 "a network namespace's socket table could not be read ({} of its readers \

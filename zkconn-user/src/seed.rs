@@ -52,6 +52,8 @@ pub struct SeedReport {
     pub seeded_inbound: u64,
     /// Accepted connections that existed at start but did not fit the kernel's seed table.
     pub overflow_inbound: u64,
+    /// The listening sockets found (any port), to tell which listener accepted what.
+    pub listeners: Vec<std::net::SocketAddr>,
 }
 
 pub fn tuple_of(s: &TcpSocket) -> Tuple {
@@ -176,6 +178,7 @@ fn scan_with_accepted(
         },
     );
     report.unreadable += scan.unreadable;
+    report.listeners = scan.listeners;
     (
         scan.sockets.into_iter().map(|(_, s)| s).collect(),
         scan.accepted.into_iter().map(|(_, s)| s).collect(),
@@ -392,6 +395,7 @@ pub fn seed(
     if sockets.is_empty() {
         let mut again = SeedReport::default();
         let (_, still) = scan_with_accepted(tables, procfs, targets, inbound, &mut again);
+        report.listeners = again.listeners;
         let still_open: HashSet<Tuple> = still.iter().map(tuple_of).collect();
         confirm_inbound_seeds(probe, &inserted_inbound, &still_open, &mut report)?;
         return Ok(report);
@@ -420,6 +424,7 @@ pub fn seed(
     // is seen by the kernel itself (it adopts or drops the seed at the next transition).
     let mut again = SeedReport::default();
     let (still, still_accepted) = scan_with_accepted(tables, procfs, targets, inbound, &mut again);
+    report.listeners = std::mem::take(&mut again.listeners);
     let still_open: HashSet<Tuple> = still.iter().map(tuple_of).collect();
     let still_accepted: HashSet<Tuple> = still_accepted.iter().map(tuple_of).collect();
     lap.at("socket tables read again");

@@ -250,6 +250,8 @@ pub struct Scan {
     /// Connections a listener of the same namespace accepted that `keep_accepted` took
     /// (see [`Tables::scan_both`]), each with its namespace's inode.
     pub accepted: Vec<(u64, TcpSocket)>,
+    /// Every listening socket's address (any port), each namespace's.
+    pub listeners: Vec<SocketAddr>,
     /// Namespaces read.
     pub namespaces: u64,
     /// Namespaces read from `/proc` rather than sock_diag.
@@ -323,7 +325,8 @@ impl Tables {
             let own = own == Some(netns);
             let keeps = (keep, keep_accepted);
             match self.read_one(procfs, pid, tid, netns, own, keeps, &mut scan) {
-                Ok((sockets, accepted)) => {
+                Ok((sockets, accepted, listeners)) => {
+                    scan.listeners.extend(listeners);
                     done.insert(netns);
                     failed.remove(&netns);
                     scan.sockets.extend(sockets.into_iter().map(|s| (netns, s)));
@@ -360,7 +363,7 @@ impl Tables {
         own: bool,
         (keep, keep_accepted): (&dyn Fn(&TcpSocket) -> bool, &dyn Fn(&TcpSocket) -> bool),
         scan: &mut Scan,
-    ) -> io::Result<(Vec<TcpSocket>, Vec<TcpSocket>)> {
+    ) -> io::Result<(Vec<TcpSocket>, Vec<TcpSocket>, Vec<SocketAddr>)> {
         if let Entry::Vacant(slot) = self.readers.entry(netns)
             && !self.unopenable.contains(&netns)
         {
@@ -394,10 +397,16 @@ impl Tables {
             s.state == zkconn_common::tcp_state::LISTEN || keep(s) || keep_accepted(s)
         };
         let split = |sockets: Vec<TcpSocket>| {
+            let listeners = sockets
+                .iter()
+                .filter(|s| s.state == zkconn_common::tcp_state::LISTEN)
+                .map(|s| s.local)
+                .collect();
             let (connects, accepted) = split_accepted(sockets);
             (
                 connects.into_iter().filter(|s| keep(s)).collect(),
                 accepted.into_iter().filter(|s| keep_accepted(s)).collect(),
+                listeners,
             )
         };
         if let Some(reader) = self.readers.get_mut(&netns) {

@@ -72,6 +72,8 @@ pub struct Reading {
     pub nat_closed: Vec<(Tuple, [u8; 16])>,
     /// Who holds each open connection whose connector exited (pid, comm).
     pub holders: HashMap<Tuple, Vec<(u32, String)>>,
+    /// This host's listening sockets, as last found: which listener accepted what.
+    pub listeners: Vec<std::net::SocketAddr>,
     pub health: SourceHealth,
 }
 
@@ -318,6 +320,7 @@ impl Engine {
             &state.inbound,
             &state.inbound_seeds,
             &state.clients,
+            &r.listeners,
             &self.limits,
             r.now_ns,
         );

@@ -1,12 +1,14 @@
 //! The server's side: one row per client host on each watched listener of this host (a
 //! ZooKeeper server), from the accepted connections the kernel follows and its counters.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
 
 use serde::Serialize;
 use zkconn_common::{ClientCounters, ClientKey, Inbound, Tuple, inbound_flags, tcp_state};
 
-use super::build::endpoint;
 use crate::{
     limits::{self, LimitSource, Limits},
     targets::ip_from_bytes,
@@ -18,8 +20,15 @@ pub const CONNECTIONS_LISTED: usize = 64;
 /// One client host on one listener: what `maxClientCnxns` counts on the server.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct ClientRow {
-    /// The listener as the client reached it: `address:port`.
+    /// The listening socket that accepted the connections, `address:port`: what ZooKeeper
+    /// counts a client host's connections per (`0.0.0.0:2181` for a server listening on
+    /// every address, however the clients reached it). Where no listener was found (yet:
+    /// one that started after zkconn is found at the next drift-repair round), the address
+    /// the clients reached.
     pub listener: String,
+    /// The addresses the clients reached it on (`address:port`), when that is not the
+    /// listener's own.
+    pub reached: Vec<String>,
     pub client_ip: String,
     /// Accepted connections the server has not let go (ESTABLISHED or CLOSE_WAIT): what
     /// ZooKeeper counts against the limit.
@@ -57,12 +66,55 @@ pub struct ClientConnection {
     pub age_secs: Option<f64>,
 }
 
+/// The listening socket among `listeners` that accepts connections reaching `reached`: one
+/// bound to that address, else one on the wildcard of its family (an IPv4 client of a
+/// dual-stack IPv6 listener on `[::]`); `None` when none is known.
+fn listener_of(reached: SocketAddr, listeners: &[SocketAddr]) -> Option<SocketAddr> {
+    let port = reached.port();
+    let candidates = [
+        reached,
+        SocketAddr::new(
+            if reached.is_ipv4() {
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+            } else {
+                IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+            },
+            port,
+        ),
+        SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port),
+    ];
+    candidates.into_iter().find(|c| listeners.contains(c))
+}
+
+/// One (listener, client) budget: its counters, its open connections, and the addresses it
+/// was reached on that are not the listener's own.
+type Group<'a> = (ClientCounters, Vec<&'a Inbound>, Vec<SocketAddr>);
+
+/// The group of kernel key `key` (address reached, client) in `rows`, under its listener.
+fn group<'m, 'a>(
+    rows: &'m mut BTreeMap<(SocketAddr, IpAddr), Group<'a>>,
+    key: &ClientKey,
+    listeners: &[SocketAddr],
+) -> &'m mut Group<'a> {
+    let reached = SocketAddr::new(ip_from_bytes(key.local), key.port);
+    let listener = listener_of(reached, listeners).unwrap_or(reached);
+    let g = rows
+        .entry((listener, ip_from_bytes(key.client)))
+        .or_default();
+    if reached != listener && !g.2.contains(&reached) {
+        g.2.push(reached);
+    }
+    g
+}
+
 /// The rows, most used first: live rows from `inbound` and `seeds` (a seed the kernel also
-/// follows, same tuple, counts once), counters from `counters`.
+/// follows, same tuple, counts once), counters from `counters`, each kernel key (address
+/// reached, client) under the listener of `listeners` that accepted it.
 pub fn client_rows(
     inbound: &[Inbound],
     seeds: &[Inbound],
     counters: &[(ClientKey, ClientCounters)],
+    listeners: &[SocketAddr],
     limits: &Limits,
     now_ns: u64,
 ) -> Vec<ClientRow> {
@@ -71,31 +123,32 @@ pub fn client_rows(
         // The kernel's own row wins over a seed of the same tuple.
         live.insert(row.tuple, row);
     }
-    let mut rows: BTreeMap<ClientKey, (ClientCounters, Vec<&Inbound>)> = BTreeMap::new();
+    // Grouped by (listener, client): the budget ZooKeeper keeps.
+    let mut rows: BTreeMap<(SocketAddr, IpAddr), Group<'_>> = BTreeMap::new();
     for row in live.values() {
-        rows.entry(ClientKey::of(&row.tuple))
-            .or_default()
+        group(&mut rows, &ClientKey::of(&row.tuple), listeners)
             .1
             .push(row);
     }
     for (key, c) in counters {
-        rows.entry(*key).or_default().0.add(c);
+        group(&mut rows, key, listeners).0.add(c);
     }
     let mut out: Vec<ClientRow> = rows
         .into_iter()
-        .map(|(key, (c, mut conns))| {
-            let listener = endpoint(key.local, key.port);
-            let limits::ServerLimit { limit, source } = listener.parse().map_or(
-                limits::ServerLimit {
-                    limit: limits::ZOOKEEPER_DEFAULT,
-                    source: LimitSource::Default,
-                },
-                |s| limits.for_server(s),
-            );
+        .map(|((listener, client), (c, mut conns, mut reached))| {
+            // A wildcard listener has no address of its own to look a limit up by: the first
+            // address it was reached on stands for it.
+            reached.sort();
+            let limit_of = if listener.ip().is_unspecified() {
+                reached.first().copied().unwrap_or(listener)
+            } else {
+                listener
+            };
+            let limits::ServerLimit { limit, source } = limits.for_server(limit_of);
             let open = conns.len() as u64;
             conns.sort_by_key(|r| (r.established_ns != 0, r.established_ns, r.tuple.dport));
             ClientRow {
-                client_ip: ip_from_bytes(key.client).to_string(),
+                client_ip: client.to_string(),
                 open,
                 close_wait: conns
                     .iter()
@@ -109,7 +162,8 @@ pub fn client_rows(
                 headroom: limits::headroom(open, limit),
                 limit,
                 limit_source: source,
-                listener,
+                listener: listener.to_string(),
+                reached: reached.iter().map(ToString::to_string).collect(),
                 opened: c.opened,
                 closed: c.closed,
                 rejected: c.rejected,
@@ -224,7 +278,7 @@ mod tests {
             ),
         ];
         let limits = Limits::new(None, Some(3), &[]).unwrap();
-        let rows = client_rows(&inbound, &seeds, &counters, &limits, 10 * S);
+        let rows = client_rows(&inbound, &seeds, &counters, &[], &limits, 10 * S);
         // client, open, close_wait, seeded, rejected, headroom
         let summary: Vec<String> = rows
             .iter()
@@ -253,6 +307,56 @@ mod tests {
         assert_eq!(
             ports,
             [(40004, None), (40002, Some(7.0)), (40001, Some(5.0))]
+        );
+    }
+
+    /// A client host reaching one listener on two of its addresses is one budget, as
+    /// ZooKeeper counts it: under the wildcard listener that accepted both (with the
+    /// addresses reached), or under each address where each has a listener of its own.
+    #[test]
+    fn one_listener_reached_on_two_addresses_is_one_budget() {
+        let at = |local: &str, port: u16| Inbound {
+            tuple: Tuple {
+                saddr: ip_to_bytes(local.parse().unwrap()),
+                daddr: ip_to_bytes("127.0.0.9".parse().unwrap()),
+                sport: 2181,
+                dport: port,
+                _pad: 0,
+            },
+            state: tcp_state::ESTABLISHED,
+            ..Inbound::default()
+        };
+        let inbound = [
+            at("127.0.0.1", 40001),
+            at("127.0.0.1", 40002),
+            at("127.0.0.2", 40003),
+        ];
+        let limits = Limits::new(None, Some(3), &[]).unwrap();
+        let rows = |listeners: &[&str]| {
+            let listeners: Vec<SocketAddr> = listeners.iter().map(|l| l.parse().unwrap()).collect();
+            client_rows(&inbound, &[], &[], &listeners, &limits, 0)
+                .into_iter()
+                .map(|r| (r.listener, r.open, r.headroom, r.reached))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            rows(&["0.0.0.0:2181", "0.0.0.0:22"]),
+            [(
+                "0.0.0.0:2181".to_owned(),
+                3,
+                Some(0),
+                vec!["127.0.0.1:2181".to_owned(), "127.0.0.2:2181".to_owned()]
+            )]
+        );
+        // A dual-stack listener accepts IPv4 clients too.
+        assert_eq!(rows(&["[::]:2181"])[0].1, 3);
+        // Two listeners of their own (two servers on one host): two budgets.
+        assert_eq!(
+            rows(&["127.0.0.1:2181", "127.0.0.2:2181"]),
+            [
+                ("127.0.0.1:2181".to_owned(), 2, Some(1), vec![]),
+                ("127.0.0.2:2181".to_owned(), 1, Some(2), vec![]),
+            ]
         );
     }
 }

@@ -104,7 +104,8 @@ impl ProbeHealth {
             overflow: s.overflow_detail.connections
                 + s.overflow_detail.processes
                 + s.overflow_detail.counters
-                + s.overflow_detail.server_side,
+                + s.overflow_detail.server_side
+                + s.overflow_detail.client_hosts,
             lost_detail: s.lost_detail,
             overflow_detail: s.overflow_detail,
             seeds: s.seeds,
@@ -154,9 +155,11 @@ pub struct OverflowDetail {
     pub connections: u64,
     pub processes: u64,
     pub counters: u64,
-    /// Accepted connections not followed, or client hosts not counted, on the server's
-    /// side (`--max-connections` sizes its tables).
+    /// Accepted connections not followed on the server's side (`--max-connections` sizes
+    /// its tables).
     pub server_side: u64,
+    /// Client hosts whose counters could not be kept: the server's side counts 16,384.
+    pub client_hosts: u64,
 }
 
 /// What the server's side follows.

@@ -69,6 +69,13 @@ pub struct Capacities {
 /// the client has not sent anything yet.
 pub const REFUSAL_WINDOW: std::time::Duration = std::time::Duration::from_millis(1000);
 
+/// On the server's side, a close with nothing read or written this soon after the handshake
+/// is a refusal even when the client sent nothing: just under ZooKeeper's own timeout for
+/// connections that never start a session (`zookeeper.nio.sessionlessCnxnTimeout`, 10 s),
+/// whose closes are not refusals; so a server paused up to this long still has its late
+/// refusals counted.
+pub const SERVER_REFUSAL_WINDOW: std::time::Duration = std::time::Duration::from_secs(9);
+
 pub struct Probe {
     ebpf: Ebpf,
     hook: Hook,
@@ -203,6 +210,7 @@ impl Probe {
             copied_seq_offset: seq_offsets.map_or(0, |o| o.1),
             has_server_side: u32::from(server_side),
             _pad: 0,
+            server_window_ns: u64::try_from(SERVER_REFUSAL_WINDOW.as_nanos()).unwrap_or(u64::MAX),
         };
 
         let task_layout = kernel_btf

@@ -87,6 +87,7 @@ impl Source {
                 counters: c[probe_counter::OVERFLOW_STATS as usize],
                 server_side: c[probe_counter::OVERFLOW_INBOUND as usize]
                     + self.seeds.overflow_inbound,
+                client_hosts: c[probe_counter::OVERFLOW_CLIENTS as usize],
             },
             server_side: match &self.feed {
                 Feed::Kernel { probe, .. } => ServerSideHealth {

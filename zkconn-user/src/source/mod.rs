@@ -598,6 +598,9 @@ impl Source {
         );
         self.unreadable += round.unreadable;
         self.seeds.ownerless += round.ownerless;
+        if let Some(listeners) = round.listeners {
+            self.seeds.listeners = listeners;
+        }
         match &round.error {
             Some(e) => {
                 self.unreadable += 1;
@@ -705,6 +708,7 @@ impl Source {
             nat_closed,
             holders,
             health,
+            listeners: self.seeds.listeners.clone(),
         })
     }
 

@@ -170,6 +170,70 @@ fn a_close_the_kernel_missed_is_retired() -> Result<()> {
     Ok(())
 }
 
+/// Offset of `Inbound.tuple.dport` (the client's port) in a `ZK_INBOUND` value.
+const CLIENT_PORT: usize = 34;
+
+/// The server's side: an accepted connection whose row the kernel "lost" is adopted, and a
+/// row of an accepted connection that does not exist (a close the kernel "missed") is
+/// retired; the client host's open count comes back to the server's own `cons`, and its
+/// counters are left as they were.
+#[test]
+fn the_server_sides_missed_accept_and_missed_close_are_repaired() -> Result<()> {
+    let zk = ZkServer::start(fresh_ipv4(), 0, &[])?;
+    let (src, witness) = (fresh_ipv4(), fresh_ipv4());
+    let z = start(zk.addr)?;
+    let _client = RawClient {
+        bind: Some(src),
+        ..RawClient::new(zk.addr, 3)
+    }
+    .spawn()?;
+    wait_settled(zk.addr)?;
+    let inbound = map_of(z.pid(), "ZK_INBOUND")?;
+    let mapped = match src {
+        std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        std::net::IpAddr::V6(v6) => v6.octets(),
+    };
+    let rows: Vec<(Vec<u8>, Vec<u8>)> = entries(inbound)?
+        .into_iter()
+        .filter(|(_, v)| v[16..32] == mapped)
+        .collect();
+    assert_eq!(rows.len(), 3, "one row per accepted connection");
+    change("delete", inbound, &rows[0].0, None)?;
+    let (key, mut value) = rows[1].clone();
+    value[CLIENT_PORT..CLIENT_PORT + 2].copy_from_slice(&1u16.to_ne_bytes());
+    let ghost: Vec<u8> = key.iter().map(|b| b ^ 0x5a).collect();
+    change("update", inbound, &ghost, Some(&value))?;
+    thread::sleep(ROUNDS);
+    let cons = zk.connections_per_ip(witness)?;
+    let snap = z.finish()?;
+
+    assert_eq!(
+        cons.get(&src).copied(),
+        Some(3),
+        "the server's cons: {cons:?}"
+    );
+    let r = &snap["probe"]["repaired"];
+    assert_eq!(
+        (field(r, "inbound_retired")?, field(r, "inbound_adopted")?),
+        (1, 1),
+        "{r:#}"
+    );
+    assert_eq!(
+        repaired(&snap)?,
+        (0, 0),
+        "nothing to repair on the connects' side"
+    );
+    let row = snap["clients"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["client_ip"] == src.to_string()))
+        .ok_or_else(|| anyhow!("no clients row for {src}: {snap:#}"))?;
+    assert_eq!(field(row, "open")?, 3, "{row:#}");
+    assert_eq!(field(row, "seeded")?, 1, "the adopted one: {row:#}");
+    assert_eq!(field(row, "opened")?, 3, "{row:#}");
+    assert_eq!(field(row, "closed")?, 0, "retired, not closed: {row:#}");
+    Ok(())
+}
+
 #[test]
 fn a_missed_connect_in_another_network_namespace_is_adopted() -> Result<()> {
     let ns = NetNs::create()?;

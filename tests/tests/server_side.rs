@@ -10,7 +10,9 @@ use std::{
 };
 
 use anyhow::{Result, anyhow};
-use integration_tests::{Client, RawClient, ZkServer, Zkconn, field, fresh_ipv4, wait_settled};
+use integration_tests::{
+    Client, Daemon, RawClient, ZkServer, Zkconn, field, fresh_ipv4, wait_settled,
+};
 use serde_json::Value;
 
 /// The `clients` row of client host `ip` on `listener`.
@@ -246,5 +248,135 @@ fn one_listener_reached_on_two_addresses_is_one_row() -> Result<()> {
         "{row:#}"
     );
     drop((before, after, listener));
+    Ok(())
+}
+
+/// The `listeners` row of `listener`.
+fn listener_row(snap: &Value, listener: SocketAddr) -> Result<&Value> {
+    snap["listeners"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["listener"] == listener.to_string()))
+        .ok_or_else(|| anyhow!("no listeners row for {listener}: {:#}", snap["listeners"]))
+}
+
+/// The listener is named with the JVM that holds it and what that server's own
+/// configuration says, no limit given on the command line: `maxClientCnxns=3` from its
+/// zoo.cfg for every client host, and `-Dzookeeper.maxCnxns=5` as its cap on the
+/// listener, whose refusal (a sixth connection, from a host still under its own limit) is
+/// counted and leaves no headroom. Checked against `ss`, and the server's `cons` and `mntr`
+/// once b has let go (at its cap, the server refuses the questions too).
+#[test]
+fn the_listener_is_named_with_its_server_and_that_servers_own_limits() -> Result<()> {
+    let zk = ZkServer::start(fresh_ipv4(), 3, &["-Dzookeeper.maxCnxns=5"])?;
+    let (a, b, witness) = (fresh_ipv4(), fresh_ipv4(), fresh_ipv4());
+    let z = Zkconn::start(&["--zk", &zk.addr.to_string()])?;
+    let before = zk.connection_rejected(witness)?;
+    let step = Some(Duration::from_millis(300));
+    let _a = RawClient {
+        bind: Some(a),
+        interval: step,
+        ..RawClient::new(zk.addr, 3)
+    }
+    .spawn()?;
+    wait_settled(zk.addr)?;
+    // Two fit beside a's three; the third is over maxCnxns (b is under its own 3).
+    let held_by_b = RawClient {
+        bind: Some(b),
+        interval: step,
+        ..RawClient::new(zk.addr, 3)
+    }
+    .spawn()?;
+    wait_settled(zk.addr)?;
+    thread::sleep(Duration::from_millis(300));
+    let live = integration_tests::ss_count(zk.addr, "established")?;
+    let snap = z.finish()?;
+    drop(held_by_b);
+    wait_settled(zk.addr)?;
+    let rejected = zk.connection_rejected(witness)? - before;
+    let cons = zk.connections_per_ip(witness)?;
+
+    assert_eq!(live, 5, "ss: a's 3 and b's 2");
+    assert_eq!(rejected, 1, "the server's own count");
+    assert_eq!(cons.get(&a), Some(&3), "{cons:?}");
+    let l = listener_row(&snap, zk.addr)?;
+    assert_eq!(l["process"]["pid"], zk.pid(), "{l:#}");
+    assert_eq!(
+        l["process"]["main_class"], "org.apache.zookeeper.server.ZooKeeperServerMain",
+        "{l:#}"
+    );
+    assert!(
+        l["process"]["config"]
+            .as_str()
+            .is_some_and(|c| c.ends_with("/zoo.cfg")),
+        "{l:#}"
+    );
+    assert_eq!(l["kind"], "plain", "{l:#}");
+    assert_eq!(field(l, "max_client_cnxns")?, 3, "{l:#}");
+    assert_eq!(field(l, "max_cnxns")?, 5, "{l:#}");
+    assert_eq!(field(l, "open")?, 5, "{l:#}");
+    assert_eq!(l["max_cnxns_headroom"], 0, "{l:#}");
+    assert_eq!(field(l, "rejected")?, 1, "{l:#}");
+    // a, b, and the witness that asked mntr before (answered and closed).
+    assert_eq!(field(l, "client_hosts")?, 3, "{l:#}");
+    assert_eq!(field(l, "opened")?, 7, "{l:#}");
+    assert!(l.get("unknown").is_none(), "{l:#}");
+    for (ip, open, refused) in [(a, 3, 0), (b, 2, 1)] {
+        let row = client_row(&snap, zk.addr, ip)?;
+        assert_eq!(field(row, "open")?, open, "{row:#}");
+        assert_eq!(field(row, "rejected")?, refused, "{row:#}");
+        assert_eq!(field(row, "limit")?, 3, "{row:#}");
+        assert_eq!(row["limit_source"], "zoo-cfg", "{row:#}");
+    }
+    Ok(())
+}
+
+/// A client host with nothing open and no change for `--retain-exited` leaves the rows;
+/// its counts stay in its listener's, which never go down; a host still holding a
+/// connection stays.
+#[test]
+fn an_idle_client_host_is_retired_and_its_counts_stay_with_its_listener() -> Result<()> {
+    let zk = ZkServer::start(fresh_ipv4(), 10, &[])?;
+    let (a, b) = (fresh_ipv4(), fresh_ipv4());
+    let d = Daemon::start(&["--zk", &zk.addr.to_string(), "--retain-exited", "3s"])?;
+    let mut quick = RawClient {
+        bind: Some(a),
+        exit_after: Some(Duration::from_millis(300)),
+        ..RawClient::new(zk.addr, 2)
+    }
+    .spawn()?;
+    quick.wait_exit(Duration::from_secs(5))?;
+    let _b = RawClient {
+        bind: Some(b),
+        ..RawClient::new(zk.addr, 1)
+    }
+    .spawn()?;
+    let row_of = |s: &Value, ip: IpAddr| client_row(s, zk.addr, ip).ok().cloned();
+    let seen = d.snapshot_when(|s| {
+        row_of(s, a).is_some_and(|r| r["closed"] == 2) && row_of(s, b).is_some()
+    })?;
+    let a_row = row_of(&seen, a).ok_or_else(|| anyhow!("no row of {a}"))?;
+    assert_eq!((field(&a_row, "open")?, field(&a_row, "opened")?), (0, 2));
+    let snap = d.snapshot_when(|s| row_of(s, a).is_none())?;
+    let l = listener_row(&snap, zk.addr)?;
+    assert_eq!(field(l, "retired_hosts")?, 1, "{l:#}");
+    assert_eq!(field(l, "client_hosts")?, 1, "{l:#}");
+    assert_eq!(
+        field(l, "opened")?,
+        3,
+        "2 of the retired host, 1 of b: {l:#}"
+    );
+    assert_eq!(field(l, "closed")?, 2, "{l:#}");
+    assert_eq!(field(l, "open")?, 1, "{l:#}");
+    let b_row = row_of(&snap, b).ok_or_else(|| anyhow!("b's row retired: {snap:#}"))?;
+    assert_eq!(field(&b_row, "open")?, 1);
+    let (_, metrics) = d.get("/metrics")?;
+    assert!(
+        metrics.lines().any(|line| line
+            == format!(
+                "zkconn_listener_accepted_total{{listener=\"{}\"}} 3",
+                zk.addr
+            )),
+        "{metrics}"
+    );
     Ok(())
 }

@@ -345,6 +345,10 @@ pub const CGROUP_NAME_LEN: usize = 128;
 /// Server addresses the kernel's endpoint table holds (`--zk`, `--zoo-cfg`); `--port`
 /// watches a port towards any address without using it.
 pub const MAX_ENDPOINTS: u32 = 4_096;
+
+/// Capacity of the server's side's per-client-host counters (`ZK_CLIENTS`): client hosts
+/// idle for `--retain-exited` leave it.
+pub const MAX_CLIENTS: u32 = 16_384;
 /// Levels of a cgroup path kept, innermost first (a Kubernetes container's v2 path has 4).
 pub const CGROUP_DEPTH: usize = 5;
 

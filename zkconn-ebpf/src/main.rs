@@ -176,7 +176,8 @@ mod programs {
     #[map(name = "ZK_INBOUND_SEEDS")]
     static INBOUND_SEEDS: HashMap<Tuple, Inbound> = HashMap::with_max_entries(65_536, 0);
     #[map(name = "ZK_CLIENTS")]
-    static CLIENTS: HashMap<ClientKey, ClientCounters> = HashMap::with_max_entries(16_384, 0);
+    static CLIENTS: HashMap<ClientKey, ClientCounters> =
+        HashMap::with_max_entries(zkconn_common::MAX_CLIENTS, 0);
     #[map(name = "ZK_PORTS")]
     static PORTS: Array<u8> = Array::with_max_entries(65_536, 0);
     /// Run-time switches, indexed by `zkconn_common::control`.

@@ -7,7 +7,10 @@
 
 use std::collections::HashMap;
 
-use crate::{model::ServerRow, verdict::Alarm};
+use crate::{
+    model::{ClientRow, ServerRow},
+    verdict::Alarm,
+};
 pub use crate::{
     threshold::{Range, parse_percent, parse_range},
     verdict::REFUSING_SECS,
@@ -60,6 +63,8 @@ impl Thresholds {
 #[derive(Debug, Default)]
 pub struct AlarmLog {
     states: HashMap<(String, String), Alarm>,
+    /// Per (listener, client host), on a server's host.
+    clients: HashMap<(String, String), Alarm>,
 }
 
 impl AlarmLog {
@@ -80,6 +85,51 @@ impl AlarmLog {
         // A server no row names any more has no connections and no counters: cleared.
         self.states
             .retain(|(s, l), _| servers.iter().any(|r| &r.server == s && &r.local_ip == l));
+        lines
+    }
+}
+
+impl AlarmLog {
+    /// As [`AlarmLog::update`], for the client hosts of this host's listeners.
+    pub fn update_clients(&mut self, clients: &[ClientRow]) -> Vec<String> {
+        let mut lines = Vec::new();
+        for row in clients {
+            let key = (row.listener.clone(), row.client_ip.clone());
+            let before = self.clients.get(&key).copied().unwrap_or_default();
+            if before == row.alarm {
+                continue;
+            }
+            self.clients.insert(key, row.alarm);
+            let verb = if row.alarm > before {
+                "raised"
+            } else {
+                "cleared to"
+            };
+            let limit = crate::verdict::usage_words(
+                row.open,
+                row.limit,
+                row.limit_source.assumed(),
+                row.usage,
+            );
+            let refused = if row.refusing {
+                format!(", refusing: {} refused in the window", row.rejected_window)
+            } else {
+                String::new()
+            };
+            let line = format!(
+                "alarm {verb} {}: connections from client host {} on listener {}: {limit}{refused}",
+                row.alarm.as_str(),
+                row.client_ip,
+                row.listener
+            );
+            tracing::warn!("{line}");
+            lines.push(line);
+        }
+        self.clients.retain(|(l, c), _| {
+            clients
+                .iter()
+                .any(|r| &r.listener == l && &r.client_ip == c)
+        });
         lines
     }
 }

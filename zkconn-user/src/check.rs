@@ -36,7 +36,7 @@ pub fn verdict(snap: &Snapshot) -> (Alarm, String) {
         .rows
         .clients
         .iter()
-        .map(|c| (client_alarm(snap, c), c))
+        .map(|c| (c.alarm, c))
         .max_by(|(a, x), (b, y)| {
             (*a, x.usage.unwrap_or(0.0), x.rejected)
                 .partial_cmp(&(*b, y.usage.unwrap_or(0.0), y.rejected))
@@ -104,76 +104,28 @@ pub fn verdict(snap: &Snapshot) -> (Alarm, String) {
     (status, line)
 }
 
-/// A client host of this host's listener, as the server sees it: critical at its limit or
-/// once refused in this run, warning at or over `--warn` of the limit.
-fn client_alarm(snap: &Snapshot, c: &ClientRow) -> Alarm {
-    if c.rejected > 0 || c.headroom.is_some_and(|h| h <= 0) {
-        return Alarm::Critical;
-    }
-    let usage = c.usage.map(|u| u * 100.0);
-    let t = &snap.alarm_thresholds;
-    match usage {
-        Some(u) if t.crit.alerts(u) => Alarm::Critical,
-        Some(u) if t.warn.alerts(u) => Alarm::Warning,
-        _ => Alarm::Ok,
-    }
-}
-
-/// `client host 10.0.2.7 on 10.0.0.1:2181: 60 of 60 open (100%), limit reached, refused 12`.
+/// A client host of this host's listener, as the server sees it:
+/// `client host 10.0.2.7 on 10.0.0.1:2181: 60 of 60 open (100%), limit reached, refused 12 in the window`.
 fn describe_client(c: &ClientRow) -> String {
-    let mut text = format!("client host {} on {}: ", c.client_ip, c.listener);
-    match c.usage {
-        Some(u) => {
-            let _ = write!(
-                text,
-                "{} of {}{} open ({:.0}%)",
-                c.open,
-                c.limit,
-                if c.limit_source.assumed() {
-                    " (assumed)"
-                } else {
-                    ""
-                },
-                u * 100.0
-            );
-        }
-        None => {
-            let _ = write!(text, "{} open (unlimited)", c.open);
-        }
-    }
-    if c.headroom.is_some_and(|h| h <= 0) {
-        text.push_str(", limit reached");
-    }
-    if c.rejected > 0 {
-        let _ = write!(text, ", refused {}", c.rejected);
+    let mut text = format!(
+        "client host {} on {}: {}",
+        c.client_ip,
+        c.listener,
+        crate::verdict::usage_words(c.open, c.limit, c.limit_source.assumed(), c.usage)
+    );
+    if c.rejected_window > 0 {
+        let _ = write!(text, ", refused {} in the window", c.rejected_window);
     }
     text
 }
 
 fn describe(snap: &Snapshot, w: &ServerRow) -> String {
-    let mut text = format!("{} from {}: ", w.server, w.local_ip);
-    match w.usage {
-        Some(u) => {
-            let _ = write!(
-                text,
-                "{} of {}{} open ({:.0}%)",
-                w.states.open,
-                w.limit,
-                if w.limit_source.assumed() {
-                    " (assumed)"
-                } else {
-                    ""
-                },
-                u * 100.0
-            );
-        }
-        None => {
-            let _ = write!(text, "{} open (unlimited)", w.states.open);
-        }
-    }
-    if w.headroom.is_some_and(|h| h <= 0) {
-        text.push_str(", limit reached");
-    }
+    let mut text = format!(
+        "{} from {}: {}",
+        w.server,
+        w.local_ip,
+        crate::verdict::usage_words(w.states.open, w.limit, w.limit_source.assumed(), w.usage)
+    );
     if w.refusing && w.rejected > 0 {
         let _ = write!(
             text,
@@ -362,8 +314,10 @@ mod tests {
             limit: 60,
             usage: Some(open as f64 / 60.0),
             headroom: Some(60 - open as i64),
-            rejected,
+            rejected_window: rejected,
             limit_source: crate::limits::LimitSource::Flag,
+            alarm: crate::alarm::Thresholds::default()
+                .evaluate(Some(open as f64 / 60.0), rejected > 0 || open >= 60),
             ..ClientRow::default()
         };
         s.rows.clients = vec![client("10.0.2.8", 50, 0), client("10.0.2.7", 60, 12)];
@@ -372,7 +326,7 @@ mod tests {
         assert!(
             line.starts_with(
                 "ZKCONN CRITICAL - client host 10.0.2.7 on 10.0.0.1:2181: 60 of 60 open \
-                 (100%), limit reached, refused 12; 10.0.0.1:2181 from 10.0.0.9: 12 of 60"
+                 (100%), limit reached, refused 12 in the window; 10.0.0.1:2181 from 10.0.0.9: 12 of 60"
             ),
             "{line}"
         );

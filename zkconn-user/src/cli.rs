@@ -310,6 +310,8 @@ pub struct ProbeArgs {
     /// it leaves the process rows and the kernel's tables (which would otherwise fill on a
     /// busy node); its counts stay in its container, application and service rows. A finished
     /// YARN container (then application) leaves its rows the same time after its last process.
+    /// On a ZooKeeper server's host, a client host with nothing open whose counts did not
+    /// change leaves the client rows after the same time (its counts stay in its listener's).
     #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
     pub retain_exited: Duration,
 }

@@ -57,6 +57,11 @@ impl History {
         }
     }
 
+    /// The configured window, in seconds.
+    pub fn window(&self) -> f64 {
+        self.window
+    }
+
     /// The window covered at `now`: the configured one, or the time observed so far.
     pub fn window_at(&self, now: f64) -> f64 {
         self.first

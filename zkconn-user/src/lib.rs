@@ -20,6 +20,7 @@ pub mod engine;
 pub mod gate;
 pub mod history;
 pub mod limits;
+pub mod listener;
 pub mod metrics;
 pub mod model;
 pub mod nat;

@@ -49,6 +49,20 @@ struct ListenerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerInfoLabels {
+    listener: String,
+    kind: String,
+}
+
+/// A unit enum's serde name (`plain`).
+fn serde_plain<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DetailLabels {
     detail: String,
 }
@@ -312,7 +326,6 @@ fn clients(registry: &mut Registry, snap: &Snapshot, top: usize) {
     let closed = Family::<ClientLabels, Counter>::default();
     let rejected = Family::<ClientLabels, Counter>::default();
     let unanswered = Family::<ClientLabels, Counter>::default();
-    let totals: [Family<ListenerLabels, Counter>; 4] = Default::default();
     for (i, c) in snap.rows.clients.iter().enumerate() {
         let own = i < top;
         let l = ClientLabels {
@@ -325,12 +338,6 @@ fn clients(registry: &mut Registry, snap: &Snapshot, top: usize) {
         };
         open.get_or_create(&l).inc_by(gauge(c.open));
         let counts = [c.opened, c.closed, c.rejected, c.unanswered];
-        let listener = ListenerLabels {
-            listener: c.listener.clone(),
-        };
-        for (family, n) in totals.iter().zip(counts) {
-            family.get_or_create(&listener).inc_by(n);
-        }
         if !own {
             continue;
         }
@@ -379,6 +386,51 @@ fn clients(registry: &mut Registry, snap: &Snapshot, top: usize) {
         "client_unanswered",
         "Other accepted connections from the client host the server let go without sending a byte (no session started)",
         unanswered,
+    );
+    listeners(registry, snap);
+}
+
+/// Per watched listener: its server's kind and caps, its connections, and the totals over
+/// every client host since start (retired hosts included: they only grow).
+fn listeners(registry: &mut Registry, snap: &Snapshot) {
+    let totals: [Family<ListenerLabels, Counter>; 4] = Default::default();
+    let open = Family::<ListenerLabels, Gauge>::default();
+    let cap = Family::<ListenerLabels, Gauge>::default();
+    let info = Family::<ListenerInfoLabels, Gauge>::default();
+    for row in &snap.rows.listeners {
+        let l = ListenerLabels {
+            listener: row.listener.clone(),
+        };
+        for (family, n) in totals
+            .iter()
+            .zip([row.opened, row.closed, row.rejected, row.unanswered])
+        {
+            family.get_or_create(&l).inc_by(n);
+        }
+        open.get_or_create(&l).set(gauge(row.open));
+        if let Some(max) = row.server.max_cnxns {
+            cap.get_or_create(&l).set(i64::from(max));
+        }
+        info.get_or_create(&ListenerInfoLabels {
+            listener: row.listener.clone(),
+            kind: serde_plain(&row.server.kind),
+        })
+        .set(1);
+    }
+    registry.register(
+        "listener_open_connections",
+        "Connections the listener holds now, from every client host",
+        open,
+    );
+    registry.register(
+        "listener_max_connections",
+        "maxCnxns of the listener's server: its cap on the listener's connections from every client host together (0: none)",
+        cap,
+    );
+    registry.register(
+        "listener_info",
+        "A watched listener of this host and which of its server's listeners it is (kind: plain, secure or unknown)",
+        info,
     );
     let [t_opened, t_closed, t_rejected, t_unanswered] = totals;
     registry.register(
@@ -576,6 +628,8 @@ fn probe(registry: &mut Registry, snap: &Snapshot) {
     for (action, n) in [
         ("retired", p.repaired.retired),
         ("adopted", p.repaired.adopted),
+        ("inbound_retired", p.repaired.inbound_retired),
+        ("inbound_adopted", p.repaired.inbound_adopted),
     ] {
         repaired
             .get_or_create(&ActionLabels {
@@ -687,6 +741,12 @@ mod tests {
                 ..ClientRow::default()
             })
             .collect();
+        s.rows.listeners = vec![crate::model::ListenerRow {
+            listener: "10.0.0.1:2181".into(),
+            open: s.rows.clients.iter().map(|c| c.open).sum(),
+            rejected: s.rows.clients.iter().map(|c| c.rejected).sum(),
+            ..crate::model::ListenerRow::default()
+        }];
         s
     }
 

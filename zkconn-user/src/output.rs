@@ -117,6 +117,53 @@ fn header<'a>(first: &[&'a str]) -> Vec<&'a str> {
     first.iter().copied().chain(TOTALS).collect()
 }
 
+/// One listener in a line: which server holds it, which of its listeners it is, its
+/// limits, and its client hosts together.
+fn listener_line(l: &crate::model::ListenerRow) -> String {
+    use crate::listener::ListenerKind;
+    let kind = match l.server.kind {
+        ListenerKind::Plain => "plain (clientPort)",
+        ListenerKind::Secure => "secure (secureClientPort)",
+        ListenerKind::Unknown => "kind unknown",
+    };
+    let who = match &l.server.process {
+        Some(p) => {
+            let mut parts = vec![p.comm.clone()];
+            parts.extend(
+                p.main_class
+                    .as_deref()
+                    .map(|m| m.rsplit('.').next().unwrap_or(m).to_owned()),
+            );
+            parts.extend(p.config.clone());
+            format!("pid {} ({})", p.pid, parts.join(", "))
+        }
+        None => "no process found".to_owned(),
+    };
+    let cap = match (l.server.max_cnxns, l.max_cnxns_headroom) {
+        (Some(0), _) => ", maxCnxns none".to_owned(),
+        (Some(max), Some(h)) => format!(", maxCnxns {max} (headroom {h})"),
+        _ => String::new(),
+    };
+    let retired = if l.retired_hosts > 0 {
+        format!(", {} idle hosts retired", l.retired_hosts)
+    } else {
+        String::new()
+    };
+    let unknown = l
+        .server
+        .unknown
+        .as_deref()
+        .map(|why| format!("; not known: {why}"))
+        .unwrap_or_default();
+    format!(
+        "listener {}: {kind}, {who}, maxClientCnxns {}{cap}; {} open from {} client hosts{retired}{unknown}",
+        l.listener,
+        limit_cell(l.limit, l.limit_source),
+        l.open,
+        l.client_hosts,
+    )
+}
+
 /// A limit as the tables show it: `none` for unlimited, `60?` when assumed.
 fn limit_cell(limit: u32, source: crate::limits::LimitSource) -> String {
     match (limit, source.assumed()) {
@@ -222,19 +269,24 @@ pub fn text(out: &mut impl Write, s: &Snapshot) -> io::Result<()> {
             )?;
         }
     }
-    if !r.clients.is_empty() {
+    if !r.clients.is_empty() || !r.listeners.is_empty() {
         writeln!(out)?;
         writeln!(
             out,
             "Client hosts of this host's listeners (the server's side):"
         )?;
+        for l in &r.listeners {
+            writeln!(out, "{}", printable(&listener_line(l)))?;
+        }
         let d = &s.probe.overflow_detail;
         if d.server_side + d.client_hosts > 0 {
             writeln!(
                 out,
                 "note: incomplete: {} accepted connections were not followed (raise \
-                 --max-connections) and {} client hosts not counted (the table holds 16384)",
-                d.server_side, d.client_hosts
+                 --max-connections) and {} client hosts not counted (the table holds {})",
+                d.server_side,
+                d.client_hosts,
+                zkconn_common::MAX_CLIENTS
             )?;
         }
         let rows: Vec<Vec<String>> = r

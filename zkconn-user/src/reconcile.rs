@@ -36,6 +36,10 @@ pub enum Slot {
     Conn(u64),
     /// `SEEDS`, keyed by its tuple.
     Seed,
+    /// `INBOUND` (the server's side), keyed by socket address.
+    Inbound(u64),
+    /// `INBOUND_SEEDS`, keyed by its tuple.
+    InboundSeed,
 }
 
 /// One kernel row as the comparison sees it.
@@ -182,6 +186,8 @@ pub fn plan(rows: &[Row], table: &[Live], previous: &Candidates) -> Plan {
 pub struct Repaired {
     pub retired: u64,
     pub adopted: u64,
+    pub inbound_retired: u64,
+    pub inbound_adopted: u64,
     /// Sockets that could not be adopted because their tuple is in two namespaces.
     pub conflicts: u64,
     /// When the last complete round ended.
@@ -195,13 +201,15 @@ pub struct Round {
     pub error: Option<anyhow::Error>,
     pub retired: u64,
     pub adopted: u64,
+    pub inbound_retired: u64,
+    pub inbound_adopted: u64,
     pub unreadable: u64,
     pub ownerless: u64,
     pub sockets: usize,
     pub rows: usize,
     pub took: Duration,
     /// The listening sockets the round's scan found, when it read every namespace.
-    pub listeners: Option<Vec<std::net::SocketAddr>>,
+    pub listeners: Option<Vec<crate::sockdiag::Listening>>,
 }
 
 /// A long round may take at most this share of the time between rounds: where the tables
@@ -231,6 +239,8 @@ pub struct Reconciler {
     spacing: Duration,
     due: Instant,
     candidates: Candidates,
+    /// The server's side's, compared on their own.
+    inbound_candidates: Candidates,
     pub repaired: Repaired,
 }
 
@@ -242,6 +252,7 @@ impl Reconciler {
             spacing: interval,
             due: Instant::now() + interval,
             candidates: Candidates::default(),
+            inbound_candidates: Candidates::default(),
             repaired: Repaired::default(),
         }
     }
@@ -252,6 +263,8 @@ impl Reconciler {
             retired: self.repaired.retired,
             adopted: self.repaired.adopted,
             conflicts: self.repaired.conflicts,
+            inbound_retired: self.repaired.inbound_retired,
+            inbound_adopted: self.repaired.inbound_adopted,
             interval_secs: self.interval.map_or(0.0, |i| i.as_secs_f64()),
             spacing_secs: self.interval.map_or(0.0, |_| self.spacing.as_secs_f64()),
             last_secs_ago: self.repaired.last.map(|t| t.elapsed().as_secs_f64()),
@@ -281,6 +294,7 @@ impl Reconciler {
             Ok(()) => self.repaired.last = Some(Instant::now()),
             Err(e) => {
                 self.candidates = Candidates::default();
+                self.inbound_candidates = Candidates::default();
                 round.error = Some(e);
             }
         }
@@ -316,9 +330,12 @@ impl Reconciler {
                 conn: *conn,
             }))
             .collect();
-        let scan = tables.scan(procfs, &|s| {
-            is_live_state(s.state) && targets.matches(s.remote)
-        });
+        let inbound = probe.inbound();
+        let scan = tables.scan_both(
+            procfs,
+            &|s| is_live_state(s.state) && targets.matches(s.remote),
+            &|s| inbound && seed::is_followed_accepted(targets, s),
+        );
         round.unreadable += scan.unreadable;
         if !scan.incomplete {
             round.listeners = Some(scan.listeners.clone());
@@ -349,6 +366,8 @@ impl Reconciler {
             let gone = match row.slot {
                 Slot::Conn(skaddr) => probe.remove_conn(skaddr, &row.conn)?,
                 Slot::Seed => probe.remove_seed(&row.conn.tuple)?,
+                // Compared on their own, in `repair_inbound`.
+                Slot::Inbound(_) | Slot::InboundSeed => false,
             };
             if gone {
                 round.retired += 1;
@@ -377,8 +396,94 @@ impl Reconciler {
                 );
             }
         }
+        if inbound {
+            self.repair_inbound(probe, &tracked, &scan.accepted, round)?;
+        }
         self.repaired.retired += round.retired;
         self.repaired.adopted += round.adopted;
+        self.repaired.inbound_retired += round.inbound_retired;
+        self.repaired.inbound_adopted += round.inbound_adopted;
+        Ok(())
+    }
+
+    /// The server's side: the kernel's accepted-connection rows against the accepted
+    /// connections of the same scan, by the same two-round rule.
+    fn repair_inbound(
+        &mut self,
+        probe: &mut Probe,
+        tracked: &crate::probe::TrackedRows,
+        accepted: &[(u64, TcpSocket)],
+        round: &mut Round,
+    ) -> anyhow::Result<()> {
+        // As connection rows: the handshake time stands for the connect time.
+        let as_row = |slot, r: &zkconn_common::Inbound| Row {
+            slot,
+            conn: Conn {
+                tuple: r.tuple,
+                opened_ns: r.established_ns,
+                ..Conn::default()
+            },
+        };
+        let rows: Vec<Row> = tracked
+            .inbound
+            .iter()
+            .map(|(skaddr, r)| as_row(Slot::Inbound(*skaddr), r))
+            .chain(
+                tracked
+                    .inbound_seeds
+                    .iter()
+                    .map(|r| as_row(Slot::InboundSeed, r)),
+            )
+            .collect();
+        let table: Vec<Live> = accepted
+            .iter()
+            .map(|(_, s)| Live {
+                tuple: seed::tuple_of(s),
+                state: s.state,
+                inode: s.inode,
+            })
+            .collect();
+        let plan = plan(&rows, &table, &self.inbound_candidates);
+        self.inbound_candidates = plan.candidates;
+        self.repaired.conflicts += plan.conflicts;
+        for row in &plan.retire {
+            let gone = match row.slot {
+                Slot::Inbound(skaddr) => match tracked.inbound.iter().find(|(k, _)| *k == skaddr) {
+                    Some((_, expected)) => probe.remove_inbound(skaddr, expected)?,
+                    None => false,
+                },
+                _ => probe.remove_inbound_seed(&row.conn.tuple)?,
+            };
+            if gone {
+                round.inbound_retired += 1;
+                tracing::info!(
+                    "drift repair: retired an accepted connection {} whose socket is gone",
+                    describe(&row.conn.tuple)
+                );
+            }
+        }
+        if !plan.adopt.is_empty() {
+            let wanted: Vec<TcpSocket> = plan
+                .adopt
+                .iter()
+                .filter_map(|live| {
+                    accepted
+                        .iter()
+                        .find(|(_, s)| s.inode == live.inode && seed::tuple_of(s) == live.tuple)
+                        .map(|(_, s)| *s)
+                })
+                .collect();
+            let mut report = SeedReport::default();
+            let inserted = seed::insert_inbound_seeds(probe, &wanted, &mut report)
+                .context("adopting untracked accepted connections failed")?;
+            round.inbound_adopted += inserted.len() as u64;
+            for tuple in &inserted {
+                tracing::info!(
+                    "drift repair: adopted the accepted connection {} (live, tracked by no row)",
+                    describe(tuple)
+                );
+            }
+        }
         Ok(())
     }
 }

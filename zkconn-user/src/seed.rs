@@ -53,7 +53,7 @@ pub struct SeedReport {
     /// Accepted connections that existed at start but did not fit the kernel's seed table.
     pub overflow_inbound: u64,
     /// The listening sockets found (any port), to tell which listener accepted what.
-    pub listeners: Vec<std::net::SocketAddr>,
+    pub listeners: Vec<crate::sockdiag::Listening>,
 }
 
 pub fn tuple_of(s: &TcpSocket) -> Tuple {
@@ -171,11 +171,7 @@ fn scan_with_accepted(
     let scan = tables.scan_both(
         procfs,
         &|s| is_live_state(s.state) && targets.matches(s.remote),
-        &|s| {
-            inbound
-                && matches!(s.state, tcp_state::ESTABLISHED | tcp_state::CLOSE_WAIT)
-                && targets.matches(s.local)
-        },
+        &|s| inbound && is_followed_accepted(targets, s),
     );
     report.unreadable += scan.unreadable;
     report.listeners = scan.listeners;
@@ -183,6 +179,12 @@ fn scan_with_accepted(
         scan.sockets.into_iter().map(|(_, s)| s).collect(),
         scan.accepted.into_iter().map(|(_, s)| s).collect(),
     )
+}
+
+/// Whether `s`, a connection a listener accepted, is one the server's side follows: on a
+/// watched endpoint, and not let go by the server yet (ESTABLISHED or CLOSE_WAIT).
+pub fn is_followed_accepted(targets: &Targets, s: &TcpSocket) -> bool {
+    matches!(s.state, tcp_state::ESTABLISHED | tcp_state::CLOSE_WAIT) && targets.matches(s.local)
 }
 
 /// The kernel's accepted connections by tuple, and whether each is a seed it adopted.
@@ -198,7 +200,7 @@ fn inbound_tracked(probe: &mut Probe) -> anyhow::Result<HashMap<Tuple, bool>> {
 /// Hands the accepted connections in `accepted` that the kernel does not follow yet to its
 /// seed table (as ESTABLISHED or CLOSE_WAIT, with no handshake time). Returns the tuples
 /// that went in.
-fn insert_inbound_seeds(
+pub fn insert_inbound_seeds(
     probe: &mut Probe,
     accepted: &[TcpSocket],
     report: &mut SeedReport,

@@ -242,6 +242,13 @@ pub struct Tables {
     unopenable: HashSet<u64>,
 }
 
+/// A listening socket: its address and socket inode (which process holds it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Listening {
+    pub addr: SocketAddr,
+    pub inode: u64,
+}
+
 /// One read of every namespace's table.
 #[derive(Debug, Default)]
 pub struct Scan {
@@ -250,8 +257,8 @@ pub struct Scan {
     /// Connections a listener of the same namespace accepted that `keep_accepted` took
     /// (see [`Tables::scan_both`]), each with its namespace's inode.
     pub accepted: Vec<(u64, TcpSocket)>,
-    /// Every listening socket's address (any port), each namespace's.
-    pub listeners: Vec<SocketAddr>,
+    /// Every listening socket (any port), each namespace's.
+    pub listeners: Vec<Listening>,
     /// Namespaces read.
     pub namespaces: u64,
     /// Namespaces read from `/proc` rather than sock_diag.
@@ -363,7 +370,7 @@ impl Tables {
         own: bool,
         (keep, keep_accepted): (&dyn Fn(&TcpSocket) -> bool, &dyn Fn(&TcpSocket) -> bool),
         scan: &mut Scan,
-    ) -> io::Result<(Vec<TcpSocket>, Vec<TcpSocket>, Vec<SocketAddr>)> {
+    ) -> io::Result<(Vec<TcpSocket>, Vec<TcpSocket>, Vec<Listening>)> {
         if let Entry::Vacant(slot) = self.readers.entry(netns)
             && !self.unopenable.contains(&netns)
         {
@@ -400,7 +407,10 @@ impl Tables {
             let listeners = sockets
                 .iter()
                 .filter(|s| s.state == zkconn_common::tcp_state::LISTEN)
-                .map(|s| s.local)
+                .map(|s| Listening {
+                    addr: s.local,
+                    inode: s.inode,
+                })
                 .collect();
             let (connects, accepted) = split_accepted(sockets);
             (

@@ -150,6 +150,10 @@ pub struct ZooCfg {
     pub secure_client_port_address: Option<String>,
     /// `maxClientCnxns`; ZooKeeper's default is 60, 0 (or less) means unlimited.
     pub max_client_cnxns: Option<u32>,
+    /// `maxCnxns` (ZooKeeper 3.6+): the server's cap on connections per listener, from every
+    /// client host together; 0 (or less) means none. ZooKeeper sets it as the system
+    /// property `zookeeper.maxCnxns`, as it does any key it does not know.
+    pub max_cnxns: Option<u32>,
     /// What the file does that ZooKeeper accepts but an operator should hear about (a
     /// byte order mark hiding the first key), one sentence each.
     pub warnings: Vec<String>,
@@ -170,13 +174,23 @@ fn read_cfg(path: &Path) -> Result<Vec<u8>, TargetError> {
 
 impl ZooCfg {
     pub fn read(path: &Path) -> Result<Self, TargetError> {
+        Self::read_in(path, &|name| std::path::PathBuf::from(name))
+    }
+
+    /// As [`ZooCfg::read`], with the file names the configuration gives
+    /// (`dynamicConfigFile`) resolved by `resolve`: a server's own file read through
+    /// `/proc/PID/root` names its other files as that server sees them.
+    pub fn read_in(
+        path: &Path,
+        resolve: &dyn Fn(&str) -> std::path::PathBuf,
+    ) -> Result<Self, TargetError> {
         let bytes = read_cfg(path)?;
         let mut cfg = Self::parse_bytes(&path.display().to_string(), &bytes)?;
         if let Some(dynamic) = cfg.dynamic_config_file.take() {
             // ZooKeeper 3.5+ keeps the ensemble in this file; a relative name is taken from
             // the directory of zoo.cfg when it is not found as given.
-            let mut file = std::path::PathBuf::from(&dynamic);
-            if file.is_relative()
+            let mut file = resolve(&dynamic);
+            if std::path::Path::new(&dynamic).is_relative()
                 && !file.exists()
                 && let Some(dir) = path.parent()
             {
@@ -249,6 +263,17 @@ impl ZooCfg {
                         err(format!("maxClientCnxns {value:?} is not a whole number"))
                     })?;
                     cfg.max_client_cnxns = Some(u32::try_from(n.max(0)).unwrap_or(0));
+                }
+                "maxCnxns" => {
+                    // Read with Integer.getInteger: what is not a number is no cap.
+                    let n = value.parse::<i32>().unwrap_or_else(|_| {
+                        cfg.warnings.push(format!(
+                            "{path} line {line}: maxCnxns {value:?} is not a whole number; \
+                             ZooKeeper then sets no cap"
+                        ));
+                        0
+                    });
+                    cfg.max_cnxns = Some(u32::try_from(n.max(0)).unwrap_or(0));
                 }
                 "dynamicConfigFile" => cfg.dynamic_config_file = Some(value.to_owned()),
                 _ if key.starts_with("server.") => {
@@ -424,6 +449,15 @@ impl Targets {
 }
 
 impl Targets {
+    /// Whether a listening socket on `addr` accepts connections towards a target: one on
+    /// a target's address, or on the wildcard of a target's port.
+    pub fn listened_on(&self, addr: SocketAddr) -> bool {
+        self.matches(addr)
+            || (canonical_ip(addr.ip()).is_unspecified()
+                && (self.ports.contains(&addr.port())
+                    || self.endpoints.iter().any(|e| e.port() == addr.port())))
+    }
+
     /// Each target as shown to users: `ip:port` endpoints, `*:port` for any address.
     pub fn names(&self) -> Vec<String> {
         let mut parts: Vec<String> = self.endpoints.iter().map(|e| e.to_string()).collect();

@@ -42,3 +42,20 @@ pub struct Rates {
     pub opened_per_min: f64,
     pub closed_per_min: f64,
 }
+
+/// A budget's use in words: `60 of 60 (assumed) open (100%), limit reached`, or
+/// `5 open (unlimited)`. One wording for `check` and the alarm log, whichever side.
+pub fn usage_words(open: u64, limit: u32, assumed: bool, usage: Option<f64>) -> String {
+    let mut text = match usage {
+        Some(u) => format!(
+            "{open} of {limit}{} open ({:.0}%)",
+            if assumed { " (assumed)" } else { "" },
+            u * 100.0
+        ),
+        None => format!("{open} open (unlimited)"),
+    };
+    if limit > 0 && open >= u64::from(limit) {
+        text.push_str(", limit reached");
+    }
+    text
+}

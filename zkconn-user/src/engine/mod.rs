@@ -17,9 +17,9 @@ use std::{
 };
 
 use rustc_hash::{FxHashMap, FxHashSet};
-use zkconn_common::{Conn, OwnerKey, Tuple, tcp_state};
+use zkconn_common::{ClientCounters, ClientKey, Conn, OwnerKey, Tuple, tcp_state};
 
-pub use self::retention::{RETIRED_KINDS, Retention};
+pub use self::retention::{ClientRetention, RETIRED_KINDS, Retention};
 use crate::{
     alarm::{AlarmLog, Thresholds},
     attribution::{
@@ -31,7 +31,8 @@ use crate::{
     limits::{LimitSource, Limits},
     model::{
         self, Aggregates, AlarmThresholds, AttributionHealth, ConnectionRow, Holder, Inputs,
-        OwnerFacts, ProbeHealth, RetentionHealth, Snapshot, SourceHealth, Translations,
+        OwnerFacts, ProbeHealth, RetentionHealth, ServerSideInputs, Snapshot, SourceHealth,
+        Translations,
     },
     probe::KernelState,
     procfs::ProcInfo,
@@ -74,6 +75,11 @@ pub struct Reading {
     pub holders: HashMap<Tuple, Vec<(u32, String)>>,
     /// This host's listening sockets, as last found: which listener accepted what.
     pub listeners: Vec<std::net::SocketAddr>,
+    /// Client hosts deleted from the kernel's table since the last reading (ordered by
+    /// [`Orders::forget_clients`]), with their last counts.
+    pub clients_retired: Vec<(ClientKey, ClientCounters)>,
+    /// What is known of the servers listening on watched ports, per listening address.
+    pub servers: std::collections::BTreeMap<std::net::SocketAddr, crate::listener::ListenerFacts>,
     pub health: SourceHealth,
 }
 
@@ -128,6 +134,9 @@ pub struct Orders {
     pub forget_cgroups: Vec<u64>,
     /// Owners gone that no kernel row names: the source need not watch them any more.
     pub dropped: Vec<OwnerKey>,
+    /// Idle client hosts of this host's listeners: out of the kernel's table, if their
+    /// counts are still these.
+    pub forget_clients: Vec<(ClientKey, ClientCounters)>,
 }
 
 /// The engine's configuration, fixed at start (limits and rules change on reload).
@@ -157,6 +166,8 @@ pub struct Engine {
     history: History,
     alarms: AlarmLog,
     retention: Retention,
+    clients: ClientRetention,
+    client_trends: model::ClientTrends,
     translations: Translations,
     /// The connection and seed rows of the last reading, and when it was: turned into
     /// [`ConnectionRow`]s only when a view asks (`top`'s drill-down).
@@ -182,6 +193,8 @@ impl Engine {
             history: History::new(config.window_secs),
             alarms: AlarmLog::default(),
             retention: Retention::new(config.retain_secs),
+            clients: ClientRetention::default(),
+            client_trends: model::ClientTrends::default(),
             translations: Translations::default(),
             last_conns: (Arc::default(), Arc::default(), 0),
             aggregates: None,
@@ -316,14 +329,33 @@ impl Engine {
             now_ns: r.now_ns,
         });
 
-        rows.clients = model::client_rows(
-            &state.inbound,
-            &state.inbound_seeds,
-            &state.clients,
-            &r.listeners,
-            &self.limits,
-            r.now_ns,
-        );
+        // The server's side: hosts deleted since the last reading fold into their
+        // listener; hosts idle long enough are ordered out.
+        self.clients.retired_now(&r.clients_retired, &r.listeners);
+        let holding: FxHashSet<ClientKey> = state
+            .inbound
+            .iter()
+            .chain(state.inbound_seeds.iter())
+            .map(|row| ClientKey::of(&row.tuple))
+            .collect();
+        orders.forget_clients =
+            self.clients
+                .due(&state.clients, &holding, now, self.retention.after);
+        let server_side = model::client_rows(&ServerSideInputs {
+            inbound: &state.inbound,
+            seeds: &state.inbound_seeds,
+            counters: &state.clients,
+            listeners: &r.listeners,
+            servers: &r.servers,
+            retired: &self.clients.retired,
+            limits: &self.limits,
+            now_ns: r.now_ns,
+        });
+        rows.clients = server_side.clients;
+        rows.listeners = server_side.listeners;
+        let window = self.history.window();
+        self.client_trends
+            .judge(&mut rows.clients, now, window, &self.thresholds);
 
         // Judged against the history, which this reading then joins.
         self.history.record(&rows, now);
@@ -331,6 +363,7 @@ impl Engine {
             .judge(&rows, now, &self.thresholds)
             .apply(&mut rows);
         self.alarms.update(&rows.servers);
+        self.alarms.update_clients(&rows.clients);
         // Refused below the limit zkconn holds, or refused while the limit is only
         // assumed: ask the server again (what it said before may no longer hold).
         for row in &rows.servers {

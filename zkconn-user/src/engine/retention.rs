@@ -4,15 +4,74 @@
 //! Owns: when a row is due and what its counts fold into. Must not: touch the kernel's
 //! tables (the engine orders the source to forget what is due).
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+};
 
 use rustc_hash::FxHashSet;
-use zkconn_common::{Counters, OwnerKey};
+use zkconn_common::{ClientCounters, ClientKey, Counters, OwnerKey};
 
 use crate::{
     attribution::hierarchy::V1Cgroup,
-    model::{self, OwnerFacts},
+    model::{self, OwnerFacts, RetiredClients},
 };
+
+/// The server's side: a client host on a listener that holds no connection and whose
+/// counters did not move for `after` seconds leaves the kernel's table (which holds
+/// [`zkconn_common::MAX_CLIENTS`] hosts), its counts summed per listener so that the
+/// listener's totals never go down. A host that connects again starts a row afresh.
+#[derive(Debug, Default)]
+pub struct ClientRetention {
+    /// Each host's counters as last seen, and since when they were so with nothing open.
+    idle: HashMap<ClientKey, (ClientCounters, f64)>,
+    /// Per listener, what the hosts retired had counted.
+    pub retired: BTreeMap<SocketAddr, RetiredClients>,
+}
+
+impl ClientRetention {
+    /// Of the kernel's rows `counters`, those idle (not in `holding`, same counts) for
+    /// `after` seconds by `now`: with the counts expected, for the source to delete.
+    pub fn due(
+        &mut self,
+        counters: &[(ClientKey, ClientCounters)],
+        holding: &FxHashSet<ClientKey>,
+        now: f64,
+        after: f64,
+    ) -> Vec<(ClientKey, ClientCounters)> {
+        let mut due = Vec::new();
+        let mut idle = HashMap::with_capacity(counters.len());
+        for (key, c) in counters {
+            if holding.contains(key) {
+                continue;
+            }
+            let since = match self.idle.get(key) {
+                Some((before, since)) if before == c => *since,
+                _ => now,
+            };
+            if now - since >= after {
+                due.push((*key, *c));
+            }
+            idle.insert(*key, (*c, since));
+        }
+        self.idle = idle;
+        due
+    }
+
+    /// Hosts the source deleted from the kernel's table, with their last counts: summed
+    /// under their listener.
+    pub fn retired_now(&mut self, gone: &[(ClientKey, ClientCounters)], listeners: &[SocketAddr]) {
+        for (key, c) in gone {
+            let r = self
+                .retired
+                .entry(model::listener_for(key, listeners))
+                .or_default();
+            r.counters.add(c);
+            r.hosts += 1;
+            self.idle.remove(key);
+        }
+    }
+}
 
 /// Exited processes leave the process rows and the kernel's tables once they hold no
 /// connection and were shown for `after` seconds; their counts stay in the roll-ups, one
@@ -300,6 +359,42 @@ impl Retention {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_idle_client_host_is_due_after_the_time_and_its_counts_stay_with_its_listener() {
+        let key = ClientKey {
+            port: 2181,
+            local: crate::targets::ip_to_bytes("127.0.0.1".parse().unwrap()),
+            client: crate::targets::ip_to_bytes("127.0.0.9".parse().unwrap()),
+            ..ClientKey::default()
+        };
+        let c = |opened| ClientCounters {
+            opened,
+            closed: opened,
+            ..ClientCounters::default()
+        };
+        let mut r = ClientRetention::default();
+        let none = FxHashSet::default();
+        assert!(r.due(&[(key, c(3))], &none, 0.0, 60.0).is_empty());
+        // Counts that move restart the clock.
+        assert!(r.due(&[(key, c(4))], &none, 50.0, 60.0).is_empty());
+        assert!(r.due(&[(key, c(4))], &none, 100.0, 60.0).is_empty());
+        // Holding a connection keeps it whatever the time.
+        let holding: FxHashSet<ClientKey> = [key].into_iter().collect();
+        assert!(r.due(&[(key, c(4))], &holding, 500.0, 60.0).is_empty());
+        assert!(r.due(&[(key, c(4))], &none, 510.0, 60.0).is_empty());
+        assert_eq!(r.due(&[(key, c(4))], &none, 570.0, 60.0), [(key, c(4))]);
+        let listener: SocketAddr = "0.0.0.0:2181".parse().unwrap();
+        r.retired_now(&[(key, c(4))], &[listener]);
+        r.retired_now(&[(key, c(2))], &[listener]);
+        assert_eq!(
+            r.retired[&listener],
+            RetiredClients {
+                counters: c(6),
+                hosts: 2
+            }
+        );
+    }
 
     fn yarn(service: &str, container: &str, app: &str) -> crate::attribution::Attribution {
         crate::attribution::Attribution {

@@ -515,6 +515,7 @@ pub fn build(inputs: &Inputs<'_>) -> Rows {
         suspects: Vec::new(),
         victims: Vec::new(),
         clients: Vec::new(),
+        listeners: Vec::new(),
     }
 }
 

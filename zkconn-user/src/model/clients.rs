@@ -2,7 +2,7 @@
 //! ZooKeeper server), from the accepted connections the kernel follows and its counters.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
@@ -10,8 +10,11 @@ use serde::Serialize;
 use zkconn_common::{ClientCounters, ClientKey, Inbound, Tuple, inbound_flags, tcp_state};
 
 use crate::{
+    alarm::{REFUSING_SECS, Thresholds},
     limits::{self, LimitSource, Limits},
+    listener::ListenerFacts,
     targets::ip_from_bytes,
+    verdict::Alarm,
 };
 
 /// Connections listed per row at most (the oldest first); `open` counts them all.
@@ -54,6 +57,79 @@ pub struct ClientRow {
     pub unanswered: u64,
     /// The open connections, oldest first (at most [`CONNECTIONS_LISTED`]).
     pub connections: Vec<ClientConnection>,
+    /// Refusals within the trend window (`trend_window_secs`).
+    pub rejected_window: u64,
+    /// Refused within the last [`REFUSING_SECS`] seconds: at its limit now.
+    pub refusing: bool,
+    /// Change of `open` per minute over the trend window; `null` until it spans a minute.
+    pub growth_per_min: Option<f64>,
+    /// `open` only grew over the window (never fell from one reading to the next), by
+    /// [`GROWING_BY`] or more over two minutes or more: how a leak looks from the server.
+    pub growing: bool,
+    /// `ok`, `warning` or `critical`: the thresholds of `--warn`/`--crit` on `usage`, and
+    /// critical while refusing.
+    pub alarm: Alarm,
+}
+
+/// Net growth for a client host to be [`ClientRow::growing`].
+pub const GROWING_BY: u64 = 3;
+
+/// What the server's side remembers of each client host over the trend window, to judge
+/// it: its open count and refusals at each reading.
+#[derive(Debug, Default)]
+pub struct ClientTrends {
+    /// (time, open, rejected) per (listener, client IP), oldest first.
+    samples: HashMap<HostKey, VecDeque<(f64, u64, u64)>>,
+    /// When each host's refusals last went up.
+    refused_at: HashMap<HostKey, (u64, f64)>,
+}
+
+/// (listener, client IP), as the rows name them.
+type HostKey = (String, String);
+
+impl ClientTrends {
+    /// Records `rows` at `now` and fills in their trend, refusals and alarm.
+    pub fn judge(&mut self, rows: &mut [ClientRow], now: f64, window: f64, t: &Thresholds) {
+        let mut seen = HashSet::with_capacity(rows.len());
+        for row in rows.iter_mut() {
+            let key = (row.listener.clone(), row.client_ip.clone());
+            let samples = self.samples.entry(key.clone()).or_default();
+            // The last reading at or before the window's start stays, as its baseline.
+            while samples.get(1).is_some_and(|(at, ..)| now - at >= window) {
+                samples.pop_front();
+            }
+            // A host first seen within the window: its counters started within it, at 0.
+            let baseline = match samples.front() {
+                Some((at, _, rejected)) if now - at >= window => *rejected,
+                _ => 0,
+            };
+            samples.push_back((now, row.open, row.rejected));
+            row.rejected_window = row.rejected.saturating_sub(baseline);
+            let last = self.refused_at.entry(key.clone()).or_insert((0, f64::MIN));
+            if row.rejected > last.0 {
+                *last = (row.rejected, now);
+            }
+            row.refusing = now - last.1 < REFUSING_SECS;
+            if let (Some(first), Some(end)) = (samples.front(), samples.back()) {
+                let span = end.0 - first.0;
+                if span >= 60.0 {
+                    row.growth_per_min = Some((end.1 as f64 - first.1 as f64) * 60.0 / span);
+                }
+                let never_fell = samples
+                    .iter()
+                    .zip(samples.iter().skip(1))
+                    .all(|(a, b)| b.1 >= a.1);
+                row.growing = never_fell && span >= 120.0 && end.1 >= first.1 + GROWING_BY;
+            }
+            row.alarm = t.evaluate(
+                row.usage,
+                row.refusing || row.headroom.is_some_and(|h| h <= 0),
+            );
+            seen.insert(key);
+        }
+        self.samples.retain(|k, _| seen.contains(k));
+        self.refused_at.retain(|k, _| seen.contains(k));
+    }
 }
 
 /// One open accepted connection.
@@ -97,7 +173,7 @@ fn group<'m, 'a>(
     listeners: &[SocketAddr],
 ) -> &'m mut Group<'a> {
     let reached = SocketAddr::new(ip_from_bytes(key.local), key.port);
-    let listener = listener_of(reached, listeners).unwrap_or(reached);
+    let listener = listener_for(key, listeners);
     let g = rows
         .entry((listener, ip_from_bytes(key.client)))
         .or_default();
@@ -107,17 +183,103 @@ fn group<'m, 'a>(
     g
 }
 
+/// Counts of client hosts retired from the kernel's table (see
+/// [`crate::engine`]'s client retention), per listener.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RetiredClients {
+    pub counters: ClientCounters,
+    pub hosts: u64,
+}
+
+/// What the server's side is built from.
+pub struct ServerSideInputs<'a> {
+    pub inbound: &'a [Inbound],
+    pub seeds: &'a [Inbound],
+    pub counters: &'a [(ClientKey, ClientCounters)],
+    /// This host's listening sockets (any port).
+    pub listeners: &'a [SocketAddr],
+    /// What is known of the servers on watched listeners.
+    pub servers: &'a BTreeMap<SocketAddr, ListenerFacts>,
+    pub retired: &'a BTreeMap<SocketAddr, RetiredClients>,
+    pub limits: &'a Limits,
+    pub now_ns: u64,
+}
+
+/// The server's side of a snapshot.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ServerSide {
+    pub clients: Vec<ClientRow>,
+    pub listeners: Vec<ListenerRow>,
+}
+
+/// One watched listening socket of this host: its server, and every client host together.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ListenerRow {
+    pub listener: String,
+    /// The addresses it was reached on, when not its own.
+    pub reached: Vec<String>,
+    /// The server holding it, which listener of it this is, and its own limits.
+    #[serde(flatten)]
+    pub server: ListenerFacts,
+    /// `maxClientCnxns` in force per client host (`limit` of its client rows).
+    pub limit: u32,
+    pub limit_source: LimitSource,
+    /// Connections it holds now, from every client host.
+    pub open: u64,
+    /// `max_cnxns - open`, when the server caps its connections (`maxCnxns` above 0).
+    pub max_cnxns_headroom: Option<i64>,
+    /// Client hosts with a row now.
+    pub client_hosts: u64,
+    /// Since zkconn started, every client host's, those retired included: they only grow.
+    pub opened: u64,
+    pub closed: u64,
+    pub rejected: u64,
+    pub unanswered: u64,
+    /// Client hosts whose rows were retired (idle: nothing open, no change, for
+    /// `--retain-exited`); their counts stay in the four above.
+    pub retired_hosts: u64,
+}
+
+/// The listener that accepted the connections of kernel key `key` (the address reached
+/// where none of `listeners` is known for it).
+pub fn listener_for(key: &ClientKey, listeners: &[SocketAddr]) -> SocketAddr {
+    let reached = SocketAddr::new(ip_from_bytes(key.local), key.port);
+    listener_of(reached, listeners).unwrap_or(reached)
+}
+
+/// The limit per client host on `listener` (reached first on `limit_of`): a flag's, else
+/// the server's own configuration's, else what `limits` holds for it (zoo.cfg given,
+/// asked, or assumed).
+fn limit_for(
+    limits: &Limits,
+    limit_of: SocketAddr,
+    facts: Option<&ListenerFacts>,
+) -> limits::ServerLimit {
+    let held = limits.for_server(limit_of);
+    match facts.and_then(|f| f.max_client_cnxns) {
+        Some(limit) if held.source != LimitSource::Flag => limits::ServerLimit {
+            limit,
+            source: LimitSource::ZooCfg,
+        },
+        _ => held,
+    }
+}
+
 /// The rows, most used first: live rows from `inbound` and `seeds` (a seed the kernel also
 /// follows, same tuple, counts once), counters from `counters`, each kernel key (address
-/// reached, client) under the listener of `listeners` that accepted it.
-pub fn client_rows(
-    inbound: &[Inbound],
-    seeds: &[Inbound],
-    counters: &[(ClientKey, ClientCounters)],
-    listeners: &[SocketAddr],
-    limits: &Limits,
-    now_ns: u64,
-) -> Vec<ClientRow> {
+/// reached, client) under the listener of `listeners` that accepted it; and one row per
+/// listener (every watched one known, with or without clients), in address order.
+pub fn client_rows(inputs: &ServerSideInputs<'_>) -> ServerSide {
+    let ServerSideInputs {
+        inbound,
+        seeds,
+        counters,
+        listeners,
+        servers,
+        retired,
+        limits,
+        now_ns,
+    } = *inputs;
     let mut live: BTreeMap<Tuple, &Inbound> = BTreeMap::new();
     for row in seeds.iter().chain(inbound) {
         // The kernel's own row wins over a seed of the same tuple.
@@ -133,6 +295,7 @@ pub fn client_rows(
     for (key, c) in counters {
         group(&mut rows, key, listeners).0.add(c);
     }
+    let mut per_listener: BTreeMap<SocketAddr, ListenerRow> = BTreeMap::new();
     let mut out: Vec<ClientRow> = rows
         .into_iter()
         .map(|((listener, client), (c, mut conns, mut reached))| {
@@ -144,9 +307,24 @@ pub fn client_rows(
             } else {
                 listener
             };
-            let limits::ServerLimit { limit, source } = limits.for_server(limit_of);
+            let limits::ServerLimit { limit, source } =
+                limit_for(limits, limit_of, servers.get(&listener));
             let open = conns.len() as u64;
             conns.sort_by_key(|r| (r.established_ns != 0, r.established_ns, r.tuple.dport));
+            let l = per_listener.entry(listener).or_default();
+            l.open += open;
+            l.client_hosts += 1;
+            l.opened += c.opened;
+            l.closed += c.closed;
+            l.rejected += c.rejected;
+            l.unanswered += c.unanswered;
+            for r in &reached {
+                let r = r.to_string();
+                if !l.reached.contains(&r) {
+                    l.reached.push(r);
+                }
+            }
+            (l.limit, l.limit_source) = (limit, source);
             ClientRow {
                 client_ip: client.to_string(),
                 open,
@@ -182,6 +360,7 @@ pub fn client_rows(
                             .then(|| now_ns.saturating_sub(r.established_ns) as f64 / 1e9),
                     })
                     .collect(),
+                ..ClientRow::default()
             }
         })
         .collect();
@@ -194,7 +373,49 @@ pub fn client_rows(
             .then(a.listener.cmp(&b.listener))
             .then(a.client_ip.cmp(&b.client_ip))
     });
-    out
+    // Every watched listener known, and every one that retired hosts had.
+    for listener in servers.keys().chain(retired.keys()) {
+        if !per_listener.contains_key(listener) {
+            let limit_of = *listener;
+            let limits::ServerLimit { limit, source } =
+                limit_for(limits, limit_of, servers.get(listener));
+            per_listener.insert(
+                *listener,
+                ListenerRow {
+                    limit,
+                    limit_source: source,
+                    ..ListenerRow::default()
+                },
+            );
+        }
+    }
+    let listeners = per_listener
+        .into_iter()
+        .map(|(addr, mut l)| {
+            l.listener = addr.to_string();
+            l.reached.sort();
+            if let Some(facts) = servers.get(&addr) {
+                l.server = facts.clone();
+            }
+            if let Some(r) = retired.get(&addr) {
+                l.opened += r.counters.opened;
+                l.closed += r.counters.closed;
+                l.rejected += r.counters.rejected;
+                l.unanswered += r.counters.unanswered;
+                l.retired_hosts = r.hosts;
+            }
+            l.max_cnxns_headroom = l
+                .server
+                .max_cnxns
+                .filter(|&cap| cap > 0)
+                .map(|cap| i64::from(cap) - l.open as i64);
+            l
+        })
+        .collect();
+    ServerSide {
+        clients: out,
+        listeners,
+    }
 }
 
 #[cfg(test)]
@@ -278,7 +499,18 @@ mod tests {
             ),
         ];
         let limits = Limits::new(None, Some(3), &[]).unwrap();
-        let rows = client_rows(&inbound, &seeds, &counters, &[], &limits, 10 * S);
+        let none = BTreeMap::new();
+        let rows = client_rows(&ServerSideInputs {
+            inbound: &inbound,
+            seeds: &seeds,
+            counters: &counters,
+            listeners: &[],
+            servers: &none,
+            retired: &BTreeMap::new(),
+            limits: &limits,
+            now_ns: 10 * S,
+        })
+        .clients;
         // client, open, close_wait, seeded, rejected, headroom
         let summary: Vec<String> = rows
             .iter()
@@ -310,6 +542,68 @@ mod tests {
         );
     }
 
+    /// Refusals count within the window and alarm for a minute; a host whose open count
+    /// only grows for two minutes is `growing`, one that also fell is not.
+    #[test]
+    fn client_trends_window_refusals_and_tell_a_steady_climb() {
+        let mut trends = ClientTrends::default();
+        let t = Thresholds::default();
+        let row = |ip: &str, open: u64, rejected: u64| ClientRow {
+            listener: "0.0.0.0:2181".into(),
+            client_ip: ip.into(),
+            open,
+            rejected,
+            limit: 60,
+            usage: limits::usage(open, 60),
+            headroom: limits::headroom(open, 60),
+            ..ClientRow::default()
+        };
+        let mut last = Vec::new();
+        for (i, now) in [0.0, 60.0, 120.0, 180.0].into_iter().enumerate() {
+            let i = i as u64;
+            let mut rows = vec![
+                row(
+                    "10.0.0.1",
+                    10 + 2 * i,
+                    if i == 1 {
+                        4
+                    } else if i > 1 {
+                        5
+                    } else {
+                        0
+                    },
+                ),
+                row("10.0.0.2", [10, 12, 9, 16][i as usize], 0),
+            ];
+            trends.judge(&mut rows, now, 600.0, &t);
+            last = rows;
+        }
+        let (a, b) = (&last[0], &last[1]);
+        assert_eq!(
+            (a.rejected_window, a.refusing),
+            (5, false),
+            "last refusal at 120 s"
+        );
+        assert_eq!(a.alarm, Alarm::Ok);
+        assert_eq!(a.growth_per_min, Some(2.0));
+        assert!(a.growing);
+        assert!(!b.growing, "it fell once");
+        // Refused now: critical for a minute, then not.
+        let mut rows = vec![row("10.0.0.1", 16, 6)];
+        trends.judge(&mut rows, 200.0, 600.0, &t);
+        assert_eq!((rows[0].refusing, rows[0].alarm), (true, Alarm::Critical));
+        let mut rows = vec![row("10.0.0.1", 16, 6)];
+        trends.judge(&mut rows, 261.0, 600.0, &t);
+        assert_eq!((rows[0].refusing, rows[0].alarm), (false, Alarm::Ok));
+        // Past the window, the refusals before it are out of the count.
+        let mut rows = vec![row("10.0.0.1", 16, 6)];
+        trends.judge(&mut rows, 700.0, 600.0, &t);
+        assert_eq!(rows[0].rejected_window, 2, "6 now, 4 at 60 s");
+        let mut rows = vec![row("10.0.0.1", 16, 6)];
+        trends.judge(&mut rows, 900.0, 600.0, &t);
+        assert_eq!(rows[0].rejected_window, 0, "6 now, 6 at 261 s");
+    }
+
     /// A client host reaching one listener on two of its addresses is one budget, as
     /// ZooKeeper counts it: under the wildcard listener that accepted both (with the
     /// addresses reached), or under each address where each has a listener of its own.
@@ -334,10 +628,20 @@ mod tests {
         let limits = Limits::new(None, Some(3), &[]).unwrap();
         let rows = |listeners: &[&str]| {
             let listeners: Vec<SocketAddr> = listeners.iter().map(|l| l.parse().unwrap()).collect();
-            client_rows(&inbound, &[], &[], &listeners, &limits, 0)
-                .into_iter()
-                .map(|r| (r.listener, r.open, r.headroom, r.reached))
-                .collect::<Vec<_>>()
+            client_rows(&ServerSideInputs {
+                inbound: &inbound,
+                seeds: &[],
+                counters: &[],
+                listeners: &listeners,
+                servers: &BTreeMap::new(),
+                retired: &BTreeMap::new(),
+                limits: &limits,
+                now_ns: 0,
+            })
+            .clients
+            .into_iter()
+            .map(|r| (r.listener, r.open, r.headroom, r.reached))
+            .collect::<Vec<_>>()
         };
         assert_eq!(
             rows(&["0.0.0.0:2181", "0.0.0.0:22"]),

@@ -133,6 +133,13 @@ pub struct RepairHealth {
     pub adopted: u64,
     /// Connections not adopted because their 4-tuple is live in two network namespaces.
     pub conflicts: u64,
+    /// The server's side: rows of accepted connections deleted because their socket was
+    /// gone on two consecutive rounds (a close the kernel did not see; not counted as
+    /// closed).
+    pub inbound_retired: u64,
+    /// The server's side: accepted connections on a watched listener that no kernel row
+    /// described on two consecutive rounds, handed to the kernel as seeds.
+    pub inbound_adopted: u64,
     /// `--reconcile-interval` in seconds; 0: repair is off.
     pub interval_secs: f64,
     /// Seconds from the last round to the next: the interval, or, after a round of 0.1 s or

@@ -20,7 +20,10 @@ use zkconn_common::{OwnerKey, tcp_state};
 
 pub use self::{
     build::{Aggregates, Inputs, Translations, build, connections, endpoint, v1_owners},
-    clients::{ClientConnection, ClientRow, client_rows},
+    clients::{
+        ClientConnection, ClientRow, ClientTrends, ListenerRow, RetiredClients, ServerSide,
+        ServerSideInputs, client_rows, listener_for,
+    },
     health::*,
     level::{CgroupKey, Level, RowId},
     rollup::roll_up,
@@ -82,6 +85,9 @@ pub struct Rows {
     /// The server's side, where this host is a ZooKeeper server: one row per client host
     /// on each watched listener, most used first (empty with `--no-server-side`).
     pub clients: Vec<ClientRow>,
+    /// The server's side per watched listener of this host: its server, its limits, and
+    /// every client host together (empty with `--no-server-side`).
+    pub listeners: Vec<ListenerRow>,
 }
 
 /// A process a server refused in the window that holds too little to be a suspect.

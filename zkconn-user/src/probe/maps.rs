@@ -63,6 +63,9 @@ pub struct RowsRead {
 pub struct TrackedRows {
     pub conns: Vec<(u64, Conn)>,
     pub seeds: Vec<Conn>,
+    /// The server's side (empty when it is not followed).
+    pub inbound: Vec<(u64, Inbound)>,
+    pub inbound_seeds: Vec<Inbound>,
 }
 
 impl Probe {
@@ -243,7 +246,44 @@ impl Probe {
             .filter_map(|(k, v)| Some((k, *v.first()?)))
             .collect();
         let seeds = self.dump::<Tuple, Conn>(map_names::SEEDS, 1)?;
-        Ok(TrackedRows { conns, seeds })
+        let (inbound, inbound_seeds) = if self.inbound {
+            (
+                self.dump_keyed::<u64, Inbound>(map_names::INBOUND, 1)?
+                    .into_iter()
+                    .filter_map(|(k, v)| Some((k, *v.first()?)))
+                    .collect(),
+                self.dump::<Tuple, Inbound>(map_names::INBOUND_SEEDS, 1)?,
+            )
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        Ok(TrackedRows {
+            conns,
+            seeds,
+            inbound,
+            inbound_seeds,
+        })
+    }
+
+    /// Deletes the row of accepted connection `skaddr` if it is still the one read as
+    /// `expected` (same tuple and handshake time). False when it changed or was gone.
+    pub fn remove_inbound(&mut self, skaddr: u64, expected: &Inbound) -> anyhow::Result<bool> {
+        self.rows = None;
+        let mut rows = self.map_mut::<HashMap<_, u64, Inbound>>(map_names::INBOUND)?;
+        match rows.get(&skaddr, 0) {
+            Ok(now)
+                if now.tuple == expected.tuple && now.established_ns == expected.established_ns =>
+            {
+                match rows.remove(&skaddr) {
+                    Ok(()) => Ok(true),
+                    Err(e) if is_not_found(&e) => Ok(false),
+                    Err(e) => Err(map_error(map_names::INBOUND, &e)),
+                }
+            }
+            Ok(_) => Ok(false),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(map_error(map_names::INBOUND, &e)),
+        }
     }
 
     /// Deletes the connection row of socket `skaddr` if it is still the one read as
@@ -495,6 +535,28 @@ impl Probe {
             Ok(()) => Ok(true),
             Err(e) if is_not_found(&e) => Ok(false),
             Err(e) => Err(map_error(map_names::INBOUND_SEEDS, &e)),
+        }
+    }
+
+    /// Deletes a client host's counters if they are still `expected` (an idle host
+    /// retired); false when they moved or were gone. A connection the kernel counts in the
+    /// instant between the comparison and the deletion is lost with the row.
+    pub fn remove_client(
+        &mut self,
+        key: &ClientKey,
+        expected: &ClientCounters,
+    ) -> anyhow::Result<bool> {
+        let mut clients =
+            self.map_mut::<HashMap<_, ClientKey, ClientCounters>>(map_names::CLIENTS)?;
+        match clients.get(key, 0) {
+            Ok(now) if now == *expected => match clients.remove(key) {
+                Ok(()) => Ok(true),
+                Err(e) if is_not_found(&e) => Ok(false),
+                Err(e) => Err(map_error(map_names::CLIENTS, &e)),
+            },
+            Ok(_) => Ok(false),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(map_error(map_names::CLIENTS, &e)),
         }
     }
 

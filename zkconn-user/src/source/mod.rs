@@ -88,6 +88,10 @@ pub struct Source {
     /// One socket-table reader per network namespace (seeding, drift repair, holders).
     tables: Tables,
     reconciler: Reconciler,
+    /// The servers listening on watched ports, when the server's side is followed.
+    servers: crate::listener::Servers,
+    /// Client hosts deleted from the kernel's table, until a reading carries them.
+    clients_retired: Vec<(zkconn_common::ClientKey, zkconn_common::ClientCounters)>,
 }
 
 /// Who holds the open connections of connectors that exited. A `/proc` scan costs as much
@@ -270,7 +274,10 @@ impl Source {
             tables,
             reconciler: Reconciler::new(args.reconcile_interval),
             kept: Kept::default(),
+            servers: crate::listener::Servers::default(),
+            clients_retired: Vec::new(),
         };
+        this.learn_servers();
         // Seeded processes are attributed from what seeding read, while they lived.
         if let Feed::Kernel { .. } = this.feed {
             this.seeded = Some(this.seeds.per_owner.clone());
@@ -537,7 +544,24 @@ impl Source {
         }
         self.unforgotten.0.extend(orders.forget_owners);
         self.unforgotten.1.extend(orders.forget_cgroups);
-        self.forget_pending()
+        // Not kept for retrying: a host still idle is ordered again at the next reading.
+        let mut failed = None;
+        if let Feed::Kernel { probe, .. } = &mut self.feed {
+            for (key, expected) in orders.forget_clients {
+                match probe.remove_client(&key, &expected) {
+                    Ok(true) => self.clients_retired.push((key, expected)),
+                    Ok(false) => {}
+                    Err(e) => {
+                        failed.get_or_insert(e);
+                    }
+                }
+            }
+        }
+        let forgotten = self.forget_pending();
+        match failed {
+            Some(e) => Err(e.context("an idle client host could not be retired")),
+            None => forgotten,
+        }
     }
 
     /// Deletes the kernel rows the engine retired; keeps the ones that fail.
@@ -580,6 +604,22 @@ impl Source {
         }
     }
 
+    /// Which servers listen on the watched ports (for those not known yet: a `/proc` scan
+    /// each, once per listening socket).
+    fn learn_servers(&mut self) {
+        let Feed::Kernel { probe, .. } = &self.feed else {
+            return;
+        };
+        if !probe.inbound() {
+            return;
+        }
+        let targets = &self.targets;
+        self.servers
+            .update(&self.procfs, &self.seeds.listeners, &|addr| {
+                targets.listened_on(addr)
+            });
+    }
+
     /// Drift repair, when a round is due: before the kernel is read, so a repair shows in
     /// the same reading. A round that fails is counted in `unreadable` and said.
     fn reconcile_if_due(&mut self) {
@@ -600,6 +640,7 @@ impl Source {
         self.seeds.ownerless += round.ownerless;
         if let Some(listeners) = round.listeners {
             self.seeds.listeners = listeners;
+            self.learn_servers();
         }
         match &round.error {
             Some(e) => {
@@ -708,7 +749,9 @@ impl Source {
             nat_closed,
             holders,
             health,
-            listeners: self.seeds.listeners.clone(),
+            listeners: self.seeds.listeners.iter().map(|l| l.addr).collect(),
+            servers: self.servers.facts(),
+            clients_retired: std::mem::take(&mut self.clients_retired),
         })
     }
 

@@ -279,6 +279,21 @@ fn top_shows_the_client_hosts_of_a_server() -> Result<()> {
         )
     })?;
     assert!(screen.contains("█"), "a gauge:\n{screen}");
+    // c: every client host in a table; Enter on the first (the refused one): its
+    // connections with their client ports, as `ss` would list them.
+    tmux.keys(&["c"])?;
+    tmux.wait("the client hosts table", |s| s.contains("Client hosts (2)"))?;
+    tmux.keys(&["Enter"])?;
+    let drill = tmux.wait("the refused host's connections", |s| {
+        s.contains(&format!("client host {refused} on {listener}"))
+            && s.contains("Connections (3)")
+            && s.matches("established").count() == 3
+    })?;
+    assert!(drill.contains("5 accepted, 2 let go, 2 refused"), "{drill}");
+    tmux.keys(&["Escape"])?;
+    tmux.wait("back to the table", |s| s.contains("Client hosts (2)"))?;
+    tmux.keys(&["c"])?;
+    tmux.wait("back to the owners", |s| s.contains("Owners by"))?;
     tmux.keys(&["q"])?;
     assert_restored(&tmux)?;
     Ok(())

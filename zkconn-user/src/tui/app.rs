@@ -7,7 +7,9 @@ use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
 use crate::{
     attribution::hierarchy::Hierarchy,
-    model::{CgroupKey, ConnectionRow, Level, RowId, Snapshot, Suspect, Totals},
+    model::{
+        CgroupKey, ClientRow, ConnectionRow, Level, ListenerRow, RowId, Snapshot, Suspect, Totals,
+    },
 };
 
 /// Points kept per owner for its sparkline (one per refresh).
@@ -199,6 +201,11 @@ pub struct App {
     pub editing: Option<String>,
     pub selected: Option<RowId>,
     pub drill: Option<RowId>,
+    /// `c`: the client hosts of this host's listeners in place of the owners.
+    pub clients_view: bool,
+    /// The client host selected there, and the one drilled into: (listener, client IP).
+    pub client_selected: Option<(String, String)>,
+    pub client_drill: Option<(String, String)>,
     pub paused: bool,
     pub help: bool,
     pub quit: bool,
@@ -381,6 +388,81 @@ impl App {
             .collect()
     }
 
+    /// The client hosts, as the snapshot ranks them (most used first).
+    pub fn client_rows(&self) -> &[ClientRow] {
+        self.snapshot
+            .as_ref()
+            .map_or(&[], |s| s.rows.clients.as_slice())
+    }
+
+    /// Where the selected client host is among [`App::client_rows`].
+    pub fn selected_client_index(&self) -> Option<usize> {
+        let (listener, ip) = self.client_selected.as_ref()?;
+        self.client_rows()
+            .iter()
+            .position(|c| &c.listener == listener && &c.client_ip == ip)
+    }
+
+    /// The client host drilled into, if it is still there.
+    pub fn drilled_client(&self) -> Option<&ClientRow> {
+        let (listener, ip) = self.client_drill.as_ref()?;
+        self.client_rows()
+            .iter()
+            .find(|c| &c.listener == listener && &c.client_ip == ip)
+    }
+
+    /// The listener row of `listener`, if known.
+    pub fn listener(&self, listener: &str) -> Option<&ListenerRow> {
+        self.snapshot
+            .as_ref()?
+            .rows
+            .listeners
+            .iter()
+            .find(|l| l.listener == listener)
+    }
+
+    fn move_client_selection(&mut self, step: isize) {
+        if self.client_drill.is_some() {
+            return;
+        }
+        let rows = self.client_rows();
+        if rows.is_empty() {
+            return;
+        }
+        let i = self.selected_client_index().unwrap_or(0) as isize;
+        let j = i.saturating_add(step).clamp(0, rows.len() as isize - 1) as usize;
+        self.client_selected = Some((rows[j].listener.clone(), rows[j].client_ip.clone()));
+    }
+
+    /// The keys of the client-host view; false for a key every view shares.
+    fn on_client_key(&mut self, code: KeyCode) -> bool {
+        match code {
+            KeyCode::Esc | KeyCode::Backspace | KeyCode::Left if self.client_drill.is_some() => {
+                self.client_drill = None;
+            }
+            KeyCode::Esc | KeyCode::Char('c') => {
+                self.clients_view = false;
+                self.client_drill = None;
+            }
+            KeyCode::Enter if self.client_drill.is_none() => {
+                if self.selected_client_index().is_none() {
+                    self.move_client_selection(0);
+                }
+                self.client_drill = self.client_selected.clone();
+            }
+            KeyCode::Down | KeyCode::Char('j') => self.move_client_selection(1),
+            KeyCode::Up | KeyCode::Char('k') => self.move_client_selection(-1),
+            KeyCode::PageDown => self.move_client_selection(10),
+            KeyCode::PageUp => self.move_client_selection(-10),
+            KeyCode::Home => self.move_client_selection(isize::MIN / 2),
+            KeyCode::End => self.move_client_selection(isize::MAX / 2),
+            // Quit, help and pause act in every view; the owners' keys do not act here.
+            KeyCode::Char('q' | '?' | 'p' | ' ') | KeyCode::F(1) => return false,
+            _ => {}
+        }
+        true
+    }
+
     pub fn selected_index(&self, lines: &[OwnerLine]) -> Option<usize> {
         let id = self.selected.as_ref()?;
         lines.iter().position(|l| &l.id == id)
@@ -439,8 +521,17 @@ impl App {
         {
             return;
         }
+        if self.clients_view && self.on_client_key(key.code) {
+            return;
+        }
         match key.code {
             KeyCode::Char('q') => self.quit = true,
+            KeyCode::Char('c') if self.drill.is_none() && !self.client_rows().is_empty() => {
+                self.clients_view = true;
+                if self.selected_client_index().is_none() {
+                    self.move_client_selection(0);
+                }
+            }
             KeyCode::Esc | KeyCode::Backspace | KeyCode::Left if self.drill.is_some() => {
                 self.drill = None;
             }

@@ -44,7 +44,13 @@ pub fn render(frame: &mut Frame<'_>, app: &App) {
     if clients > 0 {
         render_clients(frame, clients_area, app);
     }
-    if app.drill.is_some() {
+    if app.clients_view {
+        if app.client_drill.is_some() {
+            render_client_drill(frame, main, app);
+        } else {
+            render_client_table(frame, main, app);
+        }
+    } else if app.drill.is_some() {
         render_drill(frame, main, app);
     } else {
         render_owners(frame, main, app);
@@ -359,13 +365,201 @@ fn render_clients(frame: &mut Frame<'_>, area: Rect, app: &App) {
 /// A client host's style: critical when it is at its limit or was refused, a warning from
 /// 80 % of the limit.
 fn client_style(c: &ClientRow) -> Style {
-    if c.rejected > 0 || c.headroom.is_some_and(|h| h <= 0) {
-        CRIT
-    } else if c.usage.is_some_and(|u| u >= 0.8) {
-        WARN
-    } else {
-        OK
+    alarm_style(c.alarm)
+}
+
+/// `c`: every client host of this host's listeners, selectable.
+fn render_client_table(frame: &mut Frame<'_>, area: Rect, app: &App) {
+    let rows = app.client_rows();
+    let header = Row::new([
+        "CLIENT IP",
+        "LISTENER",
+        "OPEN",
+        "LIMIT",
+        "USE",
+        "GROWTH/m",
+        "REJ 10m",
+        "REJECTED",
+        "UNANSW",
+        "OPENED",
+        "ALARM",
+    ])
+    .style(TITLE);
+    let body = rows.iter().map(|c| {
+        let assumed = if c.limit_source.assumed() { "?" } else { "" };
+        Row::new(vec![
+            Cell::from(printable(&c.client_ip)),
+            Cell::from(printable(&c.listener)),
+            Cell::from(c.open.to_string()),
+            Cell::from(if c.limit == 0 {
+                "none".to_owned()
+            } else {
+                format!("{}{assumed}", c.limit)
+            }),
+            Cell::from(
+                c.usage
+                    .map_or("-".to_owned(), |u| format!("{:.0}%", u * 100.0)),
+            ),
+            Cell::from(match c.growth_per_min {
+                Some(g) => format!("{g:+.1}{}", if c.growing { "↑" } else { "" }),
+                None => "-".to_owned(),
+            }),
+            Cell::from(c.rejected_window.to_string()),
+            Cell::from(c.rejected.to_string()),
+            Cell::from(c.unanswered.to_string()),
+            Cell::from(c.opened.to_string()),
+            Cell::from(c.alarm.as_str()).style(client_style(c)),
+        ])
+    });
+    let widths = [
+        Constraint::Min(15),
+        Constraint::Min(15),
+        Constraint::Length(6),
+        Constraint::Length(6),
+        Constraint::Length(5),
+        Constraint::Length(9),
+        Constraint::Length(8),
+        Constraint::Length(9),
+        Constraint::Length(7),
+        Constraint::Length(8),
+        Constraint::Length(9),
+    ];
+    let title = format!(
+        " Client hosts ({}) · Enter: its connections · c or Esc: back to the owners ",
+        rows.len()
+    );
+    let table = Table::new(body, widths)
+        .header(header)
+        .block(Block::bordered().title(Span::styled(title, TITLE)))
+        .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED));
+    let mut state = TableState::default().with_selected(app.selected_client_index());
+    frame.render_stateful_widget(table, area, &mut state);
+}
+
+/// A client host drilled into: its counts, its listener's server, its connections.
+fn render_client_drill(frame: &mut Frame<'_>, area: Rect, app: &App) {
+    let Some(c) = app.drilled_client() else {
+        let msg = Paragraph::new("This client host is gone (retired, idle). Esc goes back.")
+            .block(Block::bordered().title(" Client host "));
+        frame.render_widget(msg, area);
+        return;
+    };
+    let mut facts = vec![
+        kv(
+            "open",
+            &format!(
+                "{} ({} in CLOSE_WAIT, {} from before zkconn started)",
+                c.open, c.close_wait, c.seeded
+            ),
+        ),
+        kv(
+            "limit",
+            &crate::verdict::usage_words(c.open, c.limit, c.limit_source.assumed(), c.usage),
+        ),
+        kv(
+            "since start",
+            &format!(
+                "{} accepted, {} let go, {} refused, {} unanswered",
+                c.opened, c.closed, c.rejected, c.unanswered
+            ),
+        ),
+        kv(
+            "window",
+            &format!(
+                "{} refused{}; growth {}{}",
+                c.rejected_window,
+                if c.refusing { ", refusing now" } else { "" },
+                c.growth_per_min
+                    .map_or("-".to_owned(), |g| format!("{g:+.1}/min")),
+                if c.growing { ", only growing" } else { "" }
+            ),
+        ),
+    ];
+    if !c.reached.is_empty() {
+        facts.push(kv("reached on", &c.reached.join(", ")));
     }
+    if let Some(l) = app.listener(&c.listener) {
+        let who = l.server.process.as_ref().map_or_else(
+            || "no process found".to_owned(),
+            |p| {
+                format!(
+                    "pid {} {}{}",
+                    p.pid,
+                    p.comm,
+                    p.main_class
+                        .as_deref()
+                        .map(|m| format!(" ({})", m.rsplit('.').next().unwrap_or(m)))
+                        .unwrap_or_default()
+                )
+            },
+        );
+        let cap = match (l.server.max_cnxns, l.max_cnxns_headroom) {
+            (Some(max), Some(h)) if max > 0 => format!("; maxCnxns {max}, headroom {h}"),
+            _ => String::new(),
+        };
+        let kind = match l.server.kind {
+            crate::listener::ListenerKind::Plain => "plain",
+            crate::listener::ListenerKind::Secure => "secure (TLS)",
+            crate::listener::ListenerKind::Unknown => "of an unknown kind",
+        };
+        facts.push(kv("listener", &format!("{}, {kind}, {who}", c.listener)));
+        facts.push(kv(
+            "it holds",
+            &format!("{} open from {} client hosts{cap}", l.open, l.client_hosts),
+        ));
+    }
+    // The facts first; the connections get what is left, at least a few lines.
+    let height = (facts.len() as u16 + 2)
+        .min(area.height.saturating_sub(4))
+        .max(3);
+    let [top, bottom] =
+        Layout::vertical([Constraint::Length(height), Constraint::Min(3)]).areas(area);
+    let title = format!(
+        " client host {} on {} — Esc goes back ",
+        printable(&c.client_ip),
+        printable(&c.listener)
+    );
+    frame.render_widget(
+        Paragraph::new(facts)
+            .wrap(Wrap { trim: false })
+            .block(Block::bordered().title(Span::styled(title, client_style(c)))),
+        top,
+    );
+    let header = Row::new(["CLIENT PORT", "STATE", "AGE"]).style(TITLE);
+    let rows = c.connections.iter().map(|conn| {
+        Row::new(vec![
+            Cell::from(conn.client_port.to_string()),
+            Cell::from(conn.state).style(if conn.state == "close_wait" {
+                WARN
+            } else {
+                Style::new()
+            }),
+            Cell::from(
+                conn.age_secs
+                    .map_or_else(|| "before start".to_owned(), human_secs),
+            ),
+        ])
+    });
+    let listed = if (c.connections.len() as u64) < c.open {
+        format!(
+            " Connections (the oldest {} of {}) ",
+            c.connections.len(),
+            c.open
+        )
+    } else {
+        format!(" Connections ({}) ", c.open)
+    };
+    let table = Table::new(
+        rows,
+        [
+            Constraint::Length(12),
+            Constraint::Length(12),
+            Constraint::Length(12),
+        ],
+    )
+    .header(header)
+    .block(Block::bordered().title(Span::styled(listed, TITLE)));
+    frame.render_widget(table, bottom);
 }
 
 /// The client-host lines for `room` lines of `width` cells, aligned like the budgets'.
@@ -426,8 +620,7 @@ fn client_lines(rows: &[ClientRow], width: u16, room: usize) -> Vec<Line<'static
         let refused = rest.iter().filter(|c| c.rejected > 0).count();
         lines.push(Line::styled(
             format!(
-                "+{} more client hosts ({refused} of them refused); every one: zkconn snapshot \
-                 --json (clients)",
+                "+{} more client hosts ({refused} of them refused); every one: press c",
                 rest.len()
             ),
             if refused > 0 { CRIT } else { DIM },
@@ -875,6 +1068,16 @@ fn render_footer(frame: &mut Frame<'_>, area: Rect, app: &App) {
         ])
     } else if let Some(log) = &app.last_log {
         Line::styled(footer_log(log), WARN)
+    } else if app.clients_view {
+        Line::styled(
+            "q quit · ? help · ↑↓ select · Enter a client host's connections · Esc back · c owners · p pause",
+            DIM,
+        )
+    } else if !app.client_rows().is_empty() {
+        Line::styled(
+            "q quit · ? help · g group · s/</> sort · r reverse · / filter · Enter drill down · c client hosts · p pause",
+            DIM,
+        )
     } else {
         Line::styled(
             "q quit · ? help · g group · s/</> sort · r reverse · / filter · Enter drill down · p pause",
@@ -928,6 +1131,7 @@ const HELP: &[(&str, &str)] = &[
     ("s  >  <", "sort by the next / previous column shown"),
     ("r", "reverse the sort"),
     ("/", "filter: owner, pid, user, IP, container, app, unit"),
+    ("c", "client hosts, on a server's host; Enter: connections"),
     ("p  Space", "pause / resume refreshing"),
     ("?  F1", "this help"),
     ("q  Ctrl-C", "quit"),

@@ -834,3 +834,95 @@ fn chords_do_not_act_as_their_letter() {
     app.on_key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL));
     assert!(app.quit);
 }
+
+/// A ZooKeeper server's host: three client hosts on one listener, one refused at its limit.
+fn on_a_server() -> Snapshot {
+    use crate::{
+        limits::LimitSource,
+        listener::{ListenerFacts, ListenerKind, ServerProcess},
+        model::{ClientConnection, ClientRow, ListenerRow},
+    };
+    let client = |ip: &str, open: u64, rejected: u64, alarm: Alarm| ClientRow {
+        listener: "0.0.0.0:2181".into(),
+        client_ip: ip.into(),
+        open,
+        limit: 10,
+        limit_source: LimitSource::ZooCfg,
+        usage: Some(open as f64 / 10.0),
+        headroom: Some(10 - open as i64),
+        opened: open + rejected,
+        closed: rejected,
+        rejected,
+        rejected_window: rejected,
+        refusing: rejected > 0,
+        growth_per_min: Some(if rejected > 0 { 4.0 } else { 0.0 }),
+        growing: rejected > 0,
+        alarm,
+        connections: (0..open.min(3))
+            .map(|i| ClientConnection {
+                client_port: 40_000 + i as u16,
+                state: if i == 0 { "close_wait" } else { "established" },
+                age_secs: (i > 0).then_some(30.0 * i as f64),
+            })
+            .collect(),
+        ..ClientRow::default()
+    };
+    let mut snap = typical();
+    snap.rows.clients = vec![
+        client("10.0.3.7", 10, 6, Alarm::Critical),
+        client("10.0.3.8", 8, 0, Alarm::Warning),
+        client("10.0.3.9", 2, 0, Alarm::Ok),
+    ];
+    snap.rows.listeners = vec![ListenerRow {
+        listener: "0.0.0.0:2181".into(),
+        server: ListenerFacts {
+            process: Some(ServerProcess {
+                pid: 812,
+                comm: "java".into(),
+                main_class: Some("org.apache.zookeeper.server.quorum.QuorumPeerMain".into()),
+                config: Some("/etc/zookeeper/conf/zoo.cfg".into()),
+            }),
+            kind: ListenerKind::Plain,
+            max_client_cnxns: Some(10),
+            max_cnxns: Some(100),
+            unknown: None,
+        },
+        limit: 10,
+        limit_source: LimitSource::ZooCfg,
+        open: 20,
+        max_cnxns_headroom: Some(80),
+        client_hosts: 3,
+        ..ListenerRow::default()
+    }];
+    snap
+}
+
+/// `c` lists every client host in place of the owners; Enter drills into one (its counts,
+/// its listener's server, its connections); Esc steps back, `c` returns to the owners. The
+/// owners' keys do not act behind the client view.
+#[test]
+fn the_client_hosts_view_and_its_drill_down() {
+    let mut app = app_with(on_a_server());
+    app.on_key(key(KeyCode::Char('c')));
+    assert!(app.clients_view);
+    insta::assert_snapshot!("client_hosts_view", draw(&app, 120, 24));
+    app.on_key(key(KeyCode::Down));
+    app.on_key(key(KeyCode::Enter));
+    assert_eq!(
+        app.client_drill,
+        Some(("0.0.0.0:2181".to_owned(), "10.0.3.8".to_owned()))
+    );
+    insta::assert_snapshot!("client_host_drill_down", draw(&app, 120, 24));
+    app.on_key(key(KeyCode::Char('g')));
+    assert_eq!(app.group, Level::Process, "g does not act here");
+    assert_eq!(app.drill, None, "Enter did not drill into an owner behind");
+    app.on_key(key(KeyCode::Esc));
+    assert_eq!(app.client_drill, None);
+    assert!(app.clients_view);
+    app.on_key(key(KeyCode::Char('c')));
+    assert!(!app.clients_view);
+    // A host with no client rows has no such view.
+    let mut plain = app_with(typical());
+    plain.on_key(key(KeyCode::Char('c')));
+    assert!(!plain.clients_view);
+}

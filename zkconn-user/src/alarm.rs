@@ -65,6 +65,8 @@ pub struct AlarmLog {
     states: HashMap<(String, String), Alarm>,
     /// Per (listener, client host), on a server's host.
     clients: HashMap<(String, String), Alarm>,
+    /// The client hosts last seen `growing`.
+    growing: std::collections::HashSet<(String, String)>,
 }
 
 impl AlarmLog {
@@ -125,11 +127,30 @@ impl AlarmLog {
             tracing::warn!("{line}");
             lines.push(line);
         }
-        self.clients.retain(|(l, c), _| {
+        for row in clients {
+            let key = (row.listener.clone(), row.client_ip.clone());
+            if !row.growing {
+                self.growing.remove(&key);
+            } else if self.growing.insert(key) {
+                let line = format!(
+                    "client host {} on listener {} keeps growing: {} open, {:+.1} a minute, never \
+                     down over the window",
+                    row.client_ip,
+                    row.listener,
+                    row.open,
+                    row.growth_per_min.unwrap_or(0.0)
+                );
+                tracing::warn!("{line}");
+                lines.push(line);
+            }
+        }
+        let present = |l: &String, c: &String| {
             clients
                 .iter()
                 .any(|r| &r.listener == l && &r.client_ip == c)
-        });
+        };
+        self.clients.retain(|(l, c), _| present(l, c));
+        self.growing.retain(|(l, c)| present(l, c));
         lines
     }
 }
@@ -177,6 +198,47 @@ mod tests {
         r.refusing = refusing;
         r.alarm = Thresholds::default().evaluate(r.usage, r.refusing);
         r
+    }
+
+    /// A client host's alarm and its growth are each logged once, when they change.
+    #[test]
+    fn client_hosts_are_logged_once_per_change() {
+        let mut log = AlarmLog::default();
+        let mut row = ClientRow {
+            listener: "0.0.0.0:2181".into(),
+            client_ip: "10.0.0.7".into(),
+            open: 10,
+            limit: 10,
+            limit_source: crate::limits::LimitSource::ZooCfg,
+            usage: Some(1.0),
+            refusing: true,
+            rejected_window: 3,
+            alarm: Alarm::Critical,
+            ..ClientRow::default()
+        };
+        let first = log.update_clients(std::slice::from_ref(&row));
+        assert_eq!(
+            first,
+            [
+                "alarm raised CRITICAL: connections from client host 10.0.0.7 on listener \
+              0.0.0.0:2181: 10 of 10 open (100%), limit reached, refusing: 3 refused in the \
+              window"
+            ]
+        );
+        assert!(log.update_clients(std::slice::from_ref(&row)).is_empty());
+        row.growing = true;
+        row.growth_per_min = Some(2.0);
+        let grew = log.update_clients(std::slice::from_ref(&row));
+        assert_eq!(grew.len(), 1);
+        assert!(
+            grew[0].contains("keeps growing: 10 open, +2.0 a minute"),
+            "{grew:?}"
+        );
+        assert!(log.update_clients(std::slice::from_ref(&row)).is_empty());
+        row.alarm = Alarm::Ok;
+        row.refusing = false;
+        let cleared = log.update_clients(std::slice::from_ref(&row));
+        assert!(cleared[0].starts_with("alarm cleared to OK"), "{cleared:?}");
     }
 
     #[test]

@@ -62,6 +62,16 @@ pub fn verdict(snap: &Snapshot) -> (Alarm, String) {
         (Some(w), Some((_, c))) => format!("{}; {}", describe(snap, w), describe_client(c)),
         (Some(w), None) => describe(snap, w),
     };
+    if let Some(c) = snap.rows.clients.iter().find(|c| c.growing) {
+        let _ = write!(
+            text,
+            "; growing: client host {} on {} ({} open, {:+.1}/min)",
+            c.client_ip,
+            c.listener,
+            c.open,
+            c.growth_per_min.unwrap_or(0.0)
+        );
+    }
     if let Some(s) = snap.rows.suspects.first() {
         let pid = s.pid.map(|p| format!(" pid {p}")).unwrap_or_default();
         let _ = write!(text, "; suspect: {}{pid} ({})", s.label, s.reason);

@@ -341,16 +341,20 @@ impl Probe {
     /// Tells the kernel whether seeded connections may still wait in `SEEDS`: set before
     /// the first seed goes in, cleared once a read finds the table empty.
     pub fn set_seeds_pending(&mut self, pending: bool) -> anyhow::Result<()> {
-        if pending == self.seeds_pending {
-            return Ok(());
+        if pending != self.seeds_pending {
+            self.set_control(control::SEEDS_PENDING, pending, "the seed flag")?;
+            self.seeds_pending = pending;
         }
+        Ok(())
+    }
+
+    /// Writes switch `slot` of `CONTROL` (`what` names it in the error).
+    fn set_control(&mut self, slot: u32, on: bool, what: &str) -> anyhow::Result<()> {
         let mut control: Array<_, u32> = self.map_mut(map_names::CONTROL)?;
         control
-            .set(control::SEEDS_PENDING, u32::from(pending), 0)
+            .set(slot, u32::from(on), 0)
             .map_err(|e| map_error(map_names::CONTROL, &e))
-            .context("setting the seed flag")?;
-        self.seeds_pending = pending;
-        Ok(())
+            .with_context(|| format!("setting {what}"))
     }
 
     pub fn seeds_pending(&self) -> bool {
@@ -359,11 +363,7 @@ impl Probe {
 
     /// Tells the kernel that seeding is scanning (connects then record their inode).
     pub fn set_seeding(&mut self, seeding: bool) -> anyhow::Result<()> {
-        let mut control: Array<_, u32> = self.map_mut(map_names::CONTROL)?;
-        control
-            .set(control::SEEDING, u32::from(seeding), 0)
-            .map_err(|e| map_error(map_names::CONTROL, &e))
-            .context("setting the seeding flag")
+        self.set_control(control::SEEDING, seeding, "the seeding flag")
     }
 
     /// Hands a seed to the kernel; false when the table is full (the caller counts it as
@@ -478,15 +478,10 @@ impl Probe {
     /// Turns the following of accepted connections on watched ports (the server side) on
     /// or off.
     pub fn set_inbound(&mut self, on: bool) -> anyhow::Result<()> {
-        if on == self.inbound {
-            return Ok(());
+        if on != self.inbound {
+            self.set_control(control::INBOUND, on, "the server-side switch")?;
+            self.inbound = on;
         }
-        let mut control: Array<_, u32> = self.map_mut(map_names::CONTROL)?;
-        control
-            .set(control::INBOUND, u32::from(on), 0)
-            .map_err(|e| map_error(map_names::CONTROL, &e))
-            .context("setting the server-side switch")?;
-        self.inbound = on;
         Ok(())
     }
 
@@ -498,15 +493,14 @@ impl Probe {
     /// Tells the kernel whether seeded accepted connections may still wait in
     /// `INBOUND_SEEDS` (as [`Probe::set_seeds_pending`] for connects).
     pub fn set_inbound_seeds_pending(&mut self, pending: bool) -> anyhow::Result<()> {
-        if pending == self.inbound_seeds_pending {
-            return Ok(());
+        if pending != self.inbound_seeds_pending {
+            self.set_control(
+                control::INBOUND_SEEDS_PENDING,
+                pending,
+                "the server-side seed flag",
+            )?;
+            self.inbound_seeds_pending = pending;
         }
-        let mut control: Array<_, u32> = self.map_mut(map_names::CONTROL)?;
-        control
-            .set(control::INBOUND_SEEDS_PENDING, u32::from(pending), 0)
-            .map_err(|e| map_error(map_names::CONTROL, &e))
-            .context("setting the server-side seed flag")?;
-        self.inbound_seeds_pending = pending;
         Ok(())
     }
 

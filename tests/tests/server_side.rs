@@ -320,13 +320,25 @@ fn the_listener_is_named_with_its_server_and_that_servers_own_limits() -> Result
     assert_eq!(field(l, "client_hosts")?, 3, "{l:#}");
     assert_eq!(field(l, "opened")?, 7, "{l:#}");
     assert!(l.get("unknown").is_none(), "{l:#}");
+    assert_eq!(l["alarm"], "critical", "at its server's cap: {l:#}");
     for (ip, open, refused) in [(a, 3, 0), (b, 2, 1)] {
         let row = client_row(&snap, zk.addr, ip)?;
         assert_eq!(field(row, "open")?, open, "{row:#}");
         assert_eq!(field(row, "rejected")?, refused, "{row:#}");
         assert_eq!(field(row, "limit")?, 3, "{row:#}");
         assert_eq!(row["limit_source"], "zoo-cfg", "{row:#}");
+        // b was refused by the cap, under its own limit: said so.
+        assert_eq!(row["listener_full"], true, "{row:#}");
     }
+    // The same server seen from this host's connects: its limit from its own
+    // configuration too (it is not asked).
+    let servers = snap["servers"].as_array().cloned().unwrap_or_default();
+    let row = servers
+        .iter()
+        .find(|r| r["server"] == zk.addr.to_string() && r["local_ip"] == a.to_string())
+        .ok_or_else(|| anyhow!("no servers row from {a}: {servers:#?}"))?;
+    assert_eq!(field(row, "limit")?, 3, "{row:#}");
+    assert_eq!(row["limit_source"], "zoo-cfg", "{row:#}");
     Ok(())
 }
 

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 
 use crate::{
-    model::{ClientRow, ServerRow},
+    model::{ClientRow, ListenerRow, ServerRow},
     verdict::Alarm,
 };
 pub use crate::{
@@ -67,6 +67,8 @@ pub struct AlarmLog {
     clients: HashMap<(String, String), Alarm>,
     /// The client hosts last seen `growing`.
     growing: std::collections::HashSet<(String, String)>,
+    /// Per listener, against its server's `maxCnxns`.
+    listeners: HashMap<String, Alarm>,
 }
 
 impl AlarmLog {
@@ -113,10 +115,16 @@ impl AlarmLog {
                 row.limit_source.assumed(),
                 row.usage,
             );
-            let refused = if row.refusing {
-                format!(", refusing: {} refused in the window", row.rejected_window)
-            } else {
-                String::new()
+            let refused = match (row.refusing, row.listener_full) {
+                (true, true) => format!(
+                    ", refusing: {} refused in the window, its listener at the server's \
+                     maxCnxns (not this host's limit)",
+                    row.rejected_window
+                ),
+                (true, false) => {
+                    format!(", refusing: {} refused in the window", row.rejected_window)
+                }
+                _ => String::new(),
             };
             let line = format!(
                 "alarm {verb} {}: connections from client host {} on listener {}: {limit}{refused}",
@@ -151,6 +159,37 @@ impl AlarmLog {
         };
         self.clients.retain(|(l, c), _| present(l, c));
         self.growing.retain(|(l, c)| present(l, c));
+        lines
+    }
+}
+
+impl AlarmLog {
+    /// As [`AlarmLog::update`], for this host's listeners against their server's cap.
+    pub fn update_listeners(&mut self, listeners: &[ListenerRow]) -> Vec<String> {
+        let mut lines = Vec::new();
+        for l in listeners {
+            let before = self.listeners.get(&l.listener).copied().unwrap_or_default();
+            if before == l.alarm {
+                continue;
+            }
+            self.listeners.insert(l.listener.clone(), l.alarm);
+            let verb = if l.alarm > before {
+                "raised"
+            } else {
+                "cleared to"
+            };
+            let line = format!(
+                "alarm {verb} {}: listener {} holds {} of its server's maxCnxns {}",
+                l.alarm.as_str(),
+                l.listener,
+                l.open,
+                l.server.max_cnxns.unwrap_or(0)
+            );
+            tracing::warn!("{line}");
+            lines.push(line);
+        }
+        self.listeners
+            .retain(|name, _| listeners.iter().any(|l| &l.listener == name));
         lines
     }
 }

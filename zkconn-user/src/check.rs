@@ -46,6 +46,16 @@ pub fn verdict(snap: &Snapshot) -> (Alarm, String) {
     if let Some((alarm, _)) = client {
         status = status.max(alarm);
     }
+    // A listener at (or near) its server's maxCnxns: every client host is refused.
+    let listener = snap
+        .rows
+        .listeners
+        .iter()
+        .filter(|l| l.alarm > Alarm::Ok)
+        .max_by_key(|l| (l.alarm, l.open));
+    if let Some(l) = listener {
+        status = status.max(l.alarm);
+    }
     let incomplete = snap.probe.lost + snap.probe.overflow > 0;
     if incomplete {
         status = status.max(Alarm::Warning);
@@ -62,6 +72,15 @@ pub fn verdict(snap: &Snapshot) -> (Alarm, String) {
         (Some(w), Some((_, c))) => format!("{}; {}", describe(snap, w), describe_client(c)),
         (Some(w), None) => describe(snap, w),
     };
+    if let Some(l) = listener {
+        let _ = write!(
+            text,
+            "; listener {}: {} open of its server's maxCnxns {}",
+            l.listener,
+            l.open,
+            l.server.max_cnxns.unwrap_or(0)
+        );
+    }
     if let Some(c) = snap.rows.clients.iter().find(|c| c.growing) {
         let _ = write!(
             text,
@@ -125,6 +144,9 @@ fn describe_client(c: &ClientRow) -> String {
     );
     if c.rejected_window > 0 {
         let _ = write!(text, ", refused {} in the window", c.rejected_window);
+    }
+    if c.refusing && c.listener_full {
+        text.push_str(" (its listener is at the server's maxCnxns, not this host's limit)");
     }
     text
 }

@@ -116,6 +116,46 @@ pub struct Limits {
     not_asked: Option<String>,
     answers: Answers,
     doubts: Doubts,
+    /// What the servers listening on this host say of their limit in their own
+    /// configuration (set by the engine from the listeners it knows): such a server is not
+    /// asked, and its limit is that.
+    local: Arc<Mutex<LocalLimits>>,
+}
+
+/// The `maxClientCnxns` of this host's own servers, per listening socket, and this host's
+/// addresses (a server named by one of them is reached through a wildcard listener).
+#[derive(Debug, Default)]
+struct LocalLimits {
+    per_listener: HashMap<SocketAddr, u32>,
+    addresses: Option<Vec<std::net::IpAddr>>,
+}
+
+impl LocalLimits {
+    /// The limit of a server named `server`, when one of this host's listeners is it.
+    fn of(&mut self, server: SocketAddr) -> Option<u32> {
+        if self.per_listener.is_empty() {
+            return None;
+        }
+        if let Some(&limit) = self.per_listener.get(&server) {
+            return Some(limit);
+        }
+        let ip = canonical_ip(server.ip());
+        let addresses = self.addresses.get_or_insert_with(ask::local_addresses);
+        let local = ip.is_loopback() || addresses.iter().any(|a| canonical_ip(*a) == ip);
+        if !local {
+            return None;
+        }
+        [
+            std::net::IpAddr::from([0u8; 4]),
+            std::net::IpAddr::from([0u8; 16]),
+        ]
+        .into_iter()
+        .find_map(|any| {
+            self.per_listener
+                .get(&SocketAddr::new(any, server.port()))
+                .copied()
+        })
+    }
 }
 
 fn key(server: SocketAddr) -> SocketAddr {
@@ -196,6 +236,18 @@ impl Limits {
         }
         let weak: Weak<Mutex<BTreeMap<SocketAddr, Asked>>> = Arc::downgrade(&self.answers);
         let doubts = Arc::clone(&self.doubts);
+        let local = Arc::clone(&self.local);
+        // A server of this host whose configuration was read is not asked: its answer
+        // would say the same, and a question to a listener that closes unread connections
+        // (a secure port whose TLS set-up failed) counts as a refusal of this host.
+        let elsewhere = move |servers: &[SocketAddr]| -> Vec<SocketAddr> {
+            let mut local = local.lock().unwrap_or_else(PoisonError::into_inner);
+            servers
+                .iter()
+                .copied()
+                .filter(|s| local.of(*s).is_none())
+                .collect()
+        };
         let (to_ask, admin_port) = (self.to_ask.clone(), self.admin_port);
         let spawned = std::thread::Builder::new()
             .name("zkconn-ask".to_owned())
@@ -224,14 +276,15 @@ impl Limits {
                         }
                         due
                     };
+                    let due = elsewhere(&due);
                     if !due.is_empty() {
                         ask_into(&due, admin_port, &answers, true);
                     }
                     if first || all_at.elapsed() >= ASK_ANSWERED_AGAIN {
-                        ask_into(&to_ask, admin_port, &answers, !first);
+                        ask_into(&elsewhere(&to_ask), admin_port, &answers, !first);
                         (all_at, unanswered_at) = (Instant::now(), Instant::now());
                     } else if unanswered_at.elapsed() >= ASK_AGAIN {
-                        ask_into(&to_ask, admin_port, &answers, false);
+                        ask_into(&elsewhere(&to_ask), admin_port, &answers, false);
                         unanswered_at = Instant::now();
                     }
                     first = false;
@@ -253,6 +306,27 @@ impl Limits {
         }
     }
 
+    /// A server of this host listening on `listener` was restarted (another process holds
+    /// it): what the servers it stands for said may no longer hold, so they are asked again
+    /// soon (see [`Limits::doubt`]).
+    pub fn doubt_listener(&self, listener: SocketAddr) {
+        let listener = key(listener);
+        let on_it: Vec<SocketAddr> = {
+            let mut local = LocalLimits {
+                per_listener: [(listener, 0)].into_iter().collect(),
+                addresses: None,
+            };
+            self.to_ask
+                .iter()
+                .copied()
+                .filter(|s| local.of(*s).is_some())
+                .collect()
+        };
+        for server in on_it {
+            self.doubt(server);
+        }
+    }
+
     /// Whether this host's own question to `server` was refused from `local_ip` within
     /// [`REFUSING_SECS`](crate::verdict::REFUSING_SECS): the budget (server, local IP) is at
     /// its limit.
@@ -264,6 +338,25 @@ impl Limits {
                     .iter()
                     .any(|ip| canonical_ip(*ip).to_string() == local_ip)
         })
+    }
+
+    /// What this host's own servers' configurations say, per listening socket (`None`:
+    /// not read). Replaces what was set before.
+    pub fn set_local(&self, listeners: impl IntoIterator<Item = (SocketAddr, Option<u32>)>) {
+        let mut local = self.local.lock().unwrap_or_else(PoisonError::into_inner);
+        local.per_listener = listeners
+            .into_iter()
+            .filter_map(|(addr, limit)| Some((key(addr), limit?)))
+            .collect();
+    }
+
+    /// The limit this host's own server named `server` has in its configuration, if it is
+    /// one of this host's listeners and it was read.
+    fn local_limit(&self, server: SocketAddr) -> Option<u32> {
+        self.local
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .of(key(server))
     }
 
     /// Takes over the answers `before` had (a reload keeps what servers said).
@@ -278,6 +371,16 @@ impl Limits {
                 new.entry(*server).or_insert_with(|| asked.clone());
             }
         }
+        let known = before
+            .local
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .per_listener
+            .clone();
+        self.local
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .per_listener = known;
     }
 
     pub fn info(&self) -> LimitInfo {
@@ -324,6 +427,19 @@ impl Limits {
             return ServerLimit {
                 limit,
                 source: LimitSource::Flag,
+            };
+        }
+        if let Some((limit, LimitSource::Flag)) = self.base {
+            return ServerLimit {
+                limit,
+                source: LimitSource::Flag,
+            };
+        }
+        // A server of this host: its own configuration, read through /proc.
+        if let Some(limit) = self.local_limit(server) {
+            return ServerLimit {
+                limit,
+                source: LimitSource::ZooCfg,
             };
         }
         if let Some((limit, source)) = self.base {
@@ -466,6 +582,36 @@ mod tests {
 
     fn addr(s: &str) -> SocketAddr {
         s.parse().unwrap()
+    }
+
+    /// A server of this host whose configuration was read: its limit, through a wildcard
+    /// listener for any of this host's addresses (a loopback one here) and not for another
+    /// host's server on the same port; a flag still wins, `--zoo-cfg` does not.
+    #[test]
+    fn this_hosts_own_servers_limit_comes_from_its_configuration() {
+        let limits = Limits::new(None, Some(30), &[]).unwrap();
+        limits.set_local([(addr("0.0.0.0:2181"), Some(7)), (addr("[::]:2182"), None)]);
+        let at = |s: &str| {
+            let l = limits.for_server(addr(s));
+            (l.limit, l.source)
+        };
+        assert_eq!(at("127.9.9.9:2181"), (7, LimitSource::ZooCfg));
+        assert_eq!(
+            at("192.0.2.77:2181"),
+            (30, LimitSource::ZooCfg),
+            "not this host"
+        );
+        assert_eq!(
+            at("127.9.9.9:2182"),
+            (30, LimitSource::ZooCfg),
+            "not read: --zoo-cfg"
+        );
+        let flagged = Limits::new(Some(9), None, &[]).unwrap();
+        flagged.set_local([(addr("0.0.0.0:2181"), Some(7))]);
+        assert_eq!(
+            flagged.for_server(addr("127.9.9.9:2181")).source,
+            LimitSource::Flag
+        );
     }
 
     fn lim(limit: u32, source: LimitSource) -> ServerLimit {

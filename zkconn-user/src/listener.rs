@@ -87,6 +87,9 @@ pub struct ListenerFacts {
     /// Why something above is not known, in a sentence.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unknown: Option<String>,
+    /// What makes what is known doubtful, in a sentence.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 /// A JVM's command line, as far as a ZooKeeper server's listener depends on it.
@@ -95,14 +98,44 @@ pub struct JvmCommand {
     pub main_class: Option<String>,
     /// The arguments after the main class.
     pub args: Vec<String>,
-    /// `-Dzookeeper.maxCnxns=N`.
+    /// `-Dzookeeper.maxCnxns=N`: the last one of the command line, else of
+    /// `JDK_JAVA_OPTIONS`, else of `JAVA_TOOL_OPTIONS` (the JVM reads them in that order,
+    /// a later definition replacing an earlier one).
     pub max_cnxns_property: Option<String>,
+}
+
+/// The JVM options of the environment variables the JVM reads them from
+/// (`JAVA_TOOL_OPTIONS` first, then `JDK_JAVA_OPTIONS`: the command line's come after both),
+/// from the raw bytes of `/proc/PID/environ`.
+pub fn env_options(environ: &[u8]) -> Vec<String> {
+    let mut tool = Vec::new();
+    let mut jdk = Vec::new();
+    for var in environ.split(|b| *b == 0) {
+        let var = String::from_utf8_lossy(var);
+        if let Some(v) = var.strip_prefix("JAVA_TOOL_OPTIONS=") {
+            tool = v.split_whitespace().map(str::to_owned).collect();
+        } else if let Some(v) = var.strip_prefix("JDK_JAVA_OPTIONS=") {
+            jdk = v.split_whitespace().map(str::to_owned).collect();
+        }
+    }
+    tool.extend(jdk);
+    tool
 }
 
 /// Splits a `java` command line (without `argv[0]`): its options, main class and arguments.
 /// A `-jar` launch has no main class on the command line.
 pub fn parse_jvm(argv: &[String]) -> JvmCommand {
+    parse_jvm_with(&[], argv)
+}
+
+/// As [`parse_jvm`], with the JVM options the environment gives first ([`env_options`]).
+pub fn parse_jvm_with(env: &[String], argv: &[String]) -> JvmCommand {
     let mut command = JvmCommand::default();
+    for option in env {
+        if let Some(value) = option.strip_prefix("-Dzookeeper.maxCnxns=") {
+            command.max_cnxns_property = Some(value.to_owned());
+        }
+    }
     let mut i = 0;
     while i < argv.len() {
         let arg = &argv[i];
@@ -150,6 +183,9 @@ pub fn facts_of(
         ));
         return facts;
     }
+    if let Some(p) = facts.process.as_mut() {
+        p.main_class = Some(main.to_owned());
+    }
     let property = command
         .max_cnxns_property
         .as_deref()
@@ -162,9 +198,11 @@ pub fn facts_of(
         } else {
             ListenerKind::Unknown
         };
+        // ServerConfig's field, not the file's default of 60: 0 (none) unless the fourth
+        // argument gives it.
         facts.max_client_cnxns = Some(match command.args.get(3) {
             Some(n) => u32::try_from(n.parse::<i32>().unwrap_or(0).max(0)).unwrap_or(0),
-            None => ZOOKEEPER_DEFAULT,
+            None => 0,
         });
         facts.max_cnxns = Some(property.unwrap_or(0));
         return facts;
@@ -182,11 +220,13 @@ pub fn facts_of(
             } else if plain {
                 ListenerKind::Plain
             } else {
+                // Not this listener's configuration, as far as can be told: its limits are
+                // not taken from it.
                 facts.unknown = Some(format!(
                     "port {port} is neither the clientPort nor the secureClientPort of its \
-                     configuration"
+                     configuration, so its limits are not read from it"
                 ));
-                ListenerKind::Unknown
+                return facts;
             };
             facts.max_client_cnxns = Some(cfg.max_client_cnxns.unwrap_or(ZOOKEEPER_DEFAULT));
             // A key of the file is set as the property after the command line's.
@@ -212,7 +252,7 @@ fn under(procfs: &Procfs, pid: u32, name: &str) -> PathBuf {
     }
 }
 
-/// The raw arguments of `pid` (`argv[0]` left out).
+/// The raw arguments of `pid`, `argv[0]` first.
 fn argv(procfs: &Procfs, pid: u32) -> std::io::Result<Vec<String>> {
     use std::io::Read as _;
     let mut bytes = Vec::new();
@@ -221,7 +261,6 @@ fn argv(procfs: &Procfs, pid: u32) -> std::io::Result<Vec<String>> {
         .read_to_end(&mut bytes)?;
     Ok(bytes
         .split(|b| *b == 0)
-        .skip(1)
         .filter(|a| !a.is_empty())
         .map(|a| String::from_utf8_lossy(a).into_owned())
         .collect())
@@ -244,7 +283,28 @@ fn read_facts(procfs: &Procfs, pid: u32, port: u16) -> ListenerFacts {
             };
         }
     };
-    let command = parse_jvm(&argv);
+    // Only a JVM has a main class to look for: `python3 -m http.server` has none.
+    let is_jvm = argv
+        .first()
+        .and_then(|a| a.rsplit('/').next())
+        .is_some_and(|name| name == "java" || name == "jsvc")
+        || comm == "java";
+    if !is_jvm {
+        return ListenerFacts {
+            process: Some(ServerProcess {
+                pid,
+                comm: comm.clone(),
+                ..ServerProcess::default()
+            }),
+            unknown: Some(format!(
+                "pid {pid} ({comm}) is not a Java process: not a ZooKeeper server whose \
+                 configuration zkconn can read"
+            )),
+            ..ListenerFacts::default()
+        };
+    }
+    let environ = std::fs::read(procfs.pid_file(pid, "environ")).unwrap_or_default();
+    let command = parse_jvm_with(&env_options(&environ), argv.get(1..).unwrap_or_default());
     let config_name = config_arg(&command)
         .filter(|_| {
             command
@@ -259,13 +319,34 @@ fn read_facts(procfs: &Procfs, pid: u32, port: u16) -> ListenerFacts {
         })
         .map_err(|e| format!("its configuration {name} could not be read: {e}"))
     });
+    let changed = config_name
+        .as_deref()
+        .and_then(|name| changed_after_start(procfs, pid, &under(procfs, pid, name)));
     let process = ServerProcess {
         pid,
         comm,
-        main_class: command.main_class.clone(),
+        main_class: None,
         config: config_name,
     };
-    facts_of(process, &command, config, port)
+    let mut facts = facts_of(process, &command, config, port);
+    facts.warning = changed;
+    facts
+}
+
+/// A sentence when the file at `path` was changed after process `pid` started: what is read
+/// from it now may not be what the server runs with.
+fn changed_after_start(procfs: &Procfs, pid: u32, path: &std::path::Path) -> Option<String> {
+    let modified = std::fs::metadata(path).ok()?.modified().ok()?;
+    let started_ns = procfs.start_ns(pid)?;
+    let age =
+        std::time::Duration::from_nanos(crate::clock::now_boot_ns().saturating_sub(started_ns));
+    let started = std::time::SystemTime::now().checked_sub(age)?;
+    // A second of slack: the start time is in clock ticks.
+    (modified > started + std::time::Duration::from_secs(1)).then(|| {
+        "its configuration file was changed after the server started: the values read from \
+         it may not be the ones it runs with"
+            .to_owned()
+    })
 }
 
 /// The process holding socket `inode`: the lowest pid among those that hold it (a forked
@@ -416,9 +497,14 @@ mod tests {
         ));
         let f = facts_of(process(), &command, cfg(text), port);
         assert_eq!(f.kind, kind);
-        assert_eq!(f.max_client_cnxns, Some(per_host));
-        assert_eq!(f.max_cnxns, Some(cap));
         assert_eq!(f.unknown.is_some(), kind == ListenerKind::Unknown);
+        if kind == ListenerKind::Unknown {
+            // A configuration that is not this listener's gives it no limits.
+            assert_eq!((f.max_client_cnxns, f.max_cnxns), (None, None));
+        } else {
+            assert_eq!(f.max_client_cnxns, Some(per_host));
+            assert_eq!(f.max_cnxns, Some(cap));
+        }
     }
 
     #[test]
@@ -432,6 +518,23 @@ mod tests {
         assert_eq!(without.max_cnxns, Some(100));
     }
 
+    /// The JVM reads options from JAVA_TOOL_OPTIONS, then JDK_JAVA_OPTIONS, then its
+    /// command line, a later definition replacing an earlier one.
+    #[test]
+    fn jvm_options_from_the_environment_count_before_the_command_lines() {
+        let environ = b"PATH=/bin\0JDK_JAVA_OPTIONS=-Xmx1g -Dzookeeper.maxCnxns=4\0\
+                        JAVA_TOOL_OPTIONS=-Dzookeeper.maxCnxns=9\0";
+        let env = env_options(environ);
+        let main = "org.apache.zookeeper.server.quorum.QuorumPeerMain z";
+        let c = parse_jvm_with(&env, &args(main));
+        assert_eq!(c.max_cnxns_property.as_deref(), Some("4"));
+        let c = parse_jvm_with(&env, &args(&format!("-Dzookeeper.maxCnxns=6 {main}")));
+        assert_eq!(c.max_cnxns_property.as_deref(), Some("6"));
+        let c = parse_jvm_with(&env, &args(main));
+        let f = facts_of(process(), &c, cfg("clientPort=1\n"), 1);
+        assert_eq!(f.max_cnxns, Some(4));
+    }
+
     #[test]
     fn the_standalone_arguments_form_has_no_file() {
         let command = parse_jvm(&args(
@@ -442,12 +545,13 @@ mod tests {
             (f.kind, f.max_client_cnxns, f.max_cnxns),
             (ListenerKind::Plain, Some(15), Some(0))
         );
+        // Without the fourth argument, ServerConfig's 0: no limit (not the file's 60).
         let short = parse_jvm(&args(
             "org.apache.zookeeper.server.ZooKeeperServerMain 2181 /d",
         ));
         assert_eq!(
             facts_of(process(), &short, None, 2181).max_client_cnxns,
-            Some(60)
+            Some(0)
         );
     }
 

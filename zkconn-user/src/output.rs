@@ -145,7 +145,11 @@ fn listener_line(l: &crate::model::ListenerRow) -> String {
         _ => String::new(),
     };
     let retired = if l.retired_hosts > 0 {
-        format!(", {} idle hosts retired", l.retired_hosts)
+        format!(
+            ", {} idle host{} retired",
+            l.retired_hosts,
+            if l.retired_hosts == 1 { "" } else { "s" }
+        )
     } else {
         String::new()
     };
@@ -156,11 +160,12 @@ fn listener_line(l: &crate::model::ListenerRow) -> String {
         .map(|why| format!("; not known: {why}"))
         .unwrap_or_default();
     format!(
-        "listener {}: {kind}, {who}, maxClientCnxns {}{cap}; {} open from {} client hosts{retired}{unknown}",
+        "listener {}: {kind}, {who}, maxClientCnxns {}{cap}; {} open from {} client host{}{retired}{unknown}",
         l.listener,
         limit_cell(l.limit, l.limit_source),
         l.open,
         l.client_hosts,
+        if l.client_hosts == 1 { "" } else { "s" },
     )
 }
 

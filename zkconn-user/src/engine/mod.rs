@@ -168,6 +168,11 @@ pub struct Engine {
     retention: Retention,
     clients: ClientRetention,
     client_trends: model::ClientTrends,
+    /// (listener, client IP) of the client hosts whose alarm is raised: not retired.
+    alarmed_clients: FxHashSet<(String, String)>,
+    /// The process on each of this host's listeners, as last seen (kept while a listener is
+    /// gone: a restart is seen when it comes back; a host has few listening addresses).
+    listener_pids: HashMap<std::net::SocketAddr, u32>,
     translations: Translations,
     /// The connection and seed rows of the last reading, and when it was: turned into
     /// [`ConnectionRow`]s only when a view asks (`top`'s drill-down).
@@ -195,6 +200,8 @@ impl Engine {
             retention: Retention::new(config.retain_secs),
             clients: ClientRetention::default(),
             client_trends: model::ClientTrends::default(),
+            alarmed_clients: FxHashSet::default(),
+            listener_pids: HashMap::new(),
             translations: Translations::default(),
             last_conns: (Arc::default(), Arc::default(), 0),
             aggregates: None,
@@ -310,6 +317,25 @@ impl Engine {
                 v1,
             });
         }
+        // A server of this host restarted (another process on its listener): ask again
+        // what it says, where it is asked.
+        for (addr, facts) in &r.servers {
+            let pid = facts.process.as_ref().map(|p| p.pid);
+            if let Some(pid) = pid
+                && self
+                    .listener_pids
+                    .insert(*addr, pid)
+                    .is_some_and(|before| before != pid)
+            {
+                self.limits.doubt_listener(*addr);
+            }
+        }
+        // This host's own servers: their limits as their configurations say.
+        self.limits.set_local(
+            r.servers
+                .iter()
+                .map(|(addr, facts)| (*addr, facts.max_client_cnxns)),
+        );
         let mut rows = model::build(&Inputs {
             aggregates: self.aggregates.as_ref().map(|k| &k.aggregates),
             conns: &state.conns,
@@ -332,12 +358,20 @@ impl Engine {
         // The server's side: hosts deleted since the last reading fold into their
         // listener; hosts idle long enough are ordered out.
         self.clients.retired_now(&r.clients_retired, &r.listeners);
-        let holding: FxHashSet<ClientKey> = state
+        // Held: a host with a connection open, or whose alarm is raised (a refused host's
+        // alarm clears before its row goes).
+        let mut holding: FxHashSet<ClientKey> = state
             .inbound
             .iter()
             .chain(state.inbound_seeds.iter())
             .map(|row| ClientKey::of(&row.tuple))
             .collect();
+        holding.extend(state.clients.iter().map(|(key, _)| *key).filter(|key| {
+            self.alarmed_clients.contains(&(
+                model::listener_for(key, &r.listeners).to_string(),
+                crate::targets::ip_from_bytes(key.client).to_string(),
+            ))
+        }));
         orders.forget_clients =
             self.clients
                 .due(&state.clients, &holding, now, self.retention.after);
@@ -356,6 +390,13 @@ impl Engine {
         let window = self.history.window();
         self.client_trends
             .judge(&mut rows.clients, now, window, &self.thresholds);
+        model::judge_listeners(&mut rows.listeners, &mut rows.clients, &self.thresholds);
+        self.alarmed_clients = rows
+            .clients
+            .iter()
+            .filter(|c| c.alarm > crate::verdict::Alarm::Ok)
+            .map(|c| (c.listener.clone(), c.client_ip.clone()))
+            .collect();
 
         // Judged against the history, which this reading then joins.
         self.history.record(&rows, now);
@@ -364,6 +405,7 @@ impl Engine {
             .apply(&mut rows);
         self.alarms.update(&rows.servers);
         self.alarms.update_clients(&rows.clients);
+        self.alarms.update_listeners(&rows.listeners);
         // Refused below the limit zkconn holds, or refused while the limit is only
         // assumed: ask the server again (what it said before may no longer hold).
         for row in &rows.servers {

@@ -69,6 +69,9 @@ pub struct ClientRow {
     /// `ok`, `warning` or `critical`: the thresholds of `--warn`/`--crit` on `usage`, and
     /// critical while refusing.
     pub alarm: Alarm,
+    /// Its listener holds as many connections as its server's `maxCnxns` allows: a refusal
+    /// now is the server's cap, not this host's limit.
+    pub listener_full: bool,
 }
 
 /// Net growth for a client host to be [`ClientRow::growing`].
@@ -238,6 +241,27 @@ pub struct ListenerRow {
     /// Client hosts whose rows were retired (idle: nothing open, no change, for
     /// `--retain-exited`); their counts stay in the four above.
     pub retired_hosts: u64,
+    /// `ok`, `warning` or `critical`: `--warn`/`--crit` on `open` against `max_cnxns`,
+    /// critical at it; `ok` when the server sets no cap.
+    pub alarm: Alarm,
+}
+
+/// Judges each listener against its server's cap, and marks the client hosts of a full one.
+pub fn judge_listeners(listeners: &mut [ListenerRow], clients: &mut [ClientRow], t: &Thresholds) {
+    for l in listeners.iter_mut() {
+        l.alarm = match l.server.max_cnxns {
+            Some(cap) if cap > 0 => t.evaluate(
+                limits::usage(l.open, cap),
+                l.max_cnxns_headroom.is_some_and(|h| h <= 0),
+            ),
+            _ => Alarm::Ok,
+        };
+    }
+    for c in clients.iter_mut() {
+        c.listener_full = listeners
+            .iter()
+            .any(|l| l.listener == c.listener && l.max_cnxns_headroom.is_some_and(|h| h <= 0));
+    }
 }
 
 /// The listener that accepted the connections of kernel key `key` (the address reached
@@ -394,8 +418,15 @@ pub fn client_rows(inputs: &ServerSideInputs<'_>) -> ServerSide {
         .map(|(addr, mut l)| {
             l.listener = addr.to_string();
             l.reached.sort();
-            if let Some(facts) = servers.get(&addr) {
-                l.server = facts.clone();
+            match servers.get(&addr) {
+                Some(facts) => l.server = facts.clone(),
+                None => {
+                    l.server.unknown = Some(
+                        "no socket listens on this address now (its server stopped, or has not \
+                         been seen since it started)"
+                            .into(),
+                    );
+                }
             }
             if let Some(r) = retired.get(&addr) {
                 l.opened += r.counters.opened;

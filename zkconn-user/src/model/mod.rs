@@ -22,7 +22,7 @@ pub use self::{
     build::{Aggregates, Inputs, Translations, build, connections, endpoint, v1_owners},
     clients::{
         ClientConnection, ClientRow, ClientTrends, ListenerRow, RetiredClients, ServerSide,
-        ServerSideInputs, client_rows, listener_for,
+        ServerSideInputs, client_rows, judge_listeners, listener_for,
     },
     health::*,
     level::{CgroupKey, Level, RowId},

@@ -183,6 +183,32 @@ fn bar(usage: f64, width: usize) -> String {
     format!("{}{}", "█".repeat(full), "░".repeat(width - full))
 }
 
+/// The widest part of each column, in characters: what aligned lines pad to.
+fn column_widths<const N: usize>(parts: &[[String; N]]) -> [usize; N] {
+    let mut w = [0_usize; N];
+    for p in parts {
+        for (i, part) in p.iter().enumerate() {
+            w[i] = w[i].max(part.chars().count());
+        }
+    }
+    w
+}
+
+/// A gauge of `usage` `width` cells wide after a space (blank when unlimited); nothing
+/// where fewer than 8 cells are left for it.
+fn gauge(usage: Option<f64>, width: usize, style: Style) -> Vec<Span<'static>> {
+    if width < 8 {
+        return Vec::new();
+    }
+    vec![
+        Span::raw(" "),
+        match usage {
+            Some(u) => Span::styled(bar(u, width), style),
+            None => Span::raw(" ".repeat(width)),
+        },
+    ]
+}
+
 /// `?` after a limit nobody gave (ZooKeeper's default, assumed).
 fn assumed_mark(row: &ServerRow) -> &'static str {
     if row.limit_source.assumed() { "?" } else { "" }
@@ -237,19 +263,10 @@ fn server_parts(row: &ServerRow, level: usize) -> [String; 5] {
 /// roomiest wording whose widest line fits `width`; the gauge takes what is left.
 fn server_lines(rows: &[&ServerRow], width: u16) -> Vec<Line<'static>> {
     let width = usize::from(width);
-    let columns = |parts: &[[String; 5]]| {
-        let mut w = [0_usize; 5];
-        for p in parts {
-            for (i, part) in p.iter().enumerate() {
-                w[i] = w[i].max(part.chars().count());
-            }
-        }
-        w
-    };
     // The roomy wording where its widest line fits, else the tight one.
     let wording = |level: usize| {
         let parts: Vec<[String; 5]> = rows.iter().map(|r| server_parts(r, level)).collect();
-        let w = columns(&parts);
+        let w = column_widths(&parts);
         (parts, w)
     };
     let roomy = wording(ROOMY);
@@ -266,13 +283,7 @@ fn server_lines(rows: &[&ServerRow], width: u16) -> Vec<Line<'static>> {
             let style = alarm_style(row.alarm);
             let pad = |s: String, i: usize| format!("{s:<width$}", width = w[i]);
             let mut spans = vec![Span::styled(pad(alarm, 0), style), Span::raw(pad(name, 1))];
-            if gauge_width >= 8 {
-                spans.push(Span::raw(" "));
-                spans.push(match row.usage {
-                    Some(u) => Span::styled(bar(u, gauge_width), style),
-                    None => Span::raw(" ".repeat(gauge_width)),
-                });
-            }
+            spans.extend(gauge(row.usage, gauge_width, style));
             spans.push(Span::raw(pad(usage, 2)));
             spans.push(Span::styled(
                 pad(rejected, 3),
@@ -585,12 +596,7 @@ fn client_lines(rows: &[ClientRow], width: u16, room: usize) -> Vec<Line<'static
             ]
         })
         .collect();
-    let mut w = [0_usize; 4];
-    for p in &parts {
-        for (i, part) in p.iter().enumerate() {
-            w[i] = w[i].max(part.chars().count());
-        }
-    }
+    let w = column_widths(&parts);
     let gauge_width = width.saturating_sub(w.iter().sum::<usize>() + 1).min(40);
     let mut lines: Vec<Line<'static>> = rows[..shown]
         .iter()
@@ -599,13 +605,7 @@ fn client_lines(rows: &[ClientRow], width: u16, room: usize) -> Vec<Line<'static
             let style = client_style(c);
             let pad = |s: String, i: usize| format!("{s:<width$}", width = w[i]);
             let mut spans = vec![Span::styled(pad(name, 0), style)];
-            if gauge_width >= 8 {
-                spans.push(Span::raw(" "));
-                spans.push(match c.usage {
-                    Some(u) => Span::styled(bar(u, gauge_width), style),
-                    None => Span::raw(" ".repeat(gauge_width)),
-                });
-            }
+            spans.extend(gauge(c.usage, gauge_width, style));
             spans.push(Span::raw(pad(usage, 1)));
             spans.push(Span::styled(
                 pad(rejected, 2),

@@ -886,6 +886,7 @@ fn on_a_server() -> Snapshot {
             max_client_cnxns: Some(10),
             max_cnxns: Some(100),
             unknown: None,
+            warning: None,
         },
         limit: 10,
         limit_source: LimitSource::ZooCfg,

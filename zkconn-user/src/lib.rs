@@ -19,6 +19,7 @@ pub mod driver;
 pub mod engine;
 pub mod gate;
 pub mod history;
+pub mod judge_clients;
 pub mod limits;
 pub mod listener;
 pub mod metrics;

@@ -167,7 +167,7 @@ pub struct Engine {
     alarms: AlarmLog,
     retention: Retention,
     clients: ClientRetention,
-    client_trends: model::ClientTrends,
+    client_trends: crate::judge_clients::ClientTrends,
     /// (listener, client IP) of the client hosts whose alarm is raised: not retired.
     alarmed_clients: FxHashSet<(String, String)>,
     /// The process on each of this host's listeners, as last seen (kept while a listener is
@@ -199,7 +199,7 @@ impl Engine {
             alarms: AlarmLog::default(),
             retention: Retention::new(config.retain_secs),
             clients: ClientRetention::default(),
-            client_trends: model::ClientTrends::default(),
+            client_trends: crate::judge_clients::ClientTrends::default(),
             alarmed_clients: FxHashSet::default(),
             listener_pids: HashMap::new(),
             translations: Translations::default(),
@@ -390,7 +390,11 @@ impl Engine {
         let window = self.history.window();
         self.client_trends
             .judge(&mut rows.clients, now, window, &self.thresholds);
-        model::judge_listeners(&mut rows.listeners, &mut rows.clients, &self.thresholds);
+        crate::judge_clients::judge_listeners(
+            &mut rows.listeners,
+            &mut rows.clients,
+            &self.thresholds,
+        );
         self.alarmed_clients = rows
             .clients
             .iter()

@@ -21,8 +21,8 @@ use zkconn_common::{OwnerKey, tcp_state};
 pub use self::{
     build::{Aggregates, Inputs, Translations, build, connections, endpoint, v1_owners},
     clients::{
-        ClientConnection, ClientRow, ClientTrends, ListenerRow, RetiredClients, ServerSide,
-        ServerSideInputs, client_rows, judge_listeners, listener_for,
+        ClientConnection, ClientRow, ListenerRow, RetiredClients, ServerSide, ServerSideInputs,
+        client_rows, listener_for,
     },
     health::*,
     level::{CgroupKey, Level, RowId},

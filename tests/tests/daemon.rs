@@ -975,7 +975,9 @@ fn a_refusal_below_the_limit_the_server_said_makes_the_daemon_ask_again() -> Res
         ..ZkOptions::default()
     };
     let mut zk = ZkServer::start_with(fresh_ipv4(), 5, &options)?;
-    let d = Daemon::start(&["--zk", &zk.addr.to_string()])?;
+    // As for a server on another host: without the server's side, this host's own server
+    // is not read through /proc, and is asked.
+    let d = Daemon::start(&["--zk", &zk.addr.to_string(), "--no-server-side"])?;
     let server = zk.addr.to_string();
     d.snapshot_when(|s| s["max_client_cnxns"]["asked"][0]["limit"] == 5)?;
     zk.restart_with_limit(2)?;

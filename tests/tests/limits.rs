@@ -138,7 +138,9 @@ fn the_limit_is_asked_from_the_server_and_from_another_address_at_the_limit() ->
     wait_settled(zk.addr)?;
     let witness = fresh_ipv4();
     let before = zk.connection_rejected(witness)?;
-    let z = Zkconn::start(&["--zk", &zk.addr.to_string()])?;
+    // As for a server on another host: without the server's side, this host's own server
+    // is not read through /proc, and is asked (so in the tests below).
+    let z = Zkconn::start(&["--zk", &zk.addr.to_string(), "--no-server-side"])?;
     let snap = z.finish()?;
     assert_eq!(
         zk.connection_rejected(witness)? - before,
@@ -174,7 +176,13 @@ fn the_limit_is_asked_from_the_server_and_from_another_address_at_the_limit() ->
     assert_eq!(field(process(&snap, holder.pid())?, "open")?, 3);
 
     // `check` knows the limit too: CRITICAL at it, without waiting for a refusal.
-    let (code, line) = Check::run(&["--zk", &zk.addr.to_string(), "--duration", "1s"])?;
+    let (code, line) = Check::run(&[
+        "--zk",
+        &zk.addr.to_string(),
+        "--duration",
+        "1s",
+        "--no-server-side",
+    ])?;
     assert_eq!(code, 2, "{line}");
     assert!(
         line.starts_with(&format!(
@@ -205,7 +213,13 @@ fn a_refused_question_is_a_refusal_when_the_limit_is_unknown() -> Result<()> {
     let holder = RawClient::new(zk.addr, 2).spawn()?;
     wait_settled(zk.addr)?;
     let target = zk.addr.to_string();
-    let flags = ["--zk", target.as_str(), "--admin-port", "0"];
+    let flags = [
+        "--zk",
+        target.as_str(),
+        "--admin-port",
+        "0",
+        "--no-server-side",
+    ];
     let (code, line) = Check::run(&[&flags[..], &["--duration", "1s"]].concat())?;
     assert_eq!(code, 2, "{line}");
     assert!(
@@ -246,6 +260,7 @@ fn the_admin_server_says_the_limit_when_conf_is_not_allowed() -> Result<()> {
         &zk.addr.to_string(),
         "--admin-port",
         &admin.to_string(),
+        "--no-server-side",
     ])?;
     let snap = z.finish()?;
     let row = server_row(&snap, zk.addr)?;
@@ -278,7 +293,13 @@ fn an_unanswered_limit_is_assumed_and_marked_in_every_output() -> Result<()> {
     wait_settled(zk.addr)?;
     let target = zk.addr.to_string();
     let admin = closed_admin.to_string();
-    let flags = ["--zk", target.as_str(), "--admin-port", admin.as_str()];
+    let flags = [
+        "--zk",
+        target.as_str(),
+        "--admin-port",
+        admin.as_str(),
+        "--no-server-side",
+    ];
     let why = format!(
         "`conf`: not in the server's 4lw.commands.whitelist (add conf there, or give --limit); \
          AdminServer on port {closed_admin}: connection refused"

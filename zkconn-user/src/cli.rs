@@ -180,7 +180,8 @@ pub struct SnapshotArgs {
 #[derive(Debug, Args, Clone)]
 pub struct LimitArgs {
     /// The servers' maxClientCnxns (0: unlimited). Default: the --zoo-cfg value (60 when it
-    /// has none), else what each server named by --zk says when asked (the `conf` four-letter
+    /// has none), else, for a server on this host, its own configuration (read through
+    /// /proc), else what each server named by --zk says when asked (the `conf` four-letter
     /// word, from another local address when this one is refused, else the AdminServer),
     /// else 60, marked as assumed in every output.
     #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = parse_connections)]

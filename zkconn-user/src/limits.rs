@@ -429,21 +429,16 @@ impl Limits {
                 source: LimitSource::Flag,
             };
         }
-        if let Some((limit, LimitSource::Flag)) = self.base {
-            return ServerLimit {
-                limit,
-                source: LimitSource::Flag,
-            };
+        if let Some((limit, source)) = self.base {
+            return ServerLimit { limit, source };
         }
-        // A server of this host: its own configuration, read through /proc.
+        // A server of this host that no flag and no --zoo-cfg gives a limit: its own
+        // configuration, read through /proc.
         if let Some(limit) = self.local_limit(server) {
             return ServerLimit {
                 limit,
                 source: LimitSource::ZooCfg,
             };
-        }
-        if let Some((limit, source)) = self.base {
-            return ServerLimit { limit, source };
         }
         let answers = self.answers.lock().unwrap_or_else(PoisonError::into_inner);
         match answers.get(&server).and_then(|a| a.answer.as_ref()) {
@@ -586,10 +581,10 @@ mod tests {
 
     /// A server of this host whose configuration was read: its limit, through a wildcard
     /// listener for any of this host's addresses (a loopback one here) and not for another
-    /// host's server on the same port; a flag still wins, `--zoo-cfg` does not.
+    /// host's server on the same port; a flag or `--zoo-cfg` given still wins.
     #[test]
     fn this_hosts_own_servers_limit_comes_from_its_configuration() {
-        let limits = Limits::new(None, Some(30), &[]).unwrap();
+        let limits = Limits::new(None, None, &[]).unwrap();
         limits.set_local([(addr("0.0.0.0:2181"), Some(7)), (addr("[::]:2182"), None)]);
         let at = |s: &str| {
             let l = limits.for_server(addr(s));
@@ -598,20 +593,19 @@ mod tests {
         assert_eq!(at("127.9.9.9:2181"), (7, LimitSource::ZooCfg));
         assert_eq!(
             at("192.0.2.77:2181"),
-            (30, LimitSource::ZooCfg),
+            (60, LimitSource::Default),
             "not this host"
         );
-        assert_eq!(
-            at("127.9.9.9:2182"),
-            (30, LimitSource::ZooCfg),
-            "not read: --zoo-cfg"
-        );
-        let flagged = Limits::new(Some(9), None, &[]).unwrap();
-        flagged.set_local([(addr("0.0.0.0:2181"), Some(7))]);
-        assert_eq!(
-            flagged.for_server(addr("127.9.9.9:2181")).source,
-            LimitSource::Flag
-        );
+        assert_eq!(at("127.9.9.9:2182"), (60, LimitSource::Default), "not read");
+        for (flag, cfg, source) in [
+            (Some(9), None, LimitSource::Flag),
+            (None, Some(9), LimitSource::ZooCfg),
+        ] {
+            let given = Limits::new(flag, cfg, &[]).unwrap();
+            given.set_local([(addr("0.0.0.0:2181"), Some(7))]);
+            let l = given.for_server(addr("127.9.9.9:2181"));
+            assert_eq!((l.limit, l.source), (9, source));
+        }
     }
 
     fn lim(limit: u32, source: LimitSource) -> ServerLimit {

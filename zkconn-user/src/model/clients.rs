@@ -191,9 +191,9 @@ pub fn listener_for(key: &ClientKey, listeners: &[SocketAddr]) -> SocketAddr {
     listener_of(reached, listeners).unwrap_or(reached)
 }
 
-/// The limit per client host on `listener` (reached first on `limit_of`): a flag's, else
-/// the server's own configuration's, else what `limits` holds for it (zoo.cfg given,
-/// asked, or assumed).
+/// The limit per client host on `listener` (reached first on `limit_of`): a flag's or
+/// `--zoo-cfg`'s, else the server's own configuration's, else what `limits` holds for it
+/// (asked, or assumed).
 fn limit_for(
     limits: &Limits,
     limit_of: SocketAddr,
@@ -201,10 +201,12 @@ fn limit_for(
 ) -> limits::ServerLimit {
     let held = limits.for_server(limit_of);
     match facts.and_then(|f| f.max_client_cnxns) {
-        Some(limit) if held.source != LimitSource::Flag => limits::ServerLimit {
-            limit,
-            source: LimitSource::ZooCfg,
-        },
+        Some(limit) if !matches!(held.source, LimitSource::Flag | LimitSource::ZooCfg) => {
+            limits::ServerLimit {
+                limit,
+                source: LimitSource::ZooCfg,
+            }
+        }
         _ => held,
     }
 }

@@ -110,7 +110,8 @@ fn the_leaker_ranks_first_and_the_steady_holder_is_not_a_suspect() -> Result<()>
 /// sockets the server closed is flagged.
 #[test]
 fn time_to_limit_and_close_wait_leaks() -> Result<()> {
-    let zk = ZkServer::start(fresh_ipv4(), 0, &[])?;
+    // ZooKeeper's default limit, in the server's zoo.cfg (zkconn reads it there).
+    let zk = ZkServer::start(fresh_ipv4(), 60, &[])?;
     let target = zk.addr.to_string();
     let steady = RawClient::new(zk.addr, 3).spawn()?;
     let z = Zkconn::start(&["--zk", &target])?;

@@ -60,6 +60,10 @@ pub enum Command {
     ///
     /// SIGTERM or SIGINT detaches and exits 0; SIGHUP reloads --rules and --zoo-cfg.
     Daemon(DaemonArgs),
+    /// What held the connections at a past time: the sample the daemon's history store
+    /// (`daemon --history`) holds for --at, as tables or as the JSON document. Needs no
+    /// privileges beyond reading the store.
+    History(HistoryArgs),
     /// Print a shell completion script (bash, zsh or fish) to standard output.
     Completions {
         #[arg(value_enum)]
@@ -115,8 +119,42 @@ pub struct DaemonArgs {
     /// read again when it or a certificate file it names changes.
     #[arg(long, value_name = "PATH")]
     pub web_config_file: Option<PathBuf>,
+    /// Record a sample of the snapshot document every --history-interval to a history store
+    /// in this directory, read back by `zkconn history --at TIME` (after the daemon, the
+    /// processes and their containers are gone). Without a value: /var/lib/zkconn/history.
+    /// One daemon per store; a full disk stops the recording, not the daemon (/healthz
+    /// says so).
+    #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = DEFAULT_HISTORY_DIR)]
+    pub history: Option<PathBuf>,
+    /// How often --history records a sample.
+    #[arg(long, value_name = "SECONDS", default_value = "10s", value_parser = parse_interval)]
+    pub history_interval: Duration,
+    /// How long --history keeps samples (those older than a day thinned to one a minute).
+    #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = parse_duration)]
+    pub history_max_age: Duration,
+    /// The most --history keeps on disk; the oldest hours go first.
+    #[arg(long, value_name = "MIB", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
+    pub history_max_mib: u32,
     #[command(flatten)]
     pub watch: WatchArgs,
+}
+
+/// Where the daemon keeps its history store by default (the unit's `StateDirectory=zkconn`).
+pub const DEFAULT_HISTORY_DIR: &str = "/var/lib/zkconn/history";
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// The time to show: RFC 3339 (2026-12-03T03:10:00Z), HH:MM or HH:MM:SS (today, local
+    /// time), -2h (that long before now), or now.
+    #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
+    pub at: String,
+    /// Print the JSON document (the snapshot's schema, docs/json.md, with a `history`
+    /// object naming the sample).
+    #[arg(long)]
+    pub json: bool,
+    /// The history store (the daemon's --history).
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_HISTORY_DIR)]
+    pub history: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -345,11 +383,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         (n, 60.0)
     } else if let Some(n) = t.strip_suffix('h') {
         (n, 3600.0)
+    } else if let Some(n) = t.strip_suffix('d') {
+        (n, 86_400.0)
     } else {
         (t, 1.0)
     };
     let value: f64 = number.trim().parse().map_err(|_| {
-        format!("{text:?} is not a duration; write seconds (30) or 500ms, 30s, 5m, 1h")
+        format!("{text:?} is not a duration; write seconds (30) or 500ms, 30s, 5m, 1h, 7d")
     })?;
     let secs = value * scale;
     if !secs.is_finite() || !(0.0..=31_536_000.0).contains(&secs) {

@@ -41,6 +41,7 @@ use tokio::{
 
 use crate::{
     Setup,
+    archive::{Recorder, Retention},
     cli::DaemonArgs,
     driver::{self, Flow, Sink, Stop, Watch},
     gate::Gate,
@@ -63,6 +64,8 @@ struct Published {
     /// Why `--ndjson` could not take the latest snapshot (a full disk, say): the other
     /// outputs stay current all the same.
     sink_error: Option<String>,
+    /// Why `--history` cannot record, while it cannot.
+    history_error: Option<String>,
     /// Why the counts are incomplete, while a kernel table was full recently.
     overflow: Option<String>,
 }
@@ -128,6 +131,18 @@ pub async fn run(args: DaemonArgs, setup: Setup) -> anyhow::Result<()> {
         Some(path) => Some(Ndjson::open(path, u64::from(args.ndjson_max_mib) << 20)?),
         None => None,
     };
+    let mut history = match &args.history {
+        Some(dir) => Some(Recorder::open(
+            dir,
+            args.history_interval,
+            Retention {
+                max_age: args.history_max_age,
+                thin_after: Retention::default().thin_after.min(args.history_max_age),
+                max_bytes: u64::from(args.history_max_mib) << 20,
+            },
+        )?),
+        None => None,
+    };
     let mut watch = Watch::start(setup, &args.watch.probe)?;
     watch.keep_asking_limits();
     let mut stop = Stop::install()?;
@@ -138,7 +153,15 @@ pub async fn run(args: DaemonArgs, setup: Setup) -> anyhow::Result<()> {
         clients: usize::from(args.metrics_clients),
     };
     let mut overflow = OverflowWatch::default();
-    let first = publish(&mut watch, owners, ndjson.as_mut(), &mut overflow)?;
+    let first = publish(
+        &mut watch,
+        owners,
+        Sinks {
+            ndjson: ndjson.as_mut(),
+            history: history.as_mut(),
+        },
+        &mut overflow,
+    )?;
     let (tx, rx) = watch::channel(Arc::new(first));
     let (want_tx, want_rx) = mpsc::channel::<()>(1);
     let interval = args.interval;
@@ -179,6 +202,7 @@ pub async fn run(args: DaemonArgs, setup: Setup) -> anyhow::Result<()> {
     let mut daemon = Daemon {
         args: &args,
         ndjson,
+        history,
         owners,
         overflow,
         tx,
@@ -197,6 +221,7 @@ pub async fn run(args: DaemonArgs, setup: Setup) -> anyhow::Result<()> {
 struct Daemon<'a> {
     args: &'a DaemonArgs,
     ndjson: Option<Ndjson>,
+    history: Option<Recorder>,
     owners: metrics::Top,
     overflow: OverflowWatch,
     tx: watch::Sender<Arc<Published>>,
@@ -236,7 +261,13 @@ impl Sink for Daemon<'_> {
             // (without an NDJSON line, which keeps its --interval).
             DaemonInput::Fresh => {
                 if self.tx.borrow().at.elapsed() >= FRESH {
-                    refresh_now(watch, self.owners, None, &mut self.overflow, &self.tx);
+                    refresh_now(
+                        watch,
+                        self.owners,
+                        Sinks::default(),
+                        &mut self.overflow,
+                        &self.tx,
+                    );
                 }
             }
         }
@@ -247,7 +278,10 @@ impl Sink for Daemon<'_> {
         refresh_now(
             watch,
             self.owners,
-            self.ndjson.as_mut(),
+            Sinks {
+                ndjson: self.ndjson.as_mut(),
+                history: self.history.as_mut(),
+            },
             &mut self.overflow,
             &self.tx,
         );
@@ -288,11 +322,11 @@ const FRESH_WAIT: Duration = Duration::from_secs(2);
 fn refresh_now(
     watch: &mut Watch,
     owners: metrics::Top,
-    ndjson: Option<&mut Ndjson>,
+    sinks: Sinks<'_>,
     overflow: &mut OverflowWatch,
     tx: &watch::Sender<Arc<Published>>,
 ) {
-    let next = match publish(watch, owners, ndjson, overflow) {
+    let next = match publish(watch, owners, sinks, overflow) {
         Ok(p) => p,
         Err(e) => {
             tracing::error!("refresh failed: {e:#}");
@@ -305,6 +339,7 @@ fn refresh_now(
                 hook: last.hook.clone(),
                 error: Some(format!("{e:#}")),
                 sink_error: last.sink_error.clone(),
+                history_error: last.history_error.clone(),
                 overflow: last.overflow.clone(),
             }
         }
@@ -312,17 +347,26 @@ fn refresh_now(
     tx.send_replace(Arc::new(next));
 }
 
+/// Where a refresh goes besides the HTTP documents (none for a refresh a request asked
+/// for: the files keep their own pace).
+#[derive(Default)]
+struct Sinks<'a> {
+    ndjson: Option<&'a mut Ndjson>,
+    history: Option<&'a mut Recorder>,
+}
+
 fn publish(
     watch: &mut Watch,
     owners: metrics::Top,
-    ndjson: Option<&mut Ndjson>,
+    sinks: Sinks<'_>,
     overflow: &mut OverflowWatch,
 ) -> anyhow::Result<Published> {
     let snap = watch.snapshot()?;
     let overflow = overflow.note(&snap.probe);
     let mut json = Vec::new();
     output::json(&mut json, &snap)?;
-    let sink_error = ndjson.and_then(|out| out.append(&snap));
+    let sink_error = sinks.ndjson.and_then(|out| out.append(&snap));
+    let history_error = sinks.history.and_then(|h| h.offer(&json));
     let metrics = metrics::render(&snap, owners).context("cannot encode the metrics")?;
     Ok(Published {
         json: Bytes::from(json),
@@ -332,6 +376,7 @@ fn publish(
         hook: snap.probe.hook.map_or("-".to_owned(), |h| h.to_string()),
         error: None,
         sink_error,
+        history_error,
         overflow,
     })
 }
@@ -727,6 +772,12 @@ fn health(p: &Published, interval: Duration) -> (StatusCode, String) {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("unhealthy: --ndjson {e} (/metrics and /v1/snapshot are current)"),
+        );
+    }
+    if let Some(e) = &p.history_error {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy: --history {e} (/metrics and /v1/snapshot are current)"),
         );
     }
     if age > allowed {

@@ -8,6 +8,7 @@
 //! (Nagios), `tui` (`top`), `daemon` with `metrics`.
 
 pub mod alarm;
+pub mod archive;
 pub mod ask;
 pub mod attribution;
 pub mod check;

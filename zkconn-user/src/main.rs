@@ -120,6 +120,10 @@ fn run(cli: Cli, logs: tui::LogBuffer) -> anyhow::Result<()> {
                 tui::run(watch, args.interval, logs).await
             })
         }
+        Some(Command::History(args)) => {
+            let mut out = std::io::stdout().lock();
+            zkconn::archive::show(&mut out, &args.history, &args.at, args.json)
+        }
         Some(Command::Daemon(args)) => {
             let setup = Setup::new(&args.watch)?;
             runtime()?.block_on(daemon::run(args, setup))

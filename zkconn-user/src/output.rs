@@ -457,8 +457,189 @@ pub fn text(out: &mut impl Write, s: &Snapshot) -> io::Result<()> {
     Ok(())
 }
 
+/// How a cell of [`text_of_document`] is read from a row.
+#[derive(Clone, Copy)]
+enum Cell {
+    /// The field as it is (`-` when null).
+    Plain(&'static str),
+    /// A ratio as a percentage.
+    Percent(&'static str),
+    /// In capitals (alarms).
+    Upper(&'static str),
+    /// A score, one decimal.
+    Score(&'static str),
+    /// `label (pid N)`.
+    Who,
+    /// `no` when `alive` is false.
+    Alive,
+}
+
+impl Cell {
+    fn of(self, row: &serde_json::Value) -> String {
+        use serde_json::Value;
+        let plain = |v: &Value| match v {
+            Value::String(t) => t.clone(),
+            Value::Null => "-".to_owned(),
+            other => other.to_string(),
+        };
+        match self {
+            Cell::Plain(k) => plain(&row[k]),
+            Cell::Percent(k) => row[k]
+                .as_f64()
+                .map_or("-".to_owned(), |u| format!("{:.0}%", u * 100.0)),
+            Cell::Upper(k) => plain(&row[k]).to_uppercase(),
+            Cell::Score(k) => row[k]
+                .as_f64()
+                .map_or("-".to_owned(), |x| format!("{x:.1}")),
+            Cell::Who => format!("{} (pid {})", plain(&row["label"]), plain(&row["pid"])),
+            Cell::Alive => if row["alive"].as_bool() == Some(false) {
+                "no"
+            } else {
+                "yes"
+            }
+            .to_owned(),
+        }
+    }
+}
+
+/// A document read back from the history store, as tables: the budgets, the client hosts
+/// of this host's listeners, the suspects and refused processes, the processes and the
+/// YARN containers, each as the document has them (`note` says where it comes from). Cells
+/// go through `table`, which makes them printable.
+pub fn text_of_document(
+    out: &mut impl Write,
+    doc: &serde_json::Value,
+    note: &str,
+) -> io::Result<()> {
+    use Cell::{Alive, Percent, Plain, Score, Upper, Who};
+    writeln!(
+        out,
+        "zkconn on {} at {} {}",
+        printable(&Plain("host").of(doc)),
+        printable(&Plain("time").of(doc)),
+        printable(note)
+    )?;
+    let tables: [(&str, &[(&str, Cell)]); 6] = [
+        (
+            "servers",
+            &[
+                ("SERVER", Plain("server")),
+                ("LOCAL IP", Plain("local_ip")),
+                ("OPEN", Plain("open")),
+                ("LIMIT", Plain("limit")),
+                ("USE", Percent("usage")),
+                ("REJECTED", Plain("rejected")),
+                ("ALARM", Upper("alarm")),
+            ],
+        ),
+        (
+            "clients",
+            &[
+                ("LISTENER", Plain("listener")),
+                ("CLIENT IP", Plain("client_ip")),
+                ("OPEN", Plain("open")),
+                ("LIMIT", Plain("limit")),
+                ("USE", Percent("usage")),
+                ("REJECTED", Plain("rejected")),
+                ("ALARM", Upper("alarm")),
+            ],
+        ),
+        (
+            "suspects",
+            &[
+                ("SCORE", Score("score")),
+                ("SUSPECT", Who),
+                ("OPEN", Plain("open")),
+                ("REASON", Plain("reason")),
+            ],
+        ),
+        (
+            "victims",
+            &[
+                ("REFUSED", Who),
+                ("REJECTED", Plain("rejected")),
+                ("REASON", Plain("reason")),
+            ],
+        ),
+        (
+            "processes",
+            &[
+                ("PID", Plain("pid")),
+                ("KIND", Plain("kind")),
+                ("OWNER", Plain("label")),
+                ("ALIVE", Alive),
+                ("OPEN", Plain("open")),
+                ("OPENED", Plain("opened")),
+                ("CLOSED", Plain("closed")),
+                ("REJECTED", Plain("rejected")),
+            ],
+        ),
+        (
+            "containers",
+            &[
+                ("YARN CONTAINER", Plain("container")),
+                ("APPLICATION", Plain("application")),
+                ("OPEN", Plain("open")),
+                ("OPENED", Plain("opened")),
+                ("CLOSED", Plain("closed")),
+                ("REJECTED", Plain("rejected")),
+            ],
+        ),
+    ];
+    for (key, columns) in tables {
+        let rows = doc[key].as_array().map(Vec::as_slice).unwrap_or_default();
+        if rows.is_empty() {
+            continue;
+        }
+        writeln!(out)?;
+        let header: Vec<&str> = columns.iter().map(|(h, _)| *h).collect();
+        let body: Vec<Vec<String>> = rows
+            .iter()
+            .map(|r| columns.iter().map(|(_, c)| c.of(r)).collect())
+            .collect();
+        table(out, &header, &body)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
+    /// A stored document as tables: only the sections it has, each row's fields, a hostile
+    /// name printable, an exited process marked.
+    #[test]
+    fn a_stored_document_prints_as_tables() {
+        let doc = serde_json::json!({
+            "host": "worker-7",
+            "time": "2026-12-03T03:10:00Z",
+            "servers": [{"server": "10.0.0.1:2181", "local_ip": "10.0.0.9", "open": 60,
+                         "limit": 60, "usage": 1.0, "rejected": 3, "alarm": "critical"}],
+            "processes": [{"pid": 4100, "kind": "yarn", "label": "ev\u{1b}[2Jil", "alive": false,
+                           "open": 58, "opened": 60, "closed": 2, "rejected": 3}],
+            "containers": [{"container": "container_e17_1700000000000_0042_01_000002",
+                            "application": "application_1700000000000_0042", "open": 58,
+                            "opened": 60, "closed": 2, "rejected": 3}],
+            "suspects": []
+        });
+        let mut out = Vec::new();
+        super::text_of_document(&mut out, &doc, "(from a store)").unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("zkconn on worker-7 at 2026-12-03T03:10:00Z (from a store)\n"));
+        assert!(text.contains("100%"), "{text}");
+        assert!(text.contains("CRITICAL"), "{text}");
+        assert!(
+            text.contains("container_e17_1700000000000_0042_01_000002"),
+            "{text}"
+        );
+        assert!(text.contains("ev\u{fffd}[2Jil"), "{text}");
+        assert!(!text.contains('\x1b'), "{text}");
+        assert!(
+            !text.contains("SUSPECT"),
+            "an empty section is left out: {text}"
+        );
+        let row = text.lines().find(|l| l.starts_with("4100")).unwrap();
+        assert!(row.contains(" no "), "{row}");
+    }
+
     #[test]
     fn control_characters_never_reach_the_terminal() {
         assert_eq!(printable("plain"), "plain");

@@ -1,0 +1,217 @@
+//! The history store: the daemon records what held the connections, and `zkconn history`
+//! shows it after the holder, its YARN container and the daemon itself are gone. Against a
+//! real ZooKeeper, with a real v2 cgroup named as YARN names its containers; a full disk is
+//! a real tmpfs that fills. Root only; run with `cargo xtask test`.
+
+use std::{
+    net::SocketAddr,
+    path::Path,
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, anyhow};
+use integration_tests::{
+    Cgroup, Daemon, RawClient, ZkServer, field, fresh_cluster_ts, fresh_ipv4, zkconn_bin,
+};
+use serde_json::Value;
+
+/// `zkconn history ARGS`: exit code, standard output, standard error.
+fn history(args: &[&str]) -> Result<(i32, String, String)> {
+    let out = Command::new(zkconn_bin())
+        .arg("history")
+        .args(args)
+        .output()
+        .context("cannot run zkconn history")?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// Now, in UTC, as RFC 3339 to the second.
+fn now_rfc3339() -> Result<String> {
+    let out = Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()?;
+    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+}
+
+fn start(zk: SocketAddr, store: &Path) -> Result<Daemon> {
+    Daemon::start(&[
+        "--zk",
+        &zk.to_string(),
+        "--history",
+        &store.display().to_string(),
+        "--history-interval",
+        "1s",
+    ])
+}
+
+fn container_row<'a>(doc: &'a Value, id: &str) -> Option<&'a Value> {
+    doc["containers"]
+        .as_array()?
+        .iter()
+        .find(|r| r["container"] == id)
+}
+
+/// A YARN container leaks four connections; it finishes, its cgroup is removed, the
+/// daemon stops and a new one starts on the same store: `history --at` the time of the
+/// leak still names the container and its process with their counts, as the daemon showed
+/// them then. A second daemon on the same store is refused while the first runs, and a time
+/// before the store is refused with the range it holds.
+#[test]
+fn a_finished_containers_rows_are_there_after_the_daemon_restarts() -> Result<()> {
+    let zk = ZkServer::start(fresh_ipv4(), 10, &[])?;
+    let store = tempfile::tempdir()?;
+    let container = format!("container_e17_{}_0042_01_000002", fresh_cluster_ts());
+    let base = format!("/zkconn-history-{}/hadoop-yarn", std::process::id());
+    let _parents = Cgroup::v2(&base)?;
+    let mut cgroup = Cgroup::v2(&format!("{base}/{container}"))?;
+    let mut d = start(zk.addr, store.path())?;
+
+    // While it records, a second daemon on the store is refused, in one sentence.
+    let other = Command::new(zkconn_bin())
+        .args(["daemon", "--listen"])
+        .arg(format!("{}:9661", fresh_ipv4()))
+        .args(["--zk", &zk.addr.to_string(), "--history"])
+        .arg(store.path())
+        .output()?;
+    let said = String::from_utf8_lossy(&other.stderr);
+    assert_eq!(other.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("another zkconn daemon records to this store"),
+        "{said}"
+    );
+
+    let mut leaker = RawClient {
+        cgroups: vec![cgroup.path.clone()],
+        interval: Some(Duration::from_millis(200)),
+        ..RawClient::new(zk.addr, 4)
+    }
+    .spawn()?;
+    let pid = leaker.pid();
+    d.snapshot_when(|s| container_row(s, &container).is_some_and(|r| r["open"] == 4))?;
+    // Two samples at least while it holds them.
+    thread::sleep(Duration::from_millis(2500));
+    let at = now_rfc3339()?;
+    thread::sleep(Duration::from_millis(1500));
+    leaker.kill();
+    cgroup.remove()?;
+    d.snapshot_when(|s| container_row(s, &container).is_some_and(|r| r["open"] == 0))?;
+    d.signal(libc::SIGTERM);
+    d.child.wait()?;
+
+    let again = start(zk.addr, store.path())?;
+    let (code, out, err) = history(&[
+        "--history",
+        &store.path().display().to_string(),
+        "--at",
+        &at,
+        "--json",
+    ])?;
+    assert_eq!(code, 0, "{err}");
+    let doc: Value = serde_json::from_str(&out)?;
+    let row = container_row(&doc, &container)
+        .ok_or_else(|| anyhow!("no row of {container} at {at}: {doc:#}"))?;
+    assert_eq!(field(row, "open")?, 4, "{row:#}");
+    assert_eq!(field(row, "opened")?, 4, "{row:#}");
+    let process = doc["processes"]
+        .as_array()
+        .and_then(|p| p.iter().find(|r| r["pid"] == pid))
+        .ok_or_else(|| anyhow!("no process {pid}: {doc:#}"))?;
+    assert_eq!(process["yarn_container"], container.as_str(), "{process:#}");
+    assert_eq!(field(process, "open")?, 4, "{process:#}");
+    assert_eq!(doc["history"]["asked"], at.as_str());
+    // The same as tables.
+    let (code, text, err) = history(&[
+        "--history",
+        &store.path().display().to_string(),
+        "--at",
+        &at,
+    ])?;
+    assert_eq!(code, 0, "{err}");
+    assert!(text.contains(&container), "{text}");
+    // Before the store: refused, with what it holds.
+    let (code, _, err) = history(&[
+        "--history",
+        &store.path().display().to_string(),
+        "--at",
+        "2001-01-01T00:00:00Z",
+    ])?;
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("nothing recorded at 2001-01-01T00:00:00Z: the store at"),
+        "{err}"
+    );
+    assert!(err.contains(" holds 20"), "{err}");
+    drop(again);
+    Ok(())
+}
+
+/// A full disk stops the recording, not the daemon: /healthz says why while /v1/snapshot
+/// and /metrics stay current; once there is room, it records again and /healthz is 200.
+#[test]
+fn a_full_disk_stops_recording_and_healthz_says_so() -> Result<()> {
+    let zk = ZkServer::start(fresh_ipv4(), 10, &[])?;
+    let mount = tempfile::tempdir()?;
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=512k", "tmpfs"])
+        .arg(mount.path())
+        .status()?;
+    anyhow::ensure!(status.success(), "cannot mount a tmpfs");
+    let unmount = Unmount(mount.path().to_owned());
+    let store = mount.path().join("history");
+    let d = start(zk.addr, &store)?;
+    let _client = RawClient::new(zk.addr, 2).spawn()?;
+    d.snapshot_when(|s| s["servers"].as_array().is_some_and(|r| !r.is_empty()))?;
+    // Fill what is left.
+    let filler = mount.path().join("filler");
+    let _ = Command::new("dd")
+        .args(["if=/dev/zero", "bs=4k", "count=100000"])
+        .arg(format!("of={}", filler.display()))
+        .output()?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let said = loop {
+        let (status, body) = d.get("/healthz")?;
+        if status == 503 && body.contains("--history") {
+            break body;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "healthz never said it: {status} {body}"
+        );
+        thread::sleep(Duration::from_millis(300));
+    };
+    assert!(said.contains("No space left on device"), "{said}");
+    let (status, snap) = d.get("/v1/snapshot")?;
+    assert_eq!(status, 200);
+    let snap: Value = serde_json::from_str(&snap)?;
+    assert_eq!(field(&snap["servers"][0], "open")?, 2);
+    std::fs::remove_file(&filler)?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = d.get("/healthz")?;
+        if status == 200 {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "healthz stayed {status}: {body}");
+        thread::sleep(Duration::from_millis(300));
+    }
+    let log = d.log().join("\n");
+    assert!(log.contains("recording again"), "{log}");
+    drop(d);
+    drop(unmount);
+    Ok(())
+}
+
+/// Unmounts the test's tmpfs, also when the test fails.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}

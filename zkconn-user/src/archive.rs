@@ -1,0 +1,835 @@
+//! The history store (`daemon --history`): the snapshot documents of past samples, kept on
+//! disk across restarts, so `zkconn history --at TIME` can show what held the connections
+//! at 03:10 after the container that held them is gone.
+//!
+//! The store is a directory of append-only segments, one per hour (or per daemon start),
+//! named by the time of their first record. A segment starts with a header (magic and
+//! schema version); each record is its length, a CRC-32 of its payload, and the payload:
+//! the sample's time and its snapshot document, deflate-compressed JSON. A torn write
+//! (a crash, a full disk) leaves a record whose length or checksum does not hold: readers
+//! stop at it, so at most that sample is lost, never the store. Retention: segments past
+//! `max_age` go; past `thin_after` a segment is rewritten keeping one sample a minute; then
+//! the oldest go until the store is under `max_bytes`.
+//!
+//! Owns: the files, their format, retention, the lock that keeps a second writer out, and
+//! finding the document at a time. Must not: build documents (it is handed snapshots) or
+//! block the daemon's refresh for long (a sample costs one compressed append).
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io::{self, BufReader, Read, Write},
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context as _, anyhow, bail};
+
+/// The first bytes of every segment.
+const MAGIC: &[u8; 8] = b"ZKCONNH\x01";
+/// The record layout and document schema this build writes and reads.
+pub const SCHEMA: u32 = 1;
+/// A record longer than this is corrupt (a document is tens of kilobytes compressed).
+const RECORD_MAX: u32 = 64 << 20;
+/// A new segment at least this often.
+const SEGMENT_SPAN: Duration = Duration::from_secs(3600);
+/// A sample stands for the time after it at least this long (older samples are one a
+/// minute).
+pub const MIN_SLACK: Duration = Duration::from_secs(90);
+
+/// How much the store keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    pub max_age: Duration,
+    /// Older samples are thinned to one a minute.
+    pub thin_after: Duration,
+    pub max_bytes: u64,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            max_age: Duration::from_secs(7 * 86_400),
+            thin_after: Duration::from_secs(86_400),
+            max_bytes: 256 << 20,
+        }
+    }
+}
+
+/// One segment file, by the time (ms since the epoch) its first record has.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Segment {
+    start_ms: i64,
+    path: PathBuf,
+}
+
+fn segment_name(start_ms: i64) -> String {
+    format!("{start_ms:015}.zkh")
+}
+
+/// The segments of `dir`, oldest first (other files are left alone).
+fn segments(dir: &Path) -> io::Result<Vec<Segment>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".zkh")) else {
+            continue;
+        };
+        if let Ok(start_ms) = stem.parse::<i64>() {
+            out.push(Segment {
+                start_ms,
+                path: entry.path(),
+            });
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// The writer: holds the store's lock while the daemon runs.
+pub struct Writer {
+    dir: PathBuf,
+    retention: Retention,
+    /// How often a sample is taken (kept in each segment's header: readers allow twice
+    /// this between samples).
+    every: Duration,
+    /// Keeps the lock (released when the file closes).
+    _lock: File,
+    current: Option<(File, Segment, u64)>,
+    /// Why the last append failed (logged when it starts and when it ends).
+    failing: Option<String>,
+}
+
+impl Writer {
+    /// Opens (or makes) the store at `dir` for writing. Refused while another process
+    /// writes to it, with a sentence that says so.
+    pub fn open(dir: &Path, retention: Retention, every: Duration) -> anyhow::Result<Self> {
+        fs::create_dir_all(dir)
+            .with_context(|| format!("--history {}: cannot make the directory", dir.display()))?;
+        let lock_path = dir.join("LOCK");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .with_context(|| format!("--history {}: cannot open its lock", dir.display()))?;
+        // SAFETY: flock on a descriptor this function owns; released when `lock` closes.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            bail!(
+                "--history {}: another zkconn daemon records to this store; give this one \
+                 another directory, or stop the other",
+                dir.display()
+            );
+        }
+        // Every existing segment must be one this build reads: a newer one is not written
+        // over. One without a header (a crash as it was made) is moved aside.
+        for seg in segments(dir)? {
+            if check_header(&seg.path)?.is_none() {
+                let aside = seg.path.with_extension("zkh.corrupt");
+                tracing::warn!(
+                    "--history {}: {} has no header (cut short as it was made); moved aside \
+                     to {}",
+                    dir.display(),
+                    seg.path.display(),
+                    aside.display()
+                );
+                fs::rename(&seg.path, &aside)?;
+            }
+        }
+        let mut w = Self {
+            dir: dir.to_owned(),
+            retention,
+            every,
+            _lock: lock,
+            current: None,
+            failing: None,
+        };
+        w.enforce(now_ms())
+            .with_context(|| format!("--history {}: retention", dir.display()))?;
+        Ok(w)
+    }
+
+    /// Appends `doc` (a snapshot document) as the sample at `at_ms`. Returns why it could
+    /// not; a failure is logged when it starts and when it ends, and the daemon goes on.
+    pub fn append(&mut self, at_ms: i64, json: &[u8]) -> Option<String> {
+        match self.try_append(at_ms, json) {
+            Ok(()) => {
+                if self.failing.take().is_some() {
+                    tracing::info!("--history {}: recording again", self.dir.display());
+                }
+                None
+            }
+            Err(e) => {
+                let why = format!("cannot record to {}: {e:#}", self.dir.display());
+                if self.failing.is_none() {
+                    tracing::error!(
+                        "--history {why}; the daemon goes on counting, and /healthz says so \
+                         until it works again"
+                    );
+                }
+                // A record half written stays torn at the end of its segment (readers stop
+                // there); the next sample starts a new segment.
+                self.current = None;
+                self.failing = Some(why.clone());
+                Some(why)
+            }
+        }
+    }
+
+    /// Why recording fails, while it does.
+    pub fn failing_why(&self) -> Option<String> {
+        self.failing.clone()
+    }
+
+    fn try_append(&mut self, at_ms: i64, json: &[u8]) -> anyhow::Result<()> {
+        // A new segment each hour, or sooner when one grows past a sixteenth of the store's
+        // size: retention removes whole segments, never the one being written.
+        let roll = match &self.current {
+            None => true,
+            Some((_, seg, size)) => {
+                at_ms - seg.start_ms >= SEGMENT_SPAN.as_millis() as i64
+                    || *size >= self.retention.max_bytes / 16
+            }
+        };
+        if roll {
+            self.current = None;
+            self.enforce(at_ms)?;
+            let seg = Segment {
+                start_ms: at_ms,
+                path: self.dir.join(segment_name(at_ms)),
+            };
+            let mut file = OpenOptions::new()
+                .create_new(true)
+                .append(true)
+                .open(&seg.path)
+                .with_context(|| format!("cannot make {}", seg.path.display()))?;
+            let mut header = Vec::with_capacity(16);
+            header.extend_from_slice(MAGIC);
+            header.extend_from_slice(&SCHEMA.to_le_bytes());
+            let every = u32::try_from(self.every.as_secs()).unwrap_or(u32::MAX);
+            header.extend_from_slice(&every.to_le_bytes());
+            file.write_all(&header)?;
+            self.current = Some((file, seg, header.len() as u64));
+        }
+        let record = encode(at_ms, json)?;
+        let Some((file, _, size)) = &mut self.current else {
+            bail!("no segment open");
+        };
+        file.write_all(&record)?;
+        *size += record.len() as u64;
+        Ok(())
+    }
+
+    /// Retention at `now_ms`: segments past the age go, old ones are thinned, then the
+    /// oldest go until the store fits. The segment being written is never touched.
+    fn enforce(&mut self, now_ms: i64) -> anyhow::Result<()> {
+        let current = self.current.as_ref().map(|(_, s, _)| s.path.clone());
+        let all: Vec<Segment> = segments(&self.dir)?
+            .into_iter()
+            .filter(|s| Some(&s.path) != current.as_ref())
+            .collect();
+        let age_ms = |s: &Segment| now_ms - s.start_ms;
+        let max_age = self.retention.max_age.as_millis() as i64;
+        let thin_after = self.retention.thin_after.as_millis() as i64;
+        let mut kept = Vec::new();
+        for seg in all {
+            // A segment's records end before the next begins: its end is within the span.
+            if age_ms(&seg) - SEGMENT_SPAN.as_millis() as i64 > max_age {
+                remove(&seg.path)?;
+            } else {
+                if age_ms(&seg) > thin_after {
+                    thin(&seg.path)?;
+                }
+                kept.push(seg);
+            }
+        }
+        let size = |p: &Path| fs::metadata(p).map_or(0, |m| m.len());
+        let mut total: u64 =
+            kept.iter().map(|s| size(&s.path)).sum::<u64>() + current.as_deref().map_or(0, size);
+        for seg in &kept {
+            if total <= self.retention.max_bytes {
+                break;
+            }
+            total = total.saturating_sub(size(&seg.path));
+            remove(&seg.path)?;
+        }
+        Ok(())
+    }
+}
+
+fn remove(path: &Path) -> anyhow::Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(anyhow!("cannot remove {}: {e}", path.display())),
+    }
+}
+
+/// Keeps one record a minute of the segment at `path` (rewritten beside it, then renamed
+/// over it: a crash leaves the old one whole).
+fn thin(path: &Path) -> anyhow::Result<()> {
+    let Some(read) = read_segment(path)? else {
+        return Ok(());
+    };
+    let mut last_minute = None;
+    let mut kept = Vec::new();
+    let mut dropped = false;
+    for (at_ms, raw) in read.raw_records {
+        let minute = at_ms.div_euclid(60_000);
+        if last_minute == Some(minute) {
+            dropped = true;
+            continue;
+        }
+        last_minute = Some(minute);
+        kept.push((at_ms, raw));
+    }
+    if !dropped {
+        return Ok(());
+    }
+    let tmp = path.with_extension("zkh.tmp");
+    {
+        let mut out = File::create(&tmp)?;
+        out.write_all(&read.header)?;
+        for (at_ms, raw) in kept {
+            out.write_all(&frame(at_ms, &raw))?;
+        }
+        out.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// A record: length, CRC-32 of the payload, payload (time, compressed document).
+fn encode(at_ms: i64, json: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let mut z = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+    z.write_all(json)?;
+    Ok(frame(at_ms, &z.finish()?))
+}
+
+fn frame(at_ms: i64, compressed: &[u8]) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(8 + compressed.len());
+    payload.extend_from_slice(&at_ms.to_le_bytes());
+    payload.extend_from_slice(compressed);
+    let mut out = Vec::with_capacity(8 + payload.len());
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    out.extend_from_slice(&payload);
+    out
+}
+
+/// What is wrong with a segment's header.
+#[derive(Debug)]
+enum BadHeader {
+    /// Not a segment, or cut short (a crash as it was made): its samples are lost.
+    Corrupt,
+    /// A newer zkconn's: never read as ours nor written over.
+    Newer(u32),
+}
+
+/// A segment's header, if it is one this build reads.
+fn header_of(path: &Path) -> anyhow::Result<Result<Vec<u8>, BadHeader>> {
+    let mut header = [0u8; 16];
+    let mut f = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let n = read_full(&mut f, &mut header)?;
+    if n < 16 || &header[..8] != MAGIC {
+        return Ok(Err(BadHeader::Corrupt));
+    }
+    let version = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
+    if version > SCHEMA {
+        return Ok(Err(BadHeader::Newer(version)));
+    }
+    Ok(Ok(header.to_vec()))
+}
+
+/// The sentence for a segment of a newer zkconn.
+fn newer(path: &Path, version: u32) -> anyhow::Error {
+    anyhow!(
+        "{} was written by a newer zkconn (history schema {version}; this one reads {SCHEMA}): \
+         read the store with that version, or give this one another --history directory",
+        path.display()
+    )
+}
+
+/// A segment's header, or why it cannot be read: corrupt (`None`), or an error for a newer
+/// one.
+fn check_header(path: &Path) -> anyhow::Result<Option<Vec<u8>>> {
+    match header_of(path)? {
+        Ok(h) => Ok(Some(h)),
+        Err(BadHeader::Corrupt) => Ok(None),
+        Err(BadHeader::Newer(v)) => Err(newer(path, v)),
+    }
+}
+
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+/// What reading one segment found.
+struct SegmentRead {
+    header: Vec<u8>,
+    /// (time, compressed document) of every whole record, in order.
+    raw_records: Vec<(i64, Vec<u8>)>,
+    /// Bytes after the last whole record that do not make one (a torn write).
+    torn: bool,
+}
+
+/// Reads a segment; `None` when it has no header (corrupt from its start).
+fn read_segment(path: &Path) -> anyhow::Result<Option<SegmentRead>> {
+    let Some(header) = check_header(path)? else {
+        return Ok(None);
+    };
+    let mut r = BufReader::new(File::open(path)?);
+    let mut skip = [0u8; 16];
+    read_full(&mut r, &mut skip)?;
+    let mut out = SegmentRead {
+        header,
+        raw_records: Vec::new(),
+        torn: false,
+    };
+    loop {
+        let mut head = [0u8; 8];
+        let n = read_full(&mut r, &mut head)?;
+        if n == 0 {
+            break;
+        }
+        if n < 8 {
+            out.torn = true;
+            break;
+        }
+        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+        let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+        if !(8..=RECORD_MAX).contains(&len) {
+            out.torn = true;
+            break;
+        }
+        let mut payload = vec![0u8; len as usize];
+        if read_full(&mut r, &mut payload)? < payload.len() || crc32fast::hash(&payload) != crc {
+            out.torn = true;
+            break;
+        }
+        let mut t = [0u8; 8];
+        t.copy_from_slice(&payload[..8]);
+        let at_ms = i64::from_le_bytes(t);
+        out.raw_records.push((at_ms, payload[8..].to_vec()));
+    }
+    Ok(Some(out))
+}
+
+fn decode(compressed: &[u8]) -> anyhow::Result<serde_json::Value> {
+    let mut json = Vec::new();
+    flate2::read::DeflateDecoder::new(compressed)
+        .read_to_end(&mut json)
+        .context("a record does not decompress")?;
+    serde_json::from_slice(&json).context("a record is not a JSON document")
+}
+
+/// The samples a store holds: its first and last time, and what could not be read.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Span {
+    pub first_ms: Option<i64>,
+    pub last_ms: Option<i64>,
+    pub samples: u64,
+    /// Segments with a torn or corrupt tail (their records before it are read).
+    pub torn: u64,
+    /// Segments with no header, not read at all.
+    pub corrupt: u64,
+}
+
+/// Reads the store at `dir` (no lock: the writer only appends).
+pub struct Reader {
+    dir: PathBuf,
+}
+
+impl Reader {
+    pub fn open(dir: &Path) -> anyhow::Result<Self> {
+        if !dir.is_dir() {
+            bail!(
+                "--history {}: no history store there (a daemon writes one with --history)",
+                dir.display()
+            );
+        }
+        Ok(Self {
+            dir: dir.to_owned(),
+        })
+    }
+
+    /// The times the store holds.
+    pub fn span(&self) -> anyhow::Result<Span> {
+        let mut span = Span::default();
+        for seg in segments(&self.dir)? {
+            let Some(read) = read_segment(&seg.path)? else {
+                span.corrupt += 1;
+                continue;
+            };
+            span.torn += u64::from(read.torn);
+            span.samples += read.raw_records.len() as u64;
+            if let Some((first, _)) = read.raw_records.first() {
+                span.first_ms = Some(span.first_ms.map_or(*first, |f: i64| f.min(*first)));
+            }
+            if let Some((last, _)) = read.raw_records.last() {
+                span.last_ms = Some(span.last_ms.map_or(*last, |l: i64| l.max(*last)));
+            }
+        }
+        Ok(span)
+    }
+
+    /// The sample at `at_ms`: the last one at or before it, if the store holds that time
+    /// (within twice the recording interval, at least [`MIN_SLACK`], after that sample: the
+    /// daemon was recording then); else a sentence giving the range it holds.
+    pub fn at(&self, at_ms: i64) -> anyhow::Result<(i64, serde_json::Value)> {
+        let mut best: Option<(i64, Vec<u8>)> = None;
+        let mut slack = MIN_SLACK;
+        for seg in segments(&self.dir)?.into_iter().rev() {
+            if seg.start_ms > at_ms {
+                continue;
+            }
+            let Some(read) = read_segment(&seg.path)? else {
+                continue;
+            };
+            let every = u32::from_le_bytes([
+                read.header[12],
+                read.header[13],
+                read.header[14],
+                read.header[15],
+            ]);
+            slack = slack.max(Duration::from_secs(u64::from(every) * 2));
+            best = read.raw_records.into_iter().rfind(|(t, _)| *t <= at_ms);
+            if best.is_some() {
+                break;
+            }
+        }
+        if let Some((t, raw)) = best
+            && at_ms - t <= slack.as_millis() as i64
+        {
+            return Ok((t, decode(&raw)?));
+        }
+        let span = self.span()?;
+        let holds = match (span.first_ms, span.last_ms) {
+            (Some(f), Some(l)) => format!(
+                "the store at {} holds {} to {} ({} samples)",
+                self.dir.display(),
+                rfc3339(f),
+                rfc3339(l),
+                span.samples
+            ),
+            _ => format!("the store at {} holds no sample yet", self.dir.display()),
+        };
+        bail!("nothing recorded at {}: {holds}", rfc3339(at_ms))
+    }
+}
+
+/// `ms` since the epoch as RFC 3339, UTC, to the second.
+pub fn rfc3339(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| format!("{ms} ms"))
+}
+
+/// TIME as `history --at` takes it: RFC 3339 (`2026-12-03T03:10:00Z`), `HH:MM[:SS]` (today,
+/// local time), `-2h` (before `now_ms`), or `now`. In ms since the epoch.
+pub fn parse_time(text: &str, now_ms: i64, local_offset_secs: i64) -> Result<i64, String> {
+    let t = text.trim();
+    if t == "now" {
+        return Ok(now_ms);
+    }
+    if let Some(ago) = t.strip_prefix('-') {
+        let d = crate::cli::parse_duration(ago).map_err(|e| format!("{text:?}: {e}"))?;
+        return Ok(now_ms - d.as_millis() as i64);
+    }
+    if let Ok(at) = time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339) {
+        return Ok((at.unix_timestamp_nanos() / 1_000_000) as i64);
+    }
+    let parts: Vec<&str> = t.split(':').collect();
+    if (2..=3).contains(&parts.len())
+        && let Some(nums) = parts
+            .iter()
+            .map(|p| p.parse::<i64>().ok())
+            .collect::<Option<Vec<i64>>>()
+        && nums[0] < 24
+        && nums[1] < 60
+        && nums.get(2).is_none_or(|s| *s < 60)
+    {
+        let secs_of_day = nums[0] * 3600 + nums[1] * 60 + nums.get(2).copied().unwrap_or(0);
+        let local_now = now_ms.div_euclid(1000) + local_offset_secs;
+        let midnight = local_now - local_now.rem_euclid(86_400);
+        return Ok((midnight + secs_of_day - local_offset_secs) * 1000);
+    }
+    Err(format!(
+        "{text:?} is not a time; give RFC 3339 (2026-12-03T03:10:00Z), HH:MM (today, local \
+         time), -2h (before now), or now"
+    ))
+}
+
+/// This host's offset from UTC now, in seconds (from the C library's time zone).
+pub fn local_offset_secs() -> i64 {
+    // SAFETY: time(NULL) only returns the time.
+    let now: libc::time_t = unsafe { libc::time(std::ptr::null_mut()) };
+    // SAFETY: an all-zero `tm` is a valid value of this plain C struct.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: localtime_r reads `now` and writes only into `tm`, both on this stack frame.
+    if unsafe { libc::localtime_r(&now, &mut tm) }.is_null() {
+        return 0;
+    }
+    tm.tm_gmtoff
+}
+
+/// The daemon's recorder: a [`Writer`] and how often it takes a sample.
+pub struct Recorder {
+    writer: Writer,
+    every: Duration,
+    last: Option<std::time::Instant>,
+}
+
+impl Recorder {
+    pub fn open(dir: &Path, every: Duration, retention: Retention) -> anyhow::Result<Self> {
+        Ok(Self {
+            writer: Writer::open(dir, retention, every)?,
+            every,
+            last: None,
+        })
+    }
+
+    /// Records `json` (the snapshot document just published) when a sample is due. Returns
+    /// why recording fails, while it does.
+    pub fn offer(&mut self, json: &[u8]) -> Option<String> {
+        // A tenth of the interval early still counts as due: refreshes paced at the same
+        // interval arrive a hair before it.
+        let early = (self.every / 10).max(Duration::from_millis(50));
+        if self.last.is_some_and(|t| t.elapsed() + early < self.every) {
+            return self.writer.failing_why();
+        }
+        self.last = Some(std::time::Instant::now());
+        self.writer.append(now_ms(), json)
+    }
+}
+
+/// `zkconn history`: the document the store holds at `--at`, as JSON or as tables.
+pub fn show(out: &mut impl Write, dir: &Path, at: &str, json: bool) -> anyhow::Result<()> {
+    let now = now_ms();
+    let at_ms = parse_time(at, now, local_offset_secs()).map_err(|e| anyhow!("--at {e}"))?;
+    let reader = Reader::open(dir)?;
+    let (sample_ms, mut doc) = reader.at(at_ms)?;
+    if let Some(obj) = doc.as_object_mut() {
+        obj.insert(
+            "history".into(),
+            serde_json::json!({
+                "store": dir.display().to_string(),
+                "asked": rfc3339(at_ms),
+                "sample": rfc3339(sample_ms),
+            }),
+        );
+    }
+    if json {
+        serde_json::to_writer_pretty(&mut *out, &doc)?;
+        writeln!(out)?;
+    } else {
+        crate::output::text_of_document(
+            out,
+            &doc,
+            &format!(
+                "from the history store {} (asked {}, the sample of {})",
+                dir.display(),
+                rfc3339(at_ms),
+                rfc3339(sample_ms)
+            ),
+        )?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use rstest::rstest;
+
+    use super::*;
+
+    const HOUR: i64 = 3_600_000;
+
+    fn doc(n: u64) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({"schema": "zkconn.snapshot/v1", "n": n})).unwrap()
+    }
+
+    fn n_of(v: &serde_json::Value) -> u64 {
+        v["n"].as_u64().unwrap()
+    }
+
+    fn writer(dir: &Path) -> Writer {
+        Writer::open(dir, Retention::default(), Duration::from_secs(10)).unwrap()
+    }
+
+    /// Samples come back by time, across segments and a reopening (a restart), and a time
+    /// the store does not hold is refused with the range it does.
+    #[test]
+    fn a_sample_is_found_by_time_across_segments_and_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = now_ms() - 3 * HOUR;
+        {
+            let mut w = writer(dir.path());
+            for i in 0..5 {
+                assert_eq!(w.append(t0 + i * 10_000, &doc(i as u64)), None);
+            }
+            // An hour later: a segment of its own.
+            assert_eq!(w.append(t0 + HOUR + 5_000, &doc(5)), None);
+        }
+        let mut again = writer(dir.path());
+        assert_eq!(again.append(t0 + 2 * HOUR, &doc(6)), None);
+        assert_eq!(segments(dir.path()).unwrap().len(), 3);
+        let r = Reader::open(dir.path()).unwrap();
+        assert_eq!(n_of(&r.at(t0 + 25_000).unwrap().1), 2);
+        assert_eq!(r.at(t0 + 40_000).unwrap().0, t0 + 40_000);
+        assert_eq!(n_of(&r.at(t0 + HOUR + 60_000).unwrap().1), 5);
+        let before = r.at(t0 - 1).unwrap_err().to_string();
+        assert!(before.contains("holds"), "{before}");
+        assert!(before.contains("7 samples"), "{before}");
+        // Past the last sample by more than the slack: not "the same as then".
+        let gap = r.at(t0 + 30 * 60_000).unwrap_err().to_string();
+        assert!(gap.starts_with("nothing recorded at"), "{gap}");
+    }
+
+    /// A record cut short (a crash, a full disk) loses that sample only: the ones before
+    /// it read, and the next writer starts a new segment rather than appending after it.
+    #[test]
+    fn a_torn_record_loses_that_sample_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = now_ms() - HOUR;
+        {
+            let mut w = writer(dir.path());
+            for i in 0..3 {
+                w.append(t0 + i * 1000, &doc(i as u64));
+            }
+        }
+        let seg = segments(dir.path()).unwrap().remove(0).path;
+        let len = fs::metadata(&seg).unwrap().len();
+        let f = OpenOptions::new().write(true).open(&seg).unwrap();
+        f.set_len(len - 3).unwrap();
+        let r = Reader::open(dir.path()).unwrap();
+        let span = r.span().unwrap();
+        assert_eq!((span.samples, span.torn), (2, 1));
+        assert_eq!(n_of(&r.at(t0 + 2500).unwrap().1), 1);
+        let mut w = writer(dir.path());
+        assert_eq!(w.append(t0 + 5000, &doc(9)), None);
+        assert_eq!(n_of(&r.at(t0 + 5000).unwrap().1), 9);
+        // Garbage in a checksum: the record is not read as a sample.
+        let mut bytes = fs::read(&seg).unwrap();
+        let last = bytes.len() - 1;
+        bytes[20] ^= 0xff;
+        bytes[last] ^= 0xff;
+        fs::write(&seg, bytes).unwrap();
+        assert_eq!(r.span().unwrap().samples, 1, "only the later segment's");
+    }
+
+    /// A segment of a newer zkconn is neither read nor written over; one without a header
+    /// is moved aside by the writer and skipped by readers; a second writer is refused.
+    #[test]
+    fn a_newer_store_a_headerless_segment_and_a_second_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = now_ms() - HOUR;
+        let mut w = writer(dir.path());
+        w.append(t0, &doc(1));
+        let second = Writer::open(dir.path(), Retention::default(), Duration::from_secs(10));
+        let e = second.err().unwrap().to_string();
+        assert!(
+            e.contains("another zkconn daemon records to this store"),
+            "{e}"
+        );
+        drop(w);
+        fs::write(dir.path().join(segment_name(t0 + 1)), b"").unwrap();
+        let r = Reader::open(dir.path()).unwrap();
+        assert_eq!(r.span().unwrap().corrupt, 1);
+        drop(writer(dir.path()));
+        assert!(
+            dir.path()
+                .join(format!("{}.corrupt", segment_name(t0 + 1)))
+                .exists()
+        );
+        let mut newer = Vec::from(*MAGIC);
+        newer.extend_from_slice(&99u32.to_le_bytes());
+        newer.extend_from_slice(&10u32.to_le_bytes());
+        fs::write(dir.path().join(segment_name(t0 + 2)), newer).unwrap();
+        let e = Writer::open(dir.path(), Retention::default(), Duration::from_secs(10))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("written by a newer zkconn (history schema 99; this one reads 1)"),
+            "{e}"
+        );
+        let e = r.at(t0 + 5).unwrap_err().to_string();
+        assert!(e.contains("newer zkconn"), "{e}");
+    }
+
+    /// Past its age a segment goes; past `thin_after` it keeps one sample a minute; past the
+    /// size the oldest go first.
+    #[test]
+    fn retention_by_age_thinning_and_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = now_ms();
+        let retention = Retention {
+            max_age: Duration::from_secs(3 * 3600),
+            thin_after: Duration::from_secs(3600),
+            max_bytes: u64::MAX,
+        };
+        {
+            let mut w = Writer::open(dir.path(), retention, Duration::from_secs(10)).unwrap();
+            // 10 h ago (goes), 2 h ago (thinned), now.
+            for base in [now - 10 * HOUR, now - 2 * HOUR, now - 1000] {
+                for i in 0..12 {
+                    w.append(base + i * 10_000, &doc(i as u64));
+                }
+                w.current = None;
+            }
+        }
+        drop(Writer::open(dir.path(), retention, Duration::from_secs(10)).unwrap());
+        let r = Reader::open(dir.path()).unwrap();
+        let span = r.span().unwrap();
+        // 12 samples over 2 minutes thinned to one a minute (2 or 3), 12 recent.
+        assert!((14..=15).contains(&span.samples), "{span:?}");
+        assert!(span.first_ms.unwrap() >= now - 2 * HOUR, "{span:?}");
+        let small = Retention {
+            max_bytes: 1,
+            ..retention
+        };
+        drop(Writer::open(dir.path(), small, Duration::from_secs(10)).unwrap());
+        assert_eq!(
+            segments(dir.path()).unwrap().len(),
+            0,
+            "every closed segment over the size"
+        );
+    }
+
+    #[rstest]
+    #[case("now", Ok(0))]
+    #[case("-2h", Ok(-7_200_000))]
+    #[case("-90s", Ok(-90_000))]
+    #[case("2026-12-03T03:10:00Z", Ok(1_796_267_400_000 - 1_796_300_000_000))]
+    #[case("03:10", Ok(3 * 3_600_000 + 600_000 - 1_796_300_000_000 + 1_796_256_000_000))]
+    #[case("25:00", Err(()))]
+    #[case("soon", Err(()))]
+    fn times_as_history_takes_them(#[case] text: &str, #[case] expected: Result<i64, ()>) {
+        // 2026-12-03T12:13:20Z, local time UTC.
+        let now = 1_796_300_000_000;
+        assert_eq!(
+            parse_time(text, now, 0).map(|t| t - now).map_err(|_| ()),
+            expected
+        );
+    }
+}

@@ -36,6 +36,10 @@ const SEGMENT_SPAN: Duration = Duration::from_secs(3600);
 /// A sample stands for the time after it at least this long (older samples are one a
 /// minute).
 pub const MIN_SLACK: Duration = Duration::from_secs(90);
+/// And at most this long, whatever interval a segment's header claims.
+pub const MAX_SLACK: Duration = Duration::from_secs(2 * 3600);
+/// A document inflates to at most this (the largest a soak produced was 10 MiB).
+const DOCUMENT_MAX: u64 = 256 << 20;
 
 /// How much the store keeps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,6 +87,9 @@ fn segments(dir: &Path) -> io::Result<Vec<Segment>> {
             });
         }
     }
+    // Only regular files (a FIFO would block the reader, a directory is no segment); one
+    // gone since it was listed (retention) is skipped.
+    out.retain(|s| fs::metadata(&s.path).is_ok_and(|m| m.is_file()));
     out.sort();
     Ok(out)
 }
@@ -194,7 +201,9 @@ impl Writer {
         let roll = match &self.current {
             None => true,
             Some((_, seg, size)) => {
-                at_ms - seg.start_ms >= SEGMENT_SPAN.as_millis() as i64
+                // Also when the clock stepped back before the segment's start: a segment's
+                // name stays the earliest time in it.
+                !(0..SEGMENT_SPAN.as_millis() as i64).contains(&(at_ms - seg.start_ms))
                     || *size >= self.retention.max_bytes / 16
             }
         };
@@ -336,7 +345,10 @@ enum BadHeader {
 /// A segment's header, if it is one this build reads.
 fn header_of(path: &Path) -> anyhow::Result<Result<Vec<u8>, BadHeader>> {
     let mut header = [0u8; 16];
-    let mut f = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let Ok(mut f) = File::open(path) else {
+        // Gone since it was listed, or unreadable: not a segment this read can use.
+        return Ok(Err(BadHeader::Corrupt));
+    };
     let n = read_full(&mut f, &mut header)?;
     if n < 16 || &header[..8] != MAGIC {
         return Ok(Err(BadHeader::Corrupt));
@@ -392,7 +404,10 @@ fn read_segment(path: &Path) -> anyhow::Result<Option<SegmentRead>> {
     let Some(header) = check_header(path)? else {
         return Ok(None);
     };
-    let mut r = BufReader::new(File::open(path)?);
+    let Ok(file) = File::open(path) else {
+        return Ok(None);
+    };
+    let mut r = BufReader::new(file);
     let mut skip = [0u8; 16];
     read_full(&mut r, &mut skip)?;
     let mut out = SegmentRead {
@@ -432,9 +447,18 @@ fn read_segment(path: &Path) -> anyhow::Result<Option<SegmentRead>> {
 fn decode(compressed: &[u8]) -> anyhow::Result<serde_json::Value> {
     let mut json = Vec::new();
     flate2::read::DeflateDecoder::new(compressed)
+        .take(DOCUMENT_MAX + 1)
         .read_to_end(&mut json)
-        .context("a record does not decompress")?;
-    serde_json::from_slice(&json).context("a record is not a JSON document")
+        .context("it does not decompress")?;
+    if json.len() as u64 > DOCUMENT_MAX {
+        bail!("it inflates past {} MiB", DOCUMENT_MAX >> 20);
+    }
+    let doc: serde_json::Value =
+        serde_json::from_slice(&json).context("it is not a JSON document")?;
+    if !doc.is_object() || doc.get("schema").is_none() {
+        bail!("it is not a snapshot document");
+    }
+    Ok(doc)
 }
 
 /// The samples a store holds: its first and last time, and what could not be read.
@@ -487,49 +511,100 @@ impl Reader {
         Ok(span)
     }
 
-    /// The sample at `at_ms`: the last one at or before it, if the store holds that time
-    /// (within twice the recording interval, at least [`MIN_SLACK`], after that sample: the
-    /// daemon was recording then); else a sentence giving the range it holds.
-    pub fn at(&self, at_ms: i64) -> anyhow::Result<(i64, serde_json::Value)> {
-        let mut best: Option<(i64, Vec<u8>)> = None;
-        let mut slack = MIN_SLACK;
-        for seg in segments(&self.dir)?.into_iter().rev() {
-            if seg.start_ms > at_ms {
-                continue;
-            }
+    /// The sample at `at_ms`: the latest one at or before it, in any segment (a clock
+    /// stepped back or forward leaves samples out of their segment's order), if `at_ms` is
+    /// within twice that segment's interval (at least [`MIN_SLACK`], at most [`MAX_SLACK`])
+    /// after it; else a sentence giving the range the store holds. A sample that does not
+    /// decode is skipped for the one before it (and counted).
+    pub fn at(&self, at_ms: i64) -> anyhow::Result<Sample> {
+        let mut candidates: Vec<(i64, Duration, usize, usize)> = Vec::new();
+        let mut reads = Vec::new();
+        let mut span = Span::default();
+        for seg in segments(&self.dir)? {
             let Some(read) = read_segment(&seg.path)? else {
+                span.corrupt += 1;
                 continue;
             };
+            span.torn += u64::from(read.torn);
             let every = u32::from_le_bytes([
                 read.header[12],
                 read.header[13],
                 read.header[14],
                 read.header[15],
             ]);
-            slack = slack.max(Duration::from_secs(u64::from(every) * 2));
-            best = read.raw_records.into_iter().rfind(|(t, _)| *t <= at_ms);
-            if best.is_some() {
+            let slack = Duration::from_secs(u64::from(every) * 2).clamp(MIN_SLACK, MAX_SLACK);
+            for (i, (t, _)) in read.raw_records.iter().enumerate() {
+                span.samples += 1;
+                span.first_ms = Some(span.first_ms.map_or(*t, |f: i64| f.min(*t)));
+                span.last_ms = Some(span.last_ms.map_or(*t, |l: i64| l.max(*t)));
+                if *t <= at_ms {
+                    candidates.push((*t, slack, reads.len(), i));
+                }
+            }
+            reads.push((seg.path, read));
+        }
+        candidates.sort_by_key(|(t, ..)| std::cmp::Reverse(*t));
+        let mut undecodable = Vec::new();
+        for (t, slack, seg, i) in candidates {
+            let within = at_ms
+                .checked_sub(t)
+                .is_some_and(|d| d <= slack.as_millis() as i64);
+            if !within {
                 break;
             }
+            let (path, read) = &reads[seg];
+            match decode(&read.raw_records[i].1) {
+                Ok(doc) => {
+                    return Ok(Sample {
+                        at_ms: t,
+                        doc,
+                        span,
+                        undecodable,
+                    });
+                }
+                Err(e) => {
+                    undecodable.push(format!(
+                        "the sample of {} in {}: {e:#}",
+                        rfc3339(t),
+                        path.display()
+                    ));
+                }
+            }
         }
-        if let Some((t, raw)) = best
-            && at_ms - t <= slack.as_millis() as i64
-        {
-            return Ok((t, decode(&raw)?));
-        }
-        let span = self.span()?;
         let holds = match (span.first_ms, span.last_ms) {
             (Some(f), Some(l)) => format!(
-                "the store at {} holds {} to {} ({} samples)",
+                "the store at {} holds {} to {} ({} sample{})",
                 self.dir.display(),
                 rfc3339(f),
                 rfc3339(l),
-                span.samples
+                span.samples,
+                if span.samples == 1 { "" } else { "s" }
             ),
             _ => format!("the store at {} holds no sample yet", self.dir.display()),
         };
-        bail!("nothing recorded at {}: {holds}", rfc3339(at_ms))
+        let mut why = format!("nothing recorded at {}: {holds}", rfc3339(at_ms));
+        if span.torn + span.corrupt > 0 {
+            why.push_str(&format!(
+                "; {} segment(s) end in a torn or corrupt record and {} could not be read at all",
+                span.torn, span.corrupt
+            ));
+        }
+        if !undecodable.is_empty() {
+            why.push_str(&format!("; not readable: {}", undecodable.join("; ")));
+        }
+        bail!("{why}")
     }
+}
+
+/// What [`Reader::at`] found.
+#[derive(Debug)]
+pub struct Sample {
+    pub at_ms: i64,
+    pub doc: serde_json::Value,
+    /// The whole store, as that read found it.
+    pub span: Span,
+    /// Later samples within reach that did not decode, one sentence each.
+    pub undecodable: Vec<String>,
 }
 
 /// `ms` since the epoch as RFC 3339, UTC, to the second.
@@ -546,31 +621,54 @@ pub fn rfc3339(ms: i64) -> String {
 /// TIME as `history --at` takes it: RFC 3339 (`2026-12-03T03:10:00Z`), `HH:MM[:SS]` (today,
 /// local time), `-2h` (before `now_ms`), or `now`. In ms since the epoch.
 pub fn parse_time(text: &str, now_ms: i64, local_offset_secs: i64) -> Result<i64, String> {
+    parse_time_with(text, now_ms, &|h, m, sec, days_back| {
+        let local_now = now_ms.div_euclid(1000) + local_offset_secs;
+        let midnight = local_now - local_now.rem_euclid(86_400) - 86_400 * i64::from(days_back);
+        Some(midnight + i64::from(h * 3600 + m * 60 + sec) - local_offset_secs)
+    })
+}
+
+/// As [`parse_time`], `HH:MM[:SS]` placed by `local` (seconds since the epoch of that time
+/// of day, `days_back` days before today, in local time): the C library's, which knows the
+/// day's daylight-saving offset. A time of day later than now is yesterday's.
+pub fn parse_time_with(
+    text: &str,
+    now_ms: i64,
+    local: &dyn Fn(u32, u32, u32, u32) -> Option<i64>,
+) -> Result<i64, String> {
     let t = text.trim();
     if t == "now" {
         return Ok(now_ms);
     }
     if let Some(ago) = t.strip_prefix('-') {
         let d = crate::cli::parse_duration(ago).map_err(|e| format!("{text:?}: {e}"))?;
-        return Ok(now_ms - d.as_millis() as i64);
+        return Ok(now_ms.saturating_sub(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)));
     }
     if let Ok(at) = time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339) {
-        return Ok((at.unix_timestamp_nanos() / 1_000_000) as i64);
+        return i64::try_from(at.unix_timestamp_nanos() / 1_000_000)
+            .map_err(|_| format!("{text:?} is out of range"));
     }
     let parts: Vec<&str> = t.split(':').collect();
     if (2..=3).contains(&parts.len())
+        && parts
+            .iter()
+            .all(|p| (1..=2).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()))
         && let Some(nums) = parts
             .iter()
-            .map(|p| p.parse::<i64>().ok())
-            .collect::<Option<Vec<i64>>>()
+            .map(|p| p.parse::<u32>().ok())
+            .collect::<Option<Vec<u32>>>()
         && nums[0] < 24
         && nums[1] < 60
         && nums.get(2).is_none_or(|s| *s < 60)
     {
-        let secs_of_day = nums[0] * 3600 + nums[1] * 60 + nums.get(2).copied().unwrap_or(0);
-        let local_now = now_ms.div_euclid(1000) + local_offset_secs;
-        let midnight = local_now - local_now.rem_euclid(86_400);
-        return Ok((midnight + secs_of_day - local_offset_secs) * 1000);
+        let (h, m, sec) = (nums[0], nums[1], nums.get(2).copied().unwrap_or(0));
+        let secs = match local(h, m, sec, 0) {
+            Some(today) if today * 1000 <= now_ms => Some(today),
+            _ => local(h, m, sec, 1),
+        };
+        return secs
+            .map(|s| s * 1000)
+            .ok_or_else(|| format!("{text:?} cannot be placed in local time"));
     }
     Err(format!(
         "{text:?} is not a time; give RFC 3339 (2026-12-03T03:10:00Z), HH:MM (today, local \
@@ -578,17 +676,26 @@ pub fn parse_time(text: &str, now_ms: i64, local_offset_secs: i64) -> Result<i64
     ))
 }
 
-/// This host's offset from UTC now, in seconds (from the C library's time zone).
-pub fn local_offset_secs() -> i64 {
+/// Seconds since the epoch of `h:m:s` local time, `days_back` days before today (the C
+/// library's time zone, with that day's daylight-saving rule).
+pub fn local_clock(h: u32, m: u32, s: u32, days_back: u32) -> Option<i64> {
     // SAFETY: time(NULL) only returns the time.
-    let now: libc::time_t = unsafe { libc::time(std::ptr::null_mut()) };
+    let now = unsafe { libc::time(std::ptr::null_mut()) };
     // SAFETY: an all-zero `tm` is a valid value of this plain C struct.
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
     // SAFETY: localtime_r reads `now` and writes only into `tm`, both on this stack frame.
     if unsafe { libc::localtime_r(&now, &mut tm) }.is_null() {
-        return 0;
+        return None;
     }
-    tm.tm_gmtoff
+    tm.tm_hour = i32::try_from(h).ok()?;
+    tm.tm_min = i32::try_from(m).ok()?;
+    tm.tm_sec = i32::try_from(s).ok()?;
+    tm.tm_mday -= i32::try_from(days_back).ok()?;
+    // Let mktime find whether daylight-saving time is in force on that day.
+    tm.tm_isdst = -1;
+    // SAFETY: mktime normalises and reads `tm`, a valid struct on this stack frame.
+    let t = unsafe { libc::mktime(&mut tm) };
+    (t != -1).then_some(t)
 }
 
 /// The daemon's recorder: a [`Writer`] and how often it takes a sample.
@@ -624,9 +731,14 @@ impl Recorder {
 /// `zkconn history`: the document the store holds at `--at`, as JSON or as tables.
 pub fn show(out: &mut impl Write, dir: &Path, at: &str, json: bool) -> anyhow::Result<()> {
     let now = now_ms();
-    let at_ms = parse_time(at, now, local_offset_secs()).map_err(|e| anyhow!("--at {e}"))?;
+    let at_ms = parse_time_with(at, now, &local_clock).map_err(|e| anyhow!("--at {e}"))?;
     let reader = Reader::open(dir)?;
-    let (sample_ms, mut doc) = reader.at(at_ms)?;
+    let Sample {
+        at_ms: sample_ms,
+        mut doc,
+        span,
+        undecodable,
+    } = reader.at(at_ms)?;
     if let Some(obj) = doc.as_object_mut() {
         obj.insert(
             "history".into(),
@@ -634,7 +746,21 @@ pub fn show(out: &mut impl Write, dir: &Path, at: &str, json: bool) -> anyhow::R
                 "store": dir.display().to_string(),
                 "asked": rfc3339(at_ms),
                 "sample": rfc3339(sample_ms),
+                "torn_segments": span.torn,
+                "unreadable_segments": span.corrupt,
+                "undecodable": undecodable,
             }),
+        );
+    }
+    for why in &undecodable {
+        tracing::warn!("skipped {why}");
+    }
+    if span.torn + span.corrupt > 0 {
+        tracing::warn!(
+            "{} segment(s) of the store end in a torn or corrupt record (the samples after it \
+             are lost) and {} could not be read at all",
+            span.torn,
+            span.corrupt
         );
     }
     if json {
@@ -694,15 +820,64 @@ mod tests {
         assert_eq!(again.append(t0 + 2 * HOUR, &doc(6)), None);
         assert_eq!(segments(dir.path()).unwrap().len(), 3);
         let r = Reader::open(dir.path()).unwrap();
-        assert_eq!(n_of(&r.at(t0 + 25_000).unwrap().1), 2);
-        assert_eq!(r.at(t0 + 40_000).unwrap().0, t0 + 40_000);
-        assert_eq!(n_of(&r.at(t0 + HOUR + 60_000).unwrap().1), 5);
+        assert_eq!(n_of(&r.at(t0 + 25_000).unwrap().doc), 2);
+        assert_eq!(r.at(t0 + 40_000).unwrap().at_ms, t0 + 40_000);
+        assert_eq!(n_of(&r.at(t0 + HOUR + 60_000).unwrap().doc), 5);
         let before = r.at(t0 - 1).unwrap_err().to_string();
         assert!(before.contains("holds"), "{before}");
         assert!(before.contains("7 samples"), "{before}");
         // Past the last sample by more than the slack: not "the same as then".
         let gap = r.at(t0 + 30 * 60_000).unwrap_err().to_string();
         assert!(gap.starts_with("nothing recorded at"), "{gap}");
+    }
+
+    /// A clock stepped back starts a new segment, and either way the reader takes the
+    /// latest sample at or before the time asked, whatever segment it is in; a document
+    /// that inflates past its bound, or is no snapshot document, is skipped for the sample
+    /// before it; a FIFO named like a segment does not block the reader.
+    #[test]
+    fn clock_steps_bombs_and_non_documents_do_not_mislead_the_reader() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = now_ms() - HOUR;
+        {
+            let mut w = writer(dir.path());
+            w.append(t0 + 10_000, &doc(1));
+            w.append(t0 + 20_000, &doc(2));
+            // The clock steps back 15 s.
+            w.append(t0 + 5_000, &doc(3));
+        }
+        assert_eq!(segments(dir.path()).unwrap().len(), 2);
+        let r = Reader::open(dir.path()).unwrap();
+        assert_eq!(n_of(&r.at(t0 + 6_000).unwrap().doc), 3);
+        assert_eq!(n_of(&r.at(t0 + 25_000).unwrap().doc), 2);
+        // A later sample that is no snapshot document, and one that is a bomb.
+        let junk = serde_json::to_vec(&serde_json::json!([1, 2])).unwrap();
+        let bomb = vec![b' '; (DOCUMENT_MAX + 1) as usize];
+        {
+            let mut w = writer(dir.path());
+            w.append(t0 + 30_000, &junk);
+            w.append(t0 + 31_000, &bomb);
+        }
+        let s = r.at(t0 + 32_000).unwrap();
+        assert_eq!(n_of(&s.doc), 2, "the one before them");
+        assert_eq!(s.undecodable.len(), 2, "{:?}", s.undecodable);
+        assert!(
+            s.undecodable[0].contains("inflates past 256 MiB"),
+            "{:?}",
+            s.undecodable
+        );
+        assert!(
+            s.undecodable[1].contains("not a snapshot document"),
+            "{:?}",
+            s.undecodable
+        );
+        let fifo =
+            std::ffi::CString::new(dir.path().join(segment_name(t0 + 40_000)).to_str().unwrap())
+                .unwrap();
+        // SAFETY: mkfifo reads the path, a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        fs::create_dir(dir.path().join(segment_name(t0 + 41_000))).unwrap();
+        assert_eq!(n_of(&r.at(t0 + 45_000).unwrap().doc), 2);
     }
 
     /// A record cut short (a crash, a full disk) loses that sample only: the ones before
@@ -724,10 +899,10 @@ mod tests {
         let r = Reader::open(dir.path()).unwrap();
         let span = r.span().unwrap();
         assert_eq!((span.samples, span.torn), (2, 1));
-        assert_eq!(n_of(&r.at(t0 + 2500).unwrap().1), 1);
+        assert_eq!(n_of(&r.at(t0 + 2500).unwrap().doc), 1);
         let mut w = writer(dir.path());
         assert_eq!(w.append(t0 + 5000, &doc(9)), None);
-        assert_eq!(n_of(&r.at(t0 + 5000).unwrap().1), 9);
+        assert_eq!(n_of(&r.at(t0 + 5000).unwrap().doc), 9);
         // Garbage in a checksum: the record is not read as a sample.
         let mut bytes = fs::read(&seg).unwrap();
         let last = bytes.len() - 1;
@@ -823,6 +998,9 @@ mod tests {
     #[case("2026-12-03T03:10:00Z", Ok(1_796_267_400_000 - 1_796_300_000_000))]
     #[case("03:10", Ok(3 * 3_600_000 + 600_000 - 1_796_300_000_000 + 1_796_256_000_000))]
     #[case("25:00", Err(()))]
+    #[case("01:-05", Err(()))]
+    // Later than now (12:13 UTC): yesterday's.
+    #[case("23:50", Ok(1_796_256_000_000 - 86_400_000 + 85_800_000 - 1_796_300_000_000))]
     #[case("soon", Err(()))]
     fn times_as_history_takes_them(#[case] text: &str, #[case] expected: Result<i64, ()>) {
         // 2026-12-03T12:13:20Z, local time UTC.

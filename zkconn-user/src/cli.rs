@@ -144,8 +144,8 @@ pub const DEFAULT_HISTORY_DIR: &str = "/var/lib/zkconn/history";
 
 #[derive(Debug, Args)]
 pub struct HistoryArgs {
-    /// The time to show: RFC 3339 (2026-12-03T03:10:00Z), HH:MM or HH:MM:SS (today, local
-    /// time), -2h (that long before now), or now.
+    /// The time to show: RFC 3339 (2026-12-03T03:10:00Z), HH:MM or HH:MM:SS (the last such
+    /// time of day, local time), -2h (that long before now), or now.
     #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
     pub at: String,
     /// Print the JSON document (the snapshot's schema, docs/json.md, with a `history`

@@ -32,11 +32,25 @@ pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
+/// The widest a table cell gets, in characters (a command line is kept to 4,096 bytes).
+const CELL_MAX: usize = 4096;
+
+/// `text` cut to `max` characters, `…` marking the cut.
+fn cut(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_owned();
+    }
+    let mut out: String = text.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
 fn table(out: &mut impl Write, header: &[&str], rows: &[Vec<String>]) -> io::Result<()> {
-    // Cells carry process names and command lines: never a raw control character.
+    // Cells carry process names and command lines: never a raw control character, and
+    // never wider than a formatter pads (a stored document may hold anything).
     let rows: Vec<Vec<String>> = rows
         .iter()
-        .map(|row| row.iter().map(|c| printable(c).into_owned()).collect())
+        .map(|row| row.iter().map(|c| cut(&printable(c), CELL_MAX)).collect())
         .collect();
     let rows = rows.as_slice();
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
@@ -638,6 +652,16 @@ mod tests {
         );
         let row = text.lines().find(|l| l.starts_with("4100")).unwrap();
         assert!(row.contains(" no "), "{row}");
+    }
+
+    /// A cell longer than a formatter can pad (65,535) is cut, not a panic.
+    #[test]
+    fn a_huge_cell_is_cut() {
+        let mut out = Vec::new();
+        let huge = "x".repeat(70_000);
+        super::table(&mut out, &["A", "B"], &[vec![huge, "end".into()]]).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("x…  end"), "{}", &text[text.len() - 20..]);
     }
 
     #[test]

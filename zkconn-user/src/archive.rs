@@ -94,7 +94,7 @@ fn segments(dir: &Path) -> io::Result<Vec<Segment>> {
     Ok(out)
 }
 
-fn now_ms() -> i64 {
+pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
@@ -284,13 +284,14 @@ fn remove(path: &Path) -> anyhow::Result<()> {
 /// Keeps one record a minute of the segment at `path` (rewritten beside it, then renamed
 /// over it: a crash leaves the old one whole).
 fn thin(path: &Path) -> anyhow::Result<()> {
-    let Some(read) = read_segment(path)? else {
+    let Some(read) = read_segment(path, true)? else {
         return Ok(());
     };
     let mut last_minute = None;
     let mut kept = Vec::new();
     let mut dropped = false;
-    for (at_ms, raw) in read.raw_records {
+    for rec in read.records {
+        let (at_ms, raw) = (rec.at_ms, rec.raw.unwrap_or_default());
         let minute = at_ms.div_euclid(60_000);
         if last_minute == Some(minute) {
             dropped = true;
@@ -390,17 +391,38 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
+/// One whole record of a segment.
+struct Record {
+    at_ms: i64,
+    /// Where its compressed document starts in the segment, and its length.
+    offset: u64,
+    len: usize,
+    /// The CRC-32 of its payload (time and document), checked again when it is loaded.
+    crc: u32,
+    /// The compressed document, when the read kept it.
+    raw: Option<Vec<u8>>,
+}
+
 /// What reading one segment found.
 struct SegmentRead {
     header: Vec<u8>,
-    /// (time, compressed document) of every whole record, in order.
-    raw_records: Vec<(i64, Vec<u8>)>,
+    /// Every whole record, in order.
+    records: Vec<Record>,
     /// Bytes after the last whole record that do not make one (a torn write).
     torn: bool,
 }
 
-/// Reads a segment; `None` when it has no header (corrupt from its start).
-fn read_segment(path: &Path) -> anyhow::Result<Option<SegmentRead>> {
+impl SegmentRead {
+    /// The interval its writer sampled at, as its header says.
+    fn every(&self) -> Duration {
+        let h = &self.header;
+        Duration::from_secs(u64::from(u32::from_le_bytes([h[12], h[13], h[14], h[15]])))
+    }
+}
+
+/// Reads a segment, keeping each record's document when `keep` (else only where it is);
+/// `None` when it has no header (corrupt from its start).
+fn read_segment(path: &Path, keep: bool) -> anyhow::Result<Option<SegmentRead>> {
     let Some(header) = check_header(path)? else {
         return Ok(None);
     };
@@ -412,9 +434,11 @@ fn read_segment(path: &Path) -> anyhow::Result<Option<SegmentRead>> {
     read_full(&mut r, &mut skip)?;
     let mut out = SegmentRead {
         header,
-        raw_records: Vec::new(),
+        records: Vec::new(),
         torn: false,
     };
+    let mut at = 16u64;
+    let mut payload = Vec::new();
     loop {
         let mut head = [0u8; 8];
         let n = read_full(&mut r, &mut head)?;
@@ -431,17 +455,38 @@ fn read_segment(path: &Path) -> anyhow::Result<Option<SegmentRead>> {
             out.torn = true;
             break;
         }
-        let mut payload = vec![0u8; len as usize];
+        payload.resize(len as usize, 0);
         if read_full(&mut r, &mut payload)? < payload.len() || crc32fast::hash(&payload) != crc {
             out.torn = true;
             break;
         }
         let mut t = [0u8; 8];
         t.copy_from_slice(&payload[..8]);
-        let at_ms = i64::from_le_bytes(t);
-        out.raw_records.push((at_ms, payload[8..].to_vec()));
+        out.records.push(Record {
+            at_ms: i64::from_le_bytes(t),
+            offset: at + 16,
+            len: len as usize - 8,
+            crc,
+            raw: keep.then(|| payload[8..].to_vec()),
+        });
+        at += 8 + u64::from(len);
     }
     Ok(Some(out))
+}
+
+/// The compressed document of `rec` in the segment at `path`, checked against its CRC (the
+/// writer may have thinned the segment since it was indexed).
+fn load(path: &Path, rec: &Record) -> anyhow::Result<Vec<u8>> {
+    if let Some(raw) = &rec.raw {
+        return Ok(raw.clone());
+    }
+    let mut f = File::open(path).context("it is gone")?;
+    io::Seek::seek(&mut f, io::SeekFrom::Start(rec.offset - 8))?;
+    let mut payload = vec![0u8; 8 + rec.len];
+    if read_full(&mut f, &mut payload)? < payload.len() || crc32fast::hash(&payload) != rec.crc {
+        bail!("its segment changed while it was read (retention thinned it); ask again");
+    }
+    Ok(payload.split_off(8))
 }
 
 fn decode(compressed: &[u8]) -> anyhow::Result<serde_json::Value> {
@@ -462,7 +507,7 @@ fn decode(compressed: &[u8]) -> anyhow::Result<serde_json::Value> {
 }
 
 /// The samples a store holds: its first and last time, and what could not be read.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Span {
     pub first_ms: Option<i64>,
     pub last_ms: Option<i64>,
@@ -491,24 +536,34 @@ impl Reader {
         })
     }
 
-    /// The times the store holds.
-    pub fn span(&self) -> anyhow::Result<Span> {
-        let mut span = Span::default();
+    /// Every whole record of the store, oldest first, with where it is; and the span.
+    fn index(&self) -> anyhow::Result<Index> {
+        let mut index = Index::default();
         for seg in segments(&self.dir)? {
-            let Some(read) = read_segment(&seg.path)? else {
-                span.corrupt += 1;
+            let Some(read) = read_segment(&seg.path, false)? else {
+                index.span.corrupt += 1;
                 continue;
             };
+            let span = &mut index.span;
             span.torn += u64::from(read.torn);
-            span.samples += read.raw_records.len() as u64;
-            if let Some((first, _)) = read.raw_records.first() {
-                span.first_ms = Some(span.first_ms.map_or(*first, |f: i64| f.min(*first)));
+            let slack = (read.every() * 2).clamp(MIN_SLACK, MAX_SLACK);
+            for rec in read.records {
+                let t = rec.at_ms;
+                span.samples += 1;
+                span.first_ms = Some(span.first_ms.map_or(t, |f: i64| f.min(t)));
+                span.last_ms = Some(span.last_ms.map_or(t, |l: i64| l.max(t)));
+                index.entries.push((slack, index.paths.len(), rec));
             }
-            if let Some((last, _)) = read.raw_records.last() {
-                span.last_ms = Some(span.last_ms.map_or(*last, |l: i64| l.max(*last)));
-            }
+            index.paths.push(seg.path);
         }
-        Ok(span)
+        // Segments are in time order unless the clock stepped: sort by the records' own.
+        index.entries.sort_by_key(|(_, _, rec)| rec.at_ms);
+        Ok(index)
+    }
+
+    /// The times the store holds.
+    pub fn span(&self) -> anyhow::Result<Span> {
+        Ok(self.index()?.span)
     }
 
     /// The sample at `at_ms`: the latest one at or before it, in any segment (a clock
@@ -517,61 +572,92 @@ impl Reader {
     /// after it; else a sentence giving the range the store holds. A sample that does not
     /// decode is skipped for the one before it (and counted).
     pub fn at(&self, at_ms: i64) -> anyhow::Result<Sample> {
-        let mut candidates: Vec<(i64, Duration, usize, usize)> = Vec::new();
-        let mut reads = Vec::new();
-        let mut span = Span::default();
-        for seg in segments(&self.dir)? {
-            let Some(read) = read_segment(&seg.path)? else {
-                span.corrupt += 1;
-                continue;
-            };
-            span.torn += u64::from(read.torn);
-            let every = u32::from_le_bytes([
-                read.header[12],
-                read.header[13],
-                read.header[14],
-                read.header[15],
-            ]);
-            let slack = Duration::from_secs(u64::from(every) * 2).clamp(MIN_SLACK, MAX_SLACK);
-            for (i, (t, _)) in read.raw_records.iter().enumerate() {
-                span.samples += 1;
-                span.first_ms = Some(span.first_ms.map_or(*t, |f: i64| f.min(*t)));
-                span.last_ms = Some(span.last_ms.map_or(*t, |l: i64| l.max(*t)));
-                if *t <= at_ms {
-                    candidates.push((*t, slack, reads.len(), i));
-                }
-            }
-            reads.push((seg.path, read));
-        }
-        candidates.sort_by_key(|(t, ..)| std::cmp::Reverse(*t));
+        let index = self.index()?;
         let mut undecodable = Vec::new();
-        for (t, slack, seg, i) in candidates {
+        let upto = index
+            .entries
+            .partition_point(|(_, _, rec)| rec.at_ms <= at_ms);
+        for (slack, seg, rec) in index.entries[..upto].iter().rev() {
             let within = at_ms
-                .checked_sub(t)
+                .checked_sub(rec.at_ms)
                 .is_some_and(|d| d <= slack.as_millis() as i64);
             if !within {
                 break;
             }
-            let (path, read) = &reads[seg];
-            match decode(&read.raw_records[i].1) {
+            match index.decode(*seg, rec) {
                 Ok(doc) => {
                     return Ok(Sample {
-                        at_ms: t,
+                        at_ms: rec.at_ms,
                         doc,
-                        span,
+                        span: index.span,
                         undecodable,
                     });
                 }
-                Err(e) => {
-                    undecodable.push(format!(
-                        "the sample of {} in {}: {e:#}",
-                        rfc3339(t),
-                        path.display()
-                    ));
-                }
+                Err(why) => undecodable.push(why),
             }
         }
-        let holds = match (span.first_ms, span.last_ms) {
+        let mut why = format!(
+            "nothing recorded at {}: {}",
+            rfc3339(at_ms),
+            self.holds(&index.span)
+        );
+        if !undecodable.is_empty() {
+            why.push_str(&format!("; not readable: {}", undecodable.join("; ")));
+        }
+        bail!("{why}")
+    }
+
+    /// Every sample from `from_ms` to `to_ms` (both included), oldest first, handed to `each`
+    /// one at a time (a day of samples is never all in memory). Samples that do not decode
+    /// are skipped and named in the result. A range the store holds nothing of is refused
+    /// with a sentence giving the range it does.
+    pub fn each(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        mut each: impl FnMut(i64, serde_json::Value) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Walked> {
+        let index = self.index()?;
+        let start = index
+            .entries
+            .partition_point(|(_, _, rec)| rec.at_ms < from_ms);
+        let end = index
+            .entries
+            .partition_point(|(_, _, rec)| rec.at_ms <= to_ms);
+        let mut walked = Walked {
+            span: index.span,
+            ..Walked::default()
+        };
+        for (_, seg, rec) in &index.entries[start..end.max(start)] {
+            match index.decode(*seg, rec) {
+                Ok(doc) => {
+                    walked.samples += 1;
+                    each(rec.at_ms, doc)?;
+                }
+                Err(why) => walked.undecodable.push(why),
+            }
+        }
+        if walked.samples == 0 {
+            let mut why = format!(
+                "nothing recorded from {} to {}: {}",
+                rfc3339(from_ms),
+                rfc3339(to_ms),
+                self.holds(&index.span)
+            );
+            if !walked.undecodable.is_empty() {
+                why.push_str(&format!(
+                    "; not readable: {}",
+                    walked.undecodable.join("; ")
+                ));
+            }
+            bail!("{why}");
+        }
+        Ok(walked)
+    }
+
+    /// What the store holds, in a sentence (for one that does not hold what was asked).
+    fn holds(&self, span: &Span) -> String {
+        let mut holds = match (span.first_ms, span.last_ms) {
             (Some(f), Some(l)) => format!(
                 "the store at {} holds {} to {} ({} sample{})",
                 self.dir.display(),
@@ -582,18 +668,47 @@ impl Reader {
             ),
             _ => format!("the store at {} holds no sample yet", self.dir.display()),
         };
-        let mut why = format!("nothing recorded at {}: {holds}", rfc3339(at_ms));
         if span.torn + span.corrupt > 0 {
-            why.push_str(&format!(
+            holds.push_str(&format!(
                 "; {} segment(s) end in a torn or corrupt record and {} could not be read at all",
                 span.torn, span.corrupt
             ));
         }
-        if !undecodable.is_empty() {
-            why.push_str(&format!("; not readable: {}", undecodable.join("; ")));
-        }
-        bail!("{why}")
+        holds
     }
+}
+
+/// Where every record of a store is, oldest first.
+#[derive(Default)]
+struct Index {
+    /// (the slack its segment allows, its segment in `paths`, the record).
+    entries: Vec<(Duration, usize, Record)>,
+    paths: Vec<PathBuf>,
+    span: Span,
+}
+
+impl Index {
+    /// The document of a record, or a sentence naming it and why it cannot be read.
+    fn decode(&self, seg: usize, rec: &Record) -> Result<serde_json::Value, String> {
+        let path = &self.paths[seg];
+        load(path, rec).and_then(|raw| decode(&raw)).map_err(|e| {
+            format!(
+                "the sample of {} in {}: {e:#}",
+                rfc3339(rec.at_ms),
+                path.display()
+            )
+        })
+    }
+}
+
+/// What [`Reader::each`] went through.
+#[derive(Debug, Default)]
+pub struct Walked {
+    pub span: Span,
+    /// Samples handed on.
+    pub samples: u64,
+    /// Samples in the range that did not decode, one sentence each.
+    pub undecodable: Vec<String>,
 }
 
 /// What [`Reader::at`] found.

@@ -64,6 +64,11 @@ pub enum Command {
     /// (`daemon --history`) holds for --at, as tables or as the JSON document. Needs no
     /// privileges beyond reading the store.
     History(HistoryArgs),
+    /// An incident report from the history store for the window around --around TIME or
+    /// the last alarm (--alarm): the budgets that reached their limit, who held them and how
+    /// that grew, who was refused, the YARN containers and applications involved, and a
+    /// chart of usage against the limit; as report.md, report.html and usage.svg in --out.
+    Report(ReportArgs),
     /// Print a shell completion script (bash, zsh or fish) to standard output.
     Completions {
         #[arg(value_enum)]
@@ -146,15 +151,101 @@ pub const DEFAULT_HISTORY_DIR: &str = "/var/lib/zkconn/history";
 pub struct HistoryArgs {
     /// The time to show: RFC 3339 (2026-12-03T03:10:00Z), HH:MM or HH:MM:SS (the last such
     /// time of day, local time), -2h (that long before now), or now.
-    #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
-    pub at: String,
-    /// Print the JSON document (the snapshot's schema, docs/json.md, with a `history`
-    /// object naming the sample).
+    #[arg(
+        long,
+        value_name = "TIME",
+        allow_hyphen_values = true,
+        required_unless_present = "from",
+        conflicts_with_all = ["from", "subject"]
+    )]
+    pub at: Option<String>,
+    /// A series instead: every sample from this time (as --at) of one process, container,
+    /// application, service, server or client host (give one).
+    #[arg(
+        long,
+        value_name = "TIME",
+        allow_hyphen_values = true,
+        requires = "subject"
+    )]
+    pub from: Option<String>,
+    /// The series ends at this time (as --at).
+    #[arg(
+        long,
+        value_name = "TIME",
+        allow_hyphen_values = true,
+        default_value = "now",
+        requires = "from"
+    )]
+    pub to: String,
+    #[command(flatten)]
+    pub subject: SubjectArgs,
+    /// Print JSON: the snapshot's document (docs/json.md, with a `history` object naming the
+    /// sample), or for a series `zkconn.history-series/v1` (docs/history.md).
     #[arg(long)]
     pub json: bool,
     /// The history store (the daemon's --history).
     #[arg(long, value_name = "DIR", default_value = DEFAULT_HISTORY_DIR)]
     pub history: PathBuf,
+}
+
+#[derive(Debug, Args)]
+#[group(skip)]
+#[command(group = clap::ArgGroup::new("centre").required(true).multiple(false))]
+pub struct ReportArgs {
+    /// The time the window is centred on (as `history --at`).
+    #[arg(
+        long,
+        value_name = "TIME",
+        allow_hyphen_values = true,
+        group = "centre"
+    )]
+    pub around: Option<String>,
+    /// Centre the window on the start of the last alarm the store holds (the last run of
+    /// samples in which a budget was critical; else warning).
+    #[arg(long, group = "centre")]
+    pub alarm: bool,
+    /// How far the window reaches before and after its centre.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_report_window)]
+    pub window: Duration,
+    /// Where to write report.md, report.html and usage.svg (made if missing; those three
+    /// files are replaced). Default: zkconn-report-<centre time> in the current directory.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// The history store (the daemon's --history).
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_HISTORY_DIR)]
+    pub history: PathBuf,
+}
+
+fn parse_report_window(text: &str) -> Result<Duration, String> {
+    let d = parse_duration(text)?;
+    if d < Duration::from_secs(10) || d > Duration::from_secs(7 * 86_400) {
+        return Err(format!("{text:?} is not a window between 10s and 7d"));
+    }
+    Ok(d)
+}
+
+/// Whose series `history --from` shows: one of these.
+#[derive(Debug, Args)]
+#[group(id = "subject", multiple = false)]
+pub struct SubjectArgs {
+    /// A process, by pid (a pid reused within the range shows both processes' rows).
+    #[arg(long, value_name = "PID", requires = "from")]
+    pub process: Option<u32>,
+    /// A YARN container, by id.
+    #[arg(long, value_name = "ID", requires = "from")]
+    pub container: Option<String>,
+    /// A YARN application, by id.
+    #[arg(long, value_name = "ID", requires = "from")]
+    pub application: Option<String>,
+    /// A service, as the `services` rows name it ("HBase RegionServer").
+    #[arg(long, value_name = "NAME", requires = "from")]
+    pub service: Option<String>,
+    /// A ZooKeeper server this host connects to (IP:PORT): a line per budget (local IP).
+    #[arg(long, value_name = "IP:PORT", requires = "from")]
+    pub server: Option<String>,
+    /// A client host of this host's ZooKeeper listeners (IP): a line per listener.
+    #[arg(long, value_name = "IP", requires = "from")]
+    pub client: Option<String>,
 }
 
 #[derive(Debug, Args)]

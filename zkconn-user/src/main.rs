@@ -122,7 +122,34 @@ fn run(cli: Cli, logs: tui::LogBuffer) -> anyhow::Result<()> {
         }
         Some(Command::History(args)) => {
             let mut out = std::io::stdout().lock();
-            zkconn::archive::show(&mut out, &args.history, &args.at, args.json)
+            match (
+                &args.at,
+                zkconn::series::Subject::of_args(&args.subject),
+                &args.from,
+            ) {
+                (Some(at), _, _) => zkconn::archive::show(&mut out, &args.history, at, args.json),
+                (None, Some(subject), Some(from)) => zkconn::series::show(
+                    &mut out,
+                    &args.history,
+                    &subject,
+                    from,
+                    &args.to,
+                    args.json,
+                ),
+                // clap requires --at, or --from with a subject.
+                _ => Err(anyhow::anyhow!(
+                    "give --at TIME, or --from TIME with --process, --container, \
+                     --application, --service, --server or --client"
+                )),
+            }
+        }
+        Some(Command::Report(args)) => {
+            let centre = match args.around {
+                Some(t) => zkconn::report::Centre::Around(t),
+                None => zkconn::report::Centre::LastAlarm,
+            };
+            let mut out = std::io::stdout().lock();
+            zkconn::report::run(&mut out, &args.history, &centre, args.window, args.out)
         }
         Some(Command::Daemon(args)) => {
             let setup = Setup::new(&args.watch)?;

@@ -15,9 +15,10 @@ pub fn json(out: &mut impl Write, snapshot: &Snapshot) -> io::Result<()> {
 
 /// `text` safe to print on a terminal and on one line: a line feed or tab shows as `\n` or
 /// `\t`, any other control character (a terminal escape in a process name, which any local
-/// user chooses) as U+FFFD.
+/// user chooses) or invisible format character (a zero-width space, a bidirectional
+/// override that shows a name reversed) as U+FFFD.
 pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.chars().any(char::is_control) {
+    if !text.chars().any(|c| c.is_control() || is_format(c)) {
         return std::borrow::Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len() + 8);
@@ -25,11 +26,18 @@ pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
         match c {
             '\n' => out.push_str("\\n"),
             '\t' => out.push_str("\\t"),
-            c if c.is_control() => out.push('\u{fffd}'),
+            c if c.is_control() || is_format(c) => out.push('\u{fffd}'),
             c => out.push(c),
         }
     }
     std::borrow::Cow::Owned(out)
+}
+
+/// Unicode's invisible format characters that change how the text around them shows.
+pub fn is_format(c: char) -> bool {
+    matches!(c,
+        '\u{00ad}' | '\u{061c}' | '\u{180e}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}'
+        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206f}' | '\u{feff}' | '\u{fff9}'..='\u{fffb}')
 }
 
 /// The widest a table cell gets, in characters (a command line is kept to 4,096 bytes).
@@ -45,7 +53,7 @@ fn cut(text: &str, max: usize) -> String {
     out
 }
 
-fn table(out: &mut impl Write, header: &[&str], rows: &[Vec<String>]) -> io::Result<()> {
+pub(crate) fn table(out: &mut impl Write, header: &[&str], rows: &[Vec<String>]) -> io::Result<()> {
     // Cells carry process names and command lines: never a raw control character, and
     // never wider than a formatter pads (a stored document may hold anything).
     let rows: Vec<Vec<String>> = rows
@@ -473,7 +481,7 @@ pub fn text(out: &mut impl Write, s: &Snapshot) -> io::Result<()> {
 
 /// How a cell of [`text_of_document`] is read from a row.
 #[derive(Clone, Copy)]
-enum Cell {
+pub(crate) enum Cell {
     /// The field as it is (`-` when null).
     Plain(&'static str),
     /// A ratio as a percentage.
@@ -489,7 +497,7 @@ enum Cell {
 }
 
 impl Cell {
-    fn of(self, row: &serde_json::Value) -> String {
+    pub(crate) fn of(self, row: &serde_json::Value) -> String {
         use serde_json::Value;
         let plain = |v: &Value| match v {
             Value::String(t) => t.clone(),
@@ -668,6 +676,7 @@ mod tests {
     fn control_characters_never_reach_the_terminal() {
         assert_eq!(printable("plain"), "plain");
         assert_eq!(printable("a\nb\tc\x1b[2J"), "a\\nb\\tc\u{fffd}[2J");
+        assert_eq!(printable("a\u{202e}b\u{200b}c"), "a\u{fffd}b\u{fffd}c");
         let mut out = Vec::new();
         table(
             &mut out,

@@ -69,6 +69,12 @@ fn main() -> std::process::ExitCode {
                 .and_then(daemon_cost)
                 .map(|t| println!("{t}"))
         }
+        Some("history-only") => {
+            raise_fd_limit();
+            listener(0, false)
+                .and_then(history_cost)
+                .map(|t| println!("{t}"))
+        }
         Some("growth-only") => {
             raise_fd_limit();
             listener(0, false)
@@ -949,6 +955,75 @@ fn daemon_cost_row(target: SocketAddr, what: &str) -> Result<String> {
     ))
 }
 
+/// What `daemon --history` costs at 5,000 connects/s beside 10,000 open: the daemon's CPU
+/// without a store, with one sampled each second and with one at the default 10 s; what
+/// the store holds after the 60 s, per sample, and so per day at 10 s.
+fn history_cost(refusing: SocketAddr) -> Result<String> {
+    const RATE: f64 = 5_000.0;
+    const SECS: f64 = 60.0;
+    let mut s = String::from(
+        "| store | connects/s reached | daemon CPU | samples recorded | store size | per sample | document (`/v1/snapshot`) | so, a day at 10 s samples |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    let polite = polite_listener(refusing.port())?;
+    for interval in [None, Some("1s"), Some("10s")] {
+        let store = tempfile::tempdir()?;
+        let (hold, server) = spawn_hold_server(polite.port())?;
+        let mut extra: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(every) = interval {
+            extra.push("--history".into());
+            extra.push(store.path().into());
+            extra.push("--history-interval".into());
+            extra.push(every.into());
+        }
+        let extra: Vec<&std::ffi::OsStr> = extra.iter().map(|a| a.as_os_str()).collect();
+        let d = DaemonUnderTest::start_with(polite.port(), 65_536, &extra)?;
+        let held = holders(hold, 10, 1000)?;
+        thread::sleep(Duration::from_secs(3));
+        let cpu0 = d.cpu_secs()?;
+        let t0 = Instant::now();
+        let reached = paced_churn(polite, RATE, SECS)?;
+        let wall = t0.elapsed().as_secs_f64();
+        let cpu = d.cpu_secs()? - cpu0;
+        let doc = integration_tests::http_get(d.addr, "/v1/snapshot")
+            .map(|(_, body)| body.len())
+            .unwrap_or(0);
+        drop(d);
+        stop(held);
+        stop(server);
+        let Some(every) = interval else {
+            s.push_str(&format!(
+                "| none | {reached:.0} | {:.2} % of one core | - | - | - | {:.1} KiB | - |\n",
+                cpu / wall * 100.0,
+                doc as f64 / 1024.0
+            ));
+            continue;
+        };
+        let bytes: u64 = std::fs::read_dir(store.path())?
+            .filter_map(|e| e.ok()?.metadata().ok())
+            .map(|m| m.len())
+            .sum();
+        let out = Command::new(zkconn_bin())
+            .args(["history", "--from", "-10m", "--json", "--server"])
+            .arg(polite.to_string())
+            .arg("--history")
+            .arg(store.path())
+            .output()?;
+        let series: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .with_context(|| String::from_utf8_lossy(&out.stderr).into_owned())?;
+        let samples = series["samples"].as_array().map_or(0, Vec::len);
+        let per = bytes as f64 / samples.max(1) as f64;
+        s.push_str(&format!(
+            "| `--history-interval {every}` | {reached:.0} | {:.2} % of one core | {samples} | {:.1} KiB | {:.0} bytes | {:.1} KiB | {:.1} MiB |\n",
+            cpu / wall * 100.0,
+            bytes as f64 / 1024.0,
+            per,
+            doc as f64 / 1024.0,
+            per * 8640.0 / (1024.0 * 1024.0),
+        ));
+    }
+    Ok(s)
+}
+
 /// Open connections summed over a snapshot's server rows.
 fn open_sum(snap: &serde_json::Value) -> u64 {
     snap["servers"]
@@ -973,6 +1048,9 @@ fn ss_open(port: u16) -> Result<usize> {
 /// at most 20,000 descriptors here (the hard limit, which cannot be raised without
 /// CAP_SYS_RESOURCE), so every 10,000 connections get a listener process of their own, all
 /// on the watched port at addresses of their own.
+/// What the history store table measures.
+const HISTORY_NOTE: &str = "`zkconn daemon` as in Daemon cost (5,000 connects/s for 60 s, the client closing, beside 10,000 open) without a store, then with `--history` sampled every second and at the default 10 s. \"Samples recorded\" are those `zkconn history --from` reads back; \"per sample\" is the store's size over them (the segment header included); a day at 10 s is 8,640 samples of that size, before the thinning to one a minute after a day. Reproduce with `zkconn-bench history-only`.";
+
 /// How long the growth benchmark watches a daemon at rest.
 const AT_REST_SECS: u64 = 60;
 
@@ -1204,6 +1282,10 @@ fn run(out: &str) -> Result<()> {
         "`zkconn daemon` (defaults: 1 s samples) while two threads connect and close at a paced 5,000 per second for 60 s and 10 processes hold 10,000 connections open; `/metrics` is fetched every 15 s as Prometheus would. CPU is the daemon's own user + system time from `/proc/PID/stat` over the 60 s (its BPF programs run in the connecting tasks and are in the tables above); memory from `/proc/PID/status`.\n"
     )?;
     writeln!(doc, "{}", daemon_cost(addr)?)?;
+    eprintln!("zkconn-bench: history store cost");
+    writeln!(doc, "## History store cost\n")?;
+    writeln!(doc, "{HISTORY_NOTE}\n")?;
+    writeln!(doc, "{}", history_cost(addr)?)?;
     eprintln!("zkconn-bench: snapshot cost as connections grow");
     writeln!(doc, "## Growth\n")?;
     writeln!(

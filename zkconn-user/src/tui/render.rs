@@ -697,20 +697,13 @@ fn age(secs: Option<f64>, seeded: bool) -> String {
 pub fn printable(text: &str) -> String {
     text.chars()
         .map(|c| {
-            if c.is_control() || is_format(c) {
+            if c.is_control() || crate::output::is_format(c) {
                 '\u{fffd}'
             } else {
                 c
             }
         })
         .collect()
-}
-
-/// Unicode's invisible format characters that change how text around them shows.
-fn is_format(c: char) -> bool {
-    matches!(c,
-        '\u{00ad}' | '\u{061c}' | '\u{180e}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}'
-        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206f}' | '\u{feff}' | '\u{fff9}'..='\u{fffb}')
 }
 
 /// `text` (made printable) in at most `width` terminal columns: cut in the middle, so both

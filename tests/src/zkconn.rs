@@ -120,6 +120,14 @@ pub struct Zkconn {
     stderr: mpsc::Receiver<String>,
 }
 
+/// Now, in UTC, as RFC 3339 to the second (as `history --at` takes it).
+pub fn now_rfc3339() -> anyhow::Result<String> {
+    let out = std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()?;
+    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+}
+
 pub fn zkconn_bin() -> PathBuf {
     std::env::var_os("ZKCONN_BIN")
         .map(PathBuf::from)

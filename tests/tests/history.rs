@@ -13,21 +13,14 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow};
 use integration_tests::{
-    Cgroup, Daemon, RawClient, ZkServer, field, fresh_cluster_ts, fresh_ipv4, zkconn_bin,
+    Cgroup, Daemon, RawClient, ZkServer, field, fresh_cluster_ts, fresh_ipv4, now_rfc3339,
+    zkconn_bin,
 };
 use serde_json::Value;
 
 /// `zkconn history ARGS`: exit code, standard output, standard error.
 fn history(args: &[&str]) -> Result<(i32, String, String)> {
     zkconn(&[&["history"], args].concat())
-}
-
-/// Now, in UTC, as RFC 3339 to the second.
-fn now_rfc3339() -> Result<String> {
-    let out = Command::new("date")
-        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
-        .output()?;
-    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
 }
 
 fn start(zk: SocketAddr, store: &Path) -> Result<Daemon> {

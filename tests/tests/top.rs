@@ -9,7 +9,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use integration_tests::{RawClient, ZkServer, fresh_ipv4, zkconn_bin};
+use integration_tests::{Daemon, RawClient, ZkServer, fresh_ipv4, now_rfc3339, zkconn_bin};
 
 /// A tmux session running a plain shell, killed on drop.
 struct Tmux {
@@ -294,6 +294,92 @@ fn top_shows_the_client_hosts_of_a_server() -> Result<()> {
     tmux.wait("back to the table", |s| s.contains("Client hosts (2)"))?;
     tmux.keys(&["c"])?;
     tmux.wait("back to the owners", |s| s.contains("Owners by"))?;
+    tmux.keys(&["q"])?;
+    assert_restored(&tmux)?;
+    Ok(())
+}
+
+/// The open connections of `pid` in a snapshot document.
+fn open_of(doc: &serde_json::Value, pid: u32) -> Option<u64> {
+    doc["processes"]
+        .as_array()?
+        .iter()
+        .find(|p| p["pid"] == pid)?["open"]
+        .as_u64()
+}
+
+/// `top --history` opens the view on the past: a daemon records a process holding 2
+/// connections, then a second one holding 3; once the daemon is gone, top opens on a time
+/// between them (only the first, 2 open), says it is not live, goes to the later time on `t`
+/// (both, 5 open), says so at the last sample when `]` would go past it, and `[` steps back
+/// from there; q leaves the terminal as it was.
+#[test]
+fn top_travels_in_the_history_store() -> Result<()> {
+    let zk = ZkServer::start(fresh_ipv4(), 10, &[])?;
+    let store = tempfile::tempdir()?;
+    let store_arg = store.path().display().to_string();
+    let mut d = Daemon::start(&[
+        "--zk",
+        &zk.addr.to_string(),
+        "--history",
+        &store_arg,
+        "--history-interval",
+        "1s",
+    ])?;
+    let first = RawClient::new(zk.addr, 2).spawn()?;
+    d.snapshot_when(|s| open_of(s, first.pid()) == Some(2))?;
+    thread::sleep(Duration::from_millis(2500));
+    let early = now_rfc3339()?;
+    thread::sleep(Duration::from_millis(1500));
+    let second = RawClient::new(zk.addr, 3).spawn()?;
+    d.snapshot_when(|s| open_of(s, second.pid()) == Some(3))?;
+    thread::sleep(Duration::from_millis(2500));
+    let late = now_rfc3339()?;
+    thread::sleep(Duration::from_millis(1500));
+    d.signal(libc::SIGTERM);
+    d.child.wait()?;
+
+    let tmux = Tmux::start(230, 40)?;
+    let command = format!(
+        "{} top --history {store_arg} --at {early}; echo \"top exited $?\"",
+        zkconn_bin().display(),
+    );
+    tmux.keys(&[&command, "Enter"])?;
+    let screen = tmux.wait("the past, with the first process", |s| {
+        s.contains("HISTORY") && s.contains("not live") && owner_cells(s, first.pid()).is_some()
+    })?;
+    let cells = owner_cells(&screen, first.pid()).unwrap_or_default();
+    assert_eq!(cells[2], "2", "{cells:?}\n{screen}");
+    assert!(owner_cells(&screen, second.pid()).is_none(), "{screen}");
+    assert!(screen.contains("open 2  opened 2"), "{screen}");
+
+    tmux.keys(&["t"])?;
+    tmux.keys(&[&late, "Enter"])?;
+    let screen = tmux.wait("the later time, with both", |s| {
+        owner_cells(s, second.pid()).is_some_and(|c| c[2] == "3")
+    })?;
+    assert!(screen.contains("open 5  opened 5"), "{screen}");
+    for _ in 0..8 {
+        tmux.keys(&["]"])?;
+    }
+    tmux.wait("the end of the store", |s| {
+        s.contains("this is the last sample the store holds")
+    })?;
+    let at_end = tmux.screen()?;
+    let count = |s: &str| -> Option<(String, String)> {
+        let l = s.lines().find(|l| l.contains("HISTORY"))?;
+        let (_, rest) = l.split_once("(sample ")?;
+        let (i, rest) = rest.split_once(" of ")?;
+        let (n, _) = rest.split_once(',')?;
+        Some((i.to_owned(), n.to_owned()))
+    };
+    let (i, n) = count(&at_end).with_context(|| at_end.clone())?;
+    assert_eq!(i, n, "at the last sample: {at_end}");
+    tmux.keys(&["["])?;
+    let before = (i.parse::<u64>()? - 1).to_string();
+    tmux.wait("a step back", |s| {
+        count(s).is_some_and(|(j, _)| j == before)
+    })?;
     tmux.keys(&["q"])?;
     assert_restored(&tmux)?;
     Ok(())

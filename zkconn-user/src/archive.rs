@@ -40,6 +40,8 @@ pub const MIN_SLACK: Duration = Duration::from_secs(90);
 pub const MAX_SLACK: Duration = Duration::from_secs(2 * 3600);
 /// A document inflates to at most this (the largest a soak produced was 10 MiB).
 const DOCUMENT_MAX: u64 = 256 << 20;
+/// And holds at most this many values (commas and colons): a few hundred MiB parsed.
+const VALUES_MAX: usize = 8 << 20;
 
 /// How much the store keeps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -498,6 +500,12 @@ fn decode(compressed: &[u8]) -> anyhow::Result<serde_json::Value> {
     if json.len() as u64 > DOCUMENT_MAX {
         bail!("it inflates past {} MiB", DOCUMENT_MAX >> 20);
     }
+    // Parsed, each value costs tens of bytes whatever its text: a document of nothing but
+    // `0,` would take gigabytes. A real one has a value per ten bytes or more.
+    let values = json.iter().filter(|b| matches!(b, b',' | b':')).count();
+    if values > VALUES_MAX {
+        bail!("it holds more than {VALUES_MAX} values");
+    }
     let doc: serde_json::Value =
         serde_json::from_slice(&json).context("it is not a JSON document")?;
     if !doc.is_object() || doc.get("schema").is_none() {
@@ -525,6 +533,15 @@ pub struct Reader {
 
 impl Reader {
     pub fn open(dir: &Path) -> anyhow::Result<Self> {
+        if let Err(e) = fs::read_dir(dir)
+            && e.kind() == io::ErrorKind::PermissionDenied
+        {
+            bail!(
+                "--history {}: cannot read the store ({e}); read it as root or as the user the \
+                 daemon runs as",
+                dir.display()
+            );
+        }
         if !dir.is_dir() {
             bail!(
                 "--history {}: no history store there (a daemon writes one with --history)",
@@ -536,9 +553,17 @@ impl Reader {
         })
     }
 
+    /// The store's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Every whole record of the store, oldest first, with where it is; and the span.
-    fn index(&self) -> anyhow::Result<Index> {
-        let mut index = Index::default();
+    pub fn catalog(&self) -> anyhow::Result<Catalog> {
+        let mut index = Catalog {
+            dir: self.dir.clone(),
+            ..Catalog::default()
+        };
         for seg in segments(&self.dir)? {
             let Some(read) = read_segment(&seg.path, false)? else {
                 index.span.corrupt += 1;
@@ -563,7 +588,7 @@ impl Reader {
 
     /// The times the store holds.
     pub fn span(&self) -> anyhow::Result<Span> {
-        Ok(self.index()?.span)
+        Ok(self.catalog()?.span)
     }
 
     /// The sample at `at_ms`: the latest one at or before it, in any segment (a clock
@@ -572,7 +597,7 @@ impl Reader {
     /// after it; else a sentence giving the range the store holds. A sample that does not
     /// decode is skipped for the one before it (and counted).
     pub fn at(&self, at_ms: i64) -> anyhow::Result<Sample> {
-        let index = self.index()?;
+        let index = self.catalog()?;
         let mut undecodable = Vec::new();
         let upto = index
             .entries
@@ -599,7 +624,7 @@ impl Reader {
         let mut why = format!(
             "nothing recorded at {}: {}",
             rfc3339(at_ms),
-            self.holds(&index.span)
+            holds(&self.dir, &index.span)
         );
         if !undecodable.is_empty() {
             why.push_str(&format!("; not readable: {}", undecodable.join("; ")));
@@ -617,7 +642,7 @@ impl Reader {
         to_ms: i64,
         mut each: impl FnMut(i64, serde_json::Value) -> anyhow::Result<()>,
     ) -> anyhow::Result<Walked> {
-        let index = self.index()?;
+        let index = self.catalog()?;
         let start = index
             .entries
             .partition_point(|(_, _, rec)| rec.at_ms < from_ms);
@@ -642,7 +667,7 @@ impl Reader {
                 "nothing recorded from {} to {}: {}",
                 rfc3339(from_ms),
                 rfc3339(to_ms),
-                self.holds(&index.span)
+                holds(&self.dir, &index.span)
             );
             if !walked.undecodable.is_empty() {
                 why.push_str(&format!(
@@ -654,40 +679,84 @@ impl Reader {
         }
         Ok(walked)
     }
-
-    /// What the store holds, in a sentence (for one that does not hold what was asked).
-    fn holds(&self, span: &Span) -> String {
-        let mut holds = match (span.first_ms, span.last_ms) {
-            (Some(f), Some(l)) => format!(
-                "the store at {} holds {} to {} ({} sample{})",
-                self.dir.display(),
-                rfc3339(f),
-                rfc3339(l),
-                span.samples,
-                if span.samples == 1 { "" } else { "s" }
-            ),
-            _ => format!("the store at {} holds no sample yet", self.dir.display()),
-        };
-        if span.torn + span.corrupt > 0 {
-            holds.push_str(&format!(
-                "; {} segment(s) end in a torn or corrupt record and {} could not be read at all",
-                span.torn, span.corrupt
-            ));
-        }
-        holds
-    }
 }
 
-/// Where every record of a store is, oldest first.
+/// What the store at `dir` holds, in a sentence (for one that does not hold what was asked).
+pub fn holds(dir: &Path, span: &Span) -> String {
+    let mut holds = match (span.first_ms, span.last_ms) {
+        (Some(f), Some(l)) => format!(
+            "the store at {} holds {} to {} ({} sample{})",
+            dir.display(),
+            rfc3339(f),
+            rfc3339(l),
+            span.samples,
+            if span.samples == 1 { "" } else { "s" }
+        ),
+        _ => format!("the store at {} holds no sample yet", dir.display()),
+    };
+    if span.torn + span.corrupt > 0 {
+        holds.push_str(&format!(
+            "; {} segment(s) end in a torn or corrupt record and {} could not be read at all",
+            span.torn, span.corrupt
+        ));
+    }
+    holds
+}
+
+/// Where every record of a store is, oldest first: what `top --history` steps through.
 #[derive(Default)]
-struct Index {
+pub struct Catalog {
+    dir: PathBuf,
     /// (the slack its segment allows, its segment in `paths`, the record).
     entries: Vec<(Duration, usize, Record)>,
     paths: Vec<PathBuf>,
-    span: Span,
+    pub span: Span,
 }
 
-impl Index {
+impl Catalog {
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The time of the `i`th sample.
+    pub fn time(&self, i: usize) -> Option<i64> {
+        self.entries.get(i).map(|(_, _, rec)| rec.at_ms)
+    }
+
+    /// The sample standing for `at_ms`: the latest at or before it, if `at_ms` is within its
+    /// segment's slack after it; else a sentence giving the range the store holds.
+    pub fn find(&self, at_ms: i64) -> Result<usize, String> {
+        let upto = self
+            .entries
+            .partition_point(|(_, _, rec)| rec.at_ms <= at_ms);
+        match upto.checked_sub(1).map(|i| (i, &self.entries[i])) {
+            Some((i, (slack, _, rec)))
+                if at_ms
+                    .checked_sub(rec.at_ms)
+                    .is_some_and(|d| d <= slack.as_millis() as i64) =>
+            {
+                Ok(i)
+            }
+            _ => Err(format!(
+                "nothing recorded at {}: {}",
+                rfc3339(at_ms),
+                holds(&self.dir, &self.span)
+            )),
+        }
+    }
+
+    /// The document of the `i`th sample, or a sentence naming it and why it cannot be read.
+    pub fn doc(&self, i: usize) -> Result<serde_json::Value, String> {
+        let Some((_, seg, rec)) = self.entries.get(i) else {
+            return Err(format!("no sample {i}: the store holds {}", self.len()));
+        };
+        self.decode(*seg, rec)
+    }
+
     /// The document of a record, or a sentence naming it and why it cannot be read.
     fn decode(&self, seg: usize, rec: &Record) -> Result<serde_json::Value, String> {
         let path = &self.paths[seg];

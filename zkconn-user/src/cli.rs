@@ -131,7 +131,7 @@ pub struct DaemonArgs {
     /// says so).
     #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = DEFAULT_HISTORY_DIR)]
     pub history: Option<PathBuf>,
-    /// How often --history records a sample.
+    /// How often --history records a sample (the daemon refreshes at least this often).
     #[arg(long, value_name = "SECONDS", default_value = "10s", value_parser = parse_interval)]
     pub history_interval: Duration,
     /// How long --history keeps samples (those older than a day thinned to one a minute).
@@ -266,6 +266,25 @@ pub struct TopArgs {
     /// How often the screen refreshes: seconds, or with a unit (500ms, 2s).
     #[arg(long, value_name = "SECONDS", default_value = "1s", value_parser = parse_interval)]
     pub interval: Duration,
+    /// Open the view on the past: the samples of this history store (the daemon's
+    /// --history; without a value /var/lib/zkconn/history), from the one at --at; `[` and
+    /// `]` step, `t` goes to a time. Attaches nothing.
+    #[arg(
+        long,
+        value_name = "DIR",
+        num_args = 0..=1,
+        default_missing_value = DEFAULT_HISTORY_DIR,
+        requires = "at"
+    )]
+    pub history: Option<PathBuf>,
+    /// With --history: the time to open on (as `history --at`).
+    #[arg(
+        long,
+        value_name = "TIME",
+        allow_hyphen_values = true,
+        requires = "history"
+    )]
+    pub at: Option<String>,
     #[command(flatten)]
     pub watch: WatchArgs,
 }

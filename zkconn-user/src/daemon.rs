@@ -202,6 +202,7 @@ pub async fn run(args: DaemonArgs, setup: Setup) -> anyhow::Result<()> {
     let mut daemon = Daemon {
         args: &args,
         ndjson,
+        ndjson_last: Some(std::time::Instant::now()),
         history,
         owners,
         overflow,
@@ -221,6 +222,9 @@ pub async fn run(args: DaemonArgs, setup: Setup) -> anyhow::Result<()> {
 struct Daemon<'a> {
     args: &'a DaemonArgs,
     ndjson: Option<Ndjson>,
+    /// When the last NDJSON line was written: one each --interval, even when --history
+    /// samples more often.
+    ndjson_last: Option<std::time::Instant>,
     history: Option<Recorder>,
     owners: metrics::Top,
     overflow: OverflowWatch,
@@ -239,7 +243,11 @@ impl Sink for Daemon<'_> {
     type Input = DaemonInput;
 
     fn every(&self) -> Option<Duration> {
-        Some(self.args.interval)
+        // A --history sample is taken at a refresh: as often as it asks, if more often.
+        Some(match &self.history {
+            Some(_) => self.args.interval.min(self.args.history_interval),
+            None => self.args.interval,
+        })
     }
 
     async fn input(&mut self) -> DaemonInput {
@@ -275,11 +283,21 @@ impl Sink for Daemon<'_> {
     }
 
     fn refresh(&mut self, watch: &mut Watch) -> anyhow::Result<Flow> {
+        // A tenth of the interval early still counts as due (refreshes paced at it arrive
+        // a hair before).
+        let every = self.args.interval;
+        let early = (every / 10).max(Duration::from_millis(50));
+        let ndjson_due = self
+            .ndjson_last
+            .is_none_or(|t| t.elapsed() + early >= every);
+        if ndjson_due {
+            self.ndjson_last = Some(std::time::Instant::now());
+        }
         refresh_now(
             watch,
             self.owners,
             Sinks {
-                ndjson: self.ndjson.as_mut(),
+                ndjson: self.ndjson.as_mut().filter(|_| ndjson_due),
                 history: self.history.as_mut(),
             },
             &mut self.overflow,

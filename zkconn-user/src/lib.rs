@@ -20,6 +20,7 @@ pub mod driver;
 pub mod engine;
 pub mod gate;
 pub mod history;
+pub mod intern;
 pub mod judge_clients;
 pub mod limits;
 pub mod listener;

@@ -33,7 +33,7 @@ pub const MAX_ASKED: usize = 64;
 pub const ASK_ANSWERED_AGAIN: Duration = Duration::from_secs(900);
 
 /// Where a limit came from.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum LimitSource {
     /// `--limit` or `--max-client-cnxns`.
@@ -63,7 +63,7 @@ pub struct ServerLimit {
 }
 
 /// What the snapshot says about the limits in force.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LimitInfo {
     /// The limit of servers without one of their own (from `--limit` or their answer); 0 is
     /// unlimited.
@@ -77,7 +77,7 @@ pub struct LimitInfo {
 }
 
 /// What one server said when asked.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AskedRow {
     pub server: String,
     /// The limit it said; `null` when it did not.

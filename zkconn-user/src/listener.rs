@@ -45,7 +45,8 @@ const OPTIONS_WITH_VALUE: [&str; 12] = [
 const CMDLINE_READ_MAX: u64 = 1 << 20;
 
 /// The process that holds a listening socket.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct ServerProcess {
     pub pid: u32,
     pub comm: String,
@@ -58,7 +59,7 @@ pub struct ServerProcess {
 }
 
 /// Which of a ZooKeeper server's client listeners it is.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ListenerKind {
     /// `clientPort`: plain TCP, the NIO (or Netty) connection factory.
@@ -71,7 +72,8 @@ pub enum ListenerKind {
 }
 
 /// What this host knows of one listening socket's server.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct ListenerFacts {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub process: Option<ServerProcess>,

@@ -111,6 +111,14 @@ fn run(cli: Cli, logs: tui::LogBuffer) -> anyhow::Result<()> {
             let setup = Setup::new(&args.watch)?;
             runtime()?.block_on(snapshot(args, setup))
         }
+        Some(Command::Top(args)) if args.history.is_some() => {
+            let (Some(dir), Some(at)) = (&args.history, &args.at) else {
+                anyhow::bail!("top --history needs --at TIME");
+            };
+            let opened = tui::past::open(dir, at)?;
+            tui::require_terminal()?;
+            runtime()?.block_on(tui::past::run(opened, logs))
+        }
         Some(Command::Top(args)) => {
             let setup = Setup::new(&args.watch)?;
             tui::require_terminal()?;

@@ -34,25 +34,85 @@ pub enum Centre {
     LastAlarm,
 }
 
-/// A counter's increase over samples, across a daemon's restart (which starts it again).
-#[derive(Clone, Copy, Debug, Default)]
+/// The daemon runs a window's samples come from. A run is known by when it started
+/// (a sample's time less its `observed_secs`); a clock stepped while a daemon ran makes
+/// its later samples look like another run's, which costs at most the increase between two
+/// samples, never a count twice.
+#[derive(Clone, Debug, Default)]
+struct Runs {
+    /// (estimated start in ms, samples of it seen so far).
+    runs: Vec<(i64, u64)>,
+}
+
+/// Samples of one run have starts this close.
+const SAME_RUN_MS: i64 = 2_000;
+
+/// Where a sample stands: its run, its place in that run's samples (from 1), and whether
+/// its run started within the window (a daemon restarted in it: its counters count from
+/// zero).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Place {
+    run: usize,
+    seq: u64,
+    run_started_in_window: bool,
+}
+
+impl Runs {
+    fn place(&mut self, at_ms: i64, doc: &Value, window_from_ms: i64) -> Place {
+        let observed_ms = (doc["observed_secs"].as_f64().unwrap_or(0.0) * 1000.0) as i64;
+        let start = at_ms - observed_ms;
+        let run = match self
+            .runs
+            .iter()
+            .position(|(s, _)| (s - start).abs() <= SAME_RUN_MS)
+        {
+            Some(i) => i,
+            None => {
+                self.runs.push((start, 0));
+                self.runs.len() - 1
+            }
+        };
+        self.runs[run].1 += 1;
+        Place {
+            run,
+            seq: self.runs[run].1,
+            run_started_in_window: self.runs[run].0 >= window_from_ms,
+        }
+    }
+}
+
+/// A counter's increase over a window's samples, run by run: a restarted daemon counts
+/// from zero, and a row that left the document and came back (a client host retired and
+/// seen again) was counted from zero again.
+#[derive(Clone, Debug, Default)]
 struct Increase {
-    last: Option<u64>,
+    /// (run, its last value, the place in the run it was seen at).
+    last: Vec<(usize, u64, u64)>,
     total: u64,
 }
 
 impl Increase {
-    /// `value` in the next sample; `counts_from_zero` when the row is new within the window
-    /// (all it counted happened in it).
-    fn add(&mut self, value: u64, counts_from_zero: bool) {
-        self.total += match self.last {
-            Some(last) if value >= last => value - last,
-            // Smaller: the daemon restarted and counts again from zero.
-            Some(_) => value,
-            None if counts_from_zero => value,
-            None => 0,
-        };
-        self.last = Some(value);
+    fn add(&mut self, value: u64, at: Place) {
+        match self.last.iter_mut().find(|(run, ..)| *run == at.run) {
+            Some((_, last, seq)) => {
+                self.total += if *seq + 1 == at.seq && value >= *last {
+                    value - *last
+                } else {
+                    // Smaller, or after samples without the row: counted again from zero.
+                    value
+                };
+                *last = value;
+                *seq = at.seq;
+            }
+            None => {
+                // New within its run (its run was seen before it, or started in the
+                // window): all it counted happened in the window.
+                if at.seq > 1 || at.run_started_in_window {
+                    self.total += value;
+                }
+                self.last.push((at.run, value, at.seq));
+            }
+        }
     }
 }
 
@@ -67,6 +127,14 @@ enum BudgetKey {
 }
 
 impl BudgetKey {
+    fn of(row: &Value) -> Self {
+        if row.get("server").is_some() {
+            BudgetKey::Host(text(row, "server"), text(row, "local_ip"))
+        } else {
+            BudgetKey::Client(text(row, "listener"), text(row, "client_ip"))
+        }
+    }
+
     fn label(&self) -> String {
         match self {
             BudgetKey::Host(server, ip) => format!("{server} from {ip}"),
@@ -79,36 +147,57 @@ impl BudgetKey {
 struct BudgetTrack {
     /// (time, open, limit) per sample it had a row in.
     points: Vec<(i64, i64, u64)>,
-    peak: Option<(i64, i64)>,
-    first_at_limit: Option<i64>,
     rejected: Increase,
     critical: bool,
     warning: bool,
 }
 
 impl BudgetTrack {
-    fn limit(&self) -> u64 {
-        self.points.iter().map(|p| p.2).max().unwrap_or(0)
+    /// The sample it held the most in (the first of equals): (time, open, limit then).
+    fn peak(&self) -> Option<(i64, i64, u64)> {
+        self.points
+            .iter()
+            .copied()
+            .reduce(|best, p| if p.1 > best.1 { p } else { best })
+    }
+
+    /// The first sample it held its limit (as it was then) or more in.
+    fn first_at_limit(&self) -> Option<i64> {
+        self.points
+            .iter()
+            .filter(|p| p.2 > 0 && p.1 >= p.2 as i64)
+            .map(|p| p.0)
+            .min()
     }
 
     fn reached(&self) -> bool {
-        let limit = self.limit();
-        (limit > 0 && self.peak.is_some_and(|(_, open)| open >= limit as i64))
-            || self.rejected.total > 0
-            || self.critical
+        self.first_at_limit().is_some() || self.rejected.total > 0 || self.critical
     }
 
+    /// How full it was at its fullest (0 when unlimited).
     fn usage(&self) -> f64 {
-        match (self.limit(), self.peak) {
-            (0, _) | (_, None) => 0.0,
-            (limit, Some((_, open))) => open as f64 / limit as f64,
-        }
+        self.points
+            .iter()
+            .filter(|p| p.2 > 0)
+            .map(|p| p.1 as f64 / p.2 as f64)
+            .fold(0.0, f64::max)
+    }
+
+    /// Fullest first, then most held.
+    fn busier(&self, other: &Self) -> std::cmp::Ordering {
+        self.usage()
+            .total_cmp(&other.usage())
+            .then(self.peak().map(|p| p.1).cmp(&other.peak().map(|p| p.1)))
     }
 }
 
-/// A process over the window, by pid and label (a reused pid is another process).
+/// A process, by pid and `instance` (a reused pid is another process).
+type ProcessId = (u64, u64);
+
+/// A process over the window.
 #[derive(Clone, Debug, Default)]
 struct ProcessTrack {
+    label: String,
     kind: String,
     container: Option<String>,
     application: Option<String>,
@@ -124,10 +213,12 @@ struct ProcessTrack {
 /// What a window of samples says.
 #[derive(Default)]
 struct Window {
+    from_ms: i64,
     host: Option<String>,
     samples: u64,
+    runs: Runs,
     budgets: BTreeMap<BudgetKey, BudgetTrack>,
-    processes: BTreeMap<(u64, String), ProcessTrack>,
+    processes: BTreeMap<ProcessId, ProcessTrack>,
     first: Option<Value>,
     last: Option<Value>,
 }
@@ -148,58 +239,67 @@ fn rows<'a>(doc: &'a Value, k: &str) -> &'a [Value] {
     doc[k].as_array().map(Vec::as_slice).unwrap_or_default()
 }
 
+fn process_id(row: &Value) -> ProcessId {
+    (num(row, "pid"), num(row, "instance"))
+}
+
+/// The refusals a suspect's reason names (`refused 5 times by 10.1.2.3:2181`).
+fn refused_clause(reason: &str) -> Option<String> {
+    reason
+        .split("; ")
+        .find(|c| c.starts_with("refused "))
+        .map(str::to_owned)
+}
+
 impl Window {
+    fn new(from_ms: i64) -> Self {
+        Self {
+            from_ms,
+            ..Self::default()
+        }
+    }
+
     fn add(&mut self, at_ms: i64, doc: Value) {
-        let first = self.samples == 0;
+        let at = self.runs.place(at_ms, &doc, self.from_ms);
         self.samples += 1;
         if self.host.is_none() {
             self.host = doc["host"].as_str().map(str::to_owned);
         }
-        for (section, host_side) in [("servers", true), ("clients", false)] {
-            for row in rows(&doc, section) {
-                let key = if host_side {
-                    BudgetKey::Host(text(row, "server"), text(row, "local_ip"))
-                } else {
-                    BudgetKey::Client(text(row, "listener"), text(row, "client_ip"))
-                };
-                let new = !self.budgets.contains_key(&key);
-                let b = self.budgets.entry(key).or_default();
-                let open = row["open"].as_i64().unwrap_or(0);
-                let limit = num(row, "limit");
-                b.points.push((at_ms, open, limit));
-                if b.peak.is_none_or(|(_, p)| open > p) {
-                    b.peak = Some((at_ms, open));
-                }
-                if limit > 0 && open >= limit as i64 && b.first_at_limit.is_none() {
-                    b.first_at_limit = Some(at_ms);
-                }
-                b.rejected.add(num(row, "rejected"), new && !first);
-                match row["alarm"].as_str() {
-                    Some("critical") => b.critical = true,
-                    Some("warning") => b.warning = true,
-                    _ => {}
-                }
+        for row in rows(&doc, "servers").iter().chain(rows(&doc, "clients")) {
+            let b = self.budgets.entry(BudgetKey::of(row)).or_default();
+            b.points
+                .push((at_ms, row["open"].as_i64().unwrap_or(0), num(row, "limit")));
+            b.rejected.add(num(row, "rejected"), at);
+            match row["alarm"].as_str() {
+                Some("critical") => b.critical = true,
+                Some("warning") => b.warning = true,
+                _ => {}
             }
         }
         let mut seen = BTreeSet::new();
         for row in rows(&doc, "processes") {
-            let key = (num(row, "pid"), text(row, "label"));
-            let new = !self.processes.contains_key(&key);
-            let p = self.processes.entry(key.clone()).or_default();
+            let id = process_id(row);
+            let p = self.processes.entry(id).or_default();
+            p.label = text(row, "label");
             p.kind = text(row, "kind");
             p.container = row["yarn_container"].as_str().map(str::to_owned);
             p.application = row["yarn_application"].as_str().map(str::to_owned);
-            p.opened.add(num(row, "opened"), new && !first);
-            p.rejected.add(num(row, "rejected"), new && !first);
+            p.opened.add(num(row, "opened"), at);
+            p.rejected.add(num(row, "rejected"), at);
             p.alive = row["alive"].as_bool() != Some(false);
-            seen.insert(key);
+            seen.insert(id);
         }
-        for (key, p) in &mut self.processes {
-            p.at_end = seen.contains(key);
+        for (id, p) in &mut self.processes {
+            p.at_end = seen.contains(id);
         }
         for row in rows(&doc, "victims") {
-            let key = (num(row, "pid"), text(row, "label"));
-            if let Some(p) = self.processes.get_mut(&key) {
+            // Victims name no instance: the live process of that pid.
+            let pid = num(row, "pid");
+            let live = rows(&doc, "processes")
+                .iter()
+                .find(|p| num(p, "pid") == pid && p["alive"].as_bool() != Some(false))
+                .map(process_id);
+            if let Some(p) = live.and_then(|id| self.processes.get_mut(&id)) {
                 for by in rows(row, "refused_at") {
                     p.refused_by.insert(format!(
                         "{} from {}",
@@ -209,7 +309,23 @@ impl Window {
                 }
             }
         }
-        if first {
+        for row in rows(&doc, "suspects") {
+            if row["subject"] != "process" {
+                continue;
+            }
+            let pid = num(row, "pid");
+            let live = rows(&doc, "processes")
+                .iter()
+                .find(|p| num(p, "pid") == pid && p["alive"].as_bool() != Some(false))
+                .map(process_id);
+            if let (Some(p), Some(clause)) = (
+                live.and_then(|id| self.processes.get_mut(&id)),
+                refused_clause(&text(row, "reason")),
+            ) {
+                p.refused_by.insert(clause);
+            }
+        }
+        if self.first.is_none() {
             self.first = Some(doc.clone());
         }
         self.last = Some(doc);
@@ -217,67 +333,81 @@ impl Window {
 }
 
 /// A process's open connections to one budget in `doc` (0 when it has none there).
-fn open_in(doc: &Value, pid: u64, label: &str, server: &str, local_ip: &str) -> u64 {
+fn open_in(doc: &Value, id: ProcessId, server: &str, local_ip: &str) -> u64 {
     rows(doc, "processes")
         .iter()
-        .filter(|p| num(p, "pid") == pid && text(p, "label") == label)
+        .filter(|p| process_id(p) == id)
         .flat_map(|p| rows(p, "servers"))
         .filter(|s| text(s, "server") == server && text(s, "local_ip") == local_ip)
         .map(|s| num(s, "open"))
         .sum()
 }
 
-/// The time the last alarm in the store began: the first of the run of samples, ending in
-/// the last sample with a critical (else a warning) alarm, in which some budget alarmed;
-/// with the budget and when that run ended.
+/// The last alarm in the store: the budget alarmed in the latest sample with a critical
+/// (else a warning) alarm, and the first of the run of that daemon's samples, ending
+/// there, in which that budget was alarmed; with the end of that run. Samples dated more
+/// than a minute after now (a clock set ahead) are left out.
 fn last_alarm(reader: &Reader) -> anyhow::Result<(i64, i64, String, &'static str)> {
-    let span = reader.span()?;
+    let catalog = reader.catalog()?;
+    let span = catalog.span;
     let (Some(first), Some(last)) = (span.first_ms, span.last_ms) else {
-        bail!("--alarm: the store holds no sample yet");
+        bail!("--alarm: {}", crate::archive::holds(reader.dir(), &span));
     };
-    // (start of the current run, its last sample, the budget) per level.
-    let mut runs: [Option<(i64, i64, String)>; 2] = [None, None];
-    let mut open: [Option<i64>; 2] = [None, None];
+    let now = now_ms();
+    let mut runs = Runs::default();
+    // Per (run, budget): (place in the run, time, 0 critical / 1 warning / 2 neither).
+    type Levels = Vec<(u64, i64, u8)>;
+    let mut seen: BTreeMap<(usize, BudgetKey), Levels> = BTreeMap::new();
+    let mut ahead = 0u64;
     reader.each(first, last, |at_ms, doc| {
-        for (level, name) in [(0, "critical"), (1, "warning")] {
-            let alarmed = ["servers", "clients"]
-                .iter()
-                .flat_map(|s| rows(&doc, s))
-                .find(|r| {
-                    let a = r["alarm"].as_str();
-                    a == Some(name) || (level == 1 && a == Some("critical"))
-                })
-                .map(|r| {
-                    if r.get("server").is_some() {
-                        BudgetKey::Host(text(r, "server"), text(r, "local_ip"))
-                    } else {
-                        BudgetKey::Client(text(r, "listener"), text(r, "client_ip"))
-                    }
-                    .label()
-                });
-            match alarmed {
-                Some(budget) => {
-                    let start = *open[level].get_or_insert(at_ms);
-                    runs[level] = Some((start, at_ms, budget));
-                }
-                None => open[level] = None,
-            }
+        if at_ms > now + 60_000 {
+            ahead += 1;
+            return Ok(());
+        }
+        let at = runs.place(at_ms, &doc, i64::MIN);
+        for row in rows(&doc, "servers").iter().chain(rows(&doc, "clients")) {
+            let level = match row["alarm"].as_str() {
+                Some("critical") => 0,
+                Some("warning") => 1,
+                _ => 2,
+            };
+            seen.entry((at.run, BudgetKey::of(row)))
+                .or_default()
+                .push((at.seq, at_ms, level));
         }
         Ok(())
     })?;
-    for (level, name) in [(0, "critical"), (1, "warning")] {
-        if let Some((start, end, budget)) = runs[level].take() {
-            return Ok((start, end, budget, name));
+    for (level, name) in [(0u8, "critical"), (1, "warning")] {
+        let latest = seen
+            .iter()
+            .flat_map(|(k, points)| {
+                points
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| p.2 <= level)
+                    .map(move |(i, p)| (p.1, k, i))
+            })
+            .max_by_key(|(t, ..)| *t);
+        let Some((end, key, mut i)) = latest else {
+            continue;
+        };
+        let points = &seen[key];
+        while i > 0 && points[i - 1].2 <= level && points[i - 1].0 + 1 == points[i].0 {
+            i -= 1;
         }
+        return Ok((points[i].1, end, key.1.label(), name));
     }
-    bail!(
-        "--alarm: no alarm in the store: no budget was at --warn or over from {} to {} ({} \
-         sample{}); give --around TIME",
-        rfc3339(first),
-        rfc3339(last),
-        span.samples,
-        if span.samples == 1 { "" } else { "s" }
-    )
+    let mut why = format!(
+        "--alarm: no alarm in the store: no budget was at --warn or over; {}",
+        crate::archive::holds(reader.dir(), &span)
+    );
+    if ahead > 0 {
+        why.push_str(&format!(
+            "; {ahead} sample(s) dated more than a minute after now (a clock set ahead) were \
+             left out"
+        ));
+    }
+    bail!("{why}; give --around TIME")
 }
 
 /// A block of the report, written as Markdown and as HTML.
@@ -323,7 +453,7 @@ pub fn run(
         centre_ms.saturating_sub(half),
         centre_ms.saturating_add(half),
     );
-    let mut w = Window::default();
+    let mut w = Window::new(from_ms);
     let walked = reader.each(from_ms, to_ms, |at_ms, doc| {
         w.add(at_ms, doc);
         Ok(())
@@ -336,24 +466,63 @@ pub fn run(
             rfc3339(centre_ms).replace([':', '-'], "")
         ))
     });
-    std::fs::create_dir_all(&out_dir)
-        .with_context(|| format!("--out {}: cannot make the directory", out_dir.display()))?;
-    let write = |name: &str, body: &str| -> anyhow::Result<PathBuf> {
-        let path = out_dir.join(name);
-        std::fs::write(&path, body).with_context(|| format!("cannot write {}", path.display()))?;
-        Ok(path)
-    };
-    let svg_path = write("usage.svg", &svg)?;
-    let md = write("report.md", &markdown(&blocks))?;
-    let html = write("report.html", &html(&blocks, &svg, &title(&w, centre_ms)))?;
+    let files = [
+        ("usage.svg", svg.clone()),
+        ("report.md", markdown(&blocks)),
+        ("report.html", html(&blocks, &svg, &title(&w, centre_ms))),
+    ];
+    let written = write_all(&out_dir, &files)?;
     writeln!(
         out,
-        "wrote {}, {} and {}",
-        md.display(),
-        html.display(),
-        svg_path.display()
+        "wrote {}",
+        written
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     )?;
     Ok(())
+}
+
+/// Writes `files` into `dir` (made if missing), all or none: each to a new temporary file
+/// first (never through a link someone planted: it is made with `O_EXCL`, and the rename
+/// replaces a link rather than following it), then renamed into place.
+fn write_all(dir: &Path, files: &[(&str, String)]) -> anyhow::Result<Vec<PathBuf>> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    if dir.exists() && !dir.is_dir() {
+        bail!("--out {}: not a directory", dir.display());
+    }
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("--out {}: cannot make the directory", dir.display()))?;
+    let mut temps = Vec::new();
+    let result = (|| -> anyhow::Result<()> {
+        for (name, body) in files {
+            let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .mode(0o644)
+                .open(&tmp)
+                .with_context(|| format!("cannot write {}", tmp.display()))?;
+            temps.push((tmp.clone(), dir.join(name)));
+            f.write_all(body.as_bytes())
+                .with_context(|| format!("cannot write {}", tmp.display()))?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        for (tmp, _) in &temps {
+            let _ = std::fs::remove_file(tmp);
+        }
+        return Err(e);
+    }
+    let mut written = Vec::new();
+    for (tmp, path) in temps {
+        std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+        written.push(path);
+    }
+    Ok(written)
 }
 
 fn title(w: &Window, centre_ms: i64) -> String {
@@ -375,38 +544,43 @@ fn blocks(
     why: &str,
     dir: &Path,
 ) -> anyhow::Result<Vec<Block>> {
+    let plural =
+        |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
     let mut b = vec![
         Block::Heading(title(w, centre_ms)),
         Block::Para(format!(
-            "From {} to {}: {} sample{} from the history store {}, centred on {why}.",
+            "From {} to {}: {} from the history store {}, centred on {why}.",
             rfc3339(from_ms),
             rfc3339(to_ms),
-            w.samples,
-            if w.samples == 1 { "" } else { "s" },
+            plural(w.samples as usize, "sample", "samples"),
             dir.display()
         )),
         Block::Chart,
     ];
     let mut reached: Vec<(&BudgetKey, &BudgetTrack)> =
         w.budgets.iter().filter(|(_, t)| t.reached()).collect();
-    reached.sort_by(|a, b| b.1.usage().total_cmp(&a.1.usage()).then(a.0.cmp(b.0)));
+    reached.sort_by(|a, b| b.1.busier(a.1).then(a.0.cmp(b.0)));
+    let limit_text = |limit: u64| match limit {
+        0 => "unlimited".to_owned(),
+        l => l.to_string(),
+    };
     b.push(Block::Heading("Budgets that reached their limit".into()));
     if reached.is_empty() {
         let busiest = w
             .budgets
             .iter()
-            .max_by(|a, b| a.1.usage().total_cmp(&b.1.usage()))
-            .map_or(String::new(), |(k, t)| {
+            .max_by(|a, b| a.1.busier(b.1))
+            .and_then(|(k, t)| Some((k, t.peak()?)))
+            .map_or(String::new(), |(k, (_, open, limit))| {
                 format!(
-                    " The busiest: {}, {} of {} at its peak.",
+                    " The busiest: {}, {open} of {} at its peak.",
                     k.label(),
-                    t.peak.map_or(0, |p| p.1),
-                    t.limit()
+                    limit_text(limit)
                 )
             });
         b.push(Block::Para(format!(
-            "None of the {} budgets reached its limit, none was refused.{busiest}",
-            w.budgets.len()
+            "None of the {} reached its limit, none was refused.{busiest}",
+            plural(w.budgets.len(), "budget", "budgets")
         )));
     } else {
         b.push(Block::Table(
@@ -422,15 +596,13 @@ fn blocks(
             reached
                 .iter()
                 .map(|(k, t)| {
+                    let (at, open, limit) = t.peak().unwrap_or_default();
                     vec![
                         k.label(),
-                        match t.limit() {
-                            0 => "unlimited".to_owned(),
-                            l => l.to_string(),
-                        },
-                        t.peak.map_or(0, |p| p.1).to_string(),
-                        t.peak.map_or_else(String::new, |p| rfc3339(p.0)),
-                        t.first_at_limit.map_or("-".to_owned(), rfc3339),
+                        limit_text(limit),
+                        open.to_string(),
+                        rfc3339(at),
+                        t.first_at_limit().map_or("-".to_owned(), rfc3339),
                         t.rejected.total.to_string(),
                         if t.critical {
                             "critical"
@@ -447,6 +619,7 @@ fn blocks(
     }
     let mut involved: BTreeSet<(String, String)> = BTreeSet::new();
     let mut peak_doc_of_worst = None;
+    let first = w.first.as_ref().unwrap_or(&Value::Null);
     for (key, track) in &reached {
         let BudgetKey::Host(server, ip) = key else {
             let BudgetKey::Client(listener, client) = key else {
@@ -469,76 +642,71 @@ fn blocks(
             }));
             continue;
         };
-        let Some((peak_ms, _)) = track.peak else {
+        let Some((peak_ms, _, _)) = track.peak() else {
             continue;
         };
         let doc = reader.at(peak_ms)?.doc;
-        let first = w.first.as_ref().unwrap_or(&Value::Null);
         let mut holders: Vec<(u64, &Value)> = rows(&doc, "processes")
             .iter()
-            .map(|p| {
-                (
-                    open_in(&doc, num(p, "pid"), &text(p, "label"), server, ip),
-                    p,
-                )
-            })
+            .map(|p| (open_in(&doc, process_id(p), server, ip), p))
             .filter(|(open, _)| *open > 0)
             .collect();
-        holders.sort_by(|a, b| b.0.cmp(&a.0).then(num(a.1, "pid").cmp(&num(b.1, "pid"))));
+        holders.sort_by(|a, b| b.0.cmp(&a.0).then(process_id(a.1).cmp(&process_id(b.1))));
         b.push(Block::Heading(format!(
             "Who held {} at its peak ({})",
             key.label(),
             rfc3339(peak_ms)
         )));
-        let total = holders.len();
-        b.push(Block::Table(
-            vec![
-                "pid",
-                "owner",
-                "kind",
-                "YARN container",
-                "application",
-                "open here at the peak",
-                "at the window's start",
-                "growth",
-                "opened in the window",
-                "at the window's end",
-            ],
-            holders
-                .iter()
-                .take(TABLE_ROWS)
-                .map(|(open, p)| {
-                    let pid = num(p, "pid");
-                    let label = text(p, "label");
-                    let before = open_in(first, pid, &label, server, ip);
-                    let track = w.processes.get(&(pid, label.clone()));
-                    if let Some(c) = p["yarn_container"].as_str() {
-                        involved.insert((c.to_owned(), text(p, "yarn_application")));
-                    }
-                    vec![
-                        pid.to_string(),
-                        label,
-                        text(p, "kind"),
-                        text(p, "yarn_container"),
-                        text(p, "yarn_application"),
-                        open.to_string(),
-                        before.to_string(),
-                        format!("{:+}", *open as i64 - before as i64),
-                        track.map_or(0, |t| t.opened.total).to_string(),
-                        end_state(track),
-                    ]
-                })
-                .collect(),
-        ));
-        if total > TABLE_ROWS {
-            b.push(Block::Para(format!(
-                "{} more processes held connections there.",
-                total - TABLE_ROWS
-            )));
+        if holders.is_empty() {
+            b.push(Block::Para(
+                "No process of this host held a connection of it in that sample (its \
+                 connections were counted, their owners not known)."
+                    .into(),
+            ));
+        } else {
+            b.push(Block::Table(
+                vec![
+                    "pid",
+                    "owner",
+                    "kind",
+                    "YARN container",
+                    "application",
+                    "open here at the peak",
+                    "at the window's start",
+                    "growth",
+                    "opened in the window",
+                    "at the window's end",
+                ],
+                holders
+                    .iter()
+                    .take(TABLE_ROWS)
+                    .map(|(open, p)| {
+                        let id = process_id(p);
+                        let before = open_in(first, id, server, ip);
+                        let track = w.processes.get(&id);
+                        if let Some(c) = p["yarn_container"].as_str() {
+                            involved.insert((c.to_owned(), text(p, "yarn_application")));
+                        }
+                        vec![
+                            id.0.to_string(),
+                            text(p, "label"),
+                            text(p, "kind"),
+                            text(p, "yarn_container"),
+                            text(p, "yarn_application"),
+                            open.to_string(),
+                            before.to_string(),
+                            format!("{:+}", *open as i64 - before as i64),
+                            track.map_or(0, |t| t.opened.total).to_string(),
+                            end_state(track),
+                        ]
+                    })
+                    .collect(),
+            ));
+            more(&mut b, holders.len(), "processes held connections there");
         }
         peak_doc_of_worst.get_or_insert(doc);
     }
-    let mut refused: Vec<(&(u64, String), &ProcessTrack)> = w
+    let mut refused: Vec<(&ProcessId, &ProcessTrack)> = w
         .processes
         .iter()
         .filter(|(_, t)| t.rejected.total > 0)
@@ -549,6 +717,11 @@ fn blocks(
             .cmp(&a.1.rejected.total)
             .then(a.0.cmp(b.0))
     });
+    for (_, t) in &refused {
+        if let Some(c) = &t.container {
+            involved.insert((c.clone(), t.application.clone().unwrap_or_default()));
+        }
+    }
     b.push(Block::Heading("Who was refused".into()));
     if refused.is_empty() {
         b.push(Block::Para(
@@ -568,13 +741,10 @@ fn blocks(
             refused
                 .iter()
                 .take(TABLE_ROWS)
-                .map(|((pid, label), t)| {
-                    if let Some(c) = &t.container {
-                        involved.insert((c.clone(), t.application.clone().unwrap_or_default()));
-                    }
+                .map(|((pid, _), t)| {
                     vec![
                         pid.to_string(),
-                        label.clone(),
+                        t.label.clone(),
                         t.kind.clone(),
                         t.container.clone().unwrap_or_default(),
                         t.rejected.total.to_string(),
@@ -584,6 +754,7 @@ fn blocks(
                 })
                 .collect(),
         ));
+        more(&mut b, refused.len(), "processes were refused");
     }
     b.push(Block::Heading(
         "YARN containers and applications involved".into(),
@@ -639,6 +810,7 @@ fn blocks(
                     })
                     .collect(),
             ));
+            more(&mut b, suspects.len(), "suspects were listed");
         }
     }
     if walked.span.torn + walked.span.corrupt > 0 || !walked.undecodable.is_empty() {
@@ -651,6 +823,16 @@ fn blocks(
         b.push(Block::Para(lines.join(" ")));
     }
     Ok(b)
+}
+
+/// Says how many rows a table left out.
+fn more(b: &mut Vec<Block>, total: usize, what: &str) {
+    if total > TABLE_ROWS {
+        b.push(Block::Para(format!(
+            "{} more {what} (the first {TABLE_ROWS} are listed).",
+            total - TABLE_ROWS
+        )));
+    }
 }
 
 /// How a process ended the window: `running`, `exited` (seen to exit), or without a row
@@ -685,6 +867,20 @@ fn md_text(text: &str) -> String {
     out
 }
 
+/// A table cell: as [`md_text`], but text a renderer would make a link of (a URL, a
+/// `www.` name, an address with `@`) goes into a code span, which no renderer links.
+fn md_cell(text: &str) -> String {
+    let shown = crate::output::printable(text);
+    if !(shown.contains("://") || shown.contains("www.") || shown.contains('@')) {
+        return md_text(text);
+    }
+    // A pipe ends a table cell even inside a code span unless escaped.
+    let body = shown.replace('|', "\\|");
+    let longest = body.split(|c| c != '`').map(str::len).max().unwrap_or(0);
+    let fence = "`".repeat(longest + 1);
+    format!("{fence} {body} {fence}")
+}
+
 fn markdown(blocks: &[Block]) -> String {
     let mut s = String::new();
     let mut first = true;
@@ -705,7 +901,7 @@ fn markdown(blocks: &[Block]) -> String {
                 let _ = writeln!(s, "| {} |", head.join(" | "));
                 let _ = writeln!(s, "|{}", "---|".repeat(head.len()));
                 for row in rows {
-                    let cells: Vec<String> = row.iter().map(|c| md_text(c)).collect();
+                    let cells: Vec<String> = row.iter().map(|c| md_cell(c)).collect();
                     let _ = writeln!(s, "| {} |", cells.join(" | "));
                 }
                 s.push('\n');
@@ -796,13 +992,13 @@ fn chart(w: &Window, centre_ms: i64, from_ms: i64, to_ms: i64) -> anyhow::Result
     budgets.sort_by(|a, b| {
         b.1.reached()
             .cmp(&a.1.reached())
-            .then(b.1.usage().total_cmp(&a.1.usage()))
+            .then(b.1.busier(a.1))
             .then(a.0.cmp(b.0))
     });
     // Those that reached their limit, else the busiest three; never one that held nothing.
     let reached = budgets.iter().filter(|(_, t)| t.reached()).count();
     budgets.truncate(if reached > 0 { reached } else { 3 }.min(CHART_LINES));
-    budgets.retain(|(_, t)| t.peak.is_some_and(|p| p.1 > 0));
+    budgets.retain(|(_, t)| t.peak().is_some_and(|p| p.1 > 0));
     // The time the samples cover (and the centre), not the whole window asked.
     let times = budgets
         .iter()
@@ -857,7 +1053,7 @@ fn chart(w: &Window, centre_ms: i64, from_ms: i64, to_ms: i64) -> anyhow::Result
                 .legend(move |(x, y)| {
                     PathElement::new([(x, y), (x + 16, y)], colour.stroke_width(2))
                 });
-            if track.limit() > 0 {
+            if track.points.iter().any(|p| p.2 > 0) {
                 chart
                     .draw_series(DashedLineSeries::new(
                         track.points.iter().map(|p| (p.0, p.2 as i64)),
@@ -886,22 +1082,6 @@ fn chart(w: &Window, centre_ms: i64, from_ms: i64, to_ms: i64) -> anyhow::Result
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_counter_increase_survives_a_restart() {
-        let mut i = Increase::default();
-        for v in [5, 7, 7, 2, 4] {
-            i.add(v, false);
-        }
-        // +2, +0, restart (2), +2.
-        assert_eq!(i.total, 6);
-        let mut new = Increase::default();
-        new.add(3, true);
-        assert_eq!(
-            new.total, 3,
-            "a row new within the window counted it all there"
-        );
-    }
-
     /// Hostile names stay text: no markup, no table cell broken, no tag.
     #[test]
     fn names_cannot_inject_markup() {
@@ -912,10 +1092,16 @@ mod tests {
         let md = markdown(&blocks);
         let row = md.lines().nth(2).unwrap();
         assert_eq!(row.matches(" | ").count(), 0, "{row}");
-        assert!(row.contains("a\\|b \\<script\\>"), "{row}");
-        assert!(row.contains("\\[l\\](http://e)"), "{row}");
+        assert!(
+            row.contains("` a\\|b <script>x</script> [l](http://e) \\n# h `"),
+            "{row}"
+        );
         assert_eq!(md.lines().count(), 4, "{md}");
         assert_eq!(md_text("container_e1_2 _x_"), "container_e1_2 \\_x\\_");
+        assert_eq!(
+            md_cell("see http://e.x |a`b"),
+            "`` see http://e.x \\|a`b ``"
+        );
         let html = html(&blocks, "<svg/>", "t");
         assert!(
             html.contains("a|b &lt;script&gt;x&lt;/script&gt;"),
@@ -924,20 +1110,59 @@ mod tests {
         assert!(!html.contains("<script>"));
     }
 
-    /// The window's reading: a budget at its limit, who grew into it, who was refused.
+    fn place(run: usize, seq: u64, fresh: bool) -> Place {
+        Place {
+            run,
+            seq,
+            run_started_in_window: fresh,
+        }
+    }
+
+    /// Run by run: a restart counts from zero, a row gone and back counts again from zero,
+    /// two runs interleaved by a stepped clock never count a drop as a restart.
+    #[test]
+    fn increases_are_counted_run_by_run() {
+        let mut i = Increase::default();
+        // A run from before the window: its first value is the baseline.
+        i.add(3, place(0, 1, false));
+        i.add(5, place(0, 2, false));
+        // The daemon restarts in the window: all the new run counts is in it.
+        i.add(10, place(1, 1, true));
+        i.add(12, place(1, 2, true));
+        assert_eq!(i.total, 2 + 12);
+        // Back in the first run after samples without the row: retired and counted again.
+        i.add(4, place(0, 5, false));
+        assert_eq!(i.total, 2 + 12 + 4);
+        // Interleaved runs (a clock stepped back): each only against itself.
+        let mut j = Increase::default();
+        for (v, at) in [
+            (100, place(0, 1, false)),
+            (50, place(1, 1, false)),
+            (101, place(0, 2, false)),
+            (52, place(1, 2, false)),
+            (103, place(0, 3, false)),
+        ] {
+            j.add(v, at);
+        }
+        assert_eq!(j.total, 3 + 2);
+    }
+
+    /// The window's reading: a budget at its limit, who grew into it, who was refused; a
+    /// reused pid is another process; the limit is the one in force at the peak.
     #[test]
     fn a_window_finds_the_budget_its_holder_and_the_refused() {
-        let sample = |open: u64, rejected: u64, alive: bool| {
+        let sample = |t: f64, open: u64, limit: u64, rejected: u64, alive: bool| {
             serde_json::json!({
                 "host": "w7",
+                "observed_secs": t,
                 "servers": [{"server": "10.0.0.1:2181", "local_ip": "10.0.0.9", "open": open + 1,
-                             "limit": 10, "rejected": rejected, "alarm":
-                             if open + 1 >= 10 { "critical" } else { "ok" }}],
+                             "limit": limit, "rejected": rejected, "alarm":
+                             if open + 1 >= limit { "critical" } else { "ok" }}],
                 "processes": [
-                    {"pid": 7, "label": "leaker", "kind": "yarn", "alive": alive,
+                    {"pid": 7, "instance": 1, "label": "leaker", "kind": "yarn", "alive": alive,
                      "yarn_container": "container_1", "opened": open, "rejected": 0,
                      "servers": [{"server": "10.0.0.1:2181", "local_ip": "10.0.0.9", "open": open}]},
-                    {"pid": 8, "label": "victim", "kind": "hbase", "alive": true,
+                    {"pid": 8, "instance": 1, "label": "victim", "kind": "hbase", "alive": true,
                      "opened": 1 + rejected, "rejected": rejected,
                      "servers": [{"server": "10.0.0.1:2181", "local_ip": "10.0.0.9", "open": 1}]}
                 ],
@@ -945,21 +1170,33 @@ mod tests {
                              "refused_at": [{"server": "10.0.0.1:2181", "local_ip": "10.0.0.9"}]}]
             })
         };
-        let mut w = Window::default();
-        w.add(0, sample(2, 0, true));
-        w.add(10_000, sample(9, 3, true));
-        w.add(20_000, sample(9, 5, false));
+        // The daemon started 100 s before the first sample, before the window.
+        let mut w = Window::new(-50_000);
+        w.add(0, sample(100.0, 2, 60, 0, true));
+        w.add(10_000, sample(110.0, 9, 10, 3, true));
+        let mut last = sample(120.0, 9, 10, 5, false);
+        // The leaker's pid, reused by another process of the same name.
+        last["processes"].as_array_mut().unwrap().push(
+            serde_json::json!({"pid": 7, "instance": 2, "label": "leaker", "kind": "yarn",
+                                     "alive": true, "opened": 1, "rejected": 0, "servers": []}),
+        );
+        w.add(20_000, last);
         let key = BudgetKey::Host("10.0.0.1:2181".into(), "10.0.0.9".into());
         let b = &w.budgets[&key];
         assert!(b.reached());
-        assert_eq!(b.peak, Some((10_000, 10)));
-        assert_eq!(b.first_at_limit, Some(10_000));
+        assert_eq!(b.peak(), Some((10_000, 10, 10)));
+        assert_eq!(b.first_at_limit(), Some(10_000));
         assert_eq!(b.rejected.total, 5);
-        let leaker = &w.processes[&(7, "leaker".to_owned())];
+        let leaker = &w.processes[&(7, 1)];
         assert_eq!(leaker.opened.total, 7);
         assert!(!leaker.alive && leaker.at_end);
         assert_eq!(end_state(Some(leaker)), "exited");
-        let victim = &w.processes[&(8, "victim".to_owned())];
+        let again = &w.processes[&(7, 2)];
+        assert_eq!(
+            (again.opened.total, end_state(Some(again)).as_str()),
+            (1, "running")
+        );
+        let victim = &w.processes[&(8, 1)];
         assert_eq!(victim.rejected.total, 5);
         assert_eq!(
             victim.refused_by.iter().collect::<Vec<_>>(),

@@ -173,6 +173,18 @@ pub fn show(
             rfc3339(to_ms)
         );
     }
+    match subject {
+        Subject::Server(addr) if addr.parse::<std::net::SocketAddr>().is_err() => {
+            anyhow::bail!(
+                "--server {addr:?} is not IP:PORT (10.0.0.1:2181, [2001:db8::1]:2181): a budget \
+                 is a server's address and port"
+            )
+        }
+        Subject::Client(ip) if ip.parse::<IpAddr>().is_err() => {
+            anyhow::bail!("--client {ip:?} is not an IP address (10.0.0.9)")
+        }
+        _ => {}
+    }
     let reader = Reader::open(dir)?;
     let (points, walked, host) = collect(&reader, subject, from_ms, to_ms)?;
     for why in &walked.undecodable {
@@ -236,6 +248,11 @@ fn lines(subject: &Subject, points: &[Point]) -> (Vec<&'static str>, Vec<Vec<Str
     if let Some((head, key)) = subject.part() {
         columns.push((head, Plain(key)));
     }
+    if let Subject::Process(_) = subject {
+        // A pid reused within the range: the rows of each process, told apart.
+        columns.push(("INSTANCE", Plain("instance")));
+        columns.push(("OWNER", Plain("label")));
+    }
     columns.extend([
         ("OPEN", Plain("open")),
         ("CLOSE_WAIT", Plain("close_wait")),
@@ -264,7 +281,9 @@ fn lines(subject: &Subject, points: &[Point]) -> (Vec<&'static str>, Vec<Vec<Str
             while j + 1 < points.len() && points[j + 1].rows.is_empty() {
                 j += 1;
             }
+            // In the last column, which is not padded: the others keep their widths.
             let mut line = vec![rfc3339(p.at_ms)];
+            line.extend(std::iter::repeat_n(String::new(), columns.len() - 1));
             let n = j - i + 1;
             line.push(if n == 1 {
                 "(no row)".to_owned()
@@ -332,7 +351,11 @@ mod tests {
         assert_eq!(header[..3], ["TIME", "LOCAL IP", "OPEN"]);
         assert_eq!(rows.len(), 4);
         assert_eq!(rows[1][1..3], ["10.0.0.10", "1"]);
-        assert_eq!(rows[2][1], "(no row in 2 samples, to 1970-01-01T00:00:20Z)");
+        assert_eq!(
+            rows[2].last().map(String::as_str),
+            Some("(no row in 2 samples, to 1970-01-01T00:00:20Z)")
+        );
+        assert_eq!(rows[2].len(), header.len());
         assert_eq!(rows[3][2], "60");
         assert_eq!(rows[3][9], "100%");
     }

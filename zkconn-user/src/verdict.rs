@@ -15,7 +15,9 @@ pub const REFUSING_SECS: f64 = 60.0;
 pub const CLOSE_WAIT_GRACE_SECS: f64 = 2.0;
 
 /// A server row's alarm.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Alarm {
     #[default]
@@ -35,7 +37,8 @@ impl Alarm {
 }
 
 /// Rates over the trend window.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Rates {
     /// Net change of open connections per minute.
     pub growth_per_min: f64,

@@ -966,8 +966,9 @@ fn history_cost(refusing: SocketAddr) -> Result<String> {
     );
     let polite = polite_listener(refusing.port())?;
     for interval in [None, Some("1s"), Some("10s")] {
-        let store = tempfile::tempdir()?;
-        let (hold, server) = spawn_hold_server(polite.port())?;
+        eprintln!("zkconn-bench: history store {interval:?}");
+        let store = tempfile::tempdir().context("tempdir")?;
+        let (hold, server) = spawn_hold_server(polite.port()).context("hold server")?;
         let mut extra: Vec<std::ffi::OsString> = Vec::new();
         if let Some(every) = interval {
             extra.push("--history".into());
@@ -976,12 +977,12 @@ fn history_cost(refusing: SocketAddr) -> Result<String> {
             extra.push(every.into());
         }
         let extra: Vec<&std::ffi::OsStr> = extra.iter().map(|a| a.as_os_str()).collect();
-        let d = DaemonUnderTest::start_with(polite.port(), 65_536, &extra)?;
-        let held = holders(hold, 10, 1000)?;
+        let d = DaemonUnderTest::start_with(polite.port(), 65_536, &extra).context("daemon")?;
+        let held = holders(hold, 10, 1000).context("holders")?;
         thread::sleep(Duration::from_secs(3));
         let cpu0 = d.cpu_secs()?;
         let t0 = Instant::now();
-        let reached = paced_churn(polite, RATE, SECS)?;
+        let reached = paced_churn(polite, RATE, SECS).context("churn")?;
         let wall = t0.elapsed().as_secs_f64();
         let cpu = d.cpu_secs()? - cpu0;
         let doc = integration_tests::http_get(d.addr, "/v1/snapshot")
@@ -1007,10 +1008,22 @@ fn history_cost(refusing: SocketAddr) -> Result<String> {
             .arg(polite.to_string())
             .arg("--history")
             .arg(store.path())
-            .output()?;
+            .output()
+            .context("zkconn history")?;
         let series: serde_json::Value = serde_json::from_slice(&out.stdout)
             .with_context(|| String::from_utf8_lossy(&out.stderr).into_owned())?;
-        let samples = series["samples"].as_array().map_or(0, Vec::len);
+        let times: Vec<&str> = series["samples"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s["time"].as_str())
+            .collect();
+        let samples = times.len();
+        eprintln!(
+            "zkconn-bench: {samples} samples, {:?} to {:?}",
+            times.first(),
+            times.last()
+        );
         let per = bytes as f64 / samples.max(1) as f64;
         s.push_str(&format!(
             "| `--history-interval {every}` | {reached:.0} | {:.2} % of one core | {samples} | {:.1} KiB | {:.0} bytes | {:.1} KiB | {:.1} MiB |\n",

@@ -38,7 +38,7 @@ pub fn parse_proc_cgroup(text: &str) -> Vec<CgroupLine> {
 }
 
 /// The container runtime named in a Kubernetes cgroup path.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Runtime {
     Docker,

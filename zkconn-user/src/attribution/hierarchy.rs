@@ -14,7 +14,9 @@ use serde::Serialize;
 use super::{Kind, cgroup::CgroupLine};
 
 /// A cgroup hierarchy rows can be keyed by.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize,
+)]
 pub enum Hierarchy {
     /// cgroup v2: rows keyed by the kernel's cgroup id.
     #[default]

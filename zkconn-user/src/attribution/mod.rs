@@ -61,7 +61,7 @@ impl std::fmt::Display for Kind {
 }
 
 /// Where a YARN container id was found.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum YarnSource {
     /// A cgroup path (any v1 hierarchy or v2).
@@ -88,14 +88,16 @@ pub struct Clues<'a> {
 }
 
 /// Who a process is.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Attribution {
     pub kind: Kind,
     /// What it is: "HBase RegionServer", "Spark executor", or the executable's name.
     pub service: String,
     /// What people read: the service, qualified by its container, pod or unit.
     pub label: String,
-    pub hbase_role: Option<&'static str>,
+    #[serde(default, deserialize_with = "crate::intern::de_opt")]
+    pub hbase_role: Option<crate::intern::Name>,
     pub yarn_container: Option<String>,
     pub yarn_application: Option<String>,
     pub yarn_source: Option<YarnSource>,

@@ -20,7 +20,8 @@ use crate::{
 pub const CONNECTIONS_LISTED: usize = 64;
 
 /// One client host on one listener: what `maxClientCnxns` counts on the server.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct ClientRow {
     /// The listening socket that accepted the connections, `address:port`: what ZooKeeper
     /// counts a client host's connections per (`0.0.0.0:2181` for a server listening on
@@ -74,11 +75,13 @@ pub struct ClientRow {
 }
 
 /// One open accepted connection.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct ClientConnection {
     pub client_port: u16,
     /// `established` or `close_wait`.
-    pub state: &'static str,
+    #[serde(deserialize_with = "crate::intern::de")]
+    pub state: crate::intern::Name,
     /// Seconds since the handshake; `null` for a connection that predates zkconn.
     pub age_secs: Option<f64>,
 }
@@ -154,7 +157,8 @@ pub struct ServerSide {
 }
 
 /// One watched listening socket of this host: its server, and every client host together.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct ListenerRow {
     pub listener: String,
     /// The addresses it was reached on, when not its own.

@@ -7,7 +7,8 @@ use serde::Serialize;
 use zkconn_common::hooks::{Hook, RefusalDetection};
 
 /// `probe.retention`.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct RetentionHealth {
     /// Seconds an exited process holding nothing stays a row of its own.
     pub after_secs: f64,
@@ -28,14 +29,16 @@ pub struct RetentionHealth {
     pub undeleted: u64,
 }
 
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct ProbeHealth {
     pub hook: Option<Hook>,
     /// How refusals are recognised: `no_bytes_received` (with BTF) or `reset_only`.
     pub refusal_detection: Option<RefusalDetection>,
     /// How kernel events reach userspace: `ring-buffer`, or `perf-buffer` (a perf event
     /// array, before 5.8 or with `--fallback perf-buffer`); null for the poll hook.
-    pub events: Option<&'static str>,
+    #[serde(default, deserialize_with = "crate::intern::de_opt")]
+    pub events: Option<crate::intern::Name>,
     /// Kernel events read since start (new processes, exits, refusals).
     pub events_received: u64,
     /// Events the kernel could not deliver plus program runs the kernel skipped.
@@ -123,7 +126,8 @@ impl ProbeHealth {
 }
 
 /// What drift repair did since start.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct RepairHealth {
     /// Kernel rows deleted because their socket was gone on two consecutive rounds (a close
     /// the kernel did not see; not counted as closed or failed).
@@ -150,14 +154,16 @@ pub struct RepairHealth {
     pub last_secs_ago: Option<f64>,
 }
 
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct LostDetail {
     pub events: u64,
     /// `None`: the kernel does not count them (before 5.12), so unknown, not 0.
     pub recursion_misses: Option<u64>,
 }
 
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct OverflowDetail {
     pub connections: u64,
     pub processes: u64,
@@ -170,7 +176,8 @@ pub struct OverflowDetail {
 }
 
 /// What the server's side follows.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct ServerSideHealth {
     /// Accepted connections on the watched ports are followed (not `--no-server-side`, and
     /// a kernel hook: polling does not).
@@ -182,7 +189,8 @@ pub struct ServerSideHealth {
     pub seeded: u64,
 }
 
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct SeedHealth {
     pub seeded: u64,
     pub adopted: u64,
@@ -195,7 +203,8 @@ pub struct SeedHealth {
 }
 
 /// How completely owners could be attributed.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct AttributionHealth {
     /// Processes whose `/proc` entry was read while they lived.
     pub from_proc: u64,
@@ -209,7 +218,8 @@ pub struct AttributionHealth {
 }
 
 /// What zkconn kept after attach, and why.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Kept {
     /// The capabilities kept (effective = permitted), by name.
     pub kept: Vec<String>,
@@ -220,7 +230,8 @@ pub struct Kept {
 }
 
 /// What the outputs say about NAT.
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
+#[serde(default)]
 pub struct NatHealth {
     /// Whether the host's connection tracking table could be asked.
     pub available: bool,
@@ -235,10 +246,12 @@ pub struct NatHealth {
 }
 
 /// A kernel helper replaced by an older one, and why.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct FallbackInUse {
     /// Its `--fallback` name.
-    pub fallback: &'static str,
+    #[serde(deserialize_with = "crate::intern::de")]
+    pub fallback: crate::intern::Name,
     /// `forced` (`--fallback`) or `kernel` (the helper is missing).
-    pub reason: &'static str,
+    #[serde(deserialize_with = "crate::intern::de")]
+    pub reason: crate::intern::Name,
 }

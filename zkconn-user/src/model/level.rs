@@ -9,7 +9,9 @@ use super::{ApplicationRow, CgroupRow, ContainerRow, ProcessRow, ServiceRow};
 use crate::attribution::hierarchy::Hierarchy;
 
 /// The kinds of owner rows, from one process up to a service.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Level {
     #[default]

@@ -39,9 +39,10 @@ use crate::{
 
 pub const SCHEMA: &str = "zkconn.snapshot/v1";
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct Snapshot {
-    pub schema: &'static str,
+    #[serde(deserialize_with = "crate::intern::de")]
+    pub schema: crate::intern::Name,
     pub host: String,
     /// RFC 3339, UTC.
     pub time: String,
@@ -66,7 +67,8 @@ pub struct Snapshot {
 }
 
 /// Every table of the document.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Rows {
     pub servers: Vec<ServerRow>,
     pub processes: Vec<ProcessRow>,
@@ -91,7 +93,7 @@ pub struct Rows {
 }
 
 /// A process a server refused in the window that holds too little to be a suspect.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
 pub struct Victim {
     pub pid: u32,
     pub label: String,
@@ -114,7 +116,7 @@ pub struct Victim {
 }
 
 /// Refusals of one process by one budget, from the kernel's refusal events.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct RefusedBudget {
     pub server: String,
     /// The local IP of the refused connections, as this host saw it (before any NAT).
@@ -123,7 +125,7 @@ pub struct RefusedBudget {
 }
 
 /// `--warn` and `--crit`, in percent of the limit.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, serde::Deserialize)]
 pub struct AlarmThresholds {
     /// As given: a number (at or over it) or a range (monitoring plugins' syntax).
     pub warn: crate::threshold::Range,
@@ -147,7 +149,7 @@ impl AlarmThresholds {
 
 /// An owner that grows, holds CLOSE_WAIT sockets or holds much of a budget at or near its
 /// limit.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
 pub struct Suspect {
     pub subject: Level,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -171,7 +173,8 @@ pub struct Suspect {
 }
 
 /// Current connections by state; `open` = connecting + established.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct StateCounts {
     pub open: u64,
     pub connecting: u64,
@@ -208,7 +211,8 @@ impl StateCounts {
 }
 
 /// One (ZooKeeper endpoint, local IP): the unit `maxClientCnxns` counts.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct ServerRow {
     pub server: String,
     /// The client address as the server sees it (after NAT), which is what it counts.
@@ -246,7 +250,7 @@ pub struct ServerRow {
     pub alarm: Alarm,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 /// What a process holds of one budget: a server's connections from one local IP, as the
 /// server sees it (after NAT), the unit `maxClientCnxns` counts.
 pub struct ServerOpen {
@@ -255,11 +259,18 @@ pub struct ServerOpen {
     pub open: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
 pub struct ProcessRow {
-    #[serde(skip)]
-    pub key: OwnerKey,
     pub pid: u32,
+    /// Serialized as `instance` (its `birth_ns`): with `pid`, one process among those that
+    /// had its pid.
+    #[serde(
+        rename = "instance",
+        default,
+        serialize_with = "instance::ser",
+        deserialize_with = "instance::de"
+    )]
+    pub key: OwnerKey,
     pub comm: String,
     #[serde(flatten)]
     pub who: Attribution,
@@ -298,7 +309,7 @@ pub struct ProcessRow {
 }
 
 /// A process that holds open connections it did not make.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Holder {
     pub pid: u32,
     pub comm: String,
@@ -309,6 +320,38 @@ pub struct Holder {
 
 #[cfg(test)]
 use crate::limits::{self, Limits};
+
+/// A process row's key as the document has it: `instance`, the key's `birth_ns` (its pid
+/// is the row's own).
+mod instance {
+    use serde::Deserialize as _;
+    use zkconn_common::OwnerKey;
+
+    pub fn ser<S: serde::Serializer>(key: &OwnerKey, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(key.birth_ns)
+    }
+
+    pub fn de<'de, D: serde::Deserializer<'de>>(d: D) -> Result<OwnerKey, D::Error> {
+        Ok(OwnerKey {
+            tgid: 0,
+            _pad: 0,
+            birth_ns: u64::deserialize(d)?,
+        })
+    }
+}
+
+impl Snapshot {
+    /// A document read back (from the history store) as the model, for `top --history`;
+    /// each process row keyed again by its `pid` and `instance`.
+    pub fn from_document(doc: serde_json::Value) -> anyhow::Result<Self> {
+        let mut snap: Snapshot = serde_json::from_value(doc)
+            .map_err(|e| anyhow::anyhow!("not a snapshot document this zkconn reads: {e}"))?;
+        for p in &mut snap.rows.processes {
+            p.key.tgid = p.pid;
+        }
+        Ok(snap)
+    }
+}
 
 #[cfg(test)]
 impl Snapshot {
@@ -398,7 +441,8 @@ impl ProcessRow {
 }
 
 /// How long connections have been held.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Age {
     /// Age of the oldest open connection in seconds; `null` with none open.
     pub oldest_secs: Option<f64>,
@@ -424,7 +468,7 @@ fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
 pub struct CgroupRow {
     /// `v2`: keyed by the kernel's cgroup id; `v1:cpu` or `v1:name=systemd`: keyed by the
     /// path in that hierarchy (see [`crate::attribution::hierarchy`]).
@@ -469,7 +513,8 @@ impl CgroupRow {
 }
 
 /// Counters summed over the processes of a roll-up row.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Totals {
     pub open: u64,
     pub close_wait: u64,
@@ -535,7 +580,7 @@ pub struct Retired {
     pub processes: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
 pub struct ContainerRow {
     pub container: String,
     pub application: String,
@@ -547,7 +592,7 @@ pub struct ContainerRow {
     pub pids: Vec<u32>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
 pub struct ApplicationRow {
     pub application: String,
     pub containers: Vec<String>,
@@ -560,7 +605,7 @@ pub struct ApplicationRow {
     pub pids: Vec<u32>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
 pub struct ServiceRow {
     pub service: String,
     /// The kinds its processes run as (usually one).

@@ -915,3 +915,30 @@ fn cgroup_rows_carry_refusals_ages_and_users() {
         ]
     );
 }
+
+/// A document read back (the history store's) is the model it was written from: the real
+/// example of docs/json.md goes through `from_document` and serializes to itself, and each
+/// process row is keyed by its pid.
+#[test]
+fn a_stored_document_reads_back_as_the_model() {
+    let md = include_str!("../../../docs/json.md");
+    let json = md
+        .split("```json")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("docs/json.md has its example");
+    let doc: serde_json::Value = serde_json::from_str(json).unwrap();
+    let snap = Snapshot::from_document(doc.clone()).unwrap();
+    assert_eq!(serde_json::to_value(&snap).unwrap(), doc);
+    assert!(!snap.rows.processes.is_empty());
+    for p in &snap.rows.processes {
+        assert_eq!(p.key.tgid, p.pid);
+    }
+    let e = Snapshot::from_document(serde_json::json!({"schema": 3}))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("not a snapshot document this zkconn reads"),
+        "{e}"
+    );
+}

@@ -174,6 +174,46 @@ impl OwnerLine {
     }
 }
 
+impl Past {
+    /// The keys of time travel: `[` and `]` step, `t` types a time (Enter goes there, Esc
+    /// does not). Whether the key was one of them.
+    fn on_key(&mut self, key: KeyEvent) -> bool {
+        if let Some(text) = &mut self.typing {
+            match key.code {
+                KeyCode::Enter => {
+                    self.request = Some(Travel::To(std::mem::take(text)));
+                    self.typing = None;
+                }
+                KeyCode::Esc => self.typing = None,
+                KeyCode::Backspace => {
+                    text.pop();
+                }
+                KeyCode::Char(_)
+                    if key
+                        .modifiers
+                        .intersects(KeyModifiers::CONTROL | KeyModifiers::ALT) => {}
+                // A time is short: RFC 3339 with an offset is 25 characters.
+                KeyCode::Char(c) if text.chars().count() < 40 => text.push(c),
+                _ => {}
+            }
+            return true;
+        }
+        if key
+            .modifiers
+            .intersects(KeyModifiers::CONTROL | KeyModifiers::ALT)
+        {
+            return false;
+        }
+        match key.code {
+            KeyCode::Char('[') => self.request = Some(Travel::Step(-1)),
+            KeyCode::Char(']') => self.request = Some(Travel::Step(1)),
+            KeyCode::Char('t') => self.typing = Some(String::new()),
+            _ => return false,
+        }
+        true
+    }
+}
+
 /// Header rates: per second between the last two refreshes.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct PerSecond {
@@ -183,9 +223,38 @@ pub struct PerSecond {
     pub rejected: f64,
 }
 
+/// `top --history`: the view is of a past sample of the history store, not live.
+#[derive(Clone, Debug, Default)]
+pub struct Past {
+    /// The store read.
+    pub store: String,
+    /// The sample shown: its time, its place among the store's samples (from 0), and how
+    /// many the store holds.
+    pub at_ms: i64,
+    pub index: usize,
+    pub count: usize,
+    /// The time being typed after `t`.
+    pub typing: Option<String>,
+    /// Where the keys asked to go next (the loop reads and clears it).
+    pub request: Option<Travel>,
+    /// Why the last move failed (a time the store does not hold), until the next one.
+    pub note: Option<String>,
+}
+
+/// A move in time asked by a key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Travel {
+    /// `[` (-1) or `]` (+1) samples.
+    Step(i64),
+    /// `t`: a time as `history --at` takes it.
+    To(String),
+}
+
 #[derive(Debug, Default)]
 pub struct App {
     pub snapshot: Option<Snapshot>,
+    /// `top --history`: the past sample shown.
+    pub past: Option<Past>,
     pub connections: Vec<ConnectionRow>,
     /// A refresh that arrived while paused, shown on resume.
     pending: Option<(Snapshot, Vec<ConnectionRow>)>,
@@ -268,6 +337,16 @@ impl App {
         if self.selected.is_none() {
             self.selected = self.lines().first().map(|l| l.id.clone());
         }
+    }
+
+    /// Forgets what earlier refreshes left (sparklines, rates, remembered budgets): the next
+    /// updates are of another time.
+    pub fn forget_trends(&mut self) {
+        self.sparks.clear();
+        self.remembered.clear();
+        self.previous = None;
+        self.rates = None;
+        self.pending = None;
     }
 
     /// One point per owner of every grouping; owners no longer present are forgotten.
@@ -512,6 +591,11 @@ impl App {
             // Any key closes the help, q included: a key pressed to leave a page never
             // leaves the program.
             self.help = false;
+            return;
+        }
+        if let Some(past) = &mut self.past
+            && past.on_key(key)
+        {
             return;
         }
         // A chord (Alt-q, Ctrl-s) is no command: only Ctrl-C, above, acts.

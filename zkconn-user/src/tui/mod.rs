@@ -6,6 +6,7 @@
 //! the footer shows). Must not: draw from anywhere but the loop, or block in drawing.
 
 pub mod app;
+pub mod past;
 pub mod render;
 #[cfg(test)]
 mod tests;

@@ -89,6 +89,20 @@ fn render_header(frame: &mut Frame<'_>, area: Rect, app: &App) {
             human_secs(s.trend_window_secs),
         )),
     ];
+    if let Some(past) = &app.past {
+        first.insert(
+            1,
+            Span::styled(
+                format!(
+                    "HISTORY {} (sample {} of {}, not live) · ",
+                    crate::archive::rfc3339(past.at_ms),
+                    past.index + 1,
+                    past.count
+                ),
+                WARN,
+            ),
+        );
+    }
     if app.paused {
         first.push(Span::styled(" · PAUSED", WARN));
     }
@@ -1053,7 +1067,23 @@ fn kv(key: &str, value: &str) -> Line<'static> {
 }
 
 fn render_footer(frame: &mut Frame<'_>, area: Rect, app: &App) {
-    let line = if let Some(text) = &app.editing {
+    let typing = app.past.as_ref().and_then(|p| p.typing.as_ref());
+    let line = if let Some(text) = typing {
+        Line::from(vec![
+            Span::styled("time: ", TITLE),
+            Span::raw(format!("{text}▏")),
+            Span::styled("  RFC 3339, HH:MM, -2h or now · Enter go · Esc cancel", DIM),
+        ])
+    } else if let Some(note) = app.past.as_ref().and_then(|p| p.note.as_ref())
+        && app.editing.is_none()
+    {
+        Line::styled(format!("{note} · [ ] step · t go to a time"), CRIT)
+    } else if app.past.is_some() && app.editing.is_none() && !app.clients_view {
+        Line::styled(
+            "q quit · ? help · [ ] earlier/later sample · t go to a time · g group · s sort · / filter · Enter drill down",
+            DIM,
+        )
+    } else if let Some(text) = &app.editing {
         Line::from(vec![
             Span::styled("filter: ", TITLE),
             Span::raw(format!("{text}▏")),
@@ -1126,6 +1156,10 @@ const HELP: &[(&str, &str)] = &[
     ("/", "filter: owner, pid, user, IP, container, app, unit"),
     ("c", "client hosts, on a server's host; Enter: connections"),
     ("p  Space", "pause / resume refreshing"),
+    (
+        "[  ]  t",
+        "with --history: earlier / later sample, go to a time",
+    ),
     ("?  F1", "this help"),
     ("q  Ctrl-C", "quit"),
     ("any key", "close this help"),

@@ -1,6 +1,7 @@
 //! Names a document read back (the history store's) gives where the live model holds
-//! `&'static str`: each distinct one is kept once for the life of the process, and at most
-//! [`MAX`] of them (they come from small fixed sets: states, hooks, HBase roles).
+//! `&'static str`: each distinct one is kept once for the life of the process, at most
+//! [`MAX`] of them and none longer than [`LONGEST`] (they come from small fixed sets:
+//! states, hooks, HBase roles).
 //!
 //! Owns: the table of kept names. Must not: keep names without bound.
 
@@ -14,6 +15,8 @@ pub type Name = &'static str;
 
 /// Distinct names kept at most; past it a name reads as `?`.
 const MAX: usize = 1024;
+/// The longest name kept (the longest real one is a few words); a longer one reads as `?`.
+const LONGEST: usize = 64;
 
 /// Kept names, at most `max`.
 struct Table {
@@ -26,7 +29,7 @@ impl Table {
         if let Some(k) = self.kept.get(name) {
             return k;
         }
-        if self.kept.len() >= self.max {
+        if self.kept.len() >= self.max || name.len() > LONGEST {
             return "?";
         }
         let k: &'static str = Box::leak(name.to_owned().into_boxed_str());
@@ -75,5 +78,6 @@ mod tests {
         assert_eq!(t.kept.len(), 3);
         assert_eq!(t.intern("one past the bound"), "?");
         assert_eq!(t.intern("n1"), "n1");
+        assert_eq!(super::intern(&"x".repeat(super::LONGEST + 1)), "?");
     }
 }

@@ -34,18 +34,30 @@ pub enum Centre {
     LastAlarm,
 }
 
-/// The daemon runs a window's samples come from. A run is known by when it started
-/// (a sample's time less its `observed_secs`); a clock stepped while a daemon ran makes
-/// its later samples look like another run's, which costs at most the increase between two
-/// samples, never a count twice.
+/// The daemon runs a window's samples come from. A run is known by when it started (a
+/// sample's time less its `observed_secs`, followed as the two clocks drift apart). A
+/// clock stepped while a daemon ran makes its later samples look like another run's: such
+/// a run goes on from the one before (it observed longer than the sample before it did),
+/// so its counters are not taken for new ones, and only the increase between the two
+/// samples around the step is lost. A document without `observed_secs` is of one unknown
+/// run.
 #[derive(Clone, Debug, Default)]
 struct Runs {
-    /// (estimated start in ms, samples of it seen so far).
-    runs: Vec<(i64, u64)>,
+    /// (estimated start in ms, samples of it seen so far, whether it started afresh within
+    /// the window).
+    runs: Vec<(i64, u64, bool)>,
+    /// Samples seen without `observed_secs`.
+    unknown: u64,
+    /// `observed_secs` of the sample seen last.
+    last_observed: Option<f64>,
 }
 
-/// Samples of one run have starts this close.
-const SAME_RUN_MS: i64 = 2_000;
+/// Samples of one run have starts this close (the two clocks are read together; they drift
+/// apart by at most milliseconds a minute).
+const SAME_RUN_MS: i64 = 5_000;
+
+/// The run of documents without `observed_secs`.
+const UNKNOWN_RUN: usize = usize::MAX;
 
 /// Where a sample stands: its run, its place in that run's samples (from 1), and whether
 /// its run started within the window (a daemon restarted in it: its counters count from
@@ -59,24 +71,39 @@ struct Place {
 
 impl Runs {
     fn place(&mut self, at_ms: i64, doc: &Value, window_from_ms: i64) -> Place {
-        let observed_ms = (doc["observed_secs"].as_f64().unwrap_or(0.0) * 1000.0) as i64;
-        let start = at_ms - observed_ms;
+        let Some(observed) = doc["observed_secs"].as_f64().filter(|o| o.is_finite()) else {
+            self.unknown += 1;
+            return Place {
+                run: UNKNOWN_RUN,
+                seq: self.unknown,
+                run_started_in_window: false,
+            };
+        };
+        let start = at_ms - (observed * 1000.0) as i64;
         let run = match self
             .runs
             .iter()
-            .position(|(s, _)| (s - start).abs() <= SAME_RUN_MS)
+            .position(|(s, ..)| (s - start).abs() <= SAME_RUN_MS)
         {
-            Some(i) => i,
+            Some(i) => {
+                self.runs[i].0 = start;
+                i
+            }
             None => {
-                self.runs.push((start, 0));
+                // Afresh: it observed less than the sample before it (a restart), and
+                // began within the window. Else a clock step of a run going on.
+                let fresh =
+                    self.last_observed.is_none_or(|l| observed < l) && start >= window_from_ms;
+                self.runs.push((start, 0, fresh));
                 self.runs.len() - 1
             }
         };
+        self.last_observed = Some(observed);
         self.runs[run].1 += 1;
         Place {
             run,
             seq: self.runs[run].1,
-            run_started_in_window: self.runs[run].0 >= window_from_ms,
+            run_started_in_window: self.runs[run].2,
         }
     }
 }
@@ -154,11 +181,16 @@ struct BudgetTrack {
 
 impl BudgetTrack {
     /// The sample it held the most in (the first of equals): (time, open, limit then).
+    /// Of equal peaks, the first at its limit then, else the first.
     fn peak(&self) -> Option<(i64, i64, u64)> {
-        self.points
-            .iter()
-            .copied()
-            .reduce(|best, p| if p.1 > best.1 { p } else { best })
+        let at_limit = |p: &(i64, i64, u64)| p.2 > 0 && p.1 >= p.2 as i64;
+        self.points.iter().copied().reduce(|best, p| {
+            if p.1 > best.1 || (p.1 == best.1 && at_limit(&p) && !at_limit(&best)) {
+                p
+            } else {
+                best
+            }
+        })
     }
 
     /// The first sample it held its limit (as it was then) or more in.
@@ -243,12 +275,13 @@ fn process_id(row: &Value) -> ProcessId {
     (num(row, "pid"), num(row, "instance"))
 }
 
-/// The refusals a suspect's reason names (`refused 5 times by 10.1.2.3:2181`).
+/// The server a suspect's reason says refused it (`refused 5 times by 10.1.2.3:2181`),
+/// when it was refused.
 fn refused_clause(reason: &str) -> Option<String> {
-    reason
-        .split("; ")
-        .find(|c| c.starts_with("refused "))
-        .map(str::to_owned)
+    let clause = reason.split("; ").find(|c| c.starts_with("refused "))?;
+    let (times, by) = clause.strip_prefix("refused ")?.split_once(" by ")?;
+    let n: u64 = times.split_whitespace().next()?.parse().ok()?;
+    (n > 0).then(|| by.to_owned())
 }
 
 impl Window {
@@ -517,10 +550,24 @@ fn write_all(dir: &Path, files: &[(&str, String)]) -> anyhow::Result<Vec<PathBuf
         }
         return Err(e);
     }
+    let clean = |temps: &[(PathBuf, PathBuf)]| {
+        for (tmp, _) in temps {
+            let _ = std::fs::remove_file(tmp);
+        }
+    };
+    // A directory where a file goes is not replaced: found before anything is.
+    if let Some((_, path)) = temps.iter().find(|(_, p)| p.is_dir()) {
+        let why = format!("cannot write {}: it is a directory", path.display());
+        clean(&temps);
+        bail!("{why}");
+    }
     let mut written = Vec::new();
-    for (tmp, path) in temps {
-        std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
-        written.push(path);
+    for (i, (tmp, path)) in temps.iter().enumerate() {
+        if let Err(e) = std::fs::rename(tmp, path) {
+            clean(&temps[i..]);
+            return Err(anyhow!("cannot write {}: {e}", path.display()));
+        }
+        written.push(path.clone());
     }
     Ok(written)
 }
@@ -1025,7 +1072,11 @@ fn chart(w: &Window, centre_ms: i64, from_ms: i64, to_ms: i64) -> anyhow::Result
             .margin(12)
             .x_label_area_size(36)
             .y_label_area_size(48)
-            .build_cartesian_2d(from_ms..to_ms.max(from_ms + 1), 0i64..y_top)
+            // At least a minute wide: one sample alone stays inside the frame.
+            .build_cartesian_2d(
+                from_ms.min(centre_ms - 30_000)..to_ms.max(centre_ms + 30_000),
+                0i64..y_top,
+            )
             .map_err(|e| err(&e))?;
         let fmt = |x: &i64| clock(*x);
         chart
@@ -1053,6 +1104,15 @@ fn chart(w: &Window, centre_ms: i64, from_ms: i64, to_ms: i64) -> anyhow::Result
                 .legend(move |(x, y)| {
                     PathElement::new([(x, y), (x + 16, y)], colour.stroke_width(2))
                 });
+            // Each sample marked too: a line of one sample draws nothing.
+            chart
+                .draw_series(
+                    track
+                        .points
+                        .iter()
+                        .map(|p| Circle::new((p.0, p.1), 3, colour.filled())),
+                )
+                .map_err(|e| err(&e))?;
             if track.points.iter().any(|p| p.2 > 0) {
                 chart
                     .draw_series(DashedLineSeries::new(
@@ -1145,6 +1205,44 @@ mod tests {
             j.add(v, at);
         }
         assert_eq!(j.total, 3 + 2);
+    }
+
+    /// Runs from the documents themselves: without `observed_secs` one run whose rises are
+    /// counted; a clock stepped forward while the daemon ran is no restart; a restart is.
+    #[test]
+    fn runs_are_told_from_observed_secs() {
+        let doc = |obs: Option<f64>| match obs {
+            Some(o) => serde_json::json!({"observed_secs": o}),
+            None => serde_json::json!({}),
+        };
+        let count = |samples: &[(i64, Option<f64>, u64)], from: i64| {
+            let mut runs = Runs::default();
+            let mut i = Increase::default();
+            for (t, obs, v) in samples {
+                i.add(*v, runs.place(*t, &doc(*obs), from));
+            }
+            i.total
+        };
+        let unknown: Vec<(i64, Option<f64>, u64)> = (0..30)
+            .map(|k| (k * 10_000, None, 100 + k as u64))
+            .collect();
+        assert_eq!(count(&unknown, 0), 29);
+        // +15 min at the third sample: the run goes on (11 -> 12 is lost with the step).
+        let stepped = [
+            (0, Some(100.0), 10),
+            (10_000, Some(110.0), 11),
+            (910_000, Some(120.0), 12),
+            (920_000, Some(130.0), 13),
+        ];
+        assert_eq!(count(&stepped, -50_000), 2);
+        // A restart within the window: the new run counts from zero.
+        let restarted = [
+            (0, Some(100.0), 10),
+            (10_000, Some(110.0), 11),
+            (20_000, Some(2.0), 3),
+            (30_000, Some(12.0), 4),
+        ];
+        assert_eq!(count(&restarted, -50_000), 1 + 4);
     }
 
     /// The window's reading: a budget at its limit, who grew into it, who was refused; a

@@ -180,8 +180,12 @@ impl Past {
     fn on_key(&mut self, key: KeyEvent) -> bool {
         if let Some(text) = &mut self.typing {
             match key.code {
+                // Enter on nothing typed goes nowhere, as Esc.
                 KeyCode::Enter => {
-                    self.request = Some(Travel::To(std::mem::take(text)));
+                    let typed = std::mem::take(text);
+                    if !typed.trim().is_empty() {
+                        self.request = Some(Travel::To(typed));
+                    }
                     self.typing = None;
                 }
                 KeyCode::Esc => self.typing = None,

@@ -26,9 +26,14 @@ use crate::{
 /// be read.
 fn show(catalog: &Catalog, index: usize, app: &mut App) -> Result<(), String> {
     let snap = |i: usize| {
-        catalog
-            .doc(i)
-            .and_then(|doc| Snapshot::from_document(doc).map_err(|e| format!("{e:#}")))
+        catalog.doc(i).and_then(|doc| {
+            Snapshot::from_document(doc).map_err(|e| {
+                format!(
+                    "the sample of {}: {e:#}",
+                    crate::archive::rfc3339(catalog.time(i).unwrap_or(0))
+                )
+            })
+        })
     };
     let target = snap(index)?;
     app.forget_trends();
@@ -49,8 +54,9 @@ fn show(catalog: &Catalog, index: usize, app: &mut App) -> Result<(), String> {
     Ok(())
 }
 
-/// Where `travel` leads from `index`, or why it leads nowhere.
-fn destination(catalog: &Catalog, index: usize, travel: &Travel) -> Result<usize, String> {
+/// Where `travel` leads from `index` (before samples that do not read are skipped), and
+/// which way to skip them; or why it leads nowhere.
+fn destination(catalog: &Catalog, index: usize, travel: &Travel) -> Result<(usize, i64), String> {
     match travel {
         Travel::Step(by) => {
             let to = index as i64 + by;
@@ -59,14 +65,45 @@ fn destination(catalog: &Catalog, index: usize, travel: &Travel) -> Result<usize
             } else if to as usize >= catalog.len() {
                 Err("this is the last sample the store holds".to_owned())
             } else {
-                Ok(to as usize)
+                Ok((to as usize, by.signum()))
             }
         }
         Travel::To(text) => {
             let at = parse_time_with(text, now_ms(), &local_clock)?;
-            catalog.find(at)
+            catalog.find(at).map(|i| (i, -1))
         }
     }
+}
+
+/// Shows the sample at `index`, or the nearest one that reads going `way` (-1 earlier, +1
+/// later); the ones skipped are named in the footer.
+fn show_nearest(catalog: &Catalog, index: usize, way: i64, app: &mut App) -> Result<(), String> {
+    let mut skipped = Vec::new();
+    let mut at = index as i64;
+    while (0..catalog.len() as i64).contains(&at) {
+        match show(catalog, at as usize, app) {
+            Ok(()) => {
+                if let (Some(past), Some(first)) = (app.past.as_mut(), skipped.first()) {
+                    past.note = Some(if skipped.len() == 1 {
+                        format!("skipped {first}")
+                    } else {
+                        format!(
+                            "skipped {} samples that do not read; the first: {first}",
+                            skipped.len()
+                        )
+                    });
+                }
+                return Ok(());
+            }
+            Err(why) => skipped.push(why),
+        }
+        at += way;
+    }
+    Err(format!(
+        "no sample reads that way ({} skipped); the first: {}",
+        skipped.len(),
+        skipped.first().map_or("-", String::as_str)
+    ))
 }
 
 /// The store at `dir`, read, and the sample standing for `at` in it: refused with a
@@ -106,7 +143,7 @@ pub async fn run(opened: Opened, logs: LogBuffer) -> anyhow::Result<()> {
         count: catalog.len(),
         ..Past::default()
     });
-    show(&catalog, index, &mut app).map_err(|e| anyhow!("{e}"))?;
+    show_nearest(&catalog, index, -1, &mut app).map_err(|e| anyhow!("--at: {e}"))?;
     let mut stop = Stop::install()?;
     let mut terminal = ratatui::try_init().context("cannot set up the terminal")?;
     let (keys_tx, mut keys) = tokio::sync::mpsc::channel::<Event>(64);
@@ -139,8 +176,8 @@ pub async fn run(opened: Opened, logs: LogBuffer) -> anyhow::Result<()> {
         let request = app.past.as_mut().and_then(|p| p.request.take());
         if let Some(travel) = request {
             let at = app.past.as_ref().map_or(index, |p| p.index);
-            let moved =
-                destination(&catalog, at, &travel).and_then(|to| show(&catalog, to, &mut app));
+            let moved = destination(&catalog, at, &travel)
+                .and_then(|(to, way)| show_nearest(&catalog, to, way, &mut app));
             if let (Err(why), Some(past)) = (moved, app.past.as_mut()) {
                 past.note = Some(why);
             }

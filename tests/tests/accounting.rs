@@ -199,7 +199,10 @@ fn eight_threads_times_two_hundred_concurrent_connects_are_exact() -> Result<()>
     assert_eq!(field(row, "opened")?, 1600);
     assert_eq!(field(row, "open")?, 1600);
     assert_eq!(server_open(&snap, zk.addr), (1600, 0));
-    assert_eq!(snap["probe"]["lost"], 0);
+    // No event dropped by zkconn. A program run the kernel itself skips (another ran on that
+    // CPU: `recursion_misses`, counted in `lost`) can happen under this burst; the counts
+    // above, checked against ss, are what must hold.
+    assert_eq!(snap["probe"]["lost_detail"]["events"], 0);
     assert_eq!(snap["probe"]["overflow"], 0);
     Ok(())
 }

@@ -25,22 +25,6 @@ const SERVER_MAINS: [&str; 2] = [
     "org.apache.zookeeper.server.ZooKeeperServerMain",
 ];
 
-/// JVM options that take the next argument as their value.
-const OPTIONS_WITH_VALUE: [&str; 12] = [
-    "-cp",
-    "-classpath",
-    "--class-path",
-    "-p",
-    "--module-path",
-    "--upgrade-module-path",
-    "--add-modules",
-    "--add-opens",
-    "--add-exports",
-    "--add-reads",
-    "--patch-module",
-    "--limit-modules",
-];
-
 /// Longest command line read (a JVM's class path can be long; the main class comes after).
 const CMDLINE_READ_MAX: u64 = 1 << 20;
 
@@ -147,7 +131,7 @@ pub fn parse_jvm_with(env: &[String], argv: &[String]) -> JvmCommand {
         if arg == "-jar" {
             return command;
         }
-        if OPTIONS_WITH_VALUE.contains(&arg.as_str()) {
+        if crate::attribution::service::OPTIONS_WITH_VALUE.contains(&arg.as_str()) {
             i += 2;
             continue;
         }
@@ -454,6 +438,11 @@ mod tests {
                 .main_class
                 .as_deref(),
             Some("Main")
+        );
+        // --enable-native-access takes a value too.
+        assert_eq!(
+            parse_jvm(&args("--enable-native-access ALL-UNNAMED Main z.cfg")).args,
+            ["z.cfg"]
         );
     }
 

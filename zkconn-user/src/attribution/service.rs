@@ -17,8 +17,9 @@ pub struct JvmLaunch {
     pub properties: Vec<String>,
 }
 
-/// Launcher options whose value is the next argument.
-const OPTIONS_WITH_VALUE: [&str; 13] = [
+/// Launcher options whose value is the next argument (also read by the listener's parse of
+/// a ZooKeeper server's command line).
+pub const OPTIONS_WITH_VALUE: [&str; 13] = [
     "-cp",
     "-classpath",
     "--class-path",

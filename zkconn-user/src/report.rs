@@ -275,6 +275,14 @@ fn process_id(row: &Value) -> ProcessId {
     (num(row, "pid"), num(row, "instance"))
 }
 
+/// The live process of `pid` in `doc` (victim and suspect rows name a pid, no instance).
+fn live_process(doc: &Value, pid: u64) -> Option<ProcessId> {
+    rows(doc, "processes")
+        .iter()
+        .find(|p| num(p, "pid") == pid && p["alive"].as_bool() != Some(false))
+        .map(process_id)
+}
+
 /// The server a suspect's reason says refused it (`refused 5 times by 10.1.2.3:2181`),
 /// when it was refused.
 fn refused_clause(reason: &str) -> Option<String> {
@@ -326,12 +334,8 @@ impl Window {
             p.at_end = seen.contains(id);
         }
         for row in rows(&doc, "victims") {
-            // Victims name no instance: the live process of that pid.
             let pid = num(row, "pid");
-            let live = rows(&doc, "processes")
-                .iter()
-                .find(|p| num(p, "pid") == pid && p["alive"].as_bool() != Some(false))
-                .map(process_id);
+            let live = live_process(&doc, pid);
             if let Some(p) = live.and_then(|id| self.processes.get_mut(&id)) {
                 for by in rows(row, "refused_at") {
                     p.refused_by.insert(format!(
@@ -347,10 +351,7 @@ impl Window {
                 continue;
             }
             let pid = num(row, "pid");
-            let live = rows(&doc, "processes")
-                .iter()
-                .find(|p| num(p, "pid") == pid && p["alive"].as_bool() != Some(false))
-                .map(process_id);
+            let live = live_process(&doc, pid);
             if let (Some(p), Some(clause)) = (
                 live.and_then(|id| self.processes.get_mut(&id)),
                 refused_clause(&text(row, "reason")),

@@ -13,6 +13,7 @@ use serde_json::Value;
 use crate::{
     archive::{Reader, local_clock, now_ms, parse_time_with, rfc3339},
     output::{Cell, table},
+    targets::canonical_ip,
 };
 
 /// What a series follows.
@@ -85,7 +86,7 @@ impl Subject {
             Subject::Service(name) => text("service") == name,
             Subject::Server(addr) => same_endpoint(text("server"), addr),
             Subject::Client(ip) => match (text("client_ip").parse::<IpAddr>(), ip.parse()) {
-                (Ok(a), Ok(b)) => canonical(a) == canonical(b),
+                (Ok(a), Ok(b)) => canonical_ip(a) == canonical_ip(b),
                 _ => text("client_ip") == ip,
             },
         }
@@ -101,20 +102,13 @@ impl Subject {
     }
 }
 
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
-}
-
 /// `a` and `b` name the same `ip:port` (`[::ffff:10.0.0.1]:2181` is `10.0.0.1:2181`).
 pub fn same_endpoint(a: &str, b: &str) -> bool {
     match (
         a.parse::<std::net::SocketAddr>(),
         b.parse::<std::net::SocketAddr>(),
     ) {
-        (Ok(x), Ok(y)) => canonical(x.ip()) == canonical(y.ip()) && x.port() == y.port(),
+        (Ok(x), Ok(y)) => canonical_ip(x.ip()) == canonical_ip(y.ip()) && x.port() == y.port(),
         _ => a == b,
     }
 }
